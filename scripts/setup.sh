@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs everything Ultari needs to build, test and benchmark on Debian 12.
+# Idempotent: packages already present are not fetched again.
+set -euo pipefail
+
+BUILD=(build-essential cmake pkg-config git libseccomp-dev libcap-dev nlohmann-json3-dev libcli11-dev
+       libgtest-dev libgmock-dev libbenchmark-dev)
+# Run-time tools the tests and benchmarks use: ip/netns, the rootless test user,
+# peers for bench/ (bubblewrap, crun), hyperfine, python3 for the bench
+# driver, and qemu + a Debian kernel + busybox for the cgroup v2 VM test.
+TEST=(iproute2 passwd python3 bubblewrap crun hyperfine busybox-static cpio qemu-system-x86 linux-image-cloud-amd64 kmod)
+
+want=("${BUILD[@]}")
+[ "${1:-}" = "--test" ] && want+=("${TEST[@]}")
+
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,131 @@
+// `ultari`: a thin front end that turns command-line flags into a Spec and
+// hands it to the engine.
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "sandbox/sandbox.h"
+#include "util/error.h"
+
+namespace {
+
+constexpr int kExitUltariFailed = 125;
+
+// "SRC[:DST]"; DST defaults to SRC.
+ultari::Mount parse_bind(const std::string& arg, bool read_only) {
+  ultari::Mount m;
+  m.kind = ultari::Mount::Kind::Bind;
+  m.read_only = read_only;
+  auto colon = arg.find(':');
+  m.source = arg.substr(0, colon);
+  m.destination = colon == std::string::npos ? m.source : arg.substr(colon + 1);
+  if (m.source.empty()) throw ultari::Error(std::string(read_only ? "--ro-bind" : "--bind") + " '" + arg + "' has no source");
+  return m;
+}
+
+// "UID[:GID]"
+void parse_user(const std::string& arg, ultari::Spec& spec) {
+  auto number = [&](const std::string& t) -> unsigned {
+    if (t.empty() || t.find_first_not_of("0123456789") != std::string::npos || t.size() > 9)
+      throw ultari::Error("--user '" + arg + "' must be UID[:GID] with numeric ids");
+    return static_cast<unsigned>(std::stoul(t));
+  };
+  auto colon = arg.find(':');
+  spec.identity.uid = number(arg.substr(0, colon));
+  spec.identity.gid = colon == std::string::npos ? spec.identity.uid : number(arg.substr(colon + 1));
+}
+
+void write_report(const std::string& path, const ultari::Result& r) {
+  if (path.empty()) return;
+  std::string text = ultari::result_json(r);
+  FILE* f = std::fopen(path.c_str(), "w");
+  if (!f || std::fwrite(text.data(), 1, text.size(), f) != text.size()) {
+    std::fprintf(stderr, "ultari: cannot write report %s\n", path.c_str());
+  }
+  if (f) std::fclose(f);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  signal(SIGPIPE, SIG_IGN);
+  CLI::App app{"Ultari: run untrusted code in a disposable, fully isolated Linux sandbox"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "ultari 0.1.0");
+
+  ultari::Spec spec;
+  std::string report_path, seccomp_profile, user, memory, pids, cpus, timeout, cpu_time, output_limit, tmp_size, nofile;
+  std::vector<std::string> binds, ro_binds, envs, command;
+  bool quiet = false;
+
+  CLI::App* run = app.add_subcommand("run", "Run COMMAND in a new sandbox");
+  run->add_option("--rootfs", spec.rootfs, "Directory used as the root (default: read-only view of the host's system)");
+  run->add_option("--workspace", spec.workspace, "Directory mounted read-write at /workspace (the working directory)");
+  run->add_option("--bind", binds, "Bind SRC[:DST] read-write (repeatable)")->allow_extra_args(false);
+  run->add_option("--ro-bind", ro_binds, "Bind SRC[:DST] read-only (repeatable)")->allow_extra_args(false);
+  run->add_option("--env", envs, "Set KEY=VALUE inside (repeatable; the host environment is not inherited)")->allow_extra_args(false);
+  run->add_option("--cwd", spec.process.cwd, "Working directory inside");
+  run->add_option("--hostname", spec.hostname, "Hostname inside (default: sandbox)");
+  run->add_option("--user", user, "UID[:GID] to run as inside (default 0)");
+  run->add_option("--memory", memory, "Memory limit including swap, e.g. 512M (default 1G)");
+  run->add_option("--pids", pids, "Maximum number of processes and threads (default 1024)");
+  run->add_option("--cpus", cpus, "CPU limit in cores, fractional (e.g. 0.5)");
+  run->add_option("--timeout", timeout, "Wall-clock limit, e.g. 10s, 500ms, 2m");
+  run->add_option("--cpu-time", cpu_time, "CPU-time limit of the whole sandbox, e.g. 5s");
+  run->add_option("--output-limit", output_limit, "Limit of stdout+stderr together, e.g. 1M");
+  run->add_option("--tmp-size", tmp_size, "Size of the writable layer (root, /tmp, HOME; default 512M)");
+  run->add_option("--nofile", nofile, "RLIMIT_NOFILE inside (default 1024)");
+  run->add_option("--seccomp-profile", seccomp_profile, "Docker/OCI seccomp JSON profile instead of Ultari's default");
+  run->add_option("--report", report_path, "Write the JSON result to FILE");
+  run->add_flag("-q,--quiet", quiet, "Print no warnings");
+  run->add_option("command", command, "COMMAND [ARG...]")->required();
+  run->positionals_at_end(true);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "ultari: %s\n", e.what());
+    return kExitUltariFailed;
+  }
+
+  ultari::Result result;
+  try {
+    for (const auto& b : binds) spec.mounts.push_back(parse_bind(b, false));
+    for (const auto& b : ro_binds) spec.mounts.push_back(parse_bind(b, true));
+    spec.process.env = envs;
+    spec.process.argv = command;
+    spec.seccomp.profile_path = seccomp_profile;
+    if (!user.empty()) parse_user(user, spec);
+    auto& l = spec.limits;
+    if (!memory.empty()) l.memory_bytes = ultari::parse_size(memory);
+    if (!pids.empty()) l.pids = ultari::parse_size(pids);
+    if (!cpus.empty()) l.cpus = ultari::parse_cpus(cpus);
+    if (!timeout.empty()) l.wall_timeout = ultari::parse_duration(timeout);
+    if (!cpu_time.empty()) l.cpu_time = ultari::parse_duration(cpu_time);
+    if (!output_limit.empty()) l.output_bytes = ultari::parse_size(output_limit);
+    if (!tmp_size.empty()) l.tmp_bytes = ultari::parse_size(tmp_size);
+    if (!nofile.empty()) l.nofile = ultari::parse_size(nofile);
+    if (spec.hostname.empty() || spec.hostname.size() > 64) throw ultari::Error("--hostname must be 1 to 64 characters");
+    if (l.memory_bytes && *l.memory_bytes < (4u << 20)) throw ultari::Error("--memory must be at least 4M");
+    if (l.pids && *l.pids < 2) throw ultari::Error("--pids must be at least 2 (init and the command)");
+    result = ultari::run(spec);
+  } catch (const std::exception& e) {
+    result.verdict = ultari::Verdict::SetupError;
+    result.exit_code = kExitUltariFailed;
+    result.error = e.what();
+  }
+  if (!quiet)
+    for (const auto& w : result.warnings) std::fprintf(stderr, "ultari: warning: %s\n", w.c_str());
+  if (result.verdict == ultari::Verdict::SetupError) std::fprintf(stderr, "ultari: error: %s\n", result.error.c_str());
+  write_report(report_path, result);
+  return result.exit_code;
+}

@@ -1,0 +1,423 @@
+#include "filesystem/rootfs.h"
+
+#include <fcntl.h>
+#include <linux/mount.h>
+#include <linux/openat2.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <climits>
+#include <cstring>
+
+#include "util/error.h"
+
+namespace ultari::filesystem {
+
+// ---------------------------------------------------------------------------
+// Supervisor side: turn the Spec into a recipe.
+// ---------------------------------------------------------------------------
+namespace {
+
+constexpr const char* kStaging = "/tmp";
+
+// Masked with an empty file or directory (runc's defaults and a few more).
+constexpr const char* kMaskedPaths[] = {
+    "/proc/acpi",        "/proc/asound",      "/proc/interrupts",  "/proc/kcore",
+    "/proc/keys",        "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
+    "/proc/sched_debug", "/proc/scsi",        "/sys/firmware",
+    "/sys/devices/virtual/powercap", "/sys/kernel/debug", "/sys/kernel/security",
+};
+constexpr const char* kReadOnlyPaths[] = {
+    "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+};
+constexpr const char* kDevices[] = {"null", "zero", "full", "random", "urandom", "tty"};
+
+// Overlay options are split at ',' and lower layers at ':'.
+void check_overlay_path(const std::string& p, const char* what) {
+  if (p.find_first_of(",:\\=") != std::string::npos)
+    throw Error(std::string(what) + " '" + p + "' contains one of , : \\ = which overlayfs cannot take");
+}
+
+std::string real_dir(const std::string& path, const char* what) {
+  char buf[PATH_MAX];
+  if (!realpath(path.c_str(), buf)) throw_errno(std::string(what) + " '" + path + "'");
+  struct stat st{};
+  if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode)) throw Error(std::string(what) + " '" + path + "' is not a directory");
+  return buf;
+}
+
+void check_destination(const std::string& dst, const char* what) {
+  if (dst.empty() || dst[0] != '/') throw Error(std::string(what) + " destination '" + dst + "' must be an absolute path");
+  if (dst == "/") throw Error(std::string(what) + " destination '/' is not allowed (use --rootfs)");
+  for (size_t i = 0; i < dst.size();) {
+    size_t j = dst.find('/', i + 1);
+    std::string comp = dst.substr(i + 1, (j == std::string::npos ? dst.size() : j) - i - 1);
+    if (comp == "..") throw Error(std::string(what) + " destination '" + dst + "' must not contain '..'");
+    if (j == std::string::npos) break;
+    i = j;
+  }
+}
+
+}  // namespace
+
+RootPlan plan_root(const Spec& spec, const HostRoot* host_root, const std::string& home, int workspace_tree) {
+  RootPlan plan;
+  auto add = [&plan](Step s) { plan.steps.push_back(s); };
+  std::string staging = kStaging;
+  const char* upper = plan.intern(staging + "/upper");
+  const char* work = plan.intern(staging + "/work");
+  const char* root = plan.intern(staging + "/root");
+
+  std::string lower;
+  if (!spec.rootfs.empty()) {
+    lower = real_dir(spec.rootfs, "rootfs");
+    if (lower == "/") throw Error("rootfs '/' would expose the whole host; leave --rootfs out for the default root");
+  } else {
+    if (!host_root) throw Error("internal: no host root prepared");
+    lower = host_root->skeleton;
+  }
+  check_overlay_path(lower, "rootfs");
+
+  add({.op = Step::StagingTmpfs, .target = plan.intern(staging),
+       .data = plan.intern("mode=755,size=" + std::to_string(spec.limits.tmp_bytes ? spec.limits.tmp_bytes : kDefaultTmpBytes))});
+  for (const char* d : {upper, work, root}) add({.op = Step::MkdirStaging, .target = d, .mode = 0755});
+  add({.op = Step::MkdirStaging, .target = plan.intern(staging + "/mask-dir"), .mode = 0});
+  add({.op = Step::MkdirStaging, .target = plan.intern(staging + "/mask-file"), .is_dir = false, .mode = 0});
+  add({.op = Step::Overlay, .target = root,
+       .data = plan.intern("lowerdir=" + lower + ",upperdir=" + upper + ",workdir=" + work + ",userxattr")});
+
+  if (spec.rootfs.empty())
+    for (const auto& dir : host_root->system_dirs)
+      add({.op = Step::BindInRoot, .source = plan.intern(dir), .target = plan.intern(dir), .read_only = true});
+
+  add({.op = Step::ProcInRoot, .target = "/proc"});
+  add({.op = Step::SysfsInRoot, .target = "/sys", .read_only = true});
+  for (const char* p : kMaskedPaths) add({.op = Step::MaskInRoot, .target = p, .optional = true});
+  for (const char* p : kReadOnlyPaths) add({.op = Step::ReadOnlyInRoot, .target = p, .optional = true});
+
+  add({.op = Step::TmpfsInRoot, .target = "/dev", .data = "mode=755,size=64k,nr_inodes=64"});
+  for (const char* d : kDevices)
+    add({.op = Step::DeviceInRoot, .source = plan.intern(std::string("/dev/") + d),
+         .target = plan.intern(std::string("/dev/") + d), .is_dir = false});
+  add({.op = Step::DevptsInRoot, .target = "/dev/pts", .data = "newinstance,ptmxmode=0666,mode=0620"});
+  add({.op = Step::TmpfsInRoot, .target = "/dev/shm",
+       .data = plan.intern("mode=1777,size=" + std::to_string(spec.limits.tmp_bytes ? spec.limits.tmp_bytes : kDefaultTmpBytes))});
+  struct Link {
+    const char* from;
+    const char* to;
+  };
+  for (auto [from, to] : {Link{"pts/ptmx", "/dev/ptmx"}, {"/proc/self/fd", "/dev/fd"}, {"/proc/self/fd/0", "/dev/stdin"},
+                          {"/proc/self/fd/1", "/dev/stdout"}, {"/proc/self/fd/2", "/dev/stderr"}})
+    add({.op = Step::SymlinkInRoot, .source = from, .target = to});
+  add({.op = Step::RemountRoRoot, .target = "/dev"});
+
+  if (!spec.workspace.empty()) {
+    std::string ws = real_dir(spec.workspace, "workspace");
+    if (workspace_tree >= 0)
+      add({.op = Step::AttachInRoot, .target = "/workspace", .tree_fd = workspace_tree});
+    else
+      add({.op = Step::BindInRoot, .source = plan.intern(ws), .target = "/workspace", .read_only = false});
+  }
+  for (const auto& m : spec.mounts) {
+    const char* what = m.read_only ? "--ro-bind" : "--bind";
+    check_destination(m.destination, what);
+    if (m.kind == Mount::Kind::Tmpfs) {
+      add({.op = Step::TmpfsInRoot, .target = plan.intern(m.destination),
+           .data = plan.intern("mode=1777" + (m.tmpfs_size ? ",size=" + std::to_string(m.tmpfs_size) : std::string()))});
+      continue;
+    }
+    char buf[PATH_MAX];
+    if (!realpath(m.source.c_str(), buf)) throw_errno(std::string(what) + " source '" + m.source + "'");
+    struct stat st{};
+    if (stat(buf, &st) != 0) throw_errno(std::string(what) + " source '" + m.source + "'");
+    if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode))
+      throw Error(std::string(what) + " source '" + m.source + "' is neither a directory nor a regular file");
+    add({.op = Step::BindInRoot, .source = plan.intern(buf), .target = plan.intern(m.destination),
+         .read_only = m.read_only, .is_dir = S_ISDIR(st.st_mode)});
+  }
+  if (!home.empty() && home != "/root")
+    add({.op = Step::MkdirInRoot, .target = plan.intern(home), .mode = 0700});
+  add({.op = Step::PivotRoot, .target = root});
+  return plan;
+}
+
+// ---------------------------------------------------------------------------
+// Child side: raw syscalls only, no allocation.
+// ---------------------------------------------------------------------------
+namespace {
+
+int sys_open_tree(int dfd, const char* path, unsigned flags) {
+  return static_cast<int>(syscall(SYS_open_tree, dfd, path, flags));
+}
+int sys_move_mount(int from_dfd, const char* from, int to_dfd, const char* to, unsigned flags) {
+  return static_cast<int>(syscall(SYS_move_mount, from_dfd, from, to_dfd, to, flags));
+}
+int sys_mount_setattr(int dfd, const char* path, unsigned flags, mount_attr* attr) {
+  return static_cast<int>(syscall(SYS_mount_setattr, dfd, path, flags, attr, sizeof *attr));
+}
+int sys_openat2(int dfd, const char* path, open_how* how) {
+  return static_cast<int>(syscall(SYS_openat2, dfd, path, how, sizeof *how));
+}
+
+// "/proc/self/fd/<fd>" into buf; async-signal-safe.
+const char* fd_path(int fd, char (&buf)[32]) {
+  const char prefix[] = "/proc/self/fd/";
+  size_t p = 0;
+  for (; prefix[p]; ++p) buf[p] = prefix[p];
+  char rev[12];
+  int digits = 0;
+  do rev[digits++] = static_cast<char>('0' + fd % 10), fd /= 10;
+  while (fd);
+  while (digits) buf[p++] = rev[--digits];
+  buf[p] = '\0';
+  return buf;
+}
+
+struct Ctx {
+  int root = -1;  // O_PATH fd of the new root (overlay mount)
+  const char* mask_dir = nullptr;
+  const char* mask_file = nullptr;
+};
+
+// Resolves `path` inside the new root; symlinks are followed but can never
+// leave it, and /proc magic links are refused (CVE-2021-30465).
+int open_in_root(const Ctx& c, const char* path, int flags) {
+  open_how how{};
+  how.flags = static_cast<uint64_t>(flags) | O_PATH | O_CLOEXEC;
+  how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+  return sys_openat2(c.root, path, &how);
+}
+
+// Opens `path` in the root, creating missing directories (and the last
+// component as a file when !is_dir). Returns an O_PATH fd or -errno.
+int open_or_create(const Ctx& c, const char* path, bool is_dir, unsigned mode) {
+  int fd = open_in_root(c, path, 0);
+  if (fd >= 0) return fd;
+  if (errno != ENOENT) return -errno;
+  char buf[PATH_MAX];
+  size_t len = 0;
+  while (path[len] && len + 1 < sizeof buf) buf[len] = path[len], ++len;
+  buf[len] = '\0';
+  int parent = open_in_root(c, "/", O_DIRECTORY);
+  if (parent < 0) return -errno;
+  for (size_t i = 1; i <= len; ++i) {
+    if (i != len && buf[i] != '/') continue;
+    char saved = buf[i];
+    buf[i] = '\0';
+    int next = open_in_root(c, buf, 0);
+    if (next < 0 && errno == ENOENT) {
+      const char* name = buf;
+      for (size_t k = 0; k < i; ++k)
+        if (buf[k] == '/') name = buf + k + 1;
+      bool last = i == len;
+      int rc;
+      if (!last || is_dir) {
+        rc = mkdirat(parent, name, last ? mode : 0755);
+      } else {
+        // O_PATH parent fds cannot create files directly; reopen it.
+        char proc[32];
+        int dfd = open(fd_path(parent, proc), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        rc = dfd < 0 ? -1 : openat(dfd, name, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, mode);
+        int err = errno;
+        if (rc >= 0) close(rc), rc = 0;
+        if (dfd >= 0) close(dfd);
+        errno = err;
+      }
+      if (rc != 0 && errno != EEXIST) {
+        int err = errno;
+        close(parent);
+        return -err;
+      }
+      next = open_in_root(c, buf, 0);
+    }
+    buf[i] = saved;
+    close(parent);
+    if (next < 0) return -errno;
+    parent = next;
+  }
+  return parent;
+}
+
+// Mounts the detached tree `tree` onto `target_fd` with the given attributes.
+int attach(int tree, int target_fd, uint64_t attrs) {
+  if (attrs) {
+    mount_attr attr{};
+    attr.attr_set = attrs;
+    if (sys_mount_setattr(tree, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr) != 0) return -errno;
+  }
+  if (sys_move_mount(tree, "", target_fd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) != 0) return -errno;
+  return 0;
+}
+
+int bind_path(const char* source, int target_fd, uint64_t attrs) {
+  int tree = sys_open_tree(AT_FDCWD, source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
+  if (tree < 0) return -errno;
+  int rc = attach(tree, target_fd, attrs);
+  close(tree);
+  return rc;
+}
+
+// mount(2) for new filesystems, aimed at the resolved fd through its
+// /proc/self/fd link so no path string inside the root is trusted.
+int mount_fs_at(int target_fd, const char* type, unsigned long flags, const char* data) {
+  char proc[32];
+  if (mount(type, fd_path(target_fd, proc), type, flags, data) != 0) return -errno;
+  return 0;
+}
+
+int run_step(Ctx& c, const Step& s) {
+  switch (s.op) {
+    case Step::StagingTmpfs:
+      if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) return -errno;
+      if (mount("tmpfs", s.target, "tmpfs", MS_NOSUID | MS_NODEV, s.data) != 0) return -errno;
+      return 0;
+    case Step::MkdirStaging: {
+      if (s.is_dir) {
+        if (mkdir(s.target, s.mode) != 0) return -errno;
+      } else {
+        int fd = open(s.target, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, s.mode);
+        if (fd < 0) return -errno;
+        close(fd);
+      }
+      // The last directory and file made on the staging tmpfs are the masks.
+      if (s.mode == 0) (s.is_dir ? c.mask_dir : c.mask_file) = s.target;
+      return 0;
+    }
+    case Step::Overlay: {
+      if (mount("overlay", s.target, "overlay", MS_NOSUID | MS_NODEV, s.data) != 0) return -errno;
+      c.root = open(s.target, O_PATH | O_DIRECTORY | O_CLOEXEC);
+      return c.root < 0 ? -errno : 0;
+    }
+    case Step::PivotRoot: {
+      if (chdir(s.target) != 0) return -errno;
+      if (syscall(SYS_pivot_root, ".", ".") != 0) return -errno;
+      if (umount2(".", MNT_DETACH) != 0) return -errno;
+      if (chdir("/") != 0) return -errno;
+      close(c.root);
+      c.root = -1;
+      return 0;
+    }
+    default:
+      break;
+  }
+
+  // Every other step works on a target inside the new root.
+  bool creates = s.op != Step::MaskInRoot && s.op != Step::ReadOnlyInRoot && s.op != Step::SymlinkInRoot;
+  if (s.op == Step::SymlinkInRoot) {
+    // Create in the parent directory, resolved in the root.
+    const char* slash = s.target;
+    for (const char* p = s.target; *p; ++p)
+      if (*p == '/') slash = p;
+    char parent[PATH_MAX];
+    size_t n = static_cast<size_t>(slash - s.target);
+    for (size_t i = 0; i < n; ++i) parent[i] = s.target[i];
+    parent[n ? n : 1] = '\0';
+    if (!n) parent[0] = '/';
+    int pfd = open_in_root(c, parent, O_DIRECTORY);
+    if (pfd < 0) return -errno;
+    char proc[32];
+    int dfd = open(fd_path(pfd, proc), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int rc = dfd < 0 ? -errno : (symlinkat(s.source, dfd, slash + 1) == 0 || errno == EEXIST ? 0 : -errno);
+    if (dfd >= 0) close(dfd);
+    close(pfd);
+    return rc;
+  }
+  int fd = creates ? open_or_create(c, s.target, s.is_dir, s.op == Step::MkdirInRoot ? s.mode : 0755)
+                   : open_in_root(c, s.target, 0);
+  if (fd < 0 && !creates) fd = -errno;
+  if (fd < 0) return (s.optional && (fd == -ENOENT)) ? 0 : fd;
+
+  int rc = 0;
+  const uint64_t ro = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+  switch (s.op) {
+    case Step::BindInRoot:
+      rc = bind_path(s.source, fd, s.read_only ? ro : (MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV));
+      break;
+    case Step::AttachInRoot:
+      rc = attach(s.tree_fd, fd, 0);
+      break;
+    case Step::DeviceInRoot:
+      rc = bind_path(s.source, fd, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC);
+      break;
+    case Step::TmpfsInRoot:
+      rc = mount_fs_at(fd, "tmpfs", MS_NOSUID | MS_NODEV, s.data);
+      break;
+    case Step::ProcInRoot:
+      rc = mount_fs_at(fd, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr);
+      break;
+    case Step::SysfsInRoot:
+      rc = mount_fs_at(fd, "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, nullptr);
+      break;
+    case Step::DevptsInRoot:
+      rc = mount_fs_at(fd, "devpts", MS_NOSUID | MS_NOEXEC, s.data);
+      break;
+    case Step::MaskInRoot: {
+      struct stat st{};
+      if (fstat(fd, &st) != 0) {
+        rc = -errno;
+        break;
+      }
+      rc = bind_path(S_ISDIR(st.st_mode) ? c.mask_dir : c.mask_file, fd, ro | MOUNT_ATTR_NOEXEC);
+      break;
+    }
+    case Step::ReadOnlyInRoot: {
+      int tree = sys_open_tree(fd, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE | AT_EMPTY_PATH);
+      rc = tree < 0 ? -errno : attach(tree, fd, ro);
+      if (tree >= 0) close(tree);
+      break;
+    }
+    case Step::RemountRoRoot: {
+      mount_attr attr{};
+      attr.attr_set = MOUNT_ATTR_RDONLY;
+      rc = sys_mount_setattr(fd, "", AT_EMPTY_PATH, &attr) == 0 ? 0 : -errno;
+      break;
+    }
+    case Step::MkdirInRoot:
+      break;  // open_or_create made it
+    default:
+      rc = -EINVAL;
+  }
+  close(fd);
+  return rc;
+}
+
+}  // namespace
+
+const char* step_name(Step::Op op) {
+  switch (op) {
+    case Step::StagingTmpfs: return "mount staging tmpfs";
+    case Step::MkdirStaging: return "create staging entry";
+    case Step::Overlay: return "mount overlay root";
+    case Step::BindInRoot: return "bind mount";
+    case Step::AttachInRoot: return "attach mount";
+    case Step::TmpfsInRoot: return "mount tmpfs";
+    case Step::ProcInRoot: return "mount proc";
+    case Step::SysfsInRoot: return "mount sysfs";
+    case Step::DevptsInRoot: return "mount devpts";
+    case Step::MaskInRoot: return "mask path";
+    case Step::ReadOnlyInRoot: return "make path read-only";
+    case Step::SymlinkInRoot: return "create symlink";
+    case Step::DeviceInRoot: return "bind device";
+    case Step::RemountRoRoot: return "make mount read-only";
+    case Step::MkdirInRoot: return "create directory";
+    case Step::PivotRoot: return "pivot_root";
+  }
+  return "setup";
+}
+
+int execute(const RootPlan& plan, const Step** failed) {
+  Ctx c;
+  for (const Step& s : plan.steps) {
+    int rc = run_step(c, s);
+    if (rc != 0) {
+      *failed = &s;
+      if (c.root >= 0) close(c.root);
+      return rc;
+    }
+  }
+  return 0;
+}
+
+}  // namespace ultari::filesystem

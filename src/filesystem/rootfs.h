@@ -1,0 +1,75 @@
+// The sandbox's root filesystem. The supervisor turns a Spec into a RootPlan
+// (all strings and decisions made ahead); the child executes the plan with
+// raw syscalls only, between clone and exec.
+#pragma once
+#include <sys/types.h>
+
+#include <deque>
+#include <string>
+#include <vector>
+
+#include "spec/spec.h"
+
+namespace ultari::filesystem {
+
+// The lowest layer of the default root: a cached directory with a sanitised
+// copy of the host's /etc, the merged-/usr symlinks and empty mount points,
+// owned by the sandbox's root. Rebuilt when the host's /etc changes.
+struct HostRoot {
+  std::string skeleton;                   // path of the cached skeleton
+  std::vector<std::string> system_dirs;   // host dirs bound read-only (e.g. "/usr")
+};
+
+// owner_uid/gid: host ids that appear as root inside the sandbox.
+HostRoot prepare_host_root(const std::string& cache_dir, uid_t owner_uid, gid_t owner_gid);
+
+// One step of the recipe the child follows.
+struct Step {
+  enum Op {
+    StagingTmpfs,  // tmpfs on `target` (a host path in the child's own mount ns)
+    MkdirStaging,  // mkdir of a host path on the staging tmpfs
+    Overlay,       // overlay root: data = mount options
+    BindInRoot,    // bind host `source` onto `target` inside the root
+    AttachInRoot,  // attach the detached mount `tree_fd` onto `target`
+    TmpfsInRoot,   // tmpfs on `target` inside the root, data = options
+    ProcInRoot,
+    SysfsInRoot,
+    DevptsInRoot,
+    MaskInRoot,    // hide `target` with an empty read-only file or directory
+    ReadOnlyInRoot,  // bind `target` over itself read-only
+    SymlinkInRoot,   // symlink `source` at `target`
+    DeviceInRoot,    // bind the host device `source` onto file `target`
+    RemountRoRoot,   // make the mount at `target` read-only
+    MkdirInRoot,     // create directory `target` (mode) owned by uid/gid
+    PivotRoot,
+  };
+  Op op;
+  const char* source = nullptr;
+  const char* target = nullptr;
+  const char* data = nullptr;
+  bool read_only = false;
+  bool optional = false;  // a missing target is skipped, not an error
+  bool is_dir = true;     // bind/mask: directory or file
+  unsigned mode = 0755;
+  int tree_fd = -1;
+};
+
+// Human name of a step, for error messages ("mount proc").
+const char* step_name(Step::Op op);
+
+struct RootPlan {
+  std::vector<Step> steps;
+  std::deque<std::string> strings;  // owns every string the steps point into
+  const char* intern(std::string s) { return strings.emplace_back(std::move(s)).c_str(); }
+};
+
+// Builds the recipe. Checks every host path now (missing rootfs, bad bind
+// source) and throws ultari::Error naming it.
+// workspace_tree: a detached (idmapped) mount of the workspace made by the
+// supervisor, or -1 to bind the workspace by path.
+RootPlan plan_root(const Spec& spec, const HostRoot* host_root, const std::string& home, int workspace_tree);
+
+// Child side. Returns 0, or -errno with *failed set to the step that failed.
+int execute(const RootPlan& plan, const Step** failed);
+
+}  // namespace ultari::filesystem

@@ -1,0 +1,251 @@
+// The child's recipe, top to bottom:
+//   1. wait for the supervisor (id maps written, cgroups joined)
+//   2. own cgroup namespace, new session, die with the supervisor
+//   3. build the root filesystem and pivot into it
+//   4. hostname, loopback up
+//   5. no_new_privs + seccomp (listener fd to the supervisor)
+//   6. fork the payload: identity, capabilities, rlimits, fds, cwd, exec
+//   7. as pid 1: drop everything, forward signals, reap, report the payload's end
+#include "isolation/child.h"
+
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/capability.h>
+#include <linux/close_range.h>
+#include <linux/seccomp.h>
+#include <net/if.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "isolation/channel.h"
+
+#ifndef SECBIT_NOROOT
+#define SECBIT_NOROOT (1 << 0)
+#define SECBIT_NOROOT_LOCKED (1 << 1)
+#define SECBIT_NO_SETUID_FIXUP (1 << 2)
+#define SECBIT_NO_SETUID_FIXUP_LOCKED (1 << 3)
+#define SECBIT_KEEP_CAPS_LOCKED (1 << 5)
+#define SECBIT_NO_CAP_AMBIENT_RAISE (1 << 6)
+#define SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED (1 << 7)
+#endif
+
+namespace ultari::isolation {
+namespace {
+
+volatile pid_t g_payload = 0;
+
+void send_msg(int sock, const Msg& m) {
+  while (send(sock, &m, sizeof m, MSG_NOSIGNAL) < 0 && errno == EINTR) {
+  }
+}
+
+[[noreturn]] void fail(const ChildPlan& p, const char* step, const char* detail, int err) {
+  Msg m{};
+  m.type = MsgType::SetupError;
+  m.err = err;
+  copy_cstr(m.step, sizeof m.step, step);
+  copy_cstr(m.detail, sizeof m.detail, detail);
+  send_msg(p.sock, m);
+  _exit(125);
+}
+
+void send_fd(int sock, MsgType type, int fd) {
+  Msg m{};
+  m.type = type;
+  iovec iov{&m, sizeof m};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  while (sendmsg(sock, &msg, MSG_NOSIGNAL) < 0 && errno == EINTR) {
+  }
+}
+
+int loopback_up() {
+  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return -errno;
+  ifreq ifr{};
+  copy_cstr(ifr.ifr_name, sizeof ifr.ifr_name, "lo");
+  int rc = 0;
+  if (ioctl(s, SIOCGIFFLAGS, &ifr) != 0) rc = -errno;
+  ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+  if (rc == 0 && ioctl(s, SIOCSIFFLAGS, &ifr) != 0) rc = -errno;
+  close(s);
+  return rc;
+}
+
+// Empties every capability set; the bounding set first so execve can never
+// regain anything, then ambient, then the process's own sets.
+int drop_capabilities(int cap_last) {
+  for (int cap = 0; cap <= cap_last; ++cap)
+    if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL) return -errno;
+  if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0) return -errno;
+  __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct data[2] = {};
+  if (syscall(SYS_capset, &hdr, data) != 0) return -errno;
+  return 0;
+}
+
+void forward_signal(int sig) {
+  if (g_payload > 0) kill(g_payload, sig);
+}
+
+constexpr int kForwarded[] = {SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT, SIGALRM};
+
+void reset_signals() {
+  struct sigaction dfl{};
+  dfl.sa_handler = SIG_DFL;
+  for (int sig = 1; sig < NSIG; ++sig) sigaction(sig, &dfl, nullptr);
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, nullptr);
+}
+
+[[noreturn]] void payload_main(const ChildPlan& p) {
+  reset_signals();
+  if (setresgid(p.gid, p.gid, p.gid) != 0) fail(p, "setresgid", "", errno);
+  if (p.setgroups_allowed && setgroups(0, nullptr) != 0) fail(p, "setgroups", "", errno);
+  if (setresuid(p.uid, p.uid, p.uid) != 0) fail(p, "setresuid", "", errno);
+  if (int rc = drop_capabilities(p.cap_last); rc != 0) fail(p, "drop capabilities", "", -rc);
+  for (const auto& l : p.rlimits)
+    if (setrlimit(static_cast<__rlimit_resource>(l.resource), &l.value) != 0) fail(p, "setrlimit", "", errno);
+
+  // The working directory is entered after pivot_root and checked: a cwd
+  // outside the root (CVE-2024-21626) has no path and getcwd fails.
+  if (chdir(p.cwd) != 0) fail(p, "chdir", p.cwd, errno);
+  char cwd[4096];
+  if (syscall(SYS_getcwd, cwd, sizeof cwd) <= 0 || cwd[0] != '/') fail(p, "verify working directory", p.cwd, ENOENT);
+
+  // Nothing but stdio crosses exec; the control socket stays until then so
+  // an exec failure can be reported.
+  syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC);
+
+  int err = ENOENT;
+  for (const char* path : p.exec_candidates) {
+    if (!path) break;
+    execve(path, const_cast<char* const*>(p.argv.data()), const_cast<char* const*>(p.envp.data()));
+    if (errno != ENOENT && errno != ENOTDIR) err = errno;
+  }
+  Msg m{};
+  m.type = MsgType::ExecFailed;
+  m.err = err;
+  copy_cstr(m.detail, sizeof m.detail, p.argv[0]);
+  send_msg(p.sock, m);
+  _exit(err == ENOENT ? 127 : 126);
+}
+
+}  // namespace
+
+[[noreturn]] void child_main(const ChildPlan& p) {
+  close(p.supervisor_sock);
+  for (int fd : p.close_in_child) close(fd);
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) _exit(125);
+  sigset_t all;
+  sigfillset(&all);
+  sigprocmask(SIG_SETMASK, &all, nullptr);
+
+  // 1. The supervisor writes our id maps and joins us to the cgroups, then
+  // says go. EOF means it died: leave quietly.
+  Msg go{};
+  ssize_t n;
+  do n = recv(p.sock, &go, sizeof go, 0);
+  while (n < 0 && errno == EINTR);
+  if (n != sizeof go || go.type != MsgType::Go) _exit(125);
+
+  if (p.become_root) {
+    if (setresgid(0, 0, 0) != 0) fail(p, "setresgid", "0", errno);
+    if (setgroups(0, nullptr) != 0) fail(p, "setgroups", "", errno);
+    if (setresuid(0, 0, 0) != 0) fail(p, "setresuid", "0", errno);
+  }
+  // 2. A cgroup namespace rooted at the sandbox's own group.
+  if (unshare(CLONE_NEWCGROUP) != 0) fail(p, "unshare", "cgroup namespace", errno);
+  if (setsid() < 0) fail(p, "setsid", "", errno);
+  if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) fail(p, "prctl", "PR_SET_DUMPABLE", errno);
+
+  // 3. Root filesystem.
+  const filesystem::Step* failed = nullptr;
+  if (int rc = filesystem::execute(*p.root, &failed); rc != 0) {
+    fail(p, filesystem::step_name(failed->op), failed->target, -rc);
+  }
+
+  // 4. Identity of the machine.
+  const char* h = p.hostname;
+  size_t hlen = 0;
+  while (h[hlen]) ++hlen;
+  if (sethostname(h, hlen) != 0) fail(p, "sethostname", h, errno);
+  if (int rc = loopback_up(); rc != 0) fail(p, "bring up loopback", "lo", -rc);
+
+  if (p.stdin_fd >= 0 && dup2(p.stdin_fd, 0) < 0) fail(p, "dup2", "stdin", errno);
+  if (p.stdout_fd >= 0 && dup2(p.stdout_fd, 1) < 0) fail(p, "dup2", "stdout", errno);
+  if (p.stderr_fd >= 0 && dup2(p.stderr_fd, 2) < 0) fail(p, "dup2", "stderr", errno);
+
+  // 5. From here on the seccomp policy applies to init and everything it
+  // starts. The listener goes to the supervisor, which answers denials.
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) fail(p, "prctl", "PR_SET_NO_NEW_PRIVS", errno);
+  if (prctl(PR_SET_SECUREBITS, SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_CAP_AMBIENT_RAISE |
+                                   SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED | SECBIT_KEEP_CAPS_LOCKED,
+            0, 0, 0) != 0)
+    fail(p, "prctl", "PR_SET_SECUREBITS", errno);
+  if (p.filter.len) {
+    long listener = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &p.filter);
+    if (listener < 0) fail(p, "install seccomp filter", "", errno);
+    send_fd(p.sock, MsgType::Listener, static_cast<int>(listener));
+    close(static_cast<int>(listener));
+  }
+
+  // 6. The payload.
+  pid_t child = fork();
+  if (child < 0) fail(p, "fork", "payload", errno);
+  if (child == 0) payload_main(p);
+  g_payload = child;
+
+  // 7. pid 1: nothing privileged is left to do, and no fd but the control
+  // socket stays open (the payload's pipes must reach EOF without us).
+  drop_capabilities(p.cap_last);
+  syscall(SYS_close_range, 0, p.sock - 1, 0);
+  syscall(SYS_close_range, p.sock + 1, ~0U, 0);
+  struct sigaction fwd{};
+  fwd.sa_handler = forward_signal;
+  fwd.sa_flags = SA_RESTART;
+  for (int sig : kForwarded) sigaction(sig, &fwd, nullptr);
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, nullptr);
+
+  Msg started{};
+  started.type = MsgType::Started;
+  started.value = child;
+  send_msg(p.sock, started);
+
+  for (;;) {
+    int status = 0;
+    pid_t pid = wait4(-1, &status, 0, nullptr);
+    if (pid == child) {
+      Msg done{};
+      done.type = MsgType::Exited;
+      done.value = status;
+      send_msg(p.sock, done);
+      // Our exit makes the kernel kill whatever is left in the namespace.
+      _exit(0);
+    }
+    if (pid < 0 && errno == ECHILD) _exit(0);
+  }
+}
+
+}  // namespace ultari::isolation

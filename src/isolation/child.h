@@ -1,0 +1,49 @@
+// What runs inside the sandbox between clone and exec: the tiny init (pid 1)
+// and the payload it forks. Everything here is prepared by the supervisor;
+// the child only makes syscalls (async-signal-safe, no allocation).
+#pragma once
+#include <linux/filter.h>
+#include <sys/resource.h>
+#include <sys/types.h>
+
+#include <vector>
+
+#include "filesystem/rootfs.h"
+
+namespace ultari::isolation {
+
+struct ChildPlan {
+  int sock = -1;          // child's end of the control socket (CLOEXEC)
+  int supervisor_sock = -1;  // supervisor's end: closed first thing
+  int stdin_fd = -1;      // dup2'd onto 0 (-1: inherit)
+  int stdout_fd = -1;     // dup2'd onto 1
+  int stderr_fd = -1;     // dup2'd onto 2
+  std::vector<int> close_in_child;  // other supervisor fds to drop
+
+  const filesystem::RootPlan* root = nullptr;
+  const char* hostname = "sandbox";
+
+  bool become_root = false;      // rootful: setresuid(0) before setup
+  bool setgroups_allowed = false;
+  uid_t uid = 0;                 // identity of the payload inside
+  gid_t gid = 0;
+  int cap_last = 40;             // /proc/sys/kernel/cap_last_cap
+
+  sock_fprog filter{};           // seccomp program (installed by init)
+
+  struct Limit {
+    int resource;
+    rlimit value;
+  };
+  std::vector<Limit> rlimits;
+
+  std::vector<const char*> argv;             // nullptr-terminated
+  std::vector<const char*> envp;             // nullptr-terminated
+  std::vector<const char*> exec_candidates;  // absolute paths to try in order
+  const char* cwd = "/";
+};
+
+// Entry point of the cloned child. Never returns.
+[[noreturn]] void child_main(const ChildPlan& plan);
+
+}  // namespace ultari::isolation

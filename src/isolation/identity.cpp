@@ -1,0 +1,140 @@
+#include "isolation/identity.h"
+
+#include <fcntl.h>
+#include <linux/mount.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "util/error.h"
+
+namespace ultari::isolation {
+namespace {
+
+constexpr uint32_t kDefaultSubBase = 2000000000;
+constexpr uint32_t kRangeSize = 65536;
+
+uint32_t subordinate_base(const char* file) {
+  std::ifstream in(file);
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream ss(line);
+    std::string name, start, count;
+    if (std::getline(ss, name, ':') && name == "ultari" && std::getline(ss, start, ':') && std::getline(ss, count)) {
+      try {
+        if (std::stoul(count) >= kRangeSize) return static_cast<uint32_t>(std::stoul(start));
+      } catch (...) {
+      }
+    }
+  }
+  return kDefaultSubBase;
+}
+
+void write_file(const std::string& path, const std::string& text) {
+  int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) throw_errno("open " + path);
+  ssize_t n = write(fd, text.data(), text.size());
+  int err = errno;
+  close(fd);
+  if (n != static_cast<ssize_t>(text.size())) throw_errno("write " + path + " (\"" + text + "\")", err);
+}
+
+std::string format(const std::vector<IdRange>& map) {
+  std::string out;
+  for (const auto& r : map)
+    out += std::to_string(r.inside) + " " + std::to_string(r.outside) + " " + std::to_string(r.count) + "\n";
+  return out;
+}
+
+}  // namespace
+
+Identity plan_identity(uid_t uid, gid_t gid) {
+  Identity id;
+  id.uid = uid;
+  id.gid = gid;
+  id.rootful = geteuid() == 0;
+  if (id.rootful) {
+    uint32_t ubase = subordinate_base("/etc/subuid"), gbase = subordinate_base("/etc/subgid");
+    if (uid >= kRangeSize || gid >= kRangeSize)
+      throw Error("--user " + std::to_string(uid) + ":" + std::to_string(gid) + " is outside the sandbox's id range 0-65535");
+    id.uid_map = {{0, ubase, kRangeSize}};
+    id.gid_map = {{0, gbase, kRangeSize}};
+    id.host_root_uid = ubase;
+    id.host_root_gid = gbase;
+  } else {
+    id.uid_map = {{uid, geteuid(), 1}};
+    id.gid_map = {{gid, getegid(), 1}};
+    id.host_root_uid = geteuid();
+    id.host_root_gid = getegid();
+  }
+  return id;
+}
+
+void write_maps(pid_t pid, const Identity& id) {
+  std::string base = "/proc/" + std::to_string(pid) + "/";
+  write_file(base + "uid_map", format(id.uid_map));
+  // Unprivileged callers must give up setgroups() before mapping gids.
+  if (!id.rootful) write_file(base + "setgroups", "deny");
+  write_file(base + "gid_map", format(id.gid_map));
+}
+
+UniqueFd idmapped_tree(const std::string& path, uid_t to_uid, gid_t to_gid) {
+  struct stat st{};
+  if (stat(path.c_str(), &st) != 0) throw_errno("stat " + path);
+  // A short-lived process owns a user namespace that maps the directory's
+  // owner to the target ids; the mount keeps the namespace alive.
+  int ready[2], hold[2];
+  if (pipe2(ready, O_CLOEXEC) != 0 || pipe2(hold, O_CLOEXEC) != 0) throw_errno("pipe");
+  pid_t child = fork();
+  if (child < 0) throw_errno("fork");
+  if (child == 0) {
+    char c = unshare(CLONE_NEWUSER) == 0 ? 'y' : 'n';
+    if (write(ready[1], &c, 1) < 0) _exit(1);
+    if (read(hold[0], &c, 1) < 0) _exit(1);
+    _exit(0);
+  }
+  close(ready[1]);
+  close(hold[0]);
+  char c = 0;
+  bool ok = read(ready[0], &c, 1) == 1 && c == 'y';
+  close(ready[0]);
+  UniqueFd userns;
+  std::string err;
+  if (ok) {
+    try {
+      Identity map;
+      map.rootful = true;
+      map.uid_map = {{st.st_uid, to_uid, 1}};
+      map.gid_map = {{st.st_gid, to_gid, 1}};
+      write_maps(child, map);
+      userns.reset(open(("/proc/" + std::to_string(child) + "/ns/user").c_str(), O_RDONLY | O_CLOEXEC));
+      if (!userns) err = std::string("open user namespace: ") + std::strerror(errno);
+    } catch (const Error& e) {
+      err = e.what();
+    }
+  } else {
+    err = "unshare(CLONE_NEWUSER) failed";
+  }
+  close(hold[1]);
+  waitpid(child, nullptr, 0);
+  if (!userns) throw Error("idmapped mount of " + path + ": " + err);
+
+  UniqueFd tree(static_cast<int>(
+      syscall(SYS_open_tree, AT_FDCWD, path.c_str(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE)));
+  if (!tree) throw_errno("open_tree " + path);
+  mount_attr attr{};
+  attr.attr_set = MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+  attr.userns_fd = static_cast<uint64_t>(userns.get());
+  if (syscall(SYS_mount_setattr, tree.get(), "", AT_EMPTY_PATH, &attr, sizeof attr) != 0)
+    throw_errno("idmapped mount of " + path + " (does its filesystem support idmapped mounts?)");
+  return tree;
+}
+
+}  // namespace ultari::isolation

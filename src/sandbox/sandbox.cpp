@@ -1,0 +1,572 @@
+#include "sandbox/sandbox.h"
+
+#include <fcntl.h>
+#include <linux/sched.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/random.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/timerfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <optional>
+
+#include "isolation/channel.h"
+#include "isolation/child.h"
+#include "util/error.h"
+#include "util/fd.h"
+#include "util/paths.h"
+
+namespace ultari {
+
+using Clock = std::chrono::steady_clock;
+using isolation::Msg;
+using isolation::MsgType;
+
+const char* verdict_name(Verdict v) {
+  switch (v) {
+    case Verdict::Ok: return "ok";
+    case Verdict::NonzeroExit: return "nonzero_exit";
+    case Verdict::Signaled: return "signaled";
+    case Verdict::Timeout: return "timeout";
+    case Verdict::CpuTime: return "cpu_time";
+    case Verdict::Oom: return "oom";
+    case Verdict::OutputLimit: return "output_limit";
+    case Verdict::SetupError: return "setup_error";
+  }
+  return "setup_error";
+}
+
+namespace {
+
+std::string random_id() {
+  unsigned char b[6];
+  if (getrandom(b, sizeof b, 0) != sizeof b) throw_errno("getrandom");
+  char out[13];
+  for (int i = 0; i < 6; ++i) std::snprintf(out + 2 * i, 3, "%02x", b[i]);
+  return out;
+}
+
+int read_cap_last() {
+  int fd = open("/proc/sys/kernel/cap_last_cap", O_RDONLY | O_CLOEXEC);
+  char buf[16] = {};
+  ssize_t n = fd >= 0 ? read(fd, buf, sizeof buf - 1) : -1;
+  if (fd >= 0) close(fd);
+  return n > 0 ? std::atoi(buf) : 40;
+}
+
+std::string env_value(const std::vector<std::string>& env, const std::string& key) {
+  for (const auto& e : env)
+    if (e.compare(0, key.size() + 1, key + "=") == 0) return e.substr(key.size() + 1);
+  return {};
+}
+
+}  // namespace
+
+Prepared prepare(const Spec& spec) {
+  Prepared p;
+  p.identity = isolation::plan_identity(spec.identity.uid, spec.identity.gid);
+  std::string cache = cache_dir();
+  if (spec.rootfs.empty())
+    p.host_root = filesystem::prepare_host_root(cache, p.identity.host_root_uid, p.identity.host_root_gid);
+  p.policy = seccomp::load_policy(spec.seccomp.profile_path, cache + "/seccomp");
+  p.cgroups = cgroups::detect();
+  cgroups::sweep_orphans(p.cgroups);
+  p.cap_last = read_cap_last();
+  return p;
+}
+
+// ---------------------------------------------------------------------------
+// Per-sandbox state owned by the supervisor.
+// ---------------------------------------------------------------------------
+struct Sandbox::State {
+  std::string id;
+  Spec spec;
+  const Prepared* prepared = nullptr;
+  Io io;
+  std::optional<cgroups::Cgroup> cgroup;
+  UniqueFd workspace_tree;
+  filesystem::RootPlan root;
+  isolation::ChildPlan plan;
+  std::vector<std::string> storage;  // strings the plan points into
+  std::vector<const char*> candidates;
+
+  UniqueFd sock;       // control socket (supervisor end)
+  UniqueFd out_r, err_r;
+  UniqueFd pidfd;
+  pid_t pid = -1;
+  bool reaped = false;
+  Clock::time_point started;
+  std::unique_ptr<seccomp::Supervisor> notify;
+
+  // What happened.
+  std::optional<Verdict> kill_reason;
+  std::string setup_error;
+  int exec_errno = 0;
+  std::optional<int> payload_status;
+  uint64_t out_bytes = 0, err_bytes = 0;
+  bool truncated = false;
+  bool out_closed = false, err_closed = false;
+  std::vector<std::string> warnings;
+
+  ~State() { destroy(); }
+
+  void kill_all() {
+    if (cgroup) cgroup->kill();
+    if (pidfd && !reaped) syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0);
+  }
+  void reap(rusage* ru) {
+    if (reaped || pid <= 0) return;
+    int status;
+    while (wait4(pid, &status, 0, ru) < 0 && errno == EINTR) {
+    }
+    reaped = true;
+  }
+  void destroy() {
+    if (pid > 0 && !reaped) {
+      kill_all();
+      reap(nullptr);
+    }
+    if (cgroup) cgroup->destroy();
+  }
+};
+
+namespace {
+
+void build_process(Sandbox::State& s, const std::string& home) {
+  const Spec& spec = s.spec;
+  auto keep = [&s](std::string v) { return s.storage.emplace_back(std::move(v)).c_str(); };
+  s.storage.reserve(spec.process.argv.size() + spec.process.env.size() + 64);
+
+  std::vector<std::string> env = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                                  "HOME=" + home, "LANG=C.UTF-8"};
+  const char* term = std::getenv("TERM");
+  env.push_back(std::string("TERM=") + (term && *term ? term : "dumb"));
+  for (const auto& kv : spec.process.env) {
+    auto eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0) throw Error("--env '" + kv + "' must be KEY=VALUE");
+    std::string key = kv.substr(0, eq + 1);
+    std::erase_if(env, [&](const std::string& e) { return e.compare(0, key.size(), key) == 0; });
+    env.push_back(kv);
+  }
+  for (const auto& e : env) s.plan.envp.push_back(keep(e));
+  s.plan.envp.push_back(nullptr);
+
+  if (spec.process.argv.empty()) throw Error("no command given (usage: ultari run [OPTIONS] -- COMMAND [ARG...])");
+  for (const auto& a : spec.process.argv) s.plan.argv.push_back(keep(a));
+  s.plan.argv.push_back(nullptr);
+
+  const std::string& cmd = spec.process.argv[0];
+  if (cmd.empty()) throw Error("the command is an empty string");
+  if (cmd.find('/') != std::string::npos) {
+    s.plan.exec_candidates.push_back(keep(cmd));
+  } else {
+    std::string path = env_value(env, "PATH");
+    size_t start = 0;
+    while (start <= path.size()) {
+      size_t end = path.find(':', start);
+      if (end == std::string::npos) end = path.size();
+      std::string dir = path.substr(start, end - start);
+      s.plan.exec_candidates.push_back(keep((dir.empty() ? "." : dir) + "/" + cmd));
+      start = end + 1;
+    }
+  }
+  s.plan.exec_candidates.push_back(nullptr);
+
+  std::string cwd = spec.process.cwd;
+  if (cwd.empty()) cwd = spec.workspace.empty() ? home : "/workspace";
+  if (cwd[0] != '/') throw Error("--cwd '" + cwd + "' must be an absolute path");
+  s.plan.cwd = keep(cwd);
+
+  auto limit = [&s](int res, rlim_t value) {
+    rlimit cur{};
+    getrlimit(res, &cur);
+    // Root here may lack CAP_SYS_RESOURCE: never ask above the hard limit.
+    rlim_t v = std::min(value, cur.rlim_max);
+    s.plan.rlimits.push_back({res, {v, v}});
+  };
+  limit(RLIMIT_CORE, 0);  // a core dump could run the host's core_pattern helper
+  limit(RLIMIT_NOFILE, spec.limits.nofile.value_or(kDefaultNofile));
+  if (spec.limits.cpu_time) {
+    // Per-process backstop; the cgroup poll enforces the whole tree.
+    auto secs = static_cast<rlim_t>(spec.limits.cpu_time->count() / 1000 + 2);
+    s.plan.rlimits.push_back({RLIMIT_CPU, {secs, secs + 1}});
+  }
+}
+
+void send_msg(int fd, const Msg& m) {
+  if (send(fd, &m, sizeof m, MSG_NOSIGNAL) != sizeof m) throw_errno("control socket");
+}
+
+// Receives one message and, for Listener, the fd that comes with it.
+// 1: a message, 0: the peer closed, -1: nothing queued.
+int recv_msg(int fd, Msg& m, UniqueFd& passed) {
+  iovec iov{&m, sizeof m};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+  if (n == 0) return 0;
+  if (n != sizeof m) return -1;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+      int got;
+      std::memcpy(&got, CMSG_DATA(c), sizeof got);
+      passed.reset(got);
+    }
+  return 1;
+}
+
+}  // namespace
+
+std::unique_ptr<Sandbox> Sandbox::start(const Prepared& prepared, const Spec& spec, const Io& io) {
+  auto st = std::make_unique<State>();
+  State& s = *st;
+  s.id = random_id();
+  s.spec = spec;
+  s.prepared = &prepared;
+  s.io = io;
+  s.warnings = prepared.warnings;
+
+  const auto& id = prepared.identity;
+  std::string home = spec.identity.uid == 0 ? "/root" : "/home/sandbox";
+  build_process(s, home);
+
+  // Cgroup first: limits are in force before the first instruction runs.
+  cgroups::Limits limits;
+  limits.memory_bytes = spec.limits.memory_bytes.value_or(kDefaultMemoryBytes);
+  limits.pids = spec.limits.pids.value_or(kDefaultPids);
+  limits.cpus = spec.limits.cpus;
+  s.cgroup.emplace(cgroups::Cgroup::create(prepared.cgroups, cgroups::make_group_name(), limits));
+  for (const auto& what : s.cgroup->unenforced())
+    s.warnings.push_back(what + " limit is not enforced: no usable cgroup controller for it (not delegated to this user?)");
+  if (spec.limits.cpu_time && !s.cgroup->stats().cpu_known)
+    s.warnings.push_back("cpu-time limit is enforced per process only (RLIMIT_CPU): no cgroup cpu accounting");
+
+  // Rootful: the workspace is idmapped so the sandbox's root writes files
+  // owned by the workspace's owner, not by the subordinate range.
+  if (id.rootful && !spec.workspace.empty()) {
+    char real[PATH_MAX];
+    if (!realpath(spec.workspace.c_str(), real)) throw_errno("workspace '" + spec.workspace + "'");
+    s.workspace_tree = isolation::idmapped_tree(real, id.host_root_uid + id.uid, id.host_root_gid + id.gid);
+  }
+  s.root = filesystem::plan_root(spec, spec.rootfs.empty() ? &prepared.host_root : nullptr, home,
+                                 s.workspace_tree ? s.workspace_tree.get() : -1);
+
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) throw_errno("socketpair");
+  s.sock.reset(sv[0]);
+  UniqueFd child_sock(sv[1]);
+  int out[2], err[2];
+  if (pipe2(out, O_CLOEXEC) != 0) throw_errno("pipe");
+  s.out_r.reset(out[0]);
+  UniqueFd out_w(out[1]);
+  if (pipe2(err, O_CLOEXEC) != 0) throw_errno("pipe");
+  s.err_r.reset(err[0]);
+  UniqueFd err_w(err[1]);
+
+  auto& plan = s.plan;
+  plan.sock = child_sock.get();
+  plan.supervisor_sock = s.sock.get();
+  plan.close_in_child = {s.out_r.get(), s.err_r.get()};
+  plan.stdin_fd = io.stdin_fd == 0 ? -1 : io.stdin_fd;
+  plan.stdout_fd = out_w.get();
+  plan.stderr_fd = err_w.get();
+  plan.root = &s.root;
+  plan.hostname = spec.hostname.c_str();
+  plan.become_root = id.rootful;
+  plan.setgroups_allowed = id.rootful;
+  plan.uid = spec.identity.uid;
+  plan.gid = spec.identity.gid;
+  plan.cap_last = prepared.cap_last;
+  plan.filter.len = static_cast<unsigned short>(prepared.policy.kernel.size());
+  plan.filter.filter = const_cast<sock_filter*>(prepared.policy.kernel.data());
+
+  clone_args args{};
+  args.flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_PIDFD;
+  int pidfd = -1;
+  args.pidfd = reinterpret_cast<uint64_t>(&pidfd);
+  args.exit_signal = SIGCHLD;
+  int cg = s.cgroup->v2_fd();
+  if (cg >= 0) {
+    args.flags |= CLONE_INTO_CGROUP;
+    args.cgroup = static_cast<uint64_t>(cg);
+  }
+  s.started = Clock::now();
+  long pid = syscall(SYS_clone3, &args, sizeof args);
+  if (pid < 0) throw_errno("clone3 (creating the sandbox's namespaces)");
+  if (pid == 0) isolation::child_main(plan);
+  s.pid = static_cast<pid_t>(pid);
+  s.pidfd.reset(pidfd);
+  child_sock.reset();
+  out_w.reset();
+  err_w.reset();
+
+  // The child waits for these before it does anything.
+  isolation::write_maps(s.pid, id);
+  s.cgroup->attach(s.pid, cg >= 0);
+  Msg go{};
+  go.type = MsgType::Go;
+  send_msg(s.sock.get(), go);
+  fcntl(s.out_r.get(), F_SETFL, O_NONBLOCK);
+  fcntl(s.err_r.get(), F_SETFL, O_NONBLOCK);
+  return std::unique_ptr<Sandbox>(new Sandbox(std::move(st)));
+}
+
+Sandbox::Sandbox(std::unique_ptr<State> state) : s_(std::move(state)) {}
+Sandbox::~Sandbox() = default;
+const std::string& Sandbox::id() const { return s_->id; }
+void Sandbox::kill() { s_->kill_all(); }
+
+namespace {
+
+// Copies what is in `from` to `to`, counting and enforcing the output limit.
+// Returns false at EOF.
+bool pump(Sandbox::State& s, int from, int to, uint64_t& counter) {
+  char buf[65536];
+  for (;;) {
+    ssize_t n = read(from, buf, sizeof buf);
+    if (n == 0) return false;
+    if (n < 0) return errno == EAGAIN || errno == EINTR;
+    size_t deliver = static_cast<size_t>(n);
+    if (auto limit = s.spec.limits.output_bytes) {
+      uint64_t used = s.out_bytes + s.err_bytes;
+      uint64_t room = used >= *limit ? 0 : *limit - used;
+      if (deliver > room) {
+        deliver = static_cast<size_t>(room);
+        if (!s.truncated) {
+          s.truncated = true;
+          if (!s.kill_reason) s.kill_reason = Verdict::OutputLimit;
+          s.kill_all();
+        }
+      }
+    }
+    size_t off = 0;
+    while (off < deliver && to >= 0) {
+      ssize_t w = write(to, buf + off, deliver - off);
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0) break;  // reader went away: keep counting, stop writing
+      off += static_cast<size_t>(w);
+    }
+    counter += deliver;
+  }
+}
+
+// Handles every queued message; false once the child's end is closed.
+bool handle_control(Sandbox::State& s) {
+  Msg m{};
+  UniqueFd passed;
+  for (;;) {
+    int rc = recv_msg(s.sock.get(), m, passed);
+    if (rc <= 0) return rc < 0;
+    switch (m.type) {
+      case MsgType::SetupError:
+        s.setup_error = std::string(m.step) + (m.detail[0] ? std::string(" ") + m.detail : "") + ": " +
+                        std::strerror(m.err);
+        s.kill_all();
+        break;
+      case MsgType::Listener:
+        if (passed) s.notify = std::make_unique<seccomp::Supervisor>(s.prepared->policy, passed.release());
+        break;
+      case MsgType::ExecFailed:
+        s.exec_errno = m.err;
+        break;
+      case MsgType::Exited:
+        s.payload_status = static_cast<int>(m.value);
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+UniqueFd make_timer(std::chrono::milliseconds first, std::chrono::milliseconds every) {
+  UniqueFd t(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
+  if (!t) throw_errno("timerfd_create");
+  itimerspec its{};
+  its.it_value.tv_sec = first.count() / 1000;
+  its.it_value.tv_nsec = (first.count() % 1000) * 1000000;
+  its.it_interval.tv_sec = every.count() / 1000;
+  its.it_interval.tv_nsec = (every.count() % 1000) * 1000000;
+  timerfd_settime(t.get(), 0, &its, nullptr);
+  return t;
+}
+
+}  // namespace
+
+Result Sandbox::wait() {
+  State& s = *s_;
+  Result r;
+  r.sandbox_id = s.id;
+
+  UniqueFd deadline;
+  if (s.spec.limits.wall_timeout) {
+    auto left = *s.spec.limits.wall_timeout - std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - s.started);
+    deadline = make_timer(std::max(left, std::chrono::milliseconds(1)), std::chrono::milliseconds(0));
+  }
+  // Periodic sampling: CPU time against --cpu-time, pids on v1 (no pids.peak).
+  UniqueFd ticker = make_timer(std::chrono::milliseconds(20), std::chrono::milliseconds(50));
+
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) sigaddset(&sigs, sig);
+  sigset_t old;
+  sigprocmask(SIG_BLOCK, &sigs, &old);
+  UniqueFd sigfd(signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK));
+
+  bool init_gone = false, notify_hup = false, sock_eof = false;
+  while (!init_gone) {
+    pollfd fds[7];
+    int n = 0;
+    auto add = [&](int fd) {
+      fds[n] = {fd, POLLIN, 0};
+      return fd >= 0 ? n++ : -1;
+    };
+    int i_pid = add(s.pidfd.get());
+    int i_sock = sock_eof ? -1 : add(s.sock.get());
+    int i_out = s.out_closed ? -1 : add(s.out_r.get());
+    int i_err = s.err_closed ? -1 : add(s.err_r.get());
+    int i_notify = s.notify && !notify_hup ? add(s.notify->fd()) : -1;
+    int i_deadline = deadline ? add(deadline.get()) : -1;
+    int i_tick = add(ticker.get());
+    int i_sig = sigfd ? n : -1;
+    pollfd all[8];
+    std::copy(fds, fds + n, all);
+    if (i_sig >= 0) all[n++] = {sigfd.get(), POLLIN, 0};
+    if (poll(all, static_cast<nfds_t>(n), -1) < 0) {
+      if (errno == EINTR) continue;
+      throw_errno("poll");
+    }
+    auto ready = [&](int i) { return i >= 0 && (all[i].revents & (POLLIN | POLLHUP | POLLERR)); };
+    if (i_notify >= 0 && (all[i_notify].revents & POLLIN)) {
+      try {
+        s.notify->handle_one();
+      } catch (const Error& e) {
+        s.warnings.push_back(std::string("seccomp supervisor: ") + e.what());
+        notify_hup = true;
+      }
+    }
+    // No task uses the filter any more: the listener stays readable (HUP).
+    if (i_notify >= 0 && (all[i_notify].revents & (POLLHUP | POLLERR))) notify_hup = true;
+    if (ready(i_sock) && !handle_control(s)) sock_eof = true;
+    if (ready(i_out) && !pump(s, s.out_r.get(), s.io.stdout_fd, s.out_bytes)) s.out_closed = true;
+    if (ready(i_err) && !pump(s, s.err_r.get(), s.io.stderr_fd, s.err_bytes)) s.err_closed = true;
+    if (ready(i_deadline) && !s.kill_reason) {
+      s.kill_reason = Verdict::Timeout;
+      s.kill_all();
+    }
+    if (ready(i_tick)) {
+      uint64_t expirations;
+      if (read(ticker.get(), &expirations, sizeof expirations) < 0) {
+      }
+      s.cgroup->sample_pids();
+      if (s.spec.limits.cpu_time && !s.kill_reason) {
+        auto st = s.cgroup->stats();
+        if (st.cpu_known && st.cpu_usec / 1000 >= static_cast<uint64_t>(s.spec.limits.cpu_time->count())) {
+          s.kill_reason = Verdict::CpuTime;
+          s.kill_all();
+        }
+      }
+    }
+    if (ready(i_sig)) {
+      signalfd_siginfo si{};
+      while (read(sigfd.get(), &si, sizeof si) == sizeof si)
+        syscall(SYS_pidfd_send_signal, s.pidfd.get(), si.ssi_signo, nullptr, 0);
+    }
+    if (ready(i_pid)) init_gone = true;
+  }
+  sigprocmask(SIG_SETMASK, &old, nullptr);
+
+  // Init is gone, so is every process of the namespace: drain what is left.
+  handle_control(s);
+  while (!s.out_closed && pump(s, s.out_r.get(), s.io.stdout_fd, s.out_bytes)) {
+    pollfd p{s.out_r.get(), POLLIN, 0};
+    if (poll(&p, 1, 100) <= 0) break;
+  }
+  while (!s.err_closed && pump(s, s.err_r.get(), s.io.stderr_fd, s.err_bytes)) {
+    pollfd p{s.err_r.get(), POLLIN, 0};
+    if (poll(&p, 1, 100) <= 0) break;
+  }
+  rusage ru{};
+  s.reap(&ru);
+  r.wall_ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - s.started).count();
+
+  cgroups::Stats cs = s.cgroup->stats();
+  int64_t ru_cpu_us = (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000ll + ru.ru_utime.tv_usec + ru.ru_stime.tv_usec;
+  r.cpu_ms = (cs.cpu_known ? static_cast<int64_t>(cs.cpu_usec) : ru_cpu_us) / 1000;
+  r.peak_memory_bytes = cs.memory_known ? cs.peak_memory_bytes : static_cast<uint64_t>(ru.ru_maxrss) * 1024;
+  r.peak_pids = std::max<uint64_t>(cs.peak_pids, 1);
+  r.stdout_bytes = s.out_bytes;
+  r.stderr_bytes = s.err_bytes;
+  r.truncated = s.truncated;
+  r.warnings = s.warnings;
+  if (s.notify)
+    for (const auto& [name, count] : s.notify->denied()) r.denied_syscalls.push_back({name, count});
+
+  if (!s.setup_error.empty() || !s.payload_status) {
+    r.verdict = Verdict::SetupError;
+    r.exit_code = 125;
+    r.error = s.setup_error.empty() ? "the sandbox ended before the command started" : "setup: " + s.setup_error;
+    if (s.kill_reason && s.setup_error.empty()) {
+      r.verdict = *s.kill_reason;
+      r.exit_code = *s.kill_reason == Verdict::Timeout || *s.kill_reason == Verdict::CpuTime ? 124 : 137;
+      r.error.clear();
+    }
+    return r;
+  }
+  int status = *s.payload_status;
+  if (WIFSIGNALED(status)) r.signal = WTERMSIG(status);
+  if (s.kill_reason) {
+    r.verdict = *s.kill_reason;
+    r.exit_code = r.verdict == Verdict::OutputLimit ? 137 : 124;
+    if (r.verdict == Verdict::OutputLimit) r.signal = SIGKILL;
+  } else if (WIFSIGNALED(status) && r.signal == SIGKILL && cs.oom_kills > 0) {
+    r.verdict = Verdict::Oom;
+    r.exit_code = 137;
+  } else if (WIFSIGNALED(status) && r.signal == SIGXCPU && s.spec.limits.cpu_time) {
+    r.verdict = Verdict::CpuTime;
+    r.exit_code = 124;
+  } else if (WIFSIGNALED(status)) {
+    r.verdict = Verdict::Signaled;
+    r.exit_code = 128 + r.signal;
+  } else {
+    r.exit_code = WEXITSTATUS(status);
+    r.verdict = r.exit_code == 0 ? Verdict::Ok : Verdict::NonzeroExit;
+    if (s.exec_errno) {
+      r.error = (s.exec_errno == ENOENT ? std::string("command not found: ")
+                                        : std::string("cannot execute: ") + std::strerror(s.exec_errno) + ": ") +
+                s.spec.process.argv[0];
+    }
+  }
+  return r;
+}
+
+Result run(const Spec& spec, const Io& io) {
+  Result r;
+  try {
+    Prepared prepared = prepare(spec);
+    auto sandbox = Sandbox::start(prepared, spec, io);
+    r = sandbox->wait();
+    sandbox.reset();
+  } catch (const std::exception& e) {
+    r = Result{};
+    r.verdict = Verdict::SetupError;
+    r.exit_code = 125;
+    r.error = e.what();
+  }
+  return r;
+}
+
+}  // namespace ultari

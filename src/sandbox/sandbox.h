@@ -1,0 +1,95 @@
+// The engine's public API. A run is: prepare (work that can be done ahead
+// and shared between runs), start (the per-request work: cgroup, clone,
+// root filesystem, exec), wait (supervise until the command ends) and
+// destroy (the destructor: nothing of the sandbox survives it).
+#pragma once
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cgroups/cgroups.h"
+#include "filesystem/rootfs.h"
+#include "isolation/identity.h"
+#include "seccomp/seccomp.h"
+#include "spec/spec.h"
+
+namespace ultari {
+
+enum class Verdict { Ok, NonzeroExit, Signaled, Timeout, CpuTime, Oom, OutputLimit, SetupError };
+const char* verdict_name(Verdict v);
+
+struct DeniedSyscall {
+  std::string name;
+  uint64_t count = 0;
+};
+
+struct Result {
+  std::string sandbox_id;
+  Verdict verdict = Verdict::SetupError;
+  int exit_code = 125;  // exit status `ultari run` reports (docker/timeout conventions)
+  int signal = 0;       // signal that ended the command, 0 if none
+  int64_t wall_ms = 0;
+  int64_t cpu_ms = 0;
+  uint64_t peak_memory_bytes = 0;
+  uint64_t peak_pids = 0;
+  uint64_t stdout_bytes = 0;
+  uint64_t stderr_bytes = 0;
+  bool truncated = false;
+  std::vector<DeniedSyscall> denied_syscalls;
+  std::string error;                  // set for setup_error and exec failures
+  std::vector<std::string> warnings;  // limits not enforced, ...
+};
+
+std::string result_json(const Result& r);
+
+// Where the sandbox's standard streams come from and go to (supervisor fds).
+struct Io {
+  int stdin_fd = 0;
+  int stdout_fd = 1;
+  int stderr_fd = 2;
+};
+
+// Work done ahead: the default root's skeleton, the compiled seccomp policy,
+// the identity mapping and the cgroup layout. Reusable for many sandboxes of
+// the same spec shape.
+struct Prepared {
+  isolation::Identity identity;
+  filesystem::HostRoot host_root;  // empty skeleton when --rootfs is used
+  seccomp::CompiledPolicy policy;
+  cgroups::Layout cgroups;
+  int cap_last = 40;
+  std::vector<std::string> warnings;
+};
+Prepared prepare(const Spec& spec);
+
+class Sandbox {
+ public:
+  // Starts the command of `spec` in a new sandbox. Throws ultari::Error for
+  // problems found before the sandbox exists (nothing is left behind).
+  static std::unique_ptr<Sandbox> start(const Prepared& prepared, const Spec& spec, const Io& io);
+  ~Sandbox();  // kills whatever is left and removes the cgroup
+  Sandbox(const Sandbox&) = delete;
+  Sandbox& operator=(const Sandbox&) = delete;
+
+  const std::string& id() const;
+  // Supervises until the command ends (streams output, enforces limits,
+  // answers seccomp notifications) and returns the result.
+  Result wait();
+  // Kills every process of the sandbox.
+  void kill();
+
+  struct State;
+
+ private:
+  explicit Sandbox(std::unique_ptr<State> state);
+  std::unique_ptr<State> s_;
+};
+
+// prepare + start + wait + destroy. Never throws: errors become a result
+// with verdict setup_error.
+Result run(const Spec& spec, const Io& io = {});
+
+}  // namespace ultari

@@ -1,0 +1,180 @@
+// Ultari's default policy: a default-deny allowlist modelled on Docker's
+// default profile (moby/profiles seccomp/default.json) for a process without
+// capabilities, with the known gaps closed (ptrace, process_vm_*, ioctl
+// TIOCSTI/TIOCLINUX, name_to_handle_at, foreign ABIs, ...).
+#include <linux/sched.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <utility>
+
+#include "seccomp/policy_spec.h"
+
+namespace ultari::seccomp::detail {
+namespace {
+
+// Names libseccomp does not know are skipped by the compiler, so newer
+// calls can be listed here before libseccomp learns them.
+const char* const kAllowed[] = {
+    // process lifetime, threads, signals
+    "exit", "exit_group", "fork", "vfork", "execve", "execveat", "wait4", "waitid",
+    "kill", "tkill", "tgkill", "getpid", "gettid", "getppid", "getpgid", "getpgrp",
+    "setpgid", "getsid", "setsid", "set_tid_address", "set_robust_list",
+    "get_robust_list", "rseq", "futex", "futex_time64", "futex_waitv", "futex_wake",
+    "futex_wait", "futex_requeue", "restart_syscall", "arch_prctl", "modify_ldt",
+    "set_thread_area", "get_thread_area", "prctl", "seccomp", "membarrier",
+    "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending",
+    "rt_sigsuspend", "rt_sigtimedwait", "rt_sigqueueinfo", "rt_tgsigqueueinfo",
+    "sigaltstack", "signalfd", "signalfd4", "pause", "alarm", "pidfd_open",
+    "pidfd_send_signal", "process_mrelease",
+    // identity and capabilities (changing them is governed by the kernel)
+    "getuid", "geteuid", "getgid", "getegid", "getresuid", "getresgid",
+    "getgroups", "setuid", "setgid", "setreuid", "setregid", "setresuid",
+    "setresgid", "setfsuid", "setfsgid", "setgroups", "capget", "capset",
+    // memory
+    "brk", "mmap", "munmap", "mremap", "mprotect", "madvise", "msync", "mincore",
+    "mlock", "mlock2", "munlock", "mlockall", "munlockall", "memfd_create",
+    "memfd_secret", "pkey_alloc", "pkey_free", "pkey_mprotect", "remap_file_pages",
+    "map_shadow_stack", "get_mempolicy", "mseal",
+    // files and directories
+    "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev",
+    "preadv2", "pwritev2", "open", "openat", "openat2", "creat", "close",
+    "close_range", "dup", "dup2", "dup3", "lseek", "fcntl", "flock", "fsync",
+    "fdatasync", "sync", "syncfs", "sync_file_range", "truncate", "ftruncate",
+    "fallocate", "fadvise64", "readahead", "stat", "fstat", "lstat", "newfstatat",
+    "statx", "statfs", "fstatfs", "access", "faccessat", "faccessat2", "getdents",
+    "getdents64", "getcwd", "chdir", "fchdir", "mkdir", "mkdirat", "rmdir",
+    "rename", "renameat", "renameat2", "link", "linkat", "unlink", "unlinkat",
+    "symlink", "symlinkat", "readlink", "readlinkat", "mknod", "mknodat", "chmod",
+    "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "fchownat", "lchown",
+    "umask", "utime", "utimes", "utimensat", "futimesat", "copy_file_range",
+    "sendfile", "splice", "tee", "vmsplice", "pipe", "pipe2", "getxattr",
+    "lgetxattr", "fgetxattr", "setxattr", "lsetxattr", "fsetxattr", "listxattr",
+    "llistxattr", "flistxattr", "removexattr", "lremovexattr", "fremovexattr",
+    "inotify_init", "inotify_init1", "inotify_add_watch", "inotify_rm_watch",
+    "fanotify_mark", "cachestat",
+    // async I/O (not io_uring)
+    "io_setup", "io_destroy", "io_submit", "io_cancel", "io_getevents",
+    "io_pgetevents", "ioprio_get", "ioprio_set",
+    // polling, timers, clocks
+    "poll", "ppoll", "select", "pselect6", "epoll_create", "epoll_create1",
+    "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2", "eventfd", "eventfd2",
+    "timerfd_create", "timerfd_settime", "timerfd_gettime", "timer_create",
+    "timer_settime", "timer_gettime", "timer_getoverrun", "timer_delete",
+    "getitimer", "setitimer", "nanosleep", "clock_nanosleep", "clock_gettime",
+    "clock_getres", "gettimeofday", "time", "times",
+    // scheduling, limits, system info
+    "sched_yield", "sched_getaffinity", "sched_setaffinity", "sched_getparam",
+    "sched_setparam", "sched_getscheduler", "sched_setscheduler",
+    "sched_get_priority_max", "sched_get_priority_min", "sched_rr_get_interval",
+    "sched_getattr", "sched_setattr", "getpriority", "setpriority", "getrlimit",
+    "setrlimit", "prlimit64", "getrusage", "getcpu", "getrandom", "uname",
+    "sysinfo",
+    // sockets (socket and ioctl are conditional, see default_spec)
+    "socketpair", "bind", "connect", "listen", "accept", "accept4", "getsockname",
+    "getpeername", "getsockopt", "setsockopt", "shutdown", "sendto", "recvfrom",
+    "sendmsg", "recvmsg", "sendmmsg", "recvmmsg",
+    // System V and POSIX IPC
+    "shmget", "shmat", "shmdt", "shmctl", "semget", "semop", "semtimedop", "semctl",
+    "msgget", "msgsnd", "msgrcv", "msgctl", "mq_open", "mq_unlink", "mq_timedsend",
+    "mq_timedreceive", "mq_notify", "mq_getsetattr",
+    // sandboxing the sandbox further
+    "landlock_create_ruleset", "landlock_add_rule", "landlock_restrict_self",
+};
+
+const char* const kDenied[] = {
+    "io_uring_setup", "io_uring_enter", "io_uring_register", "keyctl", "add_key",
+    "request_key", "bpf", "perf_event_open", "userfaultfd", "init_module",
+    "finit_module", "delete_module", "create_module", "query_module",
+    "get_kernel_syms", "kexec_load", "kexec_file_load", "open_by_handle_at",
+    "name_to_handle_at", "ptrace", "process_vm_readv", "process_vm_writev", "mount",
+    "umount2", "pivot_root", "chroot", "fsopen", "fsconfig", "fsmount", "fspick",
+    "move_mount", "open_tree", "mount_setattr", "unshare", "setns", "quotactl",
+    "quotactl_fd", "acct", "swapon", "swapoff", "reboot", "settimeofday",
+    "clock_settime", "clock_adjtime", "adjtimex", "syslog", "lookup_dcookie",
+    "vhangup", "iopl", "ioperm", "uselib", "ustat", "sysfs", "_sysctl",
+    "nfsservctl", "fanotify_init", "sethostname", "setdomainname", "kcmp",
+    "pidfd_getfd", "process_madvise", "mbind", "set_mempolicy", "migrate_pages",
+    "move_pages", "set_mempolicy_home_node", "lsm_get_self_attr",
+    "lsm_set_self_attr", "lsm_list_modules", "tuxcall", "security", "afs_syscall",
+    "vserver", "getpmsg", "putpmsg", "epoll_ctl_old", "epoll_wait_old",
+};
+
+constexpr uint64_t kCloneNamespaceFlags = CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS |
+                                          CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID |
+                                          CLONE_NEWNET;  // 0x7E020000
+static_assert(kCloneNamespaceFlags == 0x7E020000);
+
+constexpr uint32_t kTIOCSTI = 0x5412;
+constexpr uint32_t kTIOCLINUX = 0x541C;
+constexpr uint32_t kAF_ALG = 38;
+constexpr uint32_t kAF_VSOCK = 40;
+
+Rule allow(std::string name, std::vector<ArgCmp> args = {}) {
+  Rule r;
+  r.names = {std::move(name)};
+  r.action = SCMP_ACT_ALLOW;
+  r.args = std::move(args);
+  r.origin = "default rule for " + r.names[0];
+  return r;
+}
+
+}  // namespace
+
+// libseccomp cannot express "deny when the low 32 bits equal X, else allow":
+// a conditional deny next to an unconditional allow for the same syscall is
+// dropped, and NE compares all 64 bits. So the allowed complement of
+// `excluded` within [0, 2^32) is split into aligned power-of-two blocks, each
+// one a MASKED_EQ comparison (mask hides the high word and the block's low
+// bits). The high 32 bits never take part, exactly like the kernel's int
+// argument.
+std::vector<ArgCmp> low32_complement(unsigned index, std::vector<uint32_t> excluded) {
+  std::sort(excluded.begin(), excluded.end());
+  std::vector<ArgCmp> blocks;
+  auto cover = [&](uint64_t lo, uint64_t hi) {  // inclusive range
+    while (lo <= hi) {
+      uint64_t size = lo == 0 ? (uint64_t{1} << 32) : (lo & -lo);
+      while (lo + size - 1 > hi) size >>= 1;
+      blocks.push_back({index, SCMP_CMP_MASKED_EQ, ~(size - 1) & 0xffffffffULL, lo});
+      lo += size;
+    }
+  };
+  uint64_t next = 0;
+  for (uint32_t x : excluded) {
+    if (x > next) cover(next, uint64_t{x} - 1);
+    next = uint64_t{x} + 1;
+  }
+  if (next <= 0xffffffffULL) cover(next, 0xffffffffULL);
+  return blocks;
+}
+
+PolicySpec default_spec() {
+  PolicySpec spec;
+  spec.source = "default seccomp policy";
+  spec.default_action = SCMP_ACT_ERRNO(EPERM);
+  for (const char* name : kAllowed) spec.rules.push_back(allow(name));
+  for (const char* name : kDenied) spec.known_denied.emplace_back(name);
+
+  // clone without namespace flags (threads, fork); CLONE_NEW* is denied.
+  spec.rules.push_back(allow("clone", {{0, SCMP_CMP_MASKED_EQ, kCloneNamespaceFlags, 0}}));
+
+  // clone3 flags live in memory BPF cannot read: ENOSYS makes glibc fall back
+  // to clone, whose flags are checked above.
+  Rule clone3;
+  clone3.names = {"clone3"};
+  clone3.action = SCMP_ACT_ERRNO(ENOSYS);
+  clone3.errno_in_kernel = true;
+  clone3.origin = "default rule for clone3";
+  spec.rules.push_back(clone3);
+
+  for (const ArgCmp& block : low32_complement(0, {kAF_ALG, kAF_VSOCK}))
+    spec.rules.push_back(allow("socket", {block}));
+  for (const ArgCmp& block : low32_complement(1, {kTIOCSTI, kTIOCLINUX}))
+    spec.rules.push_back(allow("ioctl", {block}));
+
+  for (uint64_t persona : {0x0ULL, 0x8ULL, 0x20000ULL, 0x20008ULL, 0xffffffffULL})
+    spec.rules.push_back(allow("personality", {{0, SCMP_CMP_EQ, persona, 0}}));
+  return spec;
+}
+
+}  // namespace ultari::seccomp::detail

@@ -1,0 +1,60 @@
+// Internal representation shared by the default policy, the Docker/OCI
+// profile parser and the libseccomp compiler. Not part of the public API.
+#pragma once
+#include <seccomp.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "seccomp/seccomp.h"
+
+namespace ultari::seccomp::detail {
+
+struct ArgCmp {
+  unsigned index = 0;
+  scmp_compare op = SCMP_CMP_EQ;
+  uint64_t a = 0;  // value (the mask for MASKED_EQ)
+  uint64_t b = 0;  // valueTwo
+};
+
+struct Rule {
+  std::vector<std::string> names;
+  uint32_t action = SCMP_ACT_ALLOW;  // the real action (shadow program)
+  std::vector<ArgCmp> args;          // ANDed
+  // ERRNO actions become NOTIFY in the kernel program unless this is set
+  // (clone3 → ENOSYS must reach glibc directly so it falls back to clone).
+  bool errno_in_kernel = false;
+  std::string origin;  // "syscalls[3]", for error messages
+};
+
+struct PolicySpec {
+  std::string source;  // "default policy" or "seccomp profile <path>"
+  uint32_t default_action = SCMP_ACT_ERRNO(1);
+  std::vector<uint32_t> extra_arches;  // non-native arches to filter (X86, X32)
+  std::vector<Rule> rules;
+  // Names the policy knows without a rule of their own (denied by default);
+  // they count towards max_known_nr.
+  std::vector<std::string> known_denied;
+};
+
+// Bumped whenever the default list or the compiler changes, so cached
+// programs are recompiled.
+inline constexpr const char* kPolicyVersion = "ultari-seccomp-3";
+
+PolicySpec default_spec();
+
+// MASKED_EQ comparisons on arg `index` that together match exactly the
+// values whose low 32 bits are not in `excluded`.
+std::vector<ArgCmp> low32_complement(unsigned index, std::vector<uint32_t> excluded);
+
+// `path` is used for messages only; `content` is the file's text.
+PolicySpec parse_profile(const std::string& path, const std::string& content);
+
+// Compiles with libseccomp (kernel + shadow programs).
+CompiledPolicy compile_spec(const PolicySpec& spec);
+
+// Kernel release from uname(2) as {major, minor}.
+std::pair<int, int> kernel_version();
+
+}  // namespace ultari::seccomp::detail

@@ -1,0 +1,76 @@
+// The Spec: a complete, front-end-neutral description of one sandbox.
+// Every front end (CLI flags, profile files, OCI config.json, HTTP API) only
+// fills this struct; the engine only executes it.
+#pragma once
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace ultari {
+
+struct Mount {
+  enum class Kind { Bind, Tmpfs };
+  Kind kind = Kind::Bind;
+  std::string source;       // host path (Bind); unused for Tmpfs
+  std::string destination;  // absolute path inside the sandbox
+  bool read_only = true;
+  uint64_t tmpfs_size = 0;  // Tmpfs only, bytes (0 = kernel default)
+};
+
+struct IdentitySpec {
+  // Identity inside the sandbox.
+  uid_t uid = 0;
+  gid_t gid = 0;
+};
+
+struct LimitsSpec {
+  std::optional<uint64_t> memory_bytes;   // includes swap
+  std::optional<uint64_t> pids;
+  std::optional<double> cpus;             // fractional cores
+  std::optional<std::chrono::milliseconds> wall_timeout;
+  std::optional<std::chrono::milliseconds> cpu_time;
+  std::optional<uint64_t> output_bytes;   // stdout+stderr together
+  uint64_t tmp_bytes = 0;                 // size of the writable layer (tmpfs)
+  std::optional<uint64_t> nofile;         // RLIMIT_NOFILE inside
+};
+
+struct SeccompSpec {
+  // Empty: Ultari's default policy. Otherwise a Docker/OCI JSON profile file.
+  std::string profile_path;
+};
+
+struct ProcessSpec {
+  std::vector<std::string> argv;
+  std::vector<std::string> env;  // KEY=VALUE, complete environment
+  std::string cwd;               // absolute, inside the sandbox
+};
+
+struct Spec {
+  // Root filesystem: empty = read-only view of the host's system directories.
+  std::string rootfs;
+  std::string workspace;  // host dir mounted read-write at /workspace
+  std::vector<Mount> mounts;
+  std::string hostname = "sandbox";
+  IdentitySpec identity;
+  LimitsSpec limits;
+  SeccompSpec seccomp;
+  ProcessSpec process;
+};
+
+// Defaults applied when the caller leaves a limit unset: they protect the host
+// from fork and memory bombs.
+inline constexpr uint64_t kDefaultMemoryBytes = 1ull << 30;  // 1 GiB
+inline constexpr uint64_t kDefaultPids = 1024;
+inline constexpr uint64_t kDefaultTmpBytes = 512ull << 20;   // 512 MiB
+inline constexpr uint64_t kDefaultNofile = 1024;
+
+// Parsers shared by front ends. They throw ultari::Error naming the bad value.
+uint64_t parse_size(const std::string& text);                 // "512M", "1G", "100k", "4096"
+std::chrono::milliseconds parse_duration(const std::string& text);  // "10s", "500ms", "2m", "1.5"
+double parse_cpus(const std::string& text);
+
+}  // namespace ultari

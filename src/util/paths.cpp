@@ -1,0 +1,35 @@
+#include "util/paths.h"
+
+#include <pwd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+
+#include "util/error.h"
+
+namespace ultari {
+
+std::string cache_dir() {
+  if (const char* env = std::getenv("ULTARI_CACHE_DIR"); env && *env) return env;
+  if (geteuid() == 0) return "/var/cache/ultari";
+  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg == '/') return std::string(xdg) + "/ultari";
+  const char* home = std::getenv("HOME");
+  if (!home || *home != '/') {
+    const passwd* pw = getpwuid(geteuid());
+    if (!pw) throw Error("cannot find a cache directory: HOME is not set");
+    home = pw->pw_dir;
+  }
+  return std::string(home) + "/.cache/ultari";
+}
+
+void make_dirs(const std::string& dir, unsigned mode) {
+  for (size_t pos = 1; pos <= dir.size(); ++pos) {
+    if (pos != dir.size() && dir[pos] != '/') continue;
+    std::string part = dir.substr(0, pos);
+    bool leaf = pos == dir.size();
+    if (mkdir(part.c_str(), leaf ? mode : 0755) != 0 && errno != EEXIST) throw_errno("mkdir " + part);
+  }
+}
+
+}  // namespace ultari

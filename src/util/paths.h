@@ -1,0 +1,13 @@
+// Host directories Ultari keeps its own files in.
+#pragma once
+#include <string>
+
+namespace ultari {
+
+// Compiled seccomp policies and the default root's skeleton.
+// Root: /var/cache/ultari; rootless: $XDG_CACHE_HOME/ultari (~/.cache/ultari).
+std::string cache_dir();
+// Creates dir and its parents (mode 0755 for parents, `mode` for the leaf).
+void make_dirs(const std::string& dir, unsigned mode = 0700);
+
+}  // namespace ultari
