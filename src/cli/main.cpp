@@ -86,6 +86,9 @@ int main(int argc, char** argv) {
   run->add_option("command", command, "COMMAND [ARG...]")->required();
   run->positionals_at_end(true);
 
+  // For options that are not repeatable the last one wins (like docker).
+  for (CLI::Option* opt : run->get_options())
+    if (opt->get_expected_max() == 1) opt->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

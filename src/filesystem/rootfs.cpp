@@ -62,7 +62,7 @@ void check_destination(const std::string& dst, const char* what) {
 
 }  // namespace
 
-RootPlan plan_root(const Spec& spec, const HostRoot* host_root, const std::string& home, int workspace_tree) {
+RootPlan plan_root(const Spec& spec, const HostRoot* host_root, const std::string& home) {
   RootPlan plan;
   auto add = [&plan](Step s) { plan.steps.push_back(s); };
   std::string staging = kStaging;
@@ -85,8 +85,9 @@ RootPlan plan_root(const Spec& spec, const HostRoot* host_root, const std::strin
   for (const char* d : {upper, work, root}) add({.op = Step::MkdirStaging, .target = d, .mode = 0755});
   add({.op = Step::MkdirStaging, .target = plan.intern(staging + "/mask-dir"), .mode = 0});
   add({.op = Step::MkdirStaging, .target = plan.intern(staging + "/mask-file"), .is_dir = false, .mode = 0});
-  add({.op = Step::Overlay, .target = root,
-       .data = plan.intern("lowerdir=" + lower + ",upperdir=" + upper + ",workdir=" + work + ",userxattr")});
+  plan.staged_lower = plan.intern(staging + "/lower");
+  add({.op = Step::Overlay, .source = plan.intern(lower), .target = root,
+       .data = plan.intern(std::string(",upperdir=") + upper + ",workdir=" + work + ",userxattr")});
 
   if (spec.rootfs.empty())
     for (const auto& dir : host_root->system_dirs)
@@ -115,10 +116,8 @@ RootPlan plan_root(const Spec& spec, const HostRoot* host_root, const std::strin
 
   if (!spec.workspace.empty()) {
     std::string ws = real_dir(spec.workspace, "workspace");
-    if (workspace_tree >= 0)
-      add({.op = Step::AttachInRoot, .target = "/workspace", .tree_fd = workspace_tree});
-    else
-      add({.op = Step::BindInRoot, .source = plan.intern(ws), .target = "/workspace", .read_only = false});
+    add({.op = Step::BindInRoot, .source = plan.intern(ws), .target = "/workspace", .read_only = false,
+         .user_path = true});
   }
   for (const auto& m : spec.mounts) {
     const char* what = m.read_only ? "--ro-bind" : "--bind";
@@ -135,11 +134,13 @@ RootPlan plan_root(const Spec& spec, const HostRoot* host_root, const std::strin
     if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode))
       throw Error(std::string(what) + " source '" + m.source + "' is neither a directory nor a regular file");
     add({.op = Step::BindInRoot, .source = plan.intern(buf), .target = plan.intern(m.destination),
-         .read_only = m.read_only, .is_dir = S_ISDIR(st.st_mode)});
+         .read_only = m.read_only, .is_dir = S_ISDIR(st.st_mode), .user_path = true});
   }
-  if (!home.empty() && home != "/root")
-    add({.op = Step::MkdirInRoot, .target = plan.intern(home), .mode = 0700});
+  if (!home.empty() && (home != "/root" || !spec.rootfs.empty()))
+    add({.op = Step::MkdirInRoot, .target = plan.intern(home), .mode = 0700, .uid = spec.identity.uid,
+         .gid = spec.identity.gid});
   add({.op = Step::PivotRoot, .target = root});
+  plan.host_fds.assign(plan.steps.size(), -1);
   return plan;
 }
 
@@ -181,12 +182,13 @@ struct Ctx {
   const char* mask_file = nullptr;
 };
 
-// Resolves `path` inside the new root; symlinks are followed but can never
-// leave it, and /proc magic links are refused (CVE-2021-30465).
+// Resolves `path` inside the new root without following any symlink: a
+// link planted where a mount goes is refused, never followed
+// (CVE-2021-30465); ".." cannot climb out of the root either.
 int open_in_root(const Ctx& c, const char* path, int flags) {
   open_how how{};
   how.flags = static_cast<uint64_t>(flags) | O_PATH | O_CLOEXEC;
-  how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+  how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS;
   return sys_openat2(c.root, path, &how);
 }
 
@@ -267,7 +269,7 @@ int mount_fs_at(int target_fd, const char* type, unsigned long flags, const char
   return 0;
 }
 
-int run_step(Ctx& c, const Step& s) {
+int run_step(Ctx& c, const Step& s, int host_fd) {
   switch (s.op) {
     case Step::StagingTmpfs:
       if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) return -errno;
@@ -281,12 +283,26 @@ int run_step(Ctx& c, const Step& s) {
         if (fd < 0) return -errno;
         close(fd);
       }
-      // The last directory and file made on the staging tmpfs are the masks.
+      // The mode-0 directory and file made on the staging tmpfs are the masks.
       if (s.mode == 0) (s.is_dir ? c.mask_dir : c.mask_file) = s.target;
       return 0;
     }
     case Step::Overlay: {
-      if (mount("overlay", s.target, "overlay", MS_NOSUID | MS_NODEV, s.data) != 0) return -errno;
+      // lowerdir is the fd taken before the staging tmpfs covered /tmp, or
+      // a detached (idmapped) tree attached next to the upper layer.
+      char opts[PATH_MAX + 256];
+      char fdp[32];
+      const char* lower = fd_path(host_fd, fdp);
+      if (s.tree_fd >= 0) {
+        lower = s.source;
+        if (mkdir(lower, 0755) != 0) return -errno;
+        if (sys_move_mount(s.tree_fd, "", AT_FDCWD, lower, MOVE_MOUNT_F_EMPTY_PATH) != 0) return -errno;
+      }
+      size_t n = 0;
+      for (const char* part : {"lowerdir=", lower, s.data})
+        for (size_t i = 0; part[i] && n + 1 < sizeof opts; ++i) opts[n++] = part[i];
+      opts[n] = '\0';
+      if (mount("overlay", s.target, "overlay", MS_NOSUID | MS_NODEV, opts) != 0) return -errno;
       c.root = open(s.target, O_PATH | O_DIRECTORY | O_CLOEXEC);
       return c.root < 0 ? -errno : 0;
     }
@@ -333,13 +349,13 @@ int run_step(Ctx& c, const Step& s) {
   const uint64_t ro = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
   switch (s.op) {
     case Step::BindInRoot:
-      rc = bind_path(s.source, fd, s.read_only ? ro : (MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV));
+      rc = attach(host_fd, fd, s.read_only ? ro : (MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV));
       break;
     case Step::AttachInRoot:
-      rc = attach(s.tree_fd, fd, 0);
+      rc = attach(s.tree_fd, fd, s.read_only ? ro : (MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV));
       break;
     case Step::DeviceInRoot:
-      rc = bind_path(s.source, fd, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC);
+      rc = attach(host_fd, fd, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC);
       break;
     case Step::TmpfsInRoot:
       rc = mount_fs_at(fd, "tmpfs", MS_NOSUID | MS_NODEV, s.data);
@@ -374,8 +390,9 @@ int run_step(Ctx& c, const Step& s) {
       rc = sys_mount_setattr(fd, "", AT_EMPTY_PATH, &attr) == 0 ? 0 : -errno;
       break;
     }
-    case Step::MkdirInRoot:
-      break;  // open_or_create made it
+    case Step::MkdirInRoot:  // open_or_create made it
+      if (fchownat(fd, "", s.uid, s.gid, AT_EMPTY_PATH) != 0) rc = -errno;
+      break;
     default:
       rc = -EINVAL;
   }
@@ -384,6 +401,14 @@ int run_step(Ctx& c, const Step& s) {
 }
 
 }  // namespace
+
+void RootPlan::use_lower_tree(int tree_fd) {
+  for (auto& step : steps)
+    if (step.op == Step::Overlay) {
+      step.tree_fd = tree_fd;
+      step.source = staged_lower;
+    }
+}
 
 const char* step_name(Step::Op op) {
   switch (op) {
@@ -407,12 +432,35 @@ const char* step_name(Step::Op op) {
   return "setup";
 }
 
-int execute(const RootPlan& plan, const Step** failed) {
-  Ctx c;
-  for (const Step& s : plan.steps) {
-    int rc = run_step(c, s);
-    if (rc != 0) {
+// Host paths are taken first, while the host's tree is still visible as it
+// is (the staging tmpfs goes over /tmp): bind sources as detached copies,
+// the overlay's lower layer as a directory fd.
+int open_host_paths(const RootPlan& plan, const Step** failed) {
+  for (size_t i = 0; i < plan.steps.size(); ++i) {
+    const Step& s = plan.steps[i];
+    int fd = -2;
+    if (s.op == Step::BindInRoot || s.op == Step::DeviceInRoot)
+      fd = sys_open_tree(AT_FDCWD, s.source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
+    else if (s.op == Step::Overlay && s.tree_fd < 0)
+      fd = open(s.source, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (fd == -2) continue;
+    if (fd < 0) {
       *failed = &s;
+      return -errno;
+    }
+    plan.host_fds[i] = fd;
+  }
+  return 0;
+}
+
+int execute(const RootPlan& plan, const Step** failed) {
+  if (int rc = open_host_paths(plan, failed); rc != 0) return rc;
+  Ctx c;
+  for (size_t i = 0; i < plan.steps.size(); ++i) {
+    int rc = run_step(c, plan.steps[i], plan.host_fds[i]);
+    if (plan.host_fds[i] >= 0) close(plan.host_fds[i]);
+    if (rc != 0) {
+      *failed = &plan.steps[i];
       if (c.root >= 0) close(c.root);
       return rc;
     }

@@ -28,7 +28,8 @@ struct Step {
   enum Op {
     StagingTmpfs,  // tmpfs on `target` (a host path in the child's own mount ns)
     MkdirStaging,  // mkdir of a host path on the staging tmpfs
-    Overlay,       // overlay root: data = mount options
+    Overlay,       // overlay root on `target`: lower layer `source` (or the
+                   // detached tree `tree_fd`), data = the other options
     BindInRoot,    // bind host `source` onto `target` inside the root
     AttachInRoot,  // attach the detached mount `tree_fd` onto `target`
     TmpfsInRoot,   // tmpfs on `target` inside the root, data = options
@@ -52,6 +53,9 @@ struct Step {
   bool is_dir = true;     // bind/mask: directory or file
   unsigned mode = 0755;
   int tree_fd = -1;
+  uid_t uid = 0;  // MkdirInRoot: owner inside the sandbox
+  gid_t gid = 0;
+  bool user_path = false;  // a workspace or --bind source (candidate for idmapping)
 };
 
 // Human name of a step, for error messages ("mount proc").
@@ -60,14 +64,22 @@ const char* step_name(Step::Op op);
 struct RootPlan {
   std::vector<Step> steps;
   std::deque<std::string> strings;  // owns every string the steps point into
+  // One slot per step for the fd the child takes of a host path before the
+  // staging tmpfs can hide it (sized by plan_root; written in the child's
+  // own copy of memory only).
+  mutable std::vector<int> host_fds;
+  const char* staged_lower = nullptr;  // where a detached lower layer is attached
   const char* intern(std::string s) { return strings.emplace_back(std::move(s)).c_str(); }
+  // The overlay's lower layer becomes the detached tree `tree_fd` (made and
+  // idmapped by the supervisor); the child attaches it on the staging tmpfs.
+  void use_lower_tree(int tree_fd);
 };
 
 // Builds the recipe. Checks every host path now (missing rootfs, bad bind
 // source) and throws ultari::Error naming it.
-// workspace_tree: a detached (idmapped) mount of the workspace made by the
-// supervisor, or -1 to bind the workspace by path.
-RootPlan plan_root(const Spec& spec, const HostRoot* host_root, const std::string& home, int workspace_tree);
+// Bind steps for the workspace and --bind/--ro-bind carry user_path; the
+// supervisor may turn them into AttachInRoot steps with idmapped trees.
+RootPlan plan_root(const Spec& spec, const HostRoot* host_root, const std::string& home);
 
 // Child side. Returns 0, or -errno with *failed set to the step that failed.
 int execute(const RootPlan& plan, const Step** failed);

@@ -1,5 +1,5 @@
 // The child's recipe, top to bottom:
-//   1. wait for the supervisor (id maps written, cgroups joined)
+//   1. join the cgroups, wait for the supervisor (id maps written)
 //   2. own cgroup namespace, new session, die with the supervisor
 //   3. build the root filesystem and pivot into it
 //   4. hostname, loopback up
@@ -14,6 +14,7 @@
 #include <linux/close_range.h>
 #include <linux/seccomp.h>
 #include <net/if.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/ioctl.h>
@@ -90,12 +91,16 @@ int loopback_up() {
   return rc;
 }
 
-// Empties every capability set; the bounding set first so execve can never
-// regain anything, then ambient, then the process's own sets.
-int drop_capabilities(int cap_last) {
+// The bounding set goes first so that execve can never regain anything.
+int drop_bounding_and_ambient(int cap_last) {
   for (int cap = 0; cap <= cap_last; ++cap)
     if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL) return -errno;
   if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0) return -errno;
+  return 0;
+}
+
+// Empties the effective, permitted and inheritable sets.
+int clear_capabilities() {
   __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
   __user_cap_data_struct data[2] = {};
   if (syscall(SYS_capset, &hdr, data) != 0) return -errno;
@@ -119,10 +124,13 @@ void reset_signals() {
 
 [[noreturn]] void payload_main(const ChildPlan& p) {
   reset_signals();
+  // The bounding and ambient sets need CAP_SETPCAP, so they go before the
+  // identity switch; the remaining sets are emptied after it.
+  if (int rc = drop_bounding_and_ambient(p.cap_last); rc != 0) fail(p, "drop capabilities", "bounding set", -rc);
   if (setresgid(p.gid, p.gid, p.gid) != 0) fail(p, "setresgid", "", errno);
   if (p.setgroups_allowed && setgroups(0, nullptr) != 0) fail(p, "setgroups", "", errno);
   if (setresuid(p.uid, p.uid, p.uid) != 0) fail(p, "setresuid", "", errno);
-  if (int rc = drop_capabilities(p.cap_last); rc != 0) fail(p, "drop capabilities", "", -rc);
+  if (int rc = clear_capabilities(); rc != 0) fail(p, "drop capabilities", "", -rc);
   for (const auto& l : p.rlimits)
     if (setrlimit(static_cast<__rlimit_resource>(l.resource), &l.value) != 0) fail(p, "setrlimit", "", errno);
 
@@ -156,12 +164,17 @@ void reset_signals() {
   close(p.supervisor_sock);
   for (int fd : p.close_in_child) close(fd);
   if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) _exit(125);
+  // Join the v1 cgroups first thing, moving ourselves (see Cgroup::open_self_attach).
+  for (int fd : p.cgroup_tasks) {
+    if (write(fd, "0", 1) != 1) fail(p, "join cgroup", "tasks", errno);
+    close(fd);
+  }
   sigset_t all;
   sigfillset(&all);
   sigprocmask(SIG_SETMASK, &all, nullptr);
 
-  // 1. The supervisor writes our id maps and joins us to the cgroups, then
-  // says go. EOF means it died: leave quietly.
+  // 1. The supervisor writes our id maps, then says go. EOF means it died:
+  // leave quietly.
   Msg go{};
   ssize_t n;
   do n = recv(p.sock, &go, sizeof go, 0);
@@ -172,6 +185,11 @@ void reset_signals() {
     if (setresgid(0, 0, 0) != 0) fail(p, "setresgid", "0", errno);
     if (setgroups(0, nullptr) != 0) fail(p, "setgroups", "", errno);
     if (setresuid(0, 0, 0) != 0) fail(p, "setresuid", "0", errno);
+    // A credential change clears the parent-death signal: arm it again, then
+    // make sure the supervisor did not die in between.
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) _exit(125);
+    pollfd alive{p.sock, POLLRDHUP, 0};
+    if (poll(&alive, 1, 0) != 0) _exit(125);
   }
   // 2. A cgroup namespace rooted at the sandbox's own group.
   if (unshare(CLONE_NEWCGROUP) != 0) fail(p, "unshare", "cgroup namespace", errno);
@@ -217,7 +235,8 @@ void reset_signals() {
 
   // 7. pid 1: nothing privileged is left to do, and no fd but the control
   // socket stays open (the payload's pipes must reach EOF without us).
-  drop_capabilities(p.cap_last);
+  drop_bounding_and_ambient(p.cap_last);
+  clear_capabilities();
   syscall(SYS_close_range, 0, p.sock - 1, 0);
   syscall(SYS_close_range, p.sock + 1, ~0U, 0);
   struct sigaction fwd{};

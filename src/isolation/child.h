@@ -19,6 +19,7 @@ struct ChildPlan {
   int stdout_fd = -1;     // dup2'd onto 1
   int stderr_fd = -1;     // dup2'd onto 2
   std::vector<int> close_in_child;  // other supervisor fds to drop
+  std::vector<int> cgroup_tasks;    // v1 `tasks` files: write "0" to join
 
   const filesystem::RootPlan* root = nullptr;
   const char* hostname = "sandbox";

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <linux/mount.h>
 #include <sched.h>
+#include <sys/prctl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -85,16 +86,21 @@ void write_maps(pid_t pid, const Identity& id) {
   write_file(base + "gid_map", format(id.gid_map));
 }
 
-UniqueFd idmapped_tree(const std::string& path, uid_t to_uid, gid_t to_gid) {
-  struct stat st{};
-  if (stat(path.c_str(), &st) != 0) throw_errno("stat " + path);
-  // A short-lived process owns a user namespace that maps the directory's
-  // owner to the target ids; the mount keeps the namespace alive.
+UniqueFd mapping_userns(const std::vector<IdRange>& uid_map, const std::vector<IdRange>& gid_map) {
+  // A short-lived process owns the namespace while the maps are written; the
+  // fd keeps it alive after the process is gone.
   int ready[2], hold[2];
-  if (pipe2(ready, O_CLOEXEC) != 0 || pipe2(hold, O_CLOEXEC) != 0) throw_errno("pipe");
+  if (pipe2(ready, O_CLOEXEC) != 0) throw_errno("pipe");
+  if (pipe2(hold, O_CLOEXEC) != 0) {
+    close(ready[0]);
+    close(ready[1]);
+    throw_errno("pipe");
+  }
   pid_t child = fork();
-  if (child < 0) throw_errno("fork");
   if (child == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    close(ready[0]);
+    close(hold[1]);  // or the read below never sees EOF
     char c = unshare(CLONE_NEWUSER) == 0 ? 'y' : 'n';
     if (write(ready[1], &c, 1) < 0) _exit(1);
     if (read(hold[0], &c, 1) < 0) _exit(1);
@@ -103,35 +109,36 @@ UniqueFd idmapped_tree(const std::string& path, uid_t to_uid, gid_t to_gid) {
   close(ready[1]);
   close(hold[0]);
   char c = 0;
-  bool ok = read(ready[0], &c, 1) == 1 && c == 'y';
+  bool ok = child > 0 && read(ready[0], &c, 1) == 1 && c == 'y';
   close(ready[0]);
   UniqueFd userns;
-  std::string err;
+  std::string err = child < 0 ? "fork failed" : "unshare(CLONE_NEWUSER) failed";
   if (ok) {
     try {
       Identity map;
       map.rootful = true;
-      map.uid_map = {{st.st_uid, to_uid, 1}};
-      map.gid_map = {{st.st_gid, to_gid, 1}};
+      map.uid_map = uid_map;
+      map.gid_map = gid_map;
       write_maps(child, map);
       userns.reset(open(("/proc/" + std::to_string(child) + "/ns/user").c_str(), O_RDONLY | O_CLOEXEC));
       if (!userns) err = std::string("open user namespace: ") + std::strerror(errno);
     } catch (const Error& e) {
       err = e.what();
     }
-  } else {
-    err = "unshare(CLONE_NEWUSER) failed";
   }
   close(hold[1]);
-  waitpid(child, nullptr, 0);
-  if (!userns) throw Error("idmapped mount of " + path + ": " + err);
+  if (child > 0) waitpid(child, nullptr, 0);
+  if (!userns) throw Error("user namespace for an idmapped mount: " + err);
+  return userns;
+}
 
+UniqueFd idmapped_tree(const std::string& path, int userns) {
   UniqueFd tree(static_cast<int>(
       syscall(SYS_open_tree, AT_FDCWD, path.c_str(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE)));
   if (!tree) throw_errno("open_tree " + path);
   mount_attr attr{};
-  attr.attr_set = MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
-  attr.userns_fd = static_cast<uint64_t>(userns.get());
+  attr.attr_set = MOUNT_ATTR_IDMAP;
+  attr.userns_fd = static_cast<uint64_t>(userns);
   if (syscall(SYS_mount_setattr, tree.get(), "", AT_EMPTY_PATH, &attr, sizeof attr) != 0)
     throw_errno("idmapped mount of " + path + " (does its filesystem support idmapped mounts?)");
   return tree;

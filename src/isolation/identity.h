@@ -32,9 +32,14 @@ Identity plan_identity(uid_t uid, gid_t gid);
 // Writes /proc/<pid>/{uid_map,setgroups,gid_map}.
 void write_maps(pid_t pid, const Identity& id);
 
-// A detached, idmapped copy of the host directory `path` (recursive): files
-// owned by the directory's owner appear owned by `to_uid`/`to_gid` (host ids)
+// A user namespace with the given maps (inside = ids on disk, outside =
+// host ids they appear as), kept alive by the returned fd. Used to build
+// idmapped mounts.
+UniqueFd mapping_userns(const std::vector<IdRange>& uid_map, const std::vector<IdRange>& gid_map);
+
+// A detached, idmapped copy of the host path (recursive) seen through
+// `userns`: files owned by the mapped owner appear owned by the target ids
 // and files written through it are stored as that owner. Rootful only.
-UniqueFd idmapped_tree(const std::string& path, uid_t to_uid, gid_t to_gid);
+UniqueFd idmapped_tree(const std::string& path, int userns);
 
 }  // namespace ultari::isolation

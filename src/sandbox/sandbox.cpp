@@ -15,6 +15,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <map>
+#include <sys/stat.h>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -94,7 +96,7 @@ struct Sandbox::State {
   const Prepared* prepared = nullptr;
   Io io;
   std::optional<cgroups::Cgroup> cgroup;
-  UniqueFd workspace_tree;
+  std::vector<UniqueFd> trees;  // idmapped mounts made ahead (rootful)
   filesystem::RootPlan root;
   isolation::ChildPlan plan;
   std::vector<std::string> storage;  // strings the plan points into
@@ -203,6 +205,35 @@ void build_process(Sandbox::State& s, const std::string& home) {
   }
 }
 
+// Rootful: the workspace and bind sources are idmapped so that their owner
+// is the sandbox's user inside, and what the sandbox writes there is stored
+// as that owner on the host, not as the subordinate range.
+void idmap_user_paths(Sandbox::State& s) {
+  const auto& id = s.prepared->identity;
+  std::map<std::pair<uid_t, gid_t>, UniqueFd> userns_by_owner;
+  for (auto& step : s.root.steps) {
+    if (step.op != filesystem::Step::BindInRoot || !step.user_path) continue;
+    struct stat st{};
+    if (stat(step.source, &st) != 0) throw_errno(std::string("bind source '") + step.source + "'");
+    auto& userns = userns_by_owner[{st.st_uid, st.st_gid}];
+    if (!userns)
+      userns = isolation::mapping_userns({{st.st_uid, id.host_root_uid + id.uid, 1}},
+                                         {{st.st_gid, id.host_root_gid + id.gid, 1}});
+    s.trees.push_back(isolation::idmapped_tree(step.source, userns.get()));
+    step.op = filesystem::Step::AttachInRoot;
+    step.tree_fd = s.trees.back().get();
+  }
+  // A --rootfs tree appears shifted into the sandbox's range, so files owned
+  // by host root are root's inside (and writable through the overlay).
+  if (!s.spec.rootfs.empty()) {
+    char real[PATH_MAX];
+    if (!realpath(s.spec.rootfs.c_str(), real)) throw_errno("rootfs '" + s.spec.rootfs + "'");
+    UniqueFd userns = isolation::mapping_userns(id.uid_map, id.gid_map);
+    s.trees.push_back(isolation::idmapped_tree(real, userns.get()));
+    s.root.use_lower_tree(s.trees.back().get());
+  }
+}
+
 void send_msg(int fd, const Msg& m) {
   if (send(fd, &m, sizeof m, MSG_NOSIGNAL) != sizeof m) throw_errno("control socket");
 }
@@ -255,15 +286,8 @@ std::unique_ptr<Sandbox> Sandbox::start(const Prepared& prepared, const Spec& sp
   if (spec.limits.cpu_time && !s.cgroup->stats().cpu_known)
     s.warnings.push_back("cpu-time limit is enforced per process only (RLIMIT_CPU): no cgroup cpu accounting");
 
-  // Rootful: the workspace is idmapped so the sandbox's root writes files
-  // owned by the workspace's owner, not by the subordinate range.
-  if (id.rootful && !spec.workspace.empty()) {
-    char real[PATH_MAX];
-    if (!realpath(spec.workspace.c_str(), real)) throw_errno("workspace '" + spec.workspace + "'");
-    s.workspace_tree = isolation::idmapped_tree(real, id.host_root_uid + id.uid, id.host_root_gid + id.gid);
-  }
-  s.root = filesystem::plan_root(spec, spec.rootfs.empty() ? &prepared.host_root : nullptr, home,
-                                 s.workspace_tree ? s.workspace_tree.get() : -1);
+  s.root = filesystem::plan_root(spec, spec.rootfs.empty() ? &prepared.host_root : nullptr, home);
+  if (id.rootful) idmap_user_paths(s);
 
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) throw_errno("socketpair");
@@ -281,6 +305,8 @@ std::unique_ptr<Sandbox> Sandbox::start(const Prepared& prepared, const Spec& sp
   plan.sock = child_sock.get();
   plan.supervisor_sock = s.sock.get();
   plan.close_in_child = {s.out_r.get(), s.err_r.get()};
+  std::vector<UniqueFd> tasks = s.cgroup->open_self_attach();
+  for (const auto& fd : tasks) plan.cgroup_tasks.push_back(fd.get());
   plan.stdin_fd = io.stdin_fd == 0 ? -1 : io.stdin_fd;
   plan.stdout_fd = out_w.get();
   plan.stderr_fd = err_w.get();
@@ -313,10 +339,11 @@ std::unique_ptr<Sandbox> Sandbox::start(const Prepared& prepared, const Spec& sp
   child_sock.reset();
   out_w.reset();
   err_w.reset();
+  tasks.clear();
 
   // The child waits for these before it does anything.
   isolation::write_maps(s.pid, id);
-  s.cgroup->attach(s.pid, cg >= 0);
+  s.cgroup->attach_rest(s.pid, cg >= 0);
   Msg go{};
   go.type = MsgType::Go;
   send_msg(s.sock.get(), go);
@@ -374,7 +401,8 @@ bool handle_control(Sandbox::State& s) {
     switch (m.type) {
       case MsgType::SetupError:
         s.setup_error = std::string(m.step) + (m.detail[0] ? std::string(" ") + m.detail : "") + ": " +
-                        std::strerror(m.err);
+                        (m.err == ELOOP ? "a component of the path is a symlink, which mount targets may not be"
+                                        : std::strerror(m.err));
         s.kill_all();
         break;
       case MsgType::Listener:
@@ -519,9 +547,11 @@ Result Sandbox::wait() {
     r.verdict = Verdict::SetupError;
     r.exit_code = 125;
     r.error = s.setup_error.empty() ? "the sandbox ended before the command started" : "setup: " + s.setup_error;
-    if (s.kill_reason && s.setup_error.empty()) {
-      r.verdict = *s.kill_reason;
-      r.exit_code = *s.kill_reason == Verdict::Timeout || *s.kill_reason == Verdict::CpuTime ? 124 : 137;
+    if (s.setup_error.empty() && (s.kill_reason || cs.oom_kills > 0)) {
+      // Killed before init could report (a timeout during setup, or the OOM
+      // killer chose init itself).
+      r.verdict = s.kill_reason ? *s.kill_reason : Verdict::Oom;
+      r.exit_code = r.verdict == Verdict::Timeout || r.verdict == Verdict::CpuTime ? 124 : 137;
       r.error.clear();
     }
     return r;
@@ -532,7 +562,9 @@ Result Sandbox::wait() {
     r.verdict = *s.kill_reason;
     r.exit_code = r.verdict == Verdict::OutputLimit ? 137 : 124;
     if (r.verdict == Verdict::OutputLimit) r.signal = SIGKILL;
-  } else if (WIFSIGNALED(status) && r.signal == SIGKILL && cs.oom_kills > 0) {
+  } else if (cs.oom_kills > 0 && status != 0) {
+    // The kernel's OOM killer ended a process and the command failed (a
+    // shell reports its killed child as exit status 137).
     r.verdict = Verdict::Oom;
     r.exit_code = 137;
   } else if (WIFSIGNALED(status) && r.signal == SIGXCPU && s.spec.limits.cpu_time) {

@@ -1,0 +1,284 @@
+// One sandbox's group across the v1 hierarchies and/or the v2 tree.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <mutex>
+#include <cmath>
+#include <string_view>
+
+#include "cgroups/cgroups.h"
+#include "cgroups/io.h"
+#include "cgroups/ops.h"
+#include "util/error.h"
+
+namespace ultari::cgroups {
+namespace {
+
+using namespace std::string_view_literals;
+
+bool usable(const ControllerMount& m) { return m.version != 0 && m.writable; }
+
+constexpr uint64_t kCpuPeriodUs = 100000;
+
+void write_or_throw(const std::string& path, std::string_view value) {
+  if (int err = io::write_file(path, value)) throw_errno("cgroup: write " + path, err);
+}
+
+// Same as write_or_throw, but a missing file (an optional kernel feature) is fine.
+void write_optional(const std::string& path, std::string_view value) {
+  if (int err = io::write_file(path, value); err && err != ENOENT)
+    throw_errno("cgroup: write " + path, err);
+}
+
+// Enables the v2 controllers the group needs in the parent, writing only the
+// missing ones (an already enabled controller costs nothing but a read).
+void enable_v2_controllers(const std::string& base, bool memory, bool pids, bool cpu) {
+  std::string path = base + "/cgroup.subtree_control";
+  std::string have;
+  if (!io::read_file(path, have)) throw_errno("cgroup: read " + path);
+  for (char& ch : have)
+    if (ch == '\n') ch = ' ';
+  have = " " + have + " ";
+  std::string add;
+  auto want = [&](bool needed, std::string_view name) {
+    if (needed && have.find(" " + std::string(name) + " ") == std::string::npos)
+      add += (add.empty() ? "+" : " +") + std::string(name);
+  };
+  want(memory, "memory");
+  want(pids, "pids");
+  want(cpu, "cpu");
+  if (!add.empty()) write_or_throw(path, add);
+}
+
+}  // namespace
+
+Cgroup::Cgroup(Cgroup&& o) noexcept
+    : dirs_(std::move(o.dirs_)),
+      v2_fd_(std::move(o.v2_fd_)),
+      unenforced_(std::move(o.unenforced_)),
+      sampled_peak_pids_(o.sampled_peak_pids_) {
+  o.dirs_.clear();
+}
+
+Cgroup& Cgroup::operator=(Cgroup&& o) noexcept {
+  if (this != &o) {
+    try {
+      destroy();
+    } catch (...) {
+    }
+    dirs_ = std::move(o.dirs_);
+    o.dirs_.clear();
+    v2_fd_ = std::move(o.v2_fd_);
+    unenforced_ = std::move(o.unenforced_);
+    sampled_peak_pids_ = o.sampled_peak_pids_;
+  }
+  return *this;
+}
+
+Cgroup::~Cgroup() {
+  try {
+    destroy();
+  } catch (...) {
+  }
+}
+
+Cgroup Cgroup::create(const Layout& layout, const std::string& name, const Limits& limits) {
+  if (limits.cpus && !(*limits.cpus > 0 && std::isfinite(*limits.cpus)))
+    throw Error("cgroup: invalid cpu limit");
+  if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..")
+    throw Error("cgroup: invalid group name '" + name + "'");
+
+  Cgroup cg;
+  const auto& mem = layout.get(Controller::Memory);
+  const auto& pids = layout.get(Controller::Pids);
+  const auto& cpu = layout.get(Controller::Cpu);
+  const auto& acct = layout.get(Controller::Cpuacct);
+  const auto& frz = layout.get(Controller::Freezer);
+  if (limits.memory_bytes && !usable(mem)) cg.unenforced_.push_back("memory");
+  if (limits.pids && !usable(pids)) cg.unenforced_.push_back("pids");
+  if (limits.cpus && !usable(cpu)) cg.unenforced_.push_back("cpus");
+
+  // Order matters for destroy(): the freezer goes last so it is still there
+  // when a busy group has to be frozen and killed.
+  std::vector<const ControllerMount*> plan;
+  if (usable(mem)) plan.push_back(&mem);
+  if (usable(pids)) plan.push_back(&pids);
+  if (limits.cpus && usable(cpu)) plan.push_back(&cpu);
+  if (usable(acct) && acct.version == 1) plan.push_back(&acct);
+  if (usable(frz) && frz.version == 1) plan.push_back(&frz);
+
+  bool v2_mem = false, v2_pids = false, v2_cpu = false;
+  std::string v2_base;
+  for (const auto* m : plan) {
+    if (m->version != 2) continue;
+    v2_base = m->base;
+    v2_mem |= m->controller == Controller::Memory;
+    v2_pids |= m->controller == Controller::Pids;
+    v2_cpu |= m->controller == Controller::Cpu;
+  }
+  if (!v2_base.empty()) enable_v2_controllers(v2_base, v2_mem, v2_pids, v2_cpu);
+
+  // From here on a throw destroys cg, which removes the dirs made so far.
+  for (const auto* m : plan) {
+    std::string path = m->base + "/" + name;
+    bool made = false;
+    for (const auto& d : cg.dirs_) made |= d.path == path;
+    if (!made && ::mkdir(path.c_str(), 0755) != 0) throw_errno("cgroup: mkdir " + path);
+    cg.dirs_.push_back({m->controller, m->version, std::move(path)});
+  }
+
+  for (const auto& d : cg.dirs_) {
+    const std::string& p = d.path;
+    switch (d.controller) {
+      case Controller::Memory:
+        if (d.version == 1) {
+          if (limits.memory_bytes) {
+            // memsw must stay >= the plain limit, so the plain one goes first.
+            std::string v = io::u64_str(*limits.memory_bytes);
+            write_or_throw(p + "/memory.limit_in_bytes", v);
+            write_optional(p + "/memory.memsw.limit_in_bytes", v);
+          }
+        } else {
+          if (limits.memory_bytes) {
+            write_or_throw(p + "/memory.max", io::u64_str(*limits.memory_bytes));
+            write_optional(p + "/memory.swap.max", "0");
+          }
+          // memory.oom.group stays 0: a group kill would take the sandbox's
+          // init too, and with it the report of how the command ended.
+        }
+        break;
+      case Controller::Pids:
+        if (limits.pids) write_or_throw(p + "/pids.max", io::u64_str(*limits.pids));
+        break;
+      case Controller::Cpu: {
+        auto quota = static_cast<uint64_t>(std::llround(*limits.cpus * kCpuPeriodUs));
+        if (quota < 1000) quota = 1000;  // the kernel's minimum quota
+        if (d.version == 1) {
+          write_or_throw(p + "/cpu.cfs_period_us", io::u64_str(kCpuPeriodUs));
+          write_or_throw(p + "/cpu.cfs_quota_us", io::u64_str(quota));
+        } else {
+          write_or_throw(p + "/cpu.max", io::u64_str(quota) + " " + io::u64_str(kCpuPeriodUs));
+        }
+        break;
+      }
+      case Controller::Cpuacct:
+      case Controller::Freezer:
+        break;
+    }
+  }
+
+  bool all_v2 = !cg.dirs_.empty();
+  for (const auto& d : cg.dirs_) all_v2 &= d.version == 2;
+  if (all_v2) {
+    const std::string& p = cg.dirs_.front().path;
+    int fd = ::open(p.c_str(), O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) throw_errno("cgroup: open " + p);
+    cg.v2_fd_.reset(fd);
+  }
+  return cg;
+}
+
+int Cgroup::v2_fd() const { return v2_fd_.get(); }
+
+const std::vector<std::string>& Cgroup::unenforced() const { return unenforced_; }
+
+void Cgroup::attach(pid_t pid, bool placed_by_clone) const {
+  std::string s = io::u64_str(static_cast<uint64_t>(pid));
+  for_each_distinct(dirs_, [&](const Dir& d) {
+    if (d.version == 2 && placed_by_clone) return;
+    write_or_throw(d.path + "/cgroup.procs", s);
+  });
+}
+
+std::vector<UniqueFd> Cgroup::open_self_attach() const {
+  std::vector<UniqueFd> fds;
+  for_each_distinct(dirs_, [&](const Dir& d) {
+    if (d.version != 1) return;
+    std::string path = d.path + "/tasks";
+    UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+    if (!fd) throw_errno("cgroup: open " + path);
+    fds.push_back(std::move(fd));
+  });
+  return fds;
+}
+
+void Cgroup::attach_rest(pid_t pid, bool placed_by_clone) const {
+  std::string s = io::u64_str(static_cast<uint64_t>(pid));
+  for_each_distinct(dirs_, [&](const Dir& d) {
+    if (d.version == 2 && !placed_by_clone) write_or_throw(d.path + "/cgroup.procs", s);
+  });
+}
+
+Stats Cgroup::stats() const {
+  Stats st;
+  const Dir* v2 = nullptr;
+  const Dir* by[5] = {};
+  for (const auto& d : dirs_) {
+    if (d.version == 2) v2 = &d;
+    by[static_cast<size_t>(d.controller)] = &d;
+  }
+  const Dir* acct = by[static_cast<size_t>(Controller::Cpuacct)];
+  std::optional<uint64_t> cpu;
+  if (v2)
+    cpu = io::read_keyed(v2->path + "/cpu.stat", "usage_usec");
+  else if (acct)
+    if (auto ns = io::read_u64(acct->path + "/cpuacct.usage")) cpu = *ns / 1000;
+  if (cpu) st.cpu_usec = *cpu, st.cpu_known = true;
+
+  if (const Dir* m = by[static_cast<size_t>(Controller::Memory)]) {
+    auto peak = io::read_u64(m->path + (m->version == 2 ? "/memory.peak"
+                                                         : "/memory.max_usage_in_bytes"));
+    if (peak) st.peak_memory_bytes = *peak, st.memory_known = true;
+    auto ooms = io::read_keyed(
+        m->path + (m->version == 2 ? "/memory.events" : "/memory.oom_control"), "oom_kill");
+    st.oom_kills = ooms.value_or(0);
+  }
+  if (const Dir* p = by[static_cast<size_t>(Controller::Pids)]) {
+    if (auto peak = io::read_u64(p->path + "/pids.peak")) {
+      // Some kernels only raise pids.peak on fork, not when a pid is attached.
+      st.peak_pids = std::max(sampled_peak_pids_, *peak);
+    } else {
+      uint64_t cur = io::read_u64(p->path + "/pids.current").value_or(0);
+      st.peak_pids = std::max(sampled_peak_pids_, cur);
+    }
+  }
+  return st;
+}
+
+void Cgroup::sample_pids() {
+  for (const auto& d : dirs_) {
+    if (d.controller != Controller::Pids) continue;
+    if (auto cur = io::read_u64(d.path + "/pids.current"))
+      sampled_peak_pids_ = std::max(sampled_peak_pids_, *cur);
+  }
+}
+
+void Cgroup::kill() const { kill_dirs(dirs_); }
+
+void Cgroup::destroy() {
+  if (dirs_.empty()) return;
+  v2_fd_.reset();
+  std::string failed;
+  if (int err = remove_dirs(dirs_, failed)) throw_errno("cgroup: rmdir " + failed, err);
+}
+
+std::string make_group_name() {
+  // Cached per pid: a forked child calling this must not reuse its parent's
+  // starttime.
+  static std::mutex mu;
+  static pid_t cached_pid = 0;
+  static uint64_t start = 0;
+  static uint64_t counter = 0;
+  pid_t pid = ::getpid();
+  std::lock_guard lock(mu);
+  if (cached_pid != pid) {
+    start = io::proc_starttime(0).value_or(0);
+    cached_pid = pid;
+  }
+  return "ultari-" + io::u64_str(static_cast<uint64_t>(pid)) + "-" + io::u64_str(start) +
+         "-" + io::u64_str(counter++);
+}
+
+}  // namespace ultari::cgroups

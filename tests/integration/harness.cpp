@@ -1,0 +1,220 @@
+#include "harness.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pwd.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+namespace ultari::test {
+
+namespace {
+std::string report_path() {
+  static int n = 0;
+  return "/tmp/ultari-test-report-" + std::to_string(getpid()) + "-" + std::to_string(n++) + ".json";
+}
+}  // namespace
+
+Outcome ultari(const std::vector<std::string>& args, const Options& opt) {
+  std::vector<std::string> argv = {opt.binary.empty() ? std::string(ULTARI_BIN) : opt.binary};
+  bool has_report = false;
+  for (const auto& a : args) has_report |= a == "--report";
+  std::string report;
+  for (const auto& a : args) {
+    if (a == "--" && !has_report && !args.empty() && args[0] == "run") {
+      report = report_path();
+      argv.push_back("--report");
+      argv.push_back(report);
+      has_report = true;
+    }
+    argv.push_back(a);
+  }
+  if (!opt.as_user.empty()) {
+    const passwd* pw = getpwnam(opt.as_user.c_str());
+    if (!pw) throw std::runtime_error("no user " + opt.as_user);
+    std::vector<std::string> wrap = {"/usr/bin/setpriv", "--reuid=" + std::to_string(pw->pw_uid),
+                                     "--regid=" + std::to_string(pw->pw_gid), "--init-groups", "--reset-env", "--"};
+    wrap.insert(wrap.end(), argv.begin(), argv.end());
+    argv = wrap;
+  }
+  if (!report.empty()) unlink(report.c_str());
+
+  int in[2], out[2], err[2];
+  if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC)) throw std::runtime_error("pipe");
+  std::vector<char*> cargv;
+  for (auto& a : argv) cargv.push_back(a.data());
+  cargv.push_back(nullptr);
+  std::vector<std::string> envs = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "TERM=dumb"};
+  if (opt.as_user.empty()) envs.push_back("HOME=/root");
+  for (const auto& e : opt.env) envs.push_back(e);
+  std::vector<char*> cenv;
+  for (auto& e : envs) cenv.push_back(e.data());
+  cenv.push_back(nullptr);
+
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(in[0], 0);
+    dup2(out[1], 1);
+    dup2(err[1], 2);
+    execve(cargv[0], cargv.data(), cenv.data());
+    _exit(127);
+  }
+  close(in[0]);
+  close(out[1]);
+  close(err[1]);
+  if (!opt.stdin_data.empty()) {
+    if (write(in[1], opt.stdin_data.data(), opt.stdin_data.size()) < 0) {
+    }
+  }
+  close(in[1]);
+
+  Outcome r;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(opt.timeout_s);
+  pollfd fds[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
+  int open_fds = 2;
+  while (open_fds > 0) {
+    int left = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count());
+    if (left <= 0) {
+      kill(pid, SIGKILL);
+      break;
+    }
+    if (poll(fds, 2, left) <= 0) continue;
+    for (int i = 0; i < 2; ++i) {
+      if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP))) continue;
+      char buf[65536];
+      ssize_t n = read(fds[i].fd, buf, sizeof buf);
+      if (n <= 0) {
+        close(fds[i].fd);
+        fds[i].fd = -1;
+        --open_fds;
+      } else {
+        (i == 0 ? r.out : r.err).append(buf, static_cast<size_t>(n));
+      }
+    }
+  }
+  for (auto& f : fds)
+    if (f.fd >= 0) close(f.fd);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  if (!report.empty() && exists(report)) {
+    try {
+      r.report = nlohmann::json::parse(read_file(report));
+    } catch (...) {
+    }
+    unlink(report.c_str());
+  }
+  return r;
+}
+
+Outcome sh(const std::string& script, const std::vector<std::string>& flags, const Options& opt) {
+  std::vector<std::string> args = {"run"};
+  args.insert(args.end(), flags.begin(), flags.end());
+  args.insert(args.end(), {"--", "/bin/sh", "-c", script});
+  return ultari(args, opt);
+}
+
+TempDir::TempDir() {
+  char tmpl[] = "/tmp/ultari-test-XXXXXX";
+  if (!mkdtemp(tmpl)) throw std::runtime_error("mkdtemp");
+  path_ = tmpl;
+  chmod(path_.c_str(), 0755);
+}
+
+TempDir::~TempDir() {
+  std::string cmd = "rm -rf '" + path_ + "'";
+  if (std::system(cmd.c_str()) != 0) {
+  }
+}
+
+void write_file(const std::string& path, const std::string& content, unsigned mode) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f << content;
+  f.close();
+  chmod(path.c_str(), mode);
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+bool exists(const std::string& path) {
+  struct stat st{};
+  return lstat(path.c_str(), &st) == 0;
+}
+
+std::string Leftovers::describe() const {
+  return "cgroups=" + std::to_string(cgroups) + " processes=" + std::to_string(processes) +
+         " mounts=" + std::to_string(mounts);
+}
+
+Leftovers leftovers() {
+  Leftovers l;
+  if (DIR* root = opendir("/sys/fs/cgroup")) {
+    std::vector<std::string> bases = {"/sys/fs/cgroup"};
+    while (dirent* e = readdir(root))
+      if (e->d_name[0] != '.') bases.push_back(std::string("/sys/fs/cgroup/") + e->d_name);
+    closedir(root);
+    for (const auto& b : bases)
+      if (DIR* d = opendir(b.c_str())) {
+        while (dirent* e = readdir(d))
+          if (std::strncmp(e->d_name, "ultari-", 7) == 0) ++l.cgroups;
+        closedir(d);
+      }
+  }
+  if (DIR* proc = opendir("/proc")) {
+    while (dirent* e = readdir(proc)) {
+      if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+      std::string base = std::string("/proc/") + e->d_name;
+      struct stat st{};
+      if (stat(base.c_str(), &st) != 0) continue;
+      // A zombie holds no resource but its pid; this host's pid 1 does not
+      // reap the orphans of SIGKILLed supervisors, so zombies are not counted.
+      std::string stat_line = read_file(base + "/stat");
+      auto paren = stat_line.rfind(')');
+      if (paren != std::string::npos && stat_line.compare(paren + 2, 1, "Z") == 0) continue;
+      if (st.st_uid >= 2000000000u) {
+        ++l.processes;
+        continue;
+      }
+      std::string comm = read_file(base + "/comm");
+      if (comm == "ultari\n" && std::atoi(e->d_name) != getpid()) ++l.processes;
+    }
+    closedir(proc);
+  }
+  std::string mounts = read_file("/proc/self/mountinfo");
+  for (size_t pos = 0; (pos = mounts.find("ultari", pos)) != std::string::npos; ++pos) ++l.mounts;
+  return l;
+}
+
+int processes_matching(const std::string& needle) {
+  int n = 0;
+  if (DIR* proc = opendir("/proc")) {
+    while (dirent* e = readdir(proc)) {
+      if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+      std::string cmd = read_file(std::string("/proc/") + e->d_name + "/cmdline");
+      for (auto& c : cmd)
+        if (c == '\0') c = ' ';
+      if (cmd.find(needle) != std::string::npos && std::atoi(e->d_name) != getpid()) ++n;
+    }
+    closedir(proc);
+  }
+  return n;
+}
+
+std::string helpers_dir() { return ULTARI_TEST_HELPERS; }
+
+}  // namespace ultari::test

@@ -1,0 +1,59 @@
+// Runs the real `ultari` binary and inspects what it did. No mocks: every
+// test starts real sandboxes on the running kernel.
+#pragma once
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace ultari::test {
+
+struct Outcome {
+  int status = -1;  // exit status of `ultari` (or 128+signal)
+  std::string out, err;
+  nlohmann::json report;  // parsed --report (null when none was written)
+};
+
+struct Options {
+  std::string stdin_data;
+  std::vector<std::string> env;  // extra environment of the ultari process
+  std::string as_user;           // run ultari as this host user (rootless)
+  std::string binary;            // ultari binary to run (default ULTARI_BIN)
+  int timeout_s = 60;
+};
+
+// ultari ARGS...; adds --report unless `args` holds one already.
+Outcome ultari(const std::vector<std::string>& args, const Options& opt = {});
+// ultari run [flags] -- sh -c SCRIPT
+Outcome sh(const std::string& script, const std::vector<std::string>& flags = {}, const Options& opt = {});
+
+// A directory under /tmp removed (recursively) when the object dies.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+void write_file(const std::string& path, const std::string& content, unsigned mode = 0644);
+std::string read_file(const std::string& path);
+bool exists(const std::string& path);
+
+// What sandboxes may leave behind on the host.
+struct Leftovers {
+  int cgroups = 0;    // ultari-* under /sys/fs/cgroup (any hierarchy)
+  int processes = 0;  // processes owned by the sandbox uid range or named ultari
+  int mounts = 0;     // mounts mentioning ultari in the host's mount table
+  std::string describe() const;
+};
+Leftovers leftovers();
+// Processes on the host whose command line contains `needle`.
+int processes_matching(const std::string& needle);
+
+// Directory holding the static test helper programs (bound into sandboxes).
+std::string helpers_dir();
+
+}  // namespace ultari::test

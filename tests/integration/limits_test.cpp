@@ -1,0 +1,136 @@
+// Limits and verdicts: each bomb runs under a limit and must end with the
+// right verdict and exit status; a negative control runs the same program
+// with room to succeed, proving the limit (not the program) stopped it.
+#include <gtest/gtest.h>
+
+#include "harness.h"
+
+namespace ultari::test {
+namespace {
+
+TEST(Verdict, ExitCodesFollowTheCommand) {
+  Outcome ok = sh("exit 0");
+  EXPECT_EQ(ok.status, 0);
+  EXPECT_EQ(ok.report["verdict"], "ok");
+  Outcome three = sh("exit 3");
+  EXPECT_EQ(three.status, 3);
+  EXPECT_EQ(three.report["verdict"], "nonzero_exit");
+  EXPECT_EQ(three.report["exit_code"], 3);
+}
+
+TEST(Verdict, KilledBySignal) {
+  Outcome r = sh("kill -TERM $$");
+  EXPECT_EQ(r.status, 128 + 15);
+  EXPECT_EQ(r.report["verdict"], "signaled");
+  EXPECT_EQ(r.report["signal"], 15);
+}
+
+TEST(Verdict, CommandNotFoundAndNotExecutable) {
+  Outcome missing = ultari({"run", "--", "no-such-command-xyz"});
+  EXPECT_EQ(missing.status, 127) << missing.err;
+  EXPECT_NE(missing.report["error"].get<std::string>().find("command not found: no-such-command-xyz"), std::string::npos);
+  Outcome noexec = ultari({"run", "--", "/etc/hostname"});
+  EXPECT_EQ(noexec.status, 126) << noexec.err;
+}
+
+TEST(Limits, WallClockTimeout) {
+  Outcome r = sh("sleep 30", {"--timeout", "500ms"});
+  EXPECT_EQ(r.status, 124);
+  EXPECT_EQ(r.report["verdict"], "timeout");
+  EXPECT_LT(r.report["wall_ms"].get<int>(), 5000);
+  // Negative control: the same command finishes within a longer limit.
+  Outcome ok = sh("sleep 0.2", {"--timeout", "10s"});
+  EXPECT_EQ(ok.report["verdict"], "ok");
+}
+
+TEST(Limits, TimeoutKillsTheWholeTree) {
+  // Background children that ignore SIGTERM and try to outlive the shell.
+  Outcome r = sh("trap '' TERM; (sleep 60.4242 &) ; (setsid sleep 61.4242 &); sleep 62.4242", {"--timeout", "700ms"});
+  EXPECT_EQ(r.report["verdict"], "timeout");
+  EXPECT_EQ(processes_matching("sleep 6"), 0);
+  EXPECT_EQ(processes_matching(".4242"), 0);
+}
+
+TEST(Limits, CpuTime) {
+  Outcome r = sh("while :; do :; done", {"--cpu-time", "1s", "--timeout", "20s"});
+  EXPECT_EQ(r.report["verdict"], "cpu_time") << r.report.dump();
+  EXPECT_EQ(r.status, 124);
+  EXPECT_GE(r.report["cpu_ms"].get<int>(), 900);
+  EXPECT_LT(r.report["cpu_ms"].get<int>(), 3000);
+}
+
+TEST(Limits, MemoryBombIsOomKilled) {
+  std::string bomb = "python3 -c 'b=[]\nwhile True: b.append(bytearray(16<<20))'";
+  Outcome r = sh(bomb, {"--memory", "64M", "--timeout", "30s"});
+  EXPECT_EQ(r.report["verdict"], "oom") << r.report.dump() << r.err;
+  EXPECT_EQ(r.status, 137);
+  EXPECT_LE(r.report["peak_memory_bytes"].get<uint64_t>(), 64ull << 20);
+  // Negative control: 48 MiB fit in 256M.
+  Outcome ok = sh("python3 -c 'b=bytearray(48<<20); print(len(b))'", {"--memory", "256M"});
+  EXPECT_EQ(ok.report["verdict"], "ok") << ok.err;
+  EXPECT_GT(ok.report["peak_memory_bytes"].get<uint64_t>(), 48ull << 20);
+}
+
+TEST(Limits, ForkBombIsContained) {
+  // The classic bomb, bounded by the pids limit and a timeout.
+  Outcome r = sh("bomb() { bomb | bomb & }; bomb; sleep 2; exit 0", {"--pids", "64", "--timeout", "5s"});
+  EXPECT_LE(r.report["peak_pids"].get<int>(), 64) << r.report.dump();
+  EXPECT_NE(r.report["verdict"], "setup_error");
+}
+
+TEST(Limits, PidsLimitCountsEveryProcess) {
+  std::string spawn = "python3 -c '\nimport subprocess\nps=[]\ntry:\n  for i in range(100): ps.append(subprocess.Popen([\"sleep\",\"5\"]))\n"
+                      "except OSError as e: pass\nprint(len(ps))\nfor p in ps: p.kill()\n'";
+  Outcome limited = sh(spawn, {"--pids", "20"});
+  int n = std::stoi(limited.out.empty() ? "0" : limited.out);
+  EXPECT_LT(n, 20) << limited.out << limited.err;
+  // Negative control: with room, all 100 start.
+  Outcome roomy = sh(spawn, {"--pids", "200"});
+  EXPECT_EQ(roomy.out, "100\n") << roomy.err;
+}
+
+TEST(Limits, OutputLimit) {
+  Outcome r = sh("yes", {"--output-limit", "1000", "--timeout", "10s"});
+  EXPECT_EQ(r.status, 137);
+  EXPECT_EQ(r.report["verdict"], "output_limit");
+  EXPECT_EQ(r.report["truncated"], true);
+  EXPECT_EQ(r.out.size(), 1000u);
+  EXPECT_EQ(r.report["stdout_bytes"].get<int>() + r.report["stderr_bytes"].get<int>(), 1000);
+  // stdout and stderr count together.
+  Outcome both = sh("head -c 600 /dev/zero; head -c 600 /dev/zero >&2", {"--output-limit", "1000"});
+  EXPECT_EQ(both.report["verdict"], "output_limit");
+  EXPECT_EQ(both.out.size() + both.err.size(), 1000u);
+  // Negative control: under the limit nothing is cut.
+  Outcome ok = sh("head -c 999 /dev/zero", {"--output-limit", "1000"});
+  EXPECT_EQ(ok.report["verdict"], "ok");
+  EXPECT_EQ(ok.report["truncated"], false);
+  EXPECT_EQ(ok.out.size(), 999u);
+}
+
+TEST(Limits, DiskFillOfTmpStopsAtTmpSize) {
+  Outcome r = sh("dd if=/dev/zero of=/tmp/fill bs=1M count=64 2>&1 | grep -o 'No space left on device'; "
+                 "df -k /tmp | tail -1 | awk '{print $2}'",
+             {"--tmp-size", "16M", "--memory", "512M"});
+  EXPECT_EQ(r.out, "No space left on device\n16384\n") << r.out << r.err;
+  // Negative control: 8 MiB fit.
+  Outcome ok = sh("dd if=/dev/zero of=/tmp/fill bs=1M count=8 2>/dev/null && echo fits", {"--tmp-size", "16M"});
+  EXPECT_EQ(ok.out, "fits\n");
+}
+
+TEST(Limits, NofileAndCpus) {
+  EXPECT_EQ(sh("ulimit -n", {"--nofile", "64"}).out, "64\n");
+  Outcome r = sh("true", {"--cpus", "0.5"});
+  EXPECT_EQ(r.report["verdict"], "ok") << r.err;
+}
+
+TEST(Report, HasEveryField) {
+  Outcome r = sh("echo hi");
+  for (const char* k : {"verdict", "exit_code", "signal", "wall_ms", "cpu_ms", "peak_memory_bytes", "peak_pids",
+                        "stdout_bytes", "stderr_bytes", "truncated", "denied_syscalls", "error"})
+    EXPECT_TRUE(r.report.contains(k)) << k;
+  EXPECT_GT(r.report["peak_memory_bytes"].get<uint64_t>(), 0u);
+  EXPECT_GE(r.report["peak_pids"].get<int>(), 1);
+}
+
+}  // namespace
+}  // namespace ultari::test

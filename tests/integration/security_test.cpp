@@ -1,0 +1,228 @@
+// Attack tests: each tries something the sandbox must refuse, checks that it
+// failed and was reported, and reruns the probe with the protection lifted
+// (an allow-all seccomp profile, or the host itself) to show the probe can
+// tell the difference.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <map>
+#include <sstream>
+
+#include "harness.h"
+
+namespace ultari::test {
+namespace {
+
+// Every denied family, called with harmless arguments. Prints "name errno".
+const char* kSyscallProbe = R"PY(
+import ctypes, socket
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def sc(name, nr, *args):
+    ctypes.set_errno(0)
+    r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+    print(name, 0 if r >= 0 else ctypes.get_errno())
+sc("keyctl", 250, 0, -3, 0)
+sc("add_key", 248, 0, 0, 0, 0, 0)
+sc("request_key", 249, 0, 0, 0, 0)
+sc("bpf", 321, 0, 0, 0)
+sc("perf_event_open", 298, 0, 0, -1, -1, 0)
+sc("userfaultfd", 323, 0)
+sc("io_uring_setup", 425, 1, 0)
+sc("finit_module", 313, -1, 0, 0)
+sc("kexec_load", 246, 0, 0, 0, 0)
+sc("open_by_handle_at", 304, -1, 0, 0)
+sc("mount", 165, 0, 0, 0, 0, 0)
+sc("umount2", 166, 0, 0)
+sc("pivot_root", 155, 0, 0)
+sc("unshare", 272, 0x10000000)
+sc("setns", 308, -1, 0)
+sc("fsopen", 430, 0, 0)
+sc("open_tree", 428, -1, 0, 0)
+sc("ptrace", 101, 0x4206, 1, 0, 0)
+sc("clone", 56, 0x10000000 | 17, 0, 0, 0, 0)
+sc("clone3", 435, 0, 0)
+sc("socket_vsock", 41, 40, 1, 0)
+sc("socket_alg", 41, 38, 5, 0)
+sc("socket_vsock_high", 41, 0x100000028, 1, 0)
+sc("socket_inet", 41, 2, 1, 0)
+)PY";
+
+std::map<std::string, int> parse_errnos(const std::string& out) {
+  std::map<std::string, int> m;
+  std::istringstream in(out);
+  std::string name;
+  int e;
+  while (in >> name >> e) m[name] = e;
+  return m;
+}
+
+std::map<std::string, int> denied(const nlohmann::json& report) {
+  std::map<std::string, int> m;
+  for (const auto& d : report["denied_syscalls"]) m[d["name"]] = d["count"];
+  return m;
+}
+
+std::string allow_all_profile(const TempDir& dir, bool foreign_abis = false) {
+  std::string p = dir / "allow.json";
+  write_file(p, foreign_abis ? R"({"defaultAction":"SCMP_ACT_ALLOW","architectures":["SCMP_ARCH_X86_64","SCMP_ARCH_X86","SCMP_ARCH_X32"]})"
+                             : R"({"defaultAction":"SCMP_ACT_ALLOW"})");
+  return p;
+}
+
+TEST(Seccomp, DeniedFamiliesFailWithEpermAndAreReported) {
+  Outcome r = ultari({"run", "--", "python3", "-c", kSyscallProbe});
+  auto e = parse_errnos(r.out);
+  ASSERT_EQ(e.size(), 24u) << r.out << r.err;
+  for (const char* name : {"keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd", "io_uring_setup",
+                           "finit_module", "kexec_load", "open_by_handle_at", "mount", "umount2", "pivot_root",
+                           "unshare", "setns", "fsopen", "open_tree", "ptrace", "clone", "socket_vsock", "socket_alg",
+                           "socket_vsock_high"})
+    EXPECT_EQ(e[name], EPERM) << name;
+  EXPECT_EQ(e["clone3"], ENOSYS);
+  EXPECT_EQ(e["socket_inet"], 0);
+  auto d = denied(r.report);
+  for (const char* name : {"keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd", "io_uring_setup",
+                           "finit_module", "kexec_load", "open_by_handle_at", "mount", "umount2", "pivot_root",
+                           "unshare", "setns", "fsopen", "open_tree", "ptrace", "clone"})
+    EXPECT_EQ(d[name], 1) << name << " in " << r.report["denied_syscalls"].dump();
+  EXPECT_EQ(d["socket"], 3) << r.report["denied_syscalls"].dump();
+  EXPECT_EQ(d.count("clone3"), 0u);  // ENOSYS so libc falls back: not a denial
+
+  // Negative control: without the filter the same calls are not reported
+  // and several succeed or fail differently.
+  TempDir dir;
+  Outcome open = ultari({"run", "--seccomp-profile", allow_all_profile(dir), "--", "python3", "-c", kSyscallProbe});
+  auto eo = parse_errnos(open.out);
+  EXPECT_EQ(open.report["denied_syscalls"].size(), 0u) << open.report.dump();
+  EXPECT_NE(eo["keyctl"], EPERM);
+  EXPECT_NE(eo["clone3"], ENOSYS);
+  EXPECT_NE(eo["socket_vsock"], EPERM);
+}
+
+TEST(Seccomp, ForeignAbisAreKilled) {
+  for (const char* abi : {"i386", "x32"}) {
+    Outcome r = ultari({"run", "--ro-bind", helpers_dir() + ":/helpers", "--", "/helpers/abi_probe", abi});
+    EXPECT_EQ(r.status, 128 + SIGSYS) << abi << r.out << r.err;
+    EXPECT_EQ(r.report["signal"], SIGSYS) << abi;
+    EXPECT_EQ(r.out.find("survived"), std::string::npos) << abi;
+    EXPECT_EQ(denied(r.report)[std::string("abi:") + abi], 1) << r.report.dump();
+  }
+  // Negative control: a profile that allows both ABIs lets the call through.
+  TempDir dir;
+  Outcome ok = ultari({"run", "--seccomp-profile", allow_all_profile(dir, true), "--ro-bind", helpers_dir() + ":/helpers", "--",
+                   "/helpers/abi_probe", "i386"});
+  EXPECT_EQ(ok.status, 0) << ok.err;
+  EXPECT_NE(ok.out.find("survived"), std::string::npos);
+}
+
+TEST(Seccomp, TiocstiAndTioclinuxAreDeniedOnLow32Bits) {
+  Outcome r = ultari({"run", "--ro-bind", helpers_dir() + ":/helpers", "--", "/helpers/ioctl_probe"});
+  EXPECT_NE(r.out.find("TIOCSTI errno=1\n"), std::string::npos) << r.out << r.err;
+  EXPECT_NE(r.out.find("TIOCSTI-high errno=1\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("TIOCLINUX errno=1\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("TCGETS errno=0\n"), std::string::npos) << r.out;
+  EXPECT_EQ(denied(r.report)["ioctl"], 3) << r.report.dump();
+  // Negative control: unfiltered, the ioctls reach the kernel (not reported).
+  TempDir dir;
+  Outcome open = ultari({"run", "--seccomp-profile", allow_all_profile(dir), "--ro-bind", helpers_dir() + ":/helpers", "--",
+                     "/helpers/ioctl_probe"});
+  EXPECT_EQ(denied(open.report).count("ioctl"), 0u);
+}
+
+TEST(Seccomp, DockerProfileWithArgsAndErrno) {
+  TempDir dir;
+  std::string p = dir / "profile.json";
+  write_file(p, R"({
+    "defaultAction": "SCMP_ACT_ALLOW",
+    "syscalls": [
+      {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13},
+      {"names": ["socket"], "action": "SCMP_ACT_ERRNO", "errnoRet": 97,
+       "args": [{"index": 0, "value": 10, "op": "SCMP_CMP_EQ"}]}
+    ]})");
+  std::string py = "import os, socket\n"
+                   "try: os.mkdir('/tmp/d'); print('mkdir ok')\nexcept OSError as e: print('mkdir', e.errno)\n"
+                   "try: socket.socket(socket.AF_INET6); print('inet6 ok')\nexcept OSError as e: print('inet6', e.errno)\n"
+                   "socket.socket(socket.AF_INET); print('inet ok')\n";
+  Outcome r = ultari({"run", "--seccomp-profile", p, "--", "python3", "-c", py});
+  EXPECT_EQ(r.out, "mkdir 13\ninet6 97\ninet ok\n") << r.err;
+  auto d = denied(r.report);
+  EXPECT_EQ(d["mkdir"] + d["mkdirat"], 1) << r.report.dump();
+  EXPECT_EQ(d["socket"], 1);
+}
+
+TEST(Seccomp, BadProfileIsRejectedClearly) {
+  TempDir dir;
+  std::string p = dir / "bad.json";
+  write_file(p, R"({"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["read"],"action":"SCMP_ACT_MAYBE"}]})");
+  Outcome r = ultari({"run", "--seccomp-profile", p, "--", "true"});
+  EXPECT_EQ(r.status, 125);
+  EXPECT_NE(r.err.find("SCMP_ACT_MAYBE"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("syscalls[0]"), std::string::npos) << r.err;
+}
+
+TEST(Privileges, NoCapabilitiesNoNewPrivsSeccompOn) {
+  Outcome r = sh("grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Seccomp):' /proc/self/status | tr -s '\\t ' ' '");
+  EXPECT_EQ(r.out,
+            "CapInh: 0000000000000000\nCapPrm: 0000000000000000\nCapEff: 0000000000000000\n"
+            "CapBnd: 0000000000000000\nCapAmb: 0000000000000000\nNoNewPrivs: 1\nSeccomp: 2\n")
+      << r.out;
+  // Negative control: the test itself (root on the host) holds capabilities.
+  EXPECT_EQ(read_file("/proc/self/status").find("CapEff:\t0000000000000000"), std::string::npos);
+}
+
+TEST(Privileges, SetuidBinariesGainNothing) {
+  // su/passwd are setuid root on the host; inside they must not gain caps.
+  Outcome r = sh("cp /bin/busybox /tmp/bb 2>/dev/null; ls -l /usr/bin/passwd | cut -c1-10; "
+             "grep CapEff /proc/self/status | tr -s '\\t ' ' '");
+  EXPECT_NE(r.out.find("CapEff: 0000000000000000"), std::string::npos) << r.out;
+}
+
+TEST(Privileges, NewSessionSoNoControllingTerminal) {
+  Outcome r = sh("cat /proc/self/stat | cut -d' ' -f6,7");  // session, tty_nr
+  ASSERT_FALSE(r.out.empty());
+  EXPECT_TRUE(r.out.ends_with(" 0\n")) << "tty_nr must be 0: " << r.out;
+}
+
+TEST(Cve, FdLeakToHostIsClosed) {
+  // CVE-2024-21626: a host directory fd leaked into the sandbox lets
+  // cwd=/proc/self/fd/N reach the host. Open one without O_CLOEXEC.
+  int fd = open("/root", O_RDONLY | O_DIRECTORY);
+  ASSERT_GE(fd, 3);
+  ASSERT_TRUE(exists("/proc/self/fd/" + std::to_string(fd)));  // negative control: we do hold it
+  Outcome r = ultari({"run", "--ro-bind", helpers_dir() + ":/helpers", "--", "/helpers/fd_probe"});
+  EXPECT_EQ(r.out, "fds: 0 1 2\n") << r.err;
+  Outcome cwd = ultari({"run", "--cwd", "/proc/self/fd/" + std::to_string(fd), "--", "/bin/pwd"});
+  EXPECT_NE(cwd.status, 0);
+  EXPECT_EQ(cwd.out.find("/root"), std::string::npos) << cwd.out;
+  close(fd);
+}
+
+TEST(Cve, SymlinkedMountTargetIsNotFollowed) {
+  // CVE-2021-30465: a mount target inside the root that is a symlink to a
+  // host path. The mount must never land on the host.
+  TempDir host, root, src;
+  for (const char* d : {"bin", "etc"}) mkdir((root / d).c_str(), 0755);
+  ASSERT_EQ(std::system(("cp /bin/busybox " + root / "bin/busybox").c_str()), 0);
+  symlink(host.path().c_str(), (root / "mnt").c_str());
+  ASSERT_TRUE(exists(root / "mnt/."));  // negative control: from the host the link resolves
+  Outcome r = ultari({"run", "--rootfs", root.path(), "--ro-bind", src.path() + ":/mnt/x", "--", "/bin/busybox", "true"});
+  EXPECT_EQ(r.status, 125) << r.err;
+  EXPECT_NE(r.err.find("/mnt/x"), std::string::npos) << r.err;
+  EXPECT_FALSE(exists(host / "x"));
+}
+
+TEST(Cve, SymlinkedProcInRootfsIsRefused) {
+  TempDir host, root;
+  for (const char* d : {"bin", "etc"}) mkdir((root / d).c_str(), 0755);
+  ASSERT_EQ(std::system(("cp /bin/busybox " + root / "bin/busybox").c_str()), 0);
+  symlink(host.path().c_str(), (root / "proc").c_str());
+  Outcome r = ultari({"run", "--rootfs", root.path(), "--", "/bin/busybox", "true"});
+  EXPECT_EQ(r.status, 125);
+  EXPECT_NE(r.err.find("/proc"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace ultari::test

@@ -1,0 +1,108 @@
+// Nothing left behind: counts processes, cgroups and mounts after thousands
+// of runs, after bad input, and after ultari itself is SIGKILLed at random
+// moments. These tests run alone (RUN_SERIAL) so other tests' sandboxes are
+// not counted.
+#include <gtest/gtest.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <random>
+#include <thread>
+
+#include "../integration/harness.h"
+
+namespace ultari::test {
+namespace {
+
+Leftovers settle() {
+  // Killed sandboxes die asynchronously; give the kernel a moment.
+  Leftovers l;
+  for (int i = 0; i < 50; ++i) {
+    l = leftovers();
+    if (l.processes == 0 && l.cgroups == 0 && l.mounts == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return l;
+}
+
+TEST(Cleanup, NothingLeftAfterManyRuns) {
+  ultari({"run", "--", "/bin/true"});  // sweeps what earlier killed supervisors left
+  ASSERT_EQ(settle().cgroups, 0) << "leftovers before the test: " << leftovers().describe();
+  for (int i = 0; i < 1000; ++i) {
+    Outcome r = ultari({"run", "--report", "/dev/null", "--", "/bin/true"});
+    ASSERT_EQ(r.status, 0) << "run " << i << ": " << r.err;
+  }
+  Leftovers l = leftovers();
+  EXPECT_EQ(l.processes, 0) << l.describe();
+  EXPECT_EQ(l.cgroups, 0) << l.describe();
+  EXPECT_EQ(l.mounts, 0) << l.describe();
+}
+
+TEST(Cleanup, NothingLeftAfterKillsAndTimeouts) {
+  for (const char* script : {"sleep 30 & sleep 30 & wait", "bomb() { bomb | bomb & }; bomb; sleep 5"}) {
+    Outcome r = sh(script, {"--timeout", "300ms", "--pids", "64"});
+    EXPECT_EQ(r.status, 124) << script << r.err;
+  }
+  Leftovers l = settle();
+  EXPECT_EQ(l.processes, 0) << l.describe();
+  EXPECT_EQ(l.cgroups, 0) << l.describe();
+}
+
+TEST(Cleanup, SigkillOfUltariAtRandomMomentsLeavesNothing) {
+  std::mt19937 rng(12345);
+  std::uniform_int_distribution<int> delay_us(0, 30000);
+  int killed_running = 0;
+  for (int i = 0; i < 40; ++i) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      int devnull = open("/dev/null", O_WRONLY);
+      dup2(devnull, 1);
+      dup2(devnull, 2);
+      execl(ULTARI_BIN, "ultari", "run", "--", "/bin/sh", "-c", "sleep 30 & sleep 30", nullptr);
+      _exit(127);
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(delay_us(rng)));
+    kill(pid, SIGKILL);
+    int status;
+    waitpid(pid, &status, 0);
+    if (WIFSIGNALED(status)) ++killed_running;
+  }
+  EXPECT_GT(killed_running, 30);  // the kills really hit running supervisors
+  // Processes die with their supervisor (PDEATHSIG + pid namespace); the
+  // cgroups of a killed supervisor are swept by the next start.
+  Leftovers before_sweep = settle();
+  EXPECT_EQ(before_sweep.processes, 0) << before_sweep.describe();
+  EXPECT_EQ(before_sweep.mounts, 0) << before_sweep.describe();
+  Outcome r = ultari({"run", "--", "/bin/true"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  Leftovers l = settle();
+  EXPECT_EQ(l.processes, 0) << l.describe();
+  EXPECT_EQ(l.cgroups, 0) << l.describe();
+  EXPECT_EQ(l.mounts, 0) << l.describe();
+}
+
+TEST(Cleanup, BadInputLeavesNothing) {
+  TempDir dir;
+  write_file(dir / "bad.json", "{not json");
+  const std::vector<std::vector<std::string>> cases = {
+      {"run", "--rootfs", "/nonexistent-root", "--", "true"},
+      {"run", "--bind", "/nonexistent-src:/x", "--", "true"},
+      {"run", "--seccomp-profile", dir / "bad.json", "--", "true"},
+      {"run", "--memory", "lots", "--", "true"},
+      {"run", "--workspace", "/nonexistent-ws", "--", "true"},
+  };
+  for (const auto& args : cases) {
+    Outcome r = ultari(args);
+    EXPECT_EQ(r.status, 125) << args[1] << ": " << r.err;
+  }
+  Leftovers l = settle();
+  EXPECT_EQ(l.processes, 0) << l.describe();
+  EXPECT_EQ(l.cgroups, 0) << l.describe();
+  EXPECT_EQ(l.mounts, 0) << l.describe();
+}
+
+}  // namespace
+}  // namespace ultari::test
