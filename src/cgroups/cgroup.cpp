@@ -118,7 +118,20 @@ Cgroup Cgroup::create(const Layout& layout, const std::string& name, const Limit
     v2_pids |= m->controller == Controller::Pids;
     v2_cpu |= m->controller == Controller::Cpu;
   }
-  if (!v2_base.empty()) enable_v2_controllers(v2_base, v2_mem, v2_pids, v2_cpu);
+  if (!v2_base.empty()) {
+    try {
+      enable_v2_controllers(v2_base, v2_mem, v2_pids, v2_cpu);
+    } catch (const Error&) {
+      if (geteuid() == 0) throw;
+      // Rootless in a delegated cgroup that still holds processes (ours):
+      // controllers cannot be enabled below it. Run without those limits
+      // and name them.
+      std::erase_if(plan, [](const ControllerMount* m) { return m->version == 2; });
+      if (limits.memory_bytes && v2_mem) cg.unenforced_.push_back("memory");
+      if (limits.pids && v2_pids) cg.unenforced_.push_back("pids");
+      if (limits.cpus && v2_cpu) cg.unenforced_.push_back("cpus");
+    }
+  }
 
   // From here on a throw destroys cg, which removes the dirs made so far.
   for (const auto* m : plan) {
