@@ -128,7 +128,7 @@ int main(int argc, char** argv) {
   }
   if (!quiet)
     for (const auto& w : result.warnings) std::fprintf(stderr, "ultari: warning: %s\n", w.c_str());
-  if (result.verdict == ultari::Verdict::SetupError) std::fprintf(stderr, "ultari: error: %s\n", result.error.c_str());
+  if (!result.error.empty()) std::fprintf(stderr, "ultari: error: %s\n", result.error.c_str());
   write_report(report_path, result);
   return result.exit_code;
 }

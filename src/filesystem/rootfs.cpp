@@ -184,62 +184,57 @@ struct Ctx {
 
 // Resolves `path` inside the new root without following any symlink: a
 // link planted where a mount goes is refused, never followed
-// (CVE-2021-30465); ".." cannot climb out of the root either.
-int open_in_root(const Ctx& c, const char* path, int flags) {
+// (CVE-2021-30465); ".." cannot climb out of the root either. `flags` may
+// add O_DIRECTORY; without O_PATH in `how_flags` the fd can create entries.
+int open_in_root(const Ctx& c, const char* path, int flags, bool as_path = true) {
   open_how how{};
-  how.flags = static_cast<uint64_t>(flags) | O_PATH | O_CLOEXEC;
+  how.flags = static_cast<uint64_t>(flags) | O_CLOEXEC | (as_path ? O_PATH : O_RDONLY);
   how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS;
   return sys_openat2(c.root, path, &how);
 }
 
-// Opens `path` in the root, creating missing directories (and the last
-// component as a file when !is_dir). Returns an O_PATH fd or -errno.
+// Splits "/a/b/c" into a parent ("/a/b", written to `parent`) and returns
+// the last component ("c").
+const char* split_parent(const char* path, char (&parent)[PATH_MAX]) {
+  size_t len = 0, slash = 0;
+  for (; path[len] && len + 1 < sizeof parent; ++len) {
+    parent[len] = path[len];
+    if (path[len] == '/') slash = len;
+  }
+  parent[slash ? slash : 1] = '\0';
+  return path + slash + 1;
+}
+
+// Creates `name` in the directory `dir` (a directory or an empty file).
+int create_entry(int dir, const char* name, bool is_dir, unsigned mode) {
+  if (is_dir) return mkdirat(dir, name, mode) == 0 || errno == EEXIST ? 0 : -errno;
+  int fd = openat(dir, name, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, mode);
+  if (fd < 0) return errno == EEXIST ? 0 : -errno;
+  close(fd);
+  return 0;
+}
+
+// Opens `path` in the root, creating it (a directory, or an empty file when
+// !is_dir) and any missing parent directories. Returns an O_PATH fd or -errno.
 int open_or_create(const Ctx& c, const char* path, bool is_dir, unsigned mode) {
   int fd = open_in_root(c, path, 0);
   if (fd >= 0) return fd;
   if (errno != ENOENT) return -errno;
-  char buf[PATH_MAX];
-  size_t len = 0;
-  while (path[len] && len + 1 < sizeof buf) buf[len] = path[len], ++len;
-  buf[len] = '\0';
-  int parent = open_in_root(c, "/", O_DIRECTORY);
-  if (parent < 0) return -errno;
-  for (size_t i = 1; i <= len; ++i) {
-    if (i != len && buf[i] != '/') continue;
-    char saved = buf[i];
-    buf[i] = '\0';
-    int next = open_in_root(c, buf, 0);
-    if (next < 0 && errno == ENOENT) {
-      const char* name = buf;
-      for (size_t k = 0; k < i; ++k)
-        if (buf[k] == '/') name = buf + k + 1;
-      bool last = i == len;
-      int rc;
-      if (!last || is_dir) {
-        rc = mkdirat(parent, name, last ? mode : 0755);
-      } else {
-        // O_PATH parent fds cannot create files directly; reopen it.
-        char proc[32];
-        int dfd = open(fd_path(parent, proc), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        rc = dfd < 0 ? -1 : openat(dfd, name, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, mode);
-        int err = errno;
-        if (rc >= 0) close(rc), rc = 0;
-        if (dfd >= 0) close(dfd);
-        errno = err;
-      }
-      if (rc != 0 && errno != EEXIST) {
-        int err = errno;
-        close(parent);
-        return -err;
-      }
-      next = open_in_root(c, buf, 0);
-    }
-    buf[i] = saved;
-    close(parent);
-    if (next < 0) return -errno;
-    parent = next;
+  char parent[PATH_MAX];
+  const char* leaf = split_parent(path, parent);
+  int dir = open_in_root(c, parent, O_DIRECTORY, false);
+  if (dir < 0 && errno == ENOENT) {
+    int made = open_or_create(c, parent, true, 0755);  // parents first
+    if (made < 0) return made;
+    close(made);
+    dir = open_in_root(c, parent, O_DIRECTORY, false);
   }
-  return parent;
+  if (dir < 0) return -errno;
+  int rc = create_entry(dir, leaf, is_dir, mode);
+  close(dir);
+  if (rc != 0) return rc;
+  fd = open_in_root(c, path, 0);
+  return fd < 0 ? -errno : fd;
 }
 
 // Mounts the detached tree `tree` onto `target_fd` with the given attributes.
@@ -322,24 +317,15 @@ int run_step(Ctx& c, const Step& s, int host_fd) {
   // Every other step works on a target inside the new root.
   bool creates = s.op != Step::MaskInRoot && s.op != Step::ReadOnlyInRoot && s.op != Step::SymlinkInRoot;
   if (s.op == Step::SymlinkInRoot) {
-    // Create in the parent directory, resolved in the root.
-    const char* slash = s.target;
-    for (const char* p = s.target; *p; ++p)
-      if (*p == '/') slash = p;
     char parent[PATH_MAX];
-    size_t n = static_cast<size_t>(slash - s.target);
-    for (size_t i = 0; i < n; ++i) parent[i] = s.target[i];
-    parent[n ? n : 1] = '\0';
-    if (!n) parent[0] = '/';
-    int pfd = open_in_root(c, parent, O_DIRECTORY);
-    if (pfd < 0) return -errno;
-    char proc[32];
-    int dfd = open(fd_path(pfd, proc), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    int rc = dfd < 0 ? -errno : (symlinkat(s.source, dfd, slash + 1) == 0 || errno == EEXIST ? 0 : -errno);
-    if (dfd >= 0) close(dfd);
-    close(pfd);
+    const char* leaf = split_parent(s.target, parent);
+    int dir = open_in_root(c, parent, O_DIRECTORY, false);
+    if (dir < 0) return -errno;
+    int rc = symlinkat(s.source, dir, leaf) == 0 || errno == EEXIST ? 0 : -errno;
+    close(dir);
     return rc;
   }
+
   int fd = creates ? open_or_create(c, s.target, s.is_dir, s.op == Step::MkdirInRoot ? s.mode : 0755)
                    : open_in_root(c, s.target, 0);
   if (fd < 0 && !creates) fd = -errno;

@@ -158,6 +158,8 @@ void reset_signals() {
   _exit(err == ENOENT ? 127 : 126);
 }
 
+int payload_entry(void* plan) { payload_main(*static_cast<const ChildPlan*>(plan)); }
+
 }  // namespace
 
 [[noreturn]] void child_main(const ChildPlan& p) {
@@ -227,10 +229,12 @@ void reset_signals() {
     close(static_cast<int>(listener));
   }
 
-  // 6. The payload.
-  pid_t child = fork();
-  if (child < 0) fail(p, "fork", "payload", errno);
-  if (child == 0) payload_main(p);
+  // 6. The payload, started like posix_spawn does: sharing our memory on
+  // its own stack, with init suspended until it has called execve.
+  static char stack[64 * 1024] __attribute__((aligned(16)));
+  pid_t child = clone(payload_entry, stack + sizeof stack, CLONE_VM | CLONE_VFORK | SIGCHLD,
+                      const_cast<ChildPlan*>(&p));
+  if (child < 0) fail(p, "clone", "payload", errno);
   g_payload = child;
 
   // 7. pid 1: nothing privileged is left to do, and no fd but the control

@@ -11,8 +11,7 @@
 #include <unistd.h>
 
 #include <cstdio>
-#include <fstream>
-#include <sstream>
+#include <cstring>
 
 #include "util/error.h"
 
@@ -22,18 +21,23 @@ namespace {
 constexpr uint32_t kDefaultSubBase = 2000000000;
 constexpr uint32_t kRangeSize = 65536;
 
+// The "ultari:<start>:<count>" line of /etc/subuid or /etc/subgid.
 uint32_t subordinate_base(const char* file) {
-  std::ifstream in(file);
-  std::string line;
-  while (std::getline(in, line)) {
-    std::istringstream ss(line);
-    std::string name, start, count;
-    if (std::getline(ss, name, ':') && name == "ultari" && std::getline(ss, start, ':') && std::getline(ss, count)) {
-      try {
-        if (std::stoul(count) >= kRangeSize) return static_cast<uint32_t>(std::stoul(start));
-      } catch (...) {
-      }
-    }
+  char buf[8192];
+  int fd = open(file, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return kDefaultSubBase;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return kDefaultSubBase;
+  buf[n] = '\0';
+  for (char* line = buf; line && *line;) {
+    char* next = std::strchr(line, '\n');
+    if (next) *next++ = '\0';
+    unsigned long start = 0, count = 0;
+    if (std::strncmp(line, "ultari:", 7) == 0 && std::sscanf(line + 7, "%lu:%lu", &start, &count) == 2 &&
+        count >= kRangeSize && start + kRangeSize <= 0xffffffffUL)
+      return static_cast<uint32_t>(start);
+    line = next;
   }
   return kDefaultSubBase;
 }

@@ -82,7 +82,6 @@ Prepared prepare(const Spec& spec) {
     p.host_root = filesystem::prepare_host_root(cache, p.identity.host_root_uid, p.identity.host_root_gid);
   p.policy = seccomp::load_policy(spec.seccomp.profile_path, cache + "/seccomp");
   p.cgroups = cgroups::detect();
-  cgroups::sweep_orphans(p.cgroups);
   p.cap_last = read_cap_last();
   return p;
 }
@@ -347,6 +346,12 @@ std::unique_ptr<Sandbox> Sandbox::start(const Prepared& prepared, const Spec& sp
   Msg go{};
   go.type = MsgType::Go;
   send_msg(s.sock.get(), go);
+  // While the child builds its root: remove groups that SIGKILLed
+  // supervisors left behind. Never a reason to fail this run.
+  try {
+    cgroups::sweep_orphans(prepared.cgroups);
+  } catch (const std::exception&) {
+  }
   fcntl(s.out_r.get(), F_SETFL, O_NONBLOCK);
   fcntl(s.err_r.get(), F_SETFL, O_NONBLOCK);
   return std::unique_ptr<Sandbox>(new Sandbox(std::move(st)));
