@@ -84,6 +84,8 @@ RootPlan plan_root(const Spec& spec, const HostRoot* host_root, const std::strin
        .data = plan.intern("mode=755,size=" + std::to_string(spec.limits.tmp_bytes ? spec.limits.tmp_bytes : kDefaultTmpBytes))});
   for (const char* d : {upper, work, root}) add({.op = Step::MkdirStaging, .target = d, .mode = 0755});
   add({.op = Step::MkdirStaging, .target = plan.intern(staging + "/mask-dir"), .mode = 0});
+  const char* shm = plan.intern(staging + "/shm");
+  add({.op = Step::MkdirStaging, .target = shm, .mode = 01777});
   add({.op = Step::MkdirStaging, .target = plan.intern(staging + "/mask-file"), .is_dir = false, .mode = 0});
   plan.staged_lower = plan.intern(staging + "/lower");
   add({.op = Step::Overlay, .source = plan.intern(lower), .target = root,
@@ -103,8 +105,8 @@ RootPlan plan_root(const Spec& spec, const HostRoot* host_root, const std::strin
     add({.op = Step::DeviceInRoot, .source = plan.intern(std::string("/dev/") + d),
          .target = plan.intern(std::string("/dev/") + d), .is_dir = false});
   add({.op = Step::DevptsInRoot, .target = "/dev/pts", .data = "newinstance,ptmxmode=0666,mode=0620"});
-  add({.op = Step::TmpfsInRoot, .target = "/dev/shm",
-       .data = plan.intern("mode=1777,size=" + std::to_string(spec.limits.tmp_bytes ? spec.limits.tmp_bytes : kDefaultTmpBytes))});
+  // /dev/shm lives on the staging tmpfs: one --tmp-size budget for all writes.
+  add({.op = Step::StagingBindInRoot, .source = shm, .target = "/dev/shm"});
   struct Link {
     const char* from;
     const char* to;
@@ -272,7 +274,7 @@ int run_step(Ctx& c, const Step& s, int host_fd) {
       return 0;
     case Step::MkdirStaging: {
       if (s.is_dir) {
-        if (mkdir(s.target, s.mode) != 0) return -errno;
+        if (mkdir(s.target, s.mode) != 0 || chmod(s.target, s.mode) != 0) return -errno;  // no umask
       } else {
         int fd = open(s.target, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, s.mode);
         if (fd < 0) return -errno;
@@ -340,6 +342,12 @@ int run_step(Ctx& c, const Step& s, int host_fd) {
     case Step::AttachInRoot:
       rc = attach(s.tree_fd, fd, s.read_only ? ro : (MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV));
       break;
+    case Step::StagingBindInRoot: {
+      int tree = sys_open_tree(AT_FDCWD, s.source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+      rc = tree < 0 ? -errno : attach(tree, fd, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV);
+      if (tree >= 0) close(tree);
+      break;
+    }
     case Step::DeviceInRoot:
       rc = attach(host_fd, fd, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC);
       break;
@@ -403,6 +411,7 @@ const char* step_name(Step::Op op) {
     case Step::Overlay: return "mount overlay root";
     case Step::BindInRoot: return "bind mount";
     case Step::AttachInRoot: return "attach mount";
+    case Step::StagingBindInRoot: return "bind staging directory";
     case Step::TmpfsInRoot: return "mount tmpfs";
     case Step::ProcInRoot: return "mount proc";
     case Step::SysfsInRoot: return "mount sysfs";
@@ -425,10 +434,23 @@ int open_host_paths(const RootPlan& plan, const Step** failed) {
   for (size_t i = 0; i < plan.steps.size(); ++i) {
     const Step& s = plan.steps[i];
     int fd = -2;
-    if (s.op == Step::BindInRoot || s.op == Step::DeviceInRoot)
-      fd = sys_open_tree(AT_FDCWD, s.source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
-    else if (s.op == Step::Overlay && s.tree_fd < 0)
-      fd = open(s.source, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    // The supervisor canonicalised every host path: a symlink met now was
+    // swapped in since (by another sandbox writing there) and is refused.
+    open_how how{};
+    how.flags = O_PATH | O_CLOEXEC;
+    how.resolve = RESOLVE_NO_SYMLINKS;
+    if (s.op == Step::BindInRoot || s.op == Step::DeviceInRoot) {
+      int path = sys_openat2(AT_FDCWD, s.source, &how);
+      fd = path < 0 ? -1 : sys_open_tree(path, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE | AT_EMPTY_PATH);
+      if (path >= 0) {
+        int err = errno;
+        close(path);
+        errno = err;
+      }
+    } else if (s.op == Step::Overlay && s.tree_fd < 0) {
+      how.flags |= O_DIRECTORY;
+      fd = sys_openat2(AT_FDCWD, s.source, &how);
+    }
     if (fd == -2) continue;
     if (fd < 0) {
       *failed = &s;

@@ -32,6 +32,7 @@ struct Step {
                    // detached tree `tree_fd`), data = the other options
     BindInRoot,    // bind host `source` onto `target` inside the root
     AttachInRoot,  // attach the detached mount `tree_fd` onto `target`
+    StagingBindInRoot,  // bind `source` (on the staging tmpfs) onto `target`
     TmpfsInRoot,   // tmpfs on `target` inside the root, data = options
     ProcInRoot,
     SysfsInRoot,

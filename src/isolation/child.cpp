@@ -166,6 +166,14 @@ int payload_entry(void* plan) { payload_main(*static_cast<const ChildPlan*>(plan
   close(p.supervisor_sock);
   for (int fd : p.close_in_child) close(fd);
   if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) _exit(125);
+  // We are a copy of the supervisor: its command line (host paths) would be
+  // pid 1's /proc/1/cmdline inside.
+  static const char kName[] = "ultari-init";
+  if (p.argv_area && p.argv_area_len > sizeof kName) {
+    for (size_t i = 0; i < p.argv_area_len; ++i) p.argv_area[i] = '\0';
+    for (size_t i = 0; i < sizeof kName; ++i) p.argv_area[i] = kName[i];
+  }
+  prctl(PR_SET_NAME, kName, 0, 0, 0);
   // Join the v1 cgroups first thing, moving ourselves (see Cgroup::open_self_attach).
   for (int fd : p.cgroup_tasks) {
     if (write(fd, "0", 1) != 1) fail(p, "join cgroup", "tasks", errno);

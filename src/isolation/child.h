@@ -21,6 +21,9 @@ struct ChildPlan {
   std::vector<int> close_in_child;  // other supervisor fds to drop
   std::vector<int> cgroup_tasks;    // v1 `tasks` files: write "0" to join
 
+  char* argv_area = nullptr;  // the supervisor's command line (/proc/self/cmdline)
+  size_t argv_area_len = 0;   // overwritten so pid 1 does not show host paths
+
   const filesystem::RootPlan* root = nullptr;
   const char* hostname = "sandbox";
 

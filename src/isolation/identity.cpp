@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <linux/mount.h>
+#include <linux/openat2.h>
 #include <sched.h>
 #include <sys/prctl.h>
 #include <signal.h>
@@ -137,8 +138,14 @@ UniqueFd mapping_userns(const std::vector<IdRange>& uid_map, const std::vector<I
 }
 
 UniqueFd idmapped_tree(const std::string& path, int userns) {
-  UniqueFd tree(static_cast<int>(
-      syscall(SYS_open_tree, AT_FDCWD, path.c_str(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE)));
+  // `path` is canonical: a symlink in it now was swapped in and is refused.
+  open_how how{};
+  how.flags = O_PATH | O_CLOEXEC;
+  how.resolve = RESOLVE_NO_SYMLINKS;
+  UniqueFd at(static_cast<int>(syscall(SYS_openat2, AT_FDCWD, path.c_str(), &how, sizeof how)));
+  if (!at) throw_errno("open " + path);
+  UniqueFd tree(static_cast<int>(syscall(SYS_open_tree, at.get(), "",
+                                         OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE | AT_EMPTY_PATH)));
   if (!tree) throw_errno("open_tree " + path);
   mount_attr attr{};
   attr.attr_set = MOUNT_ATTR_IDMAP;

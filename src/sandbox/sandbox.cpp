@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <cstring>
 #include <optional>
+#include <tuple>
 
 #include "isolation/channel.h"
 #include "isolation/child.h"
@@ -67,6 +68,33 @@ int read_cap_last() {
   return n > 0 ? std::atoi(buf) : 40;
 }
 
+// [arg_start, arg_end) of this process: fields 48 and 49 of /proc/self/stat.
+std::pair<char*, size_t> argv_area() {
+  static std::pair<char*, size_t> area = [] {
+    std::pair<char*, size_t> none{nullptr, 0};
+    int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return none;
+    char buf[2048];
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return none;
+    buf[n] = '\0';
+    const char* p = std::strrchr(buf, ')');  // comm may hold spaces
+    if (!p) return none;
+    unsigned long long start = 0, end = 0;
+    int field = 2;
+    for (const char* c = p + 1; *c; ++c) {
+      if (*c != ' ') continue;
+      ++field;
+      if (field == 48) start = std::strtoull(c + 1, nullptr, 10);
+      if (field == 49) end = std::strtoull(c + 1, nullptr, 10);
+    }
+    if (!start || end <= start) return none;
+    return std::pair<char*, size_t>{reinterpret_cast<char*>(start), static_cast<size_t>(end - start)};
+  }();
+  return area;
+}
+
 std::string env_value(const std::vector<std::string>& env, const std::string& key) {
   for (const auto& e : env)
     if (e.compare(0, key.size() + 1, key + "=") == 0) return e.substr(key.size() + 1);
@@ -103,7 +131,9 @@ struct Sandbox::State {
   std::vector<const char*> candidates;
 
   UniqueFd sock;       // control socket (supervisor end)
-  UniqueFd out_r, err_r;
+  UniqueFd in_w, out_r, err_r;
+  std::string stdin_pending;  // read from the caller, not yet in the pipe
+  bool stdin_eof = false;
   UniqueFd pidfd;
   pid_t pid = -1;
   bool reaped = false;
@@ -293,7 +323,10 @@ std::unique_ptr<Sandbox> Sandbox::start(const Prepared& prepared, const Spec& sp
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) throw_errno("socketpair");
   s.sock.reset(sv[0]);
   UniqueFd child_sock(sv[1]);
-  int out[2], err[2];
+  int in[2], out[2], err[2];
+  if (pipe2(in, O_CLOEXEC) != 0) throw_errno("pipe");
+  UniqueFd in_r(in[0]);
+  s.in_w.reset(in[1]);
   if (pipe2(out, O_CLOEXEC) != 0) throw_errno("pipe");
   s.out_r.reset(out[0]);
   UniqueFd out_w(out[1]);
@@ -304,13 +337,14 @@ std::unique_ptr<Sandbox> Sandbox::start(const Prepared& prepared, const Spec& sp
   auto& plan = s.plan;
   plan.sock = child_sock.get();
   plan.supervisor_sock = s.sock.get();
-  plan.close_in_child = {s.out_r.get(), s.err_r.get()};
+  plan.close_in_child = {s.in_w.get(), s.out_r.get(), s.err_r.get()};
   std::vector<UniqueFd> tasks = s.cgroup->open_self_attach();
   for (const auto& fd : tasks) plan.cgroup_tasks.push_back(fd.get());
-  plan.stdin_fd = io.stdin_fd == 0 ? -1 : io.stdin_fd;
+  plan.stdin_fd = in_r.get();
   plan.stdout_fd = out_w.get();
   plan.stderr_fd = err_w.get();
   plan.root = &s.root;
+  std::tie(plan.argv_area, plan.argv_area_len) = argv_area();
   plan.hostname = spec.hostname.c_str();
   plan.become_root = id.rootful;
   plan.setgroups_allowed = id.rootful;
@@ -331,12 +365,32 @@ std::unique_ptr<Sandbox> Sandbox::start(const Prepared& prepared, const Spec& sp
     args.cgroup = static_cast<uint64_t>(cg);
   }
   s.started = Clock::now();
+  // Rootful: the user namespace is created with the subordinate uid as its
+  // effective uid, so the per-user kernel quotas charged to a namespace's
+  // creator (inotify instances and watches, ...) are the sandbox range's and
+  // a sandbox cannot exhaust root's. clone3(CLONE_INTO_CGROUP) needs root's
+  // write access to the groups, so on v2 the namespace stays root's.
+  bool as_subordinate = id.rootful && cg < 0;
+  if (as_subordinate && (setegid(id.host_root_gid) != 0 || seteuid(id.host_root_uid) != 0)) {
+    int err = errno;
+    if (setegid(0) != 0) {
+    }
+    throw_errno("seteuid to the sandbox's host uid", err);
+  }
   long pid = syscall(SYS_clone3, &args, sizeof args);
-  if (pid < 0) throw_errno("clone3 (creating the sandbox's namespaces)");
+  int clone_errno = errno;
   if (pid == 0) isolation::child_main(plan);
+  if (as_subordinate && (seteuid(0) != 0 || setegid(0) != 0)) {
+    // Cannot happen for a process whose real and saved ids are root; going
+    // on without root's rights would fail confusingly later.
+    std::perror("ultari: cannot return to root after clone3");
+    std::abort();
+  }
+  if (pid < 0) throw_errno("clone3 (creating the sandbox's namespaces)", clone_errno);
   s.pid = static_cast<pid_t>(pid);
   s.pidfd.reset(pidfd);
   child_sock.reset();
+  in_r.reset();
   out_w.reset();
   err_w.reset();
   tasks.clear();
@@ -353,6 +407,8 @@ std::unique_ptr<Sandbox> Sandbox::start(const Prepared& prepared, const Spec& sp
     cgroups::sweep_orphans(prepared.cgroups);
   } catch (const std::exception&) {
   }
+  fcntl(s.in_w.get(), F_SETFL, O_NONBLOCK);
+  if (io.stdin_fd < 0) s.in_w.reset();
   fcntl(s.out_r.get(), F_SETFL, O_NONBLOCK);
   fcntl(s.err_r.get(), F_SETFL, O_NONBLOCK);
   return std::unique_ptr<Sandbox>(new Sandbox(std::move(st)));
@@ -395,6 +451,22 @@ bool pump(Sandbox::State& s, int from, int to, uint64_t& counter) {
     }
     counter += deliver;
   }
+}
+
+// Moves the caller's stdin into the sandbox's pipe, a buffer at a time.
+void pump_stdin(Sandbox::State& s, bool readable, bool writable) {
+  if (readable && s.stdin_pending.empty() && !s.stdin_eof) {
+    char buf[65536];
+    ssize_t n = read(s.io.stdin_fd, buf, sizeof buf);
+    if (n > 0) s.stdin_pending.assign(buf, static_cast<size_t>(n));
+    else if (n == 0 || (errno != EAGAIN && errno != EINTR)) s.stdin_eof = true;
+  }
+  if (writable && !s.stdin_pending.empty()) {
+    ssize_t n = write(s.in_w.get(), s.stdin_pending.data(), s.stdin_pending.size());
+    if (n > 0) s.stdin_pending.erase(0, static_cast<size_t>(n));
+    else if (n < 0 && errno == EPIPE) s.stdin_pending.clear(), s.stdin_eof = true;  // the sandbox closed it
+  }
+  if (s.stdin_eof && s.stdin_pending.empty()) s.in_w.reset();
 }
 
 // Handles every queued message; false once the child's end is closed.
@@ -462,23 +534,24 @@ Result Sandbox::wait() {
 
   bool init_gone = false, notify_hup = false, sock_eof = false, trimmed = false;
   while (!init_gone) {
-    pollfd fds[7];
+    pollfd all[10];
     int n = 0;
-    auto add = [&](int fd) {
-      fds[n] = {fd, POLLIN, 0};
-      return fd >= 0 ? n++ : -1;
+    auto add = [&](int fd, short events = POLLIN) {
+      if (fd < 0) return -1;
+      all[n] = {fd, events, 0};
+      return n++;
     };
     int i_pid = add(s.pidfd.get());
     int i_sock = sock_eof ? -1 : add(s.sock.get());
     int i_out = s.out_closed ? -1 : add(s.out_r.get());
     int i_err = s.err_closed ? -1 : add(s.err_r.get());
     int i_notify = s.notify && !notify_hup ? add(s.notify->fd()) : -1;
+    bool stdin_open = s.in_w && !s.stdin_eof;
+    int i_in = stdin_open && s.stdin_pending.empty() ? add(s.io.stdin_fd) : -1;
+    int i_inw = s.in_w && !s.stdin_pending.empty() ? add(s.in_w.get(), POLLOUT) : -1;
     int i_deadline = deadline ? add(deadline.get()) : -1;
     int i_tick = add(ticker.get());
-    int i_sig = sigfd ? n : -1;
-    pollfd all[8];
-    std::copy(fds, fds + n, all);
-    if (i_sig >= 0) all[n++] = {sigfd.get(), POLLIN, 0};
+    int i_sig = add(sigfd.get());
     if (poll(all, static_cast<nfds_t>(n), -1) < 0) {
       if (errno == EINTR) continue;
       throw_errno("poll");
@@ -495,6 +568,8 @@ Result Sandbox::wait() {
     // No task uses the filter any more: the listener stays readable (HUP).
     if (i_notify >= 0 && (all[i_notify].revents & (POLLHUP | POLLERR))) notify_hup = true;
     if (ready(i_sock) && !handle_control(s)) sock_eof = true;
+    if (i_in >= 0 && all[i_in].revents & POLLNVAL) s.stdin_eof = true;
+    if (ready(i_in) || (i_inw >= 0 && all[i_inw].revents)) pump_stdin(s, ready(i_in), i_inw >= 0);
     if (ready(i_out) && !pump(s, s.out_r.get(), s.io.stdout_fd, s.out_bytes)) s.out_closed = true;
     if (ready(i_err) && !pump(s, s.err_r.get(), s.io.stderr_fd, s.err_bytes)) s.err_closed = true;
     if (ready(i_deadline) && !s.kill_reason) {

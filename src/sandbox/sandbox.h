@@ -46,6 +46,9 @@ struct Result {
 std::string result_json(const Result& r);
 
 // Where the sandbox's standard streams come from and go to (supervisor fds).
+// The sandbox never receives these fds themselves: the supervisor copies
+// through pipes, so a terminal or a directory on stdin cannot be reached
+// from inside (no tty ioctls, no fchdir out of the root). -1: nothing.
 struct Io {
   int stdin_fd = 0;
   int stdout_fd = 1;

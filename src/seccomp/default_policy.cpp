@@ -38,15 +38,14 @@ const char* const kAllowed[] = {
     "map_shadow_stack", "get_mempolicy", "mseal",
     // files and directories
     "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev",
-    "preadv2", "pwritev2", "open", "openat", "openat2", "creat", "close",
+    "preadv2", "pwritev2", "close",
     "close_range", "dup", "dup2", "dup3", "lseek", "fcntl", "flock", "fsync",
     "fdatasync", "sync", "syncfs", "sync_file_range", "truncate", "ftruncate",
     "fallocate", "fadvise64", "readahead", "stat", "fstat", "lstat", "newfstatat",
     "statx", "statfs", "fstatfs", "access", "faccessat", "faccessat2", "getdents",
     "getdents64", "getcwd", "chdir", "fchdir", "mkdir", "mkdirat", "rmdir",
     "rename", "renameat", "renameat2", "link", "linkat", "unlink", "unlinkat",
-    "symlink", "symlinkat", "readlink", "readlinkat", "mknod", "mknodat", "chmod",
-    "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "fchownat", "lchown",
+    "symlink", "symlinkat", "readlink", "readlinkat", "chown", "fchown", "fchownat", "lchown",
     "umask", "utime", "utimes", "utimensat", "futimesat", "copy_file_range",
     "sendfile", "splice", "tee", "vmsplice", "pipe", "pipe2", "getxattr",
     "lgetxattr", "fgetxattr", "setxattr", "lsetxattr", "fsetxattr", "listxattr",
@@ -119,6 +118,17 @@ Rule allow(std::string name, std::vector<ArgCmp> args = {}) {
   return r;
 }
 
+// Answered in the kernel and not reported: "not implemented" makes libc and
+// runtimes fall back to an older call whose arguments the filter can check.
+Rule enosys(std::string name) {
+  Rule r;
+  r.names = {std::move(name)};
+  r.action = SCMP_ACT_ERRNO(ENOSYS);
+  r.errno_in_kernel = true;
+  r.origin = "default rule for " + r.names[0];
+  return r;
+}
+
 }  // namespace
 
 // libseccomp cannot express "deny when the low 32 bits equal X, else allow":
@@ -160,17 +170,34 @@ PolicySpec default_spec() {
 
   // clone3 flags live in memory BPF cannot read: ENOSYS makes glibc fall back
   // to clone, whose flags are checked above.
-  Rule clone3;
-  clone3.names = {"clone3"};
-  clone3.action = SCMP_ACT_ERRNO(ENOSYS);
-  clone3.errno_in_kernel = true;
-  clone3.origin = "default rule for clone3";
-  spec.rules.push_back(clone3);
+  spec.rules.push_back(enosys("clone3"));
 
   for (const ArgCmp& block : low32_complement(0, {kAF_ALG, kAF_VSOCK}))
     spec.rules.push_back(allow("socket", {block}));
   for (const ArgCmp& block : low32_complement(1, {kTIOCSTI, kTIOCLINUX}))
     spec.rules.push_back(allow("ioctl", {block}));
+
+  // No setuid or setgid bit may be set on any file. The sandbox's root
+  // writes to an idmapped workspace as the directory's owner on the host; a
+  // setuid file planted there would run with that owner's identity for
+  // every host user (root's, for a root-owned workspace). Every call that
+  // sets a mode carries it in a register: open/openat only when creating.
+  constexpr uint64_t kSetid = 06000;                    // S_ISUID | S_ISGID
+  constexpr uint64_t kCreates = 0100 | 020000000;       // O_CREAT | __O_TMPFILE
+  struct ModeArg {
+    const char* name;
+    unsigned flags_index;  // 6 = the call always creates or sets a mode
+    unsigned mode_index;
+  };
+  for (auto [name, flags_index, mode_index] :
+       {ModeArg{"open", 1, 2}, {"openat", 2, 3}, {"creat", 6, 1}, {"mknod", 6, 1}, {"mknodat", 6, 2},
+        {"chmod", 6, 1}, {"fchmod", 6, 1}, {"fchmodat", 6, 2}, {"fchmodat2", 6, 2}}) {
+    if (flags_index < 6) spec.rules.push_back(allow(name, {{flags_index, SCMP_CMP_MASKED_EQ, kCreates, 0}}));
+    spec.rules.push_back(allow(name, {{mode_index, SCMP_CMP_MASKED_EQ, kSetid, 0}}));
+  }
+  // openat2's mode lives in memory BPF cannot read: ENOSYS, so callers fall
+  // back to openat (checked above), as for clone3.
+  spec.rules.push_back(enosys("openat2"));
 
   for (uint64_t persona : {0x0ULL, 0x8ULL, 0x20000ULL, 0x20008ULL, 0xffffffffULL})
     spec.rules.push_back(allow("personality", {{0, SCMP_CMP_EQ, persona, 0}}));

@@ -40,7 +40,7 @@ struct PolicySpec {
 
 // Bumped whenever the default list or the compiler changes, so cached
 // programs are recompiled.
-inline constexpr const char* kPolicyVersion = "ultari-seccomp-3";
+inline constexpr const char* kPolicyVersion = "ultari-seccomp-4";
 
 PolicySpec default_spec();
 

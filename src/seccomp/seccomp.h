@@ -52,10 +52,13 @@ class Supervisor {
   // a foreign-ABI call (i386, x32) kills the caller with SIGSYS.
   void handle_one();
   // name -> count; names are libseccomp's, foreign ABIs are "abi:i386" and
-  // "abi:x32", unknown numbers "nr:<n>".
+  // "abi:x32", unknown numbers "nr:<n>"; past 512 names the rest count as
+  // "other". A foreign-ABI caller that blocks, ignores or catches SIGSYS is
+  // killed with SIGKILL instead.
   const std::map<std::string, uint64_t>& denied() const { return denied_; }
 
  private:
+  void count(const std::string& name);
   const CompiledPolicy& policy_;
   int fd_;
   std::vector<char> req_buf_, resp_buf_;

@@ -46,8 +46,27 @@ std::string native_name(int nr) {
   return out;
 }
 
-// Sends SIGSYS to the caller, but only while the notification (and so the
-// pid) is still valid: a pid reused after the caller died must not be hit.
+// True when the thread blocks, ignores or catches SIGSYS (it would survive
+// the signal that is meant to kill it).
+bool dodges_sigsys(pid_t tid) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/status", tid);
+  UniqueFd fd(::open(path, O_RDONLY | O_CLOEXEC));
+  if (!fd) return false;
+  char buf[4096];
+  ssize_t n = ::read(fd.get(), buf, sizeof buf - 1);
+  if (n <= 0) return false;
+  buf[n] = '\0';
+  const uint64_t bit = uint64_t{1} << (SIGSYS - 1);
+  for (const char* key : {"SigBlk:", "SigIgn:", "SigCgt:"})
+    if (const char* line = std::strstr(buf, key))
+      if (std::strtoull(line + std::strlen(key), nullptr, 16) & bit) return true;
+  return false;
+}
+
+// Kills the caller with SIGSYS (SIGKILL if it dodges SIGSYS), but only while
+// the notification (and so the pid) is still valid: a pid reused after the
+// caller died must not be hit.
 void signal_caller(int listener, const seccomp_notif& req) {
   int pidfd = static_cast<int>(syscall(SYS_pidfd_open, req.pid, 0));
   if (pidfd < 0 && errno == EINVAL)  // a thread that is not the group leader
@@ -56,7 +75,7 @@ void signal_caller(int listener, const seccomp_notif& req) {
   UniqueFd guard(pidfd);
   uint64_t id = req.id;
   if (ioctl(listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) != 0) return;
-  syscall(SYS_pidfd_send_signal, pidfd, SIGSYS, nullptr, 0);
+  syscall(SYS_pidfd_send_signal, pidfd, dodges_sigsys(static_cast<pid_t>(req.pid)) ? SIGKILL : SIGSYS, nullptr, 0);
 }
 
 void respond(int listener, seccomp_notif_resp* resp, uint64_t id, int error) {
@@ -95,6 +114,16 @@ Supervisor::~Supervisor() {
   if (fd_ >= 0) ::close(fd_);
 }
 
+// The sandbox chooses the syscall numbers: bound what it can make the
+// supervisor remember.
+void Supervisor::count(const std::string& name) {
+  constexpr size_t kMaxNames = 512;
+  auto it = denied_.find(name);
+  if (it != denied_.end()) ++it->second;
+  else if (denied_.size() < kMaxNames) denied_.emplace(name, 1);
+  else ++denied_["other"];
+}
+
 void Supervisor::handle_one() {
   std::fill(req_buf_.begin(), req_buf_.end(), 0);  // RECV requires a zeroed buffer
   auto* req = reinterpret_cast<seccomp_notif*>(req_buf_.data());
@@ -108,7 +137,7 @@ void Supervisor::handle_one() {
   const uint32_t verdict = evaluate(policy_.shadow, d);
 
   if (foreign_abi(d)) {
-    ++denied_[abi_name(d)];
+    count(abi_name(d));
     // A profile that lists the ABI yields an errno; otherwise the ABI is
     // unsupported and the caller is killed.
     if ((verdict & SECCOMP_RET_ACTION_FULL) == SECCOMP_RET_ERRNO) {
@@ -120,7 +149,7 @@ void Supervisor::handle_one() {
     return;
   }
 
-  ++denied_[native_name(d.nr)];
+  count(native_name(d.nr));
   if ((verdict & SECCOMP_RET_ACTION_FULL) == SECCOMP_RET_ERRNO) {
     int e = static_cast<int>(verdict & SECCOMP_RET_DATA);
     // Calls newer than the policy get ENOSYS so libc falls back (as runc).

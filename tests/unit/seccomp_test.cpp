@@ -1,3 +1,5 @@
+#include <fcntl.h>
+#include <sys/stat.h>
 // Seccomp policy compiler, BPF interpreter, profile parser, cache, and the
 // supervisor against the real kernel.
 #include <gtest/gtest.h>
@@ -73,7 +75,6 @@ TEST(SeccompDefault, AllowsOrdinaryCalls) {
       {"execve", call(SYS_execve)},
       {"futex", call(SYS_futex)},
       {"rseq", call(SYS_rseq)},
-      {"openat2", call(SYS_openat2)},
       {"statx", call(SYS_statx)},
       {"seccomp", call(SYS_seccomp)},
       {"landlock_create_ruleset", call(SYS_landlock_create_ruleset)},
@@ -116,10 +117,53 @@ TEST(SeccompDefault, DeniesDangerousCalls) {
   }
 }
 
-TEST(SeccompDefault, Clone3IsEnosysInTheKernel) {
+TEST(SeccompDefault, Clone3AndOpenat2AreEnosysInTheKernel) {
   const auto& p = default_policy();
-  EXPECT_EQ(evaluate(p.kernel, call(SYS_clone3)), kEnosys);
-  EXPECT_EQ(evaluate(p.shadow, call(SYS_clone3)), kEnosys);
+  for (int nr : {SYS_clone3, SYS_openat2}) {
+    EXPECT_EQ(evaluate(p.kernel, call(nr)), kEnosys) << nr;
+    EXPECT_EQ(evaluate(p.shadow, call(nr)), kEnosys) << nr;
+  }
+}
+
+seccomp_data args(int nr, std::initializer_list<uint64_t> values) {
+  seccomp_data d = call(nr);
+  size_t i = 0;
+  for (uint64_t v : values) d.args[i++] = v;
+  return d;
+}
+
+// No setuid/setgid bit can be set: a file planted in an idmapped workspace
+// would run with its host owner's identity. Opening without creating never
+// looks at the (garbage) mode argument.
+TEST(SeccompDefault, SetidModeBitsAreDenied) {
+  const auto& p = default_policy();
+  const uint64_t junk = 0xdead0000ffffULL;  // a mode register nobody filled
+  const uint64_t kAtFdcwd = static_cast<uint64_t>(AT_FDCWD);
+  const Case allowed[] = {
+      {"openat read, junk mode", args(SYS_openat, {kAtFdcwd, 0, O_RDONLY, junk})},
+      {"openat create 0644", args(SYS_openat, {kAtFdcwd, 0, O_CREAT | O_WRONLY, 0644})},
+      {"open create 0755", args(SYS_open, {0, O_CREAT | O_WRONLY, 0755})},
+      {"chmod 0755", args(SYS_chmod, {0, 0755})},
+      {"fchmod 01777", args(SYS_fchmod, {3, 01777})},
+      {"fchmodat 0600", args(SYS_fchmodat, {kAtFdcwd, 0, 0600})},
+      {"creat 0644", args(SYS_creat, {0, 0644})},
+      {"mknodat fifo", args(SYS_mknodat, {kAtFdcwd, 0, S_IFIFO | 0644})},
+  };
+  for (const Case& c : allowed) EXPECT_EQ(evaluate(p.kernel, c.data), kAllow) << c.what;
+  const Case denied[] = {
+      {"openat create 04755", args(SYS_openat, {kAtFdcwd, 0, O_CREAT | O_WRONLY, 04755})},
+      {"openat O_TMPFILE 02755", args(SYS_openat, {kAtFdcwd, 0, O_TMPFILE | O_RDWR, 02755})},
+      {"open create 06755", args(SYS_open, {0, O_CREAT | O_WRONLY, 06755})},
+      {"chmod u+s", args(SYS_chmod, {0, 04755})},
+      {"fchmod g+s", args(SYS_fchmod, {3, 02755})},
+      {"fchmodat u+s", args(SYS_fchmodat, {kAtFdcwd, 0, 04711})},
+      {"creat 04755", args(SYS_creat, {0, 04755})},
+      {"mknodat S_IFREG|04755", args(SYS_mknodat, {kAtFdcwd, 0, S_IFREG | 04755})},
+  };
+  for (const Case& c : denied) {
+    EXPECT_EQ(evaluate(p.kernel, c.data), kNotify) << c.what;
+    EXPECT_EQ(evaluate(p.shadow, c.data), kEperm) << c.what;
+  }
 }
 
 TEST(SeccompDefault, ForeignAbisNotify) {
