@@ -29,31 +29,9 @@
 namespace ultari::test {
 namespace {
 
-std::map<std::string, int> parse_pairs(const std::string& out) {
-  std::map<std::string, int> m;
-  std::istringstream in(out);
-  std::string name;
-  int v;
-  while (in >> name >> v) m[name] = v;
-  return m;
-}
-
-std::string allow_all(const TempDir& dir) {
-  std::string p = dir / "allow.json";
-  write_file(p, R"({"defaultAction":"SCMP_ACT_ALLOW"})");
-  return p;
-}
-
 // Opens init's magic links and memory, and tries to reach it with the
 // cross-process syscalls. Prints "name errno" (0 = it worked).
-const char* kInitProbe = R"PY(
-import ctypes, os
-libc = ctypes.CDLL(None, use_errno=True)
-libc.syscall.restype = ctypes.c_long
-def sc(name, nr, *a):
-    ctypes.set_errno(0)
-    r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(x) for x in a])
-    print(name, 0 if r >= 0 else ctypes.get_errno())
+const std::string kInitProbe = std::string(kPySyscall) + R"PY(
 def op(name, path, flags=os.O_RDONLY):
     try:
         os.close(os.open(path, flags)); print(name, 0)
@@ -88,7 +66,7 @@ TEST(AttackReview, InitIsUnreachableThroughProcAndCrossProcessCalls) {
     // Without seccomp (allow-all profile), the kernel must still refuse:
     // init is non-dumpable and its mm belongs to the host's user namespace.
     std::vector<std::string> args = {"run"};
-    if (!filtered) args.insert(args.end(), {"--seccomp-profile", allow_all(dir)});
+    if (!filtered) args.insert(args.end(), {"--seccomp-profile", allow_all_profile(dir)});
     args.insert(args.end(), {"--", "python3", "-c", kInitProbe});
     Outcome r = ultari(args);
     auto e = parse_pairs(r.out);
@@ -162,7 +140,7 @@ TEST(AttackReview, NoNestedNamespacesFromTheShell) {
   // Negative control: with seccomp lifted the kernel itself allows a userns,
   // so the policy is what holds the line.
   TempDir dir;
-  Outcome open = sh("unshare -U true && echo userns", {"--seccomp-profile", allow_all(dir)});
+  Outcome open = sh("unshare -U true && echo userns", {"--seccomp-profile", allow_all_profile(dir)});
   EXPECT_EQ(open.out, "userns\n") << open.err;
 }
 

@@ -215,6 +215,32 @@ int processes_matching(const std::string& needle) {
   return n;
 }
 
+const char* const kPySyscall = R"PY(
+import ctypes, os, socket
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def sc(name, nr, *args):
+    ctypes.set_errno(0)
+    r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+    print(name, 0 if r >= 0 else ctypes.get_errno())
+)PY";
+
+std::map<std::string, int> parse_pairs(const std::string& out) {
+  std::map<std::string, int> m;
+  std::istringstream in(out);
+  std::string name;
+  int v;
+  while (in >> name >> v) m[name] = v;
+  return m;
+}
+
+std::string allow_all_profile(const TempDir& dir, bool foreign_abis) {
+  std::string p = dir / "allow.json";
+  write_file(p, foreign_abis ? R"({"defaultAction":"SCMP_ACT_ALLOW","architectures":["SCMP_ARCH_X86_64","SCMP_ARCH_X86","SCMP_ARCH_X32"]})"
+                             : R"({"defaultAction":"SCMP_ACT_ALLOW"})");
+  return p;
+}
+
 std::string helpers_dir() { return ULTARI_TEST_HELPERS; }
 
 }  // namespace ultari::test

@@ -2,6 +2,7 @@
 // test starts real sandboxes on the running kernel.
 #pragma once
 #include <nlohmann/json.hpp>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,15 @@ struct Leftovers {
 Leftovers leftovers();
 // Processes on the host whose command line contains `needle`.
 int processes_matching(const std::string& needle);
+
+// Python prelude for syscall probes: defines sc(name, nr, *args), which
+// prints "name errno" (0 when the call succeeded).
+extern const char* const kPySyscall;
+// "name number" lines -> map.
+std::map<std::string, int> parse_pairs(const std::string& out);
+// A seccomp profile that allows everything (negative controls); with
+// foreign_abis, the i386 and x32 ABIs too.
+std::string allow_all_profile(const TempDir& dir, bool foreign_abis = false);
 
 // Directory holding the static test helper programs (bound into sandboxes).
 std::string helpers_dir();

@@ -16,14 +16,7 @@ namespace ultari::test {
 namespace {
 
 // Every denied family, called with harmless arguments. Prints "name errno".
-const char* kSyscallProbe = R"PY(
-import ctypes, socket
-libc = ctypes.CDLL(None, use_errno=True)
-libc.syscall.restype = ctypes.c_long
-def sc(name, nr, *args):
-    ctypes.set_errno(0)
-    r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
-    print(name, 0 if r >= 0 else ctypes.get_errno())
+const std::string kSyscallProbe = std::string(kPySyscall) + R"PY(
 sc("keyctl", 250, 0, -3, 0)
 sc("add_key", 248, 0, 0, 0, 0, 0)
 sc("request_key", 249, 0, 0, 0, 0)
@@ -50,31 +43,15 @@ sc("socket_vsock_high", 41, 0x100000028, 1, 0)
 sc("socket_inet", 41, 2, 1, 0)
 )PY";
 
-std::map<std::string, int> parse_errnos(const std::string& out) {
-  std::map<std::string, int> m;
-  std::istringstream in(out);
-  std::string name;
-  int e;
-  while (in >> name >> e) m[name] = e;
-  return m;
-}
-
 std::map<std::string, int> denied(const nlohmann::json& report) {
   std::map<std::string, int> m;
   for (const auto& d : report["denied_syscalls"]) m[d["name"]] = d["count"];
   return m;
 }
 
-std::string allow_all_profile(const TempDir& dir, bool foreign_abis = false) {
-  std::string p = dir / "allow.json";
-  write_file(p, foreign_abis ? R"({"defaultAction":"SCMP_ACT_ALLOW","architectures":["SCMP_ARCH_X86_64","SCMP_ARCH_X86","SCMP_ARCH_X32"]})"
-                             : R"({"defaultAction":"SCMP_ACT_ALLOW"})");
-  return p;
-}
-
 TEST(Seccomp, DeniedFamiliesFailWithEpermAndAreReported) {
   Outcome r = ultari({"run", "--", "python3", "-c", kSyscallProbe});
-  auto e = parse_errnos(r.out);
+  auto e = parse_pairs(r.out);
   ASSERT_EQ(e.size(), 24u) << r.out << r.err;
   for (const char* name : {"keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd", "io_uring_setup",
                            "finit_module", "kexec_load", "open_by_handle_at", "mount", "umount2", "pivot_root",
@@ -95,7 +72,7 @@ TEST(Seccomp, DeniedFamiliesFailWithEpermAndAreReported) {
   // and several succeed or fail differently.
   TempDir dir;
   Outcome open = ultari({"run", "--seccomp-profile", allow_all_profile(dir), "--", "python3", "-c", kSyscallProbe});
-  auto eo = parse_errnos(open.out);
+  auto eo = parse_pairs(open.out);
   EXPECT_EQ(open.report["denied_syscalls"].size(), 0u) << open.report.dump();
   EXPECT_NE(eo["keyctl"], EPERM);
   EXPECT_NE(eo["clone3"], ENOSYS);
