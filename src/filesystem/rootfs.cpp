@@ -404,6 +404,12 @@ void RootPlan::use_lower_tree(int tree_fd) {
     }
 }
 
+const char* RootPlan::lower_dir() const {
+  for (const auto& step : steps)
+    if (step.op == Step::Overlay) return step.source;
+  return nullptr;
+}
+
 const char* step_name(Step::Op op) {
   switch (op) {
     case Step::StagingTmpfs: return "mount staging tmpfs";

@@ -74,6 +74,8 @@ struct RootPlan {
   // The overlay's lower layer becomes the detached tree `tree_fd` (made and
   // idmapped by the supervisor); the child attaches it on the staging tmpfs.
   void use_lower_tree(int tree_fd);
+  // The overlay's lower directory on the host (canonical path).
+  const char* lower_dir() const;
 };
 
 // Builds the recipe. Checks every host path now (missing rootfs, bad bind

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <deque>
 #include <map>
 #include <sys/stat.h>
 #include <chrono>
@@ -127,8 +128,7 @@ struct Sandbox::State {
   std::vector<UniqueFd> trees;  // idmapped mounts made ahead (rootful)
   filesystem::RootPlan root;
   isolation::ChildPlan plan;
-  std::vector<std::string> storage;  // strings the plan points into
-  std::vector<const char*> candidates;
+  std::deque<std::string> storage;  // strings the plan points into (stable addresses)
 
   UniqueFd sock;       // control socket (supervisor end)
   UniqueFd in_w, out_r, err_r;
@@ -177,7 +177,6 @@ namespace {
 void build_process(Sandbox::State& s, const std::string& home) {
   const Spec& spec = s.spec;
   auto keep = [&s](std::string v) { return s.storage.emplace_back(std::move(v)).c_str(); };
-  s.storage.reserve(spec.process.argv.size() + spec.process.env.size() + 64);
 
   std::vector<std::string> env = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                                   "HOME=" + home, "LANG=C.UTF-8"};
@@ -256,10 +255,8 @@ void idmap_user_paths(Sandbox::State& s) {
   // A --rootfs tree appears shifted into the sandbox's range, so files owned
   // by host root are root's inside (and writable through the overlay).
   if (!s.spec.rootfs.empty()) {
-    char real[PATH_MAX];
-    if (!realpath(s.spec.rootfs.c_str(), real)) throw_errno("rootfs '" + s.spec.rootfs + "'");
     UniqueFd userns = isolation::mapping_userns(id.uid_map, id.gid_map);
-    s.trees.push_back(isolation::idmapped_tree(real, userns.get()));
+    s.trees.push_back(isolation::idmapped_tree(s.root.lower_dir(), userns.get()));
     s.root.use_lower_tree(s.trees.back().get());
   }
 }
@@ -305,7 +302,13 @@ std::unique_ptr<Sandbox> Sandbox::start(const Prepared& prepared, const Spec& sp
   std::string home = spec.identity.uid == 0 ? "/root" : "/home/sandbox";
   build_process(s, home);
 
-  // Cgroup first: limits are in force before the first instruction runs.
+  // The root's recipe checks every host path: bad input fails here, before
+  // anything exists.
+  s.root = filesystem::plan_root(spec, spec.rootfs.empty() ? &prepared.host_root : nullptr, home);
+  if (id.rootful) idmap_user_paths(s);
+
+  // The cgroup exists before the child: limits are in force from its first
+  // instruction.
   cgroups::Limits limits;
   limits.memory_bytes = spec.limits.memory_bytes.value_or(kDefaultMemoryBytes);
   limits.pids = spec.limits.pids.value_or(kDefaultPids);
@@ -315,9 +318,6 @@ std::unique_ptr<Sandbox> Sandbox::start(const Prepared& prepared, const Spec& sp
     s.warnings.push_back(what + " limit is not enforced: no usable cgroup controller for it (not delegated to this user?)");
   if (spec.limits.cpu_time && !s.cgroup->stats().cpu_known)
     s.warnings.push_back("cpu-time limit is enforced per process only (RLIMIT_CPU): no cgroup cpu accounting");
-
-  s.root = filesystem::plan_root(spec, spec.rootfs.empty() ? &prepared.host_root : nullptr, home);
-  if (id.rootful) idmap_user_paths(s);
 
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) throw_errno("socketpair");
