@@ -7,6 +7,7 @@
 #include <mutex>
 #include <cmath>
 #include <string_view>
+#include <utility>
 
 #include "cgroups/cgroups.h"
 #include "cgroups/io.h"
@@ -34,7 +35,8 @@ void write_optional(const std::string& path, std::string_view value) {
 
 // Enables the v2 controllers the group needs in the parent, writing only the
 // missing ones (an already enabled controller costs nothing but a read).
-void enable_v2_controllers(const std::string& base, bool memory, bool pids, bool cpu) {
+// Returns what it enabled ("+memory +pids"), "" when all were on already.
+std::string enable_v2_controllers(const std::string& base, bool memory, bool pids, bool cpu) {
   std::string path = base + "/cgroup.subtree_control";
   std::string have;
   if (!io::read_file(path, have)) throw_errno("cgroup: read " + path);
@@ -50,6 +52,26 @@ void enable_v2_controllers(const std::string& base, bool memory, bool pids, bool
   want(pids, "pids");
   want(cpu, "cpu");
   if (!add.empty()) write_or_throw(path, add);
+  return add;
+}
+
+// Rootless on a delegated v2 subtree: controllers can only be enabled for
+// children of a group without processes of its own. When we are the only
+// process there (e.g. `systemd-run --user -p Delegate=yes --scope ultari
+// ...`), we move into a leaf of our own (returned; "" when we cannot). The
+// leaf's name carries our pid, so the sweep removes it if we die in it.
+std::string evacuate_self(const std::string& base) {
+  std::string procs;
+  if (!io::read_file(base + "/cgroup.procs", procs)) return "";
+  std::string self = io::u64_str(static_cast<uint64_t>(::getpid()));
+  if (procs != self + "\n") return "";
+  std::string leaf = base + "/" + make_group_name();
+  if (::mkdir(leaf.c_str(), 0755) != 0) return "";
+  if (io::write_file(leaf + "/cgroup.procs", "0") != 0) {
+    ::rmdir(leaf.c_str());
+    return "";
+  }
+  return leaf;
 }
 
 }  // namespace
@@ -58,7 +80,10 @@ Cgroup::Cgroup(Cgroup&& o) noexcept
     : dirs_(std::move(o.dirs_)),
       v2_fd_(std::move(o.v2_fd_)),
       unenforced_(std::move(o.unenforced_)),
-      sampled_peak_pids_(o.sampled_peak_pids_) {
+      sampled_peak_pids_(o.sampled_peak_pids_),
+      evacuated_leaf_(std::exchange(o.evacuated_leaf_, {})),
+      evacuated_base_(std::move(o.evacuated_base_)),
+      enabled_in_base_(std::move(o.enabled_in_base_)) {
   o.dirs_.clear();
 }
 
@@ -73,6 +98,9 @@ Cgroup& Cgroup::operator=(Cgroup&& o) noexcept {
     v2_fd_ = std::move(o.v2_fd_);
     unenforced_ = std::move(o.unenforced_);
     sampled_peak_pids_ = o.sampled_peak_pids_;
+    evacuated_leaf_ = std::exchange(o.evacuated_leaf_, {});
+    evacuated_base_ = std::move(o.evacuated_base_);
+    enabled_in_base_ = std::move(o.enabled_in_base_);
   }
   return *this;
 }
@@ -120,10 +148,18 @@ Cgroup Cgroup::create(const Layout& layout, const std::string& name, const Limit
   }
   if (!v2_base.empty()) {
     try {
-      enable_v2_controllers(v2_base, v2_mem, v2_pids, v2_cpu);
+      try {
+        enable_v2_controllers(v2_base, v2_mem, v2_pids, v2_cpu);
+      } catch (const Error&) {
+        if (geteuid() == 0) throw;
+        cg.evacuated_leaf_ = evacuate_self(v2_base);
+        if (cg.evacuated_leaf_.empty()) throw;
+        cg.evacuated_base_ = v2_base;
+        cg.enabled_in_base_ = enable_v2_controllers(v2_base, v2_mem, v2_pids, v2_cpu);
+      }
     } catch (const Error&) {
       if (geteuid() == 0) throw;
-      // Rootless in a delegated cgroup that still holds processes (ours):
+      // Rootless in a delegated cgroup that also holds other processes:
       // controllers cannot be enabled below it. Run without those limits
       // and name them.
       std::erase_if(plan, [](const ControllerMount* m) { return m->version == 2; });
@@ -271,10 +307,26 @@ void Cgroup::sample_pids() {
 void Cgroup::kill() const { kill_dirs(dirs_); }
 
 void Cgroup::destroy() {
-  if (dirs_.empty()) return;
-  v2_fd_.reset();
-  std::string failed;
-  if (int err = remove_dirs(dirs_, failed)) throw_errno("cgroup: rmdir " + failed, err);
+  if (!dirs_.empty()) {
+    v2_fd_.reset();
+    std::string failed;
+    if (int err = remove_dirs(dirs_, failed)) throw_errno("cgroup: rmdir " + failed, err);
+  }
+  restore_evacuation();
+}
+
+// Undoes evacuate_self(): the controllers we enabled go off again, we move
+// back and our leaf goes away, leaving the delegated tree as we found it.
+// Best effort: a leaf left behind is swept by the next start.
+void Cgroup::restore_evacuation() {
+  if (evacuated_leaf_.empty()) return;
+  if (!enabled_in_base_.empty()) {
+    std::string off = enabled_in_base_;
+    std::replace(off.begin(), off.end(), '+', '-');
+    io::write_file(evacuated_base_ + "/cgroup.subtree_control", off);
+  }
+  if (io::write_file(evacuated_base_ + "/cgroup.procs", "0") == 0) ::rmdir(evacuated_leaf_.c_str());
+  evacuated_leaf_.clear();
 }
 
 std::string make_group_name() {

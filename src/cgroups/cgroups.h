@@ -98,6 +98,10 @@ class Cgroup {
   UniqueFd v2_fd_;
   std::vector<std::string> unenforced_;
   uint64_t sampled_peak_pids_ = 0;
+  // Rootless v2: where we moved ourselves to enable controllers (see
+  // evacuate_self in cgroup.cpp), and what we enabled.
+  std::string evacuated_leaf_, evacuated_base_, enabled_in_base_;
+  void restore_evacuation();
 };
 
 // Removes groups named ultari-* whose owning supervisor is gone (it was

@@ -160,10 +160,12 @@ say "modules: ${ORDER[*]:-none}"
 cat > "$ROOT/etc/passwd" <<'EOF'
 root:x:0:0:root:/root:/bin/sh
 nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin
+sbx:x:1000:1000:rootless test user:/tmp/sbx:/bin/sh
 EOF
 cat > "$ROOT/etc/group" <<'EOF'
 root:x:0:
 nogroup:x:65534:
+sbx:x:1000:
 EOF
 echo ultari-vm > "$ROOT/etc/hostname"
 : > "$ROOT/etc/resolv.conf"

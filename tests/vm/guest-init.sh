@@ -265,6 +265,49 @@ if [ -x /tests/unit_tests ]; then
   fi
 fi
 
+# (g) Rootless on a delegated subtree (what systemd's Delegate=yes gives a
+# user): ultari is the only process in its group, moves into a leaf of its
+# own, enables the controllers and enforces the limits; afterwards the
+# delegated group is as it was.
+D=/sys/fs/cgroup/deleg
+mkdir -p "$D" /tmp/sbx && chown -R 1000:1000 "$D" /tmp/sbx
+# rootless SCRIPT: runs SCRIPT (a file) as sbx, alone in the delegated group.
+rootless() {
+  rm -f /tmp/sbx/r.json
+  chmod 755 "$1"
+  sh -c "echo \$\$ > $D/cgroup.procs && exec su -s /bin/sh sbx -c $1" < /dev/null > /tmp/out 2> /tmp/err
+  RC=$?
+}
+cat > /tmp/sbx/mem.sh <<'EOS'
+exec ultari run --report /tmp/sbx/r.json --memory 48M -- sh -c 'x=$(head -c 200000000 /dev/zero | tr "\0" a)'
+EOS
+rootless /tmp/sbx/mem.sh
+v=$(json_field verdict /tmp/sbx/r.json)
+if [ "$RC" = 137 ] && [ "$v" = oom ] && ! grep -q "not enforced" /tmp/err; then pass rootless_delegated_memory
+else fail rootless_delegated_memory "rc=$RC verdict=$v err=$(head -c 300 /tmp/err | tr '\n' '|')"; fi
+cat > /tmp/sbx/pids.sh <<'EOS'
+exec ultari run --report /tmp/sbx/r.json --pids 8 -- sh -c 'for i in 1 2 3 4 5 6 7 8 9 10; do sleep 1 & done; wait'
+EOS
+rootless /tmp/sbx/pids.sh
+pp=$(json_field peak_pids /tmp/sbx/r.json)
+if [ -n "$pp" ] && [ "$pp" -le 8 ] && ! grep -q "not enforced" /tmp/err; then pass rootless_delegated_pids "peak_pids=$pp"
+else fail rootless_delegated_pids "rc=$RC peak_pids=$pp err=$(head -c 300 /tmp/err | tr '\n' '|')"; fi
+# Negative control: another process shares the group, so ultari cannot
+# take it over and must say the limit is not enforced.
+sleep 60 & other=$!
+echo $other > "$D/cgroup.procs"
+cat > /tmp/sbx/small.sh <<'EOS'
+exec ultari run --report /tmp/sbx/r.json --memory 48M -- true
+EOS
+rootless /tmp/sbx/small.sh
+kill $other; wait $other 2>/dev/null
+if [ "$RC" = 0 ] && grep -q "memory limit is not enforced" /tmp/err; then pass rootless_shared_group_warns
+else fail rootless_shared_group_warns "rc=$RC err=$(head -c 300 /tmp/err | tr '\n' '|')"; fi
+left_d=$(ls "$D" | grep ultari- ; cat "$D/cgroup.subtree_control")
+if [ -z "$left_d" ]; then pass rootless_delegated_restored
+else fail rootless_delegated_restored "$(echo "$left_d" | tr '\n' ' ')"; fi
+rmdir "$D" 2>/dev/null
+
 # Nothing may be left in the tree at the end.
 left=$(leftover_groups)
 if [ -z "$left" ]; then pass no_leftover_groups; else fail no_leftover_groups "$(echo "$left" | tr "\n" " ")"; fi
