@@ -1,7 +1,14 @@
 // Limits and verdicts: each bomb runs under a limit and must end with the
 // right verdict and exit status; a negative control runs the same program
 // with room to succeed, proving the limit (not the program) stopped it.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <thread>
 
 #include "harness.h"
 
@@ -130,6 +137,46 @@ TEST(Report, HasEveryField) {
     EXPECT_TRUE(r.report.contains(k)) << k;
   EXPECT_GT(r.report["peak_memory_bytes"].get<uint64_t>(), 0u);
   EXPECT_GE(r.report["peak_pids"].get<int>(), 1);
+}
+
+}  // namespace
+}  // namespace ultari::test
+
+namespace ultari::test {
+namespace {
+
+// SIGTERM to `ultari` reaches the command through init; a command that
+// handles it decides its own exit.
+TEST(Signals, TermIsForwardedToTheCommand) {
+  std::string report = "/tmp/ultari-test-sig-" + std::to_string(getpid()) + ".json";
+  pid_t pid = fork();
+  if (pid == 0) {
+    int devnull = open("/dev/null", O_WRONLY);
+    dup2(devnull, 1);
+    execl(ULTARI_BIN, "ultari", "run", "--report", report.c_str(), "--", "/bin/sh", "-c",
+          "trap 'echo got-term >&2; exit 7' TERM; sleep 30 & wait", nullptr);
+    _exit(127);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the trap is set
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 7);
+  auto r = nlohmann::json::parse(read_file(report));
+  EXPECT_EQ(r["verdict"], "nonzero_exit");
+  unlink(report.c_str());
+  // Negative control: without a trap the command dies of the signal.
+  pid = fork();
+  if (pid == 0) {
+    execl(ULTARI_BIN, "ultari", "run", "--", "/bin/sleep", "30", nullptr);
+    _exit(127);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  kill(pid, SIGTERM);
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 128 + SIGTERM);
 }
 
 }  // namespace
