@@ -10,7 +10,6 @@ enum class MsgType : uint32_t {
   Go = 1,            // supervisor -> child: id maps written, cgroups attached
   SetupError = 2,    // child -> supervisor: a setup step failed
   Listener = 3,      // child -> supervisor: seccomp listener fd (SCM_RIGHTS)
-  Started = 4,       // child -> supervisor: payload forked, pid in value
   ExecFailed = 5,    // payload -> supervisor: execve failed, errno in err
   Exited = 6,        // child -> supervisor: payload wait status in value
 };

@@ -259,11 +259,6 @@ int payload_entry(void* plan) { payload_main(*static_cast<const ChildPlan*>(plan
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, nullptr);
 
-  Msg started{};
-  started.type = MsgType::Started;
-  started.value = child;
-  send_msg(p.sock, started);
-
   for (;;) {
     int status = 0;
     pid_t pid = wait4(-1, &status, 0, nullptr);
