@@ -3,8 +3,8 @@
 # Idempotent: packages already present are not fetched again.
 set -euo pipefail
 
-BUILD=(build-essential cmake pkg-config git python3 libseccomp-dev libcap-dev nlohmann-json3-dev libcli11-dev
-       libgtest-dev libgmock-dev libbenchmark-dev)
+BUILD=(build-essential cmake pkg-config git python3 libseccomp-dev nlohmann-json3-dev libcli11-dev
+       libgtest-dev)
 # Run-time tools the tests and benchmarks use: ip/netns, the rootless test user,
 # peers for bench/ (bubblewrap, crun), hyperfine, python3 for the bench
 # driver, and qemu + a Debian kernel + busybox for the cgroup v2 VM test.
