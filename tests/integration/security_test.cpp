@@ -130,6 +130,27 @@ TEST(Seccomp, DockerProfileWithArgsAndErrno) {
   EXPECT_EQ(d["socket"], 1);
 }
 
+// tests/data/docker-shaped.json has the structure of Docker's default
+// profile: an archMap for many architectures, names this libseccomp may not
+// know, conditional socket/personality/clone rules, includes and excludes by
+// arch, caps and minKernel, clone3 answered with ENOSYS.
+TEST(Seccomp, DockerShapedProfileRunsEverydayPrograms) {
+  std::string profile = std::string(ULTARI_TEST_DATA) + "/docker-shaped.json";
+  Outcome r = sh("python3 -c 'import subprocess, threading; print(subprocess.run([\"echo\", \"sub\"], "
+                 "capture_output=True).stdout.decode().strip())'; cd /tmp && git init -q r && echo git-ok; "
+                 "unshare -U true 2>/dev/null || echo unshare-denied",
+                 {"--seccomp-profile", profile});
+  EXPECT_EQ(r.out, "sub\ngit-ok\nunshare-denied\n") << r.err;
+  EXPECT_EQ(r.report["verdict"], "ok");
+  bool unshare_reported = false;
+  for (const auto& d : r.report["denied_syscalls"]) unshare_reported |= d["name"] == "unshare";
+  EXPECT_TRUE(unshare_reported) << r.report.dump();
+  // Docker's semantics: the profile's archMap admits the i386 ABI.
+  Outcome abi = ultari({"run", "--seccomp-profile", profile, "--ro-bind", helpers_dir() + ":/helpers", "--",
+                        "/helpers/abi_probe", "i386"});
+  EXPECT_NE(abi.out.find("survived"), std::string::npos) << abi.err;
+}
+
 TEST(Seccomp, BadProfileIsRejectedClearly) {
   TempDir dir;
   std::string p = dir / "bad.json";
