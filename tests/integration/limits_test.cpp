@@ -54,7 +54,6 @@ TEST(Limits, TimeoutKillsTheWholeTree) {
   // Background children that ignore SIGTERM and try to outlive the shell.
   Outcome r = sh("trap '' TERM; (sleep 60.4242 &) ; (setsid sleep 61.4242 &); sleep 62.4242", {"--timeout", "700ms"});
   EXPECT_EQ(r.report["verdict"], "timeout");
-  EXPECT_EQ(processes_matching("sleep 6"), 0);
   EXPECT_EQ(processes_matching(".4242"), 0);
 }
 
