@@ -52,9 +52,14 @@ TEST(Limits, WallClockTimeout) {
 
 TEST(Limits, TimeoutKillsTheWholeTree) {
   // Background children that ignore SIGTERM and try to outlive the shell.
-  Outcome r = sh("trap '' TERM; (sleep 60.4242 &) ; (setsid sleep 61.4242 &); sleep 62.4242", {"--timeout", "700ms"});
+  // The sleeps carry a marker unique to this test process.
+  std::string tag = "." + std::to_string(getpid()) + "1";
+  Outcome r = sh("trap '' TERM; (sleep 60" + tag + " &) ; (setsid sleep 61" + tag + " &); sleep 62" + tag,
+                 {"--timeout", "700ms"});
   EXPECT_EQ(r.report["verdict"], "timeout");
-  EXPECT_EQ(processes_matching(".4242"), 0);
+  EXPECT_EQ(processes_matching("sleep 60" + tag), 0);
+  EXPECT_EQ(processes_matching("sleep 61" + tag), 0);
+  EXPECT_EQ(processes_matching("sleep 62" + tag), 0);
 }
 
 TEST(Limits, CpuTime) {
