@@ -23,6 +23,10 @@ struct HostRoot {
 // owner_uid/gid: host ids that appear as root inside the sandbox.
 HostRoot prepare_host_root(const std::string& cache_dir, uid_t owner_uid, gid_t owner_gid);
 
+// Removes skeleton build directories ("hostroot-*.tmp-<pid>") left by
+// builders that died before finishing.
+void sweep_dead_builds(const std::string& cache_dir);
+
 // One step of the recipe the child follows.
 struct Step {
   enum Op {

@@ -107,10 +107,10 @@ std::string env_value(const std::vector<std::string>& env, const std::string& ke
 Prepared prepare(const Spec& spec) {
   Prepared p;
   p.identity = isolation::plan_identity(spec.identity.uid, spec.identity.gid);
-  std::string cache = cache_dir();
+  p.cache_dir = cache_dir();
   if (spec.rootfs.empty())
-    p.host_root = filesystem::prepare_host_root(cache, p.identity.host_root_uid, p.identity.host_root_gid);
-  p.policy = seccomp::load_policy(spec.seccomp.profile_path, cache + "/seccomp");
+    p.host_root = filesystem::prepare_host_root(p.cache_dir, p.identity.host_root_uid, p.identity.host_root_gid);
+  p.policy = seccomp::load_policy(spec.seccomp.profile_path, p.cache_dir + "/seccomp");
   p.cgroups = cgroups::detect();
   p.cap_last = read_cap_last();
   return p;
@@ -401,10 +401,11 @@ std::unique_ptr<Sandbox> Sandbox::start(const Prepared& prepared, const Spec& sp
   Msg go{};
   go.type = MsgType::Go;
   send_msg(s.sock.get(), go);
-  // While the child builds its root: remove groups that SIGKILLed
-  // supervisors left behind. Never a reason to fail this run.
+  // While the child builds its root: remove what SIGKILLed supervisors left
+  // behind (cgroups, half-built skeletons). Never a reason to fail this run.
   try {
     cgroups::sweep_orphans(prepared.cgroups);
+    if (spec.rootfs.empty()) filesystem::sweep_dead_builds(prepared.cache_dir);
   } catch (const std::exception&) {
   }
   fcntl(s.in_w.get(), F_SETFL, O_NONBLOCK);

@@ -59,6 +59,7 @@ struct Io {
 // the identity mapping and the cgroup layout. Reusable for many sandboxes of
 // the same spec shape.
 struct Prepared {
+  std::string cache_dir;
   isolation::Identity identity;
   filesystem::HostRoot host_root;  // empty skeleton when --rootfs is used
   seccomp::CompiledPolicy policy;

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <random>
 #include <thread>
 
@@ -82,6 +83,20 @@ TEST(Cleanup, SigkillOfUltariAtRandomMomentsLeavesNothing) {
   EXPECT_EQ(l.processes, 0) << l.describe();
   EXPECT_EQ(l.cgroups, 0) << l.describe();
   EXPECT_EQ(l.mounts, 0) << l.describe();
+}
+
+TEST(Cleanup, HalfBuiltSkeletonOfADeadBuilderIsRemoved) {
+  // A builder killed mid-way leaves hostroot-<fp>.tmp-<pid>; no pid can be
+  // above PID_MAX_LIMIT (2^22), so this one is certainly dead.
+  std::string stale = "/var/cache/ultari/hostroot-0123456789abcdef.tmp-99999999";
+  ASSERT_EQ(std::system(("mkdir -p " + stale + "/etc").c_str()), 0);
+  std::string live = "/var/cache/ultari/hostroot-0123456789abcdef.tmp-" + std::to_string(getpid());
+  ASSERT_EQ(std::system(("mkdir -p " + live).c_str()), 0);  // negative control: a live builder's
+  Outcome r = ultari({"run", "--", "/bin/true"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_FALSE(exists(stale));
+  EXPECT_TRUE(exists(live));
+  rmdir(live.c_str());
 }
 
 TEST(Cleanup, BadInputLeavesNothing) {
