@@ -15,6 +15,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <climits>
+#include <cstdint>
 #include <deque>
 #include <map>
 #include <sys/stat.h>
@@ -131,7 +133,7 @@ struct Sandbox::State {
   std::deque<std::string> storage;  // strings the plan points into (stable addresses)
 
   UniqueFd sock;       // control socket (supervisor end)
-  UniqueFd in_w, out_r, err_r;
+  UniqueFd in_w;
   std::string stdin_pending;  // read from the caller, not yet in the pipe
   bool stdin_eof = false;
   UniqueFd pidfd;
@@ -145,9 +147,18 @@ struct Sandbox::State {
   std::string setup_error;
   int exec_errno = 0;
   std::optional<int> payload_status;
-  uint64_t out_bytes = 0, err_bytes = 0;
+  // The command's stdout and stderr, on their way to the caller. The
+  // supervisor never blocks on a slow reader: it reads from the sandbox only
+  // what it can pass on, so limits and timeouts keep running.
+  struct Output {
+    UniqueFd pipe;            // read end; the sandbox writes the other
+    int dest = -1;            // the caller's fd
+    std::string pending;      // read, not yet written
+    bool eof = false;         // the sandbox side is closed
+    bool dest_gone = false;   // the caller's side failed (EPIPE ...)
+    uint64_t bytes = 0;       // accepted for delivery
+  } out, err;
   bool truncated = false;
-  bool out_closed = false, err_closed = false;
   std::vector<std::string> warnings;
 
   ~State() { destroy(); }
@@ -328,16 +339,18 @@ std::unique_ptr<Sandbox> Sandbox::start(const Prepared& prepared, const Spec& sp
   UniqueFd in_r(in[0]);
   s.in_w.reset(in[1]);
   if (pipe2(out, O_CLOEXEC) != 0) throw_errno("pipe");
-  s.out_r.reset(out[0]);
+  s.out.pipe.reset(out[0]);
+  s.out.dest = io.stdout_fd;
   UniqueFd out_w(out[1]);
   if (pipe2(err, O_CLOEXEC) != 0) throw_errno("pipe");
-  s.err_r.reset(err[0]);
+  s.err.pipe.reset(err[0]);
+  s.err.dest = io.stderr_fd;
   UniqueFd err_w(err[1]);
 
   auto& plan = s.plan;
   plan.sock = child_sock.get();
   plan.supervisor_sock = s.sock.get();
-  plan.close_in_child = {s.in_w.get(), s.out_r.get(), s.err_r.get()};
+  plan.close_in_child = {s.in_w.get(), s.out.pipe.get(), s.err.pipe.get()};
   std::vector<UniqueFd> tasks = s.cgroup->open_self_attach();
   for (const auto& fd : tasks) plan.cgroup_tasks.push_back(fd.get());
   plan.stdin_fd = in_r.get();
@@ -410,8 +423,8 @@ std::unique_ptr<Sandbox> Sandbox::start(const Prepared& prepared, const Spec& sp
   }
   fcntl(s.in_w.get(), F_SETFL, O_NONBLOCK);
   if (io.stdin_fd < 0) s.in_w.reset();
-  fcntl(s.out_r.get(), F_SETFL, O_NONBLOCK);
-  fcntl(s.err_r.get(), F_SETFL, O_NONBLOCK);
+  fcntl(s.out.pipe.get(), F_SETFL, O_NONBLOCK);
+  fcntl(s.err.pipe.get(), F_SETFL, O_NONBLOCK);
   return std::unique_ptr<Sandbox>(new Sandbox(std::move(st)));
 }
 
@@ -422,35 +435,43 @@ void Sandbox::kill() { s_->kill_all(); }
 
 namespace {
 
-// Copies what is in `from` to `to`, counting and enforcing the output limit.
-// Returns false at EOF.
-bool pump(Sandbox::State& s, int from, int to, uint64_t& counter) {
+// Reads one buffer of the command's output (only when the previous one was
+// passed on), counting it and enforcing the output limit on both streams
+// together.
+void read_output(Sandbox::State& s, Sandbox::State::Output& o) {
   char buf[65536];
-  for (;;) {
-    ssize_t n = read(from, buf, sizeof buf);
-    if (n == 0) return false;
-    if (n < 0) return errno == EAGAIN || errno == EINTR;
-    size_t deliver = static_cast<size_t>(n);
-    if (auto limit = s.spec.limits.output_bytes) {
-      uint64_t used = s.out_bytes + s.err_bytes;
-      uint64_t room = used >= *limit ? 0 : *limit - used;
-      if (deliver > room) {
-        deliver = static_cast<size_t>(room);
-        if (!s.truncated) {
-          s.truncated = true;
-          if (!s.kill_reason) s.kill_reason = Verdict::OutputLimit;
-          s.kill_all();
-        }
+  ssize_t n = read(o.pipe.get(), buf, sizeof buf);
+  if (n == 0) o.eof = true;
+  if (n <= 0) return;
+  size_t accept = static_cast<size_t>(n);
+  if (auto limit = s.spec.limits.output_bytes) {
+    uint64_t used = s.out.bytes + s.err.bytes;
+    uint64_t room = used >= *limit ? 0 : *limit - used;
+    if (accept > room) {
+      accept = static_cast<size_t>(room);
+      if (!s.truncated) {
+        s.truncated = true;
+        if (!s.kill_reason) s.kill_reason = Verdict::OutputLimit;
+        s.kill_all();
       }
     }
-    size_t off = 0;
-    while (off < deliver && to >= 0) {
-      ssize_t w = write(to, buf + off, deliver - off);
-      if (w < 0 && errno == EINTR) continue;
-      if (w < 0) break;  // reader went away: keep counting, stop writing
-      off += static_cast<size_t>(w);
+  }
+  o.bytes += accept;
+  if (!o.dest_gone) o.pending.append(buf, accept);
+}
+
+// Writes what is pending. With `max` = PIPE_BUF after POLLOUT, a write to a
+// pipe or terminal cannot block.
+void write_output(Sandbox::State::Output& o, size_t max) {
+  while (!o.pending.empty()) {
+    ssize_t w = write(o.dest, o.pending.data(), std::min(max, o.pending.size()));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      if (errno != EAGAIN) o.dest_gone = true, o.pending.clear();  // the reader went away
+      return;
     }
-    counter += deliver;
+    o.pending.erase(0, static_cast<size_t>(w));
+    if (max != SIZE_MAX) return;
   }
 }
 
@@ -535,7 +556,7 @@ Result Sandbox::wait() {
 
   bool init_gone = false, notify_hup = false, sock_eof = false, trimmed = false;
   while (!init_gone) {
-    pollfd all[10];
+    pollfd all[12];
     int n = 0;
     auto add = [&](int fd, short events = POLLIN) {
       if (fd < 0) return -1;
@@ -544,8 +565,15 @@ Result Sandbox::wait() {
     };
     int i_pid = add(s.pidfd.get());
     int i_sock = sock_eof ? -1 : add(s.sock.get());
-    int i_out = s.out_closed ? -1 : add(s.out_r.get());
-    int i_err = s.err_closed ? -1 : add(s.err_r.get());
+    // Per stream: read from the sandbox while nothing waits for the caller,
+    // else wait until the caller can take more.
+    auto watch = [&](Sandbox::State::Output& o, int& in, int& out) {
+      in = !o.eof && o.pending.empty() ? add(o.pipe.get()) : -1;
+      out = !o.pending.empty() ? add(o.dest, POLLOUT) : -1;
+    };
+    int i_out, i_outw, i_err, i_errw;
+    watch(s.out, i_out, i_outw);
+    watch(s.err, i_err, i_errw);
     int i_notify = s.notify && !notify_hup ? add(s.notify->fd()) : -1;
     bool stdin_open = s.in_w && !s.stdin_eof;
     int i_in = stdin_open && s.stdin_pending.empty() ? add(s.io.stdin_fd) : -1;
@@ -571,8 +599,10 @@ Result Sandbox::wait() {
     if (ready(i_sock) && !handle_control(s)) sock_eof = true;
     if (i_in >= 0 && all[i_in].revents & POLLNVAL) s.stdin_eof = true;
     if (ready(i_in) || (i_inw >= 0 && all[i_inw].revents)) pump_stdin(s, ready(i_in), i_inw >= 0);
-    if (ready(i_out) && !pump(s, s.out_r.get(), s.io.stdout_fd, s.out_bytes)) s.out_closed = true;
-    if (ready(i_err) && !pump(s, s.err_r.get(), s.io.stderr_fd, s.err_bytes)) s.err_closed = true;
+    if (ready(i_out)) read_output(s, s.out);
+    if (ready(i_err)) read_output(s, s.err);
+    if (i_outw >= 0 && all[i_outw].revents) write_output(s.out, PIPE_BUF);
+    if (i_errw >= 0 && all[i_errw].revents) write_output(s.err, PIPE_BUF);
     if (ready(i_deadline) && !s.kill_reason) {
       s.kill_reason = Verdict::Timeout;
       s.kill_all();
@@ -603,28 +633,32 @@ Result Sandbox::wait() {
     if (ready(i_pid)) init_gone = true;
   }
   sigprocmask(SIG_SETMASK, &old, nullptr);
+  // The sandbox's lifetime; passing on its last output may take longer.
+  r.wall_ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - s.started).count();
 
   // Init is gone, so is every process of the namespace: drain what is left.
   handle_control(s);
-  while (!s.out_closed && pump(s, s.out_r.get(), s.io.stdout_fd, s.out_bytes)) {
-    pollfd p{s.out_r.get(), POLLIN, 0};
-    if (poll(&p, 1, 100) <= 0) break;
-  }
-  while (!s.err_closed && pump(s, s.err_r.get(), s.io.stderr_fd, s.err_bytes)) {
-    pollfd p{s.err_r.get(), POLLIN, 0};
-    if (poll(&p, 1, 100) <= 0) break;
+  for (auto* o : {&s.out, &s.err}) {
+    while (!o->eof) {
+      write_output(*o, SIZE_MAX);
+      read_output(s, *o);
+      if (!o->eof && o->pending.empty()) {
+        pollfd p{o->pipe.get(), POLLIN, 0};
+        if (poll(&p, 1, 100) <= 0) break;
+      }
+    }
+    write_output(*o, SIZE_MAX);
   }
   rusage ru{};
   s.reap(&ru);
-  r.wall_ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - s.started).count();
 
   cgroups::Stats cs = s.cgroup->stats();
   int64_t ru_cpu_us = (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000ll + ru.ru_utime.tv_usec + ru.ru_stime.tv_usec;
   r.cpu_ms = (cs.cpu_known ? static_cast<int64_t>(cs.cpu_usec) : ru_cpu_us) / 1000;
   r.peak_memory_bytes = cs.memory_known ? cs.peak_memory_bytes : static_cast<uint64_t>(ru.ru_maxrss) * 1024;
   r.peak_pids = std::max<uint64_t>(cs.peak_pids, 1);
-  r.stdout_bytes = s.out_bytes;
-  r.stderr_bytes = s.err_bytes;
+  r.stdout_bytes = s.out.bytes;
+  r.stderr_bytes = s.err.bytes;
   r.truncated = s.truncated;
   r.warnings = s.warnings;
   if (s.notify)

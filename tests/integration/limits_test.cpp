@@ -185,3 +185,41 @@ TEST(Signals, TermIsForwardedToTheCommand) {
 
 }  // namespace
 }  // namespace ultari::test
+
+namespace ultari::test {
+namespace {
+
+// A caller that stops reading must not stall the supervisor: the timeout
+// still fires while the output pipe is full.
+TEST(Limits, TimeoutHoldsWhileTheReaderStalls) {
+  std::string report = "/tmp/ultari-test-stall-" + std::to_string(getpid()) + ".json";
+  int out[2];
+  ASSERT_EQ(pipe(out), 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(out[1], 1);
+    close(out[0]);
+    close(out[1]);
+    execl(ULTARI_BIN, "ultari", "run", "--report", report.c_str(), "--timeout", "1s", "--", "yes", nullptr);
+    _exit(127);
+  }
+  close(out[1]);
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // nobody reads
+  // The sandbox is gone by now although its output is still waiting.
+  auto r = nlohmann::json::parse(read_file(report).empty() ? "null" : read_file(report));
+  char buf[65536];
+  while (read(out[0], buf, sizeof buf) > 0) {
+  }
+  close(out[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 124);
+  r = nlohmann::json::parse(read_file(report));
+  EXPECT_EQ(r["verdict"], "timeout");
+  EXPECT_LT(r["wall_ms"].get<int>(), 2000);
+  unlink(report.c_str());
+}
+
+}  // namespace
+}  // namespace ultari::test
