@@ -17,7 +17,7 @@ show() {
 import json, sys
 r = json.load(open(sys.argv[1]))
 denied = ", ".join(f"{d['name']}x{d['count']}" for d in r["denied_syscalls"]) or "none"
-print(f"-> exit {sys.argv[2]}  verdict={r['verdict']}  wall={r['wall_ms']}ms  cpu={r['cpu_ms']}ms  "
+print(f"\n-> exit {sys.argv[2]}  verdict={r['verdict']}  wall={r['wall_ms']}ms  cpu={r['cpu_ms']}ms  "
       f"peak_mem={r['peak_memory_bytes'] // 1024}KiB  peak_pids={r['peak_pids']}  denied={denied}"
       + (f"  error={r['error']}" if r["error"] else ""))
 PY
