@@ -1,9 +1,13 @@
 // PolicySpec → classic BPF with libseccomp, twice: the kernel program (every
 // ERRNO becomes USER_NOTIF so the supervisor sees and counts it) and the
 // shadow program (real actions, evaluated by the supervisor).
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <cstddef>
 #include <cstring>
 #include <memory>
 
@@ -75,6 +79,49 @@ std::vector<sock_filter> export_bpf(void* ctx, const PolicySpec& spec) {
   return prog;
 }
 
+// The LowWordDenial checks, in front of libseccomp's program:
+//     ld arch; jne native -> lib; ld nr
+//     per entry: jne nr -> next entry; ld low word of arg; jeq v -> deny ...; ja lib
+//     ja lib; deny: ret <deny>; lib: ...
+// Anything not denied here falls through to libseccomp's program, which
+// decides as if the prefix were not there.
+std::vector<sock_filter> low_word_prefix(const PolicySpec& spec, uint32_t deny) {
+  if (spec.low_word_denials.empty()) return {};
+  constexpr uint32_t kArgs = offsetof(seccomp_data, args);  // low word first (little endian)
+  std::vector<sock_filter> p;
+  p.push_back(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)));
+  size_t arch_jump = p.size();
+  p.push_back(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, 0));  // jf patched
+  p.push_back(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)));
+  std::vector<size_t> to_deny, to_lib;
+  for (const LowWordDenial& d : spec.low_word_denials) {
+    int nr = seccomp_syscall_resolve_name(d.name.c_str());
+    if (nr < 0) throw Error(spec.source + ": unknown syscall " + d.name);
+    size_t size = d.values.size() + 3;  // jeq nr, ld arg, jeq values..., ja lib
+    if (size > 255) throw Error(spec.source + ": too many values for " + d.name);
+    p.push_back(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, static_cast<uint32_t>(nr), 0, static_cast<uint8_t>(size - 1)));
+    p.push_back(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, kArgs + 8 * d.arg));
+    for (uint32_t v : d.values) {
+      to_deny.push_back(p.size());
+      p.push_back(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, v, 0, 0));  // jt patched
+    }
+    to_lib.push_back(p.size());
+    p.push_back(BPF_STMT(BPF_JMP | BPF_JA, 0));  // k patched
+  }
+  to_lib.push_back(p.size());
+  p.push_back(BPF_STMT(BPF_JMP | BPF_JA, 0));
+  size_t deny_at = p.size();
+  p.push_back(BPF_STMT(BPF_RET | BPF_K, deny));
+  size_t lib_at = p.size();
+  p[arch_jump].jf = static_cast<uint8_t>(lib_at - arch_jump - 1);
+  for (size_t i : to_deny) {
+    if (deny_at - i - 1 > 255) throw Error(spec.source + ": low-word prefix too long");
+    p[i].jt = static_cast<uint8_t>(deny_at - i - 1);
+  }
+  for (size_t i : to_lib) p[i].k = static_cast<uint32_t>(lib_at - i - 1);
+  return p;
+}
+
 std::vector<sock_filter> build(const PolicySpec& spec, bool kernel, uint32_t& max_nr) {
   Ctx ctx = make_ctx(spec, kernel);
   uint32_t def = kernel ? kernel_action(spec.default_action) : spec.default_action;
@@ -82,7 +129,11 @@ std::vector<sock_filter> build(const PolicySpec& spec, bool kernel, uint32_t& ma
     uint32_t action = kernel ? kernel_action(rule.action, rule.errno_in_kernel) : rule.action;
     add_rule(ctx.get(), spec, rule, action, def, max_nr);
   }
-  return export_bpf(ctx.get(), spec);
+  std::vector<sock_filter> prog = low_word_prefix(spec, kernel ? SECCOMP_RET_USER_NOTIF : SECCOMP_RET_ERRNO | EPERM);
+  std::vector<sock_filter> lib = export_bpf(ctx.get(), spec);
+  prog.insert(prog.end(), lib.begin(), lib.end());
+  if (prog.size() > BPF_MAXINSNS) throw Error(spec.source + ": the filter is too long");
+  return prog;
 }
 
 }  // namespace

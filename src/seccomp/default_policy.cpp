@@ -4,7 +4,6 @@
 // TIOCSTI/TIOCLINUX, name_to_handle_at, foreign ABIs, ...).
 #include <linux/sched.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <utility>
 
@@ -131,33 +130,6 @@ Rule enosys(std::string name) {
 
 }  // namespace
 
-// libseccomp cannot express "deny when the low 32 bits equal X, else allow":
-// a conditional deny next to an unconditional allow for the same syscall is
-// dropped, and NE compares all 64 bits. So the allowed complement of
-// `excluded` within [0, 2^32) is split into aligned power-of-two blocks, each
-// one a MASKED_EQ comparison (mask hides the high word and the block's low
-// bits). The high 32 bits never take part, exactly like the kernel's int
-// argument.
-std::vector<ArgCmp> low32_complement(unsigned index, std::vector<uint32_t> excluded) {
-  std::sort(excluded.begin(), excluded.end());
-  std::vector<ArgCmp> blocks;
-  auto cover = [&](uint64_t lo, uint64_t hi) {  // inclusive range
-    while (lo <= hi) {
-      uint64_t size = lo == 0 ? (uint64_t{1} << 32) : (lo & -lo);
-      while (lo + size - 1 > hi) size >>= 1;
-      blocks.push_back({index, SCMP_CMP_MASKED_EQ, ~(size - 1) & 0xffffffffULL, lo});
-      lo += size;
-    }
-  };
-  uint64_t next = 0;
-  for (uint32_t x : excluded) {
-    if (x > next) cover(next, uint64_t{x} - 1);
-    next = uint64_t{x} + 1;
-  }
-  if (next <= 0xffffffffULL) cover(next, 0xffffffffULL);
-  return blocks;
-}
-
 PolicySpec default_spec() {
   PolicySpec spec;
   spec.source = "default seccomp policy";
@@ -172,10 +144,12 @@ PolicySpec default_spec() {
   // to clone, whose flags are checked above.
   spec.rules.push_back(enosys("clone3"));
 
-  for (const ArgCmp& block : low32_complement(0, {kAF_ALG, kAF_VSOCK}))
-    spec.rules.push_back(allow("socket", {block}));
-  for (const ArgCmp& block : low32_complement(1, {kTIOCSTI, kTIOCLINUX}))
-    spec.rules.push_back(allow("ioctl", {block}));
+  // socket and ioctl are allowed except for a few values of an int argument
+  // (compared on its low 32 bits only, as the kernel reads it).
+  spec.rules.push_back(allow("socket"));
+  spec.rules.push_back(allow("ioctl"));
+  spec.low_word_denials.push_back({"socket", 0, {kAF_ALG, kAF_VSOCK}});
+  spec.low_word_denials.push_back({"ioctl", 1, {kTIOCSTI, kTIOCLINUX}});
 
   // No setuid or setgid bit may be set on any file. The sandbox's root
   // writes to an idmapped workspace as the directory's owner on the host; a

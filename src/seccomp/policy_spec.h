@@ -28,6 +28,16 @@ struct Rule {
   std::string origin;  // "syscalls[3]", for error messages
 };
 
+// "Deny when the low 32 bits of argument `arg` of `name` are one of
+// `values`": the kernel reads these arguments as int, so the high word must
+// not count. libseccomp cannot say this directly, so the compiler emits it
+// as a short hand-written BPF prefix in front of libseccomp's program.
+struct LowWordDenial {
+  std::string name;
+  unsigned arg = 0;
+  std::vector<uint32_t> values;
+};
+
 struct PolicySpec {
   std::string source;  // "default policy" or "seccomp profile <path>"
   uint32_t default_action = SCMP_ACT_ERRNO(1);
@@ -36,17 +46,14 @@ struct PolicySpec {
   // Names the policy knows without a rule of their own (denied by default);
   // they count towards max_known_nr.
   std::vector<std::string> known_denied;
+  std::vector<LowWordDenial> low_word_denials;  // native arch only
 };
 
 // Bumped whenever the default list or the compiler changes, so cached
 // programs are recompiled.
-inline constexpr const char* kPolicyVersion = "ultari-seccomp-4";
+inline constexpr const char* kPolicyVersion = "ultari-seccomp-5";
 
 PolicySpec default_spec();
-
-// MASKED_EQ comparisons on arg `index` that together match exactly the
-// values whose low 32 bits are not in `excluded`.
-std::vector<ArgCmp> low32_complement(unsigned index, std::vector<uint32_t> excluded);
 
 // `path` is used for messages only; `content` is the file's text.
 PolicySpec parse_profile(const std::string& path, const std::string& content);
