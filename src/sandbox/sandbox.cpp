@@ -245,6 +245,20 @@ void build_process(Sandbox::State& s, const std::string& home) {
   }
 }
 
+// An idmapped tree of `path`, or nothing (and a warning) when its
+// filesystem cannot be idmapped (tmpfs before Linux 6.3, some network
+// filesystems): the path is then mounted as it is and its files keep their
+// host owners, which the sandbox sees as nobody.
+UniqueFd idmapped_or_warn(Sandbox::State& s, const char* path, int userns) {
+  try {
+    return isolation::idmapped_tree(path, userns);
+  } catch (const Error& e) {
+    s.warnings.push_back(std::string(path) + " is mounted without id mapping (" + e.what() +
+                         "): its files keep their host owners, which the sandbox sees as nobody");
+    return UniqueFd();
+  }
+}
+
 // Rootful: the workspace and bind sources are idmapped so that their owner
 // is the sandbox's user inside, and what the sandbox writes there is stored
 // as that owner on the host, not as the subordinate range.
@@ -259,7 +273,9 @@ void idmap_user_paths(Sandbox::State& s) {
     if (!userns)
       userns = isolation::mapping_userns({{st.st_uid, id.host_root_uid + id.uid, 1}},
                                          {{st.st_gid, id.host_root_gid + id.gid, 1}});
-    s.trees.push_back(isolation::idmapped_tree(step.source, userns.get()));
+    UniqueFd tree = idmapped_or_warn(s, step.source, userns.get());
+    if (!tree) continue;
+    s.trees.push_back(std::move(tree));
     step.op = filesystem::Step::AttachInRoot;
     step.tree_fd = s.trees.back().get();
   }
@@ -267,7 +283,9 @@ void idmap_user_paths(Sandbox::State& s) {
   // by host root are root's inside (and writable through the overlay).
   if (!s.spec.rootfs.empty()) {
     UniqueFd userns = isolation::mapping_userns(id.uid_map, id.gid_map);
-    s.trees.push_back(isolation::idmapped_tree(s.root.lower_dir(), userns.get()));
+    UniqueFd tree = idmapped_or_warn(s, s.root.lower_dir(), userns.get());
+    if (!tree) return;
+    s.trees.push_back(std::move(tree));
     s.root.use_lower_tree(s.trees.back().get());
   }
 }

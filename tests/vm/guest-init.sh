@@ -149,6 +149,17 @@ elif [ "$kmaj" -lt 6 ] || { [ "$kmaj" -eq 6 ] && [ "$kmin" -lt 6 ]; }; then
   echo "SKIP overlay_recreate_lower_dir: kernel $kver < 6.6 has no user xattrs on tmpfs (known limitation)"
 else fail overlay_recreate_lower_dir "$(describe) ($(dmesg | grep -i overlayfs | tail -n 1 | cut -c16-))"; fi
 
+# A workspace on tmpfs: tmpfs can be idmapped only since Linux 6.3, so on
+# older kernels it is mounted as it is, with a warning, instead of failing.
+mkdir -p /tmp/ws && chmod 777 /tmp/ws
+run 60 --workspace /tmp/ws -- sh -c 'echo hi > f && cat f'
+if [ "$RC" = 0 ] && [ "$(cat /tmp/out)" = hi ] && [ -f /tmp/ws/f ]; then
+  if [ "$kmaj" -gt 6 ] || { [ "$kmaj" -eq 6 ] && [ "$kmin" -ge 3 ]; } || grep -q "without id mapping" /tmp/err; then
+    pass workspace_on_tmpfs
+  else fail workspace_on_tmpfs "no warning on kernel $kver: $(head -c 200 /tmp/err)"; fi
+else fail workspace_on_tmpfs "$(describe)"; fi
+rm -rf /tmp/ws
+
 # (a) Memory limit: the OOM killer ends the sandbox.
 run 120 --memory 64M -- sh -c 'x=$(head -c 200000000 /dev/zero | tr "\0" a)'
 v=$(json_field verdict)
