@@ -104,7 +104,7 @@ RootPlan plan_root(const Spec& spec, const HostRoot* host_root, const std::strin
   for (const char* d : kDevices)
     add({.op = Step::DeviceInRoot, .source = plan.intern(std::string("/dev/") + d),
          .target = plan.intern(std::string("/dev/") + d), .is_dir = false});
-  add({.op = Step::DevptsInRoot, .target = "/dev/pts", .data = "newinstance,ptmxmode=0666,mode=0620"});
+  add({.op = Step::DevptsInRoot, .target = "/dev/pts", .data = "newinstance,ptmxmode=0666,mode=0620,max=64"});
   // /dev/shm lives on the staging tmpfs: one --tmp-size budget for all writes.
   add({.op = Step::StagingBindInRoot, .source = shm, .target = "/dev/shm"});
   struct Link {

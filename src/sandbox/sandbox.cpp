@@ -28,6 +28,7 @@
 
 #include "isolation/channel.h"
 #include "isolation/child.h"
+#include "sandbox/sink.h"
 #include "util/error.h"
 #include "util/fd.h"
 #include "util/memory.h"
@@ -151,12 +152,13 @@ struct Sandbox::State {
   // supervisor never blocks on a slow reader: it reads from the sandbox only
   // what it can pass on, so limits and timeouts keep running.
   struct Output {
-    UniqueFd pipe;            // read end; the sandbox writes the other
-    int dest = -1;            // the caller's fd
-    std::string pending;      // read, not yet written
-    bool eof = false;         // the sandbox side is closed
-    bool dest_gone = false;   // the caller's side failed (EPIPE ...)
-    uint64_t bytes = 0;       // accepted for delivery
+    UniqueFd pipe;                 // read end; the sandbox writes the other
+    std::optional<CallerSink> dest;
+    std::string pending;           // read, not yet written
+    bool eof = false;              // the sandbox side is closed
+    bool dest_gone = false;        // the caller's side failed (EPIPE ...)
+    uint64_t bytes = 0;            // accepted for delivery
+    Clock::time_point next_read;   // paces a command that writes in dribbles
   } out, err;
   bool truncated = false;
   std::vector<std::string> warnings;
@@ -269,6 +271,15 @@ void idmap_user_paths(Sandbox::State& s) {
     if (step.op != filesystem::Step::BindInRoot || !step.user_path) continue;
     struct stat st{};
     if (stat(step.source, &st) != 0) throw_errno(std::string("bind source '") + step.source + "'");
+    if (!step.read_only && (st.st_uid == 0 || st.st_gid == 0)) {
+      // Mapped to the sandbox's root, a writable root-owned tree would let
+      // it act as host root there (a setuid file opened up by an ACL, a
+      // setuid binary moved where others can reach it).
+      s.warnings.push_back(std::string(step.source) +
+                           " belongs to root: mounted without id mapping, so the sandbox cannot act as host root "
+                           "there (it writes only where others may); give it to an unprivileged owner instead");
+      continue;
+    }
     auto& userns = userns_by_owner[{st.st_uid, st.st_gid}];
     if (!userns)
       userns = isolation::mapping_userns({{st.st_uid, id.host_root_uid + id.uid, 1}},
@@ -358,11 +369,13 @@ std::unique_ptr<Sandbox> Sandbox::start(const Prepared& prepared, const Spec& sp
   s.in_w.reset(in[1]);
   if (pipe2(out, O_CLOEXEC) != 0) throw_errno("pipe");
   s.out.pipe.reset(out[0]);
-  s.out.dest = io.stdout_fd;
+  s.out.dest.emplace(io.stdout_fd);
+  s.out.dest_gone = io.stdout_fd < 0;
   UniqueFd out_w(out[1]);
   if (pipe2(err, O_CLOEXEC) != 0) throw_errno("pipe");
   s.err.pipe.reset(err[0]);
-  s.err.dest = io.stderr_fd;
+  s.err.dest.emplace(io.stderr_fd);
+  s.err.dest_gone = io.stderr_fd < 0;
   UniqueFd err_w(err[1]);
 
   auto& plan = s.plan;
@@ -455,12 +468,15 @@ namespace {
 
 // Reads one buffer of the command's output (only when the previous one was
 // passed on), counting it and enforcing the output limit on both streams
-// together.
+// together. After a short read the stream rests for a millisecond: a
+// command writing a byte at a time must not cost the supervisor (whose CPU
+// is not the sandbox's) a wake-up per byte.
 void read_output(Sandbox::State& s, Sandbox::State::Output& o) {
   char buf[65536];
   ssize_t n = read(o.pipe.get(), buf, sizeof buf);
   if (n == 0) o.eof = true;
   if (n <= 0) return;
+  if (static_cast<size_t>(n) < sizeof buf) o.next_read = Clock::now() + std::chrono::milliseconds(1);
   size_t accept = static_cast<size_t>(n);
   if (auto limit = s.spec.limits.output_bytes) {
     uint64_t used = s.out.bytes + s.err.bytes;
@@ -478,18 +494,13 @@ void read_output(Sandbox::State& s, Sandbox::State::Output& o) {
   if (!o.dest_gone) o.pending.append(buf, accept);
 }
 
-// Writes what is pending. With `max` = PIPE_BUF after POLLOUT, a write to a
-// pipe or terminal cannot block.
-void write_output(Sandbox::State::Output& o, size_t max) {
+// Passes on what the caller takes now.
+void write_output(Sandbox::State::Output& o) {
   while (!o.pending.empty()) {
-    ssize_t w = write(o.dest, o.pending.data(), std::min(max, o.pending.size()));
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) {
-      if (errno != EAGAIN) o.dest_gone = true, o.pending.clear();  // the reader went away
-      return;
-    }
+    ssize_t w = o.dest->write_some(o.pending.data(), o.pending.size());
+    if (w < 0) o.dest_gone = true, o.pending.clear();  // the reader went away
+    if (w <= 0) return;
     o.pending.erase(0, static_cast<size_t>(w));
-    if (max != SIZE_MAX) return;
   }
 }
 
@@ -585,9 +596,16 @@ Result Sandbox::wait() {
     int i_sock = sock_eof ? -1 : add(s.sock.get());
     // Per stream: read from the sandbox while nothing waits for the caller,
     // else wait until the caller can take more.
+    int timeout_ms = -1;
     auto watch = [&](Sandbox::State::Output& o, int& in, int& out) {
-      in = !o.eof && o.pending.empty() ? add(o.pipe.get()) : -1;
-      out = !o.pending.empty() ? add(o.dest, POLLOUT) : -1;
+      in = out = -1;
+      if (!o.pending.empty()) {
+        out = add(o.dest->poll_fd(), POLLOUT);
+      } else if (!o.eof) {
+        auto rest = std::chrono::ceil<std::chrono::milliseconds>(o.next_read - Clock::now()).count();
+        if (rest <= 0) in = add(o.pipe.get());
+        else timeout_ms = timeout_ms < 0 ? static_cast<int>(rest) : std::min(timeout_ms, static_cast<int>(rest));
+      }
     };
     int i_out, i_outw, i_err, i_errw;
     watch(s.out, i_out, i_outw);
@@ -599,7 +617,7 @@ Result Sandbox::wait() {
     int i_deadline = deadline ? add(deadline.get()) : -1;
     int i_tick = add(ticker.get());
     int i_sig = add(sigfd.get());
-    if (poll(all, static_cast<nfds_t>(n), -1) < 0) {
+    if (poll(all, static_cast<nfds_t>(n), timeout_ms) < 0) {
       if (errno == EINTR) continue;
       throw_errno("poll");
     }
@@ -619,8 +637,8 @@ Result Sandbox::wait() {
     if (ready(i_in) || (i_inw >= 0 && all[i_inw].revents)) pump_stdin(s, ready(i_in), i_inw >= 0);
     if (ready(i_out)) read_output(s, s.out);
     if (ready(i_err)) read_output(s, s.err);
-    if (i_outw >= 0 && all[i_outw].revents) write_output(s.out, PIPE_BUF);
-    if (i_errw >= 0 && all[i_errw].revents) write_output(s.err, PIPE_BUF);
+    if (i_outw >= 0 && all[i_outw].revents) write_output(s.out);
+    if (i_errw >= 0 && all[i_errw].revents) write_output(s.err);
     if (ready(i_deadline) && !s.kill_reason) {
       s.kill_reason = Verdict::Timeout;
       s.kill_all();
@@ -656,16 +674,20 @@ Result Sandbox::wait() {
 
   // Init is gone, so is every process of the namespace: drain what is left.
   handle_control(s);
+  // Passing on the last output may wait for the caller; the sandbox is gone.
   for (auto* o : {&s.out, &s.err}) {
-    while (!o->eof) {
-      write_output(*o, SIZE_MAX);
-      read_output(s, *o);
-      if (!o->eof && o->pending.empty()) {
-        pollfd p{o->pipe.get(), POLLIN, 0};
-        if (poll(&p, 1, 100) <= 0) break;
+    for (;;) {
+      write_output(*o);
+      if (!o->pending.empty()) {
+        pollfd p{o->dest->poll_fd(), POLLOUT, 0};
+        poll(&p, 1, -1);
+        continue;
       }
+      if (o->eof) break;
+      pollfd p{o->pipe.get(), POLLIN, 0};
+      if (poll(&p, 1, 100) <= 0) break;
+      read_output(s, *o);
     }
-    write_output(*o, SIZE_MAX);
   }
   rusage ru{};
   s.reap(&ru);

@@ -146,7 +146,9 @@ TEST(Isolation, MaskedProcPaths) {
              "[ -e $p ] && echo \"$p $(head -c 64 $p | wc -c)\"; done; "
              "echo 1 > /proc/sysrq-trigger 2>/dev/null && echo sysrq-writable; "
              "ls /sys/firmware | wc -l");
-  if (exists("/proc/kcore")) EXPECT_NE(r.out.find("/proc/kcore 0\n"), std::string::npos) << r.out;
+  if (exists("/proc/kcore")) {
+    EXPECT_NE(r.out.find("/proc/kcore 0\n"), std::string::npos) << r.out;
+  }
   EXPECT_NE(r.out.find("/proc/keys 0\n"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("/proc/interrupts 0\n"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find("sysrq-writable"), std::string::npos) << r.out;
@@ -195,10 +197,22 @@ TEST(Isolation, WorkspaceIsWritableAndOwnedByItsOwner) {
 TEST(Isolation, BindAndRoBind) {
   TempDir a, b;
   write_file(a / "f", "A");
+  chown(b.path().c_str(), 1234, 1234);  // a root-owned tree is not mapped writable
   Outcome r = sh("cat /data/f; echo w > /data/g 2>/dev/null || echo ro; echo w > /rw/g && echo rw",
              {"--ro-bind", a.path() + ":/data", "--bind", b.path() + ":/rw"});
   EXPECT_EQ(r.out, "Aro\nrw\n") << r.out << r.err;
   EXPECT_FALSE(exists(a / "g"));
+}
+
+TEST(Isolation, RootOwnedWritableTreeIsNotMappedToTheSandboxRoot) {
+  TempDir root_owned, user_owned;
+  chmod(root_owned.path().c_str(), 0755);
+  chown(user_owned.path().c_str(), 1234, 1234);
+  Outcome r = sh("touch /a/f 2>/dev/null || echo root-owned-read-only; touch /b/f && echo user-owned-writable",
+                 {"--bind", root_owned.path() + ":/a", "--bind", user_owned.path() + ":/b"});
+  EXPECT_EQ(r.out, "root-owned-read-only\nuser-owned-writable\n") << r.err;
+  EXPECT_NE(r.err.find("belongs to root"), std::string::npos) << r.err;
+  EXPECT_FALSE(exists(root_owned / "f"));
 }
 
 TEST(Isolation, CwdOption) {
