@@ -117,6 +117,22 @@ Outcome ultari(const std::vector<std::string>& args, const Options& opt) {
   return r;
 }
 
+pid_t spawn_ultari(const std::vector<std::string>& args, int stdout_fd) {
+  std::vector<std::string> argv = {ULTARI_BIN};
+  argv.insert(argv.end(), args.begin(), args.end());
+  std::vector<char*> cargv;
+  for (auto& a : argv) cargv.push_back(a.data());
+  cargv.push_back(nullptr);
+  pid_t pid = fork();
+  if (pid == 0) {
+    int out = stdout_fd >= 0 ? stdout_fd : open("/dev/null", O_WRONLY);
+    dup2(out, 1);
+    execv(cargv[0], cargv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
 Outcome sh(const std::string& script, const std::vector<std::string>& flags, const Options& opt) {
   std::vector<std::string> args = {"run"};
   args.insert(args.end(), flags.begin(), flags.end());

@@ -1,6 +1,8 @@
 // Runs the real `ultari` binary and inspects what it did. No mocks: every
 // test starts real sandboxes on the running kernel.
 #pragma once
+#include <sys/types.h>
+
 #include <nlohmann/json.hpp>
 #include <map>
 #include <string>
@@ -24,6 +26,9 @@ struct Options {
 
 // ultari ARGS...; adds --report unless `args` holds one already.
 Outcome ultari(const std::vector<std::string>& args, const Options& opt = {});
+// Starts `ultari ARGS...` in the background with stdout on `stdout_fd`
+// (-1: /dev/null); the caller waits for it.
+pid_t spawn_ultari(const std::vector<std::string>& args, int stdout_fd = -1);
 // ultari run [flags] -- sh -c SCRIPT
 Outcome sh(const std::string& script, const std::vector<std::string>& flags = {}, const Options& opt = {});
 

@@ -143,24 +143,12 @@ TEST(Report, HasEveryField) {
   EXPECT_GE(r.report["peak_pids"].get<int>(), 1);
 }
 
-}  // namespace
-}  // namespace ultari::test
-
-namespace ultari::test {
-namespace {
-
 // SIGTERM to `ultari` reaches the command through init; a command that
 // handles it decides its own exit.
 TEST(Signals, TermIsForwardedToTheCommand) {
   std::string report = "/tmp/ultari-test-sig-" + std::to_string(getpid()) + ".json";
-  pid_t pid = fork();
-  if (pid == 0) {
-    int devnull = open("/dev/null", O_WRONLY);
-    dup2(devnull, 1);
-    execl(ULTARI_BIN, "ultari", "run", "--report", report.c_str(), "--", "/bin/sh", "-c",
-          "trap 'echo got-term >&2; exit 7' TERM; sleep 30 & wait", nullptr);
-    _exit(127);
-  }
+  pid_t pid = spawn_ultari({"run", "--report", report, "--", "/bin/sh", "-c",
+                            "trap 'echo got-term >&2; exit 7' TERM; sleep 30 & wait"});
   std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the trap is set
   kill(pid, SIGTERM);
   int status = 0;
@@ -171,11 +159,7 @@ TEST(Signals, TermIsForwardedToTheCommand) {
   EXPECT_EQ(r["verdict"], "nonzero_exit");
   unlink(report.c_str());
   // Negative control: without a trap the command dies of the signal.
-  pid = fork();
-  if (pid == 0) {
-    execl(ULTARI_BIN, "ultari", "run", "--", "/bin/sleep", "30", nullptr);
-    _exit(127);
-  }
+  pid = spawn_ultari({"run", "--", "/bin/sleep", "30"});
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   kill(pid, SIGTERM);
   waitpid(pid, &status, 0);
@@ -183,30 +167,15 @@ TEST(Signals, TermIsForwardedToTheCommand) {
   EXPECT_EQ(WEXITSTATUS(status), 128 + SIGTERM);
 }
 
-}  // namespace
-}  // namespace ultari::test
-
-namespace ultari::test {
-namespace {
-
 // A caller that stops reading must not stall the supervisor: the timeout
 // still fires while the output pipe is full.
 TEST(Limits, TimeoutHoldsWhileTheReaderStalls) {
   std::string report = "/tmp/ultari-test-stall-" + std::to_string(getpid()) + ".json";
   int out[2];
-  ASSERT_EQ(pipe(out), 0);
-  pid_t pid = fork();
-  if (pid == 0) {
-    dup2(out[1], 1);
-    close(out[0]);
-    close(out[1]);
-    execl(ULTARI_BIN, "ultari", "run", "--report", report.c_str(), "--timeout", "1s", "--", "yes", nullptr);
-    _exit(127);
-  }
+  ASSERT_EQ(pipe2(out, O_CLOEXEC), 0);
+  pid_t pid = spawn_ultari({"run", "--report", report, "--timeout", "1s", "--", "yes"}, out[1]);
   close(out[1]);
   std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // nobody reads
-  // The sandbox is gone by now although its output is still waiting.
-  auto r = nlohmann::json::parse(read_file(report).empty() ? "null" : read_file(report));
   char buf[65536];
   while (read(out[0], buf, sizeof buf) > 0) {
   }
@@ -215,7 +184,7 @@ TEST(Limits, TimeoutHoldsWhileTheReaderStalls) {
   waitpid(pid, &status, 0);
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 124);
-  r = nlohmann::json::parse(read_file(report));
+  auto r = nlohmann::json::parse(read_file(report));
   EXPECT_EQ(r["verdict"], "timeout");
   EXPECT_LT(r["wall_ms"].get<int>(), 2000);
   unlink(report.c_str());
