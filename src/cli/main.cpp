@@ -28,6 +28,17 @@ ultari::Mount parse_bind(const std::string& arg, bool read_only) {
   return m;
 }
 
+// "DST[:SIZE]": an empty tmpfs (counted against --memory).
+ultari::Mount parse_tmpfs(const std::string& arg) {
+  ultari::Mount m;
+  m.kind = ultari::Mount::Kind::Tmpfs;
+  m.read_only = false;
+  auto colon = arg.find(':');
+  m.destination = arg.substr(0, colon);
+  if (colon != std::string::npos) m.tmpfs_size = ultari::parse_size(arg.substr(colon + 1));
+  return m;
+}
+
 // "UID[:GID]"
 void parse_user(const std::string& arg, ultari::Spec& spec) {
   auto number = [&](const std::string& t) -> unsigned {
@@ -60,7 +71,7 @@ int main(int argc, char** argv) {
 
   ultari::Spec spec;
   std::string report_path, seccomp_profile, user, memory, pids, cpus, timeout, cpu_time, output_limit, tmp_size, nofile;
-  std::vector<std::string> binds, ro_binds, envs, command;
+  std::vector<std::string> binds, ro_binds, tmpfs, envs, command;
   bool quiet = false;
 
   CLI::App* run = app.add_subcommand("run", "Run COMMAND in a new sandbox");
@@ -68,6 +79,7 @@ int main(int argc, char** argv) {
   run->add_option("--workspace", spec.workspace, "Directory mounted read-write at /workspace (the working directory)");
   run->add_option("--bind", binds, "Bind SRC[:DST] read-write (repeatable)")->allow_extra_args(false);
   run->add_option("--ro-bind", ro_binds, "Bind SRC[:DST] read-only (repeatable)")->allow_extra_args(false);
+  run->add_option("--tmpfs", tmpfs, "Empty tmpfs at DST[:SIZE] (repeatable)")->allow_extra_args(false);
   run->add_option("--env", envs, "Set KEY=VALUE inside (repeatable; the host environment is not inherited)")->allow_extra_args(false);
   run->add_option("--cwd", spec.process.cwd, "Working directory inside");
   run->add_option("--hostname", spec.hostname, "Hostname inside (default: sandbox)");
@@ -104,6 +116,7 @@ int main(int argc, char** argv) {
   try {
     for (const auto& b : binds) spec.mounts.push_back(parse_bind(b, false));
     for (const auto& b : ro_binds) spec.mounts.push_back(parse_bind(b, true));
+    for (const auto& t : tmpfs) spec.mounts.push_back(parse_tmpfs(t));
     spec.process.env = envs;
     spec.process.argv = command;
     spec.seccomp.profile_path = seccomp_profile;

@@ -122,7 +122,7 @@ RootPlan plan_root(const Spec& spec, const HostRoot* host_root, const std::strin
          .user_path = true});
   }
   for (const auto& m : spec.mounts) {
-    const char* what = m.read_only ? "--ro-bind" : "--bind";
+    const char* what = m.kind == Mount::Kind::Tmpfs ? "--tmpfs" : m.read_only ? "--ro-bind" : "--bind";
     check_destination(m.destination, what);
     if (m.kind == Mount::Kind::Tmpfs) {
       add({.op = Step::TmpfsInRoot, .target = plan.intern(m.destination),

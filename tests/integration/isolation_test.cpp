@@ -215,6 +215,14 @@ TEST(Isolation, RootOwnedWritableTreeIsNotMappedToTheSandboxRoot) {
   EXPECT_FALSE(exists(root_owned / "f"));
 }
 
+TEST(Isolation, TmpfsOption) {
+  Outcome r = sh("df -k /scratch | tail -1 | awk '{print $2}'; echo x > /scratch/f && cat /scratch/f; "
+                 "head -c 2M /dev/zero > /scratch/big 2>/dev/null || echo full",
+                 {"--tmpfs", "/scratch:1M"});
+  EXPECT_EQ(r.out, "1024\nx\nfull\n") << r.err;
+  EXPECT_EQ(ultari({"run", "--tmpfs", "/x:lots", "--", "true"}).status, 125);
+}
+
 TEST(Isolation, CwdOption) {
   EXPECT_EQ(sh("pwd", {"--cwd", "/tmp"}).out, "/tmp\n");
   EXPECT_EQ(sh("pwd").out, "/root\n");
