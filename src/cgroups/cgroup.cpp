@@ -233,10 +233,10 @@ int Cgroup::v2_fd() const { return v2_fd_.get(); }
 
 const std::vector<std::string>& Cgroup::unenforced() const { return unenforced_; }
 
-void Cgroup::attach(pid_t pid, bool placed_by_clone) const {
+void Cgroup::attach(pid_t pid, bool placed_by_clone, bool v1_joins_itself) const {
   std::string s = io::u64_str(static_cast<uint64_t>(pid));
   for_each_distinct(dirs_, [&](const Dir& d) {
-    if (d.version == 2 && placed_by_clone) return;
+    if ((d.version == 2 && placed_by_clone) || (d.version == 1 && v1_joins_itself)) return;
     write_or_throw(d.path + "/cgroup.procs", s);
   });
 }
@@ -251,13 +251,6 @@ std::vector<UniqueFd> Cgroup::open_self_attach() const {
     fds.push_back(std::move(fd));
   });
   return fds;
-}
-
-void Cgroup::attach_rest(pid_t pid, bool placed_by_clone) const {
-  std::string s = io::u64_str(static_cast<uint64_t>(pid));
-  for_each_distinct(dirs_, [&](const Dir& d) {
-    if (d.version == 2 && !placed_by_clone) write_or_throw(d.path + "/cgroup.procs", s);
-  });
 }
 
 Stats Cgroup::stats() const {

@@ -65,17 +65,15 @@ class Cgroup {
   // fd of the v2 group when every controller in use is on v2 (for
   // clone3(CLONE_INTO_CGROUP)); -1 otherwise.
   int v2_fd() const;
-  // Moves pid into every v1 hierarchy (and v2 when not placed at clone time).
-  void attach(pid_t pid, bool placed_by_clone) const;
+  // Moves pid into every hierarchy; v2 is skipped when the pid was placed
+  // at clone time, v1 when it joins itself (open_self_attach).
+  void attach(pid_t pid, bool placed_by_clone, bool v1_joins_itself = false) const;
   // Opens the v1 `tasks` files through which a single-threaded child moves
   // itself by writing "0". Migrating only the calling thread skips the
   // global threadgroup lock, whose first writer after a quiet spell waits
   // for an RCU grace period (5-15 ms on this kind of host). The files are
   // opened by the supervisor, whose credentials the kernel checks.
   std::vector<UniqueFd> open_self_attach() const;
-  // attach() for what open_self_attach() does not cover (a v2 group not
-  // placed at clone time).
-  void attach_rest(pid_t pid, bool placed_by_clone) const;
   // Samples counters; call sample_pids() periodically on v1 for peak_pids.
   Stats stats() const;
   void sample_pids();

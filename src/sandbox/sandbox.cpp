@@ -336,7 +336,6 @@ std::unique_ptr<Sandbox> Sandbox::start(const Prepared& prepared, const Spec& sp
   s.spec = spec;
   s.prepared = &prepared;
   s.io = io;
-  s.warnings = prepared.warnings;
 
   const auto& id = prepared.identity;
   std::string home = spec.identity.uid == 0 ? "/root" : "/home/sandbox";
@@ -441,7 +440,7 @@ std::unique_ptr<Sandbox> Sandbox::start(const Prepared& prepared, const Spec& sp
 
   // The child waits for these before it does anything.
   isolation::write_maps(s.pid, id);
-  s.cgroup->attach_rest(s.pid, cg >= 0);
+  s.cgroup->attach(s.pid, cg >= 0, /*v1_joins_itself=*/true);
   Msg go{};
   go.type = MsgType::Go;
   send_msg(s.sock.get(), go);

@@ -65,7 +65,6 @@ struct Prepared {
   seccomp::CompiledPolicy policy;
   cgroups::Layout cgroups;
   int cap_last = 40;
-  std::vector<std::string> warnings;
 };
 Prepared prepare(const Spec& spec);
 
