@@ -78,6 +78,7 @@ std::string evacuate_self(const std::string& base) {
 
 Cgroup::Cgroup(Cgroup&& o) noexcept
     : dirs_(std::move(o.dirs_)),
+      owner_(o.owner_),
       v2_fd_(std::move(o.v2_fd_)),
       unenforced_(std::move(o.unenforced_)),
       sampled_peak_pids_(o.sampled_peak_pids_),
@@ -95,6 +96,7 @@ Cgroup& Cgroup::operator=(Cgroup&& o) noexcept {
     }
     dirs_ = std::move(o.dirs_);
     o.dirs_.clear();
+    owner_ = o.owner_;
     v2_fd_ = std::move(o.v2_fd_);
     unenforced_ = std::move(o.unenforced_);
     sampled_peak_pids_ = o.sampled_peak_pids_;
@@ -229,6 +231,19 @@ Cgroup Cgroup::create(const Layout& layout, const std::string& name, const Limit
   return cg;
 }
 
+Cgroup Cgroup::view(std::vector<Dir> dirs) {
+  for (const auto& d : dirs) {
+    auto slash = d.path.rfind('/');
+    if (d.path.empty() || d.path[0] != '/' || d.path.find("/../") != std::string::npos || slash == std::string::npos ||
+        d.path.compare(slash + 1, 7, "ultari-") != 0 || (d.version != 1 && d.version != 2))
+      throw Error("cgroup: '" + d.path + "' is not a sandbox's group");
+  }
+  Cgroup cg;
+  cg.dirs_ = std::move(dirs);
+  cg.owner_ = false;
+  return cg;
+}
+
 int Cgroup::v2_fd() const { return v2_fd_.get(); }
 
 const std::vector<std::string>& Cgroup::unenforced() const { return unenforced_; }
@@ -300,6 +315,7 @@ void Cgroup::sample_pids() {
 void Cgroup::kill() const { kill_dirs(dirs_); }
 
 void Cgroup::destroy() {
+  if (!owner_) return;
   if (!dirs_.empty()) {
     v2_fd_.reset();
     std::string failed;

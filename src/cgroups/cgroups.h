@@ -85,14 +85,22 @@ class Cgroup {
   // Limits the caller asked for that this host cannot enforce (e.g. "memory").
   const std::vector<std::string>& unenforced() const;
 
- private:
-  Cgroup() = default;
+  // One directory of the group.
   struct Dir {
     Controller controller;
     int version;
     std::string path;
   };
+  const std::vector<Dir>& directories() const { return dirs_; }
+  // A group owned by another process of the same user (the warm pool hands
+  // a sandbox to the client that supervises it): reads, samples and kills,
+  // but never removes it. Paths must be groups named ultari-*.
+  static Cgroup view(std::vector<Dir> dirs);
+
+ private:
+  Cgroup() = default;
   std::vector<Dir> dirs_;
+  bool owner_ = true;
   UniqueFd v2_fd_;
   std::vector<std::string> unenforced_;
   uint64_t sampled_peak_pids_ = 0;

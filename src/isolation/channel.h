@@ -12,6 +12,9 @@ enum class MsgType : uint32_t {
   Listener = 3,      // child -> supervisor: seccomp listener fd (SCM_RIGHTS)
   ExecFailed = 5,    // payload -> supervisor: execve failed, errno in err
   Exited = 6,        // child -> supervisor: payload wait status in value
+  Ready = 7,         // child -> supervisor: set up, waiting for the command
+  Command = 8,       // supervisor -> child: value = bytes of the command
+                     // blob that follow as raw records (see CommandHead)
 };
 
 struct Msg {
@@ -21,6 +24,24 @@ struct Msg {
   char step[64] = {};    // what was being done ("mount proc", "pivot_root", ...)
   char detail[256] = {}; // the path or name involved
 };
+
+// The command a sandbox runs, sent after its setup (so a sandbox can be
+// made ahead and given its command later). Layout of the blob: CommandHead,
+// then NUL-terminated strings: cwd, argv[argc], envp[envc], the paths to
+// try for argv[0] in order [candc].
+struct CommandLimit {
+  int32_t resource;
+  uint64_t soft, hard;
+};
+struct CommandHead {
+  uint32_t argc = 0, envc = 0, candc = 0;
+  uint32_t uid = 0, gid = 0;
+  uint32_t nlimits = 0;
+  CommandLimit limits[4] = {};
+};
+inline constexpr size_t kMaxCommandBytes = 4u << 20;     // > the kernel's usual 2 MiB for argv+envp
+inline constexpr size_t kMaxCommandStrings = 256u << 10;
+inline constexpr size_t kCommandChunk = 32u << 10;        // one record on the control socket
 
 // Copies a C string into a fixed buffer; async-signal-safe.
 inline void copy_cstr(char* dst, size_t cap, const char* src) {

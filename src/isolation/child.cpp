@@ -4,8 +4,9 @@
 //   3. build the root filesystem and pivot into it
 //   4. hostname, loopback up
 //   5. no_new_privs + seccomp (listener fd to the supervisor)
-//   6. fork the payload: identity, capabilities, rlimits, fds, cwd, exec
-//   7. as pid 1: drop everything, forward signals, reap, report the payload's end
+//   6. report ready, receive the command (now or, from a warm pool, later)
+//   7. fork the payload: identity, capabilities, rlimits, fds, cwd, exec
+//   8. as pid 1: drop everything, forward signals, reap, report the payload's end
 #include "isolation/child.h"
 
 #include <fcntl.h>
@@ -19,6 +20,7 @@
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -122,43 +124,112 @@ void reset_signals() {
   sigprocmask(SIG_SETMASK, &none, nullptr);
 }
 
-[[noreturn]] void payload_main(const ChildPlan& p) {
+// The command, parsed in place from the blob the supervisor sent.
+struct Command {
+  const CommandHead* head = nullptr;
+  const char* cwd = "/";
+  const char* const* argv = nullptr;   // nullptr-terminated
+  const char* const* envp = nullptr;   // nullptr-terminated
+  const char* const* candidates = nullptr;
+};
+
+struct Payload {
+  const ChildPlan* plan;
+  Command cmd;
+};
+
+alignas(CommandHead) char g_blob[kMaxCommandBytes];
+const char* g_strings[kMaxCommandStrings + 3];
+
+// Receives the command: a Command message, then its blob as raw records.
+// Returns false when the supervisor went away first.
+bool receive_command(const ChildPlan& p, Command& out) {
+  Msg m{};
+  ssize_t n;
+  do n = recv(p.sock, &m, sizeof m, 0);
+  while (n < 0 && errno == EINTR);
+  if (n != sizeof m || m.type != MsgType::Command) return false;
+  if (m.value < static_cast<int64_t>(sizeof(CommandHead)) || m.value > static_cast<int64_t>(sizeof g_blob))
+    fail(p, "receive command", "bad size", EINVAL);
+  size_t total = static_cast<size_t>(m.value), have = 0;
+  while (have < total) {
+    do n = recv(p.sock, g_blob + have, total - have, 0);
+    while (n < 0 && errno == EINTR);
+    if (n <= 0) return false;
+    have += static_cast<size_t>(n);
+  }
+  const auto* head = reinterpret_cast<const CommandHead*>(g_blob);
+  size_t count = 1 + size_t{head->argc} + head->envc + head->candc;
+  if (head->argc == 0 || count > kMaxCommandStrings || head->nlimits > 4) fail(p, "receive command", "bad header", EINVAL);
+  // Split the strings; each list gets its terminating nullptr.
+  const char* c = g_blob + sizeof(CommandHead);
+  const char* end = g_blob + total;
+  size_t slot = 0;
+  auto take = [&](size_t k) {
+    for (size_t i = 0; i < k; ++i) {
+      if (c >= end) return false;
+      g_strings[slot++] = c;
+      while (c < end && *c) ++c;
+      if (c == end) return false;
+      ++c;
+    }
+    return true;
+  };
+  if (!take(1)) fail(p, "receive command", "truncated", EINVAL);
+  out.cwd = g_strings[0];
+  out.argv = g_strings + slot;
+  if (!take(head->argc)) fail(p, "receive command", "truncated", EINVAL);
+  g_strings[slot++] = nullptr;
+  out.envp = g_strings + slot;
+  if (!take(head->envc)) fail(p, "receive command", "truncated", EINVAL);
+  g_strings[slot++] = nullptr;
+  out.candidates = g_strings + slot;
+  if (!take(head->candc)) fail(p, "receive command", "truncated", EINVAL);
+  g_strings[slot++] = nullptr;
+  out.head = head;
+  return true;
+}
+
+[[noreturn]] void payload_main(const Payload& pl) {
+  const ChildPlan& p = *pl.plan;
+  const CommandHead& h = *pl.cmd.head;
   reset_signals();
   // The bounding and ambient sets need CAP_SETPCAP, so they go before the
   // identity switch; the remaining sets are emptied after it.
   if (int rc = drop_bounding_and_ambient(p.cap_last); rc != 0) fail(p, "drop capabilities", "bounding set", -rc);
-  if (setresgid(p.gid, p.gid, p.gid) != 0) fail(p, "setresgid", "", errno);
+  if (setresgid(h.gid, h.gid, h.gid) != 0) fail(p, "setresgid", "", errno);
   if (p.setgroups_allowed && setgroups(0, nullptr) != 0) fail(p, "setgroups", "", errno);
-  if (setresuid(p.uid, p.uid, p.uid) != 0) fail(p, "setresuid", "", errno);
+  if (setresuid(h.uid, h.uid, h.uid) != 0) fail(p, "setresuid", "", errno);
   if (int rc = clear_capabilities(); rc != 0) fail(p, "drop capabilities", "", -rc);
-  for (const auto& l : p.rlimits)
-    if (setrlimit(static_cast<__rlimit_resource>(l.resource), &l.value) != 0) fail(p, "setrlimit", "", errno);
+  for (uint32_t i = 0; i < h.nlimits; ++i) {
+    rlimit v{h.limits[i].soft, h.limits[i].hard};
+    if (setrlimit(static_cast<__rlimit_resource>(h.limits[i].resource), &v) != 0) fail(p, "setrlimit", "", errno);
+  }
 
   // The working directory is entered after pivot_root and checked: a cwd
   // outside the root (CVE-2024-21626) has no path and getcwd fails.
-  if (chdir(p.cwd) != 0) fail(p, "chdir", p.cwd, errno);
+  if (chdir(pl.cmd.cwd) != 0) fail(p, "chdir", pl.cmd.cwd, errno);
   char cwd[4096];
-  if (syscall(SYS_getcwd, cwd, sizeof cwd) <= 0 || cwd[0] != '/') fail(p, "verify working directory", p.cwd, ENOENT);
+  if (syscall(SYS_getcwd, cwd, sizeof cwd) <= 0 || cwd[0] != '/') fail(p, "verify working directory", pl.cmd.cwd, ENOENT);
 
   // Nothing but stdio crosses exec; the control socket stays until then so
   // an exec failure can be reported.
   syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC);
 
   int err = ENOENT;
-  for (const char* path : p.exec_candidates) {
-    if (!path) break;
-    execve(path, const_cast<char* const*>(p.argv.data()), const_cast<char* const*>(p.envp.data()));
+  for (const char* const* path = pl.cmd.candidates; *path; ++path) {
+    execve(*path, const_cast<char* const*>(pl.cmd.argv), const_cast<char* const*>(pl.cmd.envp));
     if (errno != ENOENT && errno != ENOTDIR) err = errno;
   }
   Msg m{};
   m.type = MsgType::ExecFailed;
   m.err = err;
-  copy_cstr(m.detail, sizeof m.detail, p.argv[0]);
+  copy_cstr(m.detail, sizeof m.detail, pl.cmd.argv[0]);
   send_msg(p.sock, m);
   _exit(err == ENOENT ? 127 : 126);
 }
 
-int payload_entry(void* plan) { payload_main(*static_cast<const ChildPlan*>(plan)); }
+int payload_entry(void* payload) { payload_main(*static_cast<const Payload*>(payload)); }
 
 }  // namespace
 
@@ -237,15 +308,23 @@ int payload_entry(void* plan) { payload_main(*static_cast<const ChildPlan*>(plan
     close(static_cast<int>(listener));
   }
 
-  // 6. The payload, started like posix_spawn does: sharing our memory on
+  // 6. Ready: the sandbox exists. Its command may come now or much later
+  // (a warm pool); EOF means nobody will use it.
+  Msg ready{};
+  ready.type = MsgType::Ready;
+  send_msg(p.sock, ready);
+  static Payload payload;
+  payload.plan = &p;
+  if (!receive_command(p, payload.cmd)) _exit(0);
+
+  // 7. The payload, started like posix_spawn does: sharing our memory on
   // its own stack, with init suspended until it has called execve.
   static char stack[64 * 1024] __attribute__((aligned(16)));
-  pid_t child = clone(payload_entry, stack + sizeof stack, CLONE_VM | CLONE_VFORK | SIGCHLD,
-                      const_cast<ChildPlan*>(&p));
+  pid_t child = clone(payload_entry, stack + sizeof stack, CLONE_VM | CLONE_VFORK | SIGCHLD, &payload);
   if (child < 0) fail(p, "clone", "payload", errno);
   g_payload = child;
 
-  // 7. pid 1: nothing privileged is left to do, and no fd but the control
+  // 8. pid 1: nothing privileged is left to do, and no fd but the control
   // socket stays open (the payload's pipes must reach EOF without us).
   drop_bounding_and_ambient(p.cap_last);
   clear_capabilities();

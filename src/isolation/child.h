@@ -3,7 +3,6 @@
 // the child only makes syscalls (async-signal-safe, no allocation).
 #pragma once
 #include <linux/filter.h>
-#include <sys/resource.h>
 #include <sys/types.h>
 
 #include <vector>
@@ -29,22 +28,13 @@ struct ChildPlan {
 
   bool become_root = false;      // rootful: setresuid(0) before setup
   bool setgroups_allowed = false;
-  uid_t uid = 0;                 // identity of the payload inside
-  gid_t gid = 0;
   int cap_last = 40;             // /proc/sys/kernel/cap_last_cap
 
   sock_fprog filter{};           // seccomp program (installed by init)
 
-  struct Limit {
-    int resource;
-    rlimit value;
-  };
-  std::vector<Limit> rlimits;
-
-  std::vector<const char*> argv;             // nullptr-terminated
-  std::vector<const char*> envp;             // nullptr-terminated
-  std::vector<const char*> exec_candidates;  // absolute paths to try in order
-  const char* cwd = "/";
+  // The command itself (argv, environment, identity, rlimits, cwd) is not
+  // here: init receives it on `sock` once its setup is done (MsgType::Command),
+  // so a sandbox can be made ahead of the request that uses it.
 };
 
 // Entry point of the cloned child. Never returns.

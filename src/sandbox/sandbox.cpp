@@ -29,6 +29,7 @@
 #include "isolation/channel.h"
 #include "isolation/child.h"
 #include "sandbox/sink.h"
+#include "sandbox/state.h"
 #include "util/error.h"
 #include "util/fd.h"
 #include "util/memory.h"
@@ -119,78 +120,14 @@ Prepared prepare(const Spec& spec) {
   return p;
 }
 
-// ---------------------------------------------------------------------------
-// Per-sandbox state owned by the supervisor.
-// ---------------------------------------------------------------------------
-struct Sandbox::State {
-  std::string id;
-  Spec spec;
-  const Prepared* prepared = nullptr;
-  Io io;
-  std::optional<cgroups::Cgroup> cgroup;
-  std::vector<UniqueFd> trees;  // idmapped mounts made ahead (rootful)
-  filesystem::RootPlan root;
-  isolation::ChildPlan plan;
-  std::deque<std::string> storage;  // strings the plan points into (stable addresses)
-
-  UniqueFd sock;       // control socket (supervisor end)
-  UniqueFd in_w;
-  std::string stdin_pending;  // read from the caller, not yet in the pipe
-  bool stdin_eof = false;
-  UniqueFd pidfd;
-  pid_t pid = -1;
-  bool reaped = false;
-  Clock::time_point started;
-  std::unique_ptr<seccomp::Supervisor> notify;
-
-  // What happened.
-  std::optional<Verdict> kill_reason;
-  std::string setup_error;
-  int exec_errno = 0;
-  std::optional<int> payload_status;
-  // The command's stdout and stderr, on their way to the caller. The
-  // supervisor never blocks on a slow reader: it reads from the sandbox only
-  // what it can pass on, so limits and timeouts keep running.
-  struct Output {
-    UniqueFd pipe;                 // read end; the sandbox writes the other
-    std::optional<CallerSink> dest;
-    std::string pending;           // read, not yet written
-    bool eof = false;              // the sandbox side is closed
-    bool dest_gone = false;        // the caller's side failed (EPIPE ...)
-    uint64_t bytes = 0;            // accepted for delivery
-    Clock::time_point next_read;   // paces a command that writes in dribbles
-  } out, err;
-  bool truncated = false;
-  std::vector<std::string> warnings;
-
-  ~State() { destroy(); }
-
-  void kill_all() {
-    if (cgroup) cgroup->kill();
-    if (pidfd && !reaped) syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0);
-  }
-  void reap(rusage* ru) {
-    if (reaped || pid <= 0) return;
-    int status;
-    while (wait4(pid, &status, 0, ru) < 0 && errno == EINTR) {
-    }
-    reaped = true;
-  }
-  void destroy() {
-    if (pid > 0 && !reaped) {
-      kill_all();
-      reap(nullptr);
-    }
-    if (cgroup) cgroup->destroy();
-  }
-};
-
 namespace {
 
-void build_process(Sandbox::State& s, const std::string& home) {
-  const Spec& spec = s.spec;
-  auto keep = [&s](std::string v) { return s.storage.emplace_back(std::move(v)).c_str(); };
+std::string home_of(const Spec& spec) { return spec.identity.uid == 0 ? "/root" : "/home/sandbox"; }
 
+// The command as init receives it (see isolation::CommandHead): everything
+// checked and resolved here, so the child only splits strings.
+std::string build_command(const Spec& spec) {
+  const std::string home = home_of(spec);
   std::vector<std::string> env = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                                   "HOME=" + home, "LANG=C.UTF-8"};
   const char* term = std::getenv("TERM");
@@ -202,17 +139,13 @@ void build_process(Sandbox::State& s, const std::string& home) {
     std::erase_if(env, [&](const std::string& e) { return e.compare(0, key.size(), key) == 0; });
     env.push_back(kv);
   }
-  for (const auto& e : env) s.plan.envp.push_back(keep(e));
-  s.plan.envp.push_back(nullptr);
 
   if (spec.process.argv.empty()) throw Error("no command given (usage: ultari run [OPTIONS] -- COMMAND [ARG...])");
-  for (const auto& a : spec.process.argv) s.plan.argv.push_back(keep(a));
-  s.plan.argv.push_back(nullptr);
-
   const std::string& cmd = spec.process.argv[0];
   if (cmd.empty()) throw Error("the command is an empty string");
+  std::vector<std::string> candidates;
   if (cmd.find('/') != std::string::npos) {
-    s.plan.exec_candidates.push_back(keep(cmd));
+    candidates.push_back(cmd);
   } else {
     std::string path = env_value(env, "PATH");
     size_t start = 0;
@@ -220,31 +153,50 @@ void build_process(Sandbox::State& s, const std::string& home) {
       size_t end = path.find(':', start);
       if (end == std::string::npos) end = path.size();
       std::string dir = path.substr(start, end - start);
-      s.plan.exec_candidates.push_back(keep((dir.empty() ? "." : dir) + "/" + cmd));
+      candidates.push_back((dir.empty() ? "." : dir) + "/" + cmd);
       start = end + 1;
     }
   }
-  s.plan.exec_candidates.push_back(nullptr);
 
   std::string cwd = spec.process.cwd;
   if (cwd.empty()) cwd = spec.workspace.empty() ? home : "/workspace";
   if (cwd[0] != '/') throw Error("--cwd '" + cwd + "' must be an absolute path");
-  s.plan.cwd = keep(cwd);
 
-  auto limit = [&s](int res, rlim_t value) {
+  isolation::CommandHead head;
+  head.uid = spec.identity.uid;
+  head.gid = spec.identity.gid;
+  auto limit = [&head](int res, rlim_t value) {
     rlimit cur{};
     getrlimit(res, &cur);
     // Root here may lack CAP_SYS_RESOURCE: never ask above the hard limit.
     rlim_t v = std::min(value, cur.rlim_max);
-    s.plan.rlimits.push_back({res, {v, v}});
+    head.limits[head.nlimits++] = {res, v, v};
   };
   limit(RLIMIT_CORE, 0);  // a core dump could run the host's core_pattern helper
   limit(RLIMIT_NOFILE, spec.limits.nofile.value_or(kDefaultNofile));
   if (spec.limits.cpu_time) {
     // Per-process backstop; the cgroup poll enforces the whole tree.
     auto secs = static_cast<rlim_t>(spec.limits.cpu_time->count() / 1000 + 2);
-    s.plan.rlimits.push_back({RLIMIT_CPU, {secs, secs + 1}});
+    head.limits[head.nlimits++] = {RLIMIT_CPU, secs, secs + 1};
   }
+  head.argc = static_cast<uint32_t>(spec.process.argv.size());
+  head.envc = static_cast<uint32_t>(env.size());
+  head.candc = static_cast<uint32_t>(candidates.size());
+
+  std::string blob(reinterpret_cast<const char*>(&head), sizeof head);
+  auto add = [&blob](const std::string& v) {
+    if (v.find('\0') != std::string::npos) throw Error("the command or environment holds a NUL byte");
+    blob += v;
+    blob += '\0';
+  };
+  add(cwd);
+  for (const auto& a : spec.process.argv) add(a);
+  for (const auto& e : env) add(e);
+  for (const auto& c : candidates) add(c);
+  if (blob.size() > isolation::kMaxCommandBytes ||
+      size_t{head.argc} + head.envc + head.candc + 1 > isolation::kMaxCommandStrings)
+    throw Error("the command line and environment are too large (" + std::to_string(blob.size()) + " bytes)");
+  return blob;
 }
 
 // An idmapped tree of `path`, or nothing (and a warning) when its
@@ -329,21 +281,18 @@ int recv_msg(int fd, Msg& m, UniqueFd& passed) {
 
 }  // namespace
 
-std::unique_ptr<Sandbox> Sandbox::start(const Prepared& prepared, const Spec& spec, const Io& io) {
+std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& spec) {
   auto st = std::make_unique<State>();
   State& s = *st;
   s.id = random_id();
   s.spec = spec;
   s.prepared = &prepared;
-  s.io = io;
+  s.policy = &prepared.policy;
 
   const auto& id = prepared.identity;
-  std::string home = spec.identity.uid == 0 ? "/root" : "/home/sandbox";
-  build_process(s, home);
-
   // The root's recipe checks every host path: bad input fails here, before
   // anything exists.
-  s.root = filesystem::plan_root(spec, spec.rootfs.empty() ? &prepared.host_root : nullptr, home);
+  s.root = filesystem::plan_root(spec, spec.rootfs.empty() ? &prepared.host_root : nullptr, home_of(spec));
   if (id.rootful) idmap_user_paths(s);
 
   // The cgroup exists before the child: limits are in force from its first
@@ -355,8 +304,6 @@ std::unique_ptr<Sandbox> Sandbox::start(const Prepared& prepared, const Spec& sp
   s.cgroup.emplace(cgroups::Cgroup::create(prepared.cgroups, cgroups::make_group_name(), limits));
   for (const auto& what : s.cgroup->unenforced())
     s.warnings.push_back(what + " limit is not enforced: no usable cgroup controller for it (not delegated to this user?)");
-  if (spec.limits.cpu_time && !s.cgroup->stats().cpu_known)
-    s.warnings.push_back("cpu-time limit is enforced per process only (RLIMIT_CPU): no cgroup cpu accounting");
 
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) throw_errno("socketpair");
@@ -368,13 +315,9 @@ std::unique_ptr<Sandbox> Sandbox::start(const Prepared& prepared, const Spec& sp
   s.in_w.reset(in[1]);
   if (pipe2(out, O_CLOEXEC) != 0) throw_errno("pipe");
   s.out.pipe.reset(out[0]);
-  s.out.dest.emplace(io.stdout_fd);
-  s.out.dest_gone = io.stdout_fd < 0;
   UniqueFd out_w(out[1]);
   if (pipe2(err, O_CLOEXEC) != 0) throw_errno("pipe");
   s.err.pipe.reset(err[0]);
-  s.err.dest.emplace(io.stderr_fd);
-  s.err.dest_gone = io.stderr_fd < 0;
   UniqueFd err_w(err[1]);
 
   auto& plan = s.plan;
@@ -391,8 +334,6 @@ std::unique_ptr<Sandbox> Sandbox::start(const Prepared& prepared, const Spec& sp
   plan.hostname = spec.hostname.c_str();
   plan.become_root = id.rootful;
   plan.setgroups_allowed = id.rootful;
-  plan.uid = spec.identity.uid;
-  plan.gid = spec.identity.gid;
   plan.cap_last = prepared.cap_last;
   plan.filter.len = static_cast<unsigned short>(prepared.policy.kernel.size());
   plan.filter.filter = const_cast<sock_filter*>(prepared.policy.kernel.data());
@@ -451,11 +392,71 @@ std::unique_ptr<Sandbox> Sandbox::start(const Prepared& prepared, const Spec& sp
     if (spec.rootfs.empty()) filesystem::sweep_dead_builds(prepared.cache_dir);
   } catch (const std::exception&) {
   }
+  return std::unique_ptr<Sandbox>(new Sandbox(std::move(st)));
+}
+
+void Sandbox::exec(const Spec& request, const Io& io) {
+  State& s = *s_;
+  if (s.started_command) throw Error("the sandbox already ran its command");
+  take_request_fields(s.spec, request);
+  std::string blob = build_command(s.spec);
+  if (s.spec.limits.cpu_time && !s.cgroup->stats().cpu_known)
+    s.warnings.push_back("cpu-time limit is enforced per process only (RLIMIT_CPU): no cgroup cpu accounting");
+  s.io = io;
+  s.out.dest.emplace(io.stdout_fd);
+  s.out.dest_gone = io.stdout_fd < 0;
+  s.err.dest.emplace(io.stderr_fd);
+  s.err.dest_gone = io.stderr_fd < 0;
+  s.started_command = true;
+  s.started = Clock::now();
+  // Blocking sends: init reads them as soon as its setup is done. If init
+  // is gone (its setup failed), wait() reports why.
+  Msg m{};
+  m.type = MsgType::Command;
+  m.value = static_cast<int64_t>(blob.size());
+  bool sent = send(s.sock.get(), &m, sizeof m, MSG_NOSIGNAL) == sizeof m;
+  for (size_t off = 0; sent && off < blob.size(); off += isolation::kCommandChunk) {
+    size_t len = std::min(isolation::kCommandChunk, blob.size() - off);
+    ssize_t n;
+    do n = send(s.sock.get(), blob.data() + off, len, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    sent = n == static_cast<ssize_t>(len);
+  }
   fcntl(s.in_w.get(), F_SETFL, O_NONBLOCK);
   if (io.stdin_fd < 0) s.in_w.reset();
   fcntl(s.out.pipe.get(), F_SETFL, O_NONBLOCK);
   fcntl(s.err.pipe.get(), F_SETFL, O_NONBLOCK);
-  return std::unique_ptr<Sandbox>(new Sandbox(std::move(st)));
+}
+
+std::unique_ptr<Sandbox> Sandbox::start(const Prepared& prepared, const Spec& spec, const Io& io) {
+  // The command is checked before anything exists.
+  build_command(spec);
+  auto sandbox = create(prepared, spec);
+  sandbox->exec(spec, io);
+  return sandbox;
+}
+
+namespace {
+bool handle_control(Sandbox::State& s);
+}
+
+Sandbox::Status Sandbox::poll_setup() {
+  State& s = *s_;
+  if (!s.ended && s.sock) {
+    pollfd p{s.sock.get(), POLLIN, 0};
+    if (poll(&p, 1, 0) > 0 && !handle_control(s)) s.ended = true;
+    pollfd d{s.pidfd.get(), POLLIN, 0};
+    if (s.pidfd && poll(&d, 1, 0) > 0) s.ended = true;
+  }
+  if (s.ended || !s.setup_error.empty()) return Status::Failed;
+  return s.ready ? Status::Ready : Status::Starting;
+}
+
+const std::string& Sandbox::setup_error() const { return s_->setup_error; }
+int Sandbox::control_fd() const { return s_->sock.get(); }
+Sandbox::State& Sandbox::state() { return *s_; }
+std::unique_ptr<Sandbox> Sandbox::adopt(std::unique_ptr<State> state) {
+  return std::unique_ptr<Sandbox>(new Sandbox(std::move(state)));
 }
 
 Sandbox::Sandbox(std::unique_ptr<State> state) : s_(std::move(state)) {}
@@ -534,7 +535,10 @@ bool handle_control(Sandbox::State& s) {
         s.kill_all();
         break;
       case MsgType::Listener:
-        if (passed) s.notify = std::make_unique<seccomp::Supervisor>(s.prepared->policy, passed.release());
+        s.listener = std::move(passed);
+        break;
+      case MsgType::Ready:
+        s.ready = true;
         break;
       case MsgType::ExecFailed:
         s.exec_errno = m.err;
@@ -564,8 +568,10 @@ UniqueFd make_timer(std::chrono::milliseconds first, std::chrono::milliseconds e
 
 Result Sandbox::wait() {
   State& s = *s_;
+  if (!s.started_command) throw Error("wait() before exec(): the sandbox has no command");
   Result r;
   r.sandbox_id = s.id;
+  if (s.listener && !s.notify) s.notify = std::make_unique<seccomp::Supervisor>(*s.policy, s.listener.release());
 
   UniqueFd deadline;
   if (s.spec.limits.wall_timeout) {
@@ -632,6 +638,7 @@ Result Sandbox::wait() {
     // No task uses the filter any more: the listener stays readable (HUP).
     if (i_notify >= 0 && (all[i_notify].revents & (POLLHUP | POLLERR))) notify_hup = true;
     if (ready(i_sock) && !handle_control(s)) sock_eof = true;
+    if (s.listener && !s.notify) s.notify = std::make_unique<seccomp::Supervisor>(*s.policy, s.listener.release());
     if (i_in >= 0 && all[i_in].revents & POLLNVAL) s.stdin_eof = true;
     if (ready(i_in) || (i_inw >= 0 && all[i_inw].revents)) pump_stdin(s, ready(i_in), i_inw >= 0);
     if (ready(i_out)) read_output(s, s.out);
@@ -667,6 +674,7 @@ Result Sandbox::wait() {
     }
     if (ready(i_pid)) init_gone = true;
   }
+  s.ended = true;
   sigprocmask(SIG_SETMASK, &old, nullptr);
   // The sandbox's lifetime; passing on its last output may take longer.
   r.wall_ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - s.started).count();

@@ -70,21 +70,39 @@ Prepared prepare(const Spec& spec);
 
 class Sandbox {
  public:
-  // Starts the command of `spec` in a new sandbox. Throws ultari::Error for
-  // problems found before the sandbox exists (nothing is left behind).
+  // Makes the sandbox: cgroup, namespaces, root filesystem, seccomp. Returns
+  // while init finishes the setup; init then waits for its command (see
+  // poll_setup), so sandboxes can be made ahead of the requests that use
+  // them. Throws ultari::Error for problems found before the sandbox exists
+  // (nothing is left behind). spec.process is not used here.
+  static std::unique_ptr<Sandbox> create(const Prepared& prepared, const Spec& spec);
+  // Gives the sandbox its command (once): request.process and the
+  // per-request limits (see take_request_fields) with the caller's streams.
+  // Throws ultari::Error for a bad command (nothing was sent).
+  void exec(const Spec& request, const Io& io);
+  // create + exec, checking the command first.
   static std::unique_ptr<Sandbox> start(const Prepared& prepared, const Spec& spec, const Io& io);
   ~Sandbox();  // kills whatever is left and removes the cgroup
   Sandbox(const Sandbox&) = delete;
   Sandbox& operator=(const Sandbox&) = delete;
 
   const std::string& id() const;
+  // Without blocking, takes in what init reported about its setup.
+  enum class Status { Starting, Ready, Failed };
+  Status poll_setup();
+  const std::string& setup_error() const;
+  int control_fd() const;  // readable when init reports something
   // Supervises until the command ends (streams output, enforces limits,
   // answers seccomp notifications) and returns the result.
   Result wait();
   // Kills every process of the sandbox.
   void kill();
 
+  // Internal (sandbox/state.h): what the supervisor holds; the warm pool
+  // hands it from the process that made the sandbox to the one that runs it.
   struct State;
+  State& state();
+  static std::unique_ptr<Sandbox> adopt(std::unique_ptr<State> state);
 
  private:
   explicit Sandbox(std::unique_ptr<State> state);

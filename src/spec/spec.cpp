@@ -60,4 +60,12 @@ double parse_cpus(const std::string& text) {
   return value;
 }
 
+void take_request_fields(Spec& into, const Spec& from) {
+  into.process = from.process;
+  into.limits.wall_timeout = from.limits.wall_timeout;
+  into.limits.cpu_time = from.limits.cpu_time;
+  into.limits.output_bytes = from.limits.output_bytes;
+  into.limits.nofile = from.limits.nofile;
+}
+
 }  // namespace ultari

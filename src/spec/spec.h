@@ -68,6 +68,12 @@ inline constexpr uint64_t kDefaultPids = 1024;
 inline constexpr uint64_t kDefaultTmpBytes = 512ull << 20;   // 512 MiB
 inline constexpr uint64_t kDefaultNofile = 1024;
 
+// The parts of a Spec that may change per request when the sandbox was made
+// ahead from another Spec (a warm pool): the process (argv, env, cwd) and
+// the limits the supervisor enforces (timeout, cpu-time, output, nofile).
+// Copies them from `from` into `into`.
+void take_request_fields(Spec& into, const Spec& from);
+
 // Parsers shared by front ends. They throw ultari::Error naming the bad value.
 uint64_t parse_size(const std::string& text);                 // "512M", "1G", "100k", "4096"
 std::chrono::milliseconds parse_duration(const std::string& text);  // "10s", "500ms", "2m", "1.5"
