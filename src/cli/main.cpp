@@ -6,9 +6,11 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "pool/pool.h"
 #include "sandbox/sandbox.h"
 #include "util/error.h"
 
@@ -61,64 +63,39 @@ void write_report(const std::string& path, const ultari::Result& r) {
   if (f) std::fclose(f);
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  signal(SIGPIPE, SIG_IGN);
-  CLI::App app{"Ultari: run untrusted code in a disposable, fully isolated Linux sandbox"};
-  app.require_subcommand(1);
-  app.set_version_flag("--version", "ultari 0.1.0");
-
+// The options that describe a sandbox, shared by `run` and `pool`.
+struct SandboxFlags {
   ultari::Spec spec;
-  std::string report_path, seccomp_profile, user, memory, pids, cpus, timeout, cpu_time, output_limit, tmp_size, nofile;
-  std::vector<std::string> binds, ro_binds, tmpfs, envs, command;
-  bool quiet = false;
+  std::string seccomp_profile, user, memory, pids, cpus, timeout, cpu_time, output_limit, tmp_size, nofile;
+  std::vector<std::string> binds, ro_binds, tmpfs, envs;
 
-  CLI::App* run = app.add_subcommand("run", "Run COMMAND in a new sandbox");
-  run->add_option("--rootfs", spec.rootfs, "Directory used as the root (default: read-only view of the host's system)");
-  run->add_option("--workspace", spec.workspace, "Directory mounted read-write at /workspace (the working directory)");
-  run->add_option("--bind", binds, "Bind SRC[:DST] read-write (repeatable)")->allow_extra_args(false);
-  run->add_option("--ro-bind", ro_binds, "Bind SRC[:DST] read-only (repeatable)")->allow_extra_args(false);
-  run->add_option("--tmpfs", tmpfs, "Empty tmpfs at DST[:SIZE] (repeatable)")->allow_extra_args(false);
-  run->add_option("--env", envs, "Set KEY=VALUE inside (repeatable; the host environment is not inherited)")->allow_extra_args(false);
-  run->add_option("--cwd", spec.process.cwd, "Working directory inside");
-  run->add_option("--hostname", spec.hostname, "Hostname inside (default: sandbox)");
-  run->add_option("--user", user, "UID[:GID] to run as inside (default 0)");
-  run->add_option("--memory", memory, "Memory limit including swap, e.g. 512M (default 1G)");
-  run->add_option("--pids", pids, "Maximum number of processes and threads (default 1024)");
-  run->add_option("--cpus", cpus, "CPU limit in cores, fractional (e.g. 0.5)");
-  run->add_option("--timeout", timeout, "Wall-clock limit, e.g. 10s, 500ms, 2m");
-  run->add_option("--cpu-time", cpu_time, "CPU-time limit of the whole sandbox, e.g. 5s");
-  run->add_option("--output-limit", output_limit, "Limit of stdout+stderr together, e.g. 1M");
-  run->add_option("--tmp-size", tmp_size, "Size of the writable layer (root, /tmp, HOME; default 512M)");
-  run->add_option("--nofile", nofile, "RLIMIT_NOFILE inside (default 1024)");
-  run->add_option("--seccomp-profile", seccomp_profile, "Docker/OCI seccomp JSON profile instead of Ultari's default");
-  run->add_option("--report", report_path, "Write the JSON result to FILE");
-  run->add_flag("-q,--quiet", quiet, "Print no warnings");
-  run->add_option("command", command, "COMMAND [ARG...]")->required();
-  run->positionals_at_end(true);
-
-  // For options that are not repeatable the last one wins (like docker).
-  for (CLI::Option* opt : run->get_options())
-    if (opt->get_expected_max() == 1) opt->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::CallForVersion& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "ultari: %s\n", e.what());
-    return kExitUltariFailed;
+  void add_to(CLI::App* cmd) {
+    cmd->add_option("--rootfs", spec.rootfs, "Directory used as the root (default: read-only view of the host's system)");
+    cmd->add_option("--workspace", spec.workspace, "Directory mounted read-write at /workspace (the working directory)");
+    cmd->add_option("--bind", binds, "Bind SRC[:DST] read-write (repeatable)")->allow_extra_args(false);
+    cmd->add_option("--ro-bind", ro_binds, "Bind SRC[:DST] read-only (repeatable)")->allow_extra_args(false);
+    cmd->add_option("--tmpfs", tmpfs, "Empty tmpfs at DST[:SIZE] (repeatable)")->allow_extra_args(false);
+    cmd->add_option("--env", envs, "Set KEY=VALUE inside (repeatable; the host environment is not inherited)")->allow_extra_args(false);
+    cmd->add_option("--cwd", spec.process.cwd, "Working directory inside");
+    cmd->add_option("--hostname", spec.hostname, "Hostname inside (default: sandbox)");
+    cmd->add_option("--user", user, "UID[:GID] to run as inside (default 0)");
+    cmd->add_option("--memory", memory, "Memory limit including swap, e.g. 512M (default 1G)");
+    cmd->add_option("--pids", pids, "Maximum number of processes and threads (default 1024)");
+    cmd->add_option("--cpus", cpus, "CPU limit in cores, fractional (e.g. 0.5)");
+    cmd->add_option("--timeout", timeout, "Wall-clock limit, e.g. 10s, 500ms, 2m");
+    cmd->add_option("--cpu-time", cpu_time, "CPU-time limit of the whole sandbox, e.g. 5s");
+    cmd->add_option("--output-limit", output_limit, "Limit of stdout+stderr together, e.g. 1M");
+    cmd->add_option("--tmp-size", tmp_size, "Size of the writable layer (root, /tmp, HOME; default 512M)");
+    cmd->add_option("--nofile", nofile, "RLIMIT_NOFILE inside (default 1024)");
+    cmd->add_option("--seccomp-profile", seccomp_profile, "Docker/OCI seccomp JSON profile instead of Ultari's default");
   }
 
-  ultari::Result result;
-  try {
+  // Throws ultari::Error naming the bad value.
+  ultari::Spec build() {
     for (const auto& b : binds) spec.mounts.push_back(parse_bind(b, false));
     for (const auto& b : ro_binds) spec.mounts.push_back(parse_bind(b, true));
     for (const auto& t : tmpfs) spec.mounts.push_back(parse_tmpfs(t));
     spec.process.env = envs;
-    spec.process.argv = command;
     spec.seccomp.profile_path = seccomp_profile;
     if (!user.empty()) parse_user(user, spec);
     auto& l = spec.limits;
@@ -133,7 +110,80 @@ int main(int argc, char** argv) {
     if (spec.hostname.empty() || spec.hostname.size() > 64) throw ultari::Error("--hostname must be 1 to 64 characters");
     if (l.memory_bytes && *l.memory_bytes < (4u << 20)) throw ultari::Error("--memory must be at least 4M");
     if (l.pids && *l.pids < 2) throw ultari::Error("--pids must be at least 2 (init and the command)");
-    result = ultari::run(spec);
+    return spec;
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  signal(SIGPIPE, SIG_IGN);
+  CLI::App app{"Ultari: run untrusted code in a disposable, fully isolated Linux sandbox"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "ultari 0.1.0");
+
+  SandboxFlags run_flags, pool_flags;
+  std::string report_path, pool_socket, serve_socket;
+  std::vector<std::string> command;
+  bool quiet = false;
+  size_t pool_size = 4;
+
+  CLI::App* run = app.add_subcommand("run", "Run COMMAND in a new sandbox");
+  run_flags.add_to(run);
+  run->add_option("--pool", pool_socket,
+                  "Take the sandbox from the warm pool at SOCKET when it matches (default: $ULTARI_POOL); "
+                  "otherwise start one")->envname("ULTARI_POOL");
+  run->add_option("--report", report_path, "Write the JSON result to FILE");
+  run->add_flag("-q,--quiet", quiet, "Print no warnings");
+  run->add_option("command", command, "COMMAND [ARG...]")->required();
+  run->positionals_at_end(true);
+
+  CLI::App* pool = app.add_subcommand("pool", "Keep sandboxes ready for `ultari run --pool SOCKET` (until SIGTERM)");
+  pool_flags.add_to(pool);
+  pool->add_option("--socket", serve_socket, "Unix socket to serve (created with mode 0600)")->required();
+  pool->add_option("--size", pool_size, "Sandboxes kept ready (default 4)");
+
+  // For options that are not repeatable the last one wins (like docker).
+  for (CLI::App* sub : {run, pool})
+    for (CLI::Option* opt : sub->get_options())
+      if (opt->get_expected_max() == 1) opt->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "ultari: %s\n", e.what());
+    return kExitUltariFailed;
+  }
+
+  if (pool->parsed()) {
+    try {
+      return ultari::pool::serve(pool_flags.build(), {serve_socket, pool_size});
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "ultari: error: %s\n", e.what());
+      return kExitUltariFailed;
+    }
+  }
+
+  ultari::Result result;
+  try {
+    ultari::Spec spec = run_flags.build();
+    spec.process.argv = command;
+    std::optional<ultari::Result> warm;
+    if (!pool_socket.empty()) {
+      std::string why;
+      warm = ultari::pool::run(pool_socket, spec, {}, why);
+      if (!warm && why != "no sandbox ready") result.warnings.push_back("pool " + pool_socket + " not used: " + why);
+    }
+    if (warm) {
+      result = std::move(*warm);
+    } else {
+      auto warnings = std::move(result.warnings);
+      result = ultari::run(spec);
+      result.warnings.insert(result.warnings.begin(), warnings.begin(), warnings.end());
+    }
   } catch (const std::exception& e) {
     result.verdict = ultari::Verdict::SetupError;
     result.exit_code = kExitUltariFailed;
@@ -143,5 +193,8 @@ int main(int argc, char** argv) {
     for (const auto& w : result.warnings) std::fprintf(stderr, "ultari: warning: %s\n", w.c_str());
   if (!result.error.empty()) std::fprintf(stderr, "ultari: error: %s\n", result.error.c_str());
   write_report(report_path, result);
-  return result.exit_code;
+  // Everything is written and every sandbox resource released; skipping
+  // the static destructors saves a measurable part of a warm start.
+  std::fflush(nullptr);
+  _exit(result.exit_code);
 }

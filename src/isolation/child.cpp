@@ -115,13 +115,11 @@ void forward_signal(int sig) {
 
 constexpr int kForwarded[] = {SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT, SIGALRM};
 
-void reset_signals() {
+void reset_dispositions() {
   struct sigaction dfl{};
   dfl.sa_handler = SIG_DFL;
-  for (int sig = 1; sig < NSIG; ++sig) sigaction(sig, &dfl, nullptr);
-  sigset_t none;
-  sigemptyset(&none);
-  sigprocmask(SIG_SETMASK, &none, nullptr);
+  for (int sig = 1; sig < NSIG; ++sig)
+    if (sig != SIGKILL && sig != SIGSTOP) sigaction(sig, &dfl, nullptr);
 }
 
 // The command, parsed in place from the blob the supervisor sent.
@@ -193,10 +191,13 @@ bool receive_command(const ChildPlan& p, Command& out) {
 [[noreturn]] void payload_main(const Payload& pl) {
   const ChildPlan& p = *pl.plan;
   const CommandHead& h = *pl.cmd.head;
-  reset_signals();
-  // The bounding and ambient sets need CAP_SETPCAP, so they go before the
-  // identity switch; the remaining sets are emptied after it.
-  if (int rc = drop_bounding_and_ambient(p.cap_last); rc != 0) fail(p, "drop capabilities", "bounding set", -rc);
+  // Init already reset the signal dispositions and emptied the bounding
+  // and ambient sets (before its seccomp filter, where each call is
+  // cheaper); what is left is the signal mask and the identity switch,
+  // after which the remaining capability sets are emptied.
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, nullptr);
   if (setresgid(h.gid, h.gid, h.gid) != 0) fail(p, "setresgid", "", errno);
   if (p.setgroups_allowed && setgroups(0, nullptr) != 0) fail(p, "setgroups", "", errno);
   if (setresuid(h.uid, h.uid, h.uid) != 0) fail(p, "setresuid", "", errno);
@@ -294,6 +295,12 @@ int payload_entry(void* payload) { payload_main(*static_cast<const Payload*>(pay
   if (p.stdout_fd >= 0 && dup2(p.stdout_fd, 1) < 0) fail(p, "dup2", "stdout", errno);
   if (p.stderr_fd >= 0 && dup2(p.stderr_fd, 2) < 0) fail(p, "dup2", "stderr", errno);
 
+  // Prepared for the payload, which inherits both: default signal
+  // dispositions (the supervisor's, e.g. SIGPIPE ignored, would survive
+  // exec) and an empty bounding set, so execve can never regain anything.
+  reset_dispositions();
+  if (int rc = drop_bounding_and_ambient(p.cap_last); rc != 0) fail(p, "drop capabilities", "bounding set", -rc);
+
   // 5. From here on the seccomp policy applies to init and everything it
   // starts. The listener goes to the supervisor, which answers denials.
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) fail(p, "prctl", "PR_SET_NO_NEW_PRIVS", errno);
@@ -326,7 +333,6 @@ int payload_entry(void* payload) { payload_main(*static_cast<const Payload*>(pay
 
   // 8. pid 1: nothing privileged is left to do, and no fd but the control
   // socket stays open (the payload's pipes must reach EOF without us).
-  drop_bounding_and_ambient(p.cap_last);
   clear_capabilities();
   syscall(SYS_close_range, 0, p.sock - 1, 0);
   syscall(SYS_close_range, p.sock + 1, ~0U, 0);

@@ -21,6 +21,7 @@ std::string result_json(const Result& r) {
   for (const auto& d : r.denied_syscalls) j["denied_syscalls"].push_back({{"name", d.name}, {"count", d.count}});
   j["error"] = r.error;
   j["warnings"] = r.warnings;
+  j["warm"] = r.warm;
   return j.dump(2) + "\n";
 }
 

@@ -454,6 +454,7 @@ Sandbox::Status Sandbox::poll_setup() {
 
 const std::string& Sandbox::setup_error() const { return s_->setup_error; }
 int Sandbox::control_fd() const { return s_->sock.get(); }
+int Sandbox::pidfd() const { return s_->pidfd.get(); }
 Sandbox::State& Sandbox::state() { return *s_; }
 std::unique_ptr<Sandbox> Sandbox::adopt(std::unique_ptr<State> state) {
   return std::unique_ptr<Sandbox>(new Sandbox(std::move(state)));
@@ -673,6 +674,12 @@ Result Sandbox::wait() {
         syscall(SYS_pidfd_send_signal, s.pidfd.get(), si.ssi_signo, nullptr, 0);
     }
     if (ready(i_pid)) init_gone = true;
+    // A sandbox made by another process (the warm pool) is torn down by its
+    // owner: once the command's status and the end of its output are here,
+    // the result is complete and init's exit (unmounting, freeing the
+    // namespaces) is not waited for.
+    if (s.pid <= 0 && s.payload_status && s.out.eof && s.err.eof && s.out.pending.empty() && s.err.pending.empty())
+      init_gone = true;
   }
   s.ended = true;
   sigprocmask(SIG_SETMASK, &old, nullptr);

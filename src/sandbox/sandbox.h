@@ -41,6 +41,7 @@ struct Result {
   std::vector<DeniedSyscall> denied_syscalls;
   std::string error;                  // set for setup_error and exec failures
   std::vector<std::string> warnings;  // limits not enforced, ...
+  bool warm = false;                  // the sandbox came from a warm pool
 };
 
 std::string result_json(const Result& r);
@@ -92,6 +93,7 @@ class Sandbox {
   Status poll_setup();
   const std::string& setup_error() const;
   int control_fd() const;  // readable when init reports something
+  int pidfd() const;       // readable when init is gone
   // Supervises until the command ends (streams output, enforces limits,
   // answers seccomp notifications) and returns the result.
   Result wait();
