@@ -235,8 +235,14 @@ int payload_entry(void* payload) { payload_main(*static_cast<const Payload*>(pay
 }  // namespace
 
 [[noreturn]] void child_main(const ChildPlan& p) {
-  close(p.supervisor_sock);
-  for (int fd : p.close_in_child) close(fd);
+  // 0-2 stay until the pipes replace them (a new fd must not take their numbers).
+  unsigned next = 3;
+  for (int fd : p.keep_fds) {
+    if (fd < 3) continue;
+    if (static_cast<unsigned>(fd) > next) syscall(SYS_close_range, next, static_cast<unsigned>(fd) - 1, 0);
+    next = static_cast<unsigned>(fd) + 1;
+  }
+  syscall(SYS_close_range, next, ~0U, 0);
   if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) _exit(125);
   // We are a copy of the supervisor: its command line (host paths) would be
   // pid 1's /proc/1/cmdline inside.

@@ -13,11 +13,14 @@ namespace ultari::isolation {
 
 struct ChildPlan {
   int sock = -1;          // child's end of the control socket (CLOEXEC)
-  int supervisor_sock = -1;  // supervisor's end: closed first thing
   int stdin_fd = -1;      // dup2'd onto 0 (-1: inherit)
   int stdout_fd = -1;     // dup2'd onto 1
   int stderr_fd = -1;     // dup2'd onto 2
-  std::vector<int> close_in_child;  // other supervisor fds to drop
+  // The only fds the child keeps of the supervisor's (sorted): its own
+  // socket and pipe ends, the cgroup files, the mount trees of the root
+  // recipe. Everything else the clone inherited (another sandbox's pipes,
+  // a pool's listening socket, ...) is closed first thing.
+  std::vector<int> keep_fds;
   std::vector<int> cgroup_tasks;    // v1 `tasks` files: write "0" to join
 
   char* argv_area = nullptr;  // the supervisor's command line (/proc/self/cmdline)

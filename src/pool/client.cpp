@@ -58,13 +58,17 @@ std::optional<Result> run(const std::string& socket_path, const Spec& request, c
   canonicalize_paths(spec);
   UniqueFd conn = connect_to(socket_path, why);
   if (!conn) return std::nullopt;
-  if (!wire::send_record(conn.get(), json{{"spec", spec_to_json(spec)}}.dump())) {
-    why = std::string("cannot send the request: ") + std::strerror(errno);
-    return std::nullopt;
-  }
+  // A pool that refuses at once (another user) has closed the connection
+  // by the time the request goes out: its reason is still there to read.
+  bool sent = wire::send_record(conn.get(), json{{"spec", spec_to_json(spec)}}.dump());
+  int send_errno = errno;
   std::string reply;
   std::vector<UniqueFd> fds;
-  if (wire::recv_record(conn.get(), reply, fds) <= 0 || reply.size() < 4) {
+  if (wire::recv_record(conn.get(), reply, fds, sent ? 0 : MSG_DONTWAIT) <= 0 || reply.size() < 4) {
+    if (!sent) {
+      why = std::string("cannot send the request: ") + std::strerror(send_errno);
+      return std::nullopt;
+    }
     why = "the pool closed the connection";
     return std::nullopt;
   }

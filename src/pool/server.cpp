@@ -135,6 +135,7 @@ class Server {
   struct Session {
     UniqueFd conn;
     std::unique_ptr<Sandbox> sandbox;  // handed over; null while the request is awaited
+    bool refused = false;              // another user's: told so, waiting for it to close
   };
 
   void accept_all() {
@@ -143,11 +144,11 @@ class Server {
       if (!conn) return;
       ucred cred{};
       socklen_t len = sizeof cred;
-      if (getsockopt(conn.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.uid != geteuid()) {
-        wire::send_record(conn.get(), refusal("the pool serves only its own user"));
-        continue;
-      }
-      sessions_.push_back({std::move(conn), nullptr});
+      bool foreign = getsockopt(conn.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.uid != geteuid();
+      // Refused, but kept until the client closes: closing with its request
+      // unread would reset the connection before it reads why.
+      if (foreign) wire::send_record(conn.get(), refusal("the pool serves only its own user"));
+      sessions_.push_back({std::move(conn), nullptr, foreign});
       on_session(sessions_.back());  // the request usually came with the connection
     }
   }
@@ -157,7 +158,8 @@ class Server {
     std::vector<UniqueFd> fds;
     int rc = wire::recv_record(s.conn.get(), data, fds, MSG_DONTWAIT);
     if (rc < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-    if (rc <= 0 || s.sandbox) {
+    if (rc > 0 && s.refused) return;  // its request is read and dropped
+    if (rc <= 0 || s.sandbox || s.refused) {
       // The client is done (or broke the protocol): the sandbox goes. Init
       // takes a moment to exit (it unmounts and frees the namespaces); it
       // is reaped when its pidfd says so, never waited for here.
@@ -245,7 +247,8 @@ class Server {
   // compete with the requests for the CPU.
   bool wants_refill() const {
     if (warming_.size() >= options_.size) return false;
-    return sessions_.empty() || warming_.size() * 2 < options_.size;
+    bool serving = std::any_of(sessions_.begin(), sessions_.end(), [](const Session& s) { return s.sandbox != nullptr; });
+    return !serving || warming_.size() * 2 < options_.size;
   }
 
   int refill_timeout() const {

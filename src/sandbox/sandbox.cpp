@@ -322,10 +322,14 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
 
   auto& plan = s.plan;
   plan.sock = child_sock.get();
-  plan.supervisor_sock = s.sock.get();
-  plan.close_in_child = {s.in_w.get(), s.out.pipe.get(), s.err.pipe.get()};
   std::vector<UniqueFd> tasks = s.cgroup->open_self_attach();
   for (const auto& fd : tasks) plan.cgroup_tasks.push_back(fd.get());
+  plan.keep_fds = {child_sock.get(), in_r.get(), out_w.get(), err_w.get()};
+  plan.keep_fds.insert(plan.keep_fds.end(), plan.cgroup_tasks.begin(), plan.cgroup_tasks.end());
+  for (const auto& step : s.root.steps)
+    if (step.tree_fd >= 0) plan.keep_fds.push_back(step.tree_fd);
+  std::sort(plan.keep_fds.begin(), plan.keep_fds.end());
+  plan.keep_fds.erase(std::unique(plan.keep_fds.begin(), plan.keep_fds.end()), plan.keep_fds.end());
   plan.stdin_fd = in_r.get();
   plan.stdout_fd = out_w.get();
   plan.stderr_fd = err_w.get();
@@ -728,6 +732,13 @@ Result Sandbox::wait() {
       r.verdict = s.kill_reason ? *s.kill_reason : Verdict::Oom;
       r.exit_code = r.verdict == Verdict::Timeout || r.verdict == Verdict::CpuTime ? 124 : 137;
       r.error.clear();
+    } else if (s.setup_error.empty() && s.ready) {
+      // Set up and given its command, init vanished without a report: it
+      // was killed from outside (an administrator, a stopped pool).
+      r.verdict = Verdict::Signaled;
+      r.signal = SIGKILL;
+      r.exit_code = 128 + SIGKILL;
+      r.error = "the sandbox was killed from outside before its command ended";
     }
     return r;
   }

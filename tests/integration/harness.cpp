@@ -259,4 +259,25 @@ std::string allow_all_profile(const TempDir& dir, bool foreign_abis) {
 
 std::string helpers_dir() { return ULTARI_TEST_HELPERS; }
 
+const char* const kRootlessUser = "ultari-rootless";
+
+Options rootless_options() {
+  static TempDir* bin_dir = [] {
+    if (!getpwnam(kRootlessUser)) {
+      std::string cmd = std::string("useradd --create-home --shell /bin/sh ") + kRootlessUser + " 2>/dev/null";
+      if (std::system(cmd.c_str()) != 0) throw std::runtime_error("cannot create the test user");
+    }
+    // A copy of the binary any user can execute, wherever the build lives.
+    auto* dir = new TempDir();
+    std::string cmd = std::string("cp ") + ULTARI_BIN + " " + (*dir / "ultari");
+    if (std::system(cmd.c_str()) != 0) throw std::runtime_error("cannot copy ultari");
+    chmod((*dir / "ultari").c_str(), 0755);
+    return dir;
+  }();
+  Options o;
+  o.as_user = kRootlessUser;
+  o.binary = *bin_dir / "ultari";
+  return o;
+}
+
 }  // namespace ultari::test

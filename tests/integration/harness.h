@@ -68,6 +68,11 @@ std::map<std::string, int> parse_pairs(const std::string& out);
 // foreign_abis, the i386 and x32 ABIs too.
 std::string allow_all_profile(const TempDir& dir, bool foreign_abis = false);
 
+// The unprivileged host user of the rootless tests (created when missing)
+// with a copy of ultari it can execute: Options for ultari() as that user.
+extern const char* const kRootlessUser;
+Options rootless_options();
+
 // Directory holding the static test helper programs (bound into sandboxes).
 std::string helpers_dir();
 

@@ -13,31 +13,12 @@
 namespace ultari::test {
 namespace {
 
-constexpr const char* kUser = "ultari-rootless";
+const char* const kUser = kRootlessUser;
 
 class Rootless : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    if (!getpwnam(kUser)) {
-      std::string cmd = std::string("useradd --create-home --shell /bin/sh ") + kUser + " 2>/dev/null";
-      ASSERT_EQ(std::system(cmd.c_str()), 0) << "cannot create the test user";
-    }
-    // A copy of the binary any user can execute, wherever the build lives.
-    bin_dir_ = new TempDir();
-    std::string cmd = std::string("cp ") + ULTARI_BIN + " " + (*bin_dir_ / "ultari");
-    ASSERT_EQ(std::system(cmd.c_str()), 0);
-    chmod((*bin_dir_ / "ultari").c_str(), 0755);
-  }
-  static void TearDownTestSuite() { delete bin_dir_; }
-  Options as_user() const {
-    Options o;
-    o.as_user = kUser;
-    o.binary = *bin_dir_ / "ultari";
-    return o;
-  }
-  static TempDir* bin_dir_;
+  Options as_user() const { return rootless_options(); }
 };
-TempDir* Rootless::bin_dir_ = nullptr;
 
 TEST_F(Rootless, RunsAsUnprivilegedUser) {
   Outcome host = sh("id -u", {}, as_user());

@@ -119,5 +119,50 @@ TEST(Cleanup, BadInputLeavesNothing) {
   EXPECT_EQ(l.mounts, 0) << l.describe();
 }
 
+// A pool SIGKILLed while it holds ready sandboxes and serves requests: its
+// sandboxes die with it (PDEATHSIG), its clients report the kill, and the
+// next start (cold run or a new pool on the same socket) removes its
+// cgroups and the stale socket.
+TEST(Cleanup, SigkillOfAPoolLeavesNothingAfterTheNextStart) {
+  TempDir dir;
+  std::string sock = dir / "pool.sock";
+  std::mt19937 rng(777);
+  std::uniform_int_distribution<int> delay_us(0, 20000);
+  for (int round = 0; round < 5; ++round) {
+    pid_t pool = spawn_ultari({"pool", "--socket", sock, "--size", "3"});
+    for (int i = 0; i < 200 && !exists(sock); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    ASSERT_TRUE(exists(sock));
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    Outcome ok = ultari({"run", "--pool", sock, "--", "/bin/true"});
+    EXPECT_EQ(ok.status, 0) << ok.err;
+    pid_t client = spawn_ultari({"run", "--pool", sock, "--timeout", "2s", "--", "/bin/sleep", "30"});
+    std::this_thread::sleep_for(std::chrono::microseconds(delay_us(rng)));
+    kill(pool, SIGKILL);
+    waitpid(pool, nullptr, 0);
+    int status = 0;
+    waitpid(client, &status, 0);
+    // Served warm and killed with the pool (137), or started cold because
+    // the pool was gone first (then its timeout ends it: 124).
+    ASSERT_TRUE(WIFEXITED(status));
+    EXPECT_TRUE(WEXITSTATUS(status) == 137 || WEXITSTATUS(status) == 124) << WEXITSTATUS(status);
+  }
+  // The stale socket is replaced and the dead pools' groups are swept.
+  pid_t pool = spawn_ultari({"pool", "--socket", sock, "--size", "1"});
+  for (int i = 0; i < 200; ++i) {
+    Outcome r = ultari({"run", "--pool", sock, "--", "/bin/true"});
+    if (r.report["warm"] == true) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  kill(pool, SIGTERM);
+  int status = 0;
+  waitpid(pool, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  EXPECT_FALSE(exists(sock));
+  Leftovers l = settle();
+  EXPECT_EQ(l.processes, 0) << l.describe();
+  EXPECT_EQ(l.cgroups, 0) << l.describe();
+  EXPECT_EQ(l.mounts, 0) << l.describe();
+}
+
 }  // namespace
 }  // namespace ultari::test
