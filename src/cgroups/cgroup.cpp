@@ -1,6 +1,10 @@
 // One sandbox's group across the v1 hierarchies and/or the v2 tree.
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <climits>
+#include <cstdlib>
 #include <unistd.h>
 
 #include <algorithm>
@@ -237,6 +241,12 @@ Cgroup Cgroup::view(std::vector<Dir> dirs) {
     if (d.path.empty() || d.path[0] != '/' || d.path.find("/../") != std::string::npos || slash == std::string::npos ||
         d.path.compare(slash + 1, 7, "ultari-") != 0 || (d.version != 1 && d.version != 2))
       throw Error("cgroup: '" + d.path + "' is not a sandbox's group");
+    // On a cgroup filesystem, and the path is what it says (no symlink).
+    struct statfs fs{};
+    char real[PATH_MAX];
+    if (::statfs(d.path.c_str(), &fs) != 0 || (fs.f_type != CGROUP_SUPER_MAGIC && fs.f_type != CGROUP2_SUPER_MAGIC) ||
+        !::realpath(d.path.c_str(), real) || d.path != real)
+      throw Error("cgroup: '" + d.path + "' is not a cgroup directory");
   }
   Cgroup cg;
   cg.dirs_ = std::move(dirs);

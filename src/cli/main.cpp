@@ -175,7 +175,7 @@ int main(int argc, char** argv) {
     if (!pool_socket.empty()) {
       std::string why;
       warm = ultari::pool::run(pool_socket, spec, {}, why);
-      if (!warm && why != "no sandbox ready") result.warnings.push_back("pool " + pool_socket + " not used: " + why);
+      if (!warm) result.warnings.push_back("pool " + pool_socket + " not used: " + why);
     }
     if (warm) {
       result = std::move(*warm);

@@ -2,6 +2,7 @@
 // SOCK_SEQPACKET socketpair. Fixed-size structs: the child side formats
 // nothing and allocates nothing.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 namespace ultari::isolation {
@@ -36,8 +37,12 @@ struct CommandLimit {
 struct CommandHead {
   uint32_t argc = 0, envc = 0, candc = 0;
   uint32_t uid = 0, gid = 0;
+  // Every rlimit of the payload (the caller's, with Ultari's own in place),
+  // applied clamped to init's hard limits: a sandbox made ahead by another
+  // process must not run with that process's limits.
   uint32_t nlimits = 0;
-  CommandLimit limits[4] = {};
+  CommandLimit limits[16] = {};
+  int32_t nice = 0;  // the caller's; a nicer value is applied, a higher priority cannot be
 };
 inline constexpr size_t kMaxCommandBytes = 4u << 20;     // > the kernel's usual 2 MiB for argv+envp
 inline constexpr size_t kMaxCommandStrings = 256u << 10;

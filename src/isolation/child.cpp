@@ -158,7 +158,7 @@ bool receive_command(const ChildPlan& p, Command& out) {
   }
   const auto* head = reinterpret_cast<const CommandHead*>(g_blob);
   size_t count = 1 + size_t{head->argc} + head->envc + head->candc;
-  if (head->argc == 0 || count > kMaxCommandStrings || head->nlimits > 4) fail(p, "receive command", "bad header", EINVAL);
+  if (head->argc == 0 || count > kMaxCommandStrings || head->nlimits > 16) fail(p, "receive command", "bad header", EINVAL);
   // Split the strings; each list gets its terminating nullptr.
   const char* c = g_blob + sizeof(CommandHead);
   const char* end = g_blob + total;
@@ -202,10 +202,18 @@ bool receive_command(const ChildPlan& p, Command& out) {
   if (p.setgroups_allowed && setgroups(0, nullptr) != 0) fail(p, "setgroups", "", errno);
   if (setresuid(h.uid, h.uid, h.uid) != 0) fail(p, "setresuid", "", errno);
   if (int rc = clear_capabilities(); rc != 0) fail(p, "drop capabilities", "", -rc);
-  for (uint32_t i = 0; i < h.nlimits; ++i) {
-    rlimit v{h.limits[i].soft, h.limits[i].hard};
-    if (setrlimit(static_cast<__rlimit_resource>(h.limits[i].resource), &v) != 0) fail(p, "setrlimit", "", errno);
+  for (uint32_t i = 0; i < h.nlimits && i < 16; ++i) {
+    auto res = static_cast<__rlimit_resource>(h.limits[i].resource);
+    rlimit cur{};
+    if (getrlimit(res, &cur) != 0) fail(p, "setrlimit", "", errno);
+    rlimit want{h.limits[i].soft, h.limits[i].hard};
+    if (want.rlim_max > cur.rlim_max) want.rlim_max = cur.rlim_max;  // cannot be raised here
+    if (want.rlim_cur > want.rlim_max) want.rlim_cur = want.rlim_max;
+    if ((want.rlim_cur != cur.rlim_cur || want.rlim_max != cur.rlim_max) && setrlimit(res, &want) != 0)
+      fail(p, "setrlimit", "", errno);
   }
+  // Only ever nicer than init: raising the priority needs CAP_SYS_NICE on the host.
+  if (h.nice > getpriority(PRIO_PROCESS, 0)) setpriority(PRIO_PROCESS, 0, h.nice);
 
   // The working directory is entered after pivot_root and checked: a cwd
   // outside the root (CVE-2024-21626) has no path and getcwd fails.

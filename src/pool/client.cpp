@@ -1,9 +1,14 @@
 // The requesting side: take a sandbox from the pool and supervise it here,
 // exactly as a sandbox this process had made itself.
+#include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
@@ -35,12 +40,26 @@ UniqueFd connect_to(const std::string& path, std::string& why) {
     return {};
   }
   std::memcpy(addr.sun_path, path.c_str(), path.size());
-  UniqueFd sock(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  // Non-blocking: a pool whose backlog is full is busy, not waited for.
+  UniqueFd sock(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!sock || connect(sock.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
     why = std::string("cannot connect to ") + path + ": " + std::strerror(errno);
     return {};
   }
+  // Whoever answers gets to name processes and cgroups this process will
+  // kill: it must be this user's own pool, not another user's socket or a
+  // sandboxed program's.
+  std::string untrusted;
+  if (!wire::peer_is_trusted(sock.get(), untrusted)) {
+    why = "not a pool of this user: " + untrusted;
+    return {};
+  }
   return sock;
+}
+
+bool is_kind(int fd, mode_t kind) {
+  struct stat st{};
+  return fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == kind;
 }
 
 }  // namespace
@@ -58,13 +77,31 @@ std::optional<Result> run(const std::string& socket_path, const Spec& request, c
   canonicalize_paths(spec);
   UniqueFd conn = connect_to(socket_path, why);
   if (!conn) return std::nullopt;
+  // The pool compares only what it cannot change per request: the command,
+  // its environment and the per-request limits stay here.
+  Spec shape = spec;
+  take_request_fields(shape, Spec{});
+  // Talking to the pool is bounded: a stopped or wedged pool must not hold
+  // a run past its --timeout (then the run starts cold).
+  auto budget = std::chrono::milliseconds(5000);
+  if (spec.limits.wall_timeout) budget = std::min(budget, *spec.limits.wall_timeout);
+  auto deadline = std::chrono::steady_clock::now() + budget;
+  auto left_ms = [&] {
+    auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+    return static_cast<int>(std::max<int64_t>(left, 0));
+  };
   // A pool that refuses at once (another user) has closed the connection
   // by the time the request goes out: its reason is still there to read.
-  bool sent = wire::send_record(conn.get(), json{{"spec", spec_to_json(spec)}}.dump());
+  bool sent = wire::wait_for(conn.get(), POLLOUT, left_ms()) &&
+              wire::send_record(conn.get(), json{{"spec", spec_to_json(shape)}}.dump());
   int send_errno = errno;
   std::string reply;
   std::vector<UniqueFd> fds;
-  if (wire::recv_record(conn.get(), reply, fds, sent ? 0 : MSG_DONTWAIT) <= 0 || reply.size() < 4) {
+  if (sent && !wire::wait_for(conn.get(), POLLIN, left_ms())) {
+    why = "no answer within " + std::to_string(budget.count()) + " ms";
+    return std::nullopt;
+  }
+  if (wire::recv_record(conn.get(), reply, fds, MSG_DONTWAIT) <= 0 || reply.size() < 4) {
     if (!sent) {
       why = std::string("cannot send the request: ") + std::strerror(send_errno);
       return std::nullopt;
@@ -86,6 +123,12 @@ std::optional<Result> run(const std::string& socket_path, const Spec& request, c
   bool has_listener = head.value("listener", false);
   if (fds.size() != (has_listener ? 6u : 5u)) {
     why = "the pool sent " + std::to_string(fds.size()) + " fds";
+    return std::nullopt;
+  }
+  bool kinds = is_kind(fds[0].get(), S_IFSOCK) && is_kind(fds[1].get(), S_IFIFO) && is_kind(fds[2].get(), S_IFIFO) &&
+               is_kind(fds[3].get(), S_IFIFO) && syscall(SYS_pidfd_send_signal, fds[4].get(), 0, nullptr, 0) == 0;
+  if (!kinds) {
+    why = "the pool sent fds of the wrong kinds";
     return std::nullopt;
   }
 

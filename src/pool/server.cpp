@@ -6,6 +6,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/resource.h>
 #include <sys/un.h>
 
 #include <algorithm>
@@ -81,6 +82,13 @@ class Server {
     // length). A sandbox goes back to the normal policy when handed over.
     sched_param batch{};
     sched_setscheduler(0, SCHED_BATCH, &batch);
+    // Every sandbox holds a few fds here and every request one: use what
+    // the hard limit allows (the sandboxes get their own RLIMIT_NOFILE).
+    rlimit nofile{};
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+      nofile.rlim_cur = nofile.rlim_max;
+      setrlimit(RLIMIT_NOFILE, &nofile);
+    }
     canonicalize_paths(spec_);
     prepared_ = prepare(spec_);
     // The first sandbox is made before the socket exists: a bad spec fails
@@ -106,12 +114,14 @@ class Server {
 
     for (;;) {
       std::vector<pollfd> fds;
-      fds.push_back({listen_.get(), POLLIN, 0});
+      bool accepting = Clock::now() >= accept_paused_until_ && sessions_.size() < kMaxSessions;
+      fds.push_back({accepting ? listen_.get() : -1, POLLIN, 0});
       fds.push_back({sigfd.get(), POLLIN, 0});
       for (const auto& sb : warming_) fds.push_back({sb->control_fd(), POLLIN, 0});
       for (const auto& s : sessions_) fds.push_back({s.conn.get(), POLLIN, 0});
       for (const auto& sb : dying_) fds.push_back({sb->pidfd(), POLLIN, 0});
-      int timeout = refill_timeout();
+      int timeout = min_timeout(refill_timeout(), accepting ? -1 : 100);
+      timeout = min_timeout(timeout, expire_idle_sessions());
       if (poll(fds.data(), fds.size(), timeout) < 0 && errno != EINTR) throw_errno("poll");
       if (fds[1].revents) return 0;
       size_t i = 2;
@@ -120,14 +130,16 @@ class Server {
       std::erase(warming_, nullptr);
       // Sessions: a request to answer, or the end of one.
       for (auto& s : sessions_)
-        if (fds[i++].revents) on_session(s);
-      std::erase_if(sessions_, [](const Session& s) { return !s.conn; });
+        if (fds[i++].revents && s.conn) on_session(s);
       // Sandboxes whose init is gone: reaped and their cgroups removed.
       for (auto& sb : dying_)
         if (fds[i++].revents) sb.reset();
       std::erase(dying_, nullptr);
       if (fds[0].revents) accept_all();
       refill();
+      serve_waiting();
+      // Only here, after every poll result was used with its index.
+      std::erase_if(sessions_, [](const Session& s) { return !s.conn; });
     }
   }
 
@@ -136,22 +148,49 @@ class Server {
     UniqueFd conn;
     std::unique_ptr<Sandbox> sandbox;  // handed over; null while the request is awaited
     bool refused = false;              // another user's: told so, waiting for it to close
+    bool waiting = false;              // its request waits for a sandbox to be ready
+    Clock::time_point since;           // accepted at
   };
+  static constexpr size_t kMaxSessions = 4096;
+  static constexpr auto kRequestDeadline = std::chrono::seconds(5);
 
   void accept_all() {
-    for (;;) {
+    while (sessions_.size() < kMaxSessions) {
       UniqueFd conn(accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
-      if (!conn) return;
-      ucred cred{};
-      socklen_t len = sizeof cred;
-      bool foreign = getsockopt(conn.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.uid != geteuid();
-      // Refused, but kept until the client closes: closing with its request
-      // unread would reset the connection before it reads why.
-      if (foreign) wire::send_record(conn.get(), refusal("the pool serves only its own user"));
-      sessions_.push_back({std::move(conn), nullptr, foreign});
+      if (!conn) {
+        // Out of fds: the listening socket stays readable, so polling it
+        // again at once would spin. Pause accepting for a moment.
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+          accept_paused_until_ = Clock::now() + std::chrono::milliseconds(100);
+        return;
+      }
+      std::string why;
+      bool foreign = !wire::peer_is_trusted(conn.get(), why);
+      // Refused, but kept until the client closes (or a few seconds):
+      // closing with its request unread would reset the connection before
+      // it reads why.
+      if (foreign) wire::send_record(conn.get(), refusal("the pool serves only its own user: " + why));
+      sessions_.push_back({std::move(conn), nullptr, foreign, false, Clock::now()});
       on_session(sessions_.back());  // the request usually came with the connection
     }
   }
+
+  // A connection that sends no request (or a refused one that stays open)
+  // is closed after a few seconds: idle connections cannot pile up.
+  // Returns the poll timeout until the next expiry (-1: none).
+  int expire_idle_sessions() {
+    auto now = Clock::now();
+    int next = -1;
+    for (auto& s : sessions_) {
+      if (!s.conn || s.sandbox || s.waiting) continue;
+      auto left = std::chrono::ceil<std::chrono::milliseconds>(s.since + kRequestDeadline - now).count();
+      if (left <= 0) s.conn.reset();
+      else next = min_timeout(next, static_cast<int>(left));
+    }
+    return next;
+  }
+
+  static int min_timeout(int a, int b) { return a < 0 ? b : b < 0 ? a : std::min(a, b); }
 
   void on_session(Session& s) {
     std::string data;
@@ -159,12 +198,12 @@ class Server {
     int rc = wire::recv_record(s.conn.get(), data, fds, MSG_DONTWAIT);
     if (rc < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
     if (rc > 0 && s.refused) return;  // its request is read and dropped
-    if (rc <= 0 || s.sandbox || s.refused) {
+    if (rc <= 0 || s.sandbox || s.refused || s.waiting) {
       // The client is done (or broke the protocol): the sandbox goes. Init
       // takes a moment to exit (it unmounts and frees the namespaces); it
       // is reaped when its pidfd says so, never waited for here.
       if (s.sandbox) {
-        s.sandbox->kill();
+        s.sandbox->state().kill_init();
         dying_.push_back(std::move(s.sandbox));
       }
       s.conn.reset();
@@ -189,14 +228,41 @@ class Server {
     }
     std::string differs = request_mismatch(spec_, want);
     if (!differs.empty()) return "its sandboxes differ in " + differs;
+    // None ready: the request waits for one being made (or made now for
+    // it), which is never slower than a cold start in the client.
+    s.waiting = true;
+    return serve(s) ? "" : "cannot pass the sandbox";
+  }
+
+  // Hands a ready sandbox to a waiting session; false when passing failed.
+  bool serve(Session& s) {
     auto it = std::find_if(warming_.begin(), warming_.end(),
                            [](auto& sb) { return sb->poll_setup() == Sandbox::Status::Ready; });
-    if (it == warming_.end()) return "no sandbox ready";
+    if (it == warming_.end()) return true;  // still waiting
     std::unique_ptr<Sandbox> sb = std::move(*it);
     warming_.erase(it);
-    if (!hand_over(*sb, s.conn.get())) return "cannot pass the sandbox";
+    s.waiting = false;
+    if (!hand_over(*sb, s.conn.get())) return false;
     s.sandbox = std::move(sb);
-    return "";
+    return true;
+  }
+
+  void serve_waiting() {
+    for (auto& s : sessions_)
+      if (s.conn && s.waiting && !serve(s)) {
+        wire::send_record(s.conn.get(), refusal("cannot pass the sandbox"));
+        s.conn.reset();
+      }
+  }
+
+  // When sandboxes cannot be made, waiting requests are told why (they
+  // start cold and report the problem themselves).
+  void refuse_waiting(const std::string& why) {
+    for (auto& s : sessions_)
+      if (s.conn && s.waiting) {
+        wire::send_record(s.conn.get(), refusal(why));
+        s.conn.reset();
+      }
   }
 
   bool hand_over(Sandbox& sb, int conn) {
@@ -231,9 +297,11 @@ class Server {
   }
 
   void drop_failed(std::unique_ptr<Sandbox>& sb) {
-    log("a sandbox failed during setup: " + (sb->setup_error().empty() ? std::string("init ended") : sb->setup_error()));
+    std::string why = sb->setup_error().empty() ? std::string("init ended") : sb->setup_error();
+    log("a sandbox failed during setup: " + why);
     sb.reset();
     back_off();
+    refuse_waiting("a sandbox failed during setup: " + why);
   }
 
   void back_off() {
@@ -246,6 +314,8 @@ class Server {
   // are left: on a small machine making one (namespaces, mounts) would
   // compete with the requests for the CPU.
   bool wants_refill() const {
+    size_t waiting = std::count_if(sessions_.begin(), sessions_.end(), [](const Session& s) { return s.waiting; });
+    if (warming_.size() < waiting) return true;  // one in the making for each waiting request
     if (warming_.size() >= options_.size) return false;
     bool serving = std::any_of(sessions_.begin(), sessions_.end(), [](const Session& s) { return s.sandbox != nullptr; });
     return !serving || warming_.size() * 2 < options_.size;
@@ -266,6 +336,7 @@ class Server {
     } catch (const std::exception& e) {
       log(std::string("cannot make a sandbox: ") + e.what());
       back_off();
+      refuse_waiting(std::string("cannot make a sandbox: ") + e.what());
     }
   }
 
@@ -278,6 +349,7 @@ class Server {
   std::deque<Session> sessions_;
   std::deque<std::unique_ptr<Sandbox>> dying_;  // killed, init not yet reaped
   Clock::time_point retry_after_{};
+  Clock::time_point accept_paused_until_{};
   std::chrono::milliseconds backoff_{0};
 };
 

@@ -20,6 +20,16 @@ namespace ultari::pool::wire {
 inline constexpr size_t kMaxRecord = 1u << 20;
 inline constexpr size_t kMaxFds = 8;
 
+// Whether the process at the other end of a connected unix socket is one
+// this process may deal with: the same uid, in the same user and pid
+// namespaces (a sandboxed process of the same host uid is not: it could
+// reach a pool socket through a workspace and take or fake sandboxes).
+// SO_PEERPIDFD (Linux 6.5+) pins the peer while its namespaces are read.
+bool peer_is_trusted(int sock, std::string& why);
+
+// Waits until sock is readable (or writable); false on timeout.
+bool wait_for(int sock, short events, int timeout_ms);
+
 // false when the peer is gone or the record is too large (errno set).
 bool send_record(int sock, const std::string& data, const std::vector<int>& fds = {});
 // 1: a record, 0: the peer closed, -1: error (errno) or a truncated record.

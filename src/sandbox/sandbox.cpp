@@ -165,20 +165,32 @@ std::string build_command(const Spec& spec) {
   isolation::CommandHead head;
   head.uid = spec.identity.uid;
   head.gid = spec.identity.gid;
-  auto limit = [&head](int res, rlim_t value) {
+  static_assert(RLIM_NLIMITS <= std::size(isolation::CommandHead{}.limits));
+  for (int res = 0; res < RLIM_NLIMITS; ++res) {
     rlimit cur{};
-    getrlimit(res, &cur);
-    // Root here may lack CAP_SYS_RESOURCE: never ask above the hard limit.
-    rlim_t v = std::min(value, cur.rlim_max);
-    head.limits[head.nlimits++] = {res, v, v};
+    if (getrlimit(res, &cur) != 0) continue;
+    head.limits[head.nlimits++] = {res, cur.rlim_cur, cur.rlim_max};
+  }
+  auto limit = [&head](int res, rlim_t soft, rlim_t hard) {
+    for (uint32_t i = 0; i < head.nlimits; ++i)
+      if (head.limits[i].resource == res) {
+        // Root here may lack CAP_SYS_RESOURCE: never above the hard limit.
+        hard = std::min<rlim_t>(hard, head.limits[i].hard);
+        head.limits[i].soft = std::min(soft, hard);
+        head.limits[i].hard = hard;
+      }
   };
-  limit(RLIMIT_CORE, 0);  // a core dump could run the host's core_pattern helper
-  limit(RLIMIT_NOFILE, spec.limits.nofile.value_or(kDefaultNofile));
+  limit(RLIMIT_CORE, 0, 0);  // a core dump could run the host's core_pattern helper
+  rlim_t nofile = spec.limits.nofile.value_or(kDefaultNofile);
+  limit(RLIMIT_NOFILE, nofile, nofile);
   if (spec.limits.cpu_time) {
     // Per-process backstop; the cgroup poll enforces the whole tree.
     auto secs = static_cast<rlim_t>(spec.limits.cpu_time->count() / 1000 + 2);
-    head.limits[head.nlimits++] = {RLIMIT_CPU, secs, secs + 1};
+    limit(RLIMIT_CPU, secs, secs + 1);
   }
+  errno = 0;
+  int nice = getpriority(PRIO_PROCESS, 0);
+  if (errno == 0) head.nice = nice;
   head.argc = static_cast<uint32_t>(spec.process.argv.size());
   head.envc = static_cast<uint32_t>(env.size());
   head.candc = static_cast<uint32_t>(candidates.size());

@@ -84,14 +84,26 @@ struct Sandbox::State {
   }
   // Init's parent kills, reaps and removes the cgroup; a supervisor that
   // adopted the sandbox only kills what still runs (its owner removes it).
+  // SIGKILL to init: the kernel then kills every process of the pid
+  // namespace before init's exit completes. (No freezer cycle: on v1 each
+  // one patches kernel text on every CPU.) The cgroup kill is kept for
+  // limits and timeouts, and for a group that still holds processes at rmdir.
+  void kill_init() {
+    if (pidfd && !reaped) syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0);
+  }
   void destroy() {
     if (pid > 0 && !reaped) {
-      kill_all();
+      kill_init();
       reap(nullptr);
     } else if (pid <= 0 && !ended) {
       kill_all();
     }
-    if (cgroup) cgroup->destroy();
+    // A destructor must not throw (in a pool that would end every sandbox);
+    // a group left behind is removed by the next start's sweep.
+    try {
+      if (cgroup) cgroup->destroy();
+    } catch (const std::exception&) {
+    }
   }
 };
 

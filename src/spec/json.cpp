@@ -1,5 +1,8 @@
 #include "spec/json.h"
 
+#include <limits>
+#include <type_traits>
+
 #include "util/error.h"
 
 namespace ultari {
@@ -17,6 +20,14 @@ template <class T>
 T get(const json& j, const char* key, const std::string& where) {
   auto it = j.find(key);
   if (it == j.end()) throw Error("spec: " + where + key + " is missing");
+  // Integers must be integers in range: a float (1e300) or a negative
+  // number converted to an unsigned field is undefined behaviour.
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    bool ok = std::is_unsigned_v<T> ? it->is_number_unsigned() : it->is_number_integer();
+    if (ok && std::is_unsigned_v<T>)
+      ok = it->template get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<T>::max());
+    if (!ok) throw Error("spec: " + where + key + " must be an integer in range");
+  }
   try {
     return it->get<T>();
   } catch (const json::exception&) {

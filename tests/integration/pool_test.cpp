@@ -4,6 +4,7 @@
 // to a cold start, only the pool's own user may take its sandboxes, and
 // nothing is left when a client or the pool goes away.
 #include <dirent.h>
+#include <pwd.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -11,6 +12,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <set>
 #include <thread>
 
@@ -218,12 +220,27 @@ TEST(Pool, OnlyThePoolsUserMayTakeItsSandboxes) {
   EXPECT_EQ(denied.status, 0) << denied.err;
   EXPECT_EQ(denied.report["warm"], false);
   EXPECT_NE(denied.err.find("Permission denied"), std::string::npos) << denied.err;
-  // With the file mode opened up, the pool itself still refuses another
-  // user (SO_PEERCRED).
+  // With the file mode opened up, the client itself refuses a pool of
+  // another user (it would name processes and groups for it to kill) ...
   ASSERT_EQ(chmod(pool.socket().c_str(), 0666), 0);
   Outcome refused = ultari(run_in(pool, {}, {"/bin/true"}), user);
   EXPECT_EQ(refused.report["warm"], false);
-  EXPECT_NE(refused.err.find("the pool serves only its own user"), std::string::npos) << refused.err;
+  EXPECT_NE(refused.err.find("not a pool of this user: the peer runs as uid 0"), std::string::npos) << refused.err;
+  // ... and the pool refuses another user's request (SO_PEERCRED), here
+  // from a raw client that does not check.
+  TempDir scripts;
+  write_file(scripts / "ask.py",
+             "import socket, sys\n"
+             "s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); s.connect(sys.argv[1])\n"
+             "s.send(b'{\"spec\": {}}'); print(s.recv(65536)[4:].decode())\n");
+  const passwd* pw = getpwnam(kRootlessUser);
+  ASSERT_NE(pw, nullptr);
+  std::string cmd = "setpriv --reuid=" + std::to_string(pw->pw_uid) + " --regid=" + std::to_string(pw->pw_gid) +
+                    " --clear-groups /usr/bin/python3 " + (scripts / "ask.py") + " " + pool.socket() + " > " +
+                    (scripts / "answer");
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  EXPECT_NE(read_file(scripts / "answer").find("the pool serves only its own user"), std::string::npos)
+      << read_file(scripts / "answer");
   // Negative control: the pool's own user is served through the same socket.
   Outcome own = ultari(run_in(pool, {}, {"/bin/true"}));
   EXPECT_EQ(own.report["warm"], true) << own.err;
