@@ -41,25 +41,6 @@ const char* const kPython = "/usr/bin/python3";
 
 // ---------------------------------------------------------------- helpers
 
-// Distinct ultari-<pid>-* group names over all hierarchies.
-int groups_of(pid_t pid) {
-  std::string prefix = "ultari-" + std::to_string(pid) + "-";
-  std::set<std::string> names;
-  auto scan = [&](const std::string& dir) {
-    DIR* d = opendir(dir.c_str());
-    if (!d) return;
-    while (dirent* e = readdir(d))
-      if (std::string(e->d_name).rfind(prefix, 0) == 0) names.insert(e->d_name);
-    closedir(d);
-  };
-  scan("/sys/fs/cgroup");
-  if (DIR* root = opendir("/sys/fs/cgroup")) {
-    while (dirent* e = readdir(root))
-      if (e->d_name[0] != '.') scan(std::string("/sys/fs/cgroup/") + e->d_name);
-    closedir(root);
-  }
-  return static_cast<int>(names.size());
-}
 
 // Live (non-zombie) children of `parent`.
 std::vector<pid_t> children_of(pid_t parent) {

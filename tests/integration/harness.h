@@ -56,6 +56,9 @@ struct Leftovers {
   std::string describe() const;
 };
 Leftovers leftovers();
+// Sandboxes of process pid that have a cgroup: distinct names
+// ultari-<pid>-* over all hierarchies.
+int groups_of(pid_t pid);
 // Processes on the host whose command line contains `needle`.
 int processes_matching(const std::string& needle);
 

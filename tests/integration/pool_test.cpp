@@ -23,26 +23,6 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// Sandboxes of process pid that have a cgroup: distinct names
-// ultari-<pid>-* over all hierarchies.
-int groups_of(pid_t pid) {
-  std::string prefix = "ultari-" + std::to_string(pid) + "-";
-  std::set<std::string> names;
-  auto scan = [&](const std::string& dir) {
-    DIR* d = opendir(dir.c_str());
-    if (!d) return;
-    while (dirent* e = readdir(d))
-      if (std::string(e->d_name).rfind(prefix, 0) == 0) names.insert(e->d_name);
-    closedir(d);
-  };
-  scan("/sys/fs/cgroup");
-  DIR* root = opendir("/sys/fs/cgroup");
-  if (!root) return 0;
-  while (dirent* e = readdir(root))
-    if (e->d_name[0] != '.') scan(std::string("/sys/fs/cgroup/") + e->d_name);
-  closedir(root);
-  return static_cast<int>(names.size());
-}
 
 // `ultari pool` in the background for one test; SIGTERM when it goes.
 class PoolProcess {
