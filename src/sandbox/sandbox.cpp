@@ -411,11 +411,12 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
   return std::unique_ptr<Sandbox>(new Sandbox(std::move(st)));
 }
 
-void Sandbox::exec(const Spec& request, const Io& io) {
-  State& s = *s_;
-  if (s.started_command) throw Error("the sandbox already ran its command");
-  take_request_fields(s.spec, request);
-  std::string blob = build_command(s.spec);
+namespace {
+
+// Sends the command to init and switches the supervisor to the request's
+// streams. Blocking sends: init reads them as soon as its setup is done; if
+// init is gone (its setup failed), wait() reports why.
+void give_command(Sandbox::State& s, const Io& io, const std::string& blob) {
   if (s.spec.limits.cpu_time && !s.cgroup->stats().cpu_known)
     s.warnings.push_back("cpu-time limit is enforced per process only (RLIMIT_CPU): no cgroup cpu accounting");
   s.io = io;
@@ -424,9 +425,7 @@ void Sandbox::exec(const Spec& request, const Io& io) {
   s.err.dest.emplace(io.stderr_fd);
   s.err.dest_gone = io.stderr_fd < 0;
   s.started_command = true;
-  s.started = Clock::now();
-  // Blocking sends: init reads them as soon as its setup is done. If init
-  // is gone (its setup failed), wait() reports why.
+  s.started = Sandbox::State::Clock::now();
   Msg m{};
   m.type = MsgType::Command;
   m.value = static_cast<int64_t>(blob.size());
@@ -444,11 +443,20 @@ void Sandbox::exec(const Spec& request, const Io& io) {
   fcntl(s.err.pipe.get(), F_SETFL, O_NONBLOCK);
 }
 
+}  // namespace
+
+void Sandbox::exec(const Spec& request, const Io& io) {
+  State& s = *s_;
+  if (s.started_command) throw Error("the sandbox already ran its command");
+  take_request_fields(s.spec, request);
+  give_command(s, io, build_command(s.spec));
+}
+
 std::unique_ptr<Sandbox> Sandbox::start(const Prepared& prepared, const Spec& spec, const Io& io) {
-  // The command is checked before anything exists.
-  build_command(spec);
+  // The command is built (and checked) before anything exists, once.
+  std::string blob = build_command(spec);
   auto sandbox = create(prepared, spec);
-  sandbox->exec(spec, io);
+  give_command(sandbox->state(), io, blob);
   return sandbox;
 }
 

@@ -62,21 +62,8 @@ std::vector<pid_t> children_of(pid_t parent) {
 
 // First pid whose command line contains `needle` (0: none).
 pid_t pid_matching(const std::string& needle) {
-  pid_t found = 0;
-  if (DIR* proc = opendir("/proc")) {
-    while (dirent* e = readdir(proc)) {
-      if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-      std::string cmd = read_file(std::string("/proc/") + e->d_name + "/cmdline");
-      for (auto& c : cmd)
-        if (c == '\0') c = ' ';
-      if (cmd.find(needle) != std::string::npos && std::atoi(e->d_name) != getpid()) {
-        found = std::atoi(e->d_name);
-        break;
-      }
-    }
-    closedir(proc);
-  }
-  return found;
+  auto pids = pids_matching(needle);
+  return pids.empty() ? 0 : pids.front();
 }
 
 pid_t ppid_of(pid_t pid) {

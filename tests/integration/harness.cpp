@@ -217,20 +217,22 @@ Leftovers leftovers() {
   return l;
 }
 
-int processes_matching(const std::string& needle) {
-  int n = 0;
+std::vector<pid_t> pids_matching(const std::string& needle) {
+  std::vector<pid_t> pids;
   if (DIR* proc = opendir("/proc")) {
     while (dirent* e = readdir(proc)) {
       if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
       std::string cmd = read_file(std::string("/proc/") + e->d_name + "/cmdline");
       for (auto& c : cmd)
         if (c == '\0') c = ' ';
-      if (cmd.find(needle) != std::string::npos && std::atoi(e->d_name) != getpid()) ++n;
+      if (cmd.find(needle) != std::string::npos && std::atoi(e->d_name) != getpid()) pids.push_back(std::atoi(e->d_name));
     }
     closedir(proc);
   }
-  return n;
+  return pids;
 }
+
+int processes_matching(const std::string& needle) { return static_cast<int>(pids_matching(needle).size()); }
 
 const char* const kPySyscall = R"PY(
 import ctypes, os, socket

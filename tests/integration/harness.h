@@ -61,6 +61,7 @@ Leftovers leftovers();
 int groups_of(pid_t pid);
 // Processes on the host whose command line contains `needle`.
 int processes_matching(const std::string& needle);
+std::vector<pid_t> pids_matching(const std::string& needle);
 
 // Python prelude for syscall probes: defines sc(name, nr, *args), which
 // prints "name errno" (0 when the call succeeded).
