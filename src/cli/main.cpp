@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "net/policy.h"
 #include "pool/pool.h"
 #include "sandbox/sandbox.h"
 #include "util/error.h"
@@ -68,6 +69,9 @@ struct SandboxFlags {
   ultari::Spec spec;
   std::string seccomp_profile, user, memory, pids, cpus, timeout, cpu_time, output_limit, tmp_size, nofile;
   std::vector<std::string> binds, ro_binds, tmpfs, envs;
+  std::vector<std::string> nets, secrets;
+  std::string net_policy, net_upstream, net_ca;
+  bool inspect_tls = false;
 
   void add_to(CLI::App* cmd) {
     cmd->add_option("--rootfs", spec.rootfs, "Directory used as the root (default: read-only view of the host's system)");
@@ -88,6 +92,17 @@ struct SandboxFlags {
     cmd->add_option("--tmp-size", tmp_size, "Size of the writable layer (root, /tmp, HOME; default 512M)");
     cmd->add_option("--nofile", nofile, "RLIMIT_NOFILE inside (default 1024)");
     cmd->add_option("--seccomp-profile", seccomp_profile, "Docker/OCI seccomp JSON profile instead of Ultari's default");
+    cmd->add_option("--net", nets, "Network: none (default), open, or allow=NAME[,NAME...] (repeatable)")
+        ->allow_extra_args(false);
+    cmd->add_option("--net-policy", net_policy, "TOML egress policy file (allow, deny, ports)");
+    cmd->add_option("--net-resolver", spec.network.resolver,
+                    "IPv4 DNS server the host side resolves allowed names with (default: /etc/resolv.conf)");
+    cmd->add_option("--audit", spec.network.audit_path,
+                    "Network audit log (JSON lines; default <state dir>/audit/<sandbox id>.jsonl)");
+    cmd->add_flag("--inspect-tls", inspect_tls, "Not implemented yet");
+    cmd->add_option("--secret", secrets, "Not implemented yet")->allow_extra_args(false);
+    cmd->add_option("--net-upstream", net_upstream, "Not implemented yet");
+    cmd->add_option("--net-ca", net_ca, "Not implemented yet");
   }
 
   // Throws ultari::Error naming the bad value.
@@ -107,6 +122,16 @@ struct SandboxFlags {
     if (!output_limit.empty()) l.output_bytes = ultari::parse_size(output_limit);
     if (!tmp_size.empty()) l.tmp_bytes = ultari::parse_size(tmp_size);
     if (!nofile.empty()) l.nofile = ultari::parse_size(nofile);
+    for (const auto& n : nets) ultari::net::apply_net_option(spec.network, n);
+    if (!net_policy.empty()) ultari::net::load_policy_file(spec.network, net_policy);
+    if (inspect_tls) throw ultari::Error("--inspect-tls is not implemented yet in this version of ultari");
+    if (!secrets.empty()) throw ultari::Error("--secret is not implemented yet in this version of ultari");
+    if (!net_upstream.empty()) throw ultari::Error("--net-upstream is not implemented yet in this version of ultari");
+    if (!net_ca.empty()) throw ultari::Error("--net-ca is not implemented yet (it is used by --inspect-tls)");
+    if (spec.network.mode == ultari::NetworkSpec::Mode::None &&
+        (!spec.network.resolver.empty() || !spec.network.audit_path.empty()))
+      throw ultari::Error("--net-resolver and --audit need a network (--net allow=... or --net open)");
+    ultari::net::validate(spec.network);
     if (spec.hostname.empty() || spec.hostname.size() > 64) throw ultari::Error("--hostname must be 1 to 64 characters");
     if (l.memory_bytes && *l.memory_bytes < (4u << 20)) throw ultari::Error("--memory must be at least 4M");
     if (l.pids && *l.pids < 2) throw ultari::Error("--pids must be at least 2 (init and the command)");
@@ -160,7 +185,10 @@ int main(int argc, char** argv) {
 
   if (pool->parsed()) {
     try {
-      return ultari::pool::serve(pool_flags.build(), {serve_socket, pool_size});
+      ultari::Spec spec = pool_flags.build();
+      if (spec.network.mode != ultari::NetworkSpec::Mode::None)
+        throw ultari::Error("a pool keeps sandboxes without network only (--net none); runs with --net start cold");
+      return ultari::pool::serve(spec, {serve_socket, pool_size});
     } catch (const std::exception& e) {
       std::fprintf(stderr, "ultari: error: %s\n", e.what());
       return kExitUltariFailed;

@@ -22,6 +22,16 @@ std::string result_json(const Result& r) {
   j["error"] = r.error;
   j["warnings"] = r.warnings;
   j["warm"] = r.warm;
+  if (r.network) {
+    const auto& n = *r.network;
+    j["network"] = {{"mode", n.mode},
+                    {"allowed", n.allowed},
+                    {"denied", n.denied},
+                    {"denied_names", n.denied_names},
+                    {"audit_log", n.audit_log}};
+  } else {
+    j["network"] = nullptr;
+  }
   return j.dump(2) + "\n";
 }
 

@@ -132,6 +132,8 @@ std::string build_command(const Spec& spec) {
                                   "HOME=" + home, "LANG=C.UTF-8"};
   const char* term = std::getenv("TERM");
   env.push_back(std::string("TERM=") + (term && *term ? term : "dumb"));
+  if (spec.network.mode != NetworkSpec::Mode::None)
+    for (const auto& kv : net::Gateway::proxy_env()) env.push_back(kv);
   for (const auto& kv : spec.process.env) {
     auto eq = kv.find('=');
     if (eq == std::string::npos || eq == 0) throw Error("--env '" + kv + "' must be KEY=VALUE");
@@ -408,6 +410,10 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
     if (spec.rootfs.empty()) filesystem::sweep_dead_builds(prepared.cache_dir);
   } catch (const std::exception&) {
   }
+  // The network is served from here, set up from outside the sandbox
+  // before its command can run (the command is sent after this returns).
+  if (spec.network.mode != NetworkSpec::Mode::None)
+    s.gateway = std::make_unique<net::Gateway>(spec.network, s.id, net::attach(s.pidfd.get()));
   return std::unique_ptr<Sandbox>(new Sandbox(std::move(st)));
 }
 
@@ -729,6 +735,10 @@ Result Sandbox::wait() {
   }
   rusage ru{};
   s.reap(&ru);
+  if (s.gateway) {
+    s.gateway->stop();
+    r.network = s.gateway->summary();
+  }
 
   cgroups::Stats cs = s.cgroup->stats();
   int64_t ru_cpu_us = (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000ll + ru.ru_utime.tv_usec + ru.ru_stime.tv_usec;

@@ -7,12 +7,14 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "cgroups/cgroups.h"
 #include "filesystem/rootfs.h"
 #include "isolation/identity.h"
+#include "net/summary.h"
 #include "seccomp/seccomp.h"
 #include "spec/spec.h"
 
@@ -42,6 +44,7 @@ struct Result {
   std::string error;                  // set for setup_error and exec failures
   std::vector<std::string> warnings;  // limits not enforced, ...
   bool warm = false;                  // the sandbox came from a warm pool
+  std::optional<net::Summary> network;  // when the sandbox had a network
 };
 
 std::string result_json(const Result& r);

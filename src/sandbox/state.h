@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "isolation/child.h"
+#include "net/gateway.h"
 #include "sandbox/sandbox.h"
 #include "sandbox/sink.h"
 #include "seccomp/seccomp.h"
@@ -48,6 +49,7 @@ struct Sandbox::State {
   Clock::time_point started;
   UniqueFd listener;   // seccomp listener until the supervisor takes it
   std::unique_ptr<seccomp::Supervisor> notify;
+  std::unique_ptr<net::Gateway> gateway;  // serves the sandbox's network (--net)
 
   // What happened.
   std::optional<Verdict> kill_reason;

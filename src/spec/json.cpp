@@ -59,6 +59,7 @@ json spec_to_json(const Spec& s) {
                       {"read_only", m.read_only},
                       {"tmpfs_size", m.tmpfs_size}});
   const auto& l = s.limits;
+  const auto& n = s.network;
   return {{"rootfs", s.rootfs},
           {"workspace", s.workspace},
           {"mounts", mounts},
@@ -74,6 +75,14 @@ json spec_to_json(const Spec& s) {
             {"tmp_bytes", l.tmp_bytes},
             {"nofile", opt(l.nofile)}}},
           {"seccomp", {{"profile_path", s.seccomp.profile_path}}},
+          {"network",
+           {{"mode", n.mode == NetworkSpec::Mode::None ? "none" : n.mode == NetworkSpec::Mode::Allow ? "allow" : "open"},
+            {"allow", n.allow},
+            {"deny", n.deny},
+            {"ports", n.ports},
+            {"resolver", n.resolver},
+            {"audit_path", n.audit_path},
+            {"ca_file", n.ca_file}}},
           {"process", {{"argv", s.process.argv}, {"env", s.process.env}, {"cwd", s.process.cwd}}}};
 }
 
@@ -113,6 +122,21 @@ Spec spec_from_json(const json& j) {
   s.limits.tmp_bytes = get<uint64_t>(l, "tmp_bytes", lw);
   s.limits.nofile = get_opt<uint64_t>(l, "nofile", lw);
   s.seccomp.profile_path = get<std::string>(object(j, "seccomp", ""), "profile_path", "seccomp.");
+  if (j.contains("network")) {
+    const json& n = object(j, "network", "");
+    const std::string nw = "network.";
+    std::string mode = get<std::string>(n, "mode", nw);
+    if (mode == "none") s.network.mode = NetworkSpec::Mode::None;
+    else if (mode == "allow") s.network.mode = NetworkSpec::Mode::Allow;
+    else if (mode == "open") s.network.mode = NetworkSpec::Mode::Open;
+    else throw Error("spec: network.mode must be none, allow or open");
+    s.network.allow = get<std::vector<std::string>>(n, "allow", nw);
+    s.network.deny = get<std::vector<std::string>>(n, "deny", nw);
+    s.network.ports = get<std::vector<uint16_t>>(n, "ports", nw);
+    s.network.resolver = get<std::string>(n, "resolver", nw);
+    s.network.audit_path = get<std::string>(n, "audit_path", nw);
+    s.network.ca_file = get<std::string>(n, "ca_file", nw);
+  }
   const json& p = object(j, "process", "");
   s.process.argv = get<std::vector<std::string>>(p, "argv", "process.");
   s.process.env = get<std::vector<std::string>>(p, "env", "process.");

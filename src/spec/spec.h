@@ -43,6 +43,19 @@ struct SeccompSpec {
   std::string profile_path;
 };
 
+// Egress policy (src/net). Names are stored normalised: lower case, no
+// trailing dot; a pattern "*.x" matches sub.x (any depth), never x itself.
+struct NetworkSpec {
+  enum class Mode { None, Allow, Open };
+  Mode mode = Mode::None;             // None: loopback only
+  std::vector<std::string> allow;     // Allow mode: names and *.suffix patterns
+  std::vector<std::string> deny;      // wins over allow (and over Open)
+  std::vector<uint16_t> ports{80, 443};  // TCP destination ports allowed
+  std::string resolver;               // host-side DNS server (IPv4); empty: /etc/resolv.conf
+  std::string audit_path;             // JSON lines; empty: <state dir>/audit/<id>.jsonl
+  std::string ca_file;                // extra CA for upstream TLS checks (PEM)
+};
+
 struct ProcessSpec {
   std::vector<std::string> argv;
   std::vector<std::string> env;  // KEY=VALUE, complete environment
@@ -58,6 +71,7 @@ struct Spec {
   IdentitySpec identity;
   LimitsSpec limits;
   SeccompSpec seccomp;
+  NetworkSpec network;
   ProcessSpec process;
 };
 

@@ -1,0 +1,197 @@
+#include "net/policy.h"
+
+#include <arpa/inet.h>
+
+#include <algorithm>
+#include <toml++/toml.h>
+
+#include "util/error.h"
+
+namespace ultari::net {
+
+std::string normalize_name(std::string_view name, bool pattern) {
+  std::string n(name);
+  if (!n.empty() && n.back() == '.') n.pop_back();
+  std::transform(n.begin(), n.end(), n.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  std::string_view body = n;
+  if (pattern && body.starts_with("*.")) body.remove_prefix(2);
+  if (n == "*") throw Error("'*' would allow every name: use --net open for that");
+  if (body.empty() || body.size() > 253) throw Error("'" + std::string(name) + "' is not a domain name");
+  size_t label = 0;
+  for (size_t i = 0; i <= body.size(); ++i) {
+    if (i == body.size() || body[i] == '.') {
+      if (label == 0 || label > 63) throw Error("'" + std::string(name) + "' is not a domain name (empty or long label)");
+      label = 0;
+      continue;
+    }
+    char c = body[i];
+    bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_';
+    if (!ok) {
+      throw Error("'" + std::string(name) + "' is not a domain name" +
+                  (c == '*' ? " (a wildcard is only allowed as a leading '*.')" : ""));
+    }
+    ++label;
+  }
+  return n;
+}
+
+namespace {
+
+// "*.x" matches a.x and a.b.x, never x.
+bool matches(const std::string& pattern, std::string_view name) {
+  if (pattern.starts_with("*.")) {
+    std::string_view suffix = std::string_view(pattern).substr(1);  // ".x"
+    return name.size() > suffix.size() && name.ends_with(suffix);
+  }
+  return name == pattern;
+}
+
+bool is_ip_literal(std::string_view name) {
+  in_addr a4;
+  in6_addr a6;
+  std::string n(name);
+  return inet_pton(AF_INET, n.c_str(), &a4) == 1 || inet_pton(AF_INET6, n.c_str(), &a6) == 1;
+}
+
+}  // namespace
+
+Decision decide(const NetworkSpec& policy, std::string_view raw) {
+  std::string name;
+  try {
+    name = normalize_name(raw, false);
+  } catch (const Error&) {
+    return {false, "no-rule"};
+  }
+  for (const auto& d : policy.deny)
+    if (matches(d, name)) return {false, d};
+  if (policy.mode == NetworkSpec::Mode::Open) return {true, "open"};
+  if (policy.mode != NetworkSpec::Mode::Allow || is_ip_literal(name)) return {false, "no-rule"};
+  for (const auto& a : policy.allow)
+    if (matches(a, name)) return {true, a};
+  return {false, "no-rule"};
+}
+
+bool port_allowed(const NetworkSpec& policy, uint16_t port) {
+  return std::find(policy.ports.begin(), policy.ports.end(), port) != policy.ports.end();
+}
+
+bool is_public(in_addr addr) {
+  uint32_t a = ntohl(addr.s_addr);
+  auto in = [a](uint32_t net, int bits) { return (a >> (32 - bits)) == (net >> (32 - bits)); };
+  return !(in(0x00000000, 8) ||     // "this network"
+           in(0x0A000000, 8) ||     // 10/8
+           in(0x64400000, 10) ||    // 100.64/10 shared (CGNAT)
+           in(0x7F000000, 8) ||     // loopback
+           in(0xA9FE0000, 16) ||    // link-local, cloud metadata
+           in(0xAC100000, 12) ||    // 172.16/12
+           in(0xC0000000, 24) ||    // IETF protocol assignments
+           in(0xC0A80000, 16) ||    // 192.168/16
+           in(0xC6120000, 15) ||    // 198.18/15 benchmarking
+           in(0xE0000000, 4) ||     // multicast
+           in(0xF0000000, 4));      // reserved, broadcast
+}
+
+void apply_net_option(NetworkSpec& into, const std::string& value) {
+  using Mode = NetworkSpec::Mode;
+  if (value == "none") {
+    into.mode = Mode::None;
+    into.allow.clear();
+    return;
+  }
+  if (value == "open") {
+    if (into.mode == Mode::Allow) throw Error("--net open contradicts an allow list");
+    into.mode = Mode::Open;
+    return;
+  }
+  if (!value.starts_with("allow=")) throw Error("--net '" + value + "': expected none, open or allow=NAME[,NAME...]");
+  if (into.mode == Mode::Open) throw Error("--net allow=... contradicts --net open");
+  std::string_view rest = std::string_view(value).substr(6);
+  if (rest.empty()) throw Error("--net allow= names no domain");
+  while (!rest.empty()) {
+    size_t comma = rest.find(',');
+    std::string_view item = rest.substr(0, comma);
+    if (!item.empty()) into.allow.push_back(normalize_name(item, true));
+    rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+  }
+  into.mode = Mode::Allow;
+}
+
+namespace {
+
+std::string where(const std::string& path, const toml::node& node) {
+  const auto& src = node.source();
+  return path + ":" + std::to_string(src.begin.line);
+}
+
+std::vector<std::string> names(const toml::table& t, const char* key, const std::string& path) {
+  std::vector<std::string> out;
+  const toml::node* n = t.get(key);
+  if (!n) return out;
+  const toml::array* arr = n->as_array();
+  if (!arr) throw Error(where(path, *n) + ": '" + key + "' must be a list of names");
+  for (const auto& item : *arr) {
+    auto s = item.value<std::string>();
+    if (!s) throw Error(where(path, item) + ": '" + key + "' must hold strings");
+    try {
+      out.push_back(normalize_name(*s, true));
+    } catch (const Error& e) {
+      throw Error(where(path, item) + ": " + key + ": " + e.what());
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+void load_policy_file(NetworkSpec& into, const std::string& path) {
+  toml::table t;
+  try {
+    t = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    const auto& b = e.source().begin;
+    throw Error(path + ":" + std::to_string(b.line) + ":" + std::to_string(b.column) + ": " +
+                std::string(e.description()));
+  }
+  for (const auto& [key, node] : t) {
+    std::string k(key.str());
+    if (k == "dlp" || k == "secret")
+      throw Error(where(path, node) + ": [" + k + "] is not implemented yet in this version of ultari");
+    if (k != "allow" && k != "deny" && k != "ports")
+      throw Error(where(path, node) + ": unknown key '" + k + "' (expected allow, deny, ports)");
+  }
+  auto allow = names(t, "allow", path);
+  auto deny = names(t, "deny", path);
+  if (t.contains("allow")) {
+    if (into.mode == NetworkSpec::Mode::Open) throw Error(path + ": 'allow' contradicts --net open");
+    into.mode = NetworkSpec::Mode::Allow;
+  }
+  into.allow.insert(into.allow.end(), allow.begin(), allow.end());
+  into.deny.insert(into.deny.end(), deny.begin(), deny.end());
+  if (const toml::node* n = t.get("ports")) {
+    const toml::array* arr = n->as_array();
+    if (!arr) throw Error(where(path, *n) + ": 'ports' must be a list of port numbers");
+    into.ports.clear();
+    for (const auto& item : *arr) {
+      auto p = item.value<int64_t>();
+      if (!p || *p < 1 || *p > 65535) throw Error(where(path, item) + ": ports: not a port number (1-65535)");
+      into.ports.push_back(static_cast<uint16_t>(*p));
+    }
+  }
+  // A policy file names an egress policy: without allow it still enables
+  // the network (in Allow mode with nothing allowed) unless --net open.
+  if (into.mode == NetworkSpec::Mode::None) into.mode = NetworkSpec::Mode::Allow;
+}
+
+void validate(const NetworkSpec& policy) {
+  for (const auto* list : {&policy.allow, &policy.deny})
+    for (const auto& n : *list) normalize_name(n, true);
+  if (policy.mode != NetworkSpec::Mode::None && policy.ports.empty())
+    throw Error("network policy: no port is allowed (ports = [])");
+  if (!policy.resolver.empty()) {
+    in_addr a;
+    if (inet_pton(AF_INET, policy.resolver.c_str(), &a) != 1)
+      throw Error("--net-resolver '" + policy.resolver + "': expected an IPv4 address");
+  }
+}
+
+}  // namespace ultari::net

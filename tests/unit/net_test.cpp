@@ -1,0 +1,263 @@
+// The egress policy, the name sniffers and the DNS messages: pure functions
+// fed with crafted input (the integration tests drive the real network).
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <string>
+
+#include "net/dns.h"
+#include "net/policy.h"
+#include "net/sniff.h"
+#include "util/error.h"
+
+namespace ultari::net {
+namespace {
+
+NetworkSpec allow(std::vector<std::string> a, std::vector<std::string> d = {}) {
+  NetworkSpec p;
+  p.mode = NetworkSpec::Mode::Allow;
+  for (auto& n : a) p.allow.push_back(normalize_name(n, true));
+  for (auto& n : d) p.deny.push_back(normalize_name(n, true));
+  return p;
+}
+
+TEST(NetPolicy, ExactNamesCompareCaseInsensitivelyWithoutTrailingDot) {
+  auto p = allow({"PyPI.org."});
+  EXPECT_TRUE(decide(p, "pypi.org").allow);
+  EXPECT_TRUE(decide(p, "PYPI.ORG.").allow);
+  EXPECT_EQ(decide(p, "pypi.org").reason, "pypi.org");
+  EXPECT_FALSE(decide(p, "files.pypi.org").allow);
+  EXPECT_FALSE(decide(p, "pypi.org.evil.com").allow);
+  EXPECT_FALSE(decide(p, "xpypi.org").allow);
+  EXPECT_EQ(decide(p, "other.org").reason, "no-rule");
+}
+
+TEST(NetPolicy, WildcardMatchesSubdomainsNeverTheApex) {
+  auto p = allow({"*.pythonhosted.org"});
+  EXPECT_TRUE(decide(p, "files.pythonhosted.org").allow);
+  EXPECT_TRUE(decide(p, "a.b.pythonhosted.org").allow);
+  EXPECT_EQ(decide(p, "a.b.pythonhosted.org").reason, "*.pythonhosted.org");
+  EXPECT_FALSE(decide(p, "pythonhosted.org").allow);
+  EXPECT_FALSE(decide(p, "evilpythonhosted.org").allow);
+}
+
+TEST(NetPolicy, DenyWinsOverAllowAndOpen) {
+  auto p = allow({"*.pypi.org"}, {"evil.pypi.org"});
+  EXPECT_TRUE(decide(p, "good.pypi.org").allow);
+  auto d = decide(p, "Evil.PyPI.org");
+  EXPECT_FALSE(d.allow);
+  EXPECT_EQ(d.reason, "evil.pypi.org");
+  p.mode = NetworkSpec::Mode::Open;
+  EXPECT_FALSE(decide(p, "evil.pypi.org").allow);
+  EXPECT_TRUE(decide(p, "anything.example").allow);
+}
+
+TEST(NetPolicy, IpLiteralsNeverMatchADomainRule) {
+  auto p = allow({"1.2.3.4", "*.0.0.10"});
+  EXPECT_FALSE(decide(p, "1.2.3.4").allow);
+  EXPECT_FALSE(decide(p, "10.0.0.10").allow);
+  EXPECT_FALSE(decide(p, "::1").allow);
+  // Negative control: the same rule matches a name.
+  auto q = allow({"*.example"});
+  EXPECT_TRUE(decide(q, "a.example").allow);
+}
+
+TEST(NetPolicy, BadNamesAreRefused) {
+  for (const char* bad : {"*", "", "a..b", "*.", "a*.b", "*.*.b", "a b", "a/b", "-"}) {
+    if (std::string(bad) == "-") continue;  // a single hyphen label is odd but harmless
+    EXPECT_THROW(normalize_name(bad, true), Error) << bad;
+  }
+  EXPECT_THROW(normalize_name(std::string(64, 'a') + ".com", false), Error);
+  EXPECT_THROW(normalize_name("*.x", false), Error);  // a wildcard where a name is expected
+  EXPECT_EQ(normalize_name("*.X.", true), "*.x");
+}
+
+TEST(NetPolicy, NetOptionShorthand) {
+  NetworkSpec p;
+  apply_net_option(p, "allow=a.com,*.b.org");
+  apply_net_option(p, "allow=c.net");
+  EXPECT_EQ(p.mode, NetworkSpec::Mode::Allow);
+  EXPECT_EQ(p.allow, (std::vector<std::string>{"a.com", "*.b.org", "c.net"}));
+  EXPECT_THROW(apply_net_option(p, "open"), Error);
+  EXPECT_THROW(apply_net_option(p, "allow=*"), Error);
+  EXPECT_THROW(apply_net_option(p, "allow="), Error);
+  EXPECT_THROW(apply_net_option(p, "bogus"), Error);
+  apply_net_option(p, "none");
+  EXPECT_EQ(p.mode, NetworkSpec::Mode::None);
+  EXPECT_TRUE(p.allow.empty());
+}
+
+std::string write_temp(const std::string& content) {
+  char path[] = "/tmp/ultari-policy-XXXXXX";
+  int fd = mkstemp(path);
+  EXPECT_GE(fd, 0);
+  EXPECT_EQ(write(fd, content.data(), content.size()), static_cast<ssize_t>(content.size()));
+  close(fd);
+  return path;
+}
+
+TEST(NetPolicy, PolicyFile) {
+  std::string path = write_temp("allow = [\"pypi.org\", \"*.pythonhosted.org\"]\ndeny = [\"Evil.PyPI.org.\"]\nports = [443, 8443]\n");
+  NetworkSpec p;
+  load_policy_file(p, path);
+  std::remove(path.c_str());
+  EXPECT_EQ(p.mode, NetworkSpec::Mode::Allow);
+  EXPECT_EQ(p.allow, (std::vector<std::string>{"pypi.org", "*.pythonhosted.org"}));
+  EXPECT_EQ(p.deny, (std::vector<std::string>{"evil.pypi.org"}));
+  EXPECT_EQ(p.ports, (std::vector<uint16_t>{443, 8443}));
+  EXPECT_TRUE(port_allowed(p, 8443));
+  EXPECT_FALSE(port_allowed(p, 80));
+}
+
+std::string policy_error(const std::string& content) {
+  std::string path = write_temp(content);
+  NetworkSpec p;
+  std::string what;
+  try {
+    load_policy_file(p, path);
+  } catch (const Error& e) {
+    what = e.what();
+  }
+  std::remove(path.c_str());
+  return what;
+}
+
+TEST(NetPolicy, PolicyFileErrorsNameTheFileAndLine) {
+  EXPECT_NE(policy_error("allow = [\"a.com\"]\nallow2 = 1\n").find(":2: unknown key 'allow2'"), std::string::npos);
+  EXPECT_NE(policy_error("\n\nallow = [\"*\"]\n").find(":3:"), std::string::npos);
+  EXPECT_NE(policy_error("allow = [\"*\"]\n").find("--net open"), std::string::npos);
+  EXPECT_NE(policy_error("allow = [\"a.com\"\n").find(":"), std::string::npos);  // TOML syntax
+  EXPECT_NE(policy_error("ports = [0]\n").find("port"), std::string::npos);
+  EXPECT_NE(policy_error("ports = [\"80\"]\n").find("port"), std::string::npos);
+  EXPECT_NE(policy_error("allow = \"a.com\"\n").find("list"), std::string::npos);
+  EXPECT_NE(policy_error("[dlp]\naction = \"block\"\n").find("not implemented"), std::string::npos);
+  EXPECT_NE(policy_error("[[secret]]\nname = \"K\"\n").find("not implemented"), std::string::npos);
+  // Negative control: a good file has no error.
+  EXPECT_EQ(policy_error("allow = [\"a.com\"]\n"), "");
+}
+
+TEST(NetPolicy, OnlyPublicAddressesAreReachable) {
+  auto pub = [](const char* a) {
+    in_addr x;
+    EXPECT_EQ(inet_pton(AF_INET, a, &x), 1);
+    return is_public(x);
+  };
+  for (const char* a : {"0.0.0.0", "10.1.2.3", "100.64.0.1", "127.0.0.1", "127.9.9.9", "169.254.169.254", "172.16.0.1",
+                        "172.31.255.255", "192.168.1.1", "192.0.0.1", "198.18.0.1", "224.0.0.1", "255.255.255.255"})
+    EXPECT_FALSE(pub(a)) << a;
+  for (const char* a : {"1.1.1.1", "8.8.8.8", "172.32.0.1", "172.15.255.255", "100.128.0.1", "203.0.113.10", "93.184.216.34"})
+    EXPECT_TRUE(pub(a)) << a;
+}
+
+// A ClientHello with the given server_name (and other extensions around it).
+std::string client_hello(const std::string& sni) {
+  std::string ext;
+  auto u16 = [](std::string& s, size_t v) {
+    s += static_cast<char>(v >> 8);
+    s += static_cast<char>(v & 0xff);
+  };
+  u16(ext, 0x000a);  // supported_groups, before the name
+  u16(ext, 4);
+  ext += std::string("\x00\x02\x00\x1d", 4);
+  if (!sni.empty()) {
+    u16(ext, 0);
+    u16(ext, sni.size() + 5);
+    u16(ext, sni.size() + 3);
+    ext += '\0';
+    u16(ext, sni.size());
+    ext += sni;
+  }
+  std::string body = std::string("\x03\x03", 2) + std::string(32, 'r');
+  body += '\0';                                     // session id
+  body += std::string("\x00\x02\x13\x01", 4);       // ciphers
+  body += std::string("\x01\x00", 2);               // compression
+  u16(body, ext.size());
+  body += ext;
+  std::string hs = "\x01";
+  hs += '\0';
+  u16(hs, body.size());
+  hs += body;
+  std::string rec = std::string("\x16\x03\x01", 3);
+  u16(rec, hs.size());
+  return rec + hs;
+}
+
+TEST(NetSniff, TlsServerName) {
+  std::string hello = client_hello("Files.PythonHosted.org");
+  Sniffed s = sniff(hello);
+  EXPECT_EQ(s.kind, Sniffed::Kind::Tls);
+  EXPECT_EQ(s.name, "Files.PythonHosted.org");
+  // Incomplete: more is needed, at every cut.
+  for (size_t cut = 1; cut < hello.size(); ++cut) EXPECT_EQ(sniff(hello.substr(0, cut)).kind, Sniffed::Kind::NeedMore) << cut;
+  // Without the extension: TLS, no name.
+  Sniffed none = sniff(client_hello(""));
+  EXPECT_EQ(none.kind, Sniffed::Kind::Tls);
+  EXPECT_EQ(none.name, "");
+}
+
+TEST(NetSniff, GarbageNeverReadsOutOfBounds) {
+  // Random bytes and every corruption of a valid hello: the sniffer must
+  // answer (under ASan/valgrind this also proves bounds).
+  std::mt19937 rng(42);
+  std::string hello = client_hello("a.example");
+  for (int i = 0; i < 20000; ++i) {
+    std::string m = hello;
+    for (int k = 0; k < 3; ++k) m[rng() % m.size()] = static_cast<char>(rng());
+    m.resize(rng() % (m.size() + 1));
+    Sniffed s = sniff(m);
+    EXPECT_LE(s.name.size(), m.size());
+  }
+}
+
+TEST(NetSniff, HttpHost) {
+  Sniffed s = sniff("GET /x HTTP/1.1\r\nUser-Agent: t\r\nhOsT:  Example.com:8080 \r\n\r\nbody");
+  EXPECT_EQ(s.kind, Sniffed::Kind::Http);
+  EXPECT_EQ(s.name, "Example.com");
+  EXPECT_EQ(s.method, "GET");
+  EXPECT_EQ(s.target, "/x");
+  EXPECT_EQ(s.head_len, std::string("GET /x HTTP/1.1\r\nUser-Agent: t\r\nhOsT:  Example.com:8080 \r\n\r\n").size());
+  EXPECT_EQ(sniff("GET / HTTP/1.1\r\nHost: a").kind, Sniffed::Kind::NeedMore);
+  EXPECT_EQ(sniff("SSH-2.0-OpenSSH_9\r\n").kind, Sniffed::Kind::Other);
+  EXPECT_EQ(sniff(std::string("\x00\x01", 2)).kind, Sniffed::Kind::Other);
+  EXPECT_EQ(sniff("GET / HTTP/1.1\r\n\r\n").name, "");  // no Host
+  EXPECT_EQ(strip_port("[2001:db8::1]:443"), "2001:db8::1");
+  EXPECT_EQ(strip_port("a.com"), "a.com");
+}
+
+TEST(NetDns, QueryAndReply) {
+  // dig-style query for Example.COM A with an EDNS OPT record after it.
+  std::string q = std::string("\x12\x34\x01\x20\x00\x01\x00\x00\x00\x00\x00\x01", 12);
+  q += std::string("\x07" "Example" "\x03" "COM" "\x00", 13);
+  q += std::string("\x00\x01\x00\x01", 4);
+  q += std::string("\x00\x00\x29\x10\x00\x00\x00\x00\x00\x00\x00", 11);
+  auto* raw = reinterpret_cast<const uint8_t*>(q.data());
+  auto parsed = dns::parse_query(raw, q.size());
+  ASSERT_TRUE(parsed);
+  EXPECT_EQ(parsed->name, "Example.COM");
+  EXPECT_EQ(parsed->type, dns::kTypeA);
+  EXPECT_EQ(parsed->id, 0x1234);
+  in_addr a;
+  inet_pton(AF_INET, "203.0.113.10", &a);
+  std::string r = dns::reply(raw, *parsed, dns::kNoError, {a}, 60);
+  ASSERT_EQ(r.size(), 12u + 17u + 16u);
+  EXPECT_EQ(static_cast<uint8_t>(r[2]) & 0x80, 0x80);          // a response
+  EXPECT_EQ(static_cast<uint8_t>(r[2]) & 0x01, 0x01);          // RD copied
+  EXPECT_EQ(static_cast<uint8_t>(r[7]), 1);                    // one answer
+  EXPECT_EQ(static_cast<uint8_t>(r[11]), 0);                   // no OPT echoed
+  EXPECT_EQ(r.substr(r.size() - 4), std::string(reinterpret_cast<char*>(&a.s_addr), 4));
+  std::string nx = dns::reply(raw, *parsed, dns::kNxDomain, {}, 0);
+  EXPECT_EQ(static_cast<uint8_t>(nx[3]) & 0x0f, dns::kNxDomain);
+  // Replies, compressed names and truncated messages are not queries.
+  std::string reply_msg = q;
+  reply_msg[2] = static_cast<char>(reply_msg[2] | 0x80);
+  EXPECT_FALSE(dns::parse_query(reinterpret_cast<const uint8_t*>(reply_msg.data()), reply_msg.size()));
+  std::string comp = q.substr(0, 12) + std::string("\xc0\x0c\x00\x01\x00\x01", 6);
+  EXPECT_FALSE(dns::parse_query(reinterpret_cast<const uint8_t*>(comp.data()), comp.size()));
+  for (size_t cut = 0; cut < 12 + 13 + 4; ++cut) EXPECT_FALSE(dns::parse_query(raw, cut)) << cut;
+}
+
+}  // namespace
+}  // namespace ultari::net
