@@ -29,6 +29,7 @@ class AuditLog {
   AuditLog(std::string path, std::string sandbox_id);
   void write(const Record& r);
   const std::string& path() const { return path_; }
+  int fd() const { return fd_.get(); }
   uint64_t allowed() const;
   uint64_t denied() const;
   std::vector<std::string> denied_names() const;

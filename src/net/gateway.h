@@ -1,20 +1,12 @@
-// Serves a sandbox's network endpoints from outside its namespace: the DNS
-// responder, the transparent proxy, the explicit HTTP and SOCKS5 proxies
-// and the log of dropped packets. Every decision goes to the audit log.
+// The gateway process: serves a sandbox's network (net/server.h) outside
+// the supervisor, as an unprivileged user, so that a bug in the code that
+// parses what the sandbox sends cannot reach the supervisor's privileges.
 #pragma once
-#include <netinet/in.h>
+#include <sys/types.h>
 
-#include <atomic>
-#include <condition_variable>
-#include <map>
-#include <memory>
-#include <mutex>
-#include <set>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include "net/audit.h"
 #include "net/netns.h"
 #include "net/summary.h"
 #include "spec/spec.h"
@@ -23,45 +15,25 @@ namespace ultari::net {
 
 class Gateway {
  public:
-  // Opens the audit log (throws Error when it cannot) and starts serving.
+  // Opens the audit log and starts the gateway process serving `endpoints`
+  // under `policy`. Throws Error (nothing is left running).
   Gateway(const NetworkSpec& policy, const std::string& sandbox_id, Endpoints endpoints);
-  ~Gateway();  // stops serving: closes every connection, joins every thread
+  ~Gateway();  // kills and reaps the process if finish() did not end it
   Gateway(const Gateway&) = delete;
   Gateway& operator=(const Gateway&) = delete;
 
-  // Stops serving (idempotent); the counts are final afterwards.
-  void stop();
-  Summary summary() const;
+  // Stops serving (open connections are closed) and returns the final
+  // counts. `error` says why the counts are missing if the process died.
+  Summary finish(std::string& error);
+
   // The environment that points clients at the explicit proxies.
   static std::vector<std::string> proxy_env();
 
  private:
-  struct Conn;
-  void loop();
-  void accept_one(int listener, int kind);
-  void spawn(UniqueFd fd, int kind);
-  void serve(UniqueFd client, int kind);
-  void answer_dns();
-  void read_nflog();
-  // The names the sandbox resolved through us to `addr`.
-  std::set<std::string> names_of(in_addr addr);
-  void remember(const std::string& name, const std::vector<in_addr>& addrs);
-
-  friend struct Flow;
-  NetworkSpec policy_;
-  std::vector<in_addr> servers_;
-  Endpoints ep_;
-  AuditLog audit_;
-  UniqueFd stop_;  // eventfd: the loop and every connection end
-  std::thread loop_thread_;
-
-  std::mutex mu_;
-  std::condition_variable idle_;
-  int active_ = 0;                 // connection and query threads running
-  std::set<int> open_fds_;         // shut down on stop
-  bool stopping_ = false;
-  std::map<uint32_t, std::set<std::string>> resolved_;  // address -> names
-  std::set<std::string> dropped_flows_;
+  pid_t pid_ = -1;
+  UniqueFd pidfd_, control_;
+  std::string audit_path_;
+  std::string mode_;
 };
 
 }  // namespace ultari::net

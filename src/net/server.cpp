@@ -1,0 +1,708 @@
+#include "net/server.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_log.h>
+#include <linux/netfilter_ipv4.h>
+#include <linux/netlink.h>
+#include <netinet/ip.h>
+#include <netinet/ip6.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "net/dns.h"
+#include "net/policy.h"
+#include "net/sniff.h"
+#include "util/error.h"
+
+namespace ultari::net {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+enum Kind { kTransparent, kHttpProxy, kSocks };
+constexpr int kMaxActive = 256;        // connections and queries served at once
+constexpr int kHeadTimeoutMs = 10000;  // for a client to say what it wants
+constexpr int kFirstByteMs = 1000;     // silence: a protocol where the server speaks first
+constexpr int kConnectTimeoutMs = 10000;
+constexpr int kResolveTimeoutMs = 2500;
+
+std::string ip_str(in_addr a) {
+  char buf[INET_ADDRSTRLEN];
+  inet_ntop(AF_INET, &a, buf, sizeof buf);
+  return buf;
+}
+
+int64_t ms_since(Clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
+}
+
+void block_signals() {
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, nullptr);
+}
+
+// Waits for `fd` (or the stop eventfd); false on timeout or stop.
+bool wait_fd(int fd, short events, int stop, int timeout_ms) {
+  pollfd p[2] = {{fd, events, 0}, {stop, POLLIN, 0}};
+  int n = poll(p, 2, timeout_ms);
+  return n > 0 && !p[1].revents && p[0].revents;
+}
+
+bool send_all(int fd, std::string_view data, int stop) {
+  while (!data.empty()) {
+    ssize_t n = send(fd, data.data(), data.size(), MSG_NOSIGNAL);
+    if (n > 0) {
+      data.remove_prefix(static_cast<size_t>(n));
+      continue;
+    }
+    if (n < 0 && errno != EAGAIN && errno != EINTR) return false;
+    if (!wait_fd(fd, POLLOUT, stop, kHeadTimeoutMs)) return false;
+  }
+  return true;
+}
+
+bool recv_exact(int fd, void* buf, size_t len, int stop) {
+  auto* p = static_cast<char*>(buf);
+  while (len > 0) {
+    if (!wait_fd(fd, POLLIN, stop, kHeadTimeoutMs)) return false;
+    ssize_t n = recv(fd, p, len, 0);
+    if (n <= 0) {
+      if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+      return false;
+    }
+    p += n;
+    len -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// Peeks at what the client sent until its first TLS record or HTTP head is
+// complete. A client that stays silent for kFirstByteMs is one waiting for
+// the server (ssh, smtp): Other.
+Sniffed peek_sniff(int fd, int stop) {
+  auto start = Clock::now();
+  char buf[kMaxHead + 8];
+  size_t have = 0;
+  for (;;) {
+    int wait = have == 0 ? kFirstByteMs : static_cast<int>(std::max<int64_t>(0, kHeadTimeoutMs - ms_since(start)));
+    if (!wait_fd(fd, POLLIN, stop, wait)) return Sniffed{Sniffed::Kind::Other};
+    ssize_t n = recv(fd, buf, sizeof buf, MSG_PEEK);
+    if (n <= 0) {
+      if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+      return Sniffed{Sniffed::Kind::Other};
+    }
+    if (static_cast<size_t>(n) == have) {
+      // Nothing new yet: wait a little for the rest of the head.
+      pollfd s{stop, POLLIN, 0};
+      if (poll(&s, 1, 5) > 0 || ms_since(start) > kHeadTimeoutMs) return Sniffed{Sniffed::Kind::Other};
+      continue;
+    }
+    have = static_cast<size_t>(n);
+    Sniffed s = sniff(std::string_view(buf, have));
+    if (s.kind != Sniffed::Kind::NeedMore) return s;
+  }
+}
+
+UniqueFd connect_to(in_addr addr, uint16_t port, int stop, std::string& error) {
+  UniqueFd fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!fd) {
+    error = std::string("socket: ") + std::strerror(errno);
+    return fd;
+  }
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_port = htons(port);
+  to.sin_addr = addr;
+  if (connect(fd.get(), reinterpret_cast<sockaddr*>(&to), sizeof to) != 0 && errno != EINPROGRESS) {
+    error = std::string("connect: ") + std::strerror(errno);
+    return UniqueFd();
+  }
+  if (!wait_fd(fd.get(), POLLOUT, stop, kConnectTimeoutMs)) {
+    error = "connect: timed out";
+    return UniqueFd();
+  }
+  int err = 0;
+  socklen_t len = sizeof err;
+  getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
+  if (err != 0) {
+    error = std::string("connect: ") + std::strerror(err);
+    return UniqueFd();
+  }
+  return fd;
+}
+
+// Copies both ways with splice until both sides are done (or stop).
+void relay(int a, int b, int stop, uint64_t& a_to_b, uint64_t& b_to_a) {
+  struct Dir {
+    int from, to;
+    int pipe[2] = {-1, -1};
+    size_t queued = 0;
+    bool eof = false;
+    uint64_t* bytes;
+  } dirs[2] = {{a, b, {-1, -1}, 0, false, &a_to_b}, {b, a, {-1, -1}, 0, false, &b_to_a}};
+  for (auto& d : dirs) {
+    if (pipe2(d.pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+      for (auto& x : dirs)
+        for (int fd : x.pipe)
+          if (fd >= 0) close(fd);
+      return;
+    }
+    fcntl(d.pipe[1], F_SETPIPE_SZ, 1 << 18);
+  }
+  fcntl(a, F_SETFL, fcntl(a, F_GETFL) | O_NONBLOCK);
+  fcntl(b, F_SETFL, fcntl(b, F_GETFL) | O_NONBLOCK);
+  bool broken = false;
+  while (!broken && !(dirs[0].eof && dirs[0].queued == 0 && dirs[1].eof && dirs[1].queued == 0)) {
+    pollfd p[3] = {{a, 0, 0}, {b, 0, 0}, {stop, POLLIN, 0}};
+    for (auto& d : dirs) {
+      pollfd& from = p[d.from == a ? 0 : 1];
+      pollfd& to = p[d.to == a ? 0 : 1];
+      if (d.queued > 0) to.events |= POLLOUT;
+      else if (!d.eof) from.events |= POLLIN;
+    }
+    if (poll(p, 3, -1) < 0 && errno != EINTR) break;
+    if (p[2].revents) break;
+    for (auto& d : dirs) {
+      if (!d.eof && d.queued == 0) {
+        ssize_t n = splice(d.from, nullptr, d.pipe[1], nullptr, 1 << 18, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n > 0) d.queued += static_cast<size_t>(n);
+        else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+          d.eof = true;
+          shutdown(d.to, SHUT_WR);
+        }
+      }
+      while (d.queued > 0) {
+        ssize_t n = splice(d.pipe[0], nullptr, d.to, nullptr, d.queued, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n > 0) {
+          d.queued -= static_cast<size_t>(n);
+          *d.bytes += static_cast<uint64_t>(n);
+          continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) break;
+        broken = true;  // the receiver is gone
+        break;
+      }
+    }
+  }
+  for (auto& d : dirs) close(d.pipe[0]), close(d.pipe[1]);
+}
+
+std::string forbidden(const std::string& what, const std::string& reason) {
+  std::string body = "ultari: " + what + " is blocked by the sandbox's network policy (" + reason + ")\n";
+  return "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: " + std::to_string(body.size()) +
+         "\r\nConnection: close\r\n\r\n" + body;
+}
+
+std::string normalized_or_empty(const std::string& name) {
+  try {
+    return normalize_name(name, false);
+  } catch (const Error&) {
+    return "";
+  }
+}
+
+}  // namespace
+
+// One connection from the sandbox, from its first byte to its audit record.
+struct Flow {
+  Server& g;
+  UniqueFd client;
+  int kind;
+  Record rec;
+  Clock::time_point start = Clock::now();
+  int stop;
+
+  Flow(Server& gw, UniqueFd c, int k) : g(gw), client(std::move(c)), kind(k), stop(gw.stop_.get()) {}
+
+  void deny(const std::string& reason) {
+    rec.allow = false;
+    rec.reason = reason;
+  }
+
+  void run();
+  bool transparent(in_addr& dst, uint16_t& port, std::string& name);
+  bool http_proxy(in_addr& dst, uint16_t& port, std::string& name, std::string& prefix, bool& tunnel);
+  bool socks(in_addr& dst, uint16_t& port, std::string& name);
+  bool decide_name(const std::string& name, in_addr literal, bool have_literal, in_addr& target);
+};
+
+// Decides for `name` (or, with no name, for the address the sandbox asked
+// for) and picks the public address to connect to. False when denied.
+bool Flow::decide_name(const std::string& name, in_addr literal, bool have_literal, in_addr& target) {
+  rec.name = name;
+  if (name.empty()) {
+    // An address the sandbox never resolved through us: IP literals never
+    // match a domain rule; only --net open reaches them.
+    if (!have_literal || g.policy_.mode != NetworkSpec::Mode::Open) {
+      deny("no-rule");
+      return false;
+    }
+    if (!is_public(literal)) {
+      deny("private-address");
+      return false;
+    }
+    rec.allow = true;
+    rec.reason = "open";
+    target = literal;
+    return true;
+  }
+  Decision d = decide(g.policy_, name);
+  rec.reason = d.reason;
+  rec.allow = d.allow;
+  if (!d.allow) return false;
+  dns::Answer ans = dns::resolve_a(name, g.servers_, kResolveTimeoutMs);
+  std::vector<in_addr> usable;
+  for (const auto& a : ans.addrs)
+    if (is_public(a)) usable.push_back(a);
+  if (usable.empty()) {
+    if (!ans.addrs.empty()) {
+      rec.addr = ip_str(ans.addrs.front());
+      deny("private-address");
+    } else {
+      rec.error = "the name does not resolve on the host side";
+    }
+    return false;
+  }
+  // Rebinding-safe: only an address the host side resolved now is used;
+  // the one the sandbox asked for when it is among them.
+  target = usable.front();
+  if (have_literal)
+    for (const auto& a : usable)
+      if (a.s_addr == literal.s_addr) target = a;
+  return true;
+}
+
+bool Flow::transparent(in_addr& dst, uint16_t& port, std::string& name) {
+  sockaddr_in orig{};
+  socklen_t len = sizeof orig;
+  if (getsockopt(client.get(), SOL_IP, SO_ORIGINAL_DST, &orig, &len) != 0) return false;
+  dst = orig.sin_addr;
+  port = ntohs(orig.sin_port);
+  rec.kind = "tcp";
+  rec.addr = ip_str(dst);
+  rec.port = port;
+  if (dst.s_addr == htonl(INADDR_LOOPBACK) && port == kTransparentPort) return false;  // not redirected
+  std::set<std::string> names = g.names_of(dst);
+  if (!port_allowed(g.policy_, port)) {
+    rec.name = names.empty() ? "" : *names.begin();
+    deny("port");
+    return false;
+  }
+  Sniffed s = peek_sniff(client.get(), stop);
+  if (s.kind == Sniffed::Kind::Tls) rec.kind = "tls";
+  if (s.kind == Sniffed::Kind::Http) rec.kind = "http";
+  std::string said = normalized_or_empty(s.name);
+  if (!said.empty()) {
+    // The name in the connection must be one the sandbox resolved for
+    // this address: no domain fronting, no IP literal with a borrowed name.
+    if (names.empty() ? g.policy_.mode != NetworkSpec::Mode::Open : !names.count(said)) {
+      rec.name = said;
+      deny(names.empty() ? "no-rule" : "sni-mismatch");
+      return false;
+    }
+    name = said;
+  } else if (!names.empty()) {
+    name = *names.begin();
+  }
+  return true;
+}
+
+bool Flow::http_proxy(in_addr& dst, uint16_t& port, std::string& name, std::string& prefix, bool& tunnel) {
+  rec.kind = "http";
+  std::string head;
+  char buf[4096];
+  size_t end;
+  while ((end = head.find("\r\n\r\n")) == std::string::npos) {
+    if (head.size() > kMaxHead || !wait_fd(client.get(), POLLIN, stop, kHeadTimeoutMs)) return false;
+    ssize_t n = recv(client.get(), buf, sizeof buf, 0);
+    if (n <= 0) return false;
+    head.append(buf, static_cast<size_t>(n));
+  }
+  std::string rest = head.substr(end + 4);
+  head.resize(end + 4);
+  Sniffed s = sniff(head);
+  if (s.kind != Sniffed::Kind::Http) {
+    send_all(client.get(), "HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n", stop);
+    return false;
+  }
+  std::string hostport;
+  if (s.method == "CONNECT") {
+    rec.kind = "tcp";
+    tunnel = true;
+    hostport = s.target;
+  } else if (s.target.starts_with("http://")) {
+    size_t slash = s.target.find('/', 7);
+    hostport = s.target.substr(7, slash == std::string::npos ? std::string::npos : slash - 7);
+    std::string path = slash == std::string::npos ? "/" : s.target.substr(slash);
+    // Origin-form request line; the proxy's own headers stay here.
+    size_t eol = head.find("\r\n");
+    std::string line = head.substr(0, eol);
+    std::string version = line.substr(line.rfind(' '));
+    prefix = s.method + " " + path + version + "\r\n";
+    size_t pos = eol + 2;
+    while (pos < head.size()) {
+      size_t next = head.find("\r\n", pos);
+      std::string h = head.substr(pos, next - pos + 2);
+      if (strncasecmp(h.c_str(), "proxy-", 6) != 0) prefix += h;
+      pos = next + 2;
+    }
+  } else {
+    send_all(client.get(), "HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n", stop);
+    return false;
+  }
+  prefix += rest;
+  std::string host = strip_port(hostport);
+  size_t colon = hostport.rfind(':'), bracket = hostport.rfind(']');
+  long p = tunnel ? 443 : 80;
+  if (colon != std::string::npos && (bracket == std::string::npos || colon > bracket))
+    p = std::strtol(hostport.c_str() + colon + 1, nullptr, 10);
+  port = static_cast<uint16_t>(p > 0 && p < 65536 ? p : 0);
+  rec.port = port;
+  name = normalized_or_empty(host);
+  in_addr literal{};
+  if (inet_pton(AF_INET, host.c_str(), &literal) == 1) {
+    name.clear();
+    dst = literal;
+    rec.addr = host;
+  }
+  if (name.empty() && dst.s_addr == 0) rec.name = host;
+  if (!tunnel && !s.name.empty() && normalized_or_empty(s.name) != normalized_or_empty(host)) {
+    rec.name = host;
+    deny("sni-mismatch");
+    return false;
+  }
+  if (!port_allowed(g.policy_, port)) {
+    rec.name = name;
+    deny("port");
+    return false;
+  }
+  return true;
+}
+
+bool Flow::socks(in_addr& dst, uint16_t& port, std::string& name) {
+  rec.kind = "tcp";
+  uint8_t hello[2];
+  if (!recv_exact(client.get(), hello, 2, stop) || hello[0] != 5) return false;
+  uint8_t methods[255];
+  if (!recv_exact(client.get(), methods, hello[1], stop)) return false;
+  bool noauth = std::find(methods, methods + hello[1], 0) != methods + hello[1];
+  if (!send_all(client.get(), std::string("\x05", 1) + (noauth ? '\0' : '\xff'), stop) || !noauth) return false;
+  uint8_t req[4];
+  if (!recv_exact(client.get(), req, 4, stop) || req[0] != 5) return false;
+  auto fail = [&](char code) {
+    send_all(client.get(), std::string("\x05", 1) + code + std::string("\0\x01\0\0\0\0\0\0", 8), stop);
+  };
+  if (req[1] != 1) {  // only CONNECT
+    fail('\x07');
+    return false;
+  }
+  if (req[3] == 1) {
+    if (!recv_exact(client.get(), &dst, 4, stop)) return false;
+    rec.addr = ip_str(dst);
+    std::set<std::string> names = g.names_of(dst);
+    if (!names.empty()) name = *names.begin();
+  } else if (req[3] == 3) {
+    uint8_t len;
+    char host[256];
+    if (!recv_exact(client.get(), &len, 1, stop) || !recv_exact(client.get(), host, len, stop)) return false;
+    std::string h(host, len);
+    in_addr literal{};
+    if (inet_pton(AF_INET, h.c_str(), &literal) == 1) {
+      dst = literal;
+      rec.addr = h;
+    } else {
+      name = normalized_or_empty(h);
+      if (name.empty()) rec.name = h;
+    }
+  } else {
+    uint8_t skip[18];
+    recv_exact(client.get(), skip, 18, stop);
+    rec.addr = "ipv6";
+    fail('\x08');
+    deny("no-rule");
+    return false;
+  }
+  uint8_t pb[2];
+  if (!recv_exact(client.get(), pb, 2, stop)) return false;
+  port = static_cast<uint16_t>(pb[0] << 8 | pb[1]);
+  rec.port = port;
+  if (!port_allowed(g.policy_, port)) {
+    rec.name = name;
+    deny("port");
+    fail('\x02');
+    return false;
+  }
+  return true;
+}
+
+void Flow::run() {
+  in_addr dst{};
+  uint16_t port = 0;
+  std::string name, prefix;
+  bool tunnel = kind == kSocks;
+  bool go = kind == kTransparent ? transparent(dst, port, name)
+            : kind == kHttpProxy ? http_proxy(dst, port, name, prefix, tunnel)
+                                 : socks(dst, port, name);
+  in_addr target{};
+  if (go) go = decide_name(name, dst, dst.s_addr != 0, target);
+  if (!go && rec.reason.empty() && rec.kind.empty()) return;  // not a connection worth a record
+  if (!go && rec.reason.empty()) rec.reason = rec.error.empty() ? "no-rule" : rec.reason;
+  UniqueFd upstream;
+  if (go) {
+    rec.addr = ip_str(target);
+    upstream = connect_to(target, port, stop, rec.error);
+    go = static_cast<bool>(upstream);
+  }
+  if (kind == kHttpProxy) {
+    if (!go && rec.error.empty()) send_all(client.get(), forbidden(rec.name.empty() ? rec.addr : rec.name, rec.reason), stop);
+    else if (!go) send_all(client.get(), "HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\n\r\n", stop);
+    else if (tunnel) go = send_all(client.get(), "HTTP/1.1 200 Connection established\r\n\r\n", stop);
+  }
+  if (kind == kSocks) {
+    char code = go ? '\0' : rec.error.empty() ? '\x02' : '\x05';
+    send_all(client.get(), std::string("\x05", 1) + code + std::string("\0\x01\0\0\0\0\0\0", 8), stop);
+  }
+  if (go && tunnel) {
+    // What goes through a tunnel must be for the name it was opened for.
+    Sniffed s = peek_sniff(client.get(), stop);
+    if (s.kind == Sniffed::Kind::Tls) rec.kind = "tls";
+    if (s.kind == Sniffed::Kind::Http) rec.kind = "http";
+    std::string said = normalized_or_empty(s.name);
+    if (!said.empty() && said != name && !(name.empty() && rec.reason == "open")) {
+      deny("sni-mismatch");
+      if (s.kind == Sniffed::Kind::Http) send_all(client.get(), forbidden(said, "sni-mismatch"), stop);
+      go = false;
+    }
+  }
+  if (go && !prefix.empty()) go = send_all(upstream.get(), prefix, stop), rec.bytes_out += prefix.size();
+  if (go) relay(client.get(), upstream.get(), stop, rec.bytes_out, rec.bytes_in);
+  rec.duration_ms = ms_since(start);
+  if (!go && kind == kTransparent) {
+    // Refused: the client sees a reset, not an orderly end of stream.
+    linger l{1, 0};
+    setsockopt(client.get(), SOL_SOCKET, SO_LINGER, &l, sizeof l);
+  }
+  g.audit_.write(rec);
+}
+
+Server::Server(const NetworkSpec& policy, std::vector<in_addr> servers, Endpoints endpoints, AuditLog& audit)
+    : policy_(policy), servers_(std::move(servers)), ep_(std::move(endpoints)), audit_(audit) {
+  stop_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!stop_) throw_errno("eventfd");
+  for (int fd : {ep_.transparent.get(), ep_.http_proxy.get(), ep_.socks.get(), ep_.dns.get(), ep_.nflog.get()})
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  loop_thread_ = std::thread([this] { loop(); });
+}
+
+Server::~Server() { stop(); }
+
+void Server::stop() {
+  uint64_t one = 1;
+  if (write(stop_.get(), &one, sizeof one) < 0) {
+  }
+  if (loop_thread_.joinable()) loop_thread_.join();
+  std::unique_lock lock(mu_);
+  stopping_ = true;
+  for (int fd : open_fds_) shutdown(fd, SHUT_RDWR);
+  idle_.wait(lock, [this] { return active_ == 0; });
+}
+
+std::set<std::string> Server::names_of(in_addr addr) {
+  std::lock_guard lock(mu_);
+  auto it = resolved_.find(addr.s_addr);
+  return it == resolved_.end() ? std::set<std::string>{} : it->second;
+}
+
+void Server::remember(const std::string& name, const std::vector<in_addr>& addrs) {
+  std::lock_guard lock(mu_);
+  for (const auto& a : addrs) {
+    if (resolved_.size() >= 65536 && !resolved_.count(a.s_addr)) return;
+    auto& names = resolved_[a.s_addr];
+    if (names.size() < 64) names.insert(name);
+  }
+}
+
+void Server::loop() {
+  block_signals();
+  for (;;) {
+    pollfd p[6] = {{stop_.get(), POLLIN, 0},       {ep_.transparent.get(), POLLIN, 0}, {ep_.http_proxy.get(), POLLIN, 0},
+                   {ep_.socks.get(), POLLIN, 0}, {ep_.dns.get(), POLLIN, 0},         {ep_.nflog.get(), POLLIN, 0}};
+    if (poll(p, 6, -1) < 0) {
+      if (errno == EINTR) continue;
+      return;
+    }
+    if (p[0].revents) {
+      // What the rules logged before the sandbox ended still counts.
+      while (true) {
+        pollfd last{ep_.nflog.get(), POLLIN, 0};
+        if (poll(&last, 1, 0) <= 0) return;
+        read_nflog();
+      }
+    }
+    if (p[1].revents) accept_one(ep_.transparent.get(), kTransparent);
+    if (p[2].revents) accept_one(ep_.http_proxy.get(), kHttpProxy);
+    if (p[3].revents) accept_one(ep_.socks.get(), kSocks);
+    if (p[4].revents) answer_dns();
+    if (p[5].revents) read_nflog();
+  }
+}
+
+void Server::accept_one(int listener, int kind) {
+  UniqueFd c(accept4(listener, nullptr, nullptr, SOCK_CLOEXEC));
+  if (!c) {
+    // EMFILE and friends: back off instead of spinning on a ready listener.
+    if (errno != EAGAIN && errno != EINTR) poll(nullptr, 0, 10);
+    return;
+  }
+  spawn(std::move(c), kind);
+}
+
+void Server::spawn(UniqueFd fd, int kind) {
+  {
+    std::lock_guard lock(mu_);
+    if (active_ >= kMaxActive || stopping_) return;  // dropped: the client sees a reset
+    ++active_;
+    if (fd) open_fds_.insert(fd.get());
+  }
+  try {
+    std::thread([this, fd = std::move(fd), kind]() mutable {
+      block_signals();
+      int raw = fd.get();
+      try {
+        serve(std::move(fd), kind);
+      } catch (const std::exception&) {
+      }
+      std::lock_guard lock(mu_);
+      open_fds_.erase(raw);
+      if (--active_ == 0) idle_.notify_all();
+    }).detach();
+  } catch (const std::system_error&) {
+    std::lock_guard lock(mu_);
+    if (--active_ == 0) idle_.notify_all();
+  }
+}
+
+void Server::serve(UniqueFd client, int kind) {
+  Flow flow(*this, std::move(client), kind);
+  flow.run();
+}
+
+void Server::answer_dns() {
+  uint8_t buf[1500];
+  sockaddr_in from{};
+  socklen_t flen = sizeof from;
+  ssize_t n = recvfrom(ep_.dns.get(), buf, sizeof buf, 0, reinterpret_cast<sockaddr*>(&from), &flen);
+  if (n <= 0) return;
+  auto q = dns::parse_query(buf, static_cast<size_t>(n));
+  if (!q) return;
+  std::string query(reinterpret_cast<char*>(buf), q->end);
+  // Resolving may take a while: off the loop.
+  {
+    std::lock_guard lock(mu_);
+    if (active_ >= kMaxActive || stopping_) return;
+    ++active_;
+  }
+  auto work = [this, query, q = *q, from] {
+    block_signals();
+    auto* raw = reinterpret_cast<const uint8_t*>(query.data());
+    auto start = Clock::now();
+    Record rec;
+    rec.kind = "dns";
+    rec.name = normalized_or_empty(q.name);
+    if (rec.name.empty()) rec.name = q.name;
+    rec.port = 53;
+    Decision d = decide(policy_, rec.name);
+    rec.allow = d.allow;
+    rec.reason = d.reason;
+    uint8_t rcode = dns::kNxDomain;
+    std::vector<in_addr> answer;
+    uint32_t ttl = 0;
+    if (d.allow && q.klass == 1 && q.type == dns::kTypeA) {
+      dns::Answer a = dns::resolve_a(rec.name, servers_, kResolveTimeoutMs);
+      rcode = a.rcode;
+      for (const auto& addr : a.addrs)
+        if (is_public(addr)) answer.push_back(addr);
+      if (!a.addrs.empty() && answer.empty()) {
+        // Only private addresses: as if the name did not exist.
+        rec.allow = false;
+        rec.reason = "private-address";
+        rec.addr = ip_str(a.addrs.front());
+        rcode = dns::kNxDomain;
+      } else if (!answer.empty()) {
+        rec.addr = ip_str(answer.front());
+        remember(rec.name, answer);
+      }
+      ttl = std::min<uint32_t>(a.ttl, 300);
+    } else if (d.allow) {
+      rcode = dns::kNoError;  // AAAA and other types: no data (IPv6 is not routed)
+    }
+    std::string reply = dns::reply(raw, q, rcode, answer, ttl);
+    sendto(ep_.dns.get(), reply.data(), reply.size(), 0, reinterpret_cast<const sockaddr*>(&from), sizeof from);
+    rec.bytes_out = query.size();
+    rec.bytes_in = reply.size();
+    rec.duration_ms = ms_since(start);
+    audit_.write(rec);
+    std::lock_guard lock(mu_);
+    if (--active_ == 0) idle_.notify_all();
+  };
+  try {
+    std::thread(work).detach();
+  } catch (const std::system_error&) {
+    std::lock_guard lock(mu_);
+    if (--active_ == 0) idle_.notify_all();
+  }
+}
+
+// Packets the rules dropped: one record per flow (the rules rate-limit).
+void Server::read_nflog() {
+  alignas(nlmsghdr) char buf[8192];
+  ssize_t n = recv(ep_.nflog.get(), buf, sizeof buf, 0);
+  if (n <= 0) return;
+  for (auto* h = reinterpret_cast<nlmsghdr*>(buf); NLMSG_OK(h, static_cast<unsigned>(n)); h = NLMSG_NEXT(h, n)) {
+    if (h->nlmsg_type != ((NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET)) continue;
+    auto* attr = reinterpret_cast<nlattr*>(static_cast<char*>(NLMSG_DATA(h)) + NLMSG_ALIGN(sizeof(nfgenmsg)));
+    int left = static_cast<int>(h->nlmsg_len) - NLMSG_LENGTH(sizeof(nfgenmsg));
+    while (left >= static_cast<int>(sizeof(nlattr)) && attr->nla_len >= sizeof(nlattr) && attr->nla_len <= left) {
+      if ((attr->nla_type & NLA_TYPE_MASK) == NFULA_PAYLOAD) {
+        auto* pkt = reinterpret_cast<const uint8_t*>(attr) + NLA_HDRLEN;
+        size_t len = attr->nla_len - NLA_HDRLEN;
+        Record rec;
+        int proto = -1;
+        size_t l4 = 0;
+        char addr[INET6_ADDRSTRLEN] = "";
+        if (len >= 20 && (pkt[0] >> 4) == 4) {
+          proto = pkt[9];
+          l4 = static_cast<size_t>(pkt[0] & 0xf) * 4;
+          inet_ntop(AF_INET, pkt + 16, addr, sizeof addr);
+        } else if (len >= 40 && (pkt[0] >> 4) == 6) {
+          proto = pkt[6];
+          l4 = 40;
+          inet_ntop(AF_INET6, pkt + 24, addr, sizeof addr);
+        }
+        rec.kind = proto == 17 ? "udp" : proto == 6 ? "tcp" : (proto == 1 || proto == 58) ? "icmp" : "ip";
+        if ((proto == 6 || proto == 17) && len >= l4 + 4) rec.port = pkt[l4 + 2] << 8 | pkt[l4 + 3];
+        rec.addr = addr;
+        rec.reason = "no-rule";
+        std::string flow = rec.kind + " " + rec.addr + " " + std::to_string(rec.port);
+        bool fresh;
+        {
+          std::lock_guard lock(mu_);
+          fresh = dropped_flows_.size() < 4096 && dropped_flows_.insert(flow).second;
+        }
+        if (fresh) audit_.write(rec);
+      }
+      left -= NLA_ALIGN(attr->nla_len);
+      attr = reinterpret_cast<nlattr*>(reinterpret_cast<char*>(attr) + NLA_ALIGN(attr->nla_len));
+    }
+  }
+}
+
+}  // namespace ultari::net

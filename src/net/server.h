@@ -1,0 +1,64 @@
+// Internal to src/net: serves a sandbox's network endpoints from outside
+// its namespace (the DNS responder, the transparent proxy, the explicit
+// HTTP and SOCKS5 proxies and the log of dropped packets). Every decision
+// goes to the audit log. It runs in the gateway process (gateway.h), never
+// in the supervisor: it parses what the sandbox sends.
+#pragma once
+#include <netinet/in.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "net/audit.h"
+#include "net/netns.h"
+#include "spec/spec.h"
+
+namespace ultari::net {
+
+class Server {
+ public:
+  // Starts serving; `servers` are the host-side DNS servers.
+  Server(const NetworkSpec& policy, std::vector<in_addr> servers, Endpoints endpoints, AuditLog& audit);
+  ~Server();  // stops serving: closes every connection, joins every thread
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Stops serving (idempotent); the counts are final afterwards.
+  void stop();
+
+ private:
+  void loop();
+  void accept_one(int listener, int kind);
+  void spawn(UniqueFd fd, int kind);
+  void serve(UniqueFd client, int kind);
+  void answer_dns();
+  void read_nflog();
+  // The names the sandbox resolved through us to `addr`.
+  std::set<std::string> names_of(in_addr addr);
+  void remember(const std::string& name, const std::vector<in_addr>& addrs);
+
+  friend struct Flow;
+  NetworkSpec policy_;
+  std::vector<in_addr> servers_;
+  Endpoints ep_;
+  AuditLog& audit_;
+  UniqueFd stop_;  // eventfd: the loop and every connection end
+  std::thread loop_thread_;
+
+  std::mutex mu_;
+  std::condition_variable idle_;
+  int active_ = 0;                 // connection and query threads running
+  std::set<int> open_fds_;         // shut down on stop
+  bool stopping_ = false;
+  std::map<uint32_t, std::set<std::string>> resolved_;  // address -> names
+  std::set<std::string> dropped_flows_;
+};
+
+}  // namespace ultari::net
