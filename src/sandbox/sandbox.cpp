@@ -736,8 +736,9 @@ Result Sandbox::wait() {
   rusage ru{};
   s.reap(&ru);
   if (s.gateway) {
-    s.gateway->stop();
-    r.network = s.gateway->summary();
+    std::string error;
+    r.network = s.gateway->finish(error);
+    if (!error.empty()) s.warnings.push_back(error);
   }
 
   cgroups::Stats cs = s.cgroup->stats();
