@@ -201,7 +201,11 @@ std::string forbidden(const std::string& what, const std::string& reason) {
          "\r\nConnection: close\r\n\r\n" + body;
 }
 
+// A DNS name in canonical form, or "" (an IP literal is no name).
 std::string normalized_or_empty(const std::string& name) {
+  in_addr a4;
+  in6_addr a6;
+  if (inet_pton(AF_INET, name.c_str(), &a4) == 1 || inet_pton(AF_INET6, name.c_str(), &a6) == 1) return "";
   try {
     return normalize_name(name, false);
   } catch (const Error&) {
@@ -258,7 +262,7 @@ bool Flow::decide_name(const std::string& name, in_addr literal, bool have_liter
   rec.reason = d.reason;
   rec.allow = d.allow;
   if (!d.allow) return false;
-  dns::Answer ans = dns::resolve_a(name, g.servers_, kResolveTimeoutMs);
+  dns::Answer ans = g.resolve(name);
   std::vector<in_addr> usable;
   for (const auto& a : ans.addrs)
     if (is_public(a)) usable.push_back(a);
@@ -515,6 +519,26 @@ void Server::stop() {
   idle_.wait(lock, [this] { return active_ == 0; });
 }
 
+dns::Answer Server::resolve(const std::string& name) {
+  auto now = Clock::now();
+  {
+    std::lock_guard lock(mu_);
+    auto it = cache_.find(name);
+    if (it != cache_.end() && it->second.expires > now) return it->second.answer;
+  }
+  dns::Answer a = dns::resolve_a(name, servers_, kResolveTimeoutMs);
+  if (a.rcode == dns::kNoError || a.rcode == dns::kNxDomain) {
+    // Kept for the record's TTL, between 1 and 30 seconds: a sandbox's
+    // burst of connections costs one host-side query, and a name that
+    // changes is seen again soon.
+    auto ttl = std::chrono::seconds(std::clamp<uint32_t>(a.ttl, 1, 30));
+    std::lock_guard lock(mu_);
+    if (cache_.size() >= 4096) cache_.clear();
+    cache_[name] = {a, now + ttl};
+  }
+  return a;
+}
+
 std::set<std::string> Server::names_of(in_addr addr) {
   std::lock_guard lock(mu_);
   auto it = resolved_.find(addr.s_addr);
@@ -626,7 +650,7 @@ void Server::answer_dns() {
     std::vector<in_addr> answer;
     uint32_t ttl = 0;
     if (d.allow && q.klass == 1 && q.type == dns::kTypeA) {
-      dns::Answer a = dns::resolve_a(rec.name, servers_, kResolveTimeoutMs);
+      dns::Answer a = resolve(rec.name);
       rcode = a.rcode;
       for (const auto& addr : a.addrs)
         if (is_public(addr)) answer.push_back(addr);

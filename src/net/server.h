@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <map>
 #include <memory>
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "net/audit.h"
+#include "net/dns.h"
 #include "net/netns.h"
 #include "spec/spec.h"
 
@@ -42,6 +44,8 @@ class Server {
   void read_nflog();
   // The names the sandbox resolved through us to `addr`.
   std::set<std::string> names_of(in_addr addr);
+  // Host-side resolution, cached for the answer's TTL (1 to 30 s).
+  dns::Answer resolve(const std::string& name);
   void remember(const std::string& name, const std::vector<in_addr>& addrs);
 
   friend struct Flow;
@@ -59,6 +63,11 @@ class Server {
   bool stopping_ = false;
   std::map<uint32_t, std::set<std::string>> resolved_;  // address -> names
   std::set<std::string> dropped_flows_;
+  struct Cached {
+    dns::Answer answer;
+    std::chrono::steady_clock::time_point expires;
+  };
+  std::map<std::string, Cached> cache_;
 };
 
 }  // namespace ultari::net
