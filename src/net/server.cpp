@@ -32,6 +32,7 @@ constexpr int kHeadTimeoutMs = 10000;  // for a client to say what it wants
 constexpr int kFirstByteMs = 1000;     // silence: a protocol where the server speaks first
 constexpr int kConnectTimeoutMs = 10000;
 constexpr int kResolveTimeoutMs = 2500;
+constexpr int kPipeBytes = 1 << 20;  // the default pipe-max-size
 
 std::string ip_str(in_addr a) {
   char buf[INET_ADDRSTRLEN];
@@ -147,6 +148,7 @@ void relay(int a, int b, int stop, uint64_t& a_to_b, uint64_t& b_to_a) {
     size_t queued = 0;
     bool eof = false;
     uint64_t* bytes;
+    bool shut = false;
   } dirs[2] = {{a, b, {-1, -1}, 0, false, &a_to_b}, {b, a, {-1, -1}, 0, false, &b_to_a}};
   for (auto& d : dirs) {
     if (pipe2(d.pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
@@ -155,7 +157,7 @@ void relay(int a, int b, int stop, uint64_t& a_to_b, uint64_t& b_to_a) {
           if (fd >= 0) close(fd);
       return;
     }
-    fcntl(d.pipe[1], F_SETPIPE_SZ, 1 << 18);
+    fcntl(d.pipe[1], F_SETPIPE_SZ, kPipeBytes);
   }
   fcntl(a, F_SETFL, fcntl(a, F_GETFL) | O_NONBLOCK);
   fcntl(b, F_SETFL, fcntl(b, F_GETFL) | O_NONBLOCK);
@@ -166,29 +168,38 @@ void relay(int a, int b, int stop, uint64_t& a_to_b, uint64_t& b_to_a) {
       pollfd& from = p[d.from == a ? 0 : 1];
       pollfd& to = p[d.to == a ? 0 : 1];
       if (d.queued > 0) to.events |= POLLOUT;
-      else if (!d.eof) from.events |= POLLIN;
+      if (!d.eof && d.queued < static_cast<size_t>(kPipeBytes)) from.events |= POLLIN;
     }
     if (poll(p, 3, -1) < 0 && errno != EINTR) break;
     if (p[2].revents) break;
+    // Move as much as both sides take before polling again.
     for (auto& d : dirs) {
-      if (!d.eof && d.queued == 0) {
-        ssize_t n = splice(d.from, nullptr, d.pipe[1], nullptr, 1 << 18, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-        if (n > 0) d.queued += static_cast<size_t>(n);
-        else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
-          d.eof = true;
+      for (bool moved = true; moved && !broken;) {
+        moved = false;
+        if (!d.eof && d.queued < static_cast<size_t>(kPipeBytes)) {
+          ssize_t n = splice(d.from, nullptr, d.pipe[1], nullptr, kPipeBytes - d.queued,
+                             SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+          if (n > 0) {
+            d.queued += static_cast<size_t>(n);
+            moved = true;
+          } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+            d.eof = true;
+          }
+        }
+        if (d.queued > 0) {
+          ssize_t n = splice(d.pipe[0], nullptr, d.to, nullptr, d.queued, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+          if (n > 0) {
+            d.queued -= static_cast<size_t>(n);
+            *d.bytes += static_cast<uint64_t>(n);
+            moved = true;
+          } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+            broken = true;  // the receiver is gone
+          }
+        }
+        if (d.eof && d.queued == 0 && !d.shut) {
           shutdown(d.to, SHUT_WR);
+          d.shut = true;
         }
-      }
-      while (d.queued > 0) {
-        ssize_t n = splice(d.pipe[0], nullptr, d.to, nullptr, d.queued, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-        if (n > 0) {
-          d.queued -= static_cast<size_t>(n);
-          *d.bytes += static_cast<uint64_t>(n);
-          continue;
-        }
-        if (n < 0 && (errno == EAGAIN || errno == EINTR)) break;
-        broken = true;  // the receiver is gone
-        break;
       }
     }
   }
