@@ -66,6 +66,7 @@ void AuditLog::write(const Record& r) {
                       {"bytes_in", r.bytes_in},
                       {"duration_ms", r.duration_ms}};
   if (!r.error.empty()) j["error"] = r.error;
+  if (!r.dlp.empty()) j["dlp"] = r.dlp;
   // Names come from the sandbox: never let invalid UTF-8 break the line.
   std::string line = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   std::lock_guard lock(mu_);

@@ -20,6 +20,7 @@ struct Record {
   uint64_t bytes_out = 0, bytes_in = 0;
   int64_t duration_ms = 0;
   std::string error;     // an allowed connection that could not be made
+  std::vector<std::string> dlp;  // secret patterns seen in what the sandbox sent
 };
 
 class AuditLog {

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <memory>
 #include <nlohmann/json.hpp>
 
 #include "net/dns.h"
@@ -57,11 +58,19 @@ void close_all_but(std::vector<int> keep) {
   prctl(PR_SET_NAME, "ultari-net", 0, 0, 0);
   nlohmann::json summary;
   {
-    Server server(policy, std::move(servers), std::move(ep), audit);
+    std::unique_ptr<Server> server;
+    try {
+      server = std::make_unique<Server>(policy, std::move(servers), std::move(ep), audit);
+    } catch (const std::exception& e) {
+      std::string msg = std::string("E") + e.what();
+      if (send(control, msg.data(), msg.size(), MSG_NOSIGNAL) < 0) _exit(1);
+      _exit(1);
+    }
+    if (send(control, "R", 1, MSG_NOSIGNAL) != 1) _exit(1);
     char c;
     while (read(control, &c, 1) < 0 && errno == EINTR) {
     }
-    server.stop();
+    server->stop();
   }
   summary = {{"allowed", audit.allowed()}, {"denied", audit.denied()}, {"denied_names", audit.denied_names()}};
   std::string text = summary.dump();
@@ -96,6 +105,18 @@ Gateway::Gateway(const NetworkSpec& policy, const std::string& sandbox_id, Endpo
   }
   pid_ = static_cast<pid_t>(pid);
   pidfd_.reset(pidfd);
+  theirs.reset();
+  // Serving, or why not (Hyperscan missing, ...).
+  char buf[1024];
+  pollfd p{control_.get(), POLLIN, 0};
+  ssize_t n = poll(&p, 1, kFinishTimeoutMs) > 0 ? recv(control_.get(), buf, sizeof buf, MSG_DONTWAIT) : -1;
+  if (n == 1 && buf[0] == 'R') return;
+  syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGKILL, nullptr, 0);
+  while (waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
+  }
+  pid_ = -1;
+  if (n > 1 && buf[0] == 'E') throw Error("network gateway: " + std::string(buf + 1, static_cast<size_t>(n - 1)));
+  throw Error("the network gateway did not start");
 }
 
 Gateway::~Gateway() {

@@ -154,10 +154,10 @@ void load_policy_file(NetworkSpec& into, const std::string& path) {
   }
   for (const auto& [key, node] : t) {
     std::string k(key.str());
-    if (k == "dlp" || k == "secret")
+    if (k == "secret")
       throw Error(where(path, node) + ": [" + k + "] is not implemented yet in this version of ultari");
-    if (k != "allow" && k != "deny" && k != "ports")
-      throw Error(where(path, node) + ": unknown key '" + k + "' (expected allow, deny, ports)");
+    if (k != "allow" && k != "deny" && k != "ports" && k != "dlp")
+      throw Error(where(path, node) + ": unknown key '" + k + "' (expected allow, deny, ports, dlp)");
   }
   auto allow = names(t, "allow", path);
   auto deny = names(t, "deny", path);
@@ -175,6 +175,31 @@ void load_policy_file(NetworkSpec& into, const std::string& path) {
       auto p = item.value<int64_t>();
       if (!p || *p < 1 || *p > 65535) throw Error(where(path, item) + ": ports: not a port number (1-65535)");
       into.ports.push_back(static_cast<uint16_t>(*p));
+    }
+  }
+  if (const toml::node* n = t.get("dlp")) {
+    const toml::table* d = n->as_table();
+    if (!d) throw Error(where(path, *n) + ": 'dlp' must be a table ([dlp])");
+    for (const auto& [key, node] : *d) {
+      std::string k(key.str());
+      if (k != "action" && k != "literals")
+        throw Error(where(path, node) + ": unknown key 'dlp." + k + "' (expected action, literals)");
+    }
+    into.dlp.enabled = true;
+    if (const toml::node* a = d->get("action")) {
+      auto v = a->value<std::string>();
+      if (!v || (*v != "block" && *v != "log")) throw Error(where(path, *a) + ": dlp.action must be \"block\" or \"log\"");
+      into.dlp.block = *v == "block";
+    }
+    if (const toml::node* l = d->get("literals")) {
+      const toml::array* arr = l->as_array();
+      if (!arr) throw Error(where(path, *l) + ": dlp.literals must be a list of strings");
+      for (const auto& item : *arr) {
+        auto v = item.value<std::string>();
+        if (!v) throw Error(where(path, item) + ": dlp.literals must hold strings");
+        if (v->size() < 4) throw Error(where(path, item) + ": dlp.literals: a secret of fewer than 4 characters would match everywhere");
+        into.dlp.literals.push_back(*v);
+      }
     }
   }
   // A policy file names an egress policy: without allow it still enables

@@ -30,8 +30,8 @@ bool is_public(in_addr addr);
 // Front ends: "allow=a,b" / "none" / "open" (the --net option), added to
 // `into`. Throws Error naming the bad part.
 void apply_net_option(NetworkSpec& into, const std::string& value);
-// A TOML policy file: allow, deny, ports. [dlp] and [[secret]] are refused
-// as not implemented yet (never silently ignored). Throws Error with the
+// A TOML policy file: allow, deny, ports, [dlp]. [[secret]] is refused as
+// not implemented yet (never silently ignored). Throws Error with the
 // file's name and the line of the problem.
 void load_policy_file(NetworkSpec& into, const std::string& path);
 // Checks a complete policy (front ends call it once all options are in).

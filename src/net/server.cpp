@@ -16,7 +16,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <functional>
 
+#include "net/dlp.h"
 #include "net/dns.h"
 #include "net/policy.h"
 #include "net/sniff.h"
@@ -140,8 +142,12 @@ UniqueFd connect_to(in_addr addr, uint16_t port, int stop, std::string& error) {
   return fd;
 }
 
-// Copies both ways with splice until both sides are done (or stop).
-void relay(int a, int b, int stop, uint64_t& a_to_b, uint64_t& b_to_a) {
+// Sees what goes from a to b before it is passed on; false stops the relay.
+using Inspect = std::function<bool(const char*, size_t)>;
+
+// Copies both ways until both sides are done (or stop): with splice, or,
+// for a direction that is inspected, through a buffer in user space.
+void relay(int a, int b, int stop, uint64_t& a_to_b, uint64_t& b_to_a, const Inspect& inspect = {}) {
   struct Dir {
     int from, to;
     int pipe[2] = {-1, -1};
@@ -149,7 +155,10 @@ void relay(int a, int b, int stop, uint64_t& a_to_b, uint64_t& b_to_a) {
     bool eof = false;
     uint64_t* bytes;
     bool shut = false;
+    const Inspect* inspect = nullptr;
+    std::string buf;  // inspected bytes not yet written (buf.size() - queued written)
   } dirs[2] = {{a, b, {-1, -1}, 0, false, &a_to_b}, {b, a, {-1, -1}, 0, false, &b_to_a}};
+  if (inspect) dirs[0].inspect = &inspect;
   for (auto& d : dirs) {
     if (pipe2(d.pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
       for (auto& x : dirs)
@@ -168,7 +177,7 @@ void relay(int a, int b, int stop, uint64_t& a_to_b, uint64_t& b_to_a) {
       pollfd& from = p[d.from == a ? 0 : 1];
       pollfd& to = p[d.to == a ? 0 : 1];
       if (d.queued > 0) to.events |= POLLOUT;
-      if (!d.eof && d.queued < static_cast<size_t>(kPipeBytes)) from.events |= POLLIN;
+      if (!d.eof && (d.inspect ? d.queued == 0 : d.queued < static_cast<size_t>(kPipeBytes))) from.events |= POLLIN;
     }
     if (poll(p, 3, -1) < 0 && errno != EINTR) break;
     if (p[2].revents) break;
@@ -176,6 +185,38 @@ void relay(int a, int b, int stop, uint64_t& a_to_b, uint64_t& b_to_a) {
     for (auto& d : dirs) {
       for (bool moved = true; moved && !broken;) {
         moved = false;
+        if (d.inspect) {
+          if (!d.eof && d.queued == 0) {
+            d.buf.resize(kPipeBytes);
+            ssize_t n = recv(d.from, d.buf.data(), d.buf.size(), 0);
+            if (n > 0) {
+              d.buf.resize(static_cast<size_t>(n));
+              d.queued = d.buf.size();
+              moved = true;
+              if (!(*d.inspect)(d.buf.data(), d.buf.size())) {
+                broken = true;
+                break;
+              }
+            } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+              d.eof = true;
+            }
+          }
+          if (d.queued > 0) {
+            ssize_t n = send(d.to, d.buf.data() + (d.buf.size() - d.queued), d.queued, MSG_NOSIGNAL);
+            if (n > 0) {
+              d.queued -= static_cast<size_t>(n);
+              *d.bytes += static_cast<uint64_t>(n);
+              moved = true;
+            } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+              broken = true;
+            }
+          }
+          if (d.eof && d.queued == 0 && !d.shut) {
+            shutdown(d.to, SHUT_WR);
+            d.shut = true;
+          }
+          continue;
+        }
         if (!d.eof && d.queued < static_cast<size_t>(kPipeBytes)) {
           ssize_t n = splice(d.from, nullptr, d.pipe[1], nullptr, kPipeBytes - d.queued,
                              SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
@@ -497,10 +538,26 @@ void Flow::run() {
       go = false;
     }
   }
+  // Plaintext HTTP going out is scanned for secrets ([dlp]); the request
+  // head of the explicit proxy (prefix) too.
+  std::unique_ptr<Dlp::Stream> scan;
+  Inspect inspect;
+  if (go && g.dlp_ && rec.kind == "http") {
+    scan = g.dlp_->open();
+    inspect = [this, &scan](const char* data, size_t len) {
+      for (auto& found : scan->scan(data, len)) {
+        if (std::find(rec.dlp.begin(), rec.dlp.end(), found) == rec.dlp.end()) rec.dlp.push_back(found);
+        if (g.policy_.dlp.block && rec.allow) deny("dlp:" + found);
+      }
+      return rec.allow;
+    };
+    if (!prefix.empty() && !inspect(prefix.data(), prefix.size())) go = false;
+  }
   if (go && !prefix.empty()) go = send_all(upstream.get(), prefix, stop), rec.bytes_out += prefix.size();
-  if (go) relay(client.get(), upstream.get(), stop, rec.bytes_out, rec.bytes_in);
+  if (go) relay(client.get(), upstream.get(), stop, rec.bytes_out, rec.bytes_in, inspect);
+  if (!rec.allow && !rec.dlp.empty()) go = false;  // blocked mid-stream: reset below
   rec.duration_ms = ms_since(start);
-  if (!go && kind == kTransparent) {
+  if (!go && (kind == kTransparent || !rec.dlp.empty())) {
     // Refused: the client sees a reset, not an orderly end of stream.
     linger l{1, 0};
     setsockopt(client.get(), SOL_SOCKET, SO_LINGER, &l, sizeof l);
@@ -510,6 +567,7 @@ void Flow::run() {
 
 Server::Server(const NetworkSpec& policy, std::vector<in_addr> servers, Endpoints endpoints, AuditLog& audit)
     : policy_(policy), servers_(std::move(servers)), ep_(std::move(endpoints)), audit_(audit) {
+  if (policy_.dlp.enabled) dlp_ = std::make_unique<Dlp>(policy_.dlp.literals);
   stop_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!stop_) throw_errno("eventfd");
   for (int fd : {ep_.transparent.get(), ep_.http_proxy.get(), ep_.socks.get(), ep_.dns.get(), ep_.nflog.get()})

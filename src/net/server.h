@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "net/audit.h"
+#include "net/dlp.h"
 #include "net/dns.h"
 #include "net/netns.h"
 #include "spec/spec.h"
@@ -50,6 +51,7 @@ class Server {
 
   friend struct Flow;
   NetworkSpec policy_;
+  std::unique_ptr<Dlp> dlp_;  // with [dlp] only
   std::vector<in_addr> servers_;
   Endpoints ep_;
   AuditLog& audit_;

@@ -82,7 +82,8 @@ json spec_to_json(const Spec& s) {
             {"ports", n.ports},
             {"resolver", n.resolver},
             {"audit_path", n.audit_path},
-            {"ca_file", n.ca_file}}},
+            {"ca_file", n.ca_file},
+            {"dlp", {{"enabled", n.dlp.enabled}, {"block", n.dlp.block}, {"literals", n.dlp.literals}}}}},
           {"process", {{"argv", s.process.argv}, {"env", s.process.env}, {"cwd", s.process.cwd}}}};
 }
 
@@ -136,6 +137,10 @@ Spec spec_from_json(const json& j) {
     s.network.resolver = get<std::string>(n, "resolver", nw);
     s.network.audit_path = get<std::string>(n, "audit_path", nw);
     s.network.ca_file = get<std::string>(n, "ca_file", nw);
+    const json& d = object(n, "dlp", nw);
+    s.network.dlp.enabled = get<bool>(d, "enabled", "network.dlp.");
+    s.network.dlp.block = get<bool>(d, "block", "network.dlp.");
+    s.network.dlp.literals = get<std::vector<std::string>>(d, "literals", "network.dlp.");
   }
   const json& p = object(j, "process", "");
   s.process.argv = get<std::vector<std::string>>(p, "argv", "process.");

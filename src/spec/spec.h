@@ -54,6 +54,11 @@ struct NetworkSpec {
   std::string resolver;               // host-side DNS server (IPv4); empty: /etc/resolv.conf
   std::string audit_path;             // JSON lines; empty: <state dir>/audit/<id>.jsonl
   std::string ca_file;                // extra CA for upstream TLS checks (PEM)
+  struct Dlp {
+    bool enabled = false;             // scan outgoing plaintext HTTP for secrets
+    bool block = true;                // false: only log what was seen
+    std::vector<std::string> literals;  // the user's own secrets, matched exactly
+  } dlp;
 };
 
 struct ProcessSpec {

@@ -8,6 +8,7 @@
 #include <random>
 #include <string>
 
+#include "net/dlp.h"
 #include "net/dns.h"
 #include "net/policy.h"
 #include "net/sniff.h"
@@ -133,7 +134,9 @@ TEST(NetPolicy, PolicyFileErrorsNameTheFileAndLine) {
   EXPECT_NE(policy_error("ports = [0]\n").find("port"), std::string::npos);
   EXPECT_NE(policy_error("ports = [\"80\"]\n").find("port"), std::string::npos);
   EXPECT_NE(policy_error("allow = \"a.com\"\n").find("list"), std::string::npos);
-  EXPECT_NE(policy_error("[dlp]\naction = \"block\"\n").find("not implemented"), std::string::npos);
+  EXPECT_NE(policy_error("[dlp]\naction = \"drop\"\n").find("dlp.action"), std::string::npos);
+  EXPECT_NE(policy_error("[dlp]\nliterals = [\"abc\"]\n").find("fewer than 4"), std::string::npos);
+  EXPECT_NE(policy_error("[dlp]\nmode = 1\n").find("dlp.mode"), std::string::npos);
   EXPECT_NE(policy_error("[[secret]]\nname = \"K\"\n").find("not implemented"), std::string::npos);
   // Negative control: a good file has no error.
   EXPECT_EQ(policy_error("allow = [\"a.com\"]\n"), "");
@@ -257,6 +260,83 @@ TEST(NetDns, QueryAndReply) {
   std::string comp = q.substr(0, 12) + std::string("\xc0\x0c\x00\x01\x00\x01", 6);
   EXPECT_FALSE(dns::parse_query(reinterpret_cast<const uint8_t*>(comp.data()), comp.size()));
   for (size_t cut = 0; cut < 12 + 13 + 4; ++cut) EXPECT_FALSE(dns::parse_query(raw, cut)) << cut;
+}
+
+}  // namespace
+}  // namespace ultari::net
+
+namespace ultari::net {
+namespace {
+
+TEST(NetPolicy, DlpSection) {
+  std::string path = write_temp("allow = [\"a.com\"]\n[dlp]\naction = \"log\"\nliterals = [\"my-own-secret-value\"]\n");
+  NetworkSpec p;
+  load_policy_file(p, path);
+  std::remove(path.c_str());
+  EXPECT_TRUE(p.dlp.enabled);
+  EXPECT_FALSE(p.dlp.block);
+  EXPECT_EQ(p.dlp.literals, (std::vector<std::string>{"my-own-secret-value"}));
+  NetworkSpec q;
+  std::string bare = write_temp("allow = [\"a.com\"]\n[dlp]\n");
+  load_policy_file(q, bare);
+  std::remove(bare.c_str());
+  EXPECT_TRUE(q.dlp.enabled);
+  EXPECT_TRUE(q.dlp.block);  // blocking unless told otherwise
+  EXPECT_FALSE(NetworkSpec().dlp.enabled);
+}
+
+// Fake secrets of the shapes the built-in patterns know.
+const std::vector<std::pair<std::string, std::string>> kSamples = {
+    {"private-key", "-----BEGIN RSA PRIVATE KEY-----\nMIIEow..."},
+    {"private-key", "-----BEGIN OPENSSH PRIVATE KEY-----"},
+    {"aws-access-key-id", "key=AKIAIOSFODNN7EXAMPLE&x"},
+    {"github-token", "token ghp_0123456789abcdefghijABCDEFGHIJ012345"},
+    {"slack-token", "xoxb-123456789012-abcdefABCDEF"},
+    {"anthropic-api-key", "x-api-key: sk-ant-api03-abcdefghijklmnopqrstuvwxyz012345"},
+    {"google-api-key", "AIzaSyA1234567890abcdefghijklmnopqrstuv"},
+    {"stripe-secret-key", "sk_live_0123456789abcdefghijklmn"},
+};
+
+TEST(NetDlp, FindsEachBuiltinPatternAndNothingInPlainText) {
+  Dlp dlp({});
+  for (const auto& [name, sample] : kSamples) {
+    auto s = dlp.open();
+    auto found = s->scan(sample.data(), sample.size());
+    EXPECT_EQ(found, std::vector<std::string>{name}) << sample;
+  }
+  // Negative control: ordinary text and near misses.
+  for (const std::string text : {"GET / HTTP/1.1\r\nHost: a.com\r\n\r\n", "-----BEGIN PUBLIC KEY-----",
+                                 "AKIA_not_a_key", "sk-ant-short", "just some words about private keys"}) {
+    auto s = dlp.open();
+    EXPECT_TRUE(s->scan(text.data(), text.size()).empty()) << text;
+  }
+}
+
+TEST(NetDlp, ASecretSplitAcrossWritesIsFound) {
+  Dlp dlp({});
+  std::string sample = "body=-----BEGIN EC PRIVATE KEY-----\n";
+  for (size_t cut = 1; cut < sample.size(); ++cut) {
+    auto s = dlp.open();
+    auto a = s->scan(sample.data(), cut);
+    auto b = s->scan(sample.data() + cut, sample.size() - cut);
+    a.insert(a.end(), b.begin(), b.end());
+    EXPECT_EQ(a, std::vector<std::string>{"private-key"}) << cut;
+  }
+}
+
+TEST(NetDlp, LiteralsMatchExactlyAndAreNotRegexes) {
+  Dlp dlp({"my.secret*", "second-secret"});
+  auto find = [&](const std::string& text) {
+    auto s = dlp.open();
+    return s->scan(text.data(), text.size());
+  };
+  EXPECT_EQ(find("x=my.secret*&y"), std::vector<std::string>{"literal-1"});
+  EXPECT_TRUE(find("x=myXsecret&y").empty());  // '.' and '*' are not regex operators
+  EXPECT_EQ(find("second-secret"), std::vector<std::string>{"literal-2"});
+  // Each pattern is reported once per stream.
+  auto s = dlp.open();
+  EXPECT_EQ(s->scan("second-secret", 13).size(), 1u);
+  EXPECT_TRUE(s->scan("second-secret", 13).empty());
 }
 
 }  // namespace
