@@ -20,6 +20,7 @@
 
 #include "net/dlp.h"
 #include "net/dns.h"
+#include "net/http_requests.h"
 #include "net/policy.h"
 #include "net/sniff.h"
 #include "util/error.h"
@@ -365,8 +366,12 @@ bool Flow::transparent(in_addr& dst, uint16_t& port, std::string& name) {
       return false;
     }
     name = said;
+  } else if (s.kind == Sniffed::Kind::Tls || s.kind == Sniffed::Kind::Http) {
+    // TLS without a server name, HTTP whose Host is an address: the
+    // client addressed an IP, whatever names resolve to it. Only --net
+    // open reaches IP literals (decide_name, with no name).
   } else if (!names.empty()) {
-    name = *names.begin();
+    name = *names.begin();  // another protocol: the name it resolved
   }
   return true;
 }
@@ -540,24 +545,34 @@ void Flow::run() {
   }
   // Plaintext HTTP going out is scanned for secrets ([dlp]); the request
   // head of the explicit proxy (prefix) too.
+  // Every request of a plaintext HTTP connection must name the host it
+  // was allowed for (keep-alive and pipelining included).
   std::unique_ptr<Dlp::Stream> scan;
+  std::unique_ptr<HttpRequests> requests;
   Inspect inspect;
-  if (go && g.dlp_ && rec.kind == "http") {
-    scan = g.dlp_->open();
-    inspect = [this, &scan](const char* data, size_t len) {
-      for (auto& found : scan->scan(data, len)) {
-        if (std::find(rec.dlp.begin(), rec.dlp.end(), found) == rec.dlp.end()) rec.dlp.push_back(found);
-        if (g.policy_.dlp.block && rec.allow) deny("dlp:" + found);
-      }
-      return rec.allow;
-    };
-    if (!prefix.empty() && !inspect(prefix.data(), prefix.size())) go = false;
+  if (go && rec.kind == "http") {
+    if (!rec.name.empty()) requests = std::make_unique<HttpRequests>(rec.name);
+    if (g.dlp_) scan = g.dlp_->open();
+    if (requests || scan) {
+      inspect = [this, &scan, &requests](const char* data, size_t len) {
+        std::string why;
+        if (requests && !requests->feed(data, len, why)) deny(why);
+        if (scan)
+          for (auto& found : scan->scan(data, len)) {
+            if (std::find(rec.dlp.begin(), rec.dlp.end(), found) == rec.dlp.end()) rec.dlp.push_back(found);
+            if (g.policy_.dlp.block && rec.allow) deny("dlp:" + found);
+          }
+        return rec.allow;
+      };
+    }
+    if (inspect && !prefix.empty() && !inspect(prefix.data(), prefix.size())) go = false;
   }
   if (go && !prefix.empty()) go = send_all(upstream.get(), prefix, stop), rec.bytes_out += prefix.size();
   if (go) relay(client.get(), upstream.get(), stop, rec.bytes_out, rec.bytes_in, inspect);
-  if (!rec.allow && !rec.dlp.empty()) go = false;  // blocked mid-stream: reset below
+  bool blocked_midway = !rec.allow && go;
+  if (blocked_midway) go = false;  // reset below
   rec.duration_ms = ms_since(start);
-  if (!go && (kind == kTransparent || !rec.dlp.empty())) {
+  if (!go && (kind == kTransparent || blocked_midway)) {
     // Refused: the client sees a reset, not an orderly end of stream.
     linger l{1, 0};
     setsockopt(client.get(), SOL_SOCKET, SO_LINGER, &l, sizeof l);

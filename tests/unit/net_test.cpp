@@ -10,6 +10,7 @@
 
 #include "net/dlp.h"
 #include "net/dns.h"
+#include "net/http_requests.h"
 #include "net/policy.h"
 #include "net/sniff.h"
 #include "util/error.h"
@@ -337,6 +338,64 @@ TEST(NetDlp, LiteralsMatchExactlyAndAreNotRegexes) {
   auto s = dlp.open();
   EXPECT_EQ(s->scan("second-secret", 13).size(), 1u);
   EXPECT_TRUE(s->scan("second-secret", 13).empty());
+}
+
+}  // namespace
+}  // namespace ultari::net
+
+namespace ultari::net {
+namespace {
+
+// Feeds `stream` to a fresh follower in pieces of `step` bytes; "" when
+// everything passed, else the reason it stopped.
+std::string follow(const std::string& stream, size_t step = 0) {
+  HttpRequests r("a.test");
+  std::string why;
+  if (step == 0) step = stream.size();
+  for (size_t off = 0; off < stream.size(); off += step)
+    if (!r.feed(stream.data() + off, std::min(step, stream.size() - off), why)) return why;
+  return "";
+}
+
+TEST(NetHttpRequests, EveryRequestOfAConnectionIsChecked) {
+  std::string ok1 = "GET / HTTP/1.1\r\nHost: a.test\r\n\r\n";
+  std::string ok2 = "POST /x HTTP/1.1\r\nHost: A.Test:80\r\nContent-Length: 5\r\n\r\nhello";
+  std::string chunked = "POST /c HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        "5;ext=1\r\nHost:\r\n10\r\n0123456789abcdef\r\n0\r\nTrailer: x\r\n\r\n";
+  std::string other = "GET / HTTP/1.1\r\nHost: b.test\r\n\r\n";
+  for (size_t step : {0, 1, 3, 7}) {
+    EXPECT_EQ(follow(ok1 + ok2 + chunked + ok1, step), "") << step;
+    // A later request for another host: refused, even after bodies that
+    // contain what looks like headers.
+    EXPECT_EQ(follow(ok1 + ok2 + chunked + other, step), "sni-mismatch") << step;
+    EXPECT_EQ(follow(ok2 + other, step), "sni-mismatch") << step;
+  }
+}
+
+TEST(NetHttpRequests, AmbiguousFramingIsRefused) {
+  EXPECT_EQ(follow("GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n"), "http-smuggling");
+  EXPECT_EQ(follow("POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            "http-smuggling");
+  EXPECT_EQ(follow("POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"),
+            "http-smuggling");
+  EXPECT_EQ(follow("POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: -1\r\n\r\n"), "http-smuggling");
+  EXPECT_EQ(follow("POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: gzip\r\n\r\n"), "http-smuggling");
+  EXPECT_EQ(follow("POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"), "http-smuggling");
+  EXPECT_EQ(follow("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), "unsupported-protocol");
+  EXPECT_EQ(follow("\x16\x03\x01garbage\r\n\r\n"), "http-malformed");
+  // Absolute form: the URL's host counts, userinfo tricks included.
+  EXPECT_EQ(follow("GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n"), "");
+  EXPECT_EQ(follow("GET http://b.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n"), "sni-mismatch");
+  EXPECT_EQ(follow("GET http://a.test@b.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n"), "sni-mismatch");
+  EXPECT_EQ(follow("GET https://b.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n"), "sni-mismatch");
+}
+
+TEST(NetHttpRequests, WebSocketFramesPassAfterAnUpgradeButHttpIsStillChecked) {
+  std::string upgrade = "GET /ws HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+  std::string frames = std::string("\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58", 11) + "GET / HTTP/1.1\r\nHost: b.test\r\n\r\n";
+  EXPECT_EQ(follow(upgrade + frames), "");
+  // The server ignored the upgrade and the client goes on with HTTP.
+  EXPECT_EQ(follow(upgrade + "GET / HTTP/1.1\r\nHost: b.test\r\n\r\n"), "sni-mismatch");
 }
 
 }  // namespace
