@@ -114,6 +114,21 @@ bool HttpRequests::head_done(std::string& why) {
   return true;
 }
 
+uint64_t HttpRequests::unseen() const {
+  return state_ == State::Body || state_ == State::ChunkData ? left_ : 0;
+}
+
+void HttpRequests::skip(uint64_t n) {
+  left_ -= std::min(n, left_);
+  if (left_ > 0) return;
+  if (state_ == State::Body) {
+    state_ = upgrade_ ? State::MaybeTunnel : State::Head;
+  } else if (state_ == State::ChunkData) {
+    state_ = State::ChunkEnd;
+    left_ = 2;
+  }
+}
+
 bool HttpRequests::feed(const char* data, size_t len, std::string& why) {
   size_t i = 0;
   while (i < len) {

@@ -17,6 +17,10 @@ class HttpRequests {
   // http-smuggling, http-malformed, unsupported-protocol) when they must
   // not reach the server.
   bool feed(const char* data, size_t len, std::string& why);
+  // How many of the next bytes are body or chunk data (which need not be
+  // seen to follow the framing), and passing them without feed().
+  uint64_t unseen() const;
+  void skip(uint64_t n);
 
  private:
   bool head_done(std::string& why);

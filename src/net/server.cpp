@@ -144,7 +144,15 @@ UniqueFd connect_to(in_addr addr, uint16_t port, int stop, std::string& error) {
 }
 
 // Sees what goes from a to b before it is passed on; false stops the relay.
-using Inspect = std::function<bool(const char*, size_t)>;
+// `unseen`, when set, says how many of the next bytes need not be seen
+// (an HTTP body when only the framing is followed): those are spliced, and
+// reported to `skipped`.
+struct Inspect {
+  std::function<bool(const char*, size_t)> see;
+  std::function<uint64_t()> unseen;
+  std::function<void(uint64_t)> skipped;
+  explicit operator bool() const { return static_cast<bool>(see); }
+};
 
 // Copies both ways until both sides are done (or stop): with splice, or,
 // for a direction that is inspected, through a buffer in user space.
@@ -158,6 +166,7 @@ void relay(int a, int b, int stop, uint64_t& a_to_b, uint64_t& b_to_a, const Ins
     bool shut = false;
     const Inspect* inspect = nullptr;
     std::string buf;  // inspected bytes not yet written (buf.size() - queued written)
+    bool spliced = false;  // what is queued is in the pipe (unseen bytes)
   } dirs[2] = {{a, b, {-1, -1}, 0, false, &a_to_b}, {b, a, {-1, -1}, 0, false, &b_to_a}};
   if (inspect) dirs[0].inspect = &inspect;
   for (auto& d : dirs) {
@@ -186,7 +195,23 @@ void relay(int a, int b, int stop, uint64_t& a_to_b, uint64_t& b_to_a, const Ins
     for (auto& d : dirs) {
       for (bool moved = true; moved && !broken;) {
         moved = false;
-        if (d.inspect) {
+        if (d.inspect && d.queued == 0) {
+          // Between inspected and unseen bytes: which come next?
+          uint64_t unseen = d.inspect->unseen ? d.inspect->unseen() : 0;
+          d.spliced = unseen > 0;
+          if (d.spliced && !d.eof) {
+            ssize_t n = splice(d.from, nullptr, d.pipe[1], nullptr, std::min<uint64_t>(unseen, kPipeBytes),
+                               SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (n > 0) {
+              d.queued = static_cast<size_t>(n);
+              d.inspect->skipped(static_cast<uint64_t>(n));
+              moved = true;
+            } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+              d.eof = true;
+            }
+          }
+        }
+        if (d.inspect && !d.spliced) {
           if (!d.eof && d.queued == 0) {
             d.buf.resize(kPipeBytes);
             ssize_t n = recv(d.from, d.buf.data(), d.buf.size(), 0);
@@ -194,7 +219,7 @@ void relay(int a, int b, int stop, uint64_t& a_to_b, uint64_t& b_to_a, const Ins
               d.buf.resize(static_cast<size_t>(n));
               d.queued = d.buf.size();
               moved = true;
-              if (!(*d.inspect)(d.buf.data(), d.buf.size())) {
+              if (!d.inspect->see(d.buf.data(), d.buf.size())) {
                 broken = true;
                 break;
               }
@@ -218,7 +243,7 @@ void relay(int a, int b, int stop, uint64_t& a_to_b, uint64_t& b_to_a, const Ins
           }
           continue;
         }
-        if (!d.eof && d.queued < static_cast<size_t>(kPipeBytes)) {
+        if (!d.inspect && !d.eof && d.queued < static_cast<size_t>(kPipeBytes)) {
           ssize_t n = splice(d.from, nullptr, d.pipe[1], nullptr, kPipeBytes - d.queued,
                              SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
           if (n > 0) {
@@ -554,7 +579,7 @@ void Flow::run() {
     if (!rec.name.empty()) requests = std::make_unique<HttpRequests>(rec.name);
     if (g.dlp_) scan = g.dlp_->open();
     if (requests || scan) {
-      inspect = [this, &scan, &requests](const char* data, size_t len) {
+      inspect.see = [this, &scan, &requests](const char* data, size_t len) {
         std::string why;
         if (requests && !requests->feed(data, len, why)) deny(why);
         if (scan)
@@ -565,7 +590,12 @@ void Flow::run() {
         return rec.allow;
       };
     }
-    if (inspect && !prefix.empty() && !inspect(prefix.data(), prefix.size())) go = false;
+    if (requests && !scan) {
+      // Only the framing is followed: bodies are spliced, unseen.
+      inspect.unseen = [&requests] { return requests->unseen(); };
+      inspect.skipped = [&requests](uint64_t n) { requests->skip(n); };
+    }
+    if (inspect && !prefix.empty() && !inspect.see(prefix.data(), prefix.size())) go = false;
   }
   if (go && !prefix.empty()) go = send_all(upstream.get(), prefix, stop), rec.bytes_out += prefix.size();
   if (go) relay(client.get(), upstream.get(), stop, rec.bytes_out, rec.bytes_in, inspect);

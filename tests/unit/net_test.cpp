@@ -400,3 +400,25 @@ TEST(NetHttpRequests, WebSocketFramesPassAfterAnUpgradeButHttpIsStillChecked) {
 
 }  // namespace
 }  // namespace ultari::net
+
+namespace ultari::net {
+namespace {
+
+TEST(NetHttpRequests, BodiesCanPassUnseen) {
+  HttpRequests r("a.test");
+  std::string why;
+  std::string head = "POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1000\r\n\r\n";
+  ASSERT_TRUE(r.feed(head.data(), head.size(), why));
+  EXPECT_EQ(r.unseen(), 1000u);
+  r.skip(600);
+  EXPECT_EQ(r.unseen(), 400u);
+  r.skip(400);
+  EXPECT_EQ(r.unseen(), 0u);
+  // The next head is seen and checked again.
+  std::string other = "GET / HTTP/1.1\r\nHost: b.test\r\n\r\n";
+  EXPECT_FALSE(r.feed(other.data(), other.size(), why));
+  EXPECT_EQ(why, "sni-mismatch");
+}
+
+}  // namespace
+}  // namespace ultari::net
