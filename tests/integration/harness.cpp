@@ -48,6 +48,13 @@ Outcome ultari(const std::vector<std::string>& args, const Options& opt) {
     wrap.insert(wrap.end(), argv.begin(), argv.end());
     argv = wrap;
   }
+  if (!opt.netns.empty()) {
+    // nsenter, not `ip netns exec`: only the network namespace changes (no
+    // remounted /sys hiding the cgroup mounts).
+    std::vector<std::string> wrap = {"/usr/bin/nsenter", "--net=/run/netns/" + opt.netns, "--"};
+    wrap.insert(wrap.end(), argv.begin(), argv.end());
+    argv = wrap;
+  }
   if (!report.empty()) unlink(report.c_str());
 
   int in[2], out[2], err[2];

@@ -21,6 +21,7 @@ struct Options {
   std::vector<std::string> env;  // extra environment of the ultari process
   std::string as_user;           // run ultari as this host user (rootless)
   std::string binary;            // ultari binary to run (default ULTARI_BIN)
+  std::string netns;             // run it in the named netns (/run/netns/NAME), nothing else changed
   int timeout_s = 60;
 };
 
