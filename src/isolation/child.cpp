@@ -51,6 +51,23 @@ void send_msg(int sock, const Msg& m) {
   }
 }
 
+// Ends init (or the payload before its exec) so that the supervisor reads
+// what was sent last. Closing a SOCK_SEQPACKET socket with records still
+// unread in it (a command blob init rejected after its first message, a
+// second command) resets the connection, and the peer's next recv fails
+// with ECONNRESET ahead of the records queued for it: a reader that takes
+// that for the end never sees the SetupError or Exited. So: no more records
+// may come (SHUT_RD: the peer's sends fail with EPIPE from now on), the
+// unread ones are dropped, then exit.
+[[noreturn]] void leave(int sock, int status) {
+  shutdown(sock, SHUT_RD);
+  char byte;
+  ssize_t n;
+  do n = recv(sock, &byte, sizeof byte, MSG_DONTWAIT | MSG_TRUNC);
+  while (n > 0 || (n < 0 && errno == EINTR));
+  _exit(status);
+}
+
 [[noreturn]] void fail(const ChildPlan& p, const char* step, const char* detail, int err) {
   Msg m{};
   m.type = MsgType::SetupError;
@@ -58,7 +75,7 @@ void send_msg(int sock, const Msg& m) {
   copy_cstr(m.step, sizeof m.step, step);
   copy_cstr(m.detail, sizeof m.detail, detail);
   send_msg(p.sock, m);
-  _exit(125);
+  leave(p.sock, 125);
 }
 
 void send_fd(int sock, MsgType type, int fd) {
@@ -336,7 +353,7 @@ int payload_entry(void* payload) { payload_main(*static_cast<const Payload*>(pay
   send_msg(p.sock, ready);
   static Payload payload;
   payload.plan = &p;
-  if (!receive_command(p, payload.cmd)) _exit(0);
+  if (!receive_command(p, payload.cmd)) leave(p.sock, 0);
 
   // 7. The payload, started like posix_spawn does: sharing our memory on
   // its own stack, with init suspended until it has called execve.
@@ -367,9 +384,9 @@ int payload_entry(void* payload) { payload_main(*static_cast<const Payload*>(pay
       done.value = status;
       send_msg(p.sock, done);
       // Our exit makes the kernel kill whatever is left in the namespace.
-      _exit(0);
+      leave(p.sock, 0);
     }
-    if (pid < 0 && errno == ECHILD) _exit(0);
+    if (pid < 0 && errno == ECHILD) leave(p.sock, 0);
   }
 }
 

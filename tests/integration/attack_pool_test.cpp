@@ -318,9 +318,12 @@ def blob(argv, env=(b"PATH=/usr/bin:/bin",), cands=None, cwd=b"/", counts=None, 
     return head + cwd + b"\0" + b"".join(x + b"\0" for x in argv + env + cands)
 
 def send_cmd(ctl, data, value=None, mtype=8):
-    ctl.send(MSG.pack(mtype, 0, len(data) if value is None else value, b"", b""))
-    for off in range(0, len(data), 32768):
-        ctl.send(data[off:off + 32768])
+    try:
+        ctl.send(MSG.pack(mtype, 0, len(data) if value is None else value, b"", b""))
+        for off in range(0, len(data), 32768):
+            ctl.send(data[off:off + 32768])
+    except BrokenPipeError:  # init rejected the command and takes no more of it
+        pass
 
 def ctl_messages(ctl, timeout):
     out, end = [], time.time() + timeout
@@ -330,8 +333,9 @@ def ctl_messages(ctl, timeout):
             break
         try:
             d = ctl.recv(4096)
-        except ConnectionResetError:  # init ended with our blob unread
-            d = b""
+        except ConnectionResetError:  # init ended with records unread: what it sent last is skipped
+            out.append("reset")
+            break
         if not d:
             out.append("eof")
             break
@@ -876,7 +880,11 @@ TEST(AttackPool, NoInitHoldsThePoolsOrAnotherSandboxsFds) {
 // a wrong message type, a blob cut short) fail only the sandbox that got
 // them: init reports a setup error or ends, never runs a command from a
 // half-parsed blob, and the pool keeps serving. A second and third command
-// to one sandbox are ignored (a sandbox runs one command).
+// to one sandbox are ignored (a sandbox runs one command). Init's last
+// message always arrives: it ends without resetting the connection (records
+// left unread when a socket closes make the peer's next recv fail with
+// ECONNRESET ahead of what was queued for it), so "toosmall", whose 8 bytes
+// may arrive after init read the bad size, still sees its error.
 TEST(AttackPool, MalformedCommandBlobsFailOnlyTheirSandbox) {
   TempDir dir;
   std::string req = capture_request(dir.path(), {});
@@ -897,6 +905,9 @@ TEST(AttackPool, MalformedCommandBlobsFailOnlyTheirSandbox) {
     SCOPED_TRACE(line);
     EXPECT_EQ(line.find("out=hi"), std::string::npos);  // nothing ran
     EXPECT_EQ(line.find(" 5:"), std::string::npos);     // no exec attempted
+    // Init ends without resetting the connection: a reset (init closing with
+    // the rest of a rejected blob unread) hides its last message from recv.
+    EXPECT_EQ(line.find("reset"), std::string::npos);
     if (name == "badlimit") {
       EXPECT_NE(line.find("2:setrlimit"), std::string::npos);
     } else if (name == "wrongtype" || name == "halfsent") {
@@ -992,8 +1003,9 @@ TEST(AttackPool, ASigkilledPoolTakesEverySandboxAlong) {
   ASSERT_GT(read(out[0], buf, sizeof buf), 0);
   close(out[0]);
   std::vector<pid_t> inits = children_of(pool_pid);
-  // Negative control: the command and all inits live before the kill.
-  ASSERT_EQ(processes_matching("sleep 93.5"), 1);
+  // Negative control: the command and all inits live before the kill. The
+  // shell execs sleep after its echo: "started" can be read before that.
+  ASSERT_TRUE(wait_for([] { return processes_matching("sleep 93.5") == 1; }, 5s)) << processes_matching("sleep 93.5");
   ASSERT_GE(inits.size(), 2u);
   for (pid_t p : inits) EXPECT_TRUE(alive(p));
   pool->stop(SIGKILL);
