@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <ctime>
@@ -43,7 +44,12 @@ std::string state_dir() {
   return std::string(home && home[0] == '/' ? home : "/tmp") + "/.local/state/ultari";
 }
 
-AuditLog::AuditLog(std::string path, std::string sandbox_id) : path_(std::move(path)), sandbox_(std::move(sandbox_id)) {
+AuditLog::AuditLog(std::string path, std::string sandbox_id, AuditLimits limits)
+    : path_(std::move(path)),
+      sandbox_(std::move(sandbox_id)),
+      limits_(limits),
+      tokens_(limits.burst),
+      refilled_(std::chrono::steady_clock::now()) {
   if (path_.empty()) {
     std::string dir = state_dir() + "/audit";
     make_dirs(dir);
@@ -51,6 +57,44 @@ AuditLog::AuditLog(std::string path, std::string sandbox_id) : path_(std::move(p
   }
   fd_.reset(open(path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600));
   if (!fd_) throw_errno("audit log '" + path_ + "'");
+}
+
+AuditLog::~AuditLog() {
+  std::lock_guard lock(mu_);
+  if (suppressed_ > 0 && !truncated_ && emit(meta("rate-limited"))) suppressed_ = 0;
+}
+
+namespace {
+std::string dump(const nlohmann::json& j) {
+  // Names come from the sandbox: never let invalid UTF-8 break the line.
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+}
+}  // namespace
+
+// A record about the log itself, with the fields of every record.
+std::string AuditLog::meta(const char* reason) const {
+  nlohmann::json j = {{"ts", now_iso()}, {"sandbox", sandbox_}, {"kind", "audit"},  {"name", ""},
+                      {"addr", ""},      {"port", 0},           {"decision", "deny"}, {"reason", reason},
+                      {"bytes_out", 0},  {"bytes_in", 0},       {"duration_ms", 0},   {"suppressed", suppressed_}};
+  return dump(j);
+}
+
+bool AuditLog::emit(const std::string& line) {
+  if (truncated_) return false;
+  // Room is kept for the final record.
+  constexpr uint64_t kFinal = 512;
+  const std::string* out = &line;
+  std::string final_record;
+  if (written_ + line.size() + kFinal > limits_.max_bytes) {
+    truncated_ = true;
+    final_record = meta("truncated");
+    out = &final_record;
+  }
+  written_ += out->size();
+  // One write per line (O_APPEND): lines never interleave.
+  if (::write(fd_.get(), out->data(), out->size()) < 0) {
+  }
+  return !truncated_;
 }
 
 void AuditLog::write(const Record& r) {
@@ -67,14 +111,27 @@ void AuditLog::write(const Record& r) {
                       {"duration_ms", r.duration_ms}};
   if (!r.error.empty()) j["error"] = r.error;
   if (!r.dlp.empty()) j["dlp"] = r.dlp;
-  // Names come from the sandbox: never let invalid UTF-8 break the line.
-  std::string line = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  std::string line = dump(j);
   std::lock_guard lock(mu_);
   (r.allow ? allowed_ : denied_) += 1;
   if (!r.allow && denied_names_.size() < 256) denied_names_.insert(r.name.empty() ? r.addr : r.name);
-  // One write per line (O_APPEND): lines never interleave.
-  if (::write(fd_.get(), line.data(), line.size()) < 0) {
+  if (truncated_) return;
+  if (!r.allow) {
+    auto now = std::chrono::steady_clock::now();
+    double secs = std::chrono::duration<double>(now - refilled_).count();
+    refilled_ = now;
+    tokens_ = std::min(limits_.burst, tokens_ + secs * limits_.per_second);
+    if (tokens_ < 1) {
+      ++suppressed_;
+      return;
+    }
+    tokens_ -= 1;
   }
+  if (suppressed_ > 0) {
+    if (!emit(meta("rate-limited"))) return;
+    suppressed_ = 0;
+  }
+  emit(line);
 }
 
 uint64_t AuditLog::allowed() const {

@@ -1,5 +1,6 @@
 // The audit log: one JSON line per connection, DNS query and dropped flow.
 #pragma once
+#include <chrono>
 #include <cstdint>
 #include <mutex>
 #include <set>
@@ -23,11 +24,32 @@ struct Record {
   std::vector<std::string> dlp;  // secret patterns seen in what the sandbox sent
 };
 
+// Bounds on what one sandbox can make the gateway write to the host's disk.
+// Denied records are rate-limited by a token bucket (`per_second`, up to
+// `burst` at once); the records dropped are summed up in one record
+//   {"kind":"audit","decision":"deny","reason":"rate-limited","suppressed":N,...}
+// written before the next line that passes (or when the log is closed).
+// Allowed records are not rate-limited. All lines written by this log
+// (allowed, denied, audit) count towards `max_bytes`: the line that would
+// pass it is replaced by one final record
+//   {"kind":"audit","decision":"deny","reason":"truncated","suppressed":N,...}
+// (N: denied records still pending from the rate limit) and nothing more is
+// written. allowed(), denied() and denied_names() count every record,
+// written or not.
+struct AuditLimits {
+  double per_second = 50;
+  double burst = 200;
+  uint64_t max_bytes = 64ull << 20;
+};
+
 class AuditLog {
  public:
   // Opens (creating its directory) `path`, or <state dir>/audit/<id>.jsonl
   // when empty. Throws Error when it cannot be written.
-  AuditLog(std::string path, std::string sandbox_id);
+  AuditLog(std::string path, std::string sandbox_id, AuditLimits limits = {});
+  ~AuditLog();
+  AuditLog(const AuditLog&) = delete;
+  AuditLog& operator=(const AuditLog&) = delete;
   void write(const Record& r);
   const std::string& path() const { return path_; }
   int fd() const { return fd_.get(); }
@@ -41,6 +63,16 @@ class AuditLog {
   mutable std::mutex mu_;
   uint64_t allowed_ = 0, denied_ = 0;
   std::set<std::string> denied_names_;
+  AuditLimits limits_;
+  double tokens_;                 // for denied records
+  std::chrono::steady_clock::time_point refilled_;
+  uint64_t suppressed_ = 0;       // denied records dropped since the last line written
+  uint64_t written_ = 0;          // bytes this log wrote
+  bool truncated_ = false;        // max_bytes reached: nothing more is written
+  // Writes `line` (with mu_ held), or the final record when it would pass
+  // max_bytes. False when nothing was written.
+  bool emit(const std::string& line);
+  std::string meta(const char* reason) const;
 };
 
 // /var/lib/ultari as root, $XDG_STATE_HOME/ultari (~/.local/state/ultari)

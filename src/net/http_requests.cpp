@@ -48,21 +48,25 @@ bool same_name(const std::string& a, const std::string& b) {
   }
 }
 
-bool contains_token(std::string v, const char* token) {
-  std::transform(v.begin(), v.end(), v.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return v.find(token) != std::string::npos;
+// The first byte of a WebSocket frame from a client: a data opcode
+// (continuation, text, binary; RSV1 allowed for permessage-deflate) or a
+// control opcode (close, ping, pong) with FIN and without RSV1; RSV2 and
+// RSV3 clear.
+bool websocket_first_byte(uint8_t b) {
+  uint8_t op = b & 0x0f;
+  if (b & 0x30) return false;
+  if (op <= 2) return true;
+  return op >= 8 && op <= 10 && (b & 0x80) && !(b & 0x40);
 }
 
 }  // namespace
 
 bool HttpRequests::head_done(std::string& why) {
   Sniffed s = sniff(buf_);
-  if (s.kind != Sniffed::Kind::Http) {
-    why = "http-malformed";
-    return false;
-  }
-  if (s.method == "PRI") {  // HTTP/2 with prior knowledge: hosts are in HPACK
-    why = "unsupported-protocol";
+  if (s.kind != Sniffed::Kind::Http || !s.malformed.empty()) {
+    // HTTP/2 with prior knowledge (unsupported-protocol: hosts are in
+    // HPACK), obs-fold...
+    why = s.malformed.empty() ? "http-malformed" : s.malformed;
     return false;
   }
   auto hosts = header_values(buf_, "host");
@@ -98,9 +102,13 @@ bool HttpRequests::head_done(std::string& why) {
       return false;
     }
   upgrade_ = !header_values(buf_, "upgrade").empty() || s.method == "CONNECT";
+  connect_ = s.method == "CONNECT";
   buf_.clear();
+  line_seen_ = false;
   if (!encodings.empty()) {
-    if (encodings.size() > 1 || !contains_token(encodings[0], "chunked")) {
+    // Exactly "chunked": "xchunked", "chunked, gzip", "gzip, chunked"...
+    // are framed differently by different servers.
+    if (encodings.size() > 1 || strcasecmp(encodings[0].c_str(), "chunked") != 0) {
       why = "http-smuggling";
       return false;
     }
@@ -129,23 +137,67 @@ void HttpRequests::skip(uint64_t n) {
   }
 }
 
-bool HttpRequests::feed(const char* data, size_t len, std::string& why) {
+bool HttpRequests::feed(const char* data, size_t len, std::string& why, std::string* out) {
   size_t i = 0;
   while (i < len) {
+    size_t from = i;
+    bool head = state_ == State::Head;
+    if (!step(data, len, i, why, out)) return false;
+    if (out && !head) out->append(data + from, i - from);
+  }
+  return true;
+}
+
+bool HttpRequests::step(const char* data, size_t len, size_t& i, std::string& why, std::string* out) {
+  {
     switch (state_) {
       case State::Tunnel:
+        i = len;
         return true;
       case State::MaybeTunnel:
-        // After an upgrade request the server may switch protocols (a
-        // WebSocket: frames never start with an upper-case method) or go
-        // on with HTTP, whose next request is checked like the first.
-        state_ = (data[i] >= 'A' && data[i] <= 'Z') ? State::Head : State::Tunnel;
+        // After an upgrade request the server may switch protocols or go
+        // on with HTTP, whose next request is checked like the first. An
+        // upper-case letter starts a request; the first byte of a client
+        // WebSocket frame (or, after CONNECT, of a TLS record) a tunnel;
+        // anything else (a request after whitespace...) is refused.
+        if (data[i] >= 'A' && data[i] <= 'Z') {
+          state_ = State::Head;
+        } else if (websocket_first_byte(static_cast<uint8_t>(data[i])) || (connect_ && data[i] == 0x16)) {
+          state_ = State::Tunnel;
+        } else {
+          why = "http-malformed";
+          return false;
+        }
         break;
       case State::Head: {
         size_t before = buf_.size();
+        if (before == 0 && !(data[i] >= 'A' && data[i] <= 'Z')) {
+          why = "http-malformed";  // leading whitespace (skipped by servers), not HTTP
+          return false;
+        }
         size_t take = std::min(len - i, kMaxHead + 4 - std::min(before, kMaxHead + 4));
         buf_.append(data + i, take);
         size_t end = buf_.find("\r\n\r\n", before >= 3 ? before - 3 : 0);
+        // Checked as bytes arrive (the relay passes partial heads on):
+        // only the new bytes, and the one before them (a CR at the end).
+        size_t limit = end == std::string::npos ? buf_.size() : end + 4;
+        for (size_t p = before > 0 ? before - 1 : 0; p < limit; ++p) {
+          char c = buf_[p];
+          if ((c == '\n' && (p == 0 || buf_[p - 1] != '\r')) || (c == '\r' && p + 1 < limit && buf_[p + 1] != '\n')) {
+            why = "http-smuggling";  // bare LF or CR: servers disagree on where lines end
+            return false;
+          }
+        }
+        if (!line_seen_) {
+          size_t eol = buf_.find("\r\n", before > 0 ? before - 1 : 0);
+          if (eol != std::string::npos && eol < limit) {
+            line_seen_ = true;
+            if (const char* bad = request_line_error(std::string_view(buf_).substr(0, eol))) {
+              why = bad;  // HTTP/0.9, a lower-case method, HTTP/2...
+              return false;
+            }
+          }
+        }
         if (end == std::string::npos) {
           if (buf_.size() > kMaxHead) {
             why = "http-malformed";
@@ -157,7 +209,12 @@ bool HttpRequests::feed(const char* data, size_t len, std::string& why) {
         size_t used = end + 4 - before;  // bytes of this call that belong to the head
         buf_.resize(end + 4);
         i += used;
+        std::string complete = out ? buf_ : std::string();
         if (!head_done(why)) return false;
+        if (out) {
+          if (on_head) on_head(complete);
+          out->append(complete);
+        }
         break;
       }
       case State::Body: {
@@ -182,6 +239,10 @@ bool HttpRequests::feed(const char* data, size_t len, std::string& why) {
         }
         std::string line = buf_.substr(0, buf_.size() - 2);
         buf_.clear();
+        if (line.find('\r') != std::string::npos) {
+          why = "http-smuggling";  // bare CR
+          return false;
+        }
         if (state_ == State::Trailers) {
           if (line.empty()) state_ = upgrade_ ? State::MaybeTunnel : State::Head;
           break;
