@@ -94,15 +94,19 @@ struct SandboxFlags {
     cmd->add_option("--seccomp-profile", seccomp_profile, "Docker/OCI seccomp JSON profile instead of Ultari's default");
     cmd->add_option("--net", nets, "Network: none (default), open, or allow=NAME[,NAME...] (repeatable)")
         ->allow_extra_args(false);
-    cmd->add_option("--net-policy", net_policy, "TOML egress policy file (allow, deny, ports)");
+    cmd->add_option("--net-policy", net_policy, "TOML egress policy file (allow, deny, ports, inspect_tls, [dlp], [[secret]])");
     cmd->add_option("--net-resolver", spec.network.resolver,
                     "IPv4 DNS server the host side resolves allowed names with (default: /etc/resolv.conf)");
     cmd->add_option("--audit", spec.network.audit_path,
                     "Network audit log (JSON lines; default <state dir>/audit/<sandbox id>.jsonl)");
-    cmd->add_flag("--inspect-tls", inspect_tls, "Not implemented yet");
-    cmd->add_option("--secret", secrets, "Not implemented yet")->allow_extra_args(false);
+    cmd->add_flag("--inspect-tls", inspect_tls,
+                  "Terminate TLS with a CA made for this sandbox (trusted inside only): HTTPS is checked and scanned too");
+    cmd->add_option("--secret", secrets,
+                    "NAME=env:VAR@HOST[,HOST] or NAME=file:PATH@HOST: the sandbox sees a placeholder, requests to HOST "
+                    "get the real value (needs --inspect-tls; repeatable)")
+        ->allow_extra_args(false);
     cmd->add_option("--net-upstream", net_upstream, "Not implemented yet");
-    cmd->add_option("--net-ca", net_ca, "Not implemented yet");
+    cmd->add_option("--net-ca", net_ca, "Extra CA (PEM) trusted for upstream servers under --inspect-tls");
   }
 
   // Throws ultari::Error naming the bad value.
@@ -124,10 +128,10 @@ struct SandboxFlags {
     if (!nofile.empty()) l.nofile = ultari::parse_size(nofile);
     for (const auto& n : nets) ultari::net::apply_net_option(spec.network, n);
     if (!net_policy.empty()) ultari::net::load_policy_file(spec.network, net_policy);
-    if (inspect_tls) throw ultari::Error("--inspect-tls is not implemented yet in this version of ultari");
-    if (!secrets.empty()) throw ultari::Error("--secret is not implemented yet in this version of ultari");
+    if (inspect_tls) spec.network.inspect_tls = true;
+    for (const auto& s : secrets) ultari::net::apply_secret_option(spec.network, s);
     if (!net_upstream.empty()) throw ultari::Error("--net-upstream is not implemented yet in this version of ultari");
-    if (!net_ca.empty()) throw ultari::Error("--net-ca is not implemented yet (it is used by --inspect-tls)");
+    if (!net_ca.empty()) spec.network.ca_file = net_ca;
     if (spec.network.mode == ultari::NetworkSpec::Mode::None &&
         (!spec.network.resolver.empty() || !spec.network.audit_path.empty()))
       throw ultari::Error("--net-resolver and --audit need a network (--net allow=... or --net open)");

@@ -8,6 +8,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstring>
 
@@ -284,6 +285,24 @@ int run_step(Ctx& c, const Step& s, int host_fd) {
       if (s.mode == 0) (s.is_dir ? c.mask_dir : c.mask_file) = s.target;
       return 0;
     }
+    case Step::StagingFile: {
+      int fd = open(s.target, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, s.mode);
+      if (fd < 0) return -errno;
+      size_t len = 0;
+      while (s.data[len]) ++len;
+      for (size_t done = 0; done < len;) {
+        ssize_t n = write(fd, s.data + done, len - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+          int err = n < 0 ? errno : ENOSPC;
+          close(fd);
+          return -err;
+        }
+        done += static_cast<size_t>(n);
+      }
+      close(fd);
+      return 0;
+    }
     case Step::Overlay: {
       // lowerdir is the fd taken before the staging tmpfs covered /tmp, or
       // a detached (idmapped) tree attached next to the upper layer.
@@ -344,7 +363,7 @@ int run_step(Ctx& c, const Step& s, int host_fd) {
       break;
     case Step::StagingBindInRoot: {
       int tree = sys_open_tree(AT_FDCWD, s.source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
-      rc = tree < 0 ? -errno : attach(tree, fd, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV);
+      rc = tree < 0 ? -errno : attach(tree, fd, s.read_only ? ro : (MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV));
       if (tree >= 0) close(tree);
       break;
     }
@@ -396,6 +415,21 @@ int run_step(Ctx& c, const Step& s, int host_fd) {
 
 }  // namespace
 
+void RootPlan::add_file(const std::string& destination, std::string content) {
+  if (content.find('\0') != std::string::npos) throw Error("internal: a file for " + destination + " holds a NUL byte");
+  check_destination(destination, "file");
+  auto pivot = std::find_if(steps.begin(), steps.end(), [](const Step& s) { return s.op == Step::PivotRoot; });
+  if (pivot == steps.end()) throw Error("internal: add_file on an empty plan");
+  const char* staged = intern(std::string(kStaging) + "/file-" + std::to_string(strings.size()));
+  Step file{.op = Step::StagingFile, .target = staged, .data = intern(std::move(content)), .is_dir = false,
+            .mode = 0444};
+  Step bind{.op = Step::StagingBindInRoot, .source = staged, .target = intern(destination), .read_only = true,
+            .is_dir = false};
+  size_t at = static_cast<size_t>(pivot - steps.begin());
+  steps.insert(steps.begin() + static_cast<long>(at), {file, bind});
+  host_fds.assign(steps.size(), -1);
+}
+
 void RootPlan::use_lower_tree(int tree_fd) {
   for (auto& step : steps)
     if (step.op == Step::Overlay) {
@@ -428,6 +462,7 @@ const char* step_name(Step::Op op) {
     case Step::DeviceInRoot: return "bind device";
     case Step::RemountRoRoot: return "make mount read-only";
     case Step::MkdirInRoot: return "create directory";
+    case Step::StagingFile: return "write file";
     case Step::PivotRoot: return "pivot_root";
   }
   return "setup";

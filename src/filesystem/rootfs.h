@@ -32,6 +32,7 @@ struct Step {
   enum Op {
     StagingTmpfs,  // tmpfs on `target` (a host path in the child's own mount ns)
     MkdirStaging,  // mkdir of a host path on the staging tmpfs
+    StagingFile,   // a file on the staging tmpfs holding `data` (mode)
     Overlay,       // overlay root on `target`: lower layer `source` (or the
                    // detached tree `tree_fd`), data = the other options
     BindInRoot,    // bind host `source` onto `target` inside the root
@@ -80,6 +81,10 @@ struct RootPlan {
   void use_lower_tree(int tree_fd);
   // The overlay's lower directory on the host (canonical path).
   const char* lower_dir() const;
+  // A read-only file at `destination` inside the root holding `content`
+  // (on the staging tmpfs, so it counts against --tmp-size), mounted after
+  // every other mount. Missing parent directories are created.
+  void add_file(const std::string& destination, std::string content);
 };
 
 // Builds the recipe. Checks every host path now (missing rootfs, bad bind

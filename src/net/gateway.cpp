@@ -37,7 +37,7 @@ void close_all_but(std::vector<int> keep) {
 }
 
 [[noreturn]] void gateway_main(const NetworkSpec& policy, std::vector<in_addr> servers, Endpoints ep, AuditLog& audit,
-                               int control, pid_t parent) {
+                               Inspection& inspection, int control, pid_t parent) {
   // Terminal signals are for the supervisor, which forwards them to the
   // sandbox; the gateway ends when told (or with its parent).
   sigset_t all;
@@ -60,7 +60,7 @@ void close_all_but(std::vector<int> keep) {
   {
     std::unique_ptr<Server> server;
     try {
-      server = std::make_unique<Server>(policy, std::move(servers), std::move(ep), audit);
+      server = std::make_unique<Server>(policy, std::move(servers), std::move(ep), audit, std::move(inspection));
     } catch (const std::exception& e) {
       std::string msg = std::string("E") + e.what();
       if (send(control, msg.data(), msg.size(), MSG_NOSIGNAL) < 0) _exit(1);
@@ -79,7 +79,7 @@ void close_all_but(std::vector<int> keep) {
 
 }  // namespace
 
-Gateway::Gateway(const NetworkSpec& policy, const std::string& sandbox_id, Endpoints endpoints) {
+Gateway::Gateway(const NetworkSpec& policy, const std::string& sandbox_id, Endpoints endpoints, Inspection inspection) {
   mode_ = policy.mode == NetworkSpec::Mode::Open ? "open" : "allow";
   std::vector<in_addr> servers;
   if (!policy.resolver.empty()) {
@@ -101,8 +101,11 @@ Gateway::Gateway(const NetworkSpec& policy, const std::string& sandbox_id, Endpo
   if (pid < 0) throw_errno("clone (network gateway)");
   if (pid == 0) {
     control_.reset();
-    gateway_main(policy, std::move(servers), std::move(endpoints), audit, theirs.get(), parent);
+    gateway_main(policy, std::move(servers), std::move(endpoints), audit, inspection, theirs.get(), parent);
   }
+  // The CA's key and the secrets' values live on in the gateway only.
+  for (auto& v : inspection.secrets) std::fill(v.value.begin(), v.value.end(), '\0');
+  std::fill(inspection.ca.key_pem.begin(), inspection.ca.key_pem.end(), '\0');
   pid_ = static_cast<pid_t>(pid);
   pidfd_.reset(pidfd);
   theirs.reset();

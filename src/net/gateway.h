@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "net/inspection.h"
 #include "net/netns.h"
 #include "net/summary.h"
 #include "spec/spec.h"
@@ -16,8 +17,10 @@ namespace ultari::net {
 class Gateway {
  public:
   // Opens the audit log and starts the gateway process serving `endpoints`
-  // under `policy`. Throws Error (nothing is left running).
-  Gateway(const NetworkSpec& policy, const std::string& sandbox_id, Endpoints endpoints);
+  // under `policy`, terminating TLS and swapping secrets per `inspection`
+  // (which only the gateway process keeps). Throws Error (nothing is left
+  // running).
+  Gateway(const NetworkSpec& policy, const std::string& sandbox_id, Endpoints endpoints, Inspection inspection = {});
   ~Gateway();  // kills and reaps the process if finish() did not end it
   Gateway(const Gateway&) = delete;
   Gateway& operator=(const Gateway&) = delete;

@@ -3,6 +3,8 @@
 #include <arpa/inet.h>
 
 #include <algorithm>
+#include <cctype>
+#include <set>
 #include <toml++/toml.h>
 
 #include "util/error.h"
@@ -37,15 +39,6 @@ std::string normalize_name(std::string_view name, bool pattern) {
 
 namespace {
 
-// "*.x" matches a.x and a.b.x, never x.
-bool matches(const std::string& pattern, std::string_view name) {
-  if (pattern.starts_with("*.")) {
-    std::string_view suffix = std::string_view(pattern).substr(1);  // ".x"
-    return name.size() > suffix.size() && name.ends_with(suffix);
-  }
-  return name == pattern;
-}
-
 bool is_ip_literal(std::string_view name) {
   in_addr a4;
   in6_addr a6;
@@ -63,11 +56,11 @@ Decision decide(const NetworkSpec& policy, std::string_view raw) {
     return {false, "no-rule"};
   }
   for (const auto& d : policy.deny)
-    if (matches(d, name)) return {false, d};
+    if (pattern_matches(d, name)) return {false, d};
   if (policy.mode == NetworkSpec::Mode::Open) return {true, "open"};
   if (policy.mode != NetworkSpec::Mode::Allow || is_ip_literal(name)) return {false, "no-rule"};
   for (const auto& a : policy.allow)
-    if (matches(a, name)) return {true, a};
+    if (pattern_matches(a, name)) return {true, a};
   return {false, "no-rule"};
 }
 
@@ -154,10 +147,8 @@ void load_policy_file(NetworkSpec& into, const std::string& path) {
   }
   for (const auto& [key, node] : t) {
     std::string k(key.str());
-    if (k == "secret")
-      throw Error(where(path, node) + ": [" + k + "] is not implemented yet in this version of ultari");
-    if (k != "allow" && k != "deny" && k != "ports" && k != "dlp")
-      throw Error(where(path, node) + ": unknown key '" + k + "' (expected allow, deny, ports, dlp)");
+    if (k != "allow" && k != "deny" && k != "ports" && k != "dlp" && k != "secret" && k != "inspect_tls")
+      throw Error(where(path, node) + ": unknown key '" + k + "' (expected allow, deny, ports, inspect_tls, dlp, secret)");
   }
   auto allow = names(t, "allow", path);
   auto deny = names(t, "deny", path);
@@ -202,9 +193,78 @@ void load_policy_file(NetworkSpec& into, const std::string& path) {
       }
     }
   }
+  if (const toml::node* n = t.get("inspect_tls")) {
+    auto v = n->value<bool>();
+    if (!v) throw Error(where(path, *n) + ": inspect_tls must be true or false");
+    into.inspect_tls = *v;
+  }
+  if (const toml::node* n = t.get("secret")) {
+    const toml::array* arr = n->as_array();
+    if (!arr) throw Error(where(path, *n) + ": 'secret' must be an array of tables ([[secret]])");
+    for (const auto& item : *arr) {
+      const toml::table* st = item.as_table();
+      if (!st) throw Error(where(path, item) + ": 'secret' must be an array of tables ([[secret]])");
+      NetworkSpec::Secret secret;
+      for (const auto& [key, node] : *st) {
+        std::string k(key.str());
+        if (k != "name" && k != "from" && k != "hosts")
+          throw Error(where(path, node) + ": unknown key 'secret." + k + "' (expected name, from, hosts)");
+      }
+      auto name = (*st)["name"].value<std::string>();
+      auto from = (*st)["from"].value<std::string>();
+      if (!name || !from) throw Error(where(path, item) + ": a [[secret]] needs name and from (strings)");
+      secret.name = *name;
+      secret.from = *from;
+      secret.hosts = names(*st, "hosts", path);
+      try {
+        check_secret(secret);
+      } catch (const Error& e) {
+        throw Error(where(path, item) + ": " + e.what());
+      }
+      into.secrets.push_back(std::move(secret));
+    }
+  }
   // A policy file names an egress policy: without allow it still enables
   // the network (in Allow mode with nothing allowed) unless --net open.
   if (into.mode == NetworkSpec::Mode::None) into.mode = NetworkSpec::Mode::Allow;
+}
+
+void check_secret(const NetworkSpec::Secret& s) {
+  bool name_ok = !s.name.empty() && !std::isdigit(static_cast<unsigned char>(s.name[0]));
+  for (char c : s.name) name_ok = name_ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '_');
+  if (!name_ok) throw Error("secret '" + s.name + "': the name must be an environment variable name ([A-Za-z_][A-Za-z0-9_]*)");
+  if (!(s.from.starts_with("env:") && s.from.size() > 4) && !(s.from.starts_with("file:") && s.from.size() > 5))
+    throw Error("secret " + s.name + ": '" + s.from + "' must be env:VARIABLE or file:PATH");
+  if (s.hosts.empty()) throw Error("secret " + s.name + ": no host to send it to");
+  for (const auto& h : s.hosts) normalize_name(h, true);
+}
+
+void apply_secret_option(NetworkSpec& into, const std::string& value) {
+  size_t eq = value.find('=');
+  size_t at = value.rfind('@');
+  if (eq == std::string::npos || at == std::string::npos || at < eq)
+    throw Error("--secret '" + value + "': expected NAME=env:VARIABLE@HOST[,HOST...] or NAME=file:PATH@HOST[,HOST...]");
+  NetworkSpec::Secret secret;
+  secret.name = value.substr(0, eq);
+  secret.from = value.substr(eq + 1, at - eq - 1);
+  std::string_view rest = std::string_view(value).substr(at + 1);
+  while (!rest.empty()) {
+    size_t comma = rest.find(',');
+    std::string_view item = rest.substr(0, comma);
+    if (!item.empty()) secret.hosts.push_back(normalize_name(item, true));
+    rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+  }
+  check_secret(secret);
+  into.secrets.push_back(std::move(secret));
+}
+
+// "*.x" matches a.x and a.b.x, never x.
+bool pattern_matches(const std::string& pattern, std::string_view name) {
+  if (pattern.starts_with("*.")) {
+    std::string_view suffix = std::string_view(pattern).substr(1);  // ".x"
+    return name.size() > suffix.size() && name.ends_with(suffix);
+  }
+  return name == pattern;
 }
 
 void validate(const NetworkSpec& policy) {
@@ -216,6 +276,20 @@ void validate(const NetworkSpec& policy) {
     in_addr a;
     if (inet_pton(AF_INET, policy.resolver.c_str(), &a) != 1)
       throw Error("--net-resolver '" + policy.resolver + "': expected an IPv4 address");
+  }
+  if (policy.mode == NetworkSpec::Mode::None && (policy.inspect_tls || !policy.secrets.empty() || !policy.ca_file.empty()))
+    throw Error("--inspect-tls, --secret and --net-ca need a network (--net allow=... or --net open)");
+  if (!policy.ca_file.empty() && !policy.inspect_tls)
+    throw Error("--net-ca is for the upstream side of --inspect-tls (without it the sandbox checks certificates itself)");
+  std::set<std::string> seen;
+  for (const auto& s : policy.secrets) {
+    check_secret(s);
+    if (!seen.insert(s.name).second) throw Error("secret " + s.name + " is given twice");
+    if (!policy.inspect_tls)
+      throw Error("secret " + s.name + " needs --inspect-tls: the gateway can only put the value into requests it can read");
+    for (const auto& h : s.hosts)
+      if (!h.starts_with("*.") && !decide(policy, h).allow)
+        throw Error("secret " + s.name + " is for " + h + ", which the network policy does not allow");
   }
 }
 

@@ -30,10 +30,15 @@ bool is_public(in_addr addr);
 // Front ends: "allow=a,b" / "none" / "open" (the --net option), added to
 // `into`. Throws Error naming the bad part.
 void apply_net_option(NetworkSpec& into, const std::string& value);
-// A TOML policy file: allow, deny, ports, [dlp]. [[secret]] is refused as
-// not implemented yet (never silently ignored). Throws Error with the
-// file's name and the line of the problem.
+// "NAME=env:VAR@host[,host]" / "NAME=file:PATH@host" (the --secret option).
+void apply_secret_option(NetworkSpec& into, const std::string& value);
+// A TOML policy file: allow, deny, ports, inspect_tls, [dlp], [[secret]].
+// Throws Error with the file's name and the line of the problem.
 void load_policy_file(NetworkSpec& into, const std::string& path);
+// A secret's name, source and hosts are well-formed. Throws Error.
+void check_secret(const NetworkSpec::Secret& secret);
+// `name` (normalised) matches `pattern` (a name or "*.suffix").
+bool pattern_matches(const std::string& pattern, std::string_view name);
 // Checks a complete policy (front ends call it once all options are in).
 void validate(const NetworkSpec& policy);
 

@@ -2,11 +2,13 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <ifaddrs.h>
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/netfilter/nfnetlink_log.h>
 #include <linux/netfilter_ipv4.h>
 #include <linux/netlink.h>
 #include <netinet/ip.h>
+#include <netinet/tcp.h>
 #include <netinet/ip6.h>
 #include <poll.h>
 #include <signal.h>
@@ -23,6 +25,7 @@
 #include "net/http_requests.h"
 #include "net/policy.h"
 #include "net/sniff.h"
+#include "net/tls.h"
 #include "util/error.h"
 
 namespace ultari::net {
@@ -91,12 +94,12 @@ bool recv_exact(int fd, void* buf, size_t len, int stop) {
 // Peeks at what the client sent until its first TLS record or HTTP head is
 // complete. A client that stays silent for kFirstByteMs is one waiting for
 // the server (ssh, smtp): Other.
-Sniffed peek_sniff(int fd, int stop) {
+Sniffed peek_sniff(int fd, int stop, int first_byte_ms = kFirstByteMs) {
   auto start = Clock::now();
   char buf[kMaxHead + 8];
   size_t have = 0;
   for (;;) {
-    int wait = have == 0 ? kFirstByteMs : static_cast<int>(std::max<int64_t>(0, kHeadTimeoutMs - ms_since(start)));
+    int wait = have == 0 ? first_byte_ms : static_cast<int>(std::max<int64_t>(0, kHeadTimeoutMs - ms_since(start)));
     if (!wait_fd(fd, POLLIN, stop, wait)) return Sniffed{Sniffed::Kind::Other};
     ssize_t n = recv(fd, buf, sizeof buf, MSG_PEEK);
     if (n <= 0) {
@@ -148,7 +151,8 @@ UniqueFd connect_to(in_addr addr, uint16_t port, int stop, std::string& error) {
 // (an HTTP body when only the framing is followed): those are spliced, and
 // reported to `skipped`.
 struct Inspect {
-  std::function<bool(const char*, size_t)> see;
+  // The bytes to pass on go to `out` (they may be held back or rewritten).
+  std::function<bool(const char*, size_t, std::string& out)> see;
   std::function<uint64_t()> unseen;
   std::function<void(uint64_t)> skipped;
   explicit operator bool() const { return static_cast<bool>(see); }
@@ -216,13 +220,14 @@ void relay(int a, int b, int stop, uint64_t& a_to_b, uint64_t& b_to_a, const Ins
             d.buf.resize(kPipeBytes);
             ssize_t n = recv(d.from, d.buf.data(), d.buf.size(), 0);
             if (n > 0) {
-              d.buf.resize(static_cast<size_t>(n));
-              d.queued = d.buf.size();
+              std::string out;
               moved = true;
-              if (!d.inspect->see(d.buf.data(), d.buf.size())) {
+              if (!d.inspect->see(d.buf.data(), static_cast<size_t>(n), out)) {
                 broken = true;
                 break;
               }
+              d.buf = std::move(out);
+              d.queued = d.buf.size();
             } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
               d.eof = true;
             }
@@ -273,6 +278,94 @@ void relay(int a, int b, int stop, uint64_t& a_to_b, uint64_t& b_to_a, const Ins
   for (auto& d : dirs) close(d.pipe[0]), close(d.pipe[1]);
 }
 
+// Completes a TLS handshake on a non-blocking socket.
+bool handshake(tls::Conn& c, int fd, int stop) {
+  for (;;) {
+    switch (c.handshake()) {
+      case tls::Conn::kOk: return true;
+      case tls::Conn::kWantRead:
+        if (!wait_fd(fd, POLLIN, stop, kHeadTimeoutMs)) return false;
+        break;
+      case tls::Conn::kWantWrite:
+        if (!wait_fd(fd, POLLOUT, stop, kHeadTimeoutMs)) return false;
+        break;
+      default: return false;
+    }
+  }
+}
+
+// relay() for two terminated TLS connections: plaintext from the sandbox
+// (a) goes through `inspect` to the server (b), the answers back as they
+// are. Until both sides are done, or stop, or `inspect` refuses.
+void relay_tls(tls::Conn& a, int afd, tls::Conn& b, int bfd, int stop, uint64_t& a_to_b, uint64_t& b_to_a,
+               const Inspect& inspect) {
+  struct Dir {
+    tls::Conn* from;
+    tls::Conn* to;
+    int from_fd, to_fd;
+    uint64_t* bytes;
+    std::string buf;  // to write
+    size_t off = 0;
+    bool eof = false, shut = false;
+    bool inspected;
+  } dirs[2] = {{&a, &b, afd, bfd, &a_to_b, {}, 0, false, false, true},
+               {&b, &a, bfd, afd, &b_to_a, {}, 0, false, false, false}};
+  std::string chunk(16384, '\0');
+  for (;;) {
+    short ev_a = 0, ev_b = 0;
+    auto need = [&](int fd, tls::Conn::Status st) {
+      short e = st == tls::Conn::kWantRead ? POLLIN : POLLOUT;
+      (fd == afd ? ev_a : ev_b) |= e;
+    };
+    bool moved = false;
+    for (auto& d : dirs) {
+      if (!d.eof && d.buf.size() == d.off) {
+        size_t n = 0;
+        auto st = d.from->read(chunk.data(), chunk.size(), n);
+        if (st == tls::Conn::kOk) {
+          moved = true;
+          d.buf.clear();
+          d.off = 0;
+          if (d.inspected) {
+            if (!inspect.see(chunk.data(), n, d.buf)) return;
+          } else {
+            d.buf.assign(chunk.data(), n);
+          }
+        } else if (st == tls::Conn::kClosed) {
+          d.eof = moved = true;
+        } else if (st == tls::Conn::kFailed) {
+          return;
+        } else {
+          need(d.from_fd, st);
+        }
+      }
+      if (d.buf.size() > d.off) {
+        size_t n = 0;
+        auto st = d.to->write(d.buf.data() + d.off, d.buf.size() - d.off, n);
+        if (st == tls::Conn::kOk) {
+          d.off += n;
+          *d.bytes += n;
+          moved = true;
+        } else if (st == tls::Conn::kWantRead || st == tls::Conn::kWantWrite) {
+          need(d.to_fd, st);
+        } else {
+          return;
+        }
+      }
+      if (d.eof && d.buf.size() == d.off && !d.shut) {
+        d.to->close_notify();
+        shutdown(d.to_fd, SHUT_WR);
+        d.shut = moved = true;
+      }
+    }
+    if (dirs[0].shut && dirs[1].shut) return;
+    if (moved) continue;
+    pollfd p[3] = {{afd, ev_a, 0}, {bfd, ev_b, 0}, {stop, POLLIN, 0}};
+    if (poll(p, 3, -1) < 0 && errno != EINTR) return;
+    if (p[2].revents) return;
+  }
+}
+
 std::string forbidden(const std::string& what, const std::string& reason) {
   std::string body = "ultari: " + what + " is blocked by the sandbox's network policy (" + reason + ")\n";
   return "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: " + std::to_string(body.size()) +
@@ -314,7 +407,34 @@ struct Flow {
   bool http_proxy(in_addr& dst, uint16_t& port, std::string& name, std::string& prefix, bool& tunnel);
   bool socks(in_addr& dst, uint16_t& port, std::string& name);
   bool decide_name(const std::string& name, in_addr literal, bool have_literal, in_addr& target);
+  bool relay_terminated(int upstream, const Inspect& inspect);
 };
+
+// Terminates TLS on both sides (the server's certificate checked first, so
+// a sandbox never talks to an unverified server through us) and relays.
+// False when a handshake failed (rec.error says which).
+bool Flow::relay_terminated(int upstream, const Inspect& inspect) {
+  int c = client.get();
+  fcntl(c, F_SETFL, fcntl(c, F_GETFL) | O_NONBLOCK);
+  // TLS writes whole records: Nagle would hold a flight's last one back
+  // for the peer's delayed ACK (measured: +20 ms per handshake).
+  int one = 1;
+  setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  setsockopt(upstream, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  std::string error;
+  std::unique_ptr<tls::Conn> up = g.inspection_.engine->connect(upstream, rec.name, error);
+  if (!up || !handshake(*up, upstream, stop)) {
+    rec.error = "upstream TLS: " + (!up ? error : up->error().empty() ? "no handshake in time" : up->error());
+    return false;
+  }
+  std::unique_ptr<tls::Conn> down = g.inspection_.engine->accept(c, rec.name, error);
+  if (!down || !handshake(*down, c, stop)) {
+    rec.error = "sandbox TLS: " + (!down ? error : down->error().empty() ? "no handshake in time" : down->error());
+    return false;
+  }
+  relay_tls(*down, c, *up, upstream, stop, rec.bytes_out, rec.bytes_in, inspect);
+  return true;
+}
 
 // Decides for `name` (or, with no name, for the address the sandbox asked
 // for) and picks the public address to connect to. False when denied.
@@ -327,7 +447,7 @@ bool Flow::decide_name(const std::string& name, in_addr literal, bool have_liter
       deny("no-rule");
       return false;
     }
-    if (!is_public(literal)) {
+    if (!g.reachable(literal)) {
       deny("private-address");
       return false;
     }
@@ -343,7 +463,7 @@ bool Flow::decide_name(const std::string& name, in_addr literal, bool have_liter
   dns::Answer ans = g.resolve(name);
   std::vector<in_addr> usable;
   for (const auto& a : ans.addrs)
-    if (is_public(a)) usable.push_back(a);
+    if (g.reachable(a)) usable.push_back(a);
   if (usable.empty()) {
     if (!ans.addrs.empty()) {
       rec.addr = ip_str(ans.addrs.front());
@@ -378,9 +498,18 @@ bool Flow::transparent(in_addr& dst, uint16_t& port, std::string& name) {
     deny("port");
     return false;
   }
-  Sniffed s = peek_sniff(client.get(), stop);
+  // On the web's ports a client speaks first, TLS or HTTP, and is checked
+  // as such: anything else there (or a client that waits) is refused, so
+  // no trick that hides a request from the sniffer gets through unchecked.
+  bool web = port == 80 || port == 443;
+  Sniffed s = peek_sniff(client.get(), stop, web ? kHeadTimeoutMs : kFirstByteMs);
   if (s.kind == Sniffed::Kind::Tls) rec.kind = "tls";
   if (s.kind == Sniffed::Kind::Http) rec.kind = "http";
+  if (web && s.kind != Sniffed::Kind::Tls && s.kind != Sniffed::Kind::Http) {
+    rec.name = names.empty() ? "" : *names.begin();
+    deny("unsupported-protocol");
+    return false;
+  }
   std::string said = normalized_or_empty(s.name);
   if (!said.empty()) {
     // The name in the connection must be one the sandbox resolved for
@@ -424,6 +553,12 @@ bool Flow::http_proxy(in_addr& dst, uint16_t& port, std::string& name, std::stri
     rec.kind = "tcp";
     tunnel = true;
     hostport = s.target;
+    if (!rest.empty()) {
+      // Bytes sent before the tunnel exists would skip the tunnel's checks.
+      rec.name = strip_port(hostport);
+      deny("http-smuggling");  // run() answers 403
+      return false;
+    }
   } else if (s.target.starts_with("http://")) {
     size_t slash = s.target.find('/', 7);
     hostport = s.target.substr(7, slash == std::string::npos ? std::string::npos : slash - 7);
@@ -568,20 +703,44 @@ void Flow::run() {
       go = false;
     }
   }
-  // Plaintext HTTP going out is scanned for secrets ([dlp]); the request
-  // head of the explicit proxy (prefix) too.
-  // Every request of a plaintext HTTP connection must name the host it
-  // was allowed for (keep-alive and pipelining included).
+  // With --inspect-tls a TLS flow is terminated here: what it carries is
+  // then followed like plaintext HTTP.
+  bool terminate = go && rec.kind == "tls" && g.inspection_.engine;
+  if (terminate && rec.name.empty()) {
+    deny("no-rule");
+    rec.error = "TLS without a server name cannot be inspected (--inspect-tls)";
+    go = false;
+  }
+  // Every request of an HTTP connection must name the host it was allowed
+  // for (keep-alive and pipelining included); what goes out is scanned for
+  // secrets ([dlp]), the explicit proxy's request head (prefix) too; the
+  // secrets' placeholders become their values in request heads to their
+  // hosts.
   std::unique_ptr<Dlp::Stream> scan;
   std::unique_ptr<HttpRequests> requests;
   Inspect inspect;
-  if (go && rec.kind == "http") {
+  if (go && (rec.kind == "http" || terminate)) {
     if (!rec.name.empty()) requests = std::make_unique<HttpRequests>(rec.name);
     if (g.dlp_) scan = g.dlp_->open();
+    std::vector<const SecretValue*> secrets;
+    for (const auto& v : g.inspection_.secrets)
+      for (const auto& h : v.hosts)
+        if (!rec.name.empty() && pattern_matches(h, rec.name)) {
+          secrets.push_back(&v);
+          break;
+        }
+    if (requests && !secrets.empty())
+      requests->on_head = [secrets](std::string& head) {
+        for (const SecretValue* v : secrets)
+          for (size_t at = head.find(v->placeholder); at != std::string::npos;
+               at = head.find(v->placeholder, at + v->value.size()))
+            head.replace(at, v->placeholder.size(), v->value);
+      };
     if (requests || scan) {
-      inspect.see = [this, &scan, &requests](const char* data, size_t len) {
+      inspect.see = [this, &scan, &requests](const char* data, size_t len, std::string& out) {
         std::string why;
-        if (requests && !requests->feed(data, len, why)) deny(why);
+        if (requests && !requests->feed(data, len, why, &out)) deny(why);
+        if (!requests) out.append(data, len);
         if (scan)
           for (auto& found : scan->scan(data, len)) {
             if (std::find(rec.dlp.begin(), rec.dlp.end(), found) == rec.dlp.end()) rec.dlp.push_back(found);
@@ -590,15 +749,23 @@ void Flow::run() {
         return rec.allow;
       };
     }
-    if (requests && !scan) {
+    if (requests && !scan && !terminate) {
       // Only the framing is followed: bodies are spliced, unseen.
       inspect.unseen = [&requests] { return requests->unseen(); };
       inspect.skipped = [&requests](uint64_t n) { requests->skip(n); };
     }
-    if (inspect && !prefix.empty() && !inspect.see(prefix.data(), prefix.size())) go = false;
+    if (inspect && !prefix.empty()) {
+      std::string out;
+      if (!inspect.see(prefix.data(), prefix.size(), out)) go = false;
+      prefix = std::move(out);
+    }
   }
   if (go && !prefix.empty()) go = send_all(upstream.get(), prefix, stop), rec.bytes_out += prefix.size();
-  if (go) relay(client.get(), upstream.get(), stop, rec.bytes_out, rec.bytes_in, inspect);
+  if (go && terminate) {
+    go = relay_terminated(upstream.get(), inspect);
+  } else if (go) {
+    relay(client.get(), upstream.get(), stop, rec.bytes_out, rec.bytes_in, inspect);
+  }
   bool blocked_midway = !rec.allow && go;
   if (blocked_midway) go = false;  // reset below
   rec.duration_ms = ms_since(start);
@@ -610,9 +777,24 @@ void Flow::run() {
   g.audit_.write(rec);
 }
 
-Server::Server(const NetworkSpec& policy, std::vector<in_addr> servers, Endpoints endpoints, AuditLog& audit)
-    : policy_(policy), servers_(std::move(servers)), ep_(std::move(endpoints)), audit_(audit) {
+Server::Server(const NetworkSpec& policy, std::vector<in_addr> servers, Endpoints endpoints, AuditLog& audit,
+               Inspection inspection)
+    : policy_(policy), inspection_(std::move(inspection)), servers_(std::move(servers)), ep_(std::move(endpoints)),
+      audit_(audit) {
   if (policy_.dlp.enabled) dlp_ = std::make_unique<Dlp>(policy_.dlp.literals);
+  if (inspection_.engine) {
+    std::string error;
+    if (!inspection_.engine->serve_with(inspection_.ca, inspection_.extra_ca_pem, error)) throw Error(error);
+    std::fill(inspection_.ca.key_pem.begin(), inspection_.ca.key_pem.end(), '\0');
+  }
+  // The host's own addresses are no destination, whatever they are.
+  ifaddrs* ifs = nullptr;
+  if (getifaddrs(&ifs) == 0) {
+    for (ifaddrs* i = ifs; i; i = i->ifa_next)
+      if (i->ifa_addr && i->ifa_addr->sa_family == AF_INET)
+        local_.push_back(reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr);
+    freeifaddrs(ifs);
+  }
   stop_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!stop_) throw_errno("eventfd");
   for (int fd : {ep_.transparent.get(), ep_.http_proxy.get(), ep_.socks.get(), ep_.dns.get(), ep_.nflog.get()})
@@ -651,6 +833,13 @@ dns::Answer Server::resolve(const std::string& name) {
     cache_[name] = {a, now + ttl};
   }
   return a;
+}
+
+bool Server::reachable(in_addr addr) const {
+  if (!is_public(addr)) return false;
+  for (const auto& l : local_)
+    if (l.s_addr == addr.s_addr) return false;
+  return true;
 }
 
 std::set<std::string> Server::names_of(in_addr addr) {
@@ -767,7 +956,7 @@ void Server::answer_dns() {
       dns::Answer a = resolve(rec.name);
       rcode = a.rcode;
       for (const auto& addr : a.addrs)
-        if (is_public(addr)) answer.push_back(addr);
+        if (reachable(addr)) answer.push_back(addr);
       if (!a.addrs.empty() && answer.empty()) {
         // Only private addresses: as if the name did not exist.
         rec.allow = false;

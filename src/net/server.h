@@ -20,6 +20,7 @@
 #include "net/audit.h"
 #include "net/dlp.h"
 #include "net/dns.h"
+#include "net/inspection.h"
 #include "net/netns.h"
 #include "spec/spec.h"
 
@@ -28,7 +29,8 @@ namespace ultari::net {
 class Server {
  public:
   // Starts serving; `servers` are the host-side DNS servers.
-  Server(const NetworkSpec& policy, std::vector<in_addr> servers, Endpoints endpoints, AuditLog& audit);
+  Server(const NetworkSpec& policy, std::vector<in_addr> servers, Endpoints endpoints, AuditLog& audit,
+         Inspection inspection = {});
   ~Server();  // stops serving: closes every connection, joins every thread
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
@@ -48,10 +50,14 @@ class Server {
   // Host-side resolution, cached for the answer's TTL (1 to 30 s).
   dns::Answer resolve(const std::string& name);
   void remember(const std::string& name, const std::vector<in_addr>& addrs);
+  // A public address that is not one of the host's own.
+  bool reachable(in_addr addr) const;
 
   friend struct Flow;
   NetworkSpec policy_;
   std::unique_ptr<Dlp> dlp_;  // with [dlp] only
+  Inspection inspection_;     // TLS engine (--inspect-tls), secrets
+  std::vector<in_addr> local_;  // the host's own addresses: never a destination
   std::vector<in_addr> servers_;
   Endpoints ep_;
   AuditLog& audit_;

@@ -28,6 +28,7 @@
 
 #include "isolation/channel.h"
 #include "isolation/child.h"
+#include "net/inspection.h"
 #include "sandbox/sink.h"
 #include "sandbox/state.h"
 #include "util/error.h"
@@ -134,6 +135,12 @@ std::string build_command(const Spec& spec) {
   env.push_back(std::string("TERM=") + (term && *term ? term : "dumb"));
   if (spec.network.mode != NetworkSpec::Mode::None)
     for (const auto& kv : net::Gateway::proxy_env()) env.push_back(kv);
+  if (spec.network.mode != NetworkSpec::Mode::None && spec.network.inspect_tls)
+    for (const auto& kv : net::trust_env()) env.push_back(kv);
+  for (const auto& secret : spec.network.secrets) {
+    if (secret.placeholder.empty()) throw Error("internal: secret " + secret.name + " has no placeholder");
+    env.push_back(secret.name + "=" + secret.placeholder);
+  }
   for (const auto& kv : spec.process.env) {
     auto eq = kv.find('=');
     if (eq == std::string::npos || eq == 0) throw Error("--env '" + kv + "' must be KEY=VALUE");
@@ -300,6 +307,7 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
   State& s = *st;
   s.id = random_id();
   s.spec = spec;
+  net::fill_placeholders(s.spec.network);
   s.prepared = &prepared;
   s.policy = &prepared.policy;
 
@@ -308,6 +316,15 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
   // anything exists.
   s.root = filesystem::plan_root(spec, spec.rootfs.empty() ? &prepared.host_root : nullptr, home_of(spec));
   if (id.rootful) idmap_user_paths(s);
+  // --inspect-tls and --secret: the CA and the secrets' values, read and
+  // made now (a missing variable fails before anything exists); the CA's
+  // certificate joins the sandbox's trust store.
+  net::Inspection inspection;
+  if (spec.network.mode != NetworkSpec::Mode::None) {
+    inspection = net::prepare_inspection(s.spec.network, s.id);
+    if (inspection.engine)
+      s.root.add_file(net::kTrustBundle, net::trust_bundle(s.root.lower_dir(), inspection.ca.cert_pem));
+  }
 
   // The cgroup exists before the child: limits are in force from its first
   // instruction.
@@ -413,7 +430,7 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
   // The network is served from here, set up from outside the sandbox
   // before its command can run (the command is sent after this returns).
   if (spec.network.mode != NetworkSpec::Mode::None)
-    s.gateway = std::make_unique<net::Gateway>(spec.network, s.id, net::attach(s.pidfd.get()));
+    s.gateway = std::make_unique<net::Gateway>(spec.network, s.id, net::attach(s.pidfd.get()), std::move(inspection));
   return std::unique_ptr<Sandbox>(new Sandbox(std::move(st)));
 }
 
@@ -460,8 +477,10 @@ void Sandbox::exec(const Spec& request, const Io& io) {
 
 std::unique_ptr<Sandbox> Sandbox::start(const Prepared& prepared, const Spec& spec, const Io& io) {
   // The command is built (and checked) before anything exists, once.
-  std::string blob = build_command(spec);
-  auto sandbox = create(prepared, spec);
+  Spec filled = spec;
+  net::fill_placeholders(filled.network);
+  std::string blob = build_command(filled);
+  auto sandbox = create(prepared, filled);
   give_command(sandbox->state(), io, blob);
   return sandbox;
 }

@@ -60,6 +60,9 @@ json spec_to_json(const Spec& s) {
                       {"tmpfs_size", m.tmpfs_size}});
   const auto& l = s.limits;
   const auto& n = s.network;
+  json secrets = json::array();
+  for (const auto& x : n.secrets)
+    secrets.push_back({{"name", x.name}, {"from", x.from}, {"hosts", x.hosts}, {"placeholder", x.placeholder}});
   return {{"rootfs", s.rootfs},
           {"workspace", s.workspace},
           {"mounts", mounts},
@@ -83,6 +86,8 @@ json spec_to_json(const Spec& s) {
             {"resolver", n.resolver},
             {"audit_path", n.audit_path},
             {"ca_file", n.ca_file},
+            {"inspect_tls", n.inspect_tls},
+            {"secrets", secrets},
             {"dlp", {{"enabled", n.dlp.enabled}, {"block", n.dlp.block}, {"literals", n.dlp.literals}}}}},
           {"process", {{"argv", s.process.argv}, {"env", s.process.env}, {"cwd", s.process.cwd}}}};
 }
@@ -137,6 +142,17 @@ Spec spec_from_json(const json& j) {
     s.network.resolver = get<std::string>(n, "resolver", nw);
     s.network.audit_path = get<std::string>(n, "audit_path", nw);
     s.network.ca_file = get<std::string>(n, "ca_file", nw);
+    s.network.inspect_tls = get<bool>(n, "inspect_tls", nw);
+    auto secrets = n.find("secrets");
+    if (secrets == n.end() || !secrets->is_array()) throw Error("spec: network.secrets must be an array");
+    for (size_t i = 0; i < secrets->size(); ++i) {
+      const json& x = (*secrets)[i];
+      std::string where = "network.secrets[" + std::to_string(i) + "].";
+      if (!x.is_object()) throw Error("spec: " + where + " must be an object");
+      s.network.secrets.push_back({get<std::string>(x, "name", where), get<std::string>(x, "from", where),
+                                   get<std::vector<std::string>>(x, "hosts", where),
+                                   get<std::string>(x, "placeholder", where)});
+    }
     const json& d = object(n, "dlp", nw);
     s.network.dlp.enabled = get<bool>(d, "enabled", "network.dlp.");
     s.network.dlp.block = get<bool>(d, "block", "network.dlp.");

@@ -53,7 +53,17 @@ struct NetworkSpec {
   std::vector<uint16_t> ports{80, 443};  // TCP destination ports allowed
   std::string resolver;               // host-side DNS server (IPv4); empty: /etc/resolv.conf
   std::string audit_path;             // JSON lines; empty: <state dir>/audit/<id>.jsonl
-  std::string ca_file;                // extra CA for upstream TLS checks (PEM)
+  std::string ca_file;                // extra CA for upstream TLS checks (PEM, --inspect-tls)
+  bool inspect_tls = false;           // terminate TLS with a CA made for this sandbox
+  // A value the sandbox never sees: it holds `placeholder`, which the
+  // gateway swaps for the real value in request heads to `hosts` only.
+  struct Secret {
+    std::string name;                 // the environment variable inside
+    std::string from;                 // "env:VAR" or "file:PATH" (read on the host side)
+    std::vector<std::string> hosts;   // names and *.suffix patterns
+    std::string placeholder;          // empty: made by the engine per sandbox
+  };
+  std::vector<Secret> secrets;
   struct Dlp {
     bool enabled = false;             // scan outgoing plaintext HTTP for secrets
     bool block = true;                // false: only log what was seen

@@ -709,6 +709,8 @@ TEST_F(Network, BadInputIsRefusedWithAClearMessageAndLeavesNothing) {
   Leftovers before = leftovers();
   // [dlp] exists now (docs/network.md); an unknown key in it is still refused.
   std::string tables_dlp = policy("allow = [\"allowed.test\"]\n[dlp]\nblock = [\"AKIA\"]\n");
+  // [[secret]] exists too; a key it does not know (value: secrets never
+  // sit in a policy file) is refused.
   std::string tables_secret = policy("allow = [\"allowed.test\"]\n[[secret]]\nname = \"API\"\nvalue = \"x\"\n");
   struct Case {
     std::vector<std::string> flags;
@@ -721,11 +723,19 @@ TEST_F(Network, BadInputIsRefusedWithAClearMessageAndLeavesNothing) {
       {{"--net-policy", bad_toml}, bad_toml},
       {{"--net-policy", *dir_ / "missing.toml"}, "missing.toml"},
       {{"--net", "bogus"}, "bogus"},
-      {{"--net", "allow=allowed.test", "--inspect-tls"}, "not implemented"},
-      {{"--net", "allow=allowed.test", "--secret", "API_KEY=x"}, "not implemented"},
+      {{"--inspect-tls"}, "need a network"},
+      {{"--net", "allow=allowed.test", "--secret", "API_KEY=x"}, "API_KEY=x"},
+      {{"--net", "allow=allowed.test", "--secret", "API_KEY=env:HOME@allowed.test"}, "--inspect-tls"},
+      {{"--net", "allow=allowed.test", "--inspect-tls", "--secret", "API_KEY=env:HOME@other.test"}, "other.test"},
+      {{"--net", "allow=allowed.test", "--inspect-tls", "--secret", "API_KEY=env:ULTARI_NO_SUCH_VAR@allowed.test"},
+       "ULTARI_NO_SUCH_VAR"},
+      {{"--net", "allow=allowed.test", "--inspect-tls", "--secret", "1KEY=env:HOME@allowed.test"}, "1KEY"},
+      {{"--net", "allow=allowed.test", "--inspect-tls", "--net-ca", *dir_ / "missing.pem"}, "missing.pem"},
+      {{"--net", "allow=allowed.test", "--inspect-tls", "--net-ca", "/etc/hostname"}, "--net-ca"},
       {{"--net-policy", tables_dlp}, "block"},
-      {{"--net", "allow=allowed.test", "--net-ca", "/etc/hostname"}, "not implemented"},
-      {{"--net-policy", tables_secret}, "not implemented"},
+      {{"--net", "allow=allowed.test", "--net-ca", "/etc/hostname"}, "--inspect-tls"},
+      {{"--net-policy", tables_secret}, "secret.value"},
+      {{"--net", "allow=allowed.test", "--net-upstream", "http://proxy.test:3128"}, "not implemented"},
       {{"--net-policy", policy("allow = [\"allowed.test\"]\nports = [70000]\n")}, "ports"},
       {{"--net", "allow="}, "allow="},
       {{"--net", "open", "--net-resolver", "not-an-ip"}, "not-an-ip"},

@@ -1,0 +1,49 @@
+// What --inspect-tls and --secret hand to the gateway: the TLS engine and
+// the sandbox's CA, the extra upstream CA, and the secrets' real values.
+// Made by the supervisor before the sandbox exists; the values never enter
+// the sandbox (it gets placeholders in its environment).
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "net/tls.h"
+#include "spec/spec.h"
+
+namespace ultari::net {
+
+struct SecretValue {
+  std::string name;         // environment variable inside
+  std::string placeholder;  // what the sandbox holds
+  std::string value;        // what requests to `hosts` carry instead
+  std::vector<std::string> hosts;
+};
+
+struct Inspection {
+  std::unique_ptr<tls::Engine> engine;  // null without --inspect-tls
+  tls::Ca ca;
+  std::string extra_ca_pem;             // --net-ca
+  std::vector<SecretValue> secrets;
+};
+
+// Gives every secret without one a fresh placeholder ("ultari-secret-" and
+// 32 random hex digits).
+void fill_placeholders(NetworkSpec& policy);
+
+// Loads the TLS module, makes the sandbox's CA and reads --net-ca and the
+// secrets' values (env: from this process's environment, file: a file of
+// at most 64 KiB, one trailing newline dropped). Throws Error naming a
+// missing variable, an unreadable file or a value that cannot go into an
+// HTTP header. `label` names the CA (the sandbox id).
+Inspection prepare_inspection(const NetworkSpec& policy, const std::string& label);
+
+// Where the sandbox's trust store is, and the environment that points
+// clients with a bundle of their own (Python requests, pip, Node) at it.
+inline constexpr const char* kTrustBundle = "/etc/ssl/certs/ca-certificates.crt";
+std::vector<std::string> trust_env();
+
+// The sandbox's trust bundle: the lower layer's own bundle (read inside
+// `lower_dir`, never following a link out of it) with the CA added.
+std::string trust_bundle(const std::string& lower_dir, const std::string& ca_pem);
+
+}  // namespace ultari::net

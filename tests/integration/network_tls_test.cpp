@@ -1,0 +1,240 @@
+// --inspect-tls and --secret end to end, in the lab (netlab.h): HTTPS is
+// terminated with a CA made for the sandbox, so its bodies are scanned and
+// its Host checked against its SNI; secrets reach their host while the
+// sandbox holds a placeholder. Each test has a negative control: the same
+// request without inspection gets through (or carries what it carried).
+#include <gtest/gtest.h>
+
+#include <sstream>
+
+#include "harness.h"
+#include "netlab.h"
+
+namespace ultari::test {
+namespace {
+
+using nlohmann::json;
+
+constexpr const char* kKey = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAfakefakefake\n-----END RSA PRIVATE KEY-----\n";
+constexpr const char* kSecret = "sk-real-value-4b1d9e";
+
+class NetworkTls : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    try {
+      lab_ = new NetLab();
+    } catch (const std::exception& e) {
+      error_ = e.what();
+    }
+  }
+  static void TearDownTestSuite() {
+    delete lab_;
+    lab_ = nullptr;
+  }
+  void SetUp() override {
+    ASSERT_NE(lab_, nullptr) << "the lab could not be built: " << error_;
+    lab_->clear_logs();
+    write_file(dir_ / "key.txt", kKey);
+  }
+
+  // SCRIPT under a policy allowing allowed.test and www.allowed.test plus
+  // `extra` TOML, with `flags`; the lab's files at /lab, /ca.pem, this
+  // test's dir at /data.
+  Outcome run(const std::vector<std::string>& flags, const std::string& script, const std::string& extra = "",
+              Options opt = {}) {
+    std::string policy = dir_ / "policy.toml";
+    write_file(policy, "allow = [\"allowed.test\", \"www.allowed.test\"]\n" + extra);
+    std::vector<std::string> all = {"--net-policy", policy, "--net-resolver", NetLab::kDnsAddr, "--audit",
+                                    dir_ / "audit.jsonl", "--ro-bind", dir_.path() + ":/data"};
+    for (const auto& b : lab_->binds()) all.push_back(b);
+    all.insert(all.end(), flags.begin(), flags.end());
+    return lab_->sh(script, all, std::move(opt));
+  }
+  std::vector<std::string> inspect() const { return {"--inspect-tls", "--net-ca", lab_->ca_cert()}; }
+  std::vector<json> audit() const {
+    std::vector<json> v;
+    std::istringstream in(read_file(dir_ / "audit.jsonl"));
+    for (std::string l; std::getline(in, l);)
+      if (!l.empty()) v.push_back(json::parse(l));
+    return v;
+  }
+  const json* line_for(const std::string& kind) const {
+    static json found;
+    for (const auto& e : audit())
+      if (e["kind"] == kind) return &(found = e);
+    return nullptr;
+  }
+  std::string arrived() const {
+    std::string all;
+    for (const auto& r : lab_->requests()) all += r.dump() + "\n";
+    return all;
+  }
+  static bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+  static NetLab* lab_;
+  static std::string error_;
+  TempDir dir_;
+};
+
+NetLab* NetworkTls::lab_ = nullptr;
+std::string NetworkTls::error_;
+
+// curl with the system trust store only (no --cacert): only a CA the
+// sandbox trusts makes it work.
+const std::string kGet = "curl -sS --noproxy '*' --max-time 5 -w ' code=%{http_code}\\n' https://allowed.test/; echo rc=$?";
+
+TEST_F(NetworkTls, TheSandboxTrustsItsOwnCaAndTheServerIsVerified) {
+  Outcome r = run(inspect(), kGet + "; echo env=$SSL_CERT_FILE; openssl crl2pkcs7 -nocrl -certfile " +
+                                 "/etc/ssl/certs/ca-certificates.crt | openssl pkcs7 -print_certs -noout | grep Ultari");
+  EXPECT_TRUE(contains(r.out, "code=200")) << r.out << r.err;
+  EXPECT_TRUE(contains(r.out, "lab server=allowed.test")) << r.out;
+  EXPECT_TRUE(contains(r.out, "env=/etc/ssl/certs/ca-certificates.crt")) << r.out;
+  EXPECT_TRUE(contains(r.out, "Ultari sandbox CA")) << r.out;
+  // The server saw a real TLS connection for the name, from the gateway.
+  auto reqs = lab_->requests();
+  ASSERT_EQ(reqs.size(), 1u) << arrived();
+  EXPECT_EQ(reqs[0]["scheme"], "https");
+  EXPECT_EQ(reqs[0]["sni"], "allowed.test");
+  const json* l = line_for("tls");
+  ASSERT_NE(l, nullptr) << read_file(dir_ / "audit.jsonl");
+  EXPECT_EQ((*l)["decision"], "allow");
+  // The host's trust store is untouched: the sandbox's CA is nowhere on it.
+  EXPECT_FALSE(contains(read_file("/etc/ssl/certs/ca-certificates.crt"), "Ultari sandbox CA"));
+  // Negative control: without inspection the lab's certificate (not in the
+  // system store) is refused by the same curl.
+  lab_->clear_logs();
+  Outcome plain = run({}, kGet);
+  EXPECT_FALSE(contains(plain.out, "rc=0")) << plain.out;
+  EXPECT_FALSE(contains(plain.out, "code=200")) << plain.out;
+}
+
+TEST_F(NetworkTls, AnUpstreamCertificateThatDoesNotVerifyIsRefused) {
+  // No --net-ca: the lab's CA is unknown on the host side.
+  Outcome r = run({"--inspect-tls"}, kGet);
+  EXPECT_FALSE(contains(r.out, "code=200")) << r.out << r.err;
+  EXPECT_TRUE(lab_->requests().empty()) << arrived();
+  const json* l = line_for("tls");
+  ASSERT_NE(l, nullptr) << read_file(dir_ / "audit.jsonl");
+  EXPECT_TRUE(contains((*l).value("error", ""), "certificate verify failed")) << l->dump();
+  // Negative control: the same run with the lab's CA added works (test
+  // above); and the certificate must be for the name: the lab's server
+  // certificate does not name www2.allowed.test.
+}
+
+TEST_F(NetworkTls, DlpSeesInsideHttps) {
+  const std::string post =
+      "curl -sS --noproxy '*' --max-time 5 -o /dev/null -w 'code=%{http_code}\\n' --data-binary @/data/key.txt "
+      "https://allowed.test/upload; echo rc=$?";
+  Outcome r = run(inspect(), post, "[dlp]\n");
+  EXPECT_FALSE(contains(r.out, "code=200")) << r.out << r.err;
+  EXPECT_FALSE(contains(arrived(), "PRIVATE KEY")) << arrived();
+  const json* l = line_for("tls");
+  ASSERT_NE(l, nullptr) << read_file(dir_ / "audit.jsonl");
+  EXPECT_EQ((*l)["decision"], "deny");
+  EXPECT_EQ((*l)["reason"], "dlp:private-key");
+  // Negative control: without --inspect-tls the key leaves inside TLS
+  // (the sandbox trusts the lab's CA itself here).
+  lab_->clear_logs();
+  Outcome blind = run({}, "curl -sS --cacert /ca.pem --noproxy '*' --max-time 5 -o /dev/null -w 'code=%{http_code}\\n' "
+                          "--data-binary @/data/key.txt https://allowed.test/upload",
+                      "[dlp]\n");
+  EXPECT_TRUE(contains(blind.out, "code=200")) << blind.out << blind.err;
+  EXPECT_TRUE(contains(arrived(), "PRIVATE KEY")) << arrived();
+}
+
+TEST_F(NetworkTls, DomainFrontingInsideTlsIsCaught) {
+  // SNI allowed.test (allowed), Host other.test (not): the lab serves
+  // both names on every address, so a fronted request would be answered.
+  const std::string fronted = "curl -sS --noproxy '*' --max-time 5 -w ' code=%{http_code}\\n' -H 'Host: other.test' "
+                              "https://allowed.test/; echo rc=$?";
+  Outcome r = run(inspect(), fronted);
+  EXPECT_FALSE(contains(r.out, "code=200")) << r.out << r.err;
+  for (const auto& req : lab_->requests()) EXPECT_NE(req["host"], "other.test") << req.dump();
+  const json* l = line_for("tls");
+  ASSERT_NE(l, nullptr) << read_file(dir_ / "audit.jsonl");
+  EXPECT_EQ((*l)["reason"], "sni-mismatch");
+  // Negative control: without inspection the fronted request reaches the
+  // server (which is why --inspect-tls exists).
+  lab_->clear_logs();
+  Outcome blind = run({}, "curl -sS --cacert /ca.pem --noproxy '*' --max-time 5 -o /dev/null -w 'code=%{http_code}\\n' "
+                          "-H 'Host: other.test' https://allowed.test/");
+  EXPECT_TRUE(contains(blind.out, "code=200")) << blind.out << blind.err;
+  bool fronted_arrived = false;
+  for (const auto& req : lab_->requests()) fronted_arrived |= req["host"] == "other.test";
+  EXPECT_TRUE(fronted_arrived) << arrived();
+}
+
+TEST_F(NetworkTls, ThroughTheExplicitProxiesToo) {
+  const std::string script =
+      "curl -sS -x http://127.0.0.1:3128 --max-time 5 -o /dev/null -w 'connect=%{http_code}\\n' "
+      "--data-binary @/data/key.txt https://allowed.test/upload; "
+      "curl -sS -x socks5h://127.0.0.1:1080 --max-time 5 -o /dev/null -w 'socks=%{http_code}\\n' "
+      "--data-binary @/data/key.txt https://allowed.test/upload; "
+      "curl -sS -x http://127.0.0.1:3128 --max-time 5 -o /dev/null -w 'ok=%{http_code}\\n' https://allowed.test/";
+  Outcome r = run(inspect(), script, "[dlp]\n");
+  EXPECT_FALSE(contains(r.out, "connect=200")) << r.out << r.err;
+  EXPECT_FALSE(contains(r.out, "socks=200")) << r.out << r.err;
+  EXPECT_FALSE(contains(arrived(), "PRIVATE KEY")) << arrived();
+  // Negative control: a request without the key goes through the proxy.
+  EXPECT_TRUE(contains(r.out, "ok=200")) << r.out << r.err;
+}
+
+TEST_F(NetworkTls, SecretsReachTheirHostOnlyAndTheSandboxSeesAPlaceholder) {
+  Options opt;
+  opt.env = {std::string("ULTARI_TEST_SECRET=") + kSecret};
+  write_file(dir_ / "token", std::string(kSecret) + "-file\n");
+  std::vector<std::string> flags = inspect();
+  flags.insert(flags.end(), {"--secret", "API_KEY=env:ULTARI_TEST_SECRET@allowed.test", "--secret",
+                             "FILE_KEY=file:" + std::string(dir_ / "token") + "@allowed.test"});
+  const std::string script =
+      "echo key=$API_KEY file=$FILE_KEY; "
+      "curl -sS --noproxy '*' --max-time 5 -o /dev/null -H \"Authorization: Bearer $API_KEY\" "
+      "-H \"X-File: $FILE_KEY\" 'https://allowed.test/a?key='$API_KEY; "
+      "curl -sS --noproxy '*' --max-time 5 -o /dev/null -H \"Authorization: Bearer $API_KEY\" https://www.allowed.test/b; "
+      "curl -sS --noproxy '*' --max-time 5 -o /dev/null -H \"Authorization: Bearer $API_KEY\" http://allowed.test/c; "
+      "grep -rl " + std::string(kSecret) + " /proc/self/environ /etc /tmp /root 2>/dev/null; echo searched";
+  Outcome r = run(flags, script, "", opt);
+  ASSERT_TRUE(contains(r.out, "searched")) << r.out << r.err;
+  // The sandbox holds placeholders only, everywhere it can look.
+  EXPECT_FALSE(contains(r.out, kSecret)) << r.out;
+  EXPECT_TRUE(contains(r.out, "key=ultari-secret-")) << r.out;
+  EXPECT_TRUE(contains(r.out, "file=ultari-secret-")) << r.out;
+  std::map<std::string, json> by_path;
+  for (const auto& req : lab_->requests()) by_path[req["path"].get<std::string>().substr(0, 2)] = req;
+  ASSERT_EQ(by_path.size(), 3u) << arrived();
+  std::string a = by_path["/a"].dump(), b = by_path["/b"].dump(), c = by_path["/c"].dump();
+  // allowed.test gets the values, in headers and the request line...
+  EXPECT_TRUE(contains(a, std::string("Bearer ") + kSecret)) << a;
+  EXPECT_TRUE(contains(a, std::string(kSecret) + "-file")) << a;
+  EXPECT_TRUE(contains(a, std::string("key=") + kSecret)) << a;
+  EXPECT_TRUE(contains(c, std::string("Bearer ") + kSecret)) << c;
+  // ...another host, allowed too, the placeholder only.
+  EXPECT_FALSE(contains(b, kSecret)) << b;
+  EXPECT_TRUE(contains(b, "Bearer ultari-secret-")) << b;
+  // Never in the audit log.
+  EXPECT_FALSE(contains(read_file(dir_ / "audit.jsonl"), kSecret));
+}
+
+TEST_F(NetworkTls, BadSecretSourcesFailBeforeAnythingRuns) {
+  write_file(dir_ / "multi", "line1\nline2\n");
+  for (const auto& secret : {std::string("K=env:ULTARI_TEST_UNSET_VAR@allowed.test"),
+                             "K=file:" + std::string(dir_ / "multi") + "@allowed.test",
+                             "K=file:" + std::string(dir_ / "absent") + "@allowed.test"}) {
+    std::vector<std::string> flags = inspect();
+    flags.insert(flags.end(), {"--secret", secret});
+    Outcome r = run(flags, "echo ran");
+    EXPECT_EQ(r.status, 125) << secret << ": " << r.err;
+    EXPECT_TRUE(contains(r.err, "secret K")) << r.err;
+    EXPECT_FALSE(contains(r.out, "ran")) << r.out;
+  }
+  EXPECT_TRUE(lab_->processes_in_host().empty());
+  // Negative control: a good source runs.
+  Options opt;
+  opt.env = {"ULTARI_TEST_SECRET=x-value"};
+  std::vector<std::string> flags = inspect();
+  flags.insert(flags.end(), {"--secret", "K=env:ULTARI_TEST_SECRET@allowed.test"});
+  EXPECT_TRUE(contains(run(flags, "echo ran", "", opt).out, "ran"));
+}
+
+}  // namespace
+}  // namespace ultari::test
