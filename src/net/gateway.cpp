@@ -3,6 +3,9 @@
 #include <arpa/inet.h>
 #include <grp.h>
 #include <linux/close_range.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <seccomp.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -36,6 +39,53 @@ void close_all_but(std::vector<int> keep) {
   syscall(SYS_close_range, from, ~0u, 0);
 }
 
+// The gateway parses what the sandbox sends: if that code were taken over,
+// it must not become a way out. On top of nobody and no_new_privs, a
+// filter (all threads) refuses what a serving process never needs: running
+// programs, other processes' memory, new namespaces, mounts, kernel
+// attack surface (bpf, io_uring, keyrings, userfaultfd, perf, modules),
+// sockets other than IPv4, and opening or changing files for writing
+// (the audit log is open already). Throws Error.
+void confine() {
+  struct Ctx {
+    scmp_filter_ctx c;
+    ~Ctx() { seccomp_release(c); }
+  } ctx{seccomp_init(SCMP_ACT_ALLOW)};
+  if (!ctx.c) throw Error("seccomp_init failed");
+  auto rule = [&](uint32_t action, const char* name, std::vector<scmp_arg_cmp> args = {}) {
+    int nr = seccomp_syscall_resolve_name(name);
+    if (nr == __NR_SCMP_ERROR) return;  // not on this architecture
+    int rc = seccomp_rule_add_array(ctx.c, action, nr, static_cast<unsigned>(args.size()), args.data());
+    if (rc != 0) throw Error(std::string("gateway filter: ") + name + ": " + std::strerror(-rc));
+  };
+  const uint32_t eperm = SCMP_ACT_ERRNO(EPERM);
+  for (const char* n : {"execve", "execveat"}) rule(SCMP_ACT_KILL_PROCESS, n);
+  for (const char* n :
+       {"ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "mount", "umount2", "pivot_root", "chroot",
+        "unshare", "setns", "fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree", "mount_setattr",
+        "bpf", "keyctl", "add_key", "request_key", "userfaultfd", "perf_event_open", "io_uring_setup",
+        "io_uring_enter", "io_uring_register", "init_module", "finit_module", "delete_module", "kexec_load",
+        "kexec_file_load", "open_by_handle_at", "name_to_handle_at", "personality", "creat", "unlink", "unlinkat",
+        "rename", "renameat", "renameat2", "mkdir", "mkdirat", "rmdir", "symlink", "symlinkat", "link", "linkat",
+        "chmod", "fchmod", "fchmodat", "chown", "fchown", "fchownat", "lchown", "truncate", "mknod", "mknodat",
+        "setxattr", "lsetxattr", "fsetxattr", "memfd_create", "socketpair"})
+    rule(eperm, n);
+  rule(SCMP_ACT_ERRNO(ENOSYS), "clone3");  // glibc falls back to clone, checked below
+  rule(SCMP_ACT_ERRNO(ENOSYS), "openat2");
+  for (unsigned long flag : {CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWIPC, CLONE_NEWUTS,
+                             CLONE_NEWCGROUP})
+    rule(eperm, "clone", {SCMP_A0(SCMP_CMP_MASKED_EQ, flag, flag)});
+  for (unsigned long flag : {static_cast<unsigned long>(O_WRONLY), static_cast<unsigned long>(O_RDWR),
+                             static_cast<unsigned long>(O_CREAT), static_cast<unsigned long>(O_TRUNC)}) {
+    rule(eperm, "open", {SCMP_A1(SCMP_CMP_MASKED_EQ, flag, flag)});
+    rule(eperm, "openat", {SCMP_A2(SCMP_CMP_MASKED_EQ, flag, flag)});
+  }
+  rule(SCMP_ACT_ERRNO(EAFNOSUPPORT), "socket", {SCMP_A0(SCMP_CMP_NE, AF_INET)});
+  if (seccomp_attr_set(ctx.c, SCMP_FLTATR_CTL_TSYNC, 1) != 0) throw Error("gateway filter: TSYNC unavailable");
+  int rc = seccomp_load(ctx.c);
+  if (rc != 0) throw Error(std::string("gateway filter: seccomp_load: ") + std::strerror(-rc));
+}
+
 [[noreturn]] void gateway_main(const NetworkSpec& policy, std::vector<in_addr> servers, Endpoints ep, AuditLog& audit,
                                Inspection& inspection, int control, pid_t parent) {
   // Terminal signals are for the supervisor, which forwards them to the
@@ -61,6 +111,7 @@ void close_all_but(std::vector<int> keep) {
     std::unique_ptr<Server> server;
     try {
       server = std::make_unique<Server>(policy, std::move(servers), std::move(ep), audit, std::move(inspection));
+      confine();  // after set-up (dlopen, getifaddrs), before the first flow
     } catch (const std::exception& e) {
       std::string msg = std::string("E") + e.what();
       if (send(control, msg.data(), msg.size(), MSG_NOSIGNAL) < 0) _exit(1);

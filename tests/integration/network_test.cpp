@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <map>
 #include <set>
@@ -107,8 +108,8 @@ class Network : public ::testing::Test {
   // the audit log in this test's dir, and /ca.pem + /lab bound in.
   Outcome run(const std::vector<std::string>& net, const std::string& script) {
     std::vector<std::string> flags = net;
-    // No --net-ca: refused until --inspect-tls exists (docs/network.md); TLS
-    // is not terminated, the sandbox's curl checks the lab CA itself.
+    // No --inspect-tls: TLS is not terminated, the sandbox's curl checks
+    // the lab CA itself (network_tls_test.cpp covers inspection).
     flags.insert(flags.end(), {"--net-resolver", NetLab::kDnsAddr, "--audit", audit_path_});
     for (const auto& b : lab_->binds()) flags.push_back(b);
     return lab_->sh(script, flags);
@@ -776,6 +777,54 @@ TEST_F(Network, BadInputIsRefusedWithAClearMessageAndLeavesNothing) {
   EXPECT_LE(after.processes, before.processes) << before.describe() << " -> " << after.describe();
   EXPECT_LE(after.cgroups, before.cgroups) << before.describe() << " -> " << after.describe();
   EXPECT_LE(after.mounts, before.mounts) << before.describe() << " -> " << after.describe();
+}
+
+// The gateway parses what the sandbox sends: it runs as nobody, with
+// no_new_privs, not dumpable, and under a seccomp filter of its own.
+TEST_F(Network, TheGatewayIsConfined) {
+  Outcome r;
+  std::atomic<bool> finished{false};
+  std::thread t([&] {
+    r = run({"--net", "allow=allowed.test"}, "sleep 1; echo done");
+    finished = true;
+  });
+  // The last reading while the command runs (the gateway confines itself
+  // during its set-up, before the command starts).
+  std::map<pid_t, std::string> seen_status;
+  std::string supervisor_status;
+  while (!finished) {
+    for (pid_t p : lab_->processes_in_host()) {
+      std::string dir = "/proc/" + std::to_string(p);
+      std::string comm = read_file(dir + "/comm");
+      std::string status = read_file(dir + "/status");
+      if (status.empty()) continue;  // gone meanwhile
+      if (comm == "ultari-net\n") seen_status[p] = status;
+      if (comm == "ultari\n") supervisor_status = status;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  t.join();
+  EXPECT_TRUE(has(r.out, "done")) << r.out << r.err;
+  ASSERT_FALSE(seen_status.empty()) << "no gateway process seen";
+  auto field = [](const std::string& status, const std::string& name) {
+    size_t at = status.find("\n" + name + ":");
+    if (at == std::string::npos) return std::string();
+    size_t start = status.find_first_not_of(" \t", at + name.size() + 2);
+    return status.substr(start, status.find('\n', start) - start);
+  };
+  for (const auto& [pid, status] : seen_status) {
+    EXPECT_EQ(field(status, "Uid"), "65534\t65534\t65534\t65534") << status;
+    EXPECT_EQ(field(status, "Groups"), "") << status;
+    EXPECT_EQ(field(status, "NoNewPrivs"), "1") << status;
+    EXPECT_EQ(field(status, "Seccomp"), "2") << status;
+    EXPECT_EQ(field(status, "CapEff"), "0000000000000000") << status;
+  }
+  // Negative control: the same fields read from the supervisor (root, no
+  // filter) differ, so the parsing above can fail.
+  if (!supervisor_status.empty()) {
+    EXPECT_EQ(field(supervisor_status, "Seccomp"), "0") << supervisor_status;
+    EXPECT_NE(field(supervisor_status, "Uid"), "65534\t65534\t65534\t65534");
+  }
 }
 
 TEST_F(Network, AuditLinesHaveEveryField) {
