@@ -417,6 +417,12 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
   // The child waits for these before it does anything.
   isolation::write_maps(s.pid, id);
   s.cgroup->attach(s.pid, cg >= 0, /*v1_joins_itself=*/true);
+  // The network's namespace side is set up while init still waits for Go:
+  // afterwards it makes itself non-dumpable, and joining the namespaces of
+  // a non-dumpable process needs CAP_SYS_PTRACE, which a rootless caller
+  // lacks (setns failed with EPERM whenever init got there first).
+  std::optional<net::Endpoints> endpoints;
+  if (spec.network.mode != NetworkSpec::Mode::None) endpoints = net::attach(s.pidfd.get());
   Msg go{};
   go.type = MsgType::Go;
   send_msg(s.sock.get(), go);
@@ -430,7 +436,7 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
   // The network is served from here, set up from outside the sandbox
   // before its command can run (the command is sent after this returns).
   if (spec.network.mode != NetworkSpec::Mode::None)
-    s.gateway = std::make_unique<net::Gateway>(spec.network, s.id, net::attach(s.pidfd.get()), std::move(inspection));
+    s.gateway = std::make_unique<net::Gateway>(spec.network, s.id, std::move(*endpoints), std::move(inspection));
   return std::unique_ptr<Sandbox>(new Sandbox(std::move(st)));
 }
 

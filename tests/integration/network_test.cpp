@@ -779,6 +779,21 @@ TEST_F(Network, BadInputIsRefusedWithAClearMessageAndLeavesNothing) {
   EXPECT_LE(after.mounts, before.mounts) << before.describe() << " -> " << after.describe();
 }
 
+// Rootless: the same policy, enforced the same way. Several runs: joining
+// the sandbox's namespaces once raced with init making itself non-dumpable
+// (setns then failed with EPERM for a caller without CAP_SYS_PTRACE).
+TEST_F(Network, RootlessRunsGetTheSameNetwork) {
+  for (int i = 0; i < 5; ++i) {
+    Outcome r = lab_->sh(direct("ok", "http://allowed.test/") + direct("denied", "http://other.test/"),
+                         {"--net", "allow=allowed.test", "--net-resolver", NetLab::kDnsAddr}, rootless_options());
+    auto l = by_label(r.out);
+    EXPECT_EQ(r.status, 0) << i << ": " << r.err;
+    EXPECT_TRUE(served(l["ok"], "allowed.test")) << i << ": " << r.out << r.err;
+    // Negative control of the same run: the policy holds.
+    EXPECT_TRUE(blocked(l["denied"])) << i << ": " << r.out;
+  }
+}
+
 // The gateway parses what the sandbox sends: it runs as nobody, with
 // no_new_privs, not dumpable, and under a seccomp filter of its own.
 TEST_F(Network, TheGatewayIsConfined) {
