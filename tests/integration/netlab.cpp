@@ -338,4 +338,45 @@ std::vector<std::string> NetLab::host_links() const {
 
 std::string NetLab::host_ruleset() const { return in_host({"nft", "list", "ruleset"}).out; }
 
+NetLab* LabSuite::lab_ = nullptr;
+std::string LabSuite::lab_error_;
+
+void LabSuite::SetUpTestSuite() {
+  try {
+    lab_ = new NetLab();
+  } catch (const std::exception& e) {
+    lab_error_ = e.what();
+  }
+}
+
+void LabSuite::TearDownTestSuite() {
+  delete lab_;
+  lab_ = nullptr;
+}
+
+void LabSuite::SetUp() {
+  ASSERT_NE(lab_, nullptr) << "the lab could not be built: " << lab_error_;
+  lab_->clear_logs();
+}
+
+std::vector<nlohmann::json> LabSuite::audit_lines(const std::string& path) {
+  std::vector<nlohmann::json> v;
+  std::istringstream in(read_file(path));
+  for (std::string l; std::getline(in, l);)
+    if (!l.empty()) v.push_back(nlohmann::json::parse(l));
+  return v;
+}
+
+std::optional<nlohmann::json> LabSuite::first_of(const std::string& path, const std::string& kind) {
+  for (auto& e : audit_lines(path))
+    if (e["kind"] == kind) return e;
+  return std::nullopt;
+}
+
+std::string LabSuite::arrived() {
+  std::string all;
+  for (const auto& r : lab_->requests()) all += r.dump() + "\n";
+  return all;
+}
+
 }  // namespace ultari::test

@@ -23,7 +23,10 @@
 #pragma once
 #include <sys/types.h>
 
+#include <gtest/gtest.h>
+
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -100,6 +103,25 @@ class NetLab {
 
   std::string host_ns_, inet_ns_, dir_, ca_cert_;
   std::vector<pid_t> servers_;
+};
+
+// A test suite sharing one lab, built once for the suite; every test
+// starts with the servers' logs cleared and a temp dir of its own.
+class LabSuite : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite();
+  static void TearDownTestSuite();
+  void SetUp() override;
+  // The JSON lines of the audit log at `path`.
+  static std::vector<nlohmann::json> audit_lines(const std::string& path);
+  // The first line of kind `kind` in that log, or null.
+  static std::optional<nlohmann::json> first_of(const std::string& path, const std::string& kind);
+  // Every request the lab's servers received, one JSON object a line.
+  static std::string arrived();
+
+  static NetLab* lab_;
+  static std::string lab_error_;
+  TempDir dir_;
 };
 
 // Processes whose network namespace is the one mounted at `ns_path`.

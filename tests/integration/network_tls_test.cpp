@@ -18,22 +18,10 @@ using nlohmann::json;
 constexpr const char* kKey = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAfakefakefake\n-----END RSA PRIVATE KEY-----\n";
 constexpr const char* kSecret = "sk-real-value-4b1d9e";
 
-class NetworkTls : public ::testing::Test {
+class NetworkTls : public LabSuite {
  protected:
-  static void SetUpTestSuite() {
-    try {
-      lab_ = new NetLab();
-    } catch (const std::exception& e) {
-      error_ = e.what();
-    }
-  }
-  static void TearDownTestSuite() {
-    delete lab_;
-    lab_ = nullptr;
-  }
   void SetUp() override {
-    ASSERT_NE(lab_, nullptr) << "the lab could not be built: " << error_;
-    lab_->clear_logs();
+    LabSuite::SetUp();
     write_file(dir_ / "key.txt", kKey);
   }
 
@@ -51,33 +39,9 @@ class NetworkTls : public ::testing::Test {
     return lab_->sh(script, all, std::move(opt));
   }
   std::vector<std::string> inspect() const { return {"--inspect-tls", "--net-ca", lab_->ca_cert()}; }
-  std::vector<json> audit() const {
-    std::vector<json> v;
-    std::istringstream in(read_file(dir_ / "audit.jsonl"));
-    for (std::string l; std::getline(in, l);)
-      if (!l.empty()) v.push_back(json::parse(l));
-    return v;
-  }
-  const json* line_for(const std::string& kind) const {
-    static json found;
-    for (const auto& e : audit())
-      if (e["kind"] == kind) return &(found = e);
-    return nullptr;
-  }
-  std::string arrived() const {
-    std::string all;
-    for (const auto& r : lab_->requests()) all += r.dump() + "\n";
-    return all;
-  }
+  std::optional<json> line_for(const std::string& kind) const { return first_of(dir_ / "audit.jsonl", kind); }
   static bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
-
-  static NetLab* lab_;
-  static std::string error_;
-  TempDir dir_;
 };
-
-NetLab* NetworkTls::lab_ = nullptr;
-std::string NetworkTls::error_;
 
 // curl with the system trust store only (no --cacert): only a CA the
 // sandbox trusts makes it work.
@@ -95,8 +59,8 @@ TEST_F(NetworkTls, TheSandboxTrustsItsOwnCaAndTheServerIsVerified) {
   ASSERT_EQ(reqs.size(), 1u) << arrived();
   EXPECT_EQ(reqs[0]["scheme"], "https");
   EXPECT_EQ(reqs[0]["sni"], "allowed.test");
-  const json* l = line_for("tls");
-  ASSERT_NE(l, nullptr) << read_file(dir_ / "audit.jsonl");
+  auto l = line_for("tls");
+  ASSERT_TRUE(l.has_value()) << read_file(dir_ / "audit.jsonl");
   EXPECT_EQ((*l)["decision"], "allow");
   // The host's trust store is untouched: the sandbox's CA is nowhere on it.
   EXPECT_FALSE(contains(read_file("/etc/ssl/certs/ca-certificates.crt"), "Ultari sandbox CA"));
@@ -113,8 +77,8 @@ TEST_F(NetworkTls, AnUpstreamCertificateThatDoesNotVerifyIsRefused) {
   Outcome r = run({"--inspect-tls"}, kGet);
   EXPECT_FALSE(contains(r.out, "code=200")) << r.out << r.err;
   EXPECT_TRUE(lab_->requests().empty()) << arrived();
-  const json* l = line_for("tls");
-  ASSERT_NE(l, nullptr) << read_file(dir_ / "audit.jsonl");
+  auto l = line_for("tls");
+  ASSERT_TRUE(l.has_value()) << read_file(dir_ / "audit.jsonl");
   EXPECT_TRUE(contains((*l).value("error", ""), "certificate verify failed")) << l->dump();
   // Negative control: the same run with the lab's CA added works (test
   // above); and the certificate must be for the name: the lab's server
@@ -128,8 +92,8 @@ TEST_F(NetworkTls, DlpSeesInsideHttps) {
   Outcome r = run(inspect(), post, "[dlp]\n");
   EXPECT_FALSE(contains(r.out, "code=200")) << r.out << r.err;
   EXPECT_FALSE(contains(arrived(), "PRIVATE KEY")) << arrived();
-  const json* l = line_for("tls");
-  ASSERT_NE(l, nullptr) << read_file(dir_ / "audit.jsonl");
+  auto l = line_for("tls");
+  ASSERT_TRUE(l.has_value()) << read_file(dir_ / "audit.jsonl");
   EXPECT_EQ((*l)["decision"], "deny");
   EXPECT_EQ((*l)["reason"], "dlp:private-key");
   // Negative control: without --inspect-tls the key leaves inside TLS
@@ -150,8 +114,8 @@ TEST_F(NetworkTls, DomainFrontingInsideTlsIsCaught) {
   Outcome r = run(inspect(), fronted);
   EXPECT_FALSE(contains(r.out, "code=200")) << r.out << r.err;
   for (const auto& req : lab_->requests()) EXPECT_NE(req["host"], "other.test") << req.dump();
-  const json* l = line_for("tls");
-  ASSERT_NE(l, nullptr) << read_file(dir_ / "audit.jsonl");
+  auto l = line_for("tls");
+  ASSERT_TRUE(l.has_value()) << read_file(dir_ / "audit.jsonl");
   EXPECT_EQ((*l)["reason"], "sni-mismatch");
   // Negative control: without inspection the fronted request reaches the
   // server (which is why --inspect-tls exists).
