@@ -340,6 +340,7 @@ TEST(AttackReview, DeniedSyscallBookkeepingIsBounded) {
 // itself is not executed, so this is no filter bypass.
 TEST(AttackReview, ForeignAbiKillCannotBeIgnored) {
   for (const char* abi : {"i386", "x32"}) {
+    if (std::string(abi) == "i386" && !host_has_i386()) continue;  // faults before any filter
     Outcome r = ultari({"run", "--ro-bind", helpers_dir() + ":/helpers", "--", "sh", "-c",
                         std::string("trap '' SYS; exec /helpers/abi_probe ") + abi});
     EXPECT_EQ(r.out.find("survived"), std::string::npos) << abi << ": " << r.out;

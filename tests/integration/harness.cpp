@@ -269,6 +269,14 @@ std::string allow_all_profile(const TempDir& dir, bool foreign_abis) {
 
 std::string helpers_dir() { return ULTARI_TEST_HELPERS; }
 
+bool host_has_i386() {
+  static const bool has = [] {
+    std::string cmd = helpers_dir() + "/abi_probe i386 >/dev/null 2>&1";
+    return std::system(cmd.c_str()) == 0;
+  }();
+  return has;
+}
+
 const char* const kRootlessUser = "ultari-rootless";
 
 Options rootless_options() {

@@ -80,5 +80,9 @@ Options rootless_options();
 
 // Directory holding the static test helper programs (bound into sandboxes).
 std::string helpers_dir();
+// Whether this kernel runs i386 system calls (int 0x80) at all: without
+// IA32 emulation they fault (SIGSEGV) before any filter sees them, so the
+// i386 ABI is no way in and its checks are skipped. Probed on the host.
+bool host_has_i386();
 
 }  // namespace ultari::test
