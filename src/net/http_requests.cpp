@@ -88,6 +88,11 @@ bool HttpRequests::head_done(std::string& why) {
   } else if (s.target.find("://") != std::string::npos) {
     why = "sni-mismatch";
     return false;
+  } else if (s.method == "CONNECT" && !same_name(strip_port(s.target), name_)) {
+    // A CONNECT to the allowed server names where it should go next: the
+    // same host only (that server may itself be a proxy).
+    why = "sni-mismatch";
+    return false;
   }
   auto lengths = header_values(buf_, "content-length");
   auto encodings = header_values(buf_, "transfer-encoding");

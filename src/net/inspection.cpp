@@ -7,7 +7,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <string_view>
 #include <cstdlib>
 
 #include "util/error.h"
@@ -81,7 +83,7 @@ Inspection prepare_inspection(const NetworkSpec& policy, const std::string& labe
   Inspection in;
   for (const auto& s : policy.secrets) {
     if (s.placeholder.empty()) throw Error("internal: secret " + s.name + " has no placeholder");
-    in.secrets.push_back({s.name, s.placeholder, secret_value(s), s.hosts});
+    in.secrets.push_back({s.name, s.placeholder, secret_value(s), s.hosts, s.headers.empty() ? kSecretHeaders : s.headers});
   }
   if (!policy.inspect_tls) return in;
   if (!policy.ca_file.empty()) in.extra_ca_pem = read_path(policy.ca_file, kMaxBundleBytes, "--net-ca");
@@ -89,6 +91,46 @@ Inspection prepare_inspection(const NetworkSpec& policy, const std::string& labe
   std::string error;
   if (!in.engine->make_ca(label, in.ca, error)) throw Error("--inspect-tls: " + error);
   return in;
+}
+
+std::string swap_secrets(const std::string& head, const std::vector<const SecretValue*>& secrets) {
+  constexpr size_t kMaxHead = 256 * 1024;  // what one head may grow to
+  std::string out;
+  size_t eol = head.find("\r\n");
+  if (eol == std::string::npos) return head;
+  out.append(head, 0, eol + 2);  // the request line: never
+  for (size_t pos = eol + 2; pos < head.size();) {
+    size_t end = head.find("\r\n", pos);
+    if (end == std::string::npos) end = head.size();
+    std::string_view line(head.data() + pos, end - pos);
+    size_t colon = line.find(':');
+    std::string key(line.substr(0, colon == std::string_view::npos ? 0 : colon));
+    std::transform(key.begin(), key.end(), key.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    // One pass over the line: at each position the first placeholder that
+    // starts there (of a secret allowed in this header) is replaced.
+    size_t i = 0;
+    while (i < line.size()) {
+      const SecretValue* hit = nullptr;
+      if (colon != std::string_view::npos && i > colon)
+        for (const SecretValue* v : secrets)
+          if (line.compare(i, v->placeholder.size(), v->placeholder) == 0 &&
+              std::find(v->headers.begin(), v->headers.end(), key) != v->headers.end() &&
+              out.size() + v->value.size() <= kMaxHead) {
+            hit = v;
+            break;
+          }
+      if (hit) {
+        out += hit->value;
+        i += hit->placeholder.size();
+      } else {
+        out += line[i++];
+      }
+    }
+    out.append("\r\n");
+    pos = end + 2;
+  }
+  if (!head.ends_with("\r\n")) out.resize(out.size() - 2);
+  return out;
 }
 
 std::vector<std::string> trust_env() {

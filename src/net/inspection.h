@@ -17,7 +17,18 @@ struct SecretValue {
   std::string placeholder;  // what the sandbox holds
   std::string value;        // what requests to `hosts` carry instead
   std::vector<std::string> hosts;
+  std::vector<std::string> headers;  // lower case; never empty
 };
+
+// The headers a secret goes into unless its policy names others: where
+// APIs take credentials. Never the request line or another header, which
+// servers echo back (a 404 page, a redirect, CORS Origin reflection).
+inline const std::vector<std::string> kSecretHeaders = {"authorization", "proxy-authorization", "x-api-key",
+                                                         "api-key", "x-goog-api-key", "x-auth-token"};
+
+// `head` (a complete HTTP request head) with the placeholders of `secrets`
+// replaced by their values in the values of their headers only.
+std::string swap_secrets(const std::string& head, const std::vector<const SecretValue*>& secrets);
 
 struct Inspection {
   std::unique_ptr<tls::Engine> engine;  // null without --inspect-tls

@@ -207,8 +207,8 @@ void load_policy_file(NetworkSpec& into, const std::string& path) {
       NetworkSpec::Secret secret;
       for (const auto& [key, node] : *st) {
         std::string k(key.str());
-        if (k != "name" && k != "from" && k != "hosts")
-          throw Error(where(path, node) + ": unknown key 'secret." + k + "' (expected name, from, hosts)");
+        if (k != "name" && k != "from" && k != "hosts" && k != "headers")
+          throw Error(where(path, node) + ": unknown key 'secret." + k + "' (expected name, from, hosts, headers)");
       }
       auto name = (*st)["name"].value<std::string>();
       auto from = (*st)["from"].value<std::string>();
@@ -216,6 +216,18 @@ void load_policy_file(NetworkSpec& into, const std::string& path) {
       secret.name = *name;
       secret.from = *from;
       secret.hosts = names(*st, "hosts", path);
+      if (const toml::node* h = st->get("headers")) {
+        const toml::array* arr = h->as_array();
+        if (!arr) throw Error(where(path, *h) + ": secret.headers must be a list of header names");
+        for (const auto& item : *arr) {
+          auto v = item.value<std::string>();
+          if (!v) throw Error(where(path, item) + ": secret.headers must hold strings");
+          std::string lower = *v;
+          std::transform(lower.begin(), lower.end(), lower.begin(),
+                         [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+          secret.headers.push_back(lower);
+        }
+      }
       try {
         check_secret(secret);
       } catch (const Error& e) {
@@ -236,6 +248,11 @@ void check_secret(const NetworkSpec::Secret& s) {
   if (!(s.from.starts_with("env:") && s.from.size() > 4) && !(s.from.starts_with("file:") && s.from.size() > 5))
     throw Error("secret " + s.name + ": '" + s.from + "' must be env:VARIABLE or file:PATH");
   if (s.hosts.empty()) throw Error("secret " + s.name + ": no host to send it to");
+  for (const auto& h : s.headers) {
+    bool token = !h.empty();
+    for (char c : h) token = token && (std::islower(static_cast<unsigned char>(c)) || std::isdigit(static_cast<unsigned char>(c)) || c == '-' || c == '_');
+    if (!token) throw Error("secret " + s.name + ": '" + h + "' is not a header name");
+  }
   for (const auto& h : s.hosts) normalize_name(h, true);
 }
 

@@ -107,9 +107,12 @@ Sniffed peek_sniff(int fd, int stop, int first_byte_ms = kFirstByteMs) {
       return Sniffed{Sniffed::Kind::Other};
     }
     if (static_cast<size_t>(n) == have) {
-      // Nothing new yet: wait a little for the rest of the head.
-      pollfd s{stop, POLLIN, 0};
-      if (poll(&s, 1, 5) > 0 || ms_since(start) > kHeadTimeoutMs) return Sniffed{Sniffed::Kind::Other};
+      // Nothing new yet: wait a little for the rest of the head, unless
+      // the client has finished sending (it closed with half a head).
+      pollfd s[2] = {{stop, POLLIN, 0}, {fd, POLLRDHUP, 0}};
+      if (poll(s, 2, 5) > 0 && (s[0].revents || (s[1].revents & (POLLRDHUP | POLLHUP | POLLERR))))
+        return Sniffed{Sniffed::Kind::Other};
+      if (ms_since(start) > kHeadTimeoutMs) return Sniffed{Sniffed::Kind::Other};
       continue;
     }
     have = static_cast<size_t>(n);
@@ -692,10 +695,17 @@ void Flow::run() {
     send_all(client.get(), std::string("\x05", 1) + code + std::string("\0\x01\0\0\0\0\0\0", 8), stop);
   }
   if (go && tunnel) {
-    // What goes through a tunnel must be for the name it was opened for.
-    Sniffed s = peek_sniff(client.get(), stop);
+    // What goes through a tunnel must be for the name it was opened for;
+    // on the web's ports it must be TLS or HTTP, as on the transparent path
+    // (a client that waits would otherwise pass unchecked).
+    bool web = port == 80 || port == 443;
+    Sniffed s = peek_sniff(client.get(), stop, web ? kHeadTimeoutMs : kFirstByteMs);
     if (s.kind == Sniffed::Kind::Tls) rec.kind = "tls";
     if (s.kind == Sniffed::Kind::Http) rec.kind = "http";
+    if (web && s.kind != Sniffed::Kind::Tls && s.kind != Sniffed::Kind::Http) {
+      deny("unsupported-protocol");
+      go = false;
+    }
     std::string said = normalized_or_empty(s.name);
     if (!said.empty() && said != name && !(name.empty() && rec.reason == "open")) {
       deny("sni-mismatch");
@@ -729,13 +739,9 @@ void Flow::run() {
           secrets.push_back(&v);
           break;
         }
-    if (requests && !secrets.empty())
-      requests->on_head = [secrets](std::string& head) {
-        for (const SecretValue* v : secrets)
-          for (size_t at = head.find(v->placeholder); at != std::string::npos;
-               at = head.find(v->placeholder, at + v->value.size()))
-            head.replace(at, v->placeholder.size(), v->value);
-      };
+    // Only into TLS the gateway terminated and verified: never cleartext.
+    if (requests && terminate && !secrets.empty())
+      requests->on_head = [secrets](std::string& head) { head = swap_secrets(head, secrets); };
     if (requests || scan) {
       inspect.see = [this, &scan, &requests](const char* data, size_t len, std::string& out) {
         std::string why;

@@ -62,7 +62,11 @@ json spec_to_json(const Spec& s) {
   const auto& n = s.network;
   json secrets = json::array();
   for (const auto& x : n.secrets)
-    secrets.push_back({{"name", x.name}, {"from", x.from}, {"hosts", x.hosts}, {"placeholder", x.placeholder}});
+    secrets.push_back({{"name", x.name},
+                       {"from", x.from},
+                       {"hosts", x.hosts},
+                       {"headers", x.headers},
+                       {"placeholder", x.placeholder}});
   return {{"rootfs", s.rootfs},
           {"workspace", s.workspace},
           {"mounts", mounts},
@@ -151,6 +155,7 @@ Spec spec_from_json(const json& j) {
       if (!x.is_object()) throw Error("spec: " + where + " must be an object");
       s.network.secrets.push_back({get<std::string>(x, "name", where), get<std::string>(x, "from", where),
                                    get<std::vector<std::string>>(x, "hosts", where),
+                                   get<std::vector<std::string>>(x, "headers", where),
                                    get<std::string>(x, "placeholder", where)});
     }
     const json& d = object(n, "dlp", nw);

@@ -61,6 +61,7 @@ struct NetworkSpec {
     std::string name;                 // the environment variable inside
     std::string from;                 // "env:VAR" or "file:PATH" (read on the host side)
     std::vector<std::string> hosts;   // names and *.suffix patterns
+    std::vector<std::string> headers; // request headers it may go into (lower case); empty: the usual auth headers
     std::string placeholder;          // empty: made by the engine per sandbox
   };
   std::vector<Secret> secrets;

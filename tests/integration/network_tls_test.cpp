@@ -153,7 +153,7 @@ TEST_F(NetworkTls, SecretsReachTheirHostOnlyAndTheSandboxSeesAPlaceholder) {
   const std::string script =
       "echo key=$API_KEY file=$FILE_KEY; "
       "curl -sS --noproxy '*' --max-time 5 -o /dev/null -H \"Authorization: Bearer $API_KEY\" "
-      "-H \"X-File: $FILE_KEY\" 'https://allowed.test/a?key='$API_KEY; "
+      "-H \"X-Api-Key: $FILE_KEY\" -H \"Origin: $API_KEY\" 'https://allowed.test/a?key='$API_KEY; "
       "curl -sS --noproxy '*' --max-time 5 -o /dev/null -H \"Authorization: Bearer $API_KEY\" https://www.allowed.test/b; "
       "curl -sS --noproxy '*' --max-time 5 -o /dev/null -H \"Authorization: Bearer $API_KEY\" http://allowed.test/c; "
       "grep -rl " + std::string(kSecret) + " /proc/self/environ /etc /tmp /root 2>/dev/null; echo searched";
@@ -167,14 +167,22 @@ TEST_F(NetworkTls, SecretsReachTheirHostOnlyAndTheSandboxSeesAPlaceholder) {
   for (const auto& req : lab_->requests()) by_path[req["path"].get<std::string>().substr(0, 2)] = req;
   ASSERT_EQ(by_path.size(), 3u) << arrived();
   std::string a = by_path["/a"].dump(), b = by_path["/b"].dump(), c = by_path["/c"].dump();
-  // allowed.test gets the values, in headers and the request line...
+  // allowed.test over inspected TLS gets the values in its auth headers...
   EXPECT_TRUE(contains(a, std::string("Bearer ") + kSecret)) << a;
   EXPECT_TRUE(contains(a, std::string(kSecret) + "-file")) << a;
-  EXPECT_TRUE(contains(a, std::string("key=") + kSecret)) << a;
-  EXPECT_TRUE(contains(c, std::string("Bearer ") + kSecret)) << c;
-  // ...another host, allowed too, the placeholder only.
+  // ...never in the request line or another header, which servers echo
+  // back (a 404 page, CORS Origin reflection).
+  EXPECT_TRUE(contains(by_path["/a"]["path"].get<std::string>(), "key=ultari-secret-")) << a;
+  std::string origin;
+  for (const auto& kv : by_path["/a"]["headers"])
+    if (kv[0] == "Origin") origin = kv[1];
+  EXPECT_EQ(origin.rfind("ultari-secret-", 0), 0u) << a;
+  // Another host, allowed too, and cleartext HTTP to the secret's own
+  // host: the placeholder only.
   EXPECT_FALSE(contains(b, kSecret)) << b;
   EXPECT_TRUE(contains(b, "Bearer ultari-secret-")) << b;
+  EXPECT_FALSE(contains(c, kSecret)) << c;
+  EXPECT_TRUE(contains(c, "Bearer ultari-secret-")) << c;
   // Never in the audit log.
   EXPECT_FALSE(contains(read_file(dir_ / "audit.jsonl"), kSecret));
 }

@@ -180,6 +180,26 @@ TEST(NetSecrets, HeadRewritingSwapsPlaceholdersInCompleteHeadsOnly) {
   EXPECT_EQ(out2, "");
 }
 
+TEST(NetSecrets, SwapsOnlyInTheSecretsHeaders) {
+  SecretValue key{"K", "PH", "VALUE", {"a.com"}, kSecretHeaders};
+  SecretValue tok{"T", "TK", "TOKEN", {"a.com"}, {"x-token"}};
+  std::string head =
+      "GET /x?k=PH HTTP/1.1\r\nHost: a.com\r\nAuthorization: Bearer PH\r\nX-Api-Key: PHPH\r\n"
+      "Origin: PH\r\nX-Token: TK PH\r\nauthorization2: PH\r\n\r\n";
+  EXPECT_EQ(swap_secrets(head, {&key, &tok}),
+            "GET /x?k=PH HTTP/1.1\r\nHost: a.com\r\nAuthorization: Bearer VALUE\r\nX-Api-Key: VALUEVALUE\r\n"
+            "Origin: PH\r\nX-Token: TOKEN PH\r\nauthorization2: PH\r\n\r\n");
+  // A header name that holds the placeholder is not its value.
+  EXPECT_EQ(swap_secrets("GET / HTTP/1.1\r\nPH: x\r\n\r\n", {&key}), "GET / HTTP/1.1\r\nPH: x\r\n\r\n");
+  // Growth is bounded: a head full of placeholders for a long value stops
+  // being rewritten at 256 KiB.
+  SecretValue big{"B", "PH", std::string(64 * 1024, 'v'), {"a.com"}, kSecretHeaders};
+  std::string many = "GET / HTTP/1.1\r\nAuthorization: ";
+  for (int i = 0; i < 100; ++i) many += "PH";
+  many += "\r\n\r\n";
+  EXPECT_LE(swap_secrets(many, {&big}).size(), 256u * 1024 + many.size());
+}
+
 TEST(NetSecrets, TrustBundleIsTheRootsBundleAndTheCa) {
   char tmpl[] = "/tmp/ultari-root-XXXXXX";
   std::string root = mkdtemp(tmpl);
