@@ -277,6 +277,11 @@ int payload_entry(void* payload) { payload_main(*static_cast<const Payload*>(pay
     for (size_t i = 0; i < sizeof kName; ++i) p.argv_area[i] = kName[i];
   }
   prctl(PR_SET_NAME, kName, 0, 0, 0);
+  // The supervisor's environment (the caller's, with whatever credentials
+  // it holds, --secret env: values among them) is no business of pid 1:
+  // the command gets the environment it is given.
+  for (char** e = environ; e && *e; ++e)
+    for (char* c = *e; *c; ++c) *c = '\0';
   // Join the v1 cgroups first thing, moving ourselves (see Cgroup::open_self_attach).
   for (int fd : p.cgroup_tasks) {
     if (write(fd, "0", 1) != 1) fail(p, "join cgroup", "tasks", errno);

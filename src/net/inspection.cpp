@@ -5,10 +5,12 @@
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <string_view>
 #include <cstdlib>
 
@@ -22,22 +24,80 @@ constexpr size_t kMaxSecretBytes = 64 * 1024;
 constexpr size_t kMaxBundleBytes = 8 * 1024 * 1024;
 
 // A regular file of at most `max` bytes, read from an fd opened by the caller.
+// Read straight into the string, reserved once: no stray copies of a
+// secret file's bytes in freed memory.
 std::string read_regular(int fd, size_t max, const std::string& what) {
   struct stat st{};
   if (fstat(fd, &st) != 0) throw_errno(what);
   if (!S_ISREG(st.st_mode)) throw Error(what + " is not a regular file");
   if (static_cast<uint64_t>(st.st_size) > max) throw Error(what + " is larger than " + std::to_string(max) + " bytes");
   std::string out;
-  char buf[65536];
+  out.resize(std::min<size_t>(max, static_cast<size_t>(st.st_size)) + 1);
+  size_t have = 0;
   for (;;) {
-    ssize_t n = read(fd, buf, sizeof buf);
+    if (have == out.size()) out.resize(std::min(max + 1, out.size() * 2));  // it grew meanwhile
+    ssize_t n = read(fd, out.data() + have, out.size() - have);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) throw_errno(what);
     if (n == 0) break;
-    out.append(buf, static_cast<size_t>(n));
-    if (out.size() > max) throw Error(what + " is larger than " + std::to_string(max) + " bytes");
+    have += static_cast<size_t>(n);
+    if (have > max) throw Error(what + " is larger than " + std::to_string(max) + " bytes");
   }
+  out.resize(have);
   return out;
+}
+
+bool write_all(int fd, const std::string& s) {
+  for (size_t done = 0; done < s.size();) {
+    ssize_t n = write(fd, s.data() + done, s.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    done += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+std::string read_all(int fd) {
+  std::string out;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  explicit_bzero(buf, sizeof buf);
+  return out;
+}
+
+// The CA made in a child process: its certificate comes back now, its key
+// sealed in a pipe.
+void make_ca_apart(tls::Engine& engine, const std::string& label, Inspection& in) {
+  int cert[2], key[2];
+  if (pipe2(cert, O_CLOEXEC) != 0) throw_errno("pipe");
+  UniqueFd cert_r(cert[0]), cert_w(cert[1]);
+  if (pipe2(key, O_CLOEXEC) != 0) throw_errno("pipe");
+  UniqueFd key_r(key[0]), key_w(key[1]);
+  pid_t pid = fork();
+  if (pid < 0) throw_errno("fork (making the sandbox's CA)");
+  if (pid == 0) {
+    tls::Ca ca;
+    std::string error;
+    bool ok = engine.make_ca(label, ca, error);
+    bool sent = write_all(cert_w.get(), ok ? ca.cert_pem : "E" + error) && (!ok || write_all(key_w.get(), ca.key_pem));
+    _exit(sent ? 0 : 1);
+  }
+  cert_w.reset();
+  key_w.reset();
+  std::string got = read_all(cert_r.get());
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (got.starts_with("E")) throw Error("--inspect-tls: " + got.substr(1));
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || got.empty())
+    throw Error("--inspect-tls: the process making the sandbox's CA failed");
+  in.ca.cert_pem = std::move(got);
+  in.ca_key = Sealed(key_r);
 }
 
 std::string read_path(const std::string& path, size_t max, const std::string& what) {
@@ -60,9 +120,11 @@ std::string secret_value(const NetworkSpec::Secret& s) {
   }
   if (v.empty()) throw Error("secret " + s.name + ": the value from " + s.from + " is empty");
   for (char c : v)
-    if (c == '\r' || c == '\n' || c == '\0')
+    if (c == '\r' || c == '\n' || c == '\0') {
+      explicit_bzero(v.data(), v.size());
       throw Error("secret " + s.name + ": the value from " + s.from +
                   " holds a line break or NUL byte, which cannot go into an HTTP header");
+    }
   return v;
 }
 
@@ -79,17 +141,45 @@ void fill_placeholders(NetworkSpec& policy) {
   }
 }
 
+Sealed::Sealed(std::string& bytes) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) != 0) throw_errno("pipe");
+  r_.reset(p[0]);
+  UniqueFd w(p[1]);
+  if (bytes.size() >= 65536) fcntl(w.get(), F_SETPIPE_SZ, static_cast<int>(bytes.size() + 4096));
+  bool ok = write_all(w.get(), bytes);
+  explicit_bzero(bytes.data(), bytes.size());
+  bytes.clear();
+  if (!ok) throw_errno("pipe (sealing a secret)");
+}
+
+Sealed::Sealed(UniqueFd& read_end) : r_(std::move(read_end)) {}
+
+std::string Sealed::open() {
+  if (!r_) return {};
+  std::string out = read_all(r_.get());
+  r_.reset();
+  return out;
+}
+
+void Inspection::unseal() {
+  ca.key_pem = ca_key.open();
+  for (size_t i = 0; i < values.size() && i < secrets.size(); ++i) secrets[i].value = values[i].open();
+  values.clear();
+}
+
 Inspection prepare_inspection(const NetworkSpec& policy, const std::string& label) {
   Inspection in;
   for (const auto& s : policy.secrets) {
     if (s.placeholder.empty()) throw Error("internal: secret " + s.name + " has no placeholder");
-    in.secrets.push_back({s.name, s.placeholder, secret_value(s), s.hosts, s.headers.empty() ? kSecretHeaders : s.headers});
+    std::string value = secret_value(s);
+    in.values.emplace_back(value);
+    in.secrets.push_back({s.name, s.placeholder, "", s.hosts, s.headers.empty() ? kSecretHeaders : s.headers});
   }
   if (!policy.inspect_tls) return in;
   if (!policy.ca_file.empty()) in.extra_ca_pem = read_path(policy.ca_file, kMaxBundleBytes, "--net-ca");
   in.engine = tls::load();
-  std::string error;
-  if (!in.engine->make_ca(label, in.ca, error)) throw Error("--inspect-tls: " + error);
+  make_ca_apart(*in.engine, label, in);
   return in;
 }
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "net/tls.h"
+#include "util/fd.h"
 #include "spec/spec.h"
 
 namespace ultari::net {
@@ -30,22 +31,41 @@ inline const std::vector<std::string> kSecretHeaders = {"authorization", "proxy-
 // replaced by their values in the values of their headers only.
 std::string swap_secrets(const std::string& head, const std::vector<const SecretValue*>& secrets);
 
+// Bytes kept in a pipe, out of this process's memory, until open(): a
+// process cloned meanwhile (the sandbox's init) holds no copy of them.
+class Sealed {
+ public:
+  Sealed() = default;
+  explicit Sealed(std::string& bytes);  // moves `bytes` into a pipe and wipes them
+  explicit Sealed(UniqueFd& read_end);   // a pipe someone else filled
+  std::string open();                    // once
+ private:
+  UniqueFd r_;
+};
+
 struct Inspection {
   std::unique_ptr<tls::Engine> engine;  // null without --inspect-tls
-  tls::Ca ca;
+  tls::Ca ca;                           // key_pem empty until unseal()
   std::string extra_ca_pem;             // --net-ca
-  std::vector<SecretValue> secrets;
+  std::vector<SecretValue> secrets;     // values empty until unseal()
+  // Fills in the CA's key and the secrets' values (after the sandbox's
+  // init was cloned: they never were in its memory).
+  void unseal();
+
+  Sealed ca_key;
+  std::vector<Sealed> values;
 };
 
 // Gives every secret without one a fresh placeholder ("ultari-secret-" and
 // 32 random hex digits).
 void fill_placeholders(NetworkSpec& policy);
 
-// Loads the TLS module, makes the sandbox's CA and reads --net-ca and the
-// secrets' values (env: from this process's environment, file: a file of
-// at most 64 KiB, one trailing newline dropped). Throws Error naming a
-// missing variable, an unreadable file or a value that cannot go into an
-// HTTP header. `label` names the CA (the sandbox id).
+// Loads the TLS module, makes the sandbox's CA (in a short-lived child
+// process) and reads --net-ca and the secrets' values (env: from this
+// process's environment, file: a file of at most 64 KiB, one trailing
+// newline dropped); the key and the values come back sealed. Throws Error
+// naming a missing variable, an unreadable file or a value that cannot go
+// into an HTTP header. `label` names the CA (the sandbox id).
 Inspection prepare_inspection(const NetworkSpec& policy, const std::string& label);
 
 // Where the sandbox's trust store is, and the environment that points

@@ -435,8 +435,10 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
   }
   // The network is served from here, set up from outside the sandbox
   // before its command can run (the command is sent after this returns).
-  if (spec.network.mode != NetworkSpec::Mode::None)
+  if (spec.network.mode != NetworkSpec::Mode::None) {
+    inspection.unseal();  // init exists: the CA key and the values never were in its memory
     s.gateway = std::make_unique<net::Gateway>(spec.network, s.id, std::move(*endpoints), std::move(inspection));
+  }
   return std::unique_ptr<Sandbox>(new Sandbox(std::move(st)));
 }
 

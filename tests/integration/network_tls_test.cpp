@@ -5,7 +5,16 @@
 // request without inspection gets through (or carries what it carried).
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <sstream>
+#include <string_view>
+#include <thread>
 
 #include "harness.h"
 #include "netlab.h"
@@ -185,6 +194,81 @@ TEST_F(NetworkTls, SecretsReachTheirHostOnlyAndTheSandboxSeesAPlaceholder) {
   EXPECT_TRUE(contains(c, "Bearer ultari-secret-")) << c;
   // Never in the audit log.
   EXPECT_FALSE(contains(read_file(dir_ / "audit.jsonl"), kSecret));
+}
+
+// Whether any readable mapping of process `pid` holds `needle` (read as
+// root through /proc/PID/mem).
+bool memory_holds(pid_t pid, const std::string& needle) {
+  std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");
+  int mem = open(("/proc/" + std::to_string(pid) + "/mem").c_str(), O_RDONLY | O_CLOEXEC);
+  if (mem < 0) return false;
+  bool found = false;
+  for (std::string line; !found && std::getline(maps, line);) {
+    unsigned long start = 0, end = 0;
+    char perms[5] = {};
+    if (std::sscanf(line.c_str(), "%lx-%lx %4s", &start, &end, perms) != 3 || perms[0] != 'r') continue;
+    if (line.find("[vvar]") != std::string::npos || end - start > (256ul << 20)) continue;
+    std::string buf(end - start, '\0');
+    ssize_t n = pread(mem, buf.data(), buf.size(), static_cast<off_t>(start));
+    if (n > 0) found = std::string_view(buf.data(), static_cast<size_t>(n)).find(needle) != std::string_view::npos;
+  }
+  close(mem);
+  return found;
+}
+
+// The first process whose comm is `comm` (and, when given, whose parent is
+// `parent`).
+pid_t find_process(const std::string& comm, pid_t parent = 0) {
+  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+    std::string name = e.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::string stat = read_file(e.path() / "stat");
+    size_t open = stat.find('('), close = stat.rfind(')');
+    if (open == std::string::npos || close == std::string::npos) continue;
+    if (stat.substr(open + 1, close - open - 1) != comm) continue;
+    pid_t ppid = static_cast<pid_t>(std::atoi(stat.c_str() + close + 4));
+    if (parent == 0 || ppid == parent) return static_cast<pid_t>(std::stoi(name));
+  }
+  return 0;
+}
+
+TEST_F(NetworkTls, TheSandboxsInitNeverHeldTheCaKeyOrTheSecret) {
+  Options opt;
+  opt.env = {std::string("ULTARI_TEST_SECRET=") + kSecret};
+  write_file(dir_ / "token", "file-secret-9d2c1e\n");
+  std::vector<std::string> flags = inspect();
+  flags.insert(flags.end(), {"--secret", "API_KEY=env:ULTARI_TEST_SECRET@allowed.test", "--secret",
+                             "FILE_KEY=file:" + std::string(dir_ / "token") + "@allowed.test"});
+  std::atomic<bool> finished{false};
+  Outcome r;
+  std::thread t([&] {
+    r = run(flags, "sleep 1.5; echo done", "", opt);
+    finished = true;
+  });
+  pid_t gateway = 0, init = 0;
+  for (int i = 0; i < 100 && !finished && (!gateway || !init); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    gateway = find_process("ultari-net");
+    std::string stat = gateway ? read_file("/proc/" + std::to_string(gateway) + "/stat") : "";
+    pid_t supervisor = stat.empty() ? 0 : static_cast<pid_t>(std::atoi(stat.c_str() + stat.rfind(')') + 4));
+    init = supervisor ? find_process("ultari-init", supervisor) : 0;
+  }
+  ASSERT_NE(gateway, 0);
+  ASSERT_NE(init, 0);
+  // Read while the command runs (init waits for it).
+  bool init_secret = memory_holds(init, kSecret), init_file = memory_holds(init, "file-secret-9d2c1e"),
+       // Every P-256 key in PEM (PKCS#8) starts so; libcrypto's own strings
+       // ("PRIVATE KEY") do not.
+       init_key = memory_holds(init, "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg");
+  // Negative control: the gateway needs them, and the scan finds them there.
+  bool gw_secret = memory_holds(gateway, kSecret), gw_file = memory_holds(gateway, "file-secret-9d2c1e");
+  t.join();
+  EXPECT_NE(r.out.find("done"), std::string::npos) << r.out << r.err;
+  EXPECT_FALSE(init_secret);
+  EXPECT_FALSE(init_file);
+  EXPECT_FALSE(init_key);
+  EXPECT_TRUE(gw_secret);
+  EXPECT_TRUE(gw_file);
 }
 
 TEST_F(NetworkTls, BadSecretSourcesFailBeforeAnythingRuns) {

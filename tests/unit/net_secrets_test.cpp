@@ -139,6 +139,8 @@ TEST(NetSecrets, ValuesComeFromEnvironmentOrFileAndMustFitAHeader) {
   fill_placeholders(p);
   Inspection in = prepare_inspection(p, "test");
   ASSERT_EQ(in.secrets.size(), 2u);
+  EXPECT_EQ(in.secrets[0].value, "");  // sealed until the sandbox's init exists
+  in.unseal();
   EXPECT_EQ(in.secrets[0].value, "v4lue");
   EXPECT_EQ(in.secrets[1].value, "from-file");  // one trailing newline dropped
   EXPECT_EQ(in.engine, nullptr);
