@@ -419,8 +419,8 @@ struct Flow {
 bool Flow::relay_terminated(int upstream, const Inspect& inspect) {
   int c = client.get();
   fcntl(c, F_SETFL, fcntl(c, F_GETFL) | O_NONBLOCK);
-  // TLS writes whole records: Nagle would hold a flight's last one back
-  // for the peer's delayed ACK (measured: +20 ms per handshake).
+  // TLS writes whole records: Nagle could hold a flight's last one back
+  // for the peer's delayed ACK.
   int one = 1;
   setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   setsockopt(upstream, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -723,9 +723,9 @@ void Flow::run() {
   }
   // Every request of an HTTP connection must name the host it was allowed
   // for (keep-alive and pipelining included); what goes out is scanned for
-  // secrets ([dlp]), the explicit proxy's request head (prefix) too; the
-  // secrets' placeholders become their values in request heads to their
-  // hosts.
+  // secrets ([dlp]), the explicit proxy's request head (prefix) too; in
+  // terminated TLS to a secret's host, its placeholder becomes its value in
+  // its headers (swap_secrets).
   std::unique_ptr<Dlp::Stream> scan;
   std::unique_ptr<HttpRequests> requests;
   Inspect inspect;
