@@ -334,22 +334,10 @@ std::string atk(const std::string& label, const std::string& args) {
 // A lab server answered this probe (atk.py prints its body line).
 bool served(const std::string& line, const std::string& what) { return has(line, "lab server=") && has(line, what); }
 
-class AttackNetwork : public ::testing::Test {
+class AttackNetwork : public LabSuite {
  protected:
-  static void SetUpTestSuite() {
-    try {
-      lab_ = new NetLab();
-    } catch (const std::exception& e) {
-      lab_error_ = e.what();
-    }
-  }
-  static void TearDownTestSuite() {
-    delete lab_;
-    lab_ = nullptr;
-  }
   void SetUp() override {
-    ASSERT_NE(lab_, nullptr) << "the lab could not be built: " << lab_error_;
-    lab_->clear_logs();
+    LabSuite::SetUp();
     write_file(dir_ / "atk.py", kAtk, 0755);
   }
   void TearDown() override {
@@ -447,15 +435,10 @@ class AttackNetwork : public ::testing::Test {
     ASSERT_TRUE(exists(log + ".ready"));
   }
 
-  static NetLab* lab_;
-  static std::string lab_error_;
-  TempDir dir_;
   int policies_ = 0;
   pid_t host_service_ = -1;
 };
 
-NetLab* AttackNetwork::lab_ = nullptr;
-std::string AttackNetwork::lab_error_;
 
 const std::string kHostOther = "Host: other.test\\r\\nConnection: close\\r\\n\\r\\n";
 const std::string kHostEvil = "Host: evil.allowed.test\\r\\nConnection: close\\r\\n\\r\\n";

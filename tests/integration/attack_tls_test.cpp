@@ -244,22 +244,10 @@ std::string get(const std::string& path, const std::string& host, const std::str
 }
 bool served(const std::string& line, const std::string& what) { return has(line, "lab server=") && has(line, what); }
 
-class AttackTls : public ::testing::Test {
+class AttackTls : public LabSuite {
  protected:
-  static void SetUpTestSuite() {
-    try {
-      lab_ = new NetLab();
-    } catch (const std::exception& e) {
-      lab_error_ = e.what();
-    }
-  }
-  static void TearDownTestSuite() {
-    delete lab_;
-    lab_ = nullptr;
-  }
   void SetUp() override {
-    ASSERT_NE(lab_, nullptr) << "the lab could not be built: " << lab_error_;
-    lab_->clear_logs();
+    LabSuite::SetUp();
     write_file(dir_ / "tls.py", kProbe, 0755);
   }
 
@@ -307,14 +295,9 @@ class AttackTls : public ::testing::Test {
     return s + "audit:\n" + audit_text();
   }
 
-  static NetLab* lab_;
-  static std::string lab_error_;
-  TempDir dir_;
   int n_ = 0;
 };
 
-NetLab* AttackTls::lab_ = nullptr;
-std::string AttackTls::lab_error_;
 
 const std::string kAllow = "allow = [\"allowed.test\", \"www.allowed.test\", \"evil.allowed.test\"]\n";
 

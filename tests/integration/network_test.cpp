@@ -66,25 +66,11 @@ struct Want {
   std::string kind, name, decision, reason;
 };
 
-class Network : public ::testing::Test {
+class Network : public LabSuite {
  protected:
-  static void SetUpTestSuite() {
-    try {
-      lab_ = new NetLab();
-    } catch (const std::exception& e) {
-      lab_error_ = e.what();
-    }
-  }
-  static void TearDownTestSuite() {
-    delete lab_;
-    lab_ = nullptr;
-  }
-
   void SetUp() override {
-    ASSERT_NE(lab_, nullptr) << "the lab could not be built: " << lab_error_;
-    lab_->clear_logs();
-    dir_ = std::make_unique<TempDir>();
-    audit_path_ = *dir_ / "audit.jsonl";
+    LabSuite::SetUp();
+    audit_path_ = dir_ / "audit.jsonl";
   }
 
   void TearDown() override {
@@ -123,7 +109,7 @@ class Network : public ::testing::Test {
 
   std::string policy(const std::string& toml) {
     static int n = 0;
-    std::string p = *dir_ / ("policy" + std::to_string(n++) + ".toml");
+    std::string p = dir_ / ("policy" + std::to_string(n++) + ".toml");
     write_file(p, toml);
     return p;
   }
@@ -183,14 +169,9 @@ class Network : public ::testing::Test {
     return r.out;
   }
 
-  static NetLab* lab_;
-  static std::string lab_error_;
-  std::unique_ptr<TempDir> dir_;
   std::string audit_path_;
 };
 
-NetLab* Network::lab_ = nullptr;
-std::string Network::lab_error_;
 
 // ---------------------------------------------------------------------------
 // The lab itself: everything the sandbox tests rely on works from H.
@@ -722,7 +703,7 @@ TEST_F(Network, BadInputIsRefusedWithAClearMessageAndLeavesNothing) {
       {{"--net", "allow=*"}, "*"},
       {{"--net-policy", policy("allow = [\"*\"]\n")}, "*"},
       {{"--net-policy", bad_toml}, bad_toml},
-      {{"--net-policy", *dir_ / "missing.toml"}, "missing.toml"},
+      {{"--net-policy", dir_ / "missing.toml"}, "missing.toml"},
       {{"--net", "bogus"}, "bogus"},
       {{"--inspect-tls"}, "need a network"},
       {{"--net", "allow=allowed.test", "--secret", "API_KEY=x"}, "API_KEY=x"},
@@ -731,7 +712,7 @@ TEST_F(Network, BadInputIsRefusedWithAClearMessageAndLeavesNothing) {
       {{"--net", "allow=allowed.test", "--inspect-tls", "--secret", "API_KEY=env:ULTARI_NO_SUCH_VAR@allowed.test"},
        "ULTARI_NO_SUCH_VAR"},
       {{"--net", "allow=allowed.test", "--inspect-tls", "--secret", "1KEY=env:HOME@allowed.test"}, "1KEY"},
-      {{"--net", "allow=allowed.test", "--inspect-tls", "--net-ca", *dir_ / "missing.pem"}, "missing.pem"},
+      {{"--net", "allow=allowed.test", "--inspect-tls", "--net-ca", dir_ / "missing.pem"}, "missing.pem"},
       {{"--net", "allow=allowed.test", "--inspect-tls", "--net-ca", "/etc/hostname"}, "--net-ca"},
       {{"--net-policy", tables_dlp}, "block"},
       {{"--net", "allow=allowed.test", "--net-ca", "/etc/hostname"}, "--inspect-tls"},
