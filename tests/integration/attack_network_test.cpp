@@ -313,19 +313,9 @@ if __name__ == "__main__":
 
 constexpr const char* kKey = "-----BEGIN RSA PRIVATE KEY-----MIIEowIBAAKCAQEAfakefakefake-----END RSA PRIVATE KEY-----";
 
-bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 std::string lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
   return s;
-}
-std::map<std::string, std::string> by_label(const std::string& out) {
-  std::map<std::string, std::string> m;
-  std::istringstream in(out);
-  for (std::string l; std::getline(in, l);) {
-    auto sp = l.find(' ');
-    m[l.substr(0, sp)] = sp == std::string::npos ? "" : l.substr(sp + 1);
-  }
-  return m;
 }
 // One line "LABEL <atk.py output>" in the sandbox.
 std::string atk(const std::string& label, const std::string& args) {

@@ -224,16 +224,6 @@ constexpr const char* kSecret = "sk-real-7f3a9c01d2";     // API_KEY's value, fo
 constexpr const char* kSuffixSecret = "sfx-real-55e0aa";  // SUF's value, for *.allowed.test
 constexpr const char* kKey = "-----BEGIN RSA PRIVATE KEY-----MIIEowIBAAKCAQEAfakefakefake-----END RSA PRIVATE KEY-----";
 
-bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
-std::map<std::string, std::string> by_label(const std::string& out) {
-  std::map<std::string, std::string> m;
-  std::istringstream in(out);
-  for (std::string l; std::getline(in, l);) {
-    auto sp = l.find(' ');
-    m[l.substr(0, sp)] = sp == std::string::npos ? "" : l.substr(sp + 1);
-  }
-  return m;
-}
 // "LABEL <probe output>" from inside the sandbox. ARGS may use $API_KEY etc.
 std::string probe(const std::string& label, const std::string& args) {
   // printf, not echo: dash's echo would turn the probe's "\r\n" into line ends.

@@ -338,6 +338,18 @@ std::vector<std::string> NetLab::host_links() const {
 
 std::string NetLab::host_ruleset() const { return in_host({"nft", "list", "ruleset"}).out; }
 
+std::map<std::string, std::string> by_label(const std::string& out) {
+  std::map<std::string, std::string> m;
+  std::istringstream in(out);
+  for (std::string l; std::getline(in, l);) {
+    auto sp = l.find(' ');
+    m[l.substr(0, sp)] = sp == std::string::npos ? "" : l.substr(sp + 1);
+  }
+  return m;
+}
+
+bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
 NetLab* LabSuite::lab_ = nullptr;
 std::string LabSuite::lab_error_;
 

@@ -26,6 +26,7 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -104,6 +105,10 @@ class NetLab {
   std::string host_ns_, inet_ns_, dir_, ca_cert_;
   std::vector<pid_t> servers_;
 };
+
+// "LABEL rest" lines (what scripts in the sandbox print) by label.
+std::map<std::string, std::string> by_label(const std::string& out);
+bool has(const std::string& s, const std::string& part);
 
 // A test suite sharing one lab, built once for the suite; every test
 // starts with the servers' logs cleared and a temp dir of its own.

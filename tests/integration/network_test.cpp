@@ -42,17 +42,7 @@ std::string probe(const std::string& label, const std::string& args) {
   return "echo \"" + label + " $(/usr/bin/python3 /lab/probe.py " + args + " 2>&1 | tr '\\n' ' ')\"\n";
 }
 
-std::map<std::string, std::string> by_label(const std::string& out) {
-  std::map<std::string, std::string> m;
-  std::istringstream in(out);
-  for (std::string l; std::getline(in, l);) {
-    auto sp = l.find(' ');
-    m[l.substr(0, sp)] = sp == std::string::npos ? "" : l.substr(sp + 1);
-  }
-  return m;
-}
 
-bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 // A lab server answered (its body names it).
 bool served(const std::string& line, const std::string& server) { return has(line, "lab server=" + server + " "); }
 bool blocked(const std::string& line) { return !line.empty() && !has(line, "lab server="); }
