@@ -8,6 +8,7 @@
 #include <seccomp.h>
 #include <poll.h>
 #include <signal.h>
+#include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -155,8 +156,9 @@ Gateway::Gateway(const NetworkSpec& policy, const std::string& sandbox_id, Endpo
     gateway_main(policy, std::move(servers), std::move(endpoints), audit, inspection, theirs.get(), parent);
   }
   // The CA's key and the secrets' values live on in the gateway only.
-  for (auto& v : inspection.secrets) std::fill(v.value.begin(), v.value.end(), '\0');
-  std::fill(inspection.ca.key_pem.begin(), inspection.ca.key_pem.end(), '\0');
+  // explicit_bzero: a plain fill of memory about to be freed may be elided.
+  for (auto& v : inspection.secrets) explicit_bzero(v.value.data(), v.value.size());
+  explicit_bzero(inspection.ca.key_pem.data(), inspection.ca.key_pem.size());
   pid_ = static_cast<pid_t>(pid);
   pidfd_.reset(pidfd);
   theirs.reset();

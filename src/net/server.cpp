@@ -791,7 +791,7 @@ Server::Server(const NetworkSpec& policy, std::vector<in_addr> servers, Endpoint
   if (inspection_.engine) {
     std::string error;
     if (!inspection_.engine->serve_with(inspection_.ca, inspection_.extra_ca_pem, error)) throw Error(error);
-    std::fill(inspection_.ca.key_pem.begin(), inspection_.ca.key_pem.end(), '\0');
+    explicit_bzero(inspection_.ca.key_pem.data(), inspection_.ca.key_pem.size());
   }
   // The host's own addresses are no destination, whatever they are.
   ifaddrs* ifs = nullptr;
