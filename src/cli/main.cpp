@@ -70,7 +70,7 @@ struct SandboxFlags {
   std::string seccomp_profile, user, memory, pids, cpus, timeout, cpu_time, output_limit, tmp_size, nofile;
   std::vector<std::string> binds, ro_binds, tmpfs, envs;
   std::vector<std::string> nets, secrets;
-  std::string net_policy, net_upstream, net_ca;
+  std::string net_policy, net_upstream, net_upstream_auth, net_ca;
   bool inspect_tls = false;
 
   void add_to(CLI::App* cmd) {
@@ -105,7 +105,10 @@ struct SandboxFlags {
                     "NAME=env:VAR@HOST[,HOST] or NAME=file:PATH@HOST: the sandbox sees a placeholder, requests to HOST "
                     "get the real value (needs --inspect-tls; repeatable)")
         ->allow_extra_args(false);
-    cmd->add_option("--net-upstream", net_upstream, "Not implemented yet");
+    cmd->add_option("--net-upstream", net_upstream,
+                    "http://HOST:PORT: reach the web through this HTTP proxy (the policy is still decided here)");
+    cmd->add_option("--net-upstream-auth", net_upstream_auth,
+                    "env:VAR or file:PATH holding user:password for --net-upstream (never enters the sandbox)");
     cmd->add_option("--net-ca", net_ca, "Extra CA (PEM) trusted for upstream servers under --inspect-tls");
   }
 
@@ -130,7 +133,8 @@ struct SandboxFlags {
     if (!net_policy.empty()) ultari::net::load_policy_file(spec.network, net_policy);
     if (inspect_tls) spec.network.inspect_tls = true;
     for (const auto& s : secrets) ultari::net::apply_secret_option(spec.network, s);
-    if (!net_upstream.empty()) throw ultari::Error("--net-upstream is not implemented yet in this version of ultari");
+    if (!net_upstream.empty()) spec.network.upstream = net_upstream;
+    if (!net_upstream_auth.empty()) spec.network.upstream_auth = net_upstream_auth;
     if (!net_ca.empty()) spec.network.ca_file = net_ca;
     if (spec.network.mode == ultari::NetworkSpec::Mode::None &&
         (!spec.network.resolver.empty() || !spec.network.audit_path.empty()))

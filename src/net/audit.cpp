@@ -111,6 +111,7 @@ void AuditLog::write(const Record& r) {
                       {"duration_ms", r.duration_ms}};
   if (!r.error.empty()) j["error"] = r.error;
   if (!r.dlp.empty()) j["dlp"] = r.dlp;
+  if (!r.via.empty()) j["via"] = r.via;
   std::string line = dump(j);
   std::lock_guard lock(mu_);
   (r.allow ? allowed_ : denied_) += 1;

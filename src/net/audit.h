@@ -21,6 +21,7 @@ struct Record {
   uint64_t bytes_out = 0, bytes_in = 0;
   int64_t duration_ms = 0;
   std::string error;     // an allowed connection that could not be made
+  std::string via;       // the upstream proxy (host:port) it went through, if any
   std::vector<std::string> dlp;  // secret patterns seen in what the sandbox sent
 };
 

@@ -155,10 +155,9 @@ Gateway::Gateway(const NetworkSpec& policy, const std::string& sandbox_id, Endpo
     control_.reset();
     gateway_main(policy, std::move(servers), std::move(endpoints), audit, inspection, theirs.get(), parent);
   }
-  // The CA's key and the secrets' values live on in the gateway only.
-  // explicit_bzero: a plain fill of memory about to be freed may be elided.
-  for (auto& v : inspection.secrets) explicit_bzero(v.value.data(), v.value.size());
-  explicit_bzero(inspection.ca.key_pem.data(), inspection.ca.key_pem.size());
+  // The CA's key, the secrets' values and the proxy's credentials live on
+  // in the gateway only.
+  inspection.wipe();
   pid_ = static_cast<pid_t>(pid);
   pidfd_.reset(pidfd);
   theirs.reset();

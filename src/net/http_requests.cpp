@@ -217,7 +217,7 @@ bool HttpRequests::step(const char* data, size_t len, size_t& i, std::string& wh
         std::string complete = out ? buf_ : std::string();
         if (!head_done(why)) return false;
         if (out) {
-          if (on_head) on_head(complete);
+          if (on_head && !on_head(complete, why)) return false;
           out->append(complete);
         }
         break;

@@ -22,8 +22,9 @@ class HttpRequests {
   // comes. Without, the caller passes on what it fed.
   bool feed(const char* data, size_t len, std::string& why, std::string* out = nullptr);
   // Called with every complete request head that passed the checks, before
-  // it is passed on (with `out` only): may change it (secrets).
-  std::function<void(std::string& head)> on_head;
+  // it is passed on (with `out` only): may change it (secrets, the form an
+  // upstream proxy takes) or refuse it (false, with `why`).
+  std::function<bool(std::string& head, std::string& why)> on_head;
   // How many of the next bytes are body or chunk data (which need not be
   // seen to follow the framing), and passing them without feed().
   uint64_t unseen() const;

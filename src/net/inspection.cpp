@@ -1,7 +1,9 @@
 #include "net/inspection.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
+#include <netdb.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -14,6 +16,7 @@
 #include <string_view>
 #include <cstdlib>
 
+#include "net/upstream.h"
 #include "util/error.h"
 #include "util/fd.h"
 
@@ -166,7 +169,50 @@ void Inspection::unseal() {
   ca.key_pem = ca_key.open();
   for (size_t i = 0; i < values.size() && i < secrets.size(); ++i) secrets[i].value = values[i].open();
   values.clear();
+  if (upstream) upstream->auth = upstream_auth.open();
 }
+
+void Inspection::wipe() {
+  // explicit_bzero: a plain fill of memory about to be freed may be elided.
+  for (auto& v : secrets) explicit_bzero(v.value.data(), v.value.size());
+  explicit_bzero(ca.key_pem.data(), ca.key_pem.size());
+  if (upstream) explicit_bzero(upstream->auth.data(), upstream->auth.size());
+}
+
+namespace {
+
+UpstreamProxy resolve_upstream(const NetworkSpec& policy, Sealed& auth) {
+  UpstreamUrl url = parse_upstream(policy.upstream);
+  UpstreamProxy up;
+  up.port = url.port;
+  up.label = url.host + ":" + std::to_string(url.port);
+  if (inet_pton(AF_INET, url.host.c_str(), &up.addr) != 1) {
+    addrinfo hints{};
+    hints.ai_family = AF_INET;
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* res = nullptr;
+    int rc = getaddrinfo(url.host.c_str(), nullptr, &hints, &res);
+    if (rc != 0 || !res)
+      throw Error("--net-upstream: cannot resolve the proxy '" + url.host + "': " + gai_strerror(rc));
+    up.addr = reinterpret_cast<sockaddr_in*>(res->ai_addr)->sin_addr;
+    freeaddrinfo(res);
+  }
+  if (!policy.upstream_auth.empty()) {
+    std::string value = secret_value({"--net-upstream-auth", policy.upstream_auth, {}, {}, {}});
+    std::string header;
+    try {
+      header = basic_credentials(value);
+    } catch (const Error&) {
+      explicit_bzero(value.data(), value.size());
+      throw;
+    }
+    explicit_bzero(value.data(), value.size());
+    auth = Sealed(header);
+  }
+  return up;
+}
+
+}  // namespace
 
 Inspection prepare_inspection(const NetworkSpec& policy, const std::string& label) {
   Inspection in;
@@ -176,6 +222,7 @@ Inspection prepare_inspection(const NetworkSpec& policy, const std::string& labe
     in.values.emplace_back(value);
     in.secrets.push_back({s.name, s.placeholder, "", s.hosts, s.headers.empty() ? kSecretHeaders : s.headers});
   }
+  if (!policy.upstream.empty()) in.upstream = resolve_upstream(policy, in.upstream_auth);
   if (!policy.inspect_tls) return in;
   if (!policy.ca_file.empty()) in.extra_ca_pem = read_path(policy.ca_file, kMaxBundleBytes, "--net-ca");
   in.engine = tls::load();

@@ -1,9 +1,13 @@
-// What --inspect-tls and --secret hand to the gateway: the TLS engine and
-// the sandbox's CA, the extra upstream CA, and the secrets' real values.
+// What --inspect-tls, --secret and --net-upstream hand to the gateway: the
+// TLS engine and the sandbox's CA, the extra upstream CA, the secrets' real
+// values, and where the upstream proxy is with its credentials.
 // Made by the supervisor before the sandbox exists; the values never enter
 // the sandbox (it gets placeholders in its environment).
 #pragma once
+#include <netinet/in.h>
+
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -43,17 +47,31 @@ class Sealed {
   UniqueFd r_;
 };
 
+// --net-upstream: the proxy's address (resolved before the sandbox exists)
+// and its credentials.
+struct UpstreamProxy {
+  in_addr addr{};
+  uint16_t port = 0;
+  std::string label;  // "host:port" as given, for the audit log
+  std::string auth;   // the Proxy-Authorization value; empty without --net-upstream-auth (or until unseal())
+};
+
 struct Inspection {
   std::unique_ptr<tls::Engine> engine;  // null without --inspect-tls
   tls::Ca ca;                           // key_pem empty until unseal()
   std::string extra_ca_pem;             // --net-ca
   std::vector<SecretValue> secrets;     // values empty until unseal()
-  // Fills in the CA's key and the secrets' values (after the sandbox's
-  // init was cloned: they never were in its memory).
+  std::optional<UpstreamProxy> upstream;  // --net-upstream
+  // Fills in the CA's key, the secrets' values and the upstream's
+  // credentials (after the sandbox's init was cloned: they never were in
+  // its memory).
   void unseal();
+  // Wipes them (in a process that handed them on).
+  void wipe();
 
   Sealed ca_key;
   std::vector<Sealed> values;
+  Sealed upstream_auth;
 };
 
 // Gives every secret without one a fresh placeholder ("ultari-secret-" and
@@ -63,9 +81,11 @@ void fill_placeholders(NetworkSpec& policy);
 // Loads the TLS module, makes the sandbox's CA (in a short-lived child
 // process) and reads --net-ca and the secrets' values (env: from this
 // process's environment, file: a file of at most 64 KiB, one trailing
-// newline dropped); the key and the values come back sealed. Throws Error
-// naming a missing variable, an unreadable file or a value that cannot go
-// into an HTTP header. `label` names the CA (the sandbox id).
+// newline dropped); resolves the upstream proxy and reads its credentials
+// the same way; the key and the values come back sealed. Throws Error
+// naming a missing variable, an unreadable file, a value that cannot go
+// into an HTTP header or a proxy that does not resolve. `label` names the
+// CA (the sandbox id).
 Inspection prepare_inspection(const NetworkSpec& policy, const std::string& label);
 
 // Where the sandbox's trust store is, and the environment that points

@@ -7,6 +7,7 @@
 #include <set>
 #include <toml++/toml.h>
 
+#include "net/upstream.h"
 #include "util/error.h"
 
 namespace ultari::net {
@@ -147,8 +148,10 @@ void load_policy_file(NetworkSpec& into, const std::string& path) {
   }
   for (const auto& [key, node] : t) {
     std::string k(key.str());
-    if (k != "allow" && k != "deny" && k != "ports" && k != "dlp" && k != "secret" && k != "inspect_tls")
-      throw Error(where(path, node) + ": unknown key '" + k + "' (expected allow, deny, ports, inspect_tls, dlp, secret)");
+    if (k != "allow" && k != "deny" && k != "ports" && k != "dlp" && k != "secret" && k != "inspect_tls" &&
+        k != "upstream" && k != "upstream_auth")
+      throw Error(where(path, node) + ": unknown key '" + k +
+                  "' (expected allow, deny, ports, inspect_tls, upstream, upstream_auth, dlp, secret)");
   }
   auto allow = names(t, "allow", path);
   auto deny = names(t, "deny", path);
@@ -198,6 +201,17 @@ void load_policy_file(NetworkSpec& into, const std::string& path) {
     if (!v) throw Error(where(path, *n) + ": inspect_tls must be true or false");
     into.inspect_tls = *v;
   }
+  for (auto [key, field] : {std::pair{"upstream", &into.upstream}, std::pair{"upstream_auth", &into.upstream_auth}})
+    if (const toml::node* n = t.get(key)) {
+      auto v = n->value<std::string>();
+      if (!v) throw Error(where(path, *n) + ": " + key + " must be a string");
+      *field = *v;
+      try {
+        if (field == &into.upstream) parse_upstream(*v);
+      } catch (const Error& e) {
+        throw Error(where(path, *n) + ": " + e.what());
+      }
+    }
   if (const toml::node* n = t.get("secret")) {
     const toml::array* arr = n->as_array();
     if (!arr) throw Error(where(path, *n) + ": 'secret' must be an array of tables ([[secret]])");
@@ -298,6 +312,17 @@ void validate(const NetworkSpec& policy) {
     throw Error("--inspect-tls, --secret and --net-ca need a network (--net allow=... or --net open)");
   if (!policy.ca_file.empty() && !policy.inspect_tls)
     throw Error("--net-ca is for the upstream side of --inspect-tls (without it the sandbox checks certificates itself)");
+  if (!policy.upstream.empty()) {
+    if (policy.mode == NetworkSpec::Mode::None)
+      throw Error("--net-upstream needs a network (--net allow=... or --net open)");
+    parse_upstream(policy.upstream);
+  }
+  if (!policy.upstream_auth.empty()) {
+    if (policy.upstream.empty()) throw Error("--net-upstream-auth needs --net-upstream");
+    const auto& f = policy.upstream_auth;
+    if (!(f.starts_with("env:") && f.size() > 4) && !(f.starts_with("file:") && f.size() > 5))
+      throw Error("--net-upstream-auth '" + f + "': expected env:VARIABLE or file:PATH (holding user:password)");
+  }
   std::set<std::string> seen;
   for (const auto& s : policy.secrets) {
     check_secret(s);

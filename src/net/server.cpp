@@ -26,6 +26,7 @@
 #include "net/policy.h"
 #include "net/sniff.h"
 #include "net/tls.h"
+#include "net/upstream.h"
 #include "util/error.h"
 
 namespace ultari::net {
@@ -463,6 +464,9 @@ bool Flow::decide_name(const std::string& name, in_addr literal, bool have_liter
   rec.reason = d.reason;
   rec.allow = d.allow;
   if (!d.allow) return false;
+  // Through an upstream proxy the name is what is asked for: the proxy
+  // resolves it (this side may not even be able to).
+  if (g.inspection_.upstream) return true;
   dns::Answer ans = g.resolve(name);
   std::vector<in_addr> usable;
   for (const auto& a : ans.addrs)
@@ -680,7 +684,19 @@ void Flow::run() {
   if (!go && rec.reason.empty() && rec.kind.empty()) return;  // not a connection worth a record
   if (!go && rec.reason.empty()) rec.reason = rec.error.empty() ? "no-rule" : rec.reason;
   UniqueFd upstream;
-  if (go) {
+  // Through an upstream proxy, plain HTTP to a name goes as requests in the
+  // absolute form (proxies commonly refuse CONNECT to port 80); the rest
+  // through a CONNECT tunnel.
+  const auto& proxy = g.inspection_.upstream;
+  bool forward = proxy && rec.kind == "http" && !tunnel && !rec.name.empty();
+  if (go && proxy) {
+    rec.via = proxy->label;
+    rec.addr = rec.name.empty() ? ip_str(target) : "";
+    upstream = forward ? connect_to(proxy->addr, proxy->port, stop, rec.error)
+                       : g.tunnel(rec.name.empty() ? ip_str(target) : rec.name, port, stop, rec.error);
+    if (forward && !upstream) rec.error = "upstream proxy " + proxy->label + ": " + rec.error;
+    go = static_cast<bool>(upstream);
+  } else if (go) {
     rec.addr = ip_str(target);
     upstream = connect_to(target, port, stop, rec.error);
     go = static_cast<bool>(upstream);
@@ -741,7 +757,14 @@ void Flow::run() {
         }
     // Only into TLS the gateway terminated and verified: never cleartext.
     if (requests && terminate && !secrets.empty())
-      requests->on_head = [secrets](std::string& head) { head = swap_secrets(head, secrets); };
+      requests->on_head = [secrets](std::string& head, std::string&) {
+        head = swap_secrets(head, secrets);
+        return true;
+      };
+    if (forward)
+      requests->on_head = [name = rec.name, port, &proxy](std::string& head, std::string& why) {
+        return to_proxy_form(head, name, port, proxy->auth, why);
+      };
     if (requests || scan) {
       inspect.see = [this, &scan, &requests](const char* data, size_t len, std::string& out) {
         std::string why;
@@ -846,6 +869,70 @@ bool Server::reachable(in_addr addr) const {
   for (const auto& l : local_)
     if (l.s_addr == addr.s_addr) return false;
   return true;
+}
+
+bool Server::synthetic(const std::string& name, in_addr& addr) {
+  std::lock_guard lock(mu_);
+  auto it = synthetic_.find(name);
+  if (it == synthetic_.end()) {
+    if (synthetic_.size() >= kSyntheticCount) return false;
+    it = synthetic_.emplace(name, static_cast<uint32_t>(synthetic_.size())).first;
+  }
+  addr = synthetic_address(it->second);
+  return true;
+}
+
+UniqueFd Server::tunnel(const std::string& host, uint16_t port, int stop, std::string& error) {
+  const UpstreamProxy& proxy = *inspection_.upstream;
+  std::string what = "upstream proxy " + proxy.label;
+  UniqueFd fd = connect_to(proxy.addr, proxy.port, stop, error);
+  if (!fd) {
+    error = what + ": " + error;
+    return fd;
+  }
+  if (!send_all(fd.get(), connect_request(host, port, proxy.auth), stop)) {
+    error = what + ": the request could not be sent";
+    return UniqueFd();
+  }
+  // The response head, and not a byte more: what follows is the server's.
+  char buf[kMaxHead];
+  size_t end = std::string::npos;
+  for (ssize_t have = 0; end == std::string::npos;) {
+    if (!wait_fd(fd.get(), POLLIN, stop, kConnectTimeoutMs)) {
+      error = what + ": no answer to CONNECT in time";
+      return UniqueFd();
+    }
+    ssize_t n = recv(fd.get(), buf, sizeof buf, MSG_PEEK);
+    if (n <= 0 && !(n < 0 && (errno == EAGAIN || errno == EINTR))) {
+      error = what + ": closed without answering CONNECT";
+      return UniqueFd();
+    }
+    if (n == have) {
+      if (static_cast<size_t>(n) == sizeof buf) {
+        error = what + ": its answer to CONNECT is too long";
+        return UniqueFd();
+      }
+      poll(nullptr, 0, 1);  // the rest of the head is on its way
+      continue;
+    }
+    have = n;
+    end = std::string_view(buf, static_cast<size_t>(n)).find("\r\n\r\n");
+  }
+  if (!recv_exact(fd.get(), buf, end + 4, stop)) {
+    error = what + ": closed while answering CONNECT";
+    return UniqueFd();
+  }
+  std::string_view head(buf, end);
+  int status = response_status(head);
+  if (status < 200 || status > 299) {
+    std::string line(head.substr(0, std::min<size_t>(head.find("\r\n"), 120)));
+    for (char& c : line)
+      if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) > 0x7e) c = '?';
+    error = what + " refused CONNECT " + host + ":" + std::to_string(port) + ": " + line;
+    if (status == 407) error += proxy.auth.empty() ? " (give --net-upstream-auth)" : " (check --net-upstream-auth)";
+    return UniqueFd();
+  }
+  return fd;
 }
 
 std::set<std::string> Server::names_of(in_addr addr) {
@@ -958,7 +1045,18 @@ void Server::answer_dns() {
     uint8_t rcode = dns::kNxDomain;
     std::vector<in_addr> answer;
     uint32_t ttl = 0;
-    if (d.allow && q.klass == 1 && q.type == dns::kTypeA) {
+    if (d.allow && q.klass == 1 && q.type == dns::kTypeA && inspection_.upstream) {
+      // The proxy resolves: the sandbox gets an address that stands for the name.
+      in_addr addr;
+      rcode = synthetic(rec.name, addr) ? dns::kNoError : dns::kServFail;
+      if (rcode == dns::kNoError) {
+        answer.push_back(addr);
+        rec.addr = ip_str(addr);
+        rec.via = inspection_.upstream->label;
+        remember(rec.name, answer);
+      }
+      ttl = 300;
+    } else if (d.allow && q.klass == 1 && q.type == dns::kTypeA) {
       dns::Answer a = resolve(rec.name);
       rcode = a.rcode;
       for (const auto& addr : a.addrs)

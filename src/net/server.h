@@ -52,6 +52,12 @@ class Server {
   void remember(const std::string& name, const std::vector<in_addr>& addrs);
   // A public address that is not one of the host's own.
   bool reachable(in_addr addr) const;
+  // --net-upstream: the synthetic address that stands for `name` (the same
+  // one for the sandbox's life); false when all are taken.
+  bool synthetic(const std::string& name, in_addr& addr);
+  // --net-upstream: a connection through the proxy's tunnel to host:port,
+  // or none (and `error`: the proxy's answer, or why it was not reached).
+  UniqueFd tunnel(const std::string& host, uint16_t port, int stop, std::string& error);
 
   friend struct Flow;
   NetworkSpec policy_;
@@ -76,6 +82,7 @@ class Server {
     std::chrono::steady_clock::time_point expires;
   };
   std::map<std::string, Cached> cache_;
+  std::map<std::string, uint32_t> synthetic_;  // name -> index of its address (--net-upstream)
 };
 
 }  // namespace ultari::net

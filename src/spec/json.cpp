@@ -91,6 +91,8 @@ json spec_to_json(const Spec& s) {
             {"audit_path", n.audit_path},
             {"ca_file", n.ca_file},
             {"inspect_tls", n.inspect_tls},
+            {"upstream", n.upstream},
+            {"upstream_auth", n.upstream_auth},
             {"secrets", secrets},
             {"dlp", {{"enabled", n.dlp.enabled}, {"block", n.dlp.block}, {"literals", n.dlp.literals}}}}},
           {"process", {{"argv", s.process.argv}, {"env", s.process.env}, {"cwd", s.process.cwd}}}};
@@ -147,6 +149,8 @@ Spec spec_from_json(const json& j) {
     s.network.audit_path = get<std::string>(n, "audit_path", nw);
     s.network.ca_file = get<std::string>(n, "ca_file", nw);
     s.network.inspect_tls = get<bool>(n, "inspect_tls", nw);
+    s.network.upstream = get<std::string>(n, "upstream", nw);
+    s.network.upstream_auth = get<std::string>(n, "upstream_auth", nw);
     auto secrets = n.find("secrets");
     if (secrets == n.end() || !secrets->is_array()) throw Error("spec: network.secrets must be an array");
     for (size_t i = 0; i < secrets->size(); ++i) {

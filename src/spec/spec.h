@@ -55,6 +55,8 @@ struct NetworkSpec {
   std::string audit_path;             // JSON lines; empty: <state dir>/audit/<id>.jsonl
   std::string ca_file;                // extra CA for upstream TLS checks (PEM, --inspect-tls)
   bool inspect_tls = false;           // terminate TLS with a CA made for this sandbox
+  std::string upstream;               // "http://HOST:PORT": every connection goes through this proxy
+  std::string upstream_auth;          // "env:VAR" or "file:PATH" holding user:password for it
   // A value the sandbox never sees: it holds `placeholder`, which the
   // gateway swaps for the real value in request heads to `hosts` only.
   struct Secret {

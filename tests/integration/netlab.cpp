@@ -169,7 +169,8 @@ void NetLab::build() {
   std::string out;
   if (run_shell(script, &out) != 0) throw std::runtime_error("netlab: setup failed: " + out);
   ca_cert_ = dir_ + "/ca.pem";
-  for (const auto& f : {"requests.jsonl", "dns.log", "udp.log", "icmp.log", "tls_errors.log"}) write_file(dir_ + "/" + f, "");
+  for (const auto& f : {"requests.jsonl", "dns.log", "udp.log", "icmp.log", "tls_errors.log", "proxy.jsonl"})
+    write_file(dir_ + "/" + f, "");
 
   // The servers, in I, dying with this process.
   std::string inet_path = "/run/netns/" + inet_ns_;
@@ -200,6 +201,9 @@ void NetLab::build() {
   };
   start({data_dir() + "/servers.py", dir_}, "servers.out");
   start({data_dir() + "/dns_server.py", kDnsAddr, "53", dir_ + "/dns.log"}, "dns.out");
+  start({data_dir() + "/upstream_proxy.py", dir_, kProxyAddr, std::to_string(kProxyPort)}, "proxy.out");
+  start({data_dir() + "/upstream_proxy.py", dir_, kProxyAddr, std::to_string(kProxyAuthPort), kProxyCredentials},
+        "proxy.out");
 
   // Ready when servers.py has bound everything and every server answers from H.
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(8);
@@ -209,7 +213,8 @@ void NetLab::build() {
       if (waitpid(p, nullptr, WNOHANG) == p)
         throw std::runtime_error("netlab: a server died: " + read_file(dir_ + "/servers.out") +
                                  read_file(dir_ + "/dns.out"));
-    if (exists(dir_ + "/ready")) {
+    if (exists(dir_ + "/ready") && exists(dir_ + "/proxy-" + std::to_string(kProxyPort) + ".ready") &&
+        exists(dir_ + "/proxy-" + std::to_string(kProxyAuthPort) + ".ready")) {
       Outcome r = host_sh("LAB_CA=" + quote(ca_cert_) + " " + kPython + " " + quote(data_dir() + "/probe.py") + " check", 10);
       if (r.status == 0) break;
       last = r.out + r.err;
@@ -316,8 +321,15 @@ std::vector<std::string> NetLab::udp_log() const { return lines("udp.log"); }
 std::vector<std::string> NetLab::icmp_log() const { return lines("icmp.log"); }
 std::vector<std::string> NetLab::tls_errors() const { return lines("tls_errors.log"); }
 
+std::vector<nlohmann::json> NetLab::proxy_log() const {
+  std::vector<nlohmann::json> out;
+  for (const auto& l : lines("proxy.jsonl"))
+    if (!l.empty()) out.push_back(nlohmann::json::parse(l));
+  return out;
+}
+
 void NetLab::clear_logs() const {
-  for (const auto& f : {"requests.jsonl", "dns.log", "udp.log", "icmp.log", "tls_errors.log"})
+  for (const auto& f : {"requests.jsonl", "dns.log", "udp.log", "icmp.log", "tls_errors.log", "proxy.jsonl"})
     truncate((dir_ + "/" + f).c_str(), 0);
 }
 

@@ -10,11 +10,15 @@
 //   10.99.0.0/24 via 203.0.113.1              203.0.113.11  other.test, evil.allowed.test
 //   default v6 via 2001:db8::1                10.99.0.10    private.test (on lo)
 //                                             203.0.113.53  DNS (udp/53)
+//                                             203.0.113.1   proxy :3128, :3129 (auth)
 //
 // Every server address has HTTP :80 and HTTPS :443 (a per-lab CA signs one
 // certificate for all the names and addresses); 203.0.113.10 also HTTP :8080;
-// 203.0.113.10 and [2001:db8::1] a UDP echo on :9999. The scripts live in
-// tests/data/netlab/ (servers.py, dns_server.py, mkcerts.py, probe.py).
+// 203.0.113.10 and [2001:db8::1] a UDP echo on :9999. A corporate-style
+// HTTP proxy (CONNECT to 443 only, plain HTTP in absolute form) listens on
+// 203.0.113.1:3128, and on :3129 wanting Basic credentials. The scripts live
+// in tests/data/netlab/ (servers.py, dns_server.py, upstream_proxy.py,
+// mkcerts.py, probe.py).
 //
 // Namespaces are named ulab<pid>h / ulab<pid>i (ulab<pid>_<n>h/i for further
 // labs in the same process); the destructor kills every process still in
@@ -46,6 +50,10 @@ class NetLab {
   static constexpr const char* kInet6Addr = "2001:db8::1";
   static constexpr const char* kHost6Addr = "2001:db8::2";
   static constexpr int kUdpEchoPort = 9999;
+  static constexpr const char* kProxyAddr = "203.0.113.1";
+  static constexpr int kProxyPort = 3128;
+  static constexpr int kProxyAuthPort = 3129;
+  static constexpr const char* kProxyCredentials = "lab:proxy-password-1";
 
   // Builds the lab and waits (a few seconds at most) until every server
   // answers; throws std::runtime_error, leaving nothing behind, if it cannot.
@@ -87,6 +95,7 @@ class NetLab {
   std::vector<std::string> udp_log() const;
   std::vector<std::string> icmp_log() const;
   std::vector<std::string> tls_errors() const;   // failed handshakes at the servers
+  std::vector<nlohmann::json> proxy_log() const; // requests the proxy saw, see upstream_proxy.py
   void clear_logs() const;
 
   // Processes whose network namespace is H (ultari and whatever it started);

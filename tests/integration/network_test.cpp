@@ -707,7 +707,6 @@ TEST_F(Network, BadInputIsRefusedWithAClearMessageAndLeavesNothing) {
       {{"--net-policy", tables_dlp}, "block"},
       {{"--net", "allow=allowed.test", "--net-ca", "/etc/hostname"}, "--inspect-tls"},
       {{"--net-policy", tables_secret}, "secret.value"},
-      {{"--net", "allow=allowed.test", "--net-upstream", "http://proxy.test:3128"}, "not implemented"},
       {{"--net-policy", policy("allow = [\"allowed.test\"]\nports = [70000]\n")}, "ports"},
       {{"--net", "allow="}, "allow="},
       {{"--net", "open", "--net-resolver", "not-an-ip"}, "not-an-ip"},

@@ -162,9 +162,10 @@ TEST(NetSecrets, ValuesComeFromEnvironmentOrFileAndMustFitAHeader) {
 
 TEST(NetSecrets, HeadRewritingSwapsPlaceholdersInCompleteHeadsOnly) {
   HttpRequests r("a.com");
-  r.on_head = [](std::string& head) {
+  r.on_head = [](std::string& head, std::string&) {
     for (size_t at = head.find("PH"); at != std::string::npos; at = head.find("PH", at + 4))
       head.replace(at, 2, "REAL");
+    return true;
   };
   std::string why, out;
   // A head in two pieces: nothing passes until it is complete.

@@ -1,0 +1,126 @@
+#include "net/upstream.h"
+
+#include <arpa/inet.h>
+#include <strings.h>
+
+#include <cctype>
+
+#include "util/error.h"
+
+namespace ultari::net {
+
+UpstreamUrl parse_upstream(const std::string& url) {
+  if (url.find('@') != std::string::npos)  // not echoed: it holds a password
+    throw Error("--net-upstream: no credentials in the URL (they would show in process listings); use "
+                "--net-upstream-auth env:VAR or file:PATH holding user:password");
+  const std::string what = "--net-upstream '" + url + "'";
+  std::string rest;
+  if (url.size() > 7 && strncasecmp(url.c_str(), "http://", 7) == 0) {
+    rest = url.substr(7);
+  } else {
+    throw Error(what + ": expected http://HOST:PORT (an HTTP proxy; https:// and socks proxies are not supported)");
+  }
+  if (rest.ends_with("/")) rest.pop_back();
+  if (rest.find_first_of("/?#") != std::string::npos) throw Error(what + ": expected http://HOST:PORT, no path");
+  size_t colon = rest.rfind(':');
+  if (colon == std::string::npos || colon + 1 == rest.size())
+    throw Error(what + ": give the proxy's port (http://HOST:PORT)");
+  std::string host = rest.substr(0, colon), port = rest.substr(colon + 1);
+  if (port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos || std::stoul(port) == 0 ||
+      std::stoul(port) > 65535)
+    throw Error(what + ": bad port '" + port + "'");
+  if (host.empty()) throw Error(what + ": no host");
+  for (char c : host)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_'))
+      throw Error(what + ": bad host '" + host + "' (a name or an IPv4 address)");
+  return {host, static_cast<uint16_t>(std::stoul(port))};
+}
+
+std::string basic_credentials(std::string_view user_password) {
+  if (user_password.find(':') == std::string_view::npos)
+    throw Error("--net-upstream-auth: the value must be user:password");
+  static const char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out = "Basic ";
+  size_t i = 0;
+  for (; i + 2 < user_password.size(); i += 3) {
+    uint32_t v = static_cast<uint8_t>(user_password[i]) << 16 | static_cast<uint8_t>(user_password[i + 1]) << 8 |
+                 static_cast<uint8_t>(user_password[i + 2]);
+    for (int s : {18, 12, 6, 0}) out += kAlphabet[(v >> s) & 63];
+  }
+  size_t left = user_password.size() - i;
+  if (left > 0) {
+    uint32_t v = static_cast<uint8_t>(user_password[i]) << 16;
+    if (left == 2) v |= static_cast<uint8_t>(user_password[i + 1]) << 8;
+    out += kAlphabet[(v >> 18) & 63];
+    out += kAlphabet[(v >> 12) & 63];
+    out += left == 2 ? kAlphabet[(v >> 6) & 63] : '=';
+    out += '=';
+  }
+  return out;
+}
+
+bool to_proxy_form(std::string& head, const std::string& name, uint16_t port, const std::string& auth,
+                   std::string& why) {
+  size_t eol = head.find("\r\n");
+  size_t sp1 = head.find(' ');
+  size_t sp2 = sp1 == std::string::npos ? std::string::npos : head.find(' ', sp1 + 1);
+  if (eol == std::string::npos || sp2 == std::string::npos || sp2 > eol) {
+    why = "http-malformed";
+    return false;
+  }
+  std::string method = head.substr(0, sp1);
+  std::string target = head.substr(sp1 + 1, sp2 - sp1 - 1);
+  if (method == "CONNECT") {
+    why = "http-connect";  // through the proxy: a tunnel to any port of that host
+    return false;
+  }
+  std::string path;
+  if (target.starts_with("/")) {
+    path = target;
+  } else if (target.size() > 7 && strncasecmp(target.c_str(), "http://", 7) == 0) {
+    size_t end = target.find_first_of("/?#", 7);
+    path = end == std::string::npos ? "/" : target.substr(end);
+    if (path.front() != '/') path = "/" + path;
+  } else {
+    why = "http-malformed";  // the asterisk form and anything else
+    return false;
+  }
+  std::string out = method + " http://" + name + (port == 80 ? "" : ":" + std::to_string(port)) + path;
+  out.append(head, sp2, eol + 2 - sp2);
+  for (size_t pos = eol + 2; pos < head.size();) {
+    size_t end = head.find("\r\n", pos);
+    if (end == std::string::npos) end = head.size();
+    if (end == pos) break;  // the blank line
+    if (strncasecmp(head.c_str() + pos, "proxy-", 6) != 0) out.append(head, pos, end + 2 - pos);
+    pos = end + 2;
+  }
+  if (!auth.empty()) out += "Proxy-Authorization: " + auth + "\r\n";
+  out += "\r\n";
+  head = std::move(out);
+  return true;
+}
+
+std::string connect_request(const std::string& host, uint16_t port, const std::string& auth) {
+  std::string hp = host + ":" + std::to_string(port);
+  std::string r = "CONNECT " + hp + " HTTP/1.1\r\nHost: " + hp + "\r\n";
+  if (!auth.empty()) r += "Proxy-Authorization: " + auth + "\r\n";
+  return r + "\r\n";
+}
+
+int response_status(std::string_view head) {
+  if (head.size() < 12 || !head.starts_with("HTTP/1.") || head[8] != ' ') return -1;
+  int code = 0;
+  for (int i = 9; i < 12; ++i) {
+    if (!std::isdigit(static_cast<unsigned char>(head[i]))) return -1;
+    code = code * 10 + (head[i] - '0');
+  }
+  return code;
+}
+
+in_addr synthetic_address(uint32_t n) {
+  in_addr a;
+  a.s_addr = htonl(0xC6120000u + n + 1);  // 198.18.0.1 ...
+  return a;
+}
+
+}  // namespace ultari::net
