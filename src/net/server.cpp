@@ -40,6 +40,7 @@ constexpr int kFirstByteMs = 1000;     // silence: a protocol where the server s
 constexpr int kConnectTimeoutMs = 10000;
 constexpr int kResolveTimeoutMs = 2500;
 constexpr int kPipeBytes = 1 << 20;  // the default pipe-max-size
+constexpr size_t kScratchBytes = 256 << 10;  // one read of an inspected direction
 
 std::string ip_str(in_addr a) {
   char buf[INET_ADDRSTRLEN];
@@ -188,6 +189,7 @@ void relay(int a, int b, int stop, uint64_t& a_to_b, uint64_t& b_to_a, const Ins
   }
   fcntl(a, F_SETFL, fcntl(a, F_GETFL) | O_NONBLOCK);
   fcntl(b, F_SETFL, fcntl(b, F_GETFL) | O_NONBLOCK);
+  std::unique_ptr<char[]> scratch;  // what an inspected direction reads into
   bool broken = false;
   while (!broken && !(dirs[0].eof && dirs[0].queued == 0 && dirs[1].eof && dirs[1].queued == 0)) {
     pollfd p[3] = {{a, 0, 0}, {b, 0, 0}, {stop, POLLIN, 0}};
@@ -221,16 +223,16 @@ void relay(int a, int b, int stop, uint64_t& a_to_b, uint64_t& b_to_a, const Ins
         }
         if (d.inspect && !d.spliced) {
           if (!d.eof && d.queued == 0) {
-            d.buf.resize(kPipeBytes);
-            ssize_t n = recv(d.from, d.buf.data(), d.buf.size(), 0);
+            // Not d.buf: growing a string zero-fills it, on every read.
+            if (!scratch) scratch = std::make_unique_for_overwrite<char[]>(kScratchBytes);
+            ssize_t n = recv(d.from, scratch.get(), kScratchBytes, 0);
             if (n > 0) {
-              std::string out;
               moved = true;
-              if (!d.inspect->see(d.buf.data(), static_cast<size_t>(n), out)) {
+              d.buf.clear();
+              if (!d.inspect->see(scratch.get(), static_cast<size_t>(n), d.buf)) {
                 broken = true;
                 break;
               }
-              d.buf = std::move(out);
               d.queued = d.buf.size();
             } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
               d.eof = true;
