@@ -5,11 +5,14 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <cstdio>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "images/store.h"
 #include "net/policy.h"
 #include "pool/pool.h"
 #include "sandbox/sandbox.h"
@@ -70,11 +73,14 @@ struct SandboxFlags {
   std::string seccomp_profile, user, memory, pids, cpus, timeout, cpu_time, output_limit, tmp_size, nofile;
   std::vector<std::string> binds, ro_binds, tmpfs, envs;
   std::vector<std::string> nets, secrets;
+  std::string image;
+  std::vector<ultari::UniqueFd> holds;  // the image's layers, held while the sandbox runs
   std::string net_policy, net_upstream, net_upstream_auth, net_ca;
   bool inspect_tls = false;
 
   void add_to(CLI::App* cmd) {
     cmd->add_option("--rootfs", spec.rootfs, "Directory used as the root (default: read-only view of the host's system)");
+    cmd->add_option("--image", image, "Start from image NAME (ultari image ls); writes vanish with the sandbox");
     cmd->add_option("--workspace", spec.workspace, "Directory mounted read-write at /workspace (the working directory)");
     cmd->add_option("--bind", binds, "Bind SRC[:DST] read-write (repeatable)")->allow_extra_args(false);
     cmd->add_option("--ro-bind", ro_binds, "Bind SRC[:DST] read-only (repeatable)")->allow_extra_args(false);
@@ -114,6 +120,13 @@ struct SandboxFlags {
 
   // Throws ultari::Error naming the bad value.
   ultari::Spec build() {
+    if (!image.empty()) {
+      if (!spec.rootfs.empty()) throw ultari::Error("--image and --rootfs exclude each other");
+      auto store = ultari::images::Store::open_default();
+      ultari::images::Image img = store.get(image);
+      holds = store.hold(img);
+      for (const auto& id : img.layers) spec.layers.push_back(store.layer_path(id));
+    }
     for (const auto& b : binds) spec.mounts.push_back(parse_bind(b, false));
     for (const auto& b : ro_binds) spec.mounts.push_back(parse_bind(b, true));
     for (const auto& t : tmpfs) spec.mounts.push_back(parse_tmpfs(t));
@@ -147,6 +160,135 @@ struct SandboxFlags {
   }
 };
 
+std::string human_size(uint64_t b) {
+  const char* units[] = {"B", "KB", "MB", "GB", "TB"};
+  double v = static_cast<double>(b);
+  int u = 0;
+  while (v >= 1000 && u < 4) v /= 1000, ++u;
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", v, units[u]);
+  return buf;
+}
+
+nlohmann::json image_json(const ultari::images::Image& i, bool full) {
+  nlohmann::json j = {{"name", i.name}, {"id", i.id}, {"layers", i.layers}, {"size", i.size}, {"created", i.created}};
+  if (full) {
+    j["parent"] = i.parent;
+    j["source"] = i.source;
+    j["user_data_sha256"] = "";           // set by provisioning
+    j["provision_log"] = nlohmann::json::array();
+  }
+  return j;
+}
+
+// Import progress: a bar on a terminal, a line per quarter otherwise.
+class Progress {
+ public:
+  explicit Progress(bool quiet) : quiet_(quiet), tty_(isatty(2)), start_(std::chrono::steady_clock::now()) {}
+  void operator()(uint64_t done, uint64_t total) {
+    if (quiet_) return;
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    if (total == 0) {
+      if (tty_) std::fprintf(stderr, "\rimport: %s copied", human_size(done).c_str());
+      return;
+    }
+    double f = std::min(1.0, static_cast<double>(done) / static_cast<double>(total));
+    if (tty_) {
+      int width = 30, fill = static_cast<int>(f * width);
+      double eta = f > 0.01 ? secs / f - secs : 0;
+      std::fprintf(stderr, "\rimport [%.*s%*s] %3.0f%% %s of %s, layer 1 of 1, ETA %.0fs ", fill,
+                   "##############################", width - fill, "", f * 100, human_size(done).c_str(),
+                   human_size(total).c_str(), eta);
+    } else {
+      int quarter = static_cast<int>(f * 4);
+      if (quarter > last_quarter_) {
+        last_quarter_ = quarter;
+        std::fprintf(stderr, "import: %d%% (%s of %s)\n", quarter * 25, human_size(done).c_str(), human_size(total).c_str());
+      }
+    }
+  }
+  void finish() {
+    if (!quiet_ && tty_) std::fprintf(stderr, "\n");
+  }
+
+ private:
+  bool quiet_, tty_;
+  std::chrono::steady_clock::time_point start_;
+  int last_quarter_ = 0;
+};
+
+// `ultari image import|ls|inspect|rm|prune`: the image store (images/store.h).
+struct ImageCommands {
+  CLI::App* image;
+  CLI::App *import_cmd, *ls, *inspect, *rm, *prune;
+  std::string name, source;
+  bool json = false, quiet = false;
+
+  explicit ImageCommands(CLI::App& app) {
+    image = app.add_subcommand("image", "Manage images: import, ls, inspect, rm, prune");
+    image->require_subcommand(1);
+    import_cmd = image->add_subcommand("import", "Make image NAME from SOURCE: a directory or a rootfs tarball (tar, .gz, .xz, .zst, .bz2)");
+    import_cmd->add_option("name", name, "NAME")->required();
+    import_cmd->add_option("source", source, "SOURCE")->required();
+    import_cmd->add_flag("-q,--quiet", quiet, "No progress");
+    ls = image->add_subcommand("ls", "List images");
+    ls->add_flag("--json", json, "A JSON list");
+    inspect = image->add_subcommand("inspect", "Show image NAME");
+    inspect->add_option("name", name, "NAME")->required();
+    inspect->add_flag("--json", json, "As JSON");
+    rm = image->add_subcommand("rm", "Remove image NAME (its layers stay until prune)");
+    rm->add_option("name", name, "NAME")->required();
+    prune = image->add_subcommand("prune", "Remove layers no image uses (and no sandbox holds)");
+  }
+  bool parsed() const { return image->parsed(); }
+
+  int run() {
+    try {
+      auto store = ultari::images::Store::open_default();
+      if (import_cmd->parsed()) {
+        Progress progress(quiet);
+        auto img = store.import(name, source, [&progress](uint64_t d, uint64_t t) { progress(d, t); });
+        progress.finish();
+        std::printf("%s %s\n", img.name.c_str(), img.id.c_str());
+      } else if (ls->parsed()) {
+        auto all = store.list();
+        if (json) {
+          nlohmann::json j = nlohmann::json::array();
+          for (const auto& i : all) j.push_back(image_json(i, false));
+          std::printf("%s\n", j.dump(2).c_str());
+        } else {
+          std::printf("%-24s %-12s %6s %10s  %s\n", "NAME", "ID", "LAYERS", "SIZE", "CREATED");
+          for (const auto& i : all)
+            std::printf("%-24s %-12s %6zu %10s  %s\n", i.name.c_str(), i.id.substr(0, 12).c_str(), i.layers.size(),
+                        human_size(i.size).c_str(), i.created.c_str());
+        }
+      } else if (inspect->parsed()) {
+        auto i = store.get(name);
+        nlohmann::json j = image_json(i, true);
+        if (json) {
+          std::printf("%s\n", j.dump(2).c_str());
+        } else {
+          std::printf("name:     %s\nid:       %s\ncreated:  %s\nsize:     %s\nsource:   %s\nparent:   %s\nlayers:\n",
+                      i.name.c_str(), i.id.c_str(), i.created.c_str(), human_size(i.size).c_str(), i.source.c_str(),
+                      i.parent.empty() ? "-" : i.parent.c_str());
+          for (const auto& l : i.layers) std::printf("  %s\n", l.c_str());
+        }
+      } else if (rm->parsed()) {
+        store.remove(name);
+      } else if (prune->parsed()) {
+        auto r = store.prune();
+        std::printf("removed %zu layers, %s\n", r.removed.size(), human_size(r.bytes).c_str());
+        if (!r.in_use.empty()) std::printf("kept %zu unused layers a running sandbox still holds\n", r.in_use.size());
+      }
+      std::fflush(stdout);
+      return 0;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "ultari: error: %s\n", e.what());
+      return kExitUltariFailed;
+    }
+  }
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -176,6 +318,8 @@ int main(int argc, char** argv) {
   pool->add_option("--socket", serve_socket, "Unix socket to serve (created with mode 0600)")->required();
   pool->add_option("--size", pool_size, "Sandboxes kept ready (default 4)");
 
+  ImageCommands images(app);
+
   // For options that are not repeatable the last one wins (like docker).
   for (CLI::App* sub : {run, pool})
     for (CLI::Option* opt : sub->get_options())
@@ -190,6 +334,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "ultari: %s\n", e.what());
     return kExitUltariFailed;
   }
+
+  if (images.parsed()) return images.run();
 
   if (pool->parsed()) {
     try {

@@ -72,14 +72,26 @@ RootPlan plan_root(const Spec& spec, const HostRoot* host_root, const std::strin
   const char* root = plan.intern(staging + "/root");
 
   std::string lower;
-  if (!spec.rootfs.empty()) {
+  if (!spec.rootfs.empty() && !spec.layers.empty()) throw Error("a root directory and image layers exclude each other");
+  if (!spec.layers.empty()) {
+    if (spec.layers.size() > kMaxLayers)
+      throw Error("an image of " + std::to_string(spec.layers.size()) + " layers: at most " +
+                  std::to_string(kMaxLayers) + " are supported");
+    for (const auto& l : spec.layers) {
+      plan.lower_dirs.push_back(real_dir(l, "image layer"));
+      check_overlay_path(plan.lower_dirs.back(), "image layer");
+      lower += (lower.empty() ? "" : ":") + plan.lower_dirs.back();
+    }
+  } else if (!spec.rootfs.empty()) {
     lower = real_dir(spec.rootfs, "rootfs");
     if (lower == "/") throw Error("rootfs '/' would expose the whole host; leave --rootfs out for the default root");
+    plan.lower_dirs.push_back(lower);
   } else {
     if (!host_root) throw Error("internal: no host root prepared");
     lower = host_root->skeleton;
+    plan.lower_dirs.push_back(lower);
   }
-  check_overlay_path(lower, "rootfs");
+  if (spec.layers.empty()) check_overlay_path(lower, "rootfs");
 
   add({.op = Step::StagingTmpfs, .target = plan.intern(staging),
        .data = plan.intern("mode=755,size=" + std::to_string(spec.limits.tmp_bytes ? spec.limits.tmp_bytes : kDefaultTmpBytes))});
@@ -89,10 +101,16 @@ RootPlan plan_root(const Spec& spec, const HostRoot* host_root, const std::strin
   add({.op = Step::MkdirStaging, .target = shm, .mode = 01777});
   add({.op = Step::MkdirStaging, .target = plan.intern(staging + "/mask-file"), .is_dir = false, .mode = 0});
   plan.staged_lower = plan.intern(staging + "/lower");
+  if (!spec.layers.empty()) {
+    for (const auto& d : plan.lower_dirs) plan.layer_paths.push_back(plan.intern(d));
+    plan.layer_fds.assign(plan.layer_paths.size(), -1);
+  }
   add({.op = Step::Overlay, .source = plan.intern(lower), .target = root,
-       .data = plan.intern(std::string(",upperdir=") + upper + ",workdir=" + work + ",userxattr")});
+       .data = plan.intern(std::string(",upperdir=") + upper + ",workdir=" + work + ",userxattr"),
+       .lower_list = !spec.layers.empty(), .layer_paths = plan.layer_paths.data(), .layer_fds = plan.layer_fds.data(),
+       .layer_count = plan.layer_paths.size()});
 
-  if (spec.rootfs.empty())
+  if (uses_host_root(spec))
     for (const auto& dir : host_root->system_dirs)
       add({.op = Step::BindInRoot, .source = plan.intern(dir), .target = plan.intern(dir), .read_only = true});
 
@@ -139,7 +157,7 @@ RootPlan plan_root(const Spec& spec, const HostRoot* host_root, const std::strin
     add({.op = Step::BindInRoot, .source = plan.intern(buf), .target = plan.intern(m.destination),
          .read_only = m.read_only, .is_dir = S_ISDIR(st.st_mode), .user_path = true});
   }
-  if (!home.empty() && (home != "/root" || !spec.rootfs.empty()))
+  if (!home.empty() && (home != "/root" || !uses_host_root(spec)))
     add({.op = Step::MkdirInRoot, .target = plan.intern(home), .mode = 0700, .uid = spec.identity.uid,
          .gid = spec.identity.gid});
   add({.op = Step::PivotRoot, .target = root});
@@ -306,19 +324,41 @@ int run_step(Ctx& c, const Step& s, int host_fd) {
     case Step::Overlay: {
       // lowerdir is the fd taken before the staging tmpfs covered /tmp, or
       // a detached (idmapped) tree attached next to the upper layer.
-      char opts[PATH_MAX + 256];
+      char opts[kMaxLayers * (PATH_MAX / 4) + 256];
       char fdp[32];
-      const char* lower = fd_path(host_fd, fdp);
+      const char* lower = s.lower_list ? s.source : fd_path(host_fd, fdp);
+      char list[kMaxLayers * 32];
+      if (s.lower_list && s.tree_count == 0) {
+        // The layers' fds, taken before the staging tmpfs: /proc/self/fd/N:...
+        size_t m = 0;
+        for (size_t i = 0; i < s.layer_count; ++i) {
+          char one[32];
+          const char* p = fd_path(s.layer_fds[i], one);
+          if (i) list[m++] = ':';
+          for (size_t k = 0; p[k]; ++k) list[m++] = p[k];
+        }
+        list[m] = '\0';
+        lower = list;
+      }
       if (s.tree_fd >= 0) {
         lower = s.source;
         if (mkdir(lower, 0755) != 0) return -errno;
         if (sys_move_mount(s.tree_fd, "", AT_FDCWD, lower, MOVE_MOUNT_F_EMPTY_PATH) != 0) return -errno;
       }
+      for (size_t i = 0; i < s.tree_count; ++i) {
+        if (mkdir(s.tree_paths[i], 0755) != 0) return -errno;
+        if (sys_move_mount(s.tree_fds[i], "", AT_FDCWD, s.tree_paths[i], MOVE_MOUNT_F_EMPTY_PATH) != 0) return -errno;
+      }
       size_t n = 0;
       for (const char* part : {"lowerdir=", lower, s.data})
-        for (size_t i = 0; part[i] && n + 1 < sizeof opts; ++i) opts[n++] = part[i];
+        for (size_t i = 0; part[i]; ++i) {
+          if (n + 1 >= sizeof opts) return -ENAMETOOLONG;
+          opts[n++] = part[i];
+        }
       opts[n] = '\0';
       if (mount("overlay", s.target, "overlay", MS_NOSUID | MS_NODEV, opts) != 0) return -errno;
+      for (size_t i = 0; i < s.layer_count; ++i)
+        if (s.layer_fds[i] >= 0) close(s.layer_fds[i]);
       c.root = open(s.target, O_PATH | O_DIRECTORY | O_CLOEXEC);
       return c.root < 0 ? -errno : 0;
     }
@@ -438,10 +478,22 @@ void RootPlan::use_lower_tree(int tree_fd) {
     }
 }
 
-const char* RootPlan::lower_dir() const {
-  for (const auto& step : steps)
-    if (step.op == Step::Overlay) return step.source;
-  return nullptr;
+void RootPlan::use_lower_trees(const std::vector<int>& fds) {
+  lower_tree_fds = fds;
+  lower_tree_paths.clear();
+  std::string list;
+  for (size_t i = 0; i < fds.size(); ++i) {
+    lower_tree_paths.push_back(intern(std::string(kStaging) + "/lower" + std::to_string(i)));
+    list += (i ? ":" : "") + std::string(lower_tree_paths.back());
+  }
+  for (auto& step : steps)
+    if (step.op == Step::Overlay) {
+      step.source = intern(list);
+      step.lower_list = true;
+      step.tree_fds = lower_tree_fds.data();
+      step.tree_paths = lower_tree_paths.data();
+      step.tree_count = fds.size();
+    }
 }
 
 const char* step_name(Step::Op op) {
@@ -488,9 +540,18 @@ int open_host_paths(const RootPlan& plan, const Step** failed) {
         close(path);
         errno = err;
       }
-    } else if (s.op == Step::Overlay && s.tree_fd < 0) {
+    } else if (s.op == Step::Overlay && s.tree_fd < 0 && !s.lower_list) {
       how.flags |= O_DIRECTORY;
       fd = sys_openat2(AT_FDCWD, s.source, &how);
+    } else if (s.op == Step::Overlay && s.lower_list && s.tree_count == 0) {
+      how.flags |= O_DIRECTORY;
+      for (size_t k = 0; k < s.layer_count; ++k) {
+        s.layer_fds[k] = sys_openat2(AT_FDCWD, s.layer_paths[k], &how);
+        if (s.layer_fds[k] < 0) {
+          *failed = &s;
+          return -errno;
+        }
+      }
     }
     if (fd == -2) continue;
     if (fd < 0) {

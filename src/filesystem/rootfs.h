@@ -27,6 +27,9 @@ HostRoot prepare_host_root(const std::string& cache_dir, uid_t owner_uid, gid_t 
 // builders that died before finishing.
 void sweep_dead_builds(const std::string& cache_dir);
 
+// Image layers a root may stack (overlayfs takes up to 500).
+inline constexpr size_t kMaxLayers = 16;
+
 // One step of the recipe the child follows.
 struct Step {
   enum Op {
@@ -62,6 +65,18 @@ struct Step {
   uid_t uid = 0;  // MkdirInRoot: owner inside the sandbox
   gid_t gid = 0;
   bool user_path = false;  // a workspace or --bind source (candidate for idmapping)
+  // Overlay with image layers: each of layer_paths (host paths) is taken
+  // as an fd into layer_fds before the staging tmpfs may hide it, and the
+  // lowerdir list names those fds; or, with tree_count > 0, each of
+  // tree_fds is attached at tree_paths[i] on the staging tmpfs first and
+  // `source` is the list of those.
+  bool lower_list = false;
+  const char* const* layer_paths = nullptr;
+  int* layer_fds = nullptr;
+  size_t layer_count = 0;
+  const int* tree_fds = nullptr;
+  const char* const* tree_paths = nullptr;
+  size_t tree_count = 0;
 };
 
 // Human name of a step, for error messages ("mount proc").
@@ -79,13 +94,25 @@ struct RootPlan {
   // The overlay's lower layer becomes the detached tree `tree_fd` (made and
   // idmapped by the supervisor); the child attaches it on the staging tmpfs.
   void use_lower_tree(int tree_fd);
-  // The overlay's lower directory on the host (canonical path).
-  const char* lower_dir() const;
+  // The overlay's lower layers become the detached trees `fds` (top first,
+  // made by the supervisor), attached on the staging tmpfs by the child.
+  void use_lower_trees(const std::vector<int>& fds);
+  // The overlay's lower directories on the host (canonical paths, top first).
+  std::vector<std::string> lower_dirs;
+  std::vector<int> lower_tree_fds;
+  std::vector<const char*> lower_tree_paths;
+  // The layers' host paths and the child's fds of them (the Overlay step
+  // points into these: a RootPlan is moved, never copied, once made).
+  std::vector<const char*> layer_paths;
+  mutable std::vector<int> layer_fds;
   // A read-only file at `destination` inside the root holding `content`
   // (on the staging tmpfs, so it counts against --tmp-size), mounted after
   // every other mount. Missing parent directories are created.
   void add_file(const std::string& destination, std::string content);
 };
+
+// The root is the default one (the host's system directories).
+inline bool uses_host_root(const Spec& spec) { return spec.rootfs.empty() && spec.layers.empty(); }
 
 // Builds the recipe. Checks every host path now (missing rootfs, bad bind
 // source) and throws ultari::Error naming it.

@@ -137,6 +137,22 @@ UniqueFd mapping_userns(const std::vector<IdRange>& uid_map, const std::vector<I
   return userns;
 }
 
+UniqueFd detached_tree(const std::string& path) {
+  // `path` is canonical: a symlink in it now was swapped in and is refused.
+  open_how how{};
+  how.flags = O_PATH | O_CLOEXEC;
+  how.resolve = RESOLVE_NO_SYMLINKS;
+  UniqueFd at(static_cast<int>(syscall(SYS_openat2, AT_FDCWD, path.c_str(), &how, sizeof how)));
+  if (!at) throw_errno("open " + path);
+  UniqueFd tree(static_cast<int>(syscall(SYS_open_tree, at.get(), "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH)));
+  if (!tree) throw_errno("open_tree " + path);
+  mount_attr attr{};
+  attr.attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+  if (syscall(SYS_mount_setattr, tree.get(), "", AT_EMPTY_PATH, &attr, sizeof attr) != 0)
+    throw_errno("read-only mount of " + path);
+  return tree;
+}
+
 UniqueFd idmapped_tree(const std::string& path, int userns) {
   // `path` is canonical: a symlink in it now was swapped in and is refused.
   open_how how{};

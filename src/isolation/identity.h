@@ -37,6 +37,10 @@ void write_maps(pid_t pid, const Identity& id);
 // idmapped mounts.
 UniqueFd mapping_userns(const std::vector<IdRange>& uid_map, const std::vector<IdRange>& gid_map);
 
+// A detached, read-only copy of the host directory `path` (not recursive).
+// Rootful only.
+UniqueFd detached_tree(const std::string& path);
+
 // A detached, idmapped copy of the host path (recursive) seen through
 // `userns`: files owned by the mapped owner appear owned by the target ids
 // and files written through it are stored as that owner. Rootful only.

@@ -276,22 +276,24 @@ std::vector<std::string> trust_env() {
           "PIP_CERT=" + b};
 }
 
-std::string trust_bundle(const std::string& lower_dir, const std::string& ca_pem) {
+std::string trust_bundle(const std::vector<std::string>& lower_dirs, const std::string& ca_pem) {
   std::string bundle;
-  UniqueFd root(open(lower_dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
-  if (!root) throw_errno("root filesystem '" + lower_dir + "'");
-  // A link in the root is resolved as the sandbox would (inside it), never
-  // to a host file.
-  open_how how{};
-  how.flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY;
-  how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
-  UniqueFd fd(static_cast<int>(syscall(SYS_openat2, root.get(), kTrustBundle, &how, sizeof how)));
-  if (fd) {
+  for (const auto& lower_dir : lower_dirs) {
+    UniqueFd root(open(lower_dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (!root) throw_errno("root filesystem '" + lower_dir + "'");
+    // A link in the root is resolved as the sandbox would (inside it), never
+    // to a host file.
+    open_how how{};
+    how.flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY;
+    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+    UniqueFd fd(static_cast<int>(syscall(SYS_openat2, root.get(), kTrustBundle, &how, sizeof how)));
+    if (!fd) continue;
     try {
       bundle = read_regular(fd.get(), kMaxBundleBytes, std::string("the root's ") + kTrustBundle);
     } catch (const Error&) {
       bundle.clear();  // not a usable bundle: the CA alone
     }
+    break;
   }
   if (!bundle.empty() && bundle.back() != '\n') bundle += '\n';
   return bundle + ca_pem;

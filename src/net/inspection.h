@@ -93,8 +93,9 @@ Inspection prepare_inspection(const NetworkSpec& policy, const std::string& labe
 inline constexpr const char* kTrustBundle = "/etc/ssl/certs/ca-certificates.crt";
 std::vector<std::string> trust_env();
 
-// The sandbox's trust bundle: the lower layer's own bundle (read inside
-// `lower_dir`, never following a link out of it) with the CA added.
-std::string trust_bundle(const std::string& lower_dir, const std::string& ca_pem);
+// The sandbox's trust bundle: the root's own bundle (from the top-most of
+// `lower_dirs` that has one, read inside it, never following a link out of
+// it) with the CA added.
+std::string trust_bundle(const std::vector<std::string>& lower_dirs, const std::string& ca_pem);
 
 }  // namespace ultari::net

@@ -113,7 +113,7 @@ Prepared prepare(const Spec& spec) {
   Prepared p;
   p.identity = isolation::plan_identity(spec.identity.uid, spec.identity.gid);
   p.cache_dir = cache_dir();
-  if (spec.rootfs.empty())
+  if (filesystem::uses_host_root(spec))
     p.host_root = filesystem::prepare_host_root(p.cache_dir, p.identity.host_root_uid, p.identity.host_root_gid);
   p.policy = seccomp::load_policy(spec.seccomp.profile_path, p.cache_dir + "/seccomp");
   p.cgroups = cgroups::detect();
@@ -267,7 +267,7 @@ void idmap_user_paths(Sandbox::State& s) {
   // by host root are root's inside (and writable through the overlay).
   if (!s.spec.rootfs.empty()) {
     UniqueFd userns = isolation::mapping_userns(id.uid_map, id.gid_map);
-    UniqueFd tree = idmapped_or_warn(s, s.root.lower_dir(), userns.get());
+    UniqueFd tree = idmapped_or_warn(s, s.root.lower_dirs.front().c_str(), userns.get());
     if (!tree) return;
     s.trees.push_back(std::move(tree));
     s.root.use_lower_tree(s.trees.back().get());
@@ -314,8 +314,18 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
   const auto& id = prepared.identity;
   // The root's recipe checks every host path: bad input fails here, before
   // anything exists.
-  s.root = filesystem::plan_root(spec, spec.rootfs.empty() ? &prepared.host_root : nullptr, home_of(spec));
+  s.root = filesystem::plan_root(spec, filesystem::uses_host_root(spec) ? &prepared.host_root : nullptr, home_of(spec));
   if (id.rootful) idmap_user_paths(s);
+  if (id.rootful && !spec.layers.empty()) {
+    // Image layers (stored in the sandbox's ids) as detached trees: the
+    // child, an unprivileged id, need not reach the store's directories.
+    std::vector<int> fds;
+    for (const auto& dir : s.root.lower_dirs) {
+      s.trees.push_back(isolation::detached_tree(dir));
+      fds.push_back(s.trees.back().get());
+    }
+    s.root.use_lower_trees(fds);
+  }
   // --inspect-tls and --secret: the CA and the secrets' values, read and
   // made now (a missing variable fails before anything exists); the CA's
   // certificate joins the sandbox's trust store.
@@ -323,7 +333,7 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
   if (spec.network.mode != NetworkSpec::Mode::None) {
     inspection = net::prepare_inspection(s.spec.network, s.id);
     if (inspection.engine)
-      s.root.add_file(net::kTrustBundle, net::trust_bundle(s.root.lower_dir(), inspection.ca.cert_pem));
+      s.root.add_file(net::kTrustBundle, net::trust_bundle(s.root.lower_dirs, inspection.ca.cert_pem));
   }
 
   // The cgroup exists before the child: limits are in force from its first
@@ -359,6 +369,7 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
   plan.keep_fds.insert(plan.keep_fds.end(), plan.cgroup_tasks.begin(), plan.cgroup_tasks.end());
   for (const auto& step : s.root.steps)
     if (step.tree_fd >= 0) plan.keep_fds.push_back(step.tree_fd);
+  plan.keep_fds.insert(plan.keep_fds.end(), s.root.lower_tree_fds.begin(), s.root.lower_tree_fds.end());
   std::sort(plan.keep_fds.begin(), plan.keep_fds.end());
   plan.keep_fds.erase(std::unique(plan.keep_fds.begin(), plan.keep_fds.end()), plan.keep_fds.end());
   plan.stdin_fd = in_r.get();
@@ -430,7 +441,7 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
   // behind (cgroups, half-built skeletons). Never a reason to fail this run.
   try {
     cgroups::sweep_orphans(prepared.cgroups);
-    if (spec.rootfs.empty()) filesystem::sweep_dead_builds(prepared.cache_dir);
+    if (filesystem::uses_host_root(spec)) filesystem::sweep_dead_builds(prepared.cache_dir);
   } catch (const std::exception&) {
   }
   // The network is served from here, set up from outside the sandbox

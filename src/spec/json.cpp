@@ -68,6 +68,7 @@ json spec_to_json(const Spec& s) {
                        {"headers", x.headers},
                        {"placeholder", x.placeholder}});
   return {{"rootfs", s.rootfs},
+          {"layers", s.layers},
           {"workspace", s.workspace},
           {"mounts", mounts},
           {"hostname", s.hostname},
@@ -102,6 +103,7 @@ Spec spec_from_json(const json& j) {
   if (!j.is_object()) throw Error("spec: must be a JSON object");
   Spec s;
   s.rootfs = get<std::string>(j, "rootfs", "");
+  if (j.contains("layers")) s.layers = get<std::vector<std::string>>(j, "layers", "");
   s.workspace = get<std::string>(j, "workspace", "");
   s.hostname = get<std::string>(j, "hostname", "");
   auto mounts = j.find("mounts");

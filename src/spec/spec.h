@@ -83,6 +83,9 @@ struct ProcessSpec {
 struct Spec {
   // Root filesystem: empty = read-only view of the host's system directories.
   std::string rootfs;
+  // Or image layers (host directories, top first) from the image store,
+  // their files already in the sandbox's ids: used as they are.
+  std::vector<std::string> layers;
   std::string workspace;  // host dir mounted read-write at /workspace
   std::vector<Mount> mounts;
   std::string hostname = "sandbox";

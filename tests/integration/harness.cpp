@@ -287,8 +287,12 @@ Options rootless_options() {
     }
     // A copy of the binary any user can execute, wherever the build lives.
     auto* dir = new TempDir();
-    std::string cmd = std::string("cp ") + ULTARI_BIN + " " + (*dir / "ultari");
+    // Its modules (TLS, archives) are looked up next to it.
+    std::string bin = ULTARI_BIN;
+    std::string build = bin.substr(0, bin.rfind('/'));
+    std::string cmd = "cp " + bin + " " + build + "/libultari_tls.so " + build + "/libultari_archive.so " + dir->path();
     if (std::system(cmd.c_str()) != 0) throw std::runtime_error("cannot copy ultari");
+    chmod(dir->path().c_str(), 0755);
     chmod((*dir / "ultari").c_str(), 0755);
     return dir;
   }();

@@ -208,15 +208,20 @@ TEST(NetSecrets, TrustBundleIsTheRootsBundleAndTheCa) {
   std::string root = mkdtemp(tmpl);
   std::string dirs[] = {root + "/etc", root + "/etc/ssl", root + "/etc/ssl/certs"};
   for (const auto& d : dirs) mkdir(d.c_str(), 0755);
-  EXPECT_EQ(trust_bundle(root, "CA\n"), "CA\n");  // no bundle: the CA alone
+  EXPECT_EQ(trust_bundle({root}, "CA\n"), "CA\n");  // no bundle: the CA alone
   // A link out of the root is resolved inside it: the host's file never
   // comes in.
   std::string link = root + "/etc/ssl/certs/ca-certificates.crt";
   ASSERT_EQ(symlink("/etc/passwd", link.c_str()), 0);
-  EXPECT_EQ(trust_bundle(root, "CA\n"), "CA\n");
+  EXPECT_EQ(trust_bundle({root}, "CA\n"), "CA\n");
   unlink(link.c_str());
   std::ofstream(link) << "ROOTS";
-  EXPECT_EQ(trust_bundle(root, "CA\n"), "ROOTS\nCA\n");
+  EXPECT_EQ(trust_bundle({root}, "CA\n"), "ROOTS\nCA\n");
+  // Image layers: the top-most layer that has a bundle gives it.
+  char top_tmpl[] = "/tmp/ultari-top-XXXXXX";
+  std::string top = mkdtemp(top_tmpl);
+  EXPECT_EQ(trust_bundle({top, root}, "CA\n"), "ROOTS\nCA\n");
+  rmdir(top.c_str());
   unlink(link.c_str());
   for (int i = 2; i >= 0; --i) rmdir(dirs[i].c_str());
   rmdir(root.c_str());

@@ -90,5 +90,37 @@ TEST(RootPlan, RecipeHasTheIsolationSteps) {
   EXPECT_NE(std::string(plan.steps.front().data).find("size=" + std::to_string(kDefaultTmpBytes)), std::string::npos);
 }
 
+TEST(RootPlan, ImageLayersStackTopFirst) {
+  TempDir a, b, c;
+  Spec spec;
+  spec.process.argv = {"/bin/true"};
+  spec.layers = {a.path, b.path, c.path};
+  RootPlan plan = plan_root(spec, nullptr, "/root");
+  auto overlay = std::find_if(plan.steps.begin(), plan.steps.end(), [](const Step& s) { return s.op == Step::Overlay; });
+  ASSERT_NE(overlay, plan.steps.end());
+  EXPECT_TRUE(overlay->lower_list);
+  EXPECT_EQ(std::string(overlay->source), a.path + ":" + b.path + ":" + c.path);
+  EXPECT_EQ(plan.lower_dirs, (std::vector<std::string>{a.path, b.path, c.path}));
+  // No host system directory comes in with an image.
+  EXPECT_FALSE(has_step(plan, Step::BindInRoot, "/usr"));
+  // Trees made by the supervisor replace the paths, in the same order.
+  plan.use_lower_trees({7, 8, 9});
+  ASSERT_EQ(overlay->tree_count, 3u);
+  EXPECT_EQ(overlay->tree_fds[2], 9);
+  EXPECT_EQ(std::string(overlay->source), "/tmp/lower0:/tmp/lower1:/tmp/lower2");
+
+  Spec both = spec;
+  both.rootfs = a.path;
+  EXPECT_NE(error_of(both).find("exclude each other"), std::string::npos);
+  Spec missing = spec;
+  missing.layers.push_back("/nonexistent-layer");
+  EXPECT_NE(error_of(missing).find("/nonexistent-layer"), std::string::npos);
+  Spec many = spec;
+  many.layers.assign(kMaxLayers + 1, a.path);
+  EXPECT_NE(error_of(many).find("at most"), std::string::npos);
+  many.layers.resize(kMaxLayers);
+  EXPECT_EQ(error_of(many), "");  // negative control: the limit itself plans
+}
+
 }  // namespace
 }  // namespace ultari::filesystem

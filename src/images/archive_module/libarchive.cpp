@@ -1,0 +1,224 @@
+// libultari_archive.so: images::Unpacker on libarchive (see unpack.h). No
+// exception leaves this module.
+#include <archive.h>
+#include <archive_entry.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "images/unpack.h"
+
+namespace ultari::images {
+namespace {
+
+// Names are checked here first (clean_name): relative, no "..". They are
+// written as dest + "/" + name (dest canonical); libarchive refuses to go
+// through a symlink on the way (an earlier entry) or a ".." as well. Not
+// chdir(dest) and relative names: reading a directory, libarchive changes
+// the working directory itself.
+constexpr int kFlags = ARCHIVE_EXTRACT_PERM | ARCHIVE_EXTRACT_TIME | ARCHIVE_EXTRACT_SECURE_SYMLINKS |
+                       ARCHIVE_EXTRACT_SECURE_NODOTDOT;
+
+struct Hash {
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  Hash() { EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr); }
+  ~Hash() { EVP_MD_CTX_free(ctx); }
+  void add(const void* p, size_t n) { EVP_DigestUpdate(ctx, p, n); }
+  void add(std::string_view s) {
+    add(s.data(), s.size());
+    add("\0", 1);
+  }
+  void add(uint64_t v) { add(std::to_string(v)); }
+  std::string hex() {
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned len = 0;
+    EVP_DigestFinal_ex(ctx, md, &len);
+    std::string out;
+    char b[3];
+    for (unsigned i = 0; i < len; ++i) {
+      std::snprintf(b, sizeof b, "%02x", md[i]);
+      out += b;
+    }
+    return out;
+  }
+};
+
+// "./a/b/" -> "a/b"; "" for the root itself. False for what may not be
+// in a layer: an absolute name, a ".." component.
+bool clean_name(std::string_view in, std::string& out) {
+  if (in.starts_with("/")) return false;
+  out.clear();
+  while (!in.empty()) {
+    size_t slash = in.find('/');
+    std::string_view part = in.substr(0, slash);
+    in = slash == std::string_view::npos ? std::string_view() : in.substr(slash + 1);
+    if (part.empty() || part == ".") continue;
+    if (part == "..") return false;
+    if (!out.empty()) out += '/';
+    out += part;
+  }
+  return true;
+}
+
+class ArchiveUnpacker final : public Unpacker {
+ public:
+  std::string sha256(const std::string& data) override {
+    Hash h;
+    h.add(data.data(), data.size());
+    return h.hex();
+  }
+
+  bool unpack(const std::string& source, const std::string& dest, const UnpackOptions& o, UnpackResult& r,
+              std::string& error) override {
+    struct stat st{};
+    if (stat(source.c_str(), &st) != 0) {
+      error = "'" + source + "': " + std::strerror(errno);
+      return false;
+    }
+    bool dir = S_ISDIR(st.st_mode);
+    uint64_t total = dir ? 0 : static_cast<uint64_t>(st.st_size);
+    std::unique_ptr<archive, int (*)(archive*)> in(dir ? archive_read_disk_new() : archive_read_new(), archive_read_free);
+    std::unique_ptr<archive, int (*)(archive*)> out(archive_write_disk_new(), archive_write_free);
+    if (!in || !out) {
+      error = "out of memory";
+      return false;
+    }
+    std::string prefix;
+    if (dir) {
+      archive_read_disk_set_symlink_physical(in.get());
+      archive_read_disk_set_behavior(in.get(), ARCHIVE_READDISK_NO_XATTR | ARCHIVE_READDISK_NO_ACL |
+                                                   ARCHIVE_READDISK_NO_FFLAGS);
+      if (archive_read_disk_open(in.get(), source.c_str()) != ARCHIVE_OK) return fail(in.get(), source, error);
+      prefix = source;
+      while (prefix.size() > 1 && prefix.ends_with("/")) prefix.pop_back();
+    } else {
+      archive_read_support_filter_all(in.get());
+      archive_read_support_format_tar(in.get());
+      archive_read_support_format_gnutar(in.get());
+      if (archive_read_open_filename(in.get(), source.c_str(), 1 << 16) != ARCHIVE_OK) return fail(in.get(), source, error);
+    }
+    archive_write_disk_set_options(out.get(), kFlags | (o.shift_owner ? ARCHIVE_EXTRACT_OWNER : 0));
+    return copy(in.get(), out.get(), dir, prefix, dest, total, o, r, error);
+  }
+
+ private:
+  static bool fail(archive* a, const std::string& what, std::string& error) {
+    const char* e = archive_error_string(a);
+    error = "'" + what + "': " + (e ? e : "cannot be read");
+    return false;
+  }
+
+  bool copy(archive* in, archive* out, bool dir, const std::string& prefix, const std::string& dest, uint64_t total,
+            const UnpackOptions& o, UnpackResult& r, std::string& error) {
+    Hash hash;
+    archive_entry* e = archive_entry_new();
+    std::unique_ptr<archive_entry, void (*)(archive_entry*)> hold(e, archive_entry_free);
+    std::string name, link;
+    uint64_t last_report = 0;
+    for (;;) {
+      archive_entry_clear(e);
+      int rc = archive_read_next_header2(in, e);
+      if (rc == ARCHIVE_EOF) break;
+      if (rc < ARCHIVE_WARN) return fail(in, "archive", error);
+      if (dir) archive_read_disk_descend(in);
+      std::string raw = archive_entry_pathname(e) ? archive_entry_pathname(e) : "";
+      if (dir) {
+        if (raw == prefix) raw.clear();
+        else if (raw.starts_with(prefix + "/")) raw = raw.substr(prefix.size() + 1);
+      }
+      if (!clean_name(raw, name)) {
+        error = "entry '" + raw + "': absolute names and '..' are not allowed in a layer";
+        return false;
+      }
+      if (name.empty()) continue;  // the root: the layer's own directory
+      mode_t type = archive_entry_filetype(e);
+      if (type == AE_IFCHR || type == AE_IFBLK) {
+        if (name == "dev" || name.starts_with("dev/")) {
+          ++r.skipped_devices;
+          continue;
+        }
+        error = "entry '" + name + "': device nodes are not allowed in a layer";
+        return false;
+      }
+      if (type == AE_IFSOCK) continue;
+      const char* hl = archive_entry_hardlink(e);
+      if (hl) {
+        if (!clean_name(hl, link) || link.empty()) {
+          error = "entry '" + name + "': hard link to '" + hl + "' outside the layer";
+          return false;
+        }
+      }
+      int64_t uid = archive_entry_uid(e), gid = archive_entry_gid(e);
+      if (o.shift_owner && (uid < 0 || gid < 0 || uid >= o.id_count || gid >= o.id_count)) {
+        error = "entry '" + name + "': owner " + std::to_string(uid) + ":" + std::to_string(gid) +
+                " is outside the sandbox's " + std::to_string(o.id_count) + " ids";
+        return false;
+      }
+      hash.add(name);
+      hash.add(static_cast<uint64_t>(type));
+      hash.add(static_cast<uint64_t>(archive_entry_perm(e)));
+      hash.add(static_cast<uint64_t>(o.shift_owner ? uid : 0));
+      hash.add(static_cast<uint64_t>(o.shift_owner ? gid : 0));
+      hash.add(hl ? "hardlink:" + link : "");
+      hash.add(archive_entry_symlink(e) ? archive_entry_symlink(e) : "");
+      archive_entry_set_pathname(e, (dest + "/" + name).c_str());
+      if (hl) archive_entry_set_hardlink(e, (dest + "/" + link).c_str());
+      archive_entry_xattr_clear(e);
+      archive_entry_acl_clear(e);
+      archive_entry_set_fflags(e, 0, 0);
+      if (o.shift_owner) {
+        archive_entry_set_uid(e, o.uid_base + uid);
+        archive_entry_set_gid(e, o.gid_base + gid);
+      }
+      archive_entry_set_uname(e, nullptr);
+      archive_entry_set_gname(e, nullptr);
+      if (archive_write_header(out, e) < ARCHIVE_WARN) return fail(out, name, error);
+      ++r.entries;
+      if (type == AE_IFREG && !hl) {
+        const void* buf;
+        size_t size;
+        la_int64_t offset;
+        la_int64_t pos = 0;  // the digest sees bytes and holes, not how reads split them
+        for (;;) {
+          rc = archive_read_data_block(in, &buf, &size, &offset);
+          if (rc == ARCHIVE_EOF) break;
+          if (rc < ARCHIVE_WARN) return fail(in, name, error);
+          if (offset != pos) hash.add("hole:" + std::to_string(offset - pos));
+          pos = offset + static_cast<la_int64_t>(size);
+          hash.add(buf, size);
+          if (archive_write_data_block(out, buf, size, offset) < ARCHIVE_WARN) return fail(out, name, error);
+          r.bytes += size;
+        }
+      }
+      if (archive_write_finish_entry(out) < ARCHIVE_WARN) return fail(out, name, error);
+      if (o.progress) {
+        uint64_t done = dir ? r.bytes : static_cast<uint64_t>(archive_filter_bytes(in, -1));
+        if (done - last_report >= (4u << 20)) {
+          o.progress(done, total);
+          last_report = done;
+        }
+      }
+    }
+    if (archive_write_close(out) < ARCHIVE_WARN) return fail(out, "layer", error);
+    if (o.progress) o.progress(total ? total : r.bytes, total);
+    r.digest = hash.hex();
+    return true;
+  }
+};
+
+}  // namespace
+}  // namespace ultari::images
+
+extern "C" __attribute__((visibility("default"))) ultari::images::Unpacker* ultari_unpacker_create() {
+  try {
+    return new ultari::images::ArchiveUnpacker();
+  } catch (...) {
+    return nullptr;
+  }
+}

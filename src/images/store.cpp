@@ -1,0 +1,382 @@
+#include "images/store.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <pwd.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "images/unpack.h"
+#include "isolation/identity.h"
+#include "util/error.h"
+#include "util/paths.h"
+
+namespace ultari::images {
+namespace {
+
+using nlohmann::json;
+
+std::string now_iso() {
+  time_t t = time(nullptr);
+  tm u{};
+  gmtime_r(&t, &u);
+  char buf[32];
+  strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &u);
+  return buf;
+}
+
+std::string random_hex() {
+  unsigned char b[8];
+  if (getrandom(b, sizeof b, 0) != sizeof b) throw_errno("getrandom");
+  char hex[17];
+  for (int i = 0; i < 8; ++i) std::snprintf(hex + 2 * i, 3, "%02x", b[i]);
+  return hex;
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw_errno("read " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Written aside, then renamed over `path`: readers see the old or the new.
+void write_atomic(const std::string& path, const std::string& text) {
+  std::string tmp = path + ".tmp-" + std::to_string(getpid()) + "-" + random_hex();
+  {
+    UniqueFd fd(open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644));
+    if (!fd) throw_errno("write " + tmp);
+    for (size_t done = 0; done < text.size();) {
+      ssize_t n = write(fd.get(), text.data() + done, text.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        unlink(tmp.c_str());
+        throw_errno("write " + tmp);
+      }
+      done += static_cast<size_t>(n);
+    }
+    if (fsync(fd.get()) != 0) {
+      unlink(tmp.c_str());
+      throw_errno("fsync " + tmp);
+    }
+  }
+  if (rename(tmp.c_str(), path.c_str()) != 0) {
+    int e = errno;
+    unlink(tmp.c_str());
+    errno = e;
+    throw_errno("rename " + tmp);
+  }
+}
+
+// Removes a tree without following links (unlinkat relative to directory
+// fds); directories without write or search permission are opened up first.
+void remove_at(int parent, const char* name) {
+  struct stat st{};
+  if (fstatat(parent, name, &st, AT_SYMLINK_NOFOLLOW) != 0) return;
+  if (S_ISDIR(st.st_mode)) {
+    if ((st.st_mode & 0700) != 0700) fchmodat(parent, name, 0700, 0);
+    int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd >= 0) {
+      DIR* d = fdopendir(fd);
+      if (d) {
+        std::vector<std::string> names;
+        while (dirent* e = readdir(d))
+          if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) names.emplace_back(e->d_name);
+        for (const auto& n : names) remove_at(dirfd(d), n.c_str());
+        closedir(d);
+      } else {
+        close(fd);
+      }
+    }
+    unlinkat(parent, name, AT_REMOVEDIR);
+  } else {
+    unlinkat(parent, name, 0);
+  }
+}
+
+void remove_tree(const std::string& path) {
+  size_t slash = path.rfind('/');
+  std::string parent = slash == 0 ? "/" : path.substr(0, slash);
+  UniqueFd p(open(parent.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (p) remove_at(p.get(), path.c_str() + slash + 1);
+}
+
+bool is_layer_id(const std::string& s) {
+  return s.size() == 64 && s.find_first_not_of("0123456789abcdef") == std::string::npos;
+}
+
+Image from_json(const json& j) {
+  Image i;
+  i.name = j.at("name").get<std::string>();
+  i.id = j.at("id").get<std::string>();
+  i.layers = j.at("layers").get<std::vector<std::string>>();
+  i.size = j.value("size", uint64_t{0});
+  i.created = j.value("created", "");
+  i.source = j.value("source", "");
+  i.parent = j.value("parent", "");
+  for (const auto& l : i.layers)
+    if (!is_layer_id(l)) throw Error("image " + i.name + ": bad layer id '" + l + "'");
+  return i;
+}
+
+json to_json(const Image& i) {
+  return {{"name", i.name}, {"id", i.id},         {"layers", i.layers}, {"size", i.size},
+          {"created", i.created}, {"source", i.source}, {"parent", i.parent}};
+}
+
+// An image's id: the SHA-256 of its layer ids, top first, one a line.
+std::string image_id(Unpacker& u, const std::vector<std::string>& layers) {
+  std::string text;
+  for (const auto& l : layers) text += l + "\n";
+  return u.sha256(text);
+}
+
+bool pid_alive(pid_t pid) { return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM); }
+
+}  // namespace
+
+Store Store::open_default() {
+  isolation::Identity id = isolation::plan_identity(0, 0);
+  return Store("", id.rootful, id.host_root_uid, id.host_root_gid);
+}
+
+std::string Store::default_dir() {
+  if (const char* env = std::getenv("ULTARI_DATA_DIR"); env && *env == '/') return std::string(env) + "/images";
+  if (geteuid() == 0) return "/var/lib/ultari/images";
+  if (const char* xdg = std::getenv("XDG_DATA_HOME"); xdg && *xdg == '/') return std::string(xdg) + "/ultari/images";
+  const char* home = std::getenv("HOME");
+  if (!home || *home != '/') {
+    const passwd* pw = getpwuid(geteuid());
+    if (!pw) throw Error("cannot find a data directory: HOME is not set");
+    home = pw->pw_dir;
+  }
+  return std::string(home) + "/.local/share/ultari/images";
+}
+
+Store::Store(std::string dir, bool shift, uid_t uid_base, gid_t gid_base)
+    : dir_(dir.empty() ? default_dir() : std::move(dir)), shift_(shift), uid_base_(uid_base), gid_base_(gid_base) {
+  make_dirs(dir_, 0700);
+  for (const char* sub : {"/layers", "/images", "/tmp"}) make_dirs(dir_ + sub, 0700);
+  UniqueFd l(open((dir_ + "/lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+  if (!l) throw_errno("image store lock " + dir_ + "/lock");
+  // The ids layers are stored in: a store made for another range (or
+  // rootless) would give the sandbox the wrong owners.
+  std::string mark = dir_ + "/ids";
+  std::string want = shift_ ? std::to_string(uid_base_) + ":" + std::to_string(gid_base_) : "caller";
+  struct stat st{};
+  if (lstat(mark.c_str(), &st) != 0) {
+    write_atomic(mark, want + "\n");
+  } else {
+    std::string have = read_text(mark);
+    while (!have.empty() && have.back() == '\n') have.pop_back();
+    if (have != want)
+      throw Error("the image store " + dir_ + " holds layers owned by ids " + have + ", this ultari uses " + want +
+                  " (the subordinate id range changed?)");
+  }
+}
+
+void Store::check_name(const std::string& name) {
+  bool ok = !name.empty() && name.size() <= 128 && std::isalnum(static_cast<unsigned char>(name[0]));
+  for (char c : name) ok = ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-' || c == ':');
+  if (!ok)
+    throw Error("image name '" + name + "': use letters, digits, '.', '_', '-' and ':' (starting with a letter or digit, at most 128)");
+}
+
+UniqueFd Store::lock(bool exclusive) const {
+  UniqueFd l(open((dir_ + "/lock").c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
+  if (!l) throw_errno("image store lock");
+  while (flock(l.get(), exclusive ? LOCK_EX : LOCK_SH) != 0)
+    if (errno != EINTR) throw_errno("flock image store");
+  return l;
+}
+
+std::vector<Image> Store::list() const {
+  std::vector<Image> out;
+  UniqueFd l = lock(false);
+  std::unique_ptr<DIR, int (*)(DIR*)> d(opendir((dir_ + "/images").c_str()), closedir);
+  if (!d) throw_errno("list " + dir_ + "/images");
+  while (dirent* e = readdir(d.get())) {
+    std::string n = e->d_name;
+    if (!n.ends_with(".json")) continue;
+    try {
+      out.push_back(from_json(json::parse(read_text(dir_ + "/images/" + n))));
+    } catch (const std::exception&) {
+      // A damaged entry is skipped, not fatal for the listing.
+    }
+  }
+  std::sort(out.begin(), out.end(), [](const Image& a, const Image& b) { return a.name < b.name; });
+  return out;
+}
+
+std::optional<Image> Store::find(const std::string& name) const {
+  check_name(name);
+  UniqueFd l = lock(false);
+  std::string path = dir_ + "/images/" + name + ".json";
+  struct stat st{};
+  if (lstat(path.c_str(), &st) != 0) return std::nullopt;
+  try {
+    return from_json(json::parse(read_text(path)));
+  } catch (const json::exception& e) {
+    throw Error("image " + name + ": damaged entry " + path + ": " + e.what());
+  }
+}
+
+Image Store::get(const std::string& name) const {
+  auto i = find(name);
+  if (!i) throw Error("no image named '" + name + "' (ultari image ls lists them; ultari image import makes one)");
+  for (const auto& l : i->layers) {
+    struct stat st{};
+    if (lstat(layer_path(l).c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+      throw Error("image " + name + ": layer " + l + " is missing from " + dir_ + "/layers");
+  }
+  return *i;
+}
+
+std::string Store::layer_path(const std::string& id) const { return dir_ + "/layers/" + id; }
+
+void Store::write_image(const Image& image) { write_atomic(dir_ + "/images/" + image.name + ".json", to_json(image).dump(2) + "\n"); }
+
+void Store::sweep_tmp() {
+  std::unique_ptr<DIR, int (*)(DIR*)> d(opendir((dir_ + "/tmp").c_str()), closedir);
+  if (!d) return;
+  std::vector<std::string> dead;
+  while (dirent* e = readdir(d.get())) {
+    std::string n = e->d_name;
+    if (n == "." || n == "..") continue;
+    pid_t pid = static_cast<pid_t>(std::atol(n.c_str()));
+    if (!pid_alive(pid)) dead.push_back(n);
+  }
+  for (const auto& n : dead) remove_tree(dir_ + "/tmp/" + n);
+}
+
+Image Store::import(const std::string& name, const std::string& source,
+                    const std::function<void(uint64_t, uint64_t)>& progress) {
+  check_name(name);
+  struct stat st{};
+  if (stat(source.c_str(), &st) != 0) throw_errno("import source '" + source + "'");
+  if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode))
+    throw Error("import source '" + source + "' is neither a directory nor an archive file");
+  char real[PATH_MAX];
+  if (!realpath(source.c_str(), real)) throw_errno("import source '" + source + "'");
+  if (std::string(real) == "/") throw Error("import source '/' would copy the whole host");
+  std::unique_ptr<Unpacker> unpacker = load_unpacker();
+  sweep_tmp();
+  // Unpacked aside, as this process's: removed on any error.
+  std::string tmp = dir_ + "/tmp/" + std::to_string(getpid()) + "-" + random_hex();
+  if (mkdir(tmp.c_str(), 0755) != 0) throw_errno("mkdir " + tmp);
+  struct Cleanup {
+    std::string path;
+    ~Cleanup() {
+      if (!path.empty()) remove_tree(path);
+    }
+  } cleanup{tmp};
+  if (shift_ && chown(tmp.c_str(), uid_base_, gid_base_) != 0) throw_errno("chown " + tmp);
+  UnpackOptions o;
+  o.shift_owner = shift_;
+  o.uid_base = uid_base_;
+  o.gid_base = gid_base_;
+  o.progress = progress;
+  UnpackResult r;
+  std::string error;
+  if (!unpacker->unpack(real, tmp, o, r, error)) throw Error("import " + source + ": " + error);
+
+  Image image;
+  image.name = name;
+  image.layers = {r.digest};
+  image.id = image_id(*unpacker, image.layers);
+  image.size = r.bytes;
+  image.created = now_iso();
+  image.source = real;
+  UniqueFd l = lock(true);
+  std::string dest = layer_path(r.digest);
+  if (lstat(dest.c_str(), &st) != 0) {
+    json meta = {{"id", r.digest}, {"size", r.bytes}, {"entries", r.entries}, {"created", image.created}, {"source", real}};
+    write_atomic(dest + ".json", meta.dump(2) + "\n");
+    if (rename(tmp.c_str(), dest.c_str()) != 0) throw_errno("rename " + tmp + " to " + dest);
+    cleanup.path.clear();
+  }  // else: the same content is there already; ours goes
+  write_image(image);
+  return image;
+}
+
+void Store::remove(const std::string& name) {
+  check_name(name);
+  UniqueFd l = lock(true);
+  std::string path = dir_ + "/images/" + name + ".json";
+  if (unlink(path.c_str()) != 0) {
+    if (errno == ENOENT) throw Error("no image named '" + name + "'");
+    throw_errno("remove " + path);
+  }
+}
+
+std::vector<UniqueFd> Store::hold(const Image& image) const {
+  std::vector<UniqueFd> out;
+  for (const auto& id : image.layers) {
+    UniqueFd fd(open((layer_path(id) + ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+    if (!fd) throw_errno("layer lock " + id);
+    while (flock(fd.get(), LOCK_SH) != 0)
+      if (errno != EINTR) throw_errno("flock layer " + id);
+    out.push_back(std::move(fd));
+  }
+  return out;
+}
+
+PruneResult Store::prune() {
+  PruneResult result;
+  UniqueFd l = lock(true);
+  sweep_tmp();
+  std::set<std::string> used;
+  std::unique_ptr<DIR, int (*)(DIR*)> names(opendir((dir_ + "/images").c_str()), closedir);
+  if (!names) throw_errno("list " + dir_ + "/images");
+  while (dirent* e = readdir(names.get())) {
+    std::string n = e->d_name;
+    if (!n.ends_with(".json")) continue;
+    try {
+      for (const auto& id : from_json(json::parse(read_text(dir_ + "/images/" + n))).layers) used.insert(id);
+    } catch (const std::exception& ex) {
+      throw Error("prune: image entry " + n + " is damaged (" + ex.what() + "); nothing was removed");
+    }
+  }
+  std::unique_ptr<DIR, int (*)(DIR*)> layers(opendir((dir_ + "/layers").c_str()), closedir);
+  if (!layers) throw_errno("list " + dir_ + "/layers");
+  std::vector<std::string> ids;
+  while (dirent* e = readdir(layers.get()))
+    if (is_layer_id(e->d_name)) ids.emplace_back(e->d_name);
+  for (const auto& id : ids) {
+    if (used.count(id)) continue;
+    std::string path = layer_path(id);
+    UniqueFd hold(open((path + ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+    if (hold && flock(hold.get(), LOCK_EX | LOCK_NB) != 0) {
+      result.in_use.push_back(id);
+      continue;
+    }
+    uint64_t size = 0;
+    try {
+      size = json::parse(read_text(path + ".json")).value("size", uint64_t{0});
+    } catch (const std::exception&) {
+    }
+    remove_tree(path);
+    unlink((path + ".json").c_str());
+    unlink((path + ".lock").c_str());
+    result.removed.push_back(id);
+    result.bytes += size;
+  }
+  return result;
+}
+
+}  // namespace ultari::images

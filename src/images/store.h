@@ -1,0 +1,93 @@
+// The image store: content-addressed layers and the names that point at
+// stacks of them. Root: /var/lib/ultari/images; rootless:
+// $XDG_DATA_HOME/ultari/images (~/.local/share/ultari/images).
+//
+//   layers/<sha256>/         a layer's tree (ids shifted into the sandboxes'
+//                            host range when rootful: used as it is)
+//   layers/<sha256>.json     {"id","size","entries","created","source"}
+//   layers/<sha256>.lock     held shared by every sandbox using the layer
+//   images/<name>.json       {"name","id","layers"(top first),"created",...}
+//   tmp/<pid>-<random>/      a layer being unpacked (swept once its owner died)
+//   lock                     exclusive while names or layers change
+//
+// Safe when several processes import, run and prune at once: a layer is
+// unpacked aside and renamed into place (an identical one already there
+// wins), a name is replaced with rename(), and prune removes only layers no
+// name points to and no sandbox holds.
+#pragma once
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "util/fd.h"
+
+namespace ultari::images {
+
+struct Image {
+  std::string name;
+  std::string id;                   // sha256 of its layer ids (one a line, top first)
+  std::vector<std::string> layers;  // layer ids, top first
+  uint64_t size = 0;                // bytes of all its layers
+  std::string created;              // ISO 8601 UTC
+  std::string source;               // what it was imported or built from
+  std::string parent;               // the image it was built on ("" for a base)
+};
+
+struct PruneResult {
+  std::vector<std::string> removed;  // layer ids
+  uint64_t bytes = 0;
+  std::vector<std::string> in_use;   // unreferenced, but held by a running sandbox
+};
+
+class Store {
+ public:
+  // The store under `dir` ("" = the default place), created if missing.
+  // `uid_base`/`gid_base`: the host ids that are root inside rootful
+  // sandboxes (layers are stored shifted by them); `shift` false when
+  // rootless. Throws Error.
+  Store(std::string dir, bool shift, uid_t uid_base, gid_t gid_base);
+
+  // The default store for this caller: rootful, layers shifted into the
+  // sandboxes' range (isolation::plan_identity); rootless, the caller's.
+  static Store open_default();
+  static std::string default_dir();
+  const std::string& dir() const { return dir_; }
+
+  // NAME: letters, digits, '.', '_', '-' and ':', starting with a letter or
+  // digit, up to 128 characters. Throws Error naming the problem.
+  static void check_name(const std::string& name);
+
+  std::vector<Image> list() const;
+  std::optional<Image> find(const std::string& name) const;
+  // The image or an Error that says how to get one.
+  Image get(const std::string& name) const;
+  std::string layer_path(const std::string& id) const;
+
+  // Unpacks SOURCE (a directory or a rootfs tarball) as one layer and
+  // points NAME at it. `progress(done, total)` as the unpacker reports.
+  // On error nothing is left (no layer, no name change).
+  Image import(const std::string& name, const std::string& source,
+               const std::function<void(uint64_t, uint64_t)>& progress = {});
+  // Removes the name (its layers stay until prune). Throws if unknown.
+  void remove(const std::string& name);
+  PruneResult prune();
+
+  // Holds the layers of `image` for a sandbox's life (prune skips them).
+  std::vector<UniqueFd> hold(const Image& image) const;
+
+ private:
+  UniqueFd lock(bool exclusive) const;
+  void write_image(const Image& image);
+  void sweep_tmp();
+
+  std::string dir_;
+  bool shift_;
+  uid_t uid_base_;
+  gid_t gid_base_;
+};
+
+}  // namespace ultari::images

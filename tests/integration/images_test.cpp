@@ -1,0 +1,344 @@
+// Images (issue 4, first part): `ultari image import|ls|inspect|rm|prune`
+// and `ultari run --image`. Every test has a store of its own
+// (ULTARI_DATA_DIR) and a small root made of a static busybox, packed the
+// ways users bring roots: tar, tar.gz, tar.xz, tar.zst, a directory.
+// Hostile archives are refused with the entry named and nothing kept;
+// negative controls extract the same archives with a trusting extractor
+// (Python's tarfile, fully_trusted) and show the harm they would do.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <thread>
+
+#include "harness.h"
+
+namespace ultari::test {
+namespace {
+
+using nlohmann::json;
+
+std::string mktar() { return std::string(ULTARI_TEST_DATA) + "/images/mktar.py"; }
+
+int sh(const std::string& script) { return std::system(("set -e; " + script).c_str()); }
+
+bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+std::vector<std::string> entries(const std::string& dir) {
+  std::vector<std::string> v;
+  FILE* p = popen(("ls -A '" + dir + "' 2>/dev/null").c_str(), "r");
+  char buf[512];
+  while (p && fgets(buf, sizeof buf, p)) {
+    std::string l = buf;
+    if (!l.empty() && l.back() == '\n') l.pop_back();
+    v.push_back(l);
+  }
+  if (p) pclose(p);
+  return v;
+}
+
+class Images : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = dir_ / "root";
+    // A root: busybox (setuid, to see modes kept), a file of uid 1000, a
+    // private directory, an absolute symlink.
+    ASSERT_EQ(sh("mkdir -p " + root_ + "/bin " + root_ + "/etc " + root_ + "/home/u/private " + root_ + "/tmp && "
+                 "cp /usr/bin/busybox " + root_ + "/bin/ && "
+                 "for c in sh ls cat id echo stat touch sleep; do ln -s /bin/busybox " + root_ + "/bin/$c; done && "
+                 "echo 'root:x:0:0:root:/root:/bin/sh' > " + root_ + "/etc/passwd && "
+                 "echo hello > " + root_ + "/etc/greeting && chown 1000:1000 " + root_ + "/etc/greeting && "
+                 "chown 1000:1000 " + root_ + "/home/u/private && chmod 700 " + root_ + "/home/u/private && "
+                 "chmod 4755 " + root_ + "/bin/busybox && chmod 1777 " + root_ + "/tmp"),
+              0);
+  }
+
+  Options opts(Options o = {}) const {
+    o.env.push_back("ULTARI_DATA_DIR=" + data_);
+    return o;
+  }
+  Outcome image(const std::vector<std::string>& args, Options o = {}) const {
+    std::vector<std::string> a = {"image"};
+    a.insert(a.end(), args.begin(), args.end());
+    return ultari::test::ultari(a, opts(std::move(o)));
+  }
+  Outcome run(const std::string& name, const std::string& script, Options o = {}) const {
+    return ultari::test::ultari({"run", "--image", name, "--", "/bin/sh", "-c", script}, opts(std::move(o)));
+  }
+  std::string store() const { return data_ + "/images"; }
+  std::vector<std::string> layers() const {
+    std::vector<std::string> v;
+    for (const auto& e : entries(store() + "/layers"))
+      if (e.size() == 64) v.push_back(e);
+    return v;
+  }
+
+  TempDir dir_;
+  std::string root_;
+  std::string data_ = dir_ / "data";
+};
+
+TEST_F(Images, TarballsOfEveryCompressionAndDirectoriesImportAndRun) {
+  ASSERT_EQ(sh("tar -C " + root_ + " -cf " + (dir_ / "r.tar") + " . && "
+               "tar -C " + root_ + " -czf " + (dir_ / "r.tar.gz") + " . && "
+               "tar -C " + root_ + " -cJf " + (dir_ / "r.tar.xz") + " . && "
+               "tar -C " + root_ + " --zstd -cf " + (dir_ / "r.tar.zst") + " ."),
+            0);
+  for (const char* f : {"r.tar", "r.tar.gz", "r.tar.xz", "r.tar.zst"}) {
+    std::string name = std::string("img-") + std::string(f).substr(2);
+    std::replace(name.begin(), name.end(), '.', '-');
+    Outcome r = image({"import", name, dir_ / f});
+    ASSERT_EQ(r.status, 0) << f << ": " << r.err;
+  }
+  // The same entries, however compressed: one layer in the store.
+  EXPECT_EQ(layers().size(), 1u);
+  // A directory, imported from an empty working directory: nothing is
+  // written anywhere but the store (libarchive's directory walk changes the
+  // working directory: relative writes once landed in the caller's).
+  std::string cwd = dir_ / "cwd";
+  ASSERT_EQ(sh("mkdir " + cwd + " && cd " + cwd + " && ULTARI_DATA_DIR=" + data_ + " " + ULTARI_BIN +
+               " image import -q img-dir " + root_ + " >/dev/null"),
+            0);
+  EXPECT_TRUE(entries(cwd).empty());
+  EXPECT_EQ(entries(root_ + "/bin").size(), 9u);  // the source as it was
+  EXPECT_EQ(sh("cmp -s /usr/bin/busybox " + root_ + "/bin/busybox"), 0);
+  EXPECT_LE(layers().size(), 2u);  // a directory is walked in another order: maybe a layer of its own
+
+  for (const char* name : {"img-tar-gz", "img-dir"}) {
+    Outcome r = run(name,
+                    "id -u; cat /etc/greeting; stat -c '%u:%g %a' /etc/greeting /home/u/private /bin/busybox /tmp; "
+                    "echo new > /etc/written; cat /etc/written; ls /usr 2>&1 | head -1");
+    EXPECT_EQ(r.status, 0) << name << ": " << r.err;
+    EXPECT_EQ(r.out, "0\nhello\n1000:1000 644\n1000:1000 700\n0:0 4755\n0:0 1777\nnew\n"
+                     "ls: /usr: No such file or directory\n")
+        << name;  // the image's root, not the host's
+  }
+  // Writes vanish with the sandbox; the layer on the host is untouched.
+  Outcome again = run("img-tar-gz", "cat /etc/written 2>&1; echo done");
+  EXPECT_EQ(again.out, "cat: can't open '/etc/written': No such file or directory\ndone\n");
+  for (const auto& l : layers()) EXPECT_FALSE(exists(store() + "/layers/" + l + "/etc/written"));
+  // Rootful: stored in the sandboxes' own ids (shifted), not as host root.
+  struct stat top{}, st{};
+  ASSERT_EQ(stat((store() + "/layers/" + layers()[0]).c_str(), &top), 0);
+  ASSERT_EQ(stat((store() + "/layers/" + layers()[0] + "/etc/greeting").c_str(), &st), 0);
+  EXPECT_GT(top.st_uid, 65535u);  // the sandboxes' root, not host root
+  EXPECT_EQ(st.st_uid - top.st_uid, 1000u);
+}
+
+// Until provisioning makes images of several layers, one is put together
+// by hand: a layer that changes a file, over the base.
+TEST_F(Images, LayersStackTopFirst) {
+  ASSERT_EQ(image({"import", "base", root_}).status, 0);
+  std::string top = dir_ / "top";
+  ASSERT_EQ(sh("mkdir -p " + top + "/etc && echo from-top > " + top + "/etc/greeting && echo only-top > " + top + "/etc/extra"), 0);
+  ASSERT_EQ(image({"import", "top", top}).status, 0);
+  json b = json::parse(image({"inspect", "base", "--json"}).out), t = json::parse(image({"inspect", "top", "--json"}).out);
+  json stack = {{"name", "stack"}, {"id", std::string(64, 'a')}, {"layers", {t["layers"][0], b["layers"][0]}}};
+  write_file(store() + "/images/stack.json", stack.dump());
+  Outcome r = run("stack", "cat /etc/greeting /etc/extra; id -u; ls /bin/busybox");
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, "from-top\nonly-top\n0\n/bin/busybox\n") << r.err;
+  // Negative control: the base alone has its own greeting and no extra.
+  EXPECT_EQ(run("base", "cat /etc/greeting; ls /etc/extra 2>&1").out,
+            "hello\nls: /etc/extra: No such file or directory\n");
+}
+
+TEST_F(Images, ListInspectRemoveAndPrune) {
+  ASSERT_EQ(image({"import", "a", root_}).status, 0);
+  ASSERT_EQ(sh("echo other > " + root_ + "/etc/greeting"), 0);
+  ASSERT_EQ(image({"import", "b", root_}).status, 0);
+  Outcome ls = image({"ls", "--json"});
+  ASSERT_EQ(ls.status, 0) << ls.err;
+  json all = json::parse(ls.out);
+  ASSERT_EQ(all.size(), 2u) << ls.out;
+  for (const auto& i : all)
+    for (const char* k : {"name", "id", "layers", "size", "created"}) EXPECT_TRUE(i.contains(k)) << k << ": " << i.dump();
+  EXPECT_EQ(all[0]["name"], "a");
+  EXPECT_GT(all[0]["size"].get<uint64_t>(), 1000u);
+  json b = json::parse(image({"inspect", "b", "--json"}).out);
+  for (const char* k : {"parent", "user_data_sha256", "provision_log"}) EXPECT_TRUE(b.contains(k)) << k;
+  EXPECT_NE(all[0]["id"], all[1]["id"]);
+  EXPECT_TRUE(has(image({"ls"}).out, "NAME")) << image({"ls"}).out;
+
+  // A sandbox holds b's layer: removing the name and pruning keeps it
+  // until the sandbox is gone.
+  ASSERT_EQ(layers().size(), 2u);
+  std::vector<std::string> argv = {"env", "ULTARI_DATA_DIR=" + data_, ULTARI_BIN, "run", "--image", "b", "--",
+                                   "/bin/sh", "-c", "sleep 2; cat /etc/greeting"};
+  pid_t pid = fork();
+  if (pid == 0) {
+    std::vector<char*> a;
+    for (auto& s : argv) a.push_back(s.data());
+    a.push_back(nullptr);
+    int null = open("/dev/null", O_WRONLY);
+    dup2(null, 1);
+    execvp("env", a.data());
+    _exit(127);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  ASSERT_EQ(image({"rm", "b"}).status, 0);
+  Outcome p1 = image({"prune"});
+  EXPECT_EQ(p1.status, 0) << p1.err;
+  EXPECT_TRUE(has(p1.out, "removed 0 layers")) << p1.out;
+  EXPECT_TRUE(has(p1.out, "kept 1 unused layers a running sandbox still holds")) << p1.out;
+  int status = 0;
+  waitpid(pid, &status, 0);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  Outcome p2 = image({"prune"});
+  EXPECT_TRUE(has(p2.out, "removed 1 layers")) << p2.out;
+  EXPECT_EQ(layers().size(), 1u);
+  // a is untouched and still runs.
+  EXPECT_EQ(run("a", "cat /etc/greeting").out, "hello\n");
+  // Unknown names: a clear error, exit 125.
+  for (const auto& args : std::vector<std::vector<std::string>>{{"rm", "b"}, {"inspect", "b"}}) {
+    Outcome r = image(args);
+    EXPECT_EQ(r.status, 125);
+    EXPECT_TRUE(has(r.err, "no image named 'b'")) << r.err;
+  }
+  Outcome r = run("b", "true");
+  EXPECT_EQ(r.status, 125);
+  EXPECT_TRUE(has(r.err, "no image named 'b'")) << r.err;
+  EXPECT_EQ(r.report["verdict"], "setup_error");
+}
+
+TEST_F(Images, HostileArchivesAreRefusedAndLeaveNothing) {
+  std::string victim = dir_ / "victim";
+  ASSERT_EQ(sh("mkdir -p " + victim + " && echo secret > " + victim + "/target"), 0);
+  struct Case {
+    std::string kind, mention;
+  };
+  std::vector<Case> cases = {
+      {"traversal", "'../evil'"},       {"absolute", "'/abs-evil'"},  {"device", "etc/evil-null"},
+      {"symlink", "esc/pwned"},         {"hardlink", "'hl'"},         {"bigid", "etc/big"},
+      {"garbage", "bad.tar"},
+  };
+  for (const auto& c : cases) {
+    std::string tar = dir_ / (c.kind + "-bad.tar");
+    if (c.kind == "garbage") tar = dir_ / "bad.tar";
+    ASSERT_EQ(sh(std::string("/usr/bin/python3 ") + mktar() + " hostile " + c.kind + " " + tar + " " + victim), 0);
+    Outcome r = image({"import", "evil", tar});
+    EXPECT_EQ(r.status, 125) << c.kind << ": " << r.err;
+    EXPECT_TRUE(has(r.err, c.mention)) << c.kind << " should name " << c.mention << ": " << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_TRUE(layers().empty()) << c.kind;
+    EXPECT_TRUE(entries(store() + "/tmp").empty()) << c.kind;
+    EXPECT_TRUE(entries(store() + "/images").empty()) << c.kind;
+  }
+  EXPECT_FALSE(exists(victim + "/pwned"));
+  EXPECT_EQ(read_file(victim + "/target"), "secret\n");
+  EXPECT_FALSE(exists(dir_ / "evil"));
+  EXPECT_FALSE(exists("/abs-evil"));
+
+  // Negative controls: a trusting extractor does the harm each archive aims at.
+  std::string naive = dir_ / "naive/x";
+  ASSERT_EQ(sh("mkdir -p " + naive), 0);
+  ASSERT_EQ(sh(std::string("/usr/bin/python3 ") + mktar() + " naive " + (dir_ / "symlink-bad.tar") + " " + naive), 0);
+  EXPECT_TRUE(exists(victim + "/pwned"));
+  ASSERT_EQ(sh(std::string("/usr/bin/python3 ") + mktar() + " naive " + (dir_ / "traversal-bad.tar") + " " + naive), 0);
+  EXPECT_TRUE(exists(dir_ / "naive/evil"));
+
+  // Device nodes under dev/ are skipped (the sandbox has its own /dev); the
+  // rest of that archive imports.
+  std::string devdir = dir_ / "devdir.tar";
+  ASSERT_EQ(sh(std::string("/usr/bin/python3 ") + mktar() + " hostile devdir " + devdir), 0);
+  Outcome ok = image({"import", "devdir", devdir});
+  EXPECT_EQ(ok.status, 0) << ok.err;
+  ASSERT_EQ(layers().size(), 1u);
+  EXPECT_TRUE(exists(store() + "/layers/" + layers()[0] + "/etc/ok"));
+  EXPECT_FALSE(exists(store() + "/layers/" + layers()[0] + "/dev/null"));
+}
+
+TEST_F(Images, BadInputGetsAClearError) {
+  ASSERT_EQ(image({"import", "a", root_}).status, 0);
+  struct Case {
+    std::vector<std::string> args;
+    std::string mention;
+  };
+  std::vector<Case> cases = {
+      {{"image", "import", "../x", root_}, "image name '../x'"},
+      {{"image", "import", "a/b", root_}, "image name 'a/b'"},
+      {{"image", "import", "x", dir_ / "missing.tar"}, "missing.tar"},
+      {{"image", "import", "x", "/"}, "whole host"},
+      {{"image", "import", "x", "/dev/null"}, "neither a directory nor an archive"},
+      {{"run", "--image", "a", "--rootfs", root_, "--", "true"}, "exclude each other"},
+      {{"run", "--image", "nope", "--", "true"}, "no image named 'nope'"},
+  };
+  for (const auto& c : cases) {
+    Outcome r = ultari::test::ultari(c.args, opts());
+    EXPECT_EQ(r.status, 125) << testing::PrintToString(c.args) << ": " << r.err;
+    EXPECT_TRUE(has(r.err, c.mention)) << testing::PrintToString(c.args) << ": " << r.err;
+  }
+  EXPECT_EQ(layers().size(), 1u);
+  EXPECT_TRUE(entries(store() + "/tmp").empty());
+}
+
+TEST_F(Images, ConcurrentImportsOfTheSameRootShareOneLayer) {
+  ASSERT_EQ(sh("tar -C " + root_ + " -czf " + (dir_ / "r.tgz") + " ."), 0);
+  std::vector<pid_t> pids;
+  for (int i = 0; i < 4; ++i) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      std::string name = "same" + std::to_string(i);
+      setenv("ULTARI_DATA_DIR", data_.c_str(), 1);
+      int null = open("/dev/null", O_WRONLY);
+      dup2(null, 1);
+      dup2(null, 2);
+      execl(ULTARI_BIN, "ultari", "image", "import", name.c_str(), (dir_ / "r.tgz").c_str(), nullptr);
+      _exit(127);
+    }
+    pids.push_back(pid);
+  }
+  for (pid_t p : pids) {
+    int status = 0;
+    waitpid(p, &status, 0);
+    EXPECT_EQ(WEXITSTATUS(status), 0);
+  }
+  EXPECT_EQ(layers().size(), 1u);
+  EXPECT_TRUE(entries(store() + "/tmp").empty());
+  json all = json::parse(image({"ls", "--json"}).out);
+  EXPECT_EQ(all.size(), 4u);
+  for (const auto& i : all) EXPECT_EQ(i["layers"], all[0]["layers"]);
+  EXPECT_EQ(run("same3", "cat /etc/greeting").out, "hello\n");
+}
+
+TEST_F(Images, RootlessImportsAndRunsFromItsOwnStore) {
+  ASSERT_EQ(sh("tar -C " + root_ + " -czf " + (dir_ / "r.tgz") + " . && chmod 644 " + (dir_ / "r.tgz")), 0);
+  std::string data = dir_ / "rootless";
+  ASSERT_EQ(sh("mkdir -p " + data + " && chown " + std::string(kRootlessUser) + " " + data), 0);
+  // The harness resets the environment of a rootless run: env sets the store.
+  auto as_user = [&](std::vector<std::string> args) {
+    Options o = rootless_options();
+    args.insert(args.begin(), {"ULTARI_DATA_DIR=" + data, o.binary});
+    o.binary = "/usr/bin/env";
+    return ultari::test::ultari(args, o);
+  };
+  Outcome imp = as_user({"image", "import", "mine", dir_ / "r.tgz"});
+  ASSERT_EQ(imp.status, 0) << imp.err;
+  ASSERT_TRUE(exists(data + "/images/images/mine.json"));  // in the store it was given
+  Outcome r = as_user({"run", "--image", "mine", "--", "/bin/sh", "-c", "id -u; cat /etc/greeting; stat -c %u /etc/greeting"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  // Rootless keeps no ids: everything is the caller's, root inside.
+  EXPECT_EQ(r.out, "0\nhello\n0\n") << r.err;
+  // Two layers, rootless (paths instead of trees made by the supervisor).
+  std::string top = dir_ / "top";
+  ASSERT_EQ(sh("mkdir -p " + top + "/etc && echo from-top > " + top + "/etc/greeting && chmod -R a+rX " + top), 0);
+  ASSERT_EQ(as_user({"image", "import", "top", top}).status, 0);
+  json b = json::parse(as_user({"image", "inspect", "mine", "--json"}).out);
+  json t = json::parse(as_user({"image", "inspect", "top", "--json"}).out);
+  json stack = {{"name", "stack"}, {"id", std::string(64, 'a')}, {"layers", {t["layers"][0], b["layers"][0]}}};
+  write_file(data + "/images/images/stack.json", stack.dump());
+  Outcome s2 = as_user({"run", "--image", "stack", "--", "/bin/sh", "-c", "cat /etc/greeting; ls /bin/busybox"});
+  EXPECT_EQ(s2.out, "from-top\n/bin/busybox\n") << s2.err;
+  // Negative control: the root user's store does not see them.
+  Outcome other = image({"ls", "--json"});
+  EXPECT_EQ(json::parse(other.out).size(), 0u) << other.out;
+}
+
+}  // namespace
+}  // namespace ultari::test
