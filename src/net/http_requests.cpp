@@ -48,14 +48,14 @@ bool same_name(const std::string& a, const std::string& b) {
   }
 }
 
-// The first byte of a WebSocket frame from a client: a data opcode
-// (continuation, text, binary; RSV1 allowed for permessage-deflate) or a
+// The first byte of a client's first WebSocket frame: a data opcode
+// (text, binary; RSV1 allowed for permessage-deflate) or a
 // control opcode (close, ping, pong) with FIN and without RSV1; RSV2 and
 // RSV3 clear.
 bool websocket_first_byte(uint8_t b) {
   uint8_t op = b & 0x0f;
   if (b & 0x30) return false;
-  if (op <= 2) return true;
+  if (op == 1 || op == 2) return true;  // never a continuation (0): nothing to continue yet
   return op >= 8 && op <= 10 && (b & 0x80) && !(b & 0x40);
 }
 
@@ -249,7 +249,12 @@ bool HttpRequests::step(const char* data, size_t len, size_t& i, std::string& wh
           return false;
         }
         if (state_ == State::Trailers) {
-          if (line.empty()) state_ = upgrade_ ? State::MaybeTunnel : State::Head;
+          if (line.empty()) {
+            state_ = upgrade_ ? State::MaybeTunnel : State::Head;
+          } else if (const char* bad = header_line_error(line)) {
+            why = bad;  // a request line among the trailers: a server reading one line would see a request
+            return false;
+          }
           break;
         }
         std::string hex = line.substr(0, line.find(';'));

@@ -39,6 +39,7 @@ constexpr int kHeadTimeoutMs = 10000;  // for a client to say what it wants
 constexpr int kFirstByteMs = 1000;     // silence: a protocol where the server speaks first
 constexpr int kConnectTimeoutMs = 10000;
 constexpr int kResolveTimeoutMs = 2500;
+constexpr size_t kMaxRemembered = 65536;  // addresses whose names the gateway keeps
 constexpr int kPipeBytes = 1 << 20;  // the default pipe-max-size
 constexpr size_t kScratchBytes = 256 << 10;  // one read of an inspected direction
 
@@ -378,16 +379,30 @@ std::string forbidden(const std::string& what, const std::string& reason) {
          "\r\nConnection: close\r\n\r\n" + body;
 }
 
-// A DNS name in canonical form, or "" (an IP literal is no name).
+// An IPv4 address in any spelling a resolver takes for one (inet_aton:
+// "10.99.10", "0xa.0x63.0.0xa", "012.0143.0.012", "174260234", a trailing
+// dot): these must be checked as addresses, never passed on as names.
+bool ipv4_any(std::string text, in_addr& out) {
+  if (text.ends_with(".")) text.pop_back();
+  if (text.empty() || text.find_first_not_of("0123456789abcdefABCDEFxX.") != std::string::npos) return false;
+  return inet_aton(text.c_str(), &out) != 0;
+}
+
+// A DNS name in canonical form, or "" (an IP literal in any spelling, or
+// a name whose last label is numeric, is no name).
 std::string normalized_or_empty(const std::string& name) {
   in_addr a4;
   in6_addr a6;
-  if (inet_pton(AF_INET, name.c_str(), &a4) == 1 || inet_pton(AF_INET6, name.c_str(), &a6) == 1) return "";
+  if (ipv4_any(name, a4) || inet_pton(AF_INET6, name.c_str(), &a6) == 1) return "";
+  std::string n;
   try {
-    return normalize_name(name, false);
+    n = normalize_name(name, false);
   } catch (const Error&) {
     return "";
   }
+  std::string last = n.substr(n.rfind('.') == std::string::npos ? 0 : n.rfind('.') + 1);
+  if (last.find_first_not_of("0123456789") == std::string::npos || last.starts_with("0x")) return "";
+  return n;
 }
 
 }  // namespace
@@ -598,10 +613,10 @@ bool Flow::http_proxy(in_addr& dst, uint16_t& port, std::string& name, std::stri
   rec.port = port;
   name = normalized_or_empty(host);
   in_addr literal{};
-  if (inet_pton(AF_INET, host.c_str(), &literal) == 1) {
+  if (ipv4_any(host, literal)) {
     name.clear();
     dst = literal;
-    rec.addr = host;
+    rec.addr = ip_str(literal);
   }
   if (name.empty() && dst.s_addr == 0) rec.name = host;
   if (!tunnel && !s.name.empty() && normalized_or_empty(s.name) != normalized_or_empty(host)) {
@@ -645,9 +660,9 @@ bool Flow::socks(in_addr& dst, uint16_t& port, std::string& name) {
     if (!recv_exact(client.get(), &len, 1, stop) || !recv_exact(client.get(), host, len, stop)) return false;
     std::string h(host, len);
     in_addr literal{};
-    if (inet_pton(AF_INET, h.c_str(), &literal) == 1) {
+    if (ipv4_any(h, literal)) {
       dst = literal;
-      rec.addr = h;
+      rec.addr = ip_str(literal);
     } else {
       name = normalized_or_empty(h);
       if (name.empty()) rec.name = h;
@@ -764,7 +779,11 @@ void Flow::run() {
         return true;
       };
     if (forward)
-      requests->on_head = [name = rec.name, port, &proxy](std::string& head, std::string& why) {
+      requests->on_head = [name = rec.name, port, &proxy, heads = 0](std::string& head, std::string& why) mutable {
+        if (++heads > 1) {
+          why = "http-smuggling";  // the proxy was told "Connection: close": a second request is not the client's
+          return false;
+        }
         return to_proxy_form(head, name, port, proxy->auth, why);
       };
     if (requests || scan) {
@@ -877,7 +896,8 @@ bool Server::synthetic(const std::string& name, in_addr& addr) {
   std::lock_guard lock(mu_);
   auto it = synthetic_.find(name);
   if (it == synthetic_.end()) {
-    if (synthetic_.size() >= kSyntheticCount) return false;
+    // No more than remember() keeps: an address it forgets would lead nowhere.
+    if (synthetic_.size() >= std::min<size_t>(kSyntheticCount, kMaxRemembered)) return false;
     it = synthetic_.emplace(name, static_cast<uint32_t>(synthetic_.size())).first;
   }
   addr = synthetic_address(it->second);
@@ -897,10 +917,14 @@ UniqueFd Server::tunnel(const std::string& host, uint16_t port, int stop, std::s
     return UniqueFd();
   }
   // The response head, and not a byte more: what follows is the server's.
+  // One deadline for all of it; a proxy that closes mid-head is seen
+  // (POLLRDHUP) rather than peeked at forever.
   char buf[kMaxHead];
   size_t end = std::string::npos;
+  auto deadline = Clock::now() + std::chrono::milliseconds(kConnectTimeoutMs);
   for (ssize_t have = 0; end == std::string::npos;) {
-    if (!wait_fd(fd.get(), POLLIN, stop, kConnectTimeoutMs)) {
+    int left = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count());
+    if (left <= 0 || !wait_fd(fd.get(), POLLIN, stop, left)) {
       error = what + ": no answer to CONNECT in time";
       return UniqueFd();
     }
@@ -914,7 +938,11 @@ UniqueFd Server::tunnel(const std::string& host, uint16_t port, int stop, std::s
         error = what + ": its answer to CONNECT is too long";
         return UniqueFd();
       }
-      poll(nullptr, 0, 1);  // the rest of the head is on its way
+      pollfd p[2] = {{fd.get(), POLLRDHUP, 0}, {stop, POLLIN, 0}};
+      if (poll(p, 2, 5) > 0 && (p[1].revents || (p[0].revents & (POLLRDHUP | POLLHUP | POLLERR)))) {
+        error = what + ": closed in the middle of its answer to CONNECT";
+        return UniqueFd();
+      }
       continue;
     }
     have = n;
@@ -946,7 +974,7 @@ std::set<std::string> Server::names_of(in_addr addr) {
 void Server::remember(const std::string& name, const std::vector<in_addr>& addrs) {
   std::lock_guard lock(mu_);
   for (const auto& a : addrs) {
-    if (resolved_.size() >= 65536 && !resolved_.count(a.s_addr)) return;
+    if (resolved_.size() >= kMaxRemembered && !resolved_.count(a.s_addr)) return;
     auto& names = resolved_[a.s_addr];
     if (names.size() < 64) names.insert(name);
   }
@@ -1039,9 +1067,10 @@ void Server::answer_dns() {
     Record rec;
     rec.kind = "dns";
     rec.name = normalized_or_empty(q.name);
-    if (rec.name.empty()) rec.name = q.name;
+    bool no_name = rec.name.empty();  // an address in disguise ("10.99.0.10"), or not a name at all
+    if (no_name) rec.name = q.name;
     rec.port = 53;
-    Decision d = decide(policy_, rec.name);
+    Decision d = no_name ? Decision{false, "no-rule"} : decide(policy_, rec.name);
     rec.allow = d.allow;
     rec.reason = d.reason;
     uint8_t rcode = dns::kNxDomain;

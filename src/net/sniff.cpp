@@ -1,5 +1,8 @@
 #include "net/sniff.h"
 
+#include <cctype>
+#include <cstring>
+
 #include <strings.h>
 
 #include <algorithm>
@@ -81,9 +84,7 @@ const char* header_lines_error(std::string_view head) {
     if (eol == std::string_view::npos || eol == start) break;
     std::string_view line = head.substr(start, eol - start);
     if (line[0] == ' ' || line[0] == '\t') return "http-malformed";
-    size_t colon = line.find(':');
-    if (colon != std::string_view::npos && colon > 0 && (line[colon - 1] == ' ' || line[colon - 1] == '\t'))
-      return "http-smuggling";
+    if (const char* bad = header_line_error(line)) return bad;
     pos = eol;
   }
   return nullptr;
@@ -152,6 +153,26 @@ Sniffed http(std::string_view d, size_t lead) {
 }
 
 }  // namespace
+
+const char* header_line_error(std::string_view line) {
+  size_t colon = line.find(':');
+  if (colon != std::string_view::npos && colon > 0 && (line[colon - 1] == ' ' || line[colon - 1] == '\t'))
+    return "http-smuggling";
+  // The name a token, the value without control characters but tab: a
+  // server that strips "whitespace" such as \v from a name would read
+  // another header than we did.
+  if (colon == std::string_view::npos || colon == 0) return "http-malformed";
+  for (size_t i = 0; i < colon; ++i) {
+    unsigned char c = static_cast<unsigned char>(line[i]);
+    if (!(std::isalnum(c) || std::strchr("!#$%&'*+-.^_`|~", c))) return "http-smuggling";
+  }
+  for (size_t i = colon + 1; i < line.size(); ++i) {
+    unsigned char c = static_cast<unsigned char>(line[i]);
+    if ((c < 0x20 && c != '\t') || c == 0x7f) return "http-smuggling";
+  }
+  return nullptr;
+}
+
 
 std::string header_value(std::string_view head, std::string_view name) {
   size_t pos = head.find("\r\n");

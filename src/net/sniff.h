@@ -37,6 +37,10 @@ Sniffed sniff(std::string_view data);
 // then A-Z, '-', '_'; target: no controls or spaces), "unsupported-protocol"
 // for HTTP/2's `PRI * HTTP/2.0`, "http-malformed" otherwise.
 const char* request_line_error(std::string_view line);
+// A header (or trailer) line, without its CRLF, that servers could read
+// differently: a name that is not a token, whitespace before the colon,
+// control characters in the value. nullptr when fine.
+const char* header_line_error(std::string_view line);
 // A method character: the first must be an upper-case letter.
 inline bool method_char(char c) { return (c >= 'A' && c <= 'Z') || c == '-' || c == '_'; }
 

@@ -4,6 +4,7 @@
 #include <strings.h>
 
 #include <cctype>
+#include <cstring>
 
 #include "util/error.h"
 
@@ -74,6 +75,10 @@ bool to_proxy_form(std::string& head, const std::string& name, uint16_t port, co
     why = "http-connect";  // through the proxy: a tunnel to any port of that host
     return false;
   }
+  if (method == "TRACE") {
+    why = "http-trace";  // a proxy answers it itself, echoing the request: its credentials too
+    return false;
+  }
   std::string path;
   if (target.starts_with("/")) {
     path = target;
@@ -85,17 +90,31 @@ bool to_proxy_form(std::string& head, const std::string& name, uint16_t port, co
     why = "http-malformed";  // the asterisk form and anything else
     return false;
   }
-  std::string out = method + " http://" + name + (port == 80 ? "" : ":" + std::to_string(port)) + path;
+  std::string authority = name + (port == 80 ? "" : ":" + std::to_string(port));
+  std::string out = method + " http://" + authority + path;
   out.append(head, sp2, eol + 2 - sp2);
+  auto named = [&](size_t pos, const char* key) {
+    size_t n = std::strlen(key);
+    return strncasecmp(head.c_str() + pos, key, n) == 0 && pos + n < head.size() && head[pos + n] == ':';
+  };
   for (size_t pos = eol + 2; pos < head.size();) {
     size_t end = head.find("\r\n", pos);
     if (end == std::string::npos) end = head.size();
     if (end == pos) break;  // the blank line
-    if (strncasecmp(head.c_str() + pos, "proxy-", 6) != 0) out.append(head, pos, end + 2 - pos);
+    if (named(pos, "upgrade")) {
+      why = "unsupported-protocol";  // one request per proxy connection: no switch to another protocol
+      return false;
+    }
+    if (named(pos, "host")) {
+      out += "Host: " + authority + "\r\n";  // the flow's, whatever else the header said
+    } else if (!(strncasecmp(head.c_str() + pos, "proxy-", 6) == 0 || named(pos, "connection") ||
+                 named(pos, "keep-alive") || named(pos, "max-forwards"))) {
+      out.append(head, pos, end + 2 - pos);
+    }
     pos = end + 2;
   }
   if (!auth.empty()) out += "Proxy-Authorization: " + auth + "\r\n";
-  out += "\r\n";
+  out += "Connection: close\r\n\r\n";
   head = std::move(out);
   return true;
 }

@@ -32,11 +32,15 @@ std::string basic_credentials(std::string_view user_password);
 // `head`, a complete request head that HttpRequests checked for `name`,
 // rewritten into the absolute form a proxy takes: its target becomes
 // http://name[:port]/path (an absolute target keeps only its path: the
-// authority is the flow's, so no other port can be named), the sandbox's
-// own Proxy-* headers go, `auth` (when not empty) is added as
-// Proxy-Authorization. False (and `why`) for what a proxy would take as
-// more than a request to that host: CONNECT (a tunnel to any port) and the
-// asterisk form.
+// authority is the flow's, so no other port can be named), Host becomes
+// the flow's name[:port], the sandbox's own Proxy-*, Connection,
+// Keep-Alive and Max-Forwards headers go, `auth` (when not empty) is added
+// as Proxy-Authorization, and "Connection: close" ends it: one request per
+// proxy connection, so no later request rides on what a lenient proxy made
+// of this one (the caller refuses a second). False (and `why`) for what a
+// proxy would take as more than a request to that host: CONNECT (a tunnel
+// to any port), TRACE (answered by the proxy with the request echoed,
+// credentials included), Upgrade, the asterisk form.
 bool to_proxy_form(std::string& head, const std::string& name, uint16_t port, const std::string& auth,
                    std::string& why);
 

@@ -58,27 +58,32 @@ TEST(NetUpstream, BasicCredentialsAreRfc7617Base64) {
 
 TEST(NetUpstream, HeadsBecomeAbsoluteFormForTheFlowsHostAndPort) {
   std::string why;
-  std::string h = "GET /a?b=1 HTTP/1.1\r\nHost: x.com\r\nProxy-Authorization: Basic c2FuZGJveA==\r\n"
-                  "proxy-connection: keep-alive\r\nAccept: */*\r\n\r\n";
+  // The sandbox's proxy and connection headers go; Host is the flow's;
+  // one request per proxy connection.
+  std::string h = "GET /a?b=1 HTTP/1.1\r\nHost: X.com:80@other.test\r\nProxy-Authorization: Basic c2FuZGJveA==\r\n"
+                  "proxy-connection: keep-alive\r\nConnection: keep-alive\r\nKeep-Alive: 5\r\nMax-Forwards: 0\r\n"
+                  "Accept: */*\r\n\r\n";
   ASSERT_TRUE(to_proxy_form(h, "x.com", 80, "Basic bGFi", why)) << why;
-  EXPECT_EQ(h, "GET http://x.com/a?b=1 HTTP/1.1\r\nHost: x.com\r\nAccept: */*\r\nProxy-Authorization: Basic bGFi\r\n\r\n");
+  EXPECT_EQ(h, "GET http://x.com/a?b=1 HTTP/1.1\r\nHost: x.com\r\nAccept: */*\r\nProxy-Authorization: Basic bGFi\r\n"
+               "Connection: close\r\n\r\n");
   // Another port is named; no credentials: none added.
   h = "POST /p HTTP/1.1\r\nHost: x.com:8080\r\n\r\n";
   ASSERT_TRUE(to_proxy_form(h, "x.com", 8080, "", why)) << why;
-  EXPECT_EQ(h, "POST http://x.com:8080/p HTTP/1.1\r\nHost: x.com:8080\r\n\r\n");
+  EXPECT_EQ(h, "POST http://x.com:8080/p HTTP/1.1\r\nHost: x.com:8080\r\nConnection: close\r\n\r\n");
   // An absolute target keeps its path only: its authority is not the
   // proxy's to follow (another port, userinfo...).
   for (const char* target : {"http://x.com:22/q", "HTTP://x.com/q", "http://u@x.com:9/q"}) {
     h = std::string("GET ") + target + " HTTP/1.1\r\nHost: x.com\r\n\r\n";
     ASSERT_TRUE(to_proxy_form(h, "x.com", 80, "", why)) << target;
-    EXPECT_EQ(h, "GET http://x.com/q HTTP/1.1\r\nHost: x.com\r\n\r\n") << target;
+    EXPECT_EQ(h, "GET http://x.com/q HTTP/1.1\r\nHost: x.com\r\nConnection: close\r\n\r\n") << target;
   }
   h = "GET http://x.com?q HTTP/1.1\r\n\r\n";
   ASSERT_TRUE(to_proxy_form(h, "x.com", 80, "", why));
-  EXPECT_EQ(h, "GET http://x.com/?q HTTP/1.1\r\n\r\n");
+  EXPECT_EQ(h, "GET http://x.com/?q HTTP/1.1\r\nConnection: close\r\n\r\n");
   // What a proxy would take as more than a request to x.com:80.
   for (const char* bad : {"CONNECT x.com:443 HTTP/1.1\r\nHost: x.com\r\n\r\n", "OPTIONS * HTTP/1.1\r\nHost: x.com\r\n\r\n",
-                          "GET x.com/ HTTP/1.1\r\n\r\n", "GET\r\n\r\n"}) {
+                          "GET x.com/ HTTP/1.1\r\n\r\n", "GET\r\n\r\n", "TRACE / HTTP/1.1\r\nMax-Forwards: 0\r\n\r\n",
+                          "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"}) {
     h = bad;
     EXPECT_FALSE(to_proxy_form(h, "x.com", 80, "", why)) << bad;
     EXPECT_EQ(h, bad);
@@ -86,6 +91,9 @@ TEST(NetUpstream, HeadsBecomeAbsoluteFormForTheFlowsHostAndPort) {
   h = "CONNECT x.com:443 HTTP/1.1\r\n\r\n";
   EXPECT_FALSE(to_proxy_form(h, "x.com", 80, "", why));
   EXPECT_EQ(why, "http-connect");
+  h = "TRACE / HTTP/1.1\r\n\r\n";
+  EXPECT_FALSE(to_proxy_form(h, "x.com", 80, "", why));
+  EXPECT_EQ(why, "http-trace");
 }
 
 TEST(NetUpstream, ConnectRequestsAndStatusLines) {
