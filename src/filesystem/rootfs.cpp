@@ -324,7 +324,7 @@ int run_step(Ctx& c, const Step& s, int host_fd) {
     case Step::Overlay: {
       // lowerdir is the fd taken before the staging tmpfs covered /tmp, or
       // a detached (idmapped) tree attached next to the upper layer.
-      char opts[kMaxLayers * (PATH_MAX / 4) + 256];
+      char opts[PATH_MAX + 256];  // a lowerdir list of fds or staged trees fits too
       char fdp[32];
       const char* lower = s.lower_list ? s.source : fd_path(host_fd, fdp);
       char list[kMaxLayers * 32];

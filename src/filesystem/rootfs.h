@@ -27,8 +27,9 @@ HostRoot prepare_host_root(const std::string& cache_dir, uid_t owner_uid, gid_t 
 // builders that died before finishing.
 void sweep_dead_builds(const std::string& cache_dir);
 
-// Image layers a root may stack (overlayfs takes up to 500).
-inline constexpr size_t kMaxLayers = 16;
+// Image layers a root may stack (overlayfs takes up to 500; the lowerdir
+// list must fit in a page of mount options).
+inline constexpr size_t kMaxLayers = 64;
 
 // One step of the recipe the child follows.
 struct Step {

@@ -20,6 +20,7 @@
 #include <set>
 #include <sstream>
 
+#include "filesystem/rootfs.h"
 #include "images/unpack.h"
 #include "isolation/identity.h"
 #include "util/error.h"
@@ -264,6 +265,92 @@ void Store::sweep_tmp() {
   for (const auto& n : dead) remove_tree(dir_ + "/tmp/" + n);
 }
 
+namespace {
+
+// A directory of the store removed when it goes out of scope, unless kept.
+struct TmpDir {
+  std::string path;
+  TmpDir() = default;
+  TmpDir(const TmpDir&) = delete;
+  TmpDir(TmpDir&& o) noexcept : path(std::move(o.path)) { o.path.clear(); }
+  TmpDir& operator=(TmpDir&& o) noexcept {
+    std::swap(path, o.path);
+    return *this;
+  }
+  ~TmpDir() {
+    if (!path.empty()) remove_tree(path);
+  }
+};
+
+std::string digest_hex(const std::string& digest, const std::string& what) {
+  if (!digest.starts_with("sha256:") || !is_layer_id(digest.substr(7)))
+    throw Error(what + ": unsupported digest '" + digest + "' (sha256 only)");
+  return digest.substr(7);
+}
+
+// A path named by an image archive's manifest: inside the archive.
+std::string inside(const std::string& root, const std::string& rel, const std::string& what) {
+  if (rel.empty() || rel[0] == '/' || rel.find("..") != std::string::npos)
+    throw Error(what + ": path '" + rel + "' leaves the archive");
+  return root + "/" + rel;
+}
+
+// The layer blobs of an image archive unpacked at `root`, bottom first.
+// OCI: index.json -> (an index for linux/amd64, or the first) -> manifest
+// -> layers, each blob checked against its digest. Docker (docker save,
+// podman save): manifest.json[0].Layers.
+std::vector<std::string> layer_blobs(const std::string& root, bool oci, Unpacker& u) {
+  std::vector<std::string> out;
+  auto load = [](const std::string& path) {
+    try {
+      return json::parse(read_text(path));
+    } catch (const json::exception& e) {
+      throw Error("'" + path + "': " + e.what());
+    }
+  };
+  if (!oci) {
+    json m = load(root + "/manifest.json");
+    if (!m.is_array() || m.empty() || !m[0].contains("Layers") || !m[0]["Layers"].is_array())
+      throw Error("manifest.json: expected a list of images with Layers");
+    if (m.size() > 1) throw Error("manifest.json holds " + std::to_string(m.size()) + " images; import one at a time");
+    for (const auto& l : m[0]["Layers"]) out.push_back(inside(root, l.get<std::string>(), "manifest.json"));
+    return out;
+  }
+  auto blob = [&](const json& desc, const std::string& what) {
+    std::string hex = digest_hex(desc.value("digest", ""), what);
+    std::string path = root + "/blobs/sha256/" + hex;
+    std::string error, got = u.sha256_file(path, error);
+    if (got.empty()) throw Error(what + ": " + error);
+    if (got != hex) throw Error(what + ": blob " + hex + " does not match its digest (" + got + ")");
+    return path;
+  };
+  json index = load(root + "/index.json");
+  json manifest;
+  for (int depth = 0; depth < 4; ++depth) {
+    if (!index.contains("manifests") || !index["manifests"].is_array() || index["manifests"].empty())
+      throw Error("index.json: no manifests");
+    const json* pick = &index["manifests"][0];
+    for (const auto& m : index["manifests"])
+      if (m.contains("platform") && m["platform"].value("os", "") == "linux" &&
+          m["platform"].value("architecture", "") == "amd64") {
+        pick = &m;
+        break;
+      }
+    json next = load(blob(*pick, "index.json"));
+    if (next.contains("manifests")) {
+      index = next;  // an index of indexes (multi-platform)
+      continue;
+    }
+    manifest = next;
+    break;
+  }
+  if (!manifest.contains("layers") || !manifest["layers"].is_array()) throw Error("OCI manifest: no layers");
+  for (const auto& l : manifest["layers"]) out.push_back(blob(l, "OCI manifest"));
+  return out;
+}
+
+}  // namespace
+
 Image Store::import(const std::string& name, const std::string& source,
                     const std::function<void(uint64_t, uint64_t)>& progress) {
   check_name(name);
@@ -276,40 +363,81 @@ Image Store::import(const std::string& name, const std::string& source,
   if (std::string(real) == "/") throw Error("import source '/' would copy the whole host");
   std::unique_ptr<Unpacker> unpacker = load_unpacker();
   sweep_tmp();
-  // Unpacked aside, as this process's: removed on any error.
-  std::string tmp = dir_ + "/tmp/" + std::to_string(getpid()) + "-" + random_hex();
-  if (mkdir(tmp.c_str(), 0755) != 0) throw_errno("mkdir " + tmp);
-  struct Cleanup {
-    std::string path;
-    ~Cleanup() {
-      if (!path.empty()) remove_tree(path);
-    }
-  } cleanup{tmp};
-  if (shift_ && chown(tmp.c_str(), uid_base_, gid_base_) != 0) throw_errno("chown " + tmp);
+  // Everything is unpacked aside, as this process's: removed on any error.
+  auto fresh = [&](bool owned) {
+    TmpDir t;
+    t.path = dir_ + "/tmp/" + std::to_string(getpid()) + "-" + random_hex();
+    if (mkdir(t.path.c_str(), 0755) != 0) throw_errno("mkdir " + t.path);
+    if (owned && shift_ && chown(t.path.c_str(), uid_base_, gid_base_) != 0) throw_errno("chown " + t.path);
+    return t;
+  };
   UnpackOptions o;
   o.shift_owner = shift_;
   o.uid_base = uid_base_;
   o.gid_base = gid_base_;
   o.progress = progress;
-  UnpackResult r;
   std::string error;
-  if (!unpacker->unpack(real, tmp, o, r, error)) throw Error("import " + source + ": " + error);
+
+  // An image archive (docker save, podman save, an OCI layout) or a root.
+  bool is_dir = S_ISDIR(st.st_mode);
+  std::string src = real;
+  bool oci = is_dir ? access((src + "/oci-layout").c_str(), F_OK) == 0 : unpacker->tar_has(src, "oci-layout");
+  bool docker = !oci && (is_dir ? access((src + "/manifest.json").c_str(), F_OK) == 0 && access((src + "/repositories").c_str(), F_OK) == 0
+                                : unpacker->tar_has(src, "manifest.json"));
+  TmpDir outer;
+  std::vector<std::string> sources = {src};
+  if (oci || docker) {
+    std::string root = src;
+    if (!is_dir) {
+      outer = fresh(false);
+      UnpackOptions plain;
+      UnpackResult ignored;
+      if (!unpacker->unpack(src, outer.path, plain, ignored, error)) throw Error("import " + source + ": " + error);
+      root = outer.path;
+    }
+    try {
+      sources = layer_blobs(root, oci, *unpacker);
+    } catch (const Error& e) {
+      throw Error("import " + source + ": " + e.what());
+    }
+    if (sources.empty()) throw Error("import " + source + ": the image has no layers");
+    if (sources.size() > filesystem::kMaxLayers)
+      throw Error("import " + source + ": " + std::to_string(sources.size()) + " layers; at most " +
+                  std::to_string(filesystem::kMaxLayers) + " are supported");
+    o.oci_whiteouts = true;
+    o.xattr_whiteouts = !shift_;  // rootless cannot make the 0:0 device
+  }
+
+  struct Unpacked {
+    TmpDir dir;
+    UnpackResult r;
+  };
+  std::vector<Unpacked> unpacked;  // bottom first
+  uint64_t total = 0;
+  for (size_t i = 0; i < sources.size(); ++i) {
+    Unpacked u{fresh(true), {}};
+    std::string what = sources.size() > 1 ? " (layer " + std::to_string(i + 1) + " of " + std::to_string(sources.size()) + ")" : "";
+    if (!unpacker->unpack(sources[i], u.dir.path, o, u.r, error)) throw Error("import " + source + what + ": " + error);
+    total += u.r.bytes;
+    unpacked.push_back(std::move(u));
+  }
 
   Image image;
   image.name = name;
-  image.layers = {r.digest};
+  for (auto it = unpacked.rbegin(); it != unpacked.rend(); ++it) image.layers.push_back(it->r.digest);
   image.id = image_id(*unpacker, image.layers);
-  image.size = r.bytes;
+  image.size = total;
   image.created = now_iso();
   image.source = real;
   UniqueFd l = lock(true);
-  std::string dest = layer_path(r.digest);
-  if (lstat(dest.c_str(), &st) != 0) {
-    json meta = {{"id", r.digest}, {"size", r.bytes}, {"entries", r.entries}, {"created", image.created}, {"source", real}};
+  for (auto& u : unpacked) {
+    std::string dest = layer_path(u.r.digest);
+    if (lstat(dest.c_str(), &st) == 0) continue;  // the same content is there already; ours goes
+    json meta = {{"id", u.r.digest}, {"size", u.r.bytes}, {"entries", u.r.entries}, {"created", image.created}, {"source", real}};
     write_atomic(dest + ".json", meta.dump(2) + "\n");
-    if (rename(tmp.c_str(), dest.c_str()) != 0) throw_errno("rename " + tmp + " to " + dest);
-    cleanup.path.clear();
-  }  // else: the same content is there already; ours goes
+    if (rename(u.dir.path.c_str(), dest.c_str()) != 0) throw_errno("rename " + u.dir.path + " to " + dest);
+    u.dir.path.clear();
+  }
   write_image(image);
   return image;
 }

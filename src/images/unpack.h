@@ -21,6 +21,13 @@ struct UnpackOptions {
   bool shift_owner = false;
   uint32_t uid_base = 0, gid_base = 0;
   uint32_t id_count = 65536;
+  // An OCI/Docker image layer: ".wh.NAME" entries become overlay whiteouts
+  // of NAME (a 0:0 character device; with xattr_whiteouts, for callers who
+  // cannot make devices, an empty file marked user.overlay.whiteout, which
+  // kernels from 6.7 read), ".wh..wh..opq" marks its directory opaque
+  // (user.overlay.opaque: sandboxes mount overlayfs with userxattr).
+  bool oci_whiteouts = false;
+  bool xattr_whiteouts = false;
   // Called now and then with the source bytes read and their total (0 when
   // unknown: a directory).
   std::function<void(uint64_t done, uint64_t total)> progress;
@@ -45,6 +52,12 @@ class Unpacker {
                       UnpackResult& result, std::string& error) = 0;
   // SHA-256 (hex) of `data` (ids of things made of layers).
   virtual std::string sha256(const std::string& data) = 0;
+  // SHA-256 (hex) of a file's bytes ("" and `error` when it cannot be read).
+  virtual std::string sha256_file(const std::string& path, std::string& error) = 0;
+  // Whether the archive at `path` is an uncompressed tar whose top level
+  // holds `name` (an image archive's manifest.json or oci-layout). False
+  // for compressed or unreadable files (a rootfs tarball).
+  virtual bool tar_has(const std::string& path, const std::string& name) = 0;
 };
 
 // Loads the module (next to the ultari binary, then the installed library

@@ -15,6 +15,7 @@
 #include <chrono>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <tuple>
 #include <thread>
 
 #include "harness.h"
@@ -24,6 +25,7 @@ namespace {
 
 using nlohmann::json;
 
+std::string mkimage() { return std::string(ULTARI_TEST_DATA) + "/images/mkimage.py"; }
 std::string mktar() { return std::string(ULTARI_TEST_DATA) + "/images/mktar.py"; }
 
 int sh(const std::string& script) { return std::system(("set -e; " + script).c_str()); }
@@ -147,6 +149,49 @@ TEST_F(Images, LayersStackTopFirst) {
   // Negative control: the base alone has its own greeting and no extra.
   EXPECT_EQ(run("base", "cat /etc/greeting; ls /etc/extra 2>&1").out,
             "hello\nls: /etc/extra: No such file or directory\n");
+}
+
+// What `docker save`, `podman save` and OCI layouts hold: three layers,
+// the second deleting a file (whiteout), the third making a directory
+// opaque (mkimage.py).
+TEST_F(Images, ImageArchivesKeepTheirLayersAndWhiteouts) {
+  // A whiteout hides the name from lookups and listings alike.
+  const std::string check = "cat /etc/added; ls /etc /opt/data; cat /etc/greeting 2>&1; ls /bin/busybox";
+  const std::string want = "added\n/etc:\nadded\npasswd\n\n/opt/data:\nc\n"
+                           "cat: can't open '/etc/greeting': No such file or directory\n/bin/busybox\n";
+  std::set<std::string> ids;
+  for (const char* fmt : {"docker", "oci", "oci-dir"}) {
+    std::string out = dir_ / (std::string(fmt) + ".img");
+    ASSERT_EQ(sh(std::string("/usr/bin/python3 ") + mkimage() + " " + fmt + " " + out + " " + root_), 0);
+    Outcome imp = image({"import", std::string("img-") + fmt, out});
+    ASSERT_EQ(imp.status, 0) << fmt << ": " << imp.err;
+    json i = json::parse(image({"inspect", std::string("img-") + fmt, "--json"}).out);
+    EXPECT_EQ(i["layers"].size(), 3u) << i.dump();
+    ids.insert(i["id"].get<std::string>());
+    Outcome r = run(std::string("img-") + fmt, check);
+    EXPECT_EQ(r.out, want) << fmt << ": " << r.err;
+  }
+  EXPECT_EQ(ids.size(), 1u);  // the same layers, however they came
+  EXPECT_EQ(layers().size(), 3u);
+  // Negative control: the bottom layer alone still has what the upper ones
+  // delete and hide.
+  ASSERT_EQ(image({"import", "base", root_}).status, 0);
+  EXPECT_EQ(run("base", "cat /etc/greeting; ls /opt 2>&1").out, "hello\nls: /opt: No such file or directory\n");
+
+  // Refused, nothing kept: a blob that does not match its digest, a
+  // manifest that names a file outside the archive.
+  size_t before = layers().size();
+  for (auto [fmt, bad, mention] : {std::tuple{"oci", "digest", "does not match its digest"},
+                                   std::tuple{"docker", "escape", "leaves the archive"}}) {
+    std::string out = dir_ / (std::string(bad) + ".img");
+    ASSERT_EQ(sh(std::string("/usr/bin/python3 ") + mkimage() + " " + fmt + " " + out + " " + root_ + " " + bad), 0);
+    Outcome r = image({"import", "bad", out});
+    EXPECT_EQ(r.status, 125) << bad;
+    EXPECT_TRUE(has(r.err, mention)) << r.err;
+    EXPECT_EQ(layers().size(), before);
+    EXPECT_TRUE(entries(store() + "/tmp").empty());
+  }
+  EXPECT_FALSE(exists(store() + "/images/bad.json"));
 }
 
 TEST_F(Images, ListInspectRemoveAndPrune) {
@@ -335,6 +380,14 @@ TEST_F(Images, RootlessImportsAndRunsFromItsOwnStore) {
   write_file(data + "/images/images/stack.json", stack.dump());
   Outcome s2 = as_user({"run", "--image", "stack", "--", "/bin/sh", "-c", "cat /etc/greeting; ls /bin/busybox"});
   EXPECT_EQ(s2.out, "from-top\n/bin/busybox\n") << s2.err;
+  // An image archive, rootless: whiteouts are marked with xattrs (the
+  // caller cannot make the 0:0 device), which kernels from 6.7 read.
+  std::string oci = dir_ / "oci.img";
+  ASSERT_EQ(sh(std::string("/usr/bin/python3 ") + mkimage() + " oci " + oci + " " + root_ + " && chmod 644 " + oci), 0);
+  ASSERT_EQ(as_user({"image", "import", "oci", oci}).status, 0);
+  Outcome s3 = as_user({"run", "--image", "oci", "--", "/bin/sh", "-c", "ls /etc /opt/data; cat /etc/greeting 2>&1"});
+  EXPECT_EQ(s3.out, "/etc:\nadded\npasswd\n\n/opt/data:\nc\ncat: can't open '/etc/greeting': No such file or directory\n")
+      << s3.err;
   // Negative control: the root user's store does not see them.
   Outcome other = image({"ls", "--json"});
   EXPECT_EQ(json::parse(other.out).size(), 0u) << other.out;

@@ -5,6 +5,8 @@
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -74,6 +76,45 @@ class ArchiveUnpacker final : public Unpacker {
     return h.hex();
   }
 
+  std::string sha256_file(const std::string& path, std::string& error) override {
+    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) {
+      error = "'" + path + "': " + std::strerror(errno);
+      return "";
+    }
+    Hash h;
+    std::unique_ptr<char[]> buf(new char[1 << 16]);
+    for (;;) {
+      ssize_t n = read(fd, buf.get(), 1 << 16);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        error = "'" + path + "': " + std::strerror(errno);
+        close(fd);
+        return "";
+      }
+      if (n == 0) break;
+      h.add(buf.get(), static_cast<size_t>(n));
+    }
+    close(fd);
+    return h.hex();
+  }
+
+  bool tar_has(const std::string& path, const std::string& want) override {
+    std::unique_ptr<archive, int (*)(archive*)> in(archive_read_new(), archive_read_free);
+    if (!in) return false;
+    archive_read_support_filter_none(in.get());
+    archive_read_support_format_tar(in.get());
+    archive_read_support_format_gnutar(in.get());
+    if (archive_read_open_filename(in.get(), path.c_str(), 1 << 16) != ARCHIVE_OK) return false;
+    archive_entry* e;
+    std::string name;
+    while (archive_read_next_header(in.get(), &e) == ARCHIVE_OK) {
+      const char* p = archive_entry_pathname(e);
+      if (p && clean_name(p, name) && name == want) return true;
+    }
+    return false;
+  }
+
   bool unpack(const std::string& source, const std::string& dest, const UnpackOptions& o, UnpackResult& r,
               std::string& error) override {
     struct stat st{};
@@ -114,6 +155,72 @@ class ArchiveUnpacker final : public Unpacker {
     return false;
   }
 
+  // A directory of the layer (and its parents) for a whiteout to go in,
+  // made if the archive has not made it yet.
+  static bool make_parent(const std::string& dest, const std::string& parent, const UnpackOptions& o,
+                          std::string& error) {
+    std::string path = dest;
+    size_t i = 0;
+    while (i < parent.size()) {
+      size_t j = parent.find('/', i);
+      if (j == std::string::npos) j = parent.size();
+      path += "/" + parent.substr(i, j - i);
+      struct stat st{};
+      if (lstat(path.c_str(), &st) == 0) {
+        if (!S_ISDIR(st.st_mode)) {
+          error = "entry '" + parent + "': a whiteout's directory is not a directory";
+          return false;
+        }
+      } else if (mkdir(path.c_str(), 0755) != 0 ||
+                 (o.shift_owner && lchown(path.c_str(), o.uid_base, o.gid_base) != 0)) {
+        error = "'" + path + "': " + std::strerror(errno);
+        return false;
+      }
+      i = j + 1;
+    }
+    return true;
+  }
+
+  // ".wh..wh..opq": `parent` is opaque; ".wh.NAME": NAME is deleted.
+  static bool whiteout(const std::string& dest, const std::string& parent, const std::string& base,
+                       const UnpackOptions& o, std::string& error) {
+    if (!make_parent(dest, parent, o, error)) return false;
+    std::string dir = parent.empty() ? dest : dest + "/" + parent;
+    if (base == ".wh..wh..opq") {
+      if (lsetxattr(dir.c_str(), "user.overlay.opaque", "y", 1, 0) != 0) {
+        error = "entry '" + parent + "/.wh..wh..opq': " + std::strerror(errno);
+        return false;
+      }
+      return true;
+    }
+    std::string gone = base.substr(4);
+    if (gone.empty() || gone == "." || gone == ".." || gone.starts_with(".wh.")) {
+      error = "entry '" + base + "': not a whiteout of a name";
+      return false;
+    }
+    std::string path = dir + "/" + gone;
+    unlink(path.c_str());  // an earlier entry of this layer by that name
+    if (!o.xattr_whiteouts) {
+      if (mknod(path.c_str(), S_IFCHR | 0, makedev(0, 0)) != 0 ||
+          (o.shift_owner && lchown(path.c_str(), o.uid_base, o.gid_base) != 0)) {
+        error = "whiteout '" + path + "': " + std::strerror(errno);
+        return false;
+      }
+      return true;
+    }
+    // The directory is marked as holding such whiteouts: opaque "x" (kernels
+    // from 6.8; never over a real opaque "y"), and "whiteouts" (6.7).
+    int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);  // user.* xattrs need write permission
+    char opaque[2] = {};
+    bool is_opaque = lgetxattr(dir.c_str(), "user.overlay.opaque", opaque, 1) == 1 && opaque[0] == 'y';
+    bool ok = fd >= 0 && fsetxattr(fd, "user.overlay.whiteout", "", 0, 0) == 0 &&
+              lsetxattr(dir.c_str(), "user.overlay.whiteouts", "", 0, 0) == 0 &&
+              (is_opaque || lsetxattr(dir.c_str(), "user.overlay.opaque", "x", 1, 0) == 0);
+    if (fd >= 0) close(fd);
+    if (!ok) error = "whiteout '" + path + "': " + std::strerror(errno);
+    return ok;
+  }
+
   bool copy(archive* in, archive* out, bool dir, const std::string& prefix, const std::string& dest, uint64_t total,
             const UnpackOptions& o, UnpackResult& r, std::string& error) {
     Hash hash;
@@ -138,6 +245,17 @@ class ArchiveUnpacker final : public Unpacker {
       }
       if (name.empty()) continue;  // the root: the layer's own directory
       mode_t type = archive_entry_filetype(e);
+      if (o.oci_whiteouts) {
+        size_t slash = name.rfind('/');
+        std::string parent = slash == std::string::npos ? "" : name.substr(0, slash);
+        std::string base = name.substr(slash == std::string::npos ? 0 : slash + 1);
+        if (base.starts_with(".wh.")) {
+          if (!whiteout(dest, parent, base, o, error)) return false;
+          hash.add("whiteout:" + name);
+          ++r.entries;
+          continue;
+        }
+      }
       if (type == AE_IFCHR || type == AE_IFBLK) {
         if (name == "dev" || name.starts_with("dev/")) {
           ++r.skipped_devices;
