@@ -4,7 +4,7 @@
 set -euo pipefail
 
 BUILD=(build-essential cmake pkg-config git python3 libseccomp-dev nlohmann-json3-dev libcli11-dev
-       libnftables-dev libtomlplusplus-dev libhyperscan-dev libssl-dev libarchive-dev
+       libnftables-dev libtomlplusplus-dev libhyperscan-dev libssl-dev libarchive-dev debootstrap
        libgtest-dev)
 # Run-time tools the tests and benchmarks use: ip/netns, the rootless test user,
 # peers for bench/ (bubblewrap, crun), hyperfine, python3 for the bench

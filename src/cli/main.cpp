@@ -220,17 +220,26 @@ class Progress {
 // `ultari image import|ls|inspect|rm|prune`: the image store (images/store.h).
 struct ImageCommands {
   CLI::App* image;
-  CLI::App *import_cmd, *ls, *inspect, *rm, *prune;
+  CLI::App *import_cmd, *build, *ls, *inspect, *rm, *prune;
   std::string name, source;
+  ultari::images::Store::DebianBuild debian;
+  std::string include;
   bool json = false, quiet = false;
 
   explicit ImageCommands(CLI::App& app) {
-    image = app.add_subcommand("image", "Manage images: import, ls, inspect, rm, prune");
+    image = app.add_subcommand("image", "Manage images: import, build, ls, inspect, rm, prune");
     image->require_subcommand(1);
     import_cmd = image->add_subcommand("import", "Make image NAME from SOURCE: a directory or a rootfs tarball (tar, .gz, .xz, .zst, .bz2)");
     import_cmd->add_option("name", name, "NAME")->required();
     import_cmd->add_option("source", source, "SOURCE")->required();
     import_cmd->add_flag("-q,--quiet", quiet, "No progress");
+    build = image->add_subcommand("build", "Make image NAME: a Debian root from a mirror (debootstrap; root only)");
+    build->add_option("name", name, "NAME")->required();
+    build->add_option("--debian", debian.suite, "Debian suite (bookworm, trixie, ...)")->required();
+    build->add_option("--variant", debian.variant, "debootstrap variant: minbase or buildd");
+    build->add_option("--include", include, "Extra packages, comma-separated (e.g. kmod,locales)");
+    build->add_option("--mirror", debian.mirror, "Mirror URL (default: the host's apt sources)");
+    build->add_flag("-q,--quiet", quiet, "No progress");
     ls = image->add_subcommand("ls", "List images");
     ls->add_flag("--json", json, "A JSON list");
     inspect = image->add_subcommand("inspect", "Show image NAME");
@@ -249,6 +258,22 @@ struct ImageCommands {
         Progress progress(quiet);
         auto img = store.import(name, source, [&progress](uint64_t d, uint64_t t) { progress(d, t); });
         progress.finish();
+        std::printf("%s %s\n", img.name.c_str(), img.id.c_str());
+      } else if (build->parsed()) {
+        for (size_t pos = 0; pos < include.size();) {
+          size_t comma = include.find(',', pos);
+          std::string p = include.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+          if (!p.empty()) debian.include.push_back(p);
+          pos = comma == std::string::npos ? include.size() : comma + 1;
+        }
+        bool tty = isatty(2);
+        auto img = store.build_debian(name, debian, [this, tty](const std::string& line) {
+          if (quiet) return;
+          // debootstrap's own progress: "I: Retrieving ...", "I: Unpacking ...".
+          if (tty) std::fprintf(stderr, "\rbuild: %-70.70s", line.c_str());
+          else std::fprintf(stderr, "build: %s\n", line.c_str());
+        });
+        if (!quiet && tty) std::fprintf(stderr, "\n");
         std::printf("%s %s\n", img.name.c_str(), img.id.c_str());
       } else if (ls->parsed()) {
         auto all = store.list();

@@ -7,9 +7,11 @@
 #include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <deque>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -352,7 +354,7 @@ std::vector<std::string> layer_blobs(const std::string& root, bool oci, Unpacker
 }  // namespace
 
 Image Store::import(const std::string& name, const std::string& source,
-                    const std::function<void(uint64_t, uint64_t)>& progress) {
+                    const std::function<void(uint64_t, uint64_t)>& progress, const std::string& label) {
   check_name(name);
   struct stat st{};
   if (stat(source.c_str(), &st) != 0) throw_errno("import source '" + source + "'");
@@ -428,7 +430,7 @@ Image Store::import(const std::string& name, const std::string& source,
   image.id = image_id(*unpacker, image.layers);
   image.size = total;
   image.created = now_iso();
-  image.source = real;
+  image.source = label.empty() ? std::string(real) : label;
   UniqueFd l = lock(true);
   for (auto& u : unpacked) {
     std::string dest = layer_path(u.r.digest);
@@ -440,6 +442,133 @@ Image Store::import(const std::string& name, const std::string& source,
   }
   write_image(image);
   return image;
+}
+
+std::string Store::host_mirror() {
+  // deb822 (Debian 12's default) first, then one-line sources.
+  std::vector<std::string> files;
+  if (std::unique_ptr<DIR, int (*)(DIR*)> d(opendir("/etc/apt/sources.list.d"), closedir); d)
+    while (dirent* e = readdir(d.get()))
+      if (std::string n = e->d_name; n.ends_with(".sources") || n.ends_with(".list"))
+        files.push_back("/etc/apt/sources.list.d/" + n);
+  std::sort(files.begin(), files.end());
+  files.insert(files.begin(), "/etc/apt/sources.list");
+  for (const auto& f : files) {
+    std::ifstream in(f);
+    std::string line;
+    bool deb822_deb = false;
+    while (std::getline(in, line)) {
+      std::istringstream words(line);
+      std::string w;
+      words >> w;
+      if (f.ends_with(".sources")) {
+        if (line.empty()) deb822_deb = false;
+        if (w == "Types:") deb822_deb = line.find(" deb") != std::string::npos || line.find("\tdeb") != std::string::npos;
+        if (w == "URIs:" && deb822_deb) {
+          std::string uri;
+          words >> uri;
+          if (uri.find("security") == std::string::npos && uri.starts_with("http")) return uri;
+        }
+      } else if (w == "deb") {
+        std::string uri;
+        while (words >> uri && uri.starts_with("[")) {
+          while (!uri.ends_with("]") && words >> uri) {
+          }
+        }
+        if (uri.find("security") == std::string::npos && uri.starts_with("http")) return uri;
+      }
+    }
+  }
+  return "http://deb.debian.org/debian";
+}
+
+Image Store::build_debian(const std::string& name, const DebianBuild& b,
+                          const std::function<void(const std::string&)>& log) {
+  check_name(name);
+  if (geteuid() != 0) throw Error("ultari image build needs root (debootstrap); import a root made elsewhere instead");
+  auto word = [](const std::string& v, const char* what, const char* extra) {
+    bool ok = !v.empty() && v.size() <= 64 && std::isalnum(static_cast<unsigned char>(v[0]));
+    for (char c : v) ok = ok && (std::isalnum(static_cast<unsigned char>(c)) || std::strchr(extra, c));
+    if (!ok) throw Error(std::string(what) + " '" + v + "' is not valid");
+  };
+  word(b.suite, "--debian", "-");
+  if (!b.variant.empty() && b.variant != "minbase" && b.variant != "buildd")
+    throw Error("--variant '" + b.variant + "': expected minbase or buildd");
+  for (const auto& p : b.include) word(p, "--include package", ".+-");
+  std::string mirror = b.mirror.empty() ? host_mirror() : b.mirror;
+  if (!(mirror.starts_with("http://") || mirror.starts_with("https://")) ||
+      mirror.find_first_of(" \t\n'\"") != std::string::npos)
+    throw Error("--mirror '" + mirror + "': expected an http:// or https:// URL");
+  if (access("/usr/sbin/debootstrap", X_OK) != 0)
+    throw Error("ultari image build needs debootstrap (apt-get install debootstrap)");
+
+  sweep_tmp();
+  TmpDir root;
+  root.path = dir_ + "/tmp/" + std::to_string(getpid()) + "-" + random_hex() + "-debootstrap";
+  std::vector<std::string> argv = {"/usr/sbin/debootstrap"};
+  if (!b.variant.empty()) argv.push_back("--variant=" + b.variant);
+  if (!b.include.empty()) {
+    std::string list;
+    for (const auto& p : b.include) list += (list.empty() ? "" : ",") + p;
+    argv.push_back("--include=" + list);
+  }
+  argv.insert(argv.end(), {b.suite, root.path, mirror});
+  int out[2];
+  if (pipe2(out, O_CLOEXEC) != 0) throw_errno("pipe");
+  UniqueFd r(out[0]), w(out[1]);
+  pid_t pid = fork();
+  if (pid < 0) throw_errno("fork");
+  if (pid == 0) {
+    dup2(w.get(), 1);
+    dup2(w.get(), 2);
+    int null = open("/dev/null", O_RDONLY);
+    if (null >= 0) dup2(null, 0);
+    std::vector<char*> a;
+    for (auto& s : argv) a.push_back(s.data());
+    a.push_back(nullptr);
+    const char* env[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "DEBIAN_FRONTEND=noninteractive", nullptr};
+    execve(a[0], a.data(), const_cast<char* const*>(env));
+    _exit(127);
+  }
+  w.reset();
+  std::deque<std::string> tail;
+  std::string pending;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = read(r.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    pending.append(buf, static_cast<size_t>(n));
+    for (size_t nl; (nl = pending.find('\n')) != std::string::npos;) {
+      std::string line = pending.substr(0, nl);
+      pending.erase(0, nl + 1);
+      if (log) log(line);
+      tail.push_back(line);
+      if (tail.size() > 5) tail.pop_front();
+    }
+  }
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    std::string last;
+    for (const auto& l : tail) last += (last.empty() ? "" : " | ") + l;
+    throw Error("debootstrap " + b.suite + " from " + mirror + " failed (status " +
+                std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status)) + "): " + last);
+  }
+  // What debootstrap copied from the host is not the image's business; the
+  // downloaded packages are only weight.
+  write_atomic(root.path + "/etc/hostname", "localhost\n");
+  write_atomic(root.path + "/etc/resolv.conf", "");
+  if (std::unique_ptr<DIR, int (*)(DIR*)> d(opendir((root.path + "/var/cache/apt/archives").c_str()), closedir); d) {
+    std::vector<std::string> debs;
+    while (dirent* e = readdir(d.get()))
+      if (std::string(e->d_name).ends_with(".deb")) debs.emplace_back(e->d_name);
+    for (const auto& n : debs) unlink((root.path + "/var/cache/apt/archives/" + n).c_str());
+  }
+  std::string label = "debootstrap " + (b.variant.empty() ? "" : "--variant=" + b.variant + " ") + b.suite + " " + mirror;
+  if (!b.include.empty()) label += " (+" + std::to_string(b.include.size()) + " packages)";
+  return import(name, root.path, {}, label);
 }
 
 void Store::remove(const std::string& name) {

@@ -71,7 +71,23 @@ class Store {
   // points NAME at it. `progress(done, total)` as the unpacker reports.
   // On error nothing is left (no layer, no name change).
   Image import(const std::string& name, const std::string& source,
-               const std::function<void(uint64_t, uint64_t)>& progress = {});
+               const std::function<void(uint64_t, uint64_t)>& progress = {}, const std::string& label = "");
+  // `ultari image build NAME --debian SUITE`: a base root from a Debian
+  // mirror through debootstrap (root only), imported as NAME.
+  struct DebianBuild {
+    std::string suite;                 // bookworm, trixie, ...
+    std::string variant;               // "" (debootstrap's default), minbase, buildd
+    std::vector<std::string> include;  // extra packages
+    std::string mirror;                // "": the host's apt sources (else deb.debian.org)
+  };
+  // `log` gets debootstrap's output, line by line. Throws Error (with the
+  // end of the output when debootstrap fails); nothing is kept then.
+  Image build_debian(const std::string& name, const DebianBuild& build,
+                     const std::function<void(const std::string&)>& log = {});
+  // The Debian mirror of the host's apt sources (deb822 .sources or
+  // sources.list), or http://deb.debian.org/debian.
+  static std::string host_mirror();
+
   // Removes the name (its layers stay until prune). Throws if unknown.
   void remove(const std::string& name);
   PruneResult prune();

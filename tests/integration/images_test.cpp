@@ -395,3 +395,81 @@ TEST_F(Images, RootlessImportsAndRunsFromItsOwnStore) {
 
 }  // namespace
 }  // namespace ultari::test
+
+namespace ultari::test {
+namespace {
+
+// `ultari image build --debian`: a minbase Debian root with kmod, built
+// once and kept under the build directory (the mirror is the host's).
+class DebianImage : public ::testing::Test {
+ protected:
+  static std::string data() {
+    std::string bin = ULTARI_BIN;
+    return bin.substr(0, bin.rfind('/')) + "/test-images";
+  }
+  static Options opts(int timeout_s = 60) {
+    Options o;
+    o.env.push_back("ULTARI_DATA_DIR=" + data());
+    o.timeout_s = timeout_s;
+    return o;
+  }
+  static void SetUpTestSuite() {
+    Outcome have = ultari::test::ultari({"image", "inspect", "minbase-kmod"}, opts());
+    if (have.status == 0) return;
+    Outcome b = ultari::test::ultari(
+        {"image", "build", "minbase-kmod", "--debian", "bookworm", "--variant", "minbase", "--include", "kmod"}, opts(900));
+    build_error_ = b.status == 0 ? "" : b.err;
+  }
+  void SetUp() override {
+    if (!build_error_.empty()) FAIL() << "building the Debian image failed: " << build_error_;
+  }
+  static std::string build_error_;
+};
+std::string DebianImage::build_error_;
+
+TEST_F(DebianImage, AMinbaseRootRunsWithItsPackages) {
+  json i = json::parse(ultari::test::ultari({"image", "inspect", "--json", "minbase-kmod"}, opts()).out);
+  EXPECT_TRUE(has(i["source"].get<std::string>(), "debootstrap --variant=minbase bookworm http")) << i.dump();
+  const std::string script =
+      "cat /etc/debian_version | cut -d. -f1; dpkg-query -W -f='${Status}\\n' kmod; cat /etc/hostname; "
+      "cat /etc/resolv.conf | wc -c; ls /var/cache/apt/archives/*.deb 2>/dev/null | wc -l; "
+      "ls /dev/console 2>&1 | head -1; id -u";
+  Outcome r = ultari::test::ultari({"run", "--image", "minbase-kmod", "--", "/bin/sh", "-c", script}, opts());
+  EXPECT_EQ(r.status, 0) << r.err;
+  // The host's hostname and resolver are not baked in; no downloaded
+  // packages are kept; /dev is the sandbox's own.
+  EXPECT_EQ(r.out, "12\ninstall ok installed\nlocalhost\n0\n0\nls: cannot access '/dev/console': No such file or directory\n0\n")
+      << r.err;
+  // Negative control: the same script on the default root (the host's
+  // system) says something else.
+  Outcome host = ultari::test::ultari({"run", "--", "/bin/sh", "-c", script}, opts());
+  EXPECT_NE(host.out, r.out);
+}
+
+TEST_F(DebianImage, BadBuildRequestsAreRefused) {
+  struct Case {
+    std::vector<std::string> args;
+    std::string mention;
+  };
+  std::vector<Case> cases = {
+      {{"image", "build", "x", "--debian", "book worm"}, "--debian 'book worm'"},
+      {{"image", "build", "x", "--debian", "bookworm", "--variant", "huge"}, "--variant 'huge'"},
+      {{"image", "build", "x", "--debian", "bookworm", "--include", "a;b"}, "'a;b'"},
+      {{"image", "build", "x", "--debian", "bookworm", "--mirror", "ftp://x"}, "--mirror"},
+      {{"image", "build", "x", "--debian", "no-such-suite", "--mirror", "http://127.0.0.1:9/debian"}, "debootstrap no-such-suite"},
+  };
+  for (const auto& c : cases) {
+    Outcome r = ultari::test::ultari(c.args, opts(120));
+    EXPECT_EQ(r.status, 125) << testing::PrintToString(c.args) << ": " << r.err;
+    EXPECT_TRUE(has(r.err, c.mention)) << testing::PrintToString(c.args) << ": " << r.err;
+  }
+  EXPECT_NE(ultari::test::ultari({"image", "inspect", "x"}, opts()).status, 0);
+  // Rootless: refused with a message (debootstrap needs root).
+  Options o = rootless_options();
+  Outcome r = ultari::test::ultari({"image", "build", "x", "--debian", "bookworm"}, o);
+  EXPECT_EQ(r.status, 125);
+  EXPECT_TRUE(has(r.err, "needs root")) << r.err;
+}
+
+}  // namespace
+}  // namespace ultari::test
