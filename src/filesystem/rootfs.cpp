@@ -105,10 +105,17 @@ RootPlan plan_root(const Spec& spec, const HostRoot* host_root, const std::strin
     for (const auto& d : plan.lower_dirs) plan.layer_paths.push_back(plan.intern(d));
     plan.layer_fds.assign(plan.layer_paths.size(), -1);
   }
+  const char* upper_path = nullptr;
+  if (!spec.upper_dir.empty()) {
+    upper_path = plan.intern(real_dir(spec.upper_dir, "writable layer"));
+    plan.upper_fd.assign(1, -1);
+  }
   add({.op = Step::Overlay, .source = plan.intern(lower), .target = root,
        .data = plan.intern(std::string(",upperdir=") + upper + ",workdir=" + work + ",userxattr"),
        .lower_list = !spec.layers.empty(), .layer_paths = plan.layer_paths.data(), .layer_fds = plan.layer_fds.data(),
-       .layer_count = plan.layer_paths.size()});
+       .layer_count = plan.layer_paths.size(), .upper_path = upper_path,
+       .upper_staged = upper_path ? plan.intern(staging + "/upper-layer") : nullptr,
+       .upper_fd = upper_path ? plan.upper_fd.data() : nullptr});
 
   if (uses_host_root(spec))
     for (const auto& dir : host_root->system_dirs)
@@ -350,15 +357,31 @@ int run_step(Ctx& c, const Step& s, int host_fd) {
         if (sys_move_mount(s.tree_fds[i], "", AT_FDCWD, s.tree_paths[i], MOVE_MOUNT_F_EMPTY_PATH) != 0) return -errno;
       }
       size_t n = 0;
-      for (const char* part : {"lowerdir=", lower, s.data})
-        for (size_t i = 0; part[i]; ++i) {
+      // A writable layer on disk: upper/ and work/ of the tree attached
+      // here, or of the fd taken before the staging tmpfs.
+      char up[32];
+      const char* up_dir = nullptr;
+      if (s.upper_path && s.upper_tree) {
+        if (mkdir(s.upper_staged, 0755) != 0) return -errno;
+        if (sys_move_mount(*s.upper_fd, "", AT_FDCWD, s.upper_staged, MOVE_MOUNT_F_EMPTY_PATH) != 0) return -errno;
+        up_dir = s.upper_staged;
+      } else if (s.upper_path) {
+        up_dir = fd_path(*s.upper_fd, up);
+      }
+      const char* with_upper[] = {"lowerdir=", lower, ",upperdir=", up_dir, "/upper,workdir=", up_dir, "/work,userxattr"};
+      const char* on_tmpfs[] = {"lowerdir=", lower, s.data};
+      const char* const* parts = up_dir ? with_upper : on_tmpfs;
+      size_t count = up_dir ? 7 : 3;
+      for (size_t k = 0; k < count; ++k)
+        for (const char* part = parts[k]; *part; ++part) {
           if (n + 1 >= sizeof opts) return -ENAMETOOLONG;
-          opts[n++] = part[i];
+          opts[n++] = *part;
         }
       opts[n] = '\0';
       if (mount("overlay", s.target, "overlay", MS_NOSUID | MS_NODEV, opts) != 0) return -errno;
       for (size_t i = 0; i < s.layer_count; ++i)
         if (s.layer_fds[i] >= 0) close(s.layer_fds[i]);
+      if (s.upper_fd && *s.upper_fd >= 0 && !s.upper_tree) close(*s.upper_fd);
       c.root = open(s.target, O_PATH | O_DIRECTORY | O_CLOEXEC);
       return c.root < 0 ? -errno : 0;
     }
@@ -478,6 +501,13 @@ void RootPlan::use_lower_tree(int tree_fd) {
     }
 }
 
+void RootPlan::use_upper_tree(int fd) {
+  if (upper_fd.empty()) return;
+  upper_fd[0] = fd;
+  for (auto& step : steps)
+    if (step.op == Step::Overlay) step.upper_tree = true;
+}
+
 void RootPlan::use_lower_trees(const std::vector<int>& fds) {
   lower_tree_fds = fds;
   lower_tree_paths.clear();
@@ -543,7 +573,18 @@ int open_host_paths(const RootPlan& plan, const Step** failed) {
     } else if (s.op == Step::Overlay && s.tree_fd < 0 && !s.lower_list) {
       how.flags |= O_DIRECTORY;
       fd = sys_openat2(AT_FDCWD, s.source, &how);
-    } else if (s.op == Step::Overlay && s.lower_list && s.tree_count == 0) {
+    }
+    if (s.op == Step::Overlay && s.upper_path && !s.upper_tree) {
+      open_how up{};
+      up.flags = O_PATH | O_CLOEXEC | O_DIRECTORY;
+      up.resolve = RESOLVE_NO_SYMLINKS;
+      *s.upper_fd = sys_openat2(AT_FDCWD, s.upper_path, &up);
+      if (*s.upper_fd < 0) {
+        *failed = &s;
+        return -errno;
+      }
+    }
+    if (s.op == Step::Overlay && s.lower_list && s.tree_count == 0) {
       how.flags |= O_DIRECTORY;
       for (size_t k = 0; k < s.layer_count; ++k) {
         s.layer_fds[k] = sys_openat2(AT_FDCWD, s.layer_paths[k], &how);

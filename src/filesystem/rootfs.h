@@ -75,6 +75,17 @@ struct Step {
   const char* const* layer_paths = nullptr;
   int* layer_fds = nullptr;
   size_t layer_count = 0;
+  // Overlay with a writable layer on disk: the host directory holding
+  // upper/ and work/. Rootful, the supervisor makes it a detached tree
+  // (*upper_fd, upper_tree; the child, an unprivileged id, may not reach
+  // the path), attached at upper_staged; rootless, the child opens
+  // upper_path before the staging tmpfs. Overlay takes an upper layer
+  // only from a mount of the mounter's own namespace: never an fd of the
+  // supervisor's.
+  const char* upper_path = nullptr;
+  const char* upper_staged = nullptr;
+  int* upper_fd = nullptr;
+  bool upper_tree = false;
   const int* tree_fds = nullptr;
   const char* const* tree_paths = nullptr;
   size_t tree_count = 0;
@@ -106,6 +117,9 @@ struct RootPlan {
   // points into these: a RootPlan is moved, never copied, once made).
   std::vector<const char*> layer_paths;
   mutable std::vector<int> layer_fds;
+  mutable std::vector<int> upper_fd;  // one slot, with Spec::upper_dir
+  // Rootful: the writable layer's directory becomes the detached tree `fd`.
+  void use_upper_tree(int fd);
   // A read-only file at `destination` inside the root holding `content`
   // (on the staging tmpfs, so it counts against --tmp-size), mounted after
   // every other mount. Missing parent directories are created.

@@ -132,14 +132,20 @@ Image from_json(const json& j) {
   i.created = j.value("created", "");
   i.source = j.value("source", "");
   i.parent = j.value("parent", "");
+  i.user_data_sha256 = j.value("user_data_sha256", "");
+  i.cache_key = j.value("cache_key", "");
+  if (j.contains("provision_log") && j["provision_log"].is_array()) i.provision_log = j["provision_log"];
+  if (j.contains("config") && j["config"].is_object()) i.config = j["config"];
   for (const auto& l : i.layers)
     if (!is_layer_id(l)) throw Error("image " + i.name + ": bad layer id '" + l + "'");
   return i;
 }
 
 json to_json(const Image& i) {
-  return {{"name", i.name}, {"id", i.id},         {"layers", i.layers}, {"size", i.size},
-          {"created", i.created}, {"source", i.source}, {"parent", i.parent}};
+  return {{"name", i.name},       {"id", i.id},         {"layers", i.layers},
+          {"size", i.size},       {"created", i.created}, {"source", i.source},
+          {"parent", i.parent},   {"user_data_sha256", i.user_data_sha256}, {"cache_key", i.cache_key},
+          {"provision_log", i.provision_log}, {"config", i.config}};
 }
 
 // An image's id: the SHA-256 of its layer ids, top first, one a line.
@@ -569,6 +575,53 @@ Image Store::build_debian(const std::string& name, const DebianBuild& b,
   std::string label = "debootstrap " + (b.variant.empty() ? "" : "--variant=" + b.variant + " ") + b.suite + " " + mirror;
   if (!b.include.empty()) label += " (+" + std::to_string(b.include.size()) + " packages)";
   return import(name, root.path, {}, label);
+}
+
+std::string Store::scratch_dir() {
+  sweep_tmp();
+  std::string path = dir_ + "/tmp/" + std::to_string(getpid()) + "-" + random_hex();
+  if (mkdir(path.c_str(), 0700) != 0) throw_errno("mkdir " + path);
+  // The sandbox's root reaches upper/ and work/ through it.
+  if (shift_ && chown(path.c_str(), uid_base_, gid_base_) != 0) throw_errno("chown " + path);
+  return path;
+}
+
+Image Store::commit(Image top, const Image& parent, const std::string& upper) {
+  check_name(top.name);
+  std::unique_ptr<Unpacker> unpacker = load_unpacker();
+  UnpackOptions o;
+  o.shift_owner = shift_;
+  o.uid_base = uid_base_;
+  o.gid_base = gid_base_;
+  UnpackResult r;
+  std::string error;
+  if (!unpacker->scan(upper, o, r, error)) throw Error("commit: " + error);
+  top.layers = {r.digest};
+  top.layers.insert(top.layers.end(), parent.layers.begin(), parent.layers.end());
+  if (top.layers.size() > filesystem::kMaxLayers)
+    throw Error("image " + top.name + " would have " + std::to_string(top.layers.size()) + " layers; at most " +
+                std::to_string(filesystem::kMaxLayers));
+  top.id = image_id(*unpacker, top.layers);
+  top.size = parent.size + r.bytes;
+  top.parent = parent.name;
+  top.created = now_iso();
+  UniqueFd l = lock(true);
+  std::string dest = layer_path(r.digest);
+  struct stat st{};
+  if (lstat(dest.c_str(), &st) != 0) {
+    json meta = {{"id", r.digest}, {"size", r.bytes}, {"entries", r.entries}, {"created", top.created},
+                 {"source", "commit of " + top.name}};
+    write_atomic(dest + ".json", meta.dump(2) + "\n");
+    if (rename(upper.c_str(), dest.c_str()) != 0) throw_errno("rename " + upper + " to " + dest);
+  }
+  write_image(top);
+  return top;
+}
+
+std::optional<Image> Store::find_by_cache_key(const std::string& key) const {
+  for (const auto& i : list())
+    if (!key.empty() && i.cache_key == key) return i;
+  return std::nullopt;
 }
 
 void Store::remove(const std::string& name) {

@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -35,6 +36,11 @@ struct Image {
   std::string created;              // ISO 8601 UTC
   std::string source;               // what it was imported or built from
   std::string parent;               // the image it was built on ("" for a base)
+  // Provisioned images (provision.h): what made the top layer.
+  std::string user_data_sha256;
+  std::string cache_key;            // sha256 of (base layers, user-data after templating, variables)
+  nlohmann::json provision_log = nlohmann::json::array();
+  nlohmann::json config = nlohmann::json::object();  // defaults for runs: hostname, limits, network
 };
 
 struct PruneResult {
@@ -87,6 +93,19 @@ class Store {
   // The Debian mirror of the host's apt sources (deb822 .sources or
   // sources.list), or http://deb.debian.org/debian.
   static std::string host_mirror();
+
+  // A fresh directory in the store's tmp/ (same filesystem as the layers,
+  // swept once this process is gone) for a sandbox's writable layer.
+  std::string scratch_dir();
+  // Makes `upper` (a sandbox's writable layer, in the store's ids, inside
+  // a scratch_dir()) a layer on top of `top.parent`'s layers and points
+  // `top.name` at the result; `top` carries the rest (provisioning's
+  // fields). The directory is moved, not copied (the caller removes the
+  // scratch directory, work/ and all, afterwards). Throws Error. Used by
+  // provisioning (not yet exposed by the CLI).
+  Image commit(Image top, const Image& parent, const std::string& upper);
+  // The image whose cache_key is `key`, if one is named.
+  std::optional<Image> find_by_cache_key(const std::string& key) const;
 
   // Removes the name (its layers stay until prune). Throws if unknown.
   void remove(const std::string& name);

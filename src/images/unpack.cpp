@@ -12,8 +12,9 @@
 namespace ultari::images {
 
 std::unique_ptr<Unpacker> load_unpacker() {
-  // Next to the ultari binary (a build tree), then the installed library
-  // directory. Never a path from the environment: ultari runs as root.
+  // Next to the ultari binary (a build tree) or one directory up (the
+  // build tree's test programs), then the installed library directory.
+  // Never a path from the environment: ultari runs as root.
   std::vector<std::string> candidates;
   char exe[PATH_MAX];
   ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
@@ -21,6 +22,7 @@ std::unique_ptr<Unpacker> load_unpacker() {
     std::string dir(exe, static_cast<size_t>(n));
     dir.resize(dir.rfind('/') + 1);
     candidates.push_back(dir + "libultari_archive.so");
+    candidates.push_back(dir + "../libultari_archive.so");
   }
   candidates.push_back(ULTARI_MODULE_DIR "/libultari_archive.so");
   std::string why;

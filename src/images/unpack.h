@@ -50,6 +50,12 @@ class Unpacker {
   // Extended attributes, ACLs and file flags are not kept.
   virtual bool unpack(const std::string& source, const std::string& dest, const UnpackOptions& options,
                       UnpackResult& result, std::string& error) = 0;
+  // A sandbox's writable layer (overlayfs upper, in the store's ids) as a
+  // layer as it is: hashed like unpack() hashes (ids relative to the
+  // bases), its whiteouts (0:0 devices) and opaque marks kept. Refused:
+  // other device nodes, owners outside the bases' 65536 ids.
+  virtual bool scan(const std::string& dir, const UnpackOptions& options, UnpackResult& result,
+                    std::string& error) = 0;
   // SHA-256 (hex) of `data` (ids of things made of layers).
   virtual std::string sha256(const std::string& data) = 0;
   // SHA-256 (hex) of a file's bytes ("" and `error` when it cannot be read).

@@ -137,7 +137,7 @@ UniqueFd mapping_userns(const std::vector<IdRange>& uid_map, const std::vector<I
   return userns;
 }
 
-UniqueFd detached_tree(const std::string& path) {
+UniqueFd detached_tree(const std::string& path, bool read_only) {
   // `path` is canonical: a symlink in it now was swapped in and is refused.
   open_how how{};
   how.flags = O_PATH | O_CLOEXEC;
@@ -147,9 +147,9 @@ UniqueFd detached_tree(const std::string& path) {
   UniqueFd tree(static_cast<int>(syscall(SYS_open_tree, at.get(), "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH)));
   if (!tree) throw_errno("open_tree " + path);
   mount_attr attr{};
-  attr.attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+  attr.attr_set = (read_only ? MOUNT_ATTR_RDONLY : 0) | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
   if (syscall(SYS_mount_setattr, tree.get(), "", AT_EMPTY_PATH, &attr, sizeof attr) != 0)
-    throw_errno("read-only mount of " + path);
+    throw_errno("mount attributes of " + path);
   return tree;
 }
 

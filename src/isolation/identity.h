@@ -37,9 +37,9 @@ void write_maps(pid_t pid, const Identity& id);
 // idmapped mounts.
 UniqueFd mapping_userns(const std::vector<IdRange>& uid_map, const std::vector<IdRange>& gid_map);
 
-// A detached, read-only copy of the host directory `path` (not recursive).
-// Rootful only.
-UniqueFd detached_tree(const std::string& path);
+// A detached copy of the host directory `path` (not recursive; nosuid,
+// nodev, read-only unless asked otherwise). Rootful only.
+UniqueFd detached_tree(const std::string& path, bool read_only);
 
 // A detached, idmapped copy of the host path (recursive) seen through
 // `userns`: files owned by the mapped owner appear owned by the target ids

@@ -1,6 +1,7 @@
 #include "sandbox/sandbox.h"
 
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <linux/sched.h>
 #include <poll.h>
 #include <sched.h>
@@ -316,12 +317,29 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
   // anything exists.
   s.root = filesystem::plan_root(spec, filesystem::uses_host_root(spec) ? &prepared.host_root : nullptr, home_of(spec));
   if (id.rootful) idmap_user_paths(s);
+  if (!spec.upper_dir.empty()) {
+    // The writable layer on disk: upper/ and work/, the sandbox root's;
+    // rootful, the child gets it as a tree made here (it may not be able
+    // to reach the path: the image store is root's).
+    for (const char* sub : {"/upper", "/work"}) {
+      std::string p = spec.upper_dir + sub;
+      if (mkdir(p.c_str(), 0755) != 0 && errno != EEXIST) throw_errno("writable layer " + p);
+      if (id.rootful && chown(p.c_str(), id.host_root_uid, id.host_root_gid) != 0) throw_errno("chown " + p);
+    }
+    if (id.rootful) {
+      for (const auto& step : s.root.steps)
+        if (step.op == filesystem::Step::Overlay && step.upper_path) {
+          s.trees.push_back(isolation::detached_tree(step.upper_path, false));
+          s.root.use_upper_tree(s.trees.back().get());
+        }
+    }
+  }
   if (id.rootful && !spec.layers.empty()) {
     // Image layers (stored in the sandbox's ids) as detached trees: the
     // child, an unprivileged id, need not reach the store's directories.
     std::vector<int> fds;
     for (const auto& dir : s.root.lower_dirs) {
-      s.trees.push_back(isolation::detached_tree(dir));
+      s.trees.push_back(isolation::detached_tree(dir, true));
       fds.push_back(s.trees.back().get());
     }
     s.root.use_lower_trees(fds);
@@ -370,6 +388,8 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
   for (const auto& step : s.root.steps)
     if (step.tree_fd >= 0) plan.keep_fds.push_back(step.tree_fd);
   plan.keep_fds.insert(plan.keep_fds.end(), s.root.lower_tree_fds.begin(), s.root.lower_tree_fds.end());
+  for (int fd : s.root.upper_fd)
+    if (fd >= 0) plan.keep_fds.push_back(fd);  // rootful: the writable layer's tree
   std::sort(plan.keep_fds.begin(), plan.keep_fds.end());
   plan.keep_fds.erase(std::unique(plan.keep_fds.begin(), plan.keep_fds.end()), plan.keep_fds.end());
   plan.stdin_fd = in_r.get();

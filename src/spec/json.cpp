@@ -69,6 +69,7 @@ json spec_to_json(const Spec& s) {
                        {"placeholder", x.placeholder}});
   return {{"rootfs", s.rootfs},
           {"layers", s.layers},
+          {"upper_dir", s.upper_dir},
           {"workspace", s.workspace},
           {"mounts", mounts},
           {"hostname", s.hostname},
@@ -104,6 +105,7 @@ Spec spec_from_json(const json& j) {
   Spec s;
   s.rootfs = get<std::string>(j, "rootfs", "");
   if (j.contains("layers")) s.layers = get<std::vector<std::string>>(j, "layers", "");
+  if (j.contains("upper_dir")) s.upper_dir = get<std::string>(j, "upper_dir", "");
   s.workspace = get<std::string>(j, "workspace", "");
   s.hostname = get<std::string>(j, "hostname", "");
   auto mounts = j.find("mounts");

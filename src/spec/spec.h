@@ -86,6 +86,10 @@ struct Spec {
   // Or image layers (host directories, top first) from the image store,
   // their files already in the sandbox's ids: used as they are.
   std::vector<std::string> layers;
+  // The writable layer on disk, kept after the sandbox (provisioning
+  // commits it as a layer): a host directory holding upper/ and work/,
+  // owned by the sandbox's root. Empty: a tmpfs that vanishes with it.
+  std::string upper_dir;
   std::string workspace;  // host dir mounted read-write at /workspace
   std::vector<Mount> mounts;
   std::string hostname = "sandbox";

@@ -99,6 +99,82 @@ class ArchiveUnpacker final : public Unpacker {
     return h.hex();
   }
 
+  bool scan(const std::string& dir, const UnpackOptions& o, UnpackResult& r, std::string& error) override {
+    std::unique_ptr<archive, int (*)(archive*)> in(archive_read_disk_new(), archive_read_free);
+    if (!in) {
+      error = "out of memory";
+      return false;
+    }
+    archive_read_disk_set_symlink_physical(in.get());
+    archive_read_disk_set_behavior(in.get(), ARCHIVE_READDISK_NO_ACL | ARCHIVE_READDISK_NO_FFLAGS);
+    if (archive_read_disk_open(in.get(), dir.c_str()) != ARCHIVE_OK) return fail(in.get(), dir, error);
+    std::string prefix = dir;
+    while (prefix.size() > 1 && prefix.ends_with("/")) prefix.pop_back();
+    Hash hash;
+    archive_entry* e = archive_entry_new();
+    std::unique_ptr<archive_entry, void (*)(archive_entry*)> hold(e, archive_entry_free);
+    std::string name;
+    for (;;) {
+      archive_entry_clear(e);
+      int rc = archive_read_next_header2(in.get(), e);
+      if (rc == ARCHIVE_EOF) break;
+      if (rc < ARCHIVE_WARN) return fail(in.get(), dir, error);
+      archive_read_disk_descend(in.get());
+      std::string raw = archive_entry_pathname(e) ? archive_entry_pathname(e) : "";
+      raw = raw == prefix ? "" : raw.starts_with(prefix + "/") ? raw.substr(prefix.size() + 1) : raw;
+      if (!clean_name(raw, name)) {
+        error = "entry '" + raw + "': not inside the layer";
+        return false;
+      }
+      mode_t type = archive_entry_filetype(e);
+      bool whiteout = type == AE_IFCHR && archive_entry_rdev(e) == 0;
+      if ((type == AE_IFCHR || type == AE_IFBLK) && !whiteout) {
+        error = "entry '" + name + "': a device node";
+        return false;
+      }
+      int64_t uid = archive_entry_uid(e) - (o.shift_owner ? o.uid_base : 0);
+      int64_t gid = archive_entry_gid(e) - (o.shift_owner ? o.gid_base : 0);
+      if (o.shift_owner && (uid < 0 || gid < 0 || uid >= o.id_count || gid >= o.id_count)) {
+        error = "entry '" + name + "': owner outside the sandbox's ids";
+        return false;
+      }
+      if (name.empty()) continue;
+      hash.add(whiteout ? "whiteout:" + name : name);
+      if (!whiteout) {
+        hash.add(static_cast<uint64_t>(type));
+        hash.add(static_cast<uint64_t>(archive_entry_perm(e)));
+        hash.add(static_cast<uint64_t>(o.shift_owner ? uid : 0));
+        hash.add(static_cast<uint64_t>(o.shift_owner ? gid : 0));
+        hash.add(archive_entry_symlink(e) ? archive_entry_symlink(e) : "");
+      }
+      // Overlay's marks on directories (opaque) belong to the layer.
+      const char* xname;
+      const void* xvalue;
+      size_t xsize;
+      archive_entry_xattr_reset(e);
+      while (archive_entry_xattr_next(e, &xname, &xvalue, &xsize) == ARCHIVE_OK)
+        if (std::string_view(xname).starts_with("user.overlay.opaque"))
+          hash.add(std::string(xname) + "=" + std::string(static_cast<const char*>(xvalue), xsize));
+      ++r.entries;
+      if (type == AE_IFREG) {
+        const void* buf;
+        size_t size;
+        la_int64_t offset, pos = 0;
+        for (;;) {
+          rc = archive_read_data_block(in.get(), &buf, &size, &offset);
+          if (rc == ARCHIVE_EOF) break;
+          if (rc < ARCHIVE_WARN) return fail(in.get(), name, error);
+          if (offset != pos) hash.add("hole:" + std::to_string(offset - pos));
+          pos = offset + static_cast<la_int64_t>(size);
+          hash.add(buf, size);
+          r.bytes += size;
+        }
+      }
+    }
+    r.digest = hash.hex();
+    return true;
+  }
+
   bool tar_has(const std::string& path, const std::string& want) override {
     std::unique_ptr<archive, int (*)(archive*)> in(archive_read_new(), archive_read_free);
     if (!in) return false;
