@@ -27,6 +27,7 @@
 #include "isolation/identity.h"
 #include "util/error.h"
 #include "util/paths.h"
+#include "util/random.h"
 
 namespace ultari::images {
 namespace {
@@ -42,14 +43,6 @@ std::string now_iso() {
   return buf;
 }
 
-std::string random_hex() {
-  unsigned char b[8];
-  if (getrandom(b, sizeof b, 0) != sizeof b) throw_errno("getrandom");
-  char hex[17];
-  for (int i = 0; i < 8; ++i) std::snprintf(hex + 2 * i, 3, "%02x", b[i]);
-  return hex;
-}
-
 std::string read_text(const std::string& path) {
   std::ifstream in(path);
   if (!in) throw_errno("read " + path);
@@ -60,7 +53,7 @@ std::string read_text(const std::string& path) {
 
 // Written aside, then renamed over `path`: readers see the old or the new.
 void write_atomic(const std::string& path, const std::string& text) {
-  std::string tmp = path + ".tmp-" + std::to_string(getpid()) + "-" + random_hex();
+  std::string tmp = path + ".tmp-" + std::to_string(getpid()) + "-" + random_hex(8);
   {
     UniqueFd fd(open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644));
     if (!fd) throw_errno("write " + tmp);
@@ -168,13 +161,7 @@ std::string Store::default_dir() {
   if (const char* env = std::getenv("ULTARI_DATA_DIR"); env && *env == '/') return std::string(env) + "/images";
   if (geteuid() == 0) return "/var/lib/ultari/images";
   if (const char* xdg = std::getenv("XDG_DATA_HOME"); xdg && *xdg == '/') return std::string(xdg) + "/ultari/images";
-  const char* home = std::getenv("HOME");
-  if (!home || *home != '/') {
-    const passwd* pw = getpwuid(geteuid());
-    if (!pw) throw Error("cannot find a data directory: HOME is not set");
-    home = pw->pw_dir;
-  }
-  return std::string(home) + "/.local/share/ultari/images";
+  return home_dir() + "/.local/share/ultari/images";
 }
 
 Store::Store(std::string dir, bool shift, uid_t uid_base, gid_t gid_base)
@@ -374,7 +361,7 @@ Image Store::import(const std::string& name, const std::string& source,
   // Everything is unpacked aside, as this process's: removed on any error.
   auto fresh = [&](bool owned) {
     TmpDir t;
-    t.path = dir_ + "/tmp/" + std::to_string(getpid()) + "-" + random_hex();
+    t.path = dir_ + "/tmp/" + std::to_string(getpid()) + "-" + random_hex(8);
     if (mkdir(t.path.c_str(), 0755) != 0) throw_errno("mkdir " + t.path);
     if (owned && shift_ && chown(t.path.c_str(), uid_base_, gid_base_) != 0) throw_errno("chown " + t.path);
     return t;
@@ -510,7 +497,7 @@ Image Store::build_debian(const std::string& name, const DebianBuild& b,
 
   sweep_tmp();
   TmpDir root;
-  root.path = dir_ + "/tmp/" + std::to_string(getpid()) + "-" + random_hex() + "-debootstrap";
+  root.path = dir_ + "/tmp/" + std::to_string(getpid()) + "-" + random_hex(8) + "-debootstrap";
   std::vector<std::string> argv = {"/usr/sbin/debootstrap"};
   if (!b.variant.empty()) argv.push_back("--variant=" + b.variant);
   if (!b.include.empty()) {
@@ -579,7 +566,7 @@ Image Store::build_debian(const std::string& name, const DebianBuild& b,
 
 std::string Store::scratch_dir() {
   sweep_tmp();
-  std::string path = dir_ + "/tmp/" + std::to_string(getpid()) + "-" + random_hex();
+  std::string path = dir_ + "/tmp/" + std::to_string(getpid()) + "-" + random_hex(8);
   if (mkdir(path.c_str(), 0700) != 0) throw_errno("mkdir " + path);
   // The sandbox's root reaches upper/ and work/ through it.
   if (shift_ && chown(path.c_str(), uid_base_, gid_base_) != 0) throw_errno("chown " + path);

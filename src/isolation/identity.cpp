@@ -137,38 +137,36 @@ UniqueFd mapping_userns(const std::vector<IdRange>& uid_map, const std::vector<I
   return userns;
 }
 
-UniqueFd detached_tree(const std::string& path, bool read_only) {
-  // `path` is canonical: a symlink in it now was swapped in and is refused.
+namespace {
+
+// A detached copy of the mount tree at `path` (canonical: a symlink in it
+// now was swapped in and is refused), with `attr` applied.
+UniqueFd clone_tree(const std::string& path, bool recursive, mount_attr attr, const std::string& what) {
   open_how how{};
   how.flags = O_PATH | O_CLOEXEC;
   how.resolve = RESOLVE_NO_SYMLINKS;
   UniqueFd at(static_cast<int>(syscall(SYS_openat2, AT_FDCWD, path.c_str(), &how, sizeof how)));
   if (!at) throw_errno("open " + path);
-  UniqueFd tree(static_cast<int>(syscall(SYS_open_tree, at.get(), "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH)));
+  unsigned flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH | (recursive ? AT_RECURSIVE : 0);
+  UniqueFd tree(static_cast<int>(syscall(SYS_open_tree, at.get(), "", flags)));
   if (!tree) throw_errno("open_tree " + path);
-  mount_attr attr{};
-  attr.attr_set = (read_only ? MOUNT_ATTR_RDONLY : 0) | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
-  if (syscall(SYS_mount_setattr, tree.get(), "", AT_EMPTY_PATH, &attr, sizeof attr) != 0)
-    throw_errno("mount attributes of " + path);
+  if (syscall(SYS_mount_setattr, tree.get(), "", AT_EMPTY_PATH, &attr, sizeof attr) != 0) throw_errno(what);
   return tree;
 }
 
+}  // namespace
+
+UniqueFd detached_tree(const std::string& path, bool read_only) {
+  mount_attr attr{};
+  attr.attr_set = (read_only ? MOUNT_ATTR_RDONLY : 0) | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+  return clone_tree(path, false, attr, "mount attributes of " + path);
+}
+
 UniqueFd idmapped_tree(const std::string& path, int userns) {
-  // `path` is canonical: a symlink in it now was swapped in and is refused.
-  open_how how{};
-  how.flags = O_PATH | O_CLOEXEC;
-  how.resolve = RESOLVE_NO_SYMLINKS;
-  UniqueFd at(static_cast<int>(syscall(SYS_openat2, AT_FDCWD, path.c_str(), &how, sizeof how)));
-  if (!at) throw_errno("open " + path);
-  UniqueFd tree(static_cast<int>(syscall(SYS_open_tree, at.get(), "",
-                                         OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE | AT_EMPTY_PATH)));
-  if (!tree) throw_errno("open_tree " + path);
   mount_attr attr{};
   attr.attr_set = MOUNT_ATTR_IDMAP;
   attr.userns_fd = static_cast<uint64_t>(userns);
-  if (syscall(SYS_mount_setattr, tree.get(), "", AT_EMPTY_PATH, &attr, sizeof attr) != 0)
-    throw_errno("idmapped mount of " + path + " (does its filesystem support idmapped mounts?)");
-  return tree;
+  return clone_tree(path, true, attr, "idmapped mount of " + path + " (does its filesystem support idmapped mounts?)");
 }
 
 }  // namespace ultari::isolation

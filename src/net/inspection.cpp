@@ -18,6 +18,7 @@
 
 #include "net/upstream.h"
 #include "util/error.h"
+#include "util/random.h"
 #include "util/fd.h"
 
 namespace ultari::net {
@@ -136,11 +137,7 @@ std::string secret_value(const NetworkSpec::Secret& s) {
 void fill_placeholders(NetworkSpec& policy) {
   for (auto& s : policy.secrets) {
     if (!s.placeholder.empty()) continue;
-    unsigned char b[16];
-    if (getrandom(b, sizeof b, 0) != sizeof b) throw_errno("getrandom");
-    char hex[33];
-    for (int i = 0; i < 16; ++i) std::snprintf(hex + 2 * i, 3, "%02x", b[i]);
-    s.placeholder = std::string("ultari-secret-") + hex;
+    s.placeholder = "ultari-secret-" + random_hex(16);
   }
 }
 

@@ -33,6 +33,7 @@
 #include "sandbox/sink.h"
 #include "sandbox/state.h"
 #include "util/error.h"
+#include "util/random.h"
 #include "util/fd.h"
 #include "util/memory.h"
 #include "util/paths.h"
@@ -58,14 +59,6 @@ const char* verdict_name(Verdict v) {
 }
 
 namespace {
-
-std::string random_id() {
-  unsigned char b[6];
-  if (getrandom(b, sizeof b, 0) != sizeof b) throw_errno("getrandom");
-  char out[13];
-  for (int i = 0; i < 6; ++i) std::snprintf(out + 2 * i, 3, "%02x", b[i]);
-  return out;
-}
 
 int read_cap_last() {
   int fd = open("/proc/sys/kernel/cap_last_cap", O_RDONLY | O_CLOEXEC);
@@ -306,7 +299,7 @@ int recv_msg(int fd, Msg& m, UniqueFd& passed) {
 std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& spec) {
   auto st = std::make_unique<State>();
   State& s = *st;
-  s.id = random_id();
+  s.id = random_hex(6);
   s.spec = spec;
   net::fill_placeholders(s.spec.network);
   s.prepared = &prepared;

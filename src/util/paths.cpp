@@ -14,13 +14,15 @@ std::string cache_dir() {
   if (const char* env = std::getenv("ULTARI_CACHE_DIR"); env && *env) return env;
   if (geteuid() == 0) return "/var/cache/ultari";
   if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg == '/') return std::string(xdg) + "/ultari";
+  return home_dir() + "/.cache/ultari";
+}
+
+std::string home_dir() {
   const char* home = std::getenv("HOME");
-  if (!home || *home != '/') {
-    const passwd* pw = getpwuid(geteuid());
-    if (!pw) throw Error("cannot find a cache directory: HOME is not set");
-    home = pw->pw_dir;
-  }
-  return std::string(home) + "/.cache/ultari";
+  if (home && *home == '/') return home;
+  const passwd* pw = getpwuid(geteuid());
+  if (!pw || !pw->pw_dir || *pw->pw_dir != '/') throw Error("cannot find a home directory: HOME is not set");
+  return pw->pw_dir;
 }
 
 void make_dirs(const std::string& dir, unsigned mode) {

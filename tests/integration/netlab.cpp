@@ -350,6 +350,19 @@ std::vector<std::string> NetLab::host_links() const {
 
 std::string NetLab::host_ruleset() const { return in_host({"nft", "list", "ruleset"}).out; }
 
+namespace lab {
+std::string fetch(const std::string& label, const std::string& args) {
+  return "r=$(curl -sS --connect-timeout 3 --max-time 5 --cacert /ca.pem -w ' code=%{http_code}' " + args +
+         " 2>&1); rc=$?; echo \"" + label + " rc=$rc $(printf %s \"$r\" | tr '\\n\\r' '  ')\"\n";
+}
+std::string direct(const std::string& label, const std::string& args) { return fetch(label, "--noproxy '*' " + args); }
+std::string probe(const std::string& label, const std::string& args) {
+  return "echo \"" + label + " $(/usr/bin/python3 /lab/probe.py " + args + " 2>&1 | tr '\\n' ' ')\"\n";
+}
+bool served(const std::string& line, const std::string& server) { return has(line, "lab server=" + server + " "); }
+bool blocked(const std::string& line) { return !line.empty() && !has(line, "lab server="); }
+}  // namespace lab
+
 std::map<std::string, std::string> by_label(const std::string& out) {
   std::map<std::string, std::string> m;
   std::istringstream in(out);

@@ -115,6 +115,21 @@ class NetLab {
   std::vector<pid_t> servers_;
 };
 
+// Shell lines for scripts in a sandbox of the lab, and how to read what
+// they print (network_test.cpp, network_upstream_test.cpp).
+namespace lab {
+// One line "LABEL rc=N BODY code=HTTP" for a curl (curl's own errors
+// included; the lab CA at /ca.pem). `args` is shell text.
+std::string fetch(const std::string& label, const std::string& args);
+// The transparent path: no proxy, whatever the environment says.
+std::string direct(const std::string& label, const std::string& args);
+// One line "LABEL <probe.py output>".
+std::string probe(const std::string& label, const std::string& args);
+// A lab server answered (its body names it), or nothing did.
+bool served(const std::string& line, const std::string& server);
+bool blocked(const std::string& line);
+}  // namespace lab
+
 // "LABEL rest" lines (what scripts in the sandbox print) by label.
 std::map<std::string, std::string> by_label(const std::string& out);
 bool has(const std::string& s, const std::string& part);

@@ -29,23 +29,11 @@ namespace {
 
 using nlohmann::json;
 
-// One line "LABEL rc=N BODY code=HTTP" for a curl in the sandbox (curl's own
-// errors included). `args` is shell text.
-std::string fetch(const std::string& label, const std::string& args) {
-  return "r=$(curl -sS --connect-timeout 3 --max-time 5 --cacert /ca.pem -w ' code=%{http_code}' " + args +
-         " 2>&1); rc=$?; echo \"" + label + " rc=$rc $(printf %s \"$r\" | tr '\\n\\r' '  ')\"\n";
-}
-// The transparent path: no proxy, whatever the environment says.
-std::string direct(const std::string& label, const std::string& args) { return fetch(label, "--noproxy '*' " + args); }
-// One line "LABEL <probe.py output>".
-std::string probe(const std::string& label, const std::string& args) {
-  return "echo \"" + label + " $(/usr/bin/python3 /lab/probe.py " + args + " 2>&1 | tr '\\n' ' ')\"\n";
-}
-
-
-// A lab server answered (its body names it).
-bool served(const std::string& line, const std::string& server) { return has(line, "lab server=" + server + " "); }
-bool blocked(const std::string& line) { return !line.empty() && !has(line, "lab server="); }
+using lab::blocked;
+using lab::direct;
+using lab::fetch;
+using lab::probe;
+using lab::served;
 
 std::string lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });

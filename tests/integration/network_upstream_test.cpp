@@ -26,16 +26,11 @@ namespace {
 
 using nlohmann::json;
 
-std::string fetch(const std::string& label, const std::string& args) {
-  return "r=$(curl -sS --connect-timeout 3 --max-time 8 --cacert /ca.pem -w ' code=%{http_code}' " + args +
-         " 2>&1); rc=$?; echo \"" + label + " rc=$rc $(printf %s \"$r\" | tr '\\n\\r' '  ')\"\n";
-}
-std::string direct(const std::string& label, const std::string& args) { return fetch(label, "--noproxy '*' " + args); }
-std::string probe(const std::string& label, const std::string& args) {
-  return "echo \"" + label + " $(/usr/bin/python3 /lab/probe.py " + args + " 2>&1 | tr '\\n' ' ')\"\n";
-}
-bool served(const std::string& line, const std::string& server) { return has(line, "lab server=" + server + " "); }
-bool blocked(const std::string& line) { return !line.empty() && !has(line, "lab server="); }
+using lab::blocked;
+using lab::direct;
+using lab::fetch;
+using lab::probe;
+using lab::served;
 
 std::vector<std::string> split_lines(const std::string& text) {
   std::vector<std::string> v;
