@@ -283,11 +283,24 @@ std::string digest_hex(const std::string& digest, const std::string& what) {
   return digest.substr(7);
 }
 
+// A file of an image archive unpacked at `root` (or an image layout
+// directory): the path, resolved, must stay inside it. Symlinks inside are
+// fine (docker save links a layer shared by two images); one that leads out
+// (a blob linked to a host file) is refused.
+std::string confined(const std::string& root, const std::string& path, const std::string& what) {
+  char real_root[PATH_MAX], real[PATH_MAX];
+  if (!realpath(root.c_str(), real_root)) throw_errno(what + ": " + root);
+  if (!realpath(path.c_str(), real)) throw_errno(what + ": " + path.substr(root.size() + 1));
+  std::string r = real;
+  if (!r.starts_with(std::string(real_root) + "/")) throw Error(what + ": '" + path.substr(root.size() + 1) + "' leaves the archive");
+  return r;
+}
+
 // A path named by an image archive's manifest: inside the archive.
 std::string inside(const std::string& root, const std::string& rel, const std::string& what) {
   if (rel.empty() || rel[0] == '/' || rel.find("..") != std::string::npos)
     throw Error(what + ": path '" + rel + "' leaves the archive");
-  return root + "/" + rel;
+  return confined(root, root + "/" + rel, what);
 }
 
 // The layer blobs of an image archive unpacked at `root`, bottom first.
@@ -296,9 +309,9 @@ std::string inside(const std::string& root, const std::string& rel, const std::s
 // podman save): manifest.json[0].Layers.
 std::vector<std::string> layer_blobs(const std::string& root, bool oci, Unpacker& u) {
   std::vector<std::string> out;
-  auto load = [](const std::string& path) {
+  auto load = [&root](const std::string& path) {
     try {
-      return json::parse(read_text(path));
+      return json::parse(read_text(confined(root, path, "image archive")));
     } catch (const json::exception& e) {
       throw Error("'" + path + "': " + e.what());
     }
@@ -313,7 +326,7 @@ std::vector<std::string> layer_blobs(const std::string& root, bool oci, Unpacker
   }
   auto blob = [&](const json& desc, const std::string& what) {
     std::string hex = digest_hex(desc.value("digest", ""), what);
-    std::string path = root + "/blobs/sha256/" + hex;
+    std::string path = confined(root, root + "/blobs/sha256/" + hex, what);
     std::string error, got = u.sha256_file(path, error);
     if (got.empty()) throw Error(what + ": " + error);
     if (got != hex) throw Error(what + ": blob " + hex + " does not match its digest (" + got + ")");

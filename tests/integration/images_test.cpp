@@ -181,8 +181,11 @@ TEST_F(Images, ImageArchivesKeepTheirLayersAndWhiteouts) {
   // Refused, nothing kept: a blob that does not match its digest, a
   // manifest that names a file outside the archive.
   size_t before = layers().size();
+  // A host tarball a layer links to: it would become the image.
+  ASSERT_EQ(sh("tar -C " + root_ + " -cf /tmp/ultari-hostlink.tar ."), 0);
   for (auto [fmt, bad, mention] : {std::tuple{"oci", "digest", "does not match its digest"},
-                                   std::tuple{"docker", "escape", "leaves the archive"}}) {
+                                   std::tuple{"docker", "escape", "leaves the archive"},
+                                   std::tuple{"docker", "hostlink", "leaves the archive"}}) {
     std::string out = dir_ / (std::string(bad) + ".img");
     ASSERT_EQ(sh(std::string("/usr/bin/python3 ") + mkimage() + " " + fmt + " " + out + " " + root_ + " " + bad), 0);
     Outcome r = image({"import", "bad", out});
@@ -192,6 +195,13 @@ TEST_F(Images, ImageArchivesKeepTheirLayersAndWhiteouts) {
     EXPECT_TRUE(entries(store() + "/tmp").empty());
   }
   EXPECT_FALSE(exists(store() + "/images/bad.json"));
+  unlink("/tmp/ultari-hostlink.tar");
+  // Negative control: a link that stays inside (docker save's shared
+  // layers) is fine.
+  std::string inner = dir_ / "inner.img";
+  ASSERT_EQ(sh(std::string("/usr/bin/python3 ") + mkimage() + " docker " + inner + " " + root_ + " innerlink"), 0);
+  Outcome in = image({"import", "inner", inner});
+  EXPECT_EQ(in.status, 0) << in.err;
 }
 
 TEST_F(Images, ListInspectRemoveAndPrune) {

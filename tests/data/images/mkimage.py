@@ -9,7 +9,10 @@ OCI layout directory). Three layers:
      opt/data/{a,b}
   3. makes opt/data opaque (.wh..wh..opq) and adds opt/data/c
 BAD (tests of refusal): digest (a layer blob that does not match its digest),
-escape (a manifest naming ../outside as a layer).
+escape (a manifest naming ../outside as a layer), hostlink (docker: a layer
+that is a symlink to a host file, /tmp/ultari-hostlink.tar). Variant innerlink
+(docker): the third layer is a symlink to the first's tar, as docker save
+links a layer two images share (fine: it stays inside).
 """
 import gzip
 import hashlib
@@ -80,8 +83,23 @@ def docker(out, base, bad):
     files["manifest.json"] = json.dumps([{"Config": "config.json", "RepoTags": ["localhost/test:latest"],
                                           "Layers": names}]).encode()
     files["repositories"] = json.dumps({"localhost/test": {"latest": "layer2"}}).encode()
+    links = {}
+    if bad == "hostlink":
+        links["layer1/layer.tar"] = "/tmp/ultari-hostlink.tar"
+    if bad == "innerlink":
+        links["layer2/layer.tar"] = "../layer0/layer.tar"
+
+    def add(t):
+        for n, d in files.items():
+            if n in links:
+                info = tarfile.TarInfo(n)
+                info.type = tarfile.SYMTYPE
+                info.linkname = links[n]
+                t.addfile(info)
+            else:
+                file_entry(t, n, d)
     with open(out, "wb") as f:
-        f.write(tar_bytes(lambda t: [file_entry(t, n, d) for n, d in files.items()]))
+        f.write(tar_bytes(add))
 
 
 def oci(out, base, bad, as_dir):
