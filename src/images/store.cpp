@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <pwd.h>
 #include <signal.h>
 #include <sys/file.h>
@@ -44,6 +45,9 @@ std::string now_iso() {
 }
 
 std::string read_text(const std::string& path) {
+  struct stat st{};
+  if (stat(path.c_str(), &st) != 0) throw_errno("read " + path);
+  if (!S_ISREG(st.st_mode)) throw Error("'" + path + "' is not a regular file");
   std::ifstream in(path);
   if (!in) throw_errno("read " + path);
   std::stringstream ss;
@@ -79,37 +83,29 @@ void write_atomic(const std::string& path, const std::string& text) {
   }
 }
 
-// Removes a tree without following links (unlinkat relative to directory
-// fds); directories without write or search permission are opened up first.
-void remove_at(int parent, const char* name) {
-  struct stat st{};
-  if (fstatat(parent, name, &st, AT_SYMLINK_NOFOLLOW) != 0) return;
-  if (S_ISDIR(st.st_mode)) {
-    if ((st.st_mode & 0700) != 0700) fchmodat(parent, name, 0700, 0);
-    int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd >= 0) {
-      DIR* d = fdopendir(fd);
-      if (d) {
-        std::vector<std::string> names;
-        while (dirent* e = readdir(d))
-          if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) names.emplace_back(e->d_name);
-        for (const auto& n : names) remove_at(dirfd(d), n.c_str());
-        closedir(d);
-      } else {
-        close(fd);
-      }
-    }
-    unlinkat(parent, name, AT_REMOVEDIR);
-  } else {
-    unlinkat(parent, name, 0);
-  }
+// Removes a tree without following links or leaving the filesystem, with
+// a bounded number of fds (nftw): first opening up directories without
+// write or search permission (a rootless caller's own layer), then removing
+// bottom up.
+int open_up(const char* path, const struct stat* st, int type, FTW*) {
+  if (type == FTW_D && (st->st_mode & 0700) != 0700) chmod(path, (st->st_mode & 07777) | 0700);
+  return 0;
+}
+int remove_one(const char* path, const struct stat*, int type, FTW*) {
+  if (type == FTW_DP || type == FTW_D || type == FTW_DNR) rmdir(path);
+  else unlink(path);
+  return 0;
 }
 
 void remove_tree(const std::string& path) {
-  size_t slash = path.rfind('/');
-  std::string parent = slash == 0 ? "/" : path.substr(0, slash);
-  UniqueFd p(open(parent.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
-  if (p) remove_at(p.get(), path.c_str() + slash + 1);
+  struct stat st{};
+  if (lstat(path.c_str(), &st) != 0) return;
+  if (!S_ISDIR(st.st_mode)) {
+    unlink(path.c_str());
+    return;
+  }
+  nftw(path.c_str(), open_up, 16, FTW_PHYS | FTW_MOUNT);
+  nftw(path.c_str(), remove_one, 16, FTW_PHYS | FTW_MOUNT | FTW_DEPTH);
 }
 
 bool is_layer_id(const std::string& s) {
@@ -293,6 +289,9 @@ std::string confined(const std::string& root, const std::string& path, const std
   if (!realpath(path.c_str(), real)) throw_errno(what + ": " + path.substr(root.size() + 1));
   std::string r = real;
   if (!r.starts_with(std::string(real_root) + "/")) throw Error(what + ": '" + path.substr(root.size() + 1) + "' leaves the archive");
+  struct stat st{};
+  if (stat(r.c_str(), &st) != 0 || !S_ISREG(st.st_mode))  // a FIFO would block the import for ever
+    throw Error(what + ": '" + path.substr(root.size() + 1) + "' is not a regular file");
   return r;
 }
 

@@ -10,7 +10,9 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <functional>
 #include <memory>
+#include <set>
 #include <string>
 #include <string_view>
 
@@ -37,6 +39,14 @@ struct Hash {
     add("\0", 1);
   }
   void add(uint64_t v) { add(std::to_string(v)); }
+  // A length-prefixed field: no two different sequences of fields hash the
+  // same bytes (file data cannot pass for the next entry's header).
+  void field(std::string_view s) {
+    uint64_t n = s.size();
+    add(&n, sizeof n);
+    add(s.data(), s.size());
+  }
+  void field(uint64_t v) { field(std::to_string(v)); }
   std::string hex() {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned len = 0;
@@ -51,20 +61,65 @@ struct Hash {
   }
 };
 
+// Directories nested deeper than this are refused: removing or walking a
+// layer must not need an fd (or a stack frame) per level without bound.
+constexpr int kMaxDepth = 128;
+
 // "./a/b/" -> "a/b"; "" for the root itself. False for what may not be
-// in a layer: an absolute name, a ".." component.
+// in a layer: an absolute name, a ".." component, more than kMaxDepth
+// components.
 bool clean_name(std::string_view in, std::string& out) {
   if (in.starts_with("/")) return false;
   out.clear();
+  int depth = 0;
   while (!in.empty()) {
     size_t slash = in.find('/');
     std::string_view part = in.substr(0, slash);
     in = slash == std::string_view::npos ? std::string_view() : in.substr(slash + 1);
     if (part.empty() || part == ".") continue;
     if (part == "..") return false;
+    if (++depth > kMaxDepth) return false;
     if (!out.empty()) out += '/';
     out += part;
   }
+  return true;
+}
+
+// One entry's header in a layer's digest.
+void hash_entry(Hash& h, const std::string& name, mode_t type, unsigned perm, int64_t uid, int64_t gid,
+                const std::string& hardlink, const char* symlink) {
+  h.field("entry");
+  h.field(name);
+  h.field(static_cast<uint64_t>(type));
+  h.field(static_cast<uint64_t>(perm));
+  h.field(static_cast<uint64_t>(uid));
+  h.field(static_cast<uint64_t>(gid));
+  h.field(hardlink);
+  h.field(symlink ? symlink : "");
+}
+
+// A file's data, passed to `sink` block by block, in the digest as its own
+// SHA-256 and the list of its holes (not how reads split it: a
+// compression's block sizes must not change a layer's id).
+bool hash_data(archive* in, Hash& h, const std::function<bool(const void*, size_t, la_int64_t)>& sink,
+               uint64_t& bytes) {
+  Hash data;
+  std::string holes;
+  const void* buf;
+  size_t size;
+  la_int64_t offset, pos = 0;
+  for (;;) {
+    int rc = archive_read_data_block(in, &buf, &size, &offset);
+    if (rc == ARCHIVE_EOF) break;
+    if (rc < ARCHIVE_WARN) return false;
+    if (offset != pos) holes += std::to_string(pos) + "-" + std::to_string(offset) + ";";
+    pos = offset + static_cast<la_int64_t>(size);
+    data.add(buf, size);
+    bytes += size;
+    if (sink && !sink(buf, size, offset)) return false;
+  }
+  h.field(data.hex());
+  h.field(holes + "end:" + std::to_string(pos));
   return true;
 }
 
@@ -77,9 +132,11 @@ class ArchiveUnpacker final : public Unpacker {
   }
 
   std::string sha256_file(const std::string& path, std::string& error) override {
-    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0) {
-      error = "'" + path + "': " + std::strerror(errno);
+    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    struct stat st{};
+    if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+      error = "'" + path + "': " + (fd < 0 ? std::strerror(errno) : "not a regular file");
+      if (fd >= 0) close(fd);
       return "";
     }
     Hash h;
@@ -139,13 +196,12 @@ class ArchiveUnpacker final : public Unpacker {
         return false;
       }
       if (name.empty()) continue;
-      hash.add(whiteout ? "whiteout:" + name : name);
-      if (!whiteout) {
-        hash.add(static_cast<uint64_t>(type));
-        hash.add(static_cast<uint64_t>(archive_entry_perm(e)));
-        hash.add(static_cast<uint64_t>(o.shift_owner ? uid : 0));
-        hash.add(static_cast<uint64_t>(o.shift_owner ? gid : 0));
-        hash.add(archive_entry_symlink(e) ? archive_entry_symlink(e) : "");
+      if (whiteout) {
+        hash.field("whiteout");
+        hash.field(name);
+      } else {
+        hash_entry(hash, name, type, archive_entry_perm(e), o.shift_owner ? uid : 0, o.shift_owner ? gid : 0, "",
+                   archive_entry_symlink(e));
       }
       // Overlay's marks on directories (opaque) belong to the layer.
       const char* xname;
@@ -153,23 +209,13 @@ class ArchiveUnpacker final : public Unpacker {
       size_t xsize;
       archive_entry_xattr_reset(e);
       while (archive_entry_xattr_next(e, &xname, &xvalue, &xsize) == ARCHIVE_OK)
-        if (std::string_view(xname).starts_with("user.overlay.opaque"))
-          hash.add(std::string(xname) + "=" + std::string(static_cast<const char*>(xvalue), xsize));
-      ++r.entries;
-      if (type == AE_IFREG) {
-        const void* buf;
-        size_t size;
-        la_int64_t offset, pos = 0;
-        for (;;) {
-          rc = archive_read_data_block(in.get(), &buf, &size, &offset);
-          if (rc == ARCHIVE_EOF) break;
-          if (rc < ARCHIVE_WARN) return fail(in.get(), name, error);
-          if (offset != pos) hash.add("hole:" + std::to_string(offset - pos));
-          pos = offset + static_cast<la_int64_t>(size);
-          hash.add(buf, size);
-          r.bytes += size;
+        if (std::string_view(xname).starts_with("user.overlay.opaque")) {
+          hash.field("opaque");
+          hash.field(name);
+          hash.field(std::string(static_cast<const char*>(xvalue), xsize));
         }
-      }
+      ++r.entries;
+      if (type == AE_IFREG && !hash_data(in.get(), hash, {}, r.bytes)) return fail(in.get(), name, error);
     }
     r.digest = hash.hex();
     return true;
@@ -233,8 +279,8 @@ class ArchiveUnpacker final : public Unpacker {
 
   // A directory of the layer (and its parents) for a whiteout to go in,
   // made if the archive has not made it yet.
-  static bool make_parent(const std::string& dest, const std::string& parent, const UnpackOptions& o,
-                          std::string& error) {
+  static bool make_parent(const std::string& dest, const std::string& parent, const std::string& entry,
+                          const UnpackOptions& o, std::string& error) {
     std::string path = dest;
     size_t i = 0;
     while (i < parent.size()) {
@@ -244,7 +290,7 @@ class ArchiveUnpacker final : public Unpacker {
       struct stat st{};
       if (lstat(path.c_str(), &st) == 0) {
         if (!S_ISDIR(st.st_mode)) {
-          error = "entry '" + parent + "': a whiteout's directory is not a directory";
+          error = "entry '" + entry + "': '" + path.substr(dest.size() + 1) + "' on the way is not a directory (a symlink?)";
           return false;
         }
       } else if (mkdir(path.c_str(), 0755) != 0 ||
@@ -260,7 +306,7 @@ class ArchiveUnpacker final : public Unpacker {
   // ".wh..wh..opq": `parent` is opaque; ".wh.NAME": NAME is deleted.
   static bool whiteout(const std::string& dest, const std::string& parent, const std::string& base,
                        const UnpackOptions& o, std::string& error) {
-    if (!make_parent(dest, parent, o, error)) return false;
+    if (!make_parent(dest, parent, parent.empty() ? base : parent + "/" + base, o, error)) return false;
     std::string dir = parent.empty() ? dest : dest + "/" + parent;
     if (base == ".wh..wh..opq") {
       if (lsetxattr(dir.c_str(), "user.overlay.opaque", "y", 1, 0) != 0) {
@@ -303,6 +349,7 @@ class ArchiveUnpacker final : public Unpacker {
     archive_entry* e = archive_entry_new();
     std::unique_ptr<archive_entry, void (*)(archive_entry*)> hold(e, archive_entry_free);
     std::string name, link;
+    std::set<std::string> ensured;  // directories known to exist in the layer
     uint64_t last_report = 0;
     for (;;) {
       archive_entry_clear(e);
@@ -316,7 +363,8 @@ class ArchiveUnpacker final : public Unpacker {
         else if (raw.starts_with(prefix + "/")) raw = raw.substr(prefix.size() + 1);
       }
       if (!clean_name(raw, name)) {
-        error = "entry '" + raw + "': absolute names and '..' are not allowed in a layer";
+        error = "entry '" + raw.substr(0, 200) + "': absolute names, '..' and nesting deeper than " +
+                std::to_string(kMaxDepth) + " are not allowed in a layer";
         return false;
       }
       if (name.empty()) continue;  // the root: the layer's own directory
@@ -327,7 +375,8 @@ class ArchiveUnpacker final : public Unpacker {
         std::string base = name.substr(slash == std::string::npos ? 0 : slash + 1);
         if (base.starts_with(".wh.")) {
           if (!whiteout(dest, parent, base, o, error)) return false;
-          hash.add("whiteout:" + name);
+          hash.field(base == ".wh..wh..opq" ? "opaque" : "whiteout");
+          hash.field(base == ".wh..wh..opq" ? parent : (parent.empty() ? "" : parent + "/") + base.substr(4));
           ++r.entries;
           continue;
         }
@@ -354,13 +403,15 @@ class ArchiveUnpacker final : public Unpacker {
                 " is outside the sandbox's " + std::to_string(o.id_count) + " ids";
         return false;
       }
-      hash.add(name);
-      hash.add(static_cast<uint64_t>(type));
-      hash.add(static_cast<uint64_t>(archive_entry_perm(e)));
-      hash.add(static_cast<uint64_t>(o.shift_owner ? uid : 0));
-      hash.add(static_cast<uint64_t>(o.shift_owner ? gid : 0));
-      hash.add(hl ? "hardlink:" + link : "");
-      hash.add(archive_entry_symlink(e) ? archive_entry_symlink(e) : "");
+      hash_entry(hash, name, type, archive_entry_perm(e), o.shift_owner ? uid : 0, o.shift_owner ? gid : 0,
+                 hl ? link : "", archive_entry_symlink(e));
+      // Parents the archive does not list are made here, the layer root's
+      // (libarchive would make them as the importing user: host root).
+      size_t slash = name.rfind('/');
+      if (slash != std::string::npos && !ensured.count(name.substr(0, slash))) {
+        if (!make_parent(dest, name.substr(0, slash), name, o, error)) return false;
+        ensured.insert(name.substr(0, slash));
+      }
       archive_entry_set_pathname(e, (dest + "/" + name).c_str());
       if (hl) archive_entry_set_hardlink(e, (dest + "/" + link).c_str());
       archive_entry_xattr_clear(e);
@@ -375,20 +426,12 @@ class ArchiveUnpacker final : public Unpacker {
       if (archive_write_header(out, e) < ARCHIVE_WARN) return fail(out, name, error);
       ++r.entries;
       if (type == AE_IFREG && !hl) {
-        const void* buf;
-        size_t size;
-        la_int64_t offset;
-        la_int64_t pos = 0;  // the digest sees bytes and holes, not how reads split them
-        for (;;) {
-          rc = archive_read_data_block(in, &buf, &size, &offset);
-          if (rc == ARCHIVE_EOF) break;
-          if (rc < ARCHIVE_WARN) return fail(in, name, error);
-          if (offset != pos) hash.add("hole:" + std::to_string(offset - pos));
-          pos = offset + static_cast<la_int64_t>(size);
-          hash.add(buf, size);
-          if (archive_write_data_block(out, buf, size, offset) < ARCHIVE_WARN) return fail(out, name, error);
-          r.bytes += size;
-        }
+        bool wrote = true;
+        auto sink = [&](const void* buf, size_t size, la_int64_t offset) {
+          wrote = archive_write_data_block(out, buf, size, offset) >= ARCHIVE_WARN;
+          return wrote;
+        };
+        if (!hash_data(in, hash, sink, r.bytes)) return wrote ? fail(in, name, error) : fail(out, name, error);
       }
       if (archive_write_finish_entry(out) < ARCHIVE_WARN) return fail(out, name, error);
       if (o.progress) {
