@@ -27,6 +27,7 @@ test: test-deps build
 bench: test-deps build
 	python3 bench/startup --ultari $(BUILD_DIR)/ultari
 	python3 bench/network --ultari $(BUILD_DIR)/ultari
+	python3 bench/images --ultari $(BUILD_DIR)/ultari
 
 clean:
 	rm -rf $(BUILD_DIR)
