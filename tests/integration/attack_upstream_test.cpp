@@ -227,13 +227,6 @@ std::string authority(const std::string& target) {
 bool served(const std::string& line, const std::string& what) { return has(line, "lab server=") && has(line, what); }
 bool leaks(const std::string& s) { return has(s, kCredB64) || has(s, "bGFiOnByb3h5LXBhc3N3b3JkLTE") || has(s, kPassword); }
 
-const char* const kFence =
-    "set -e; for a in 203.0.113.10 203.0.113.11 203.0.113.53; do ip route add blackhole $a/32; done; "
-    "ip route replace blackhole 10.99.0.0/24; ip route del default";
-const char* const kUnfence =
-    "set -e; for a in 203.0.113.10 203.0.113.11 203.0.113.53; do ip route del blackhole $a/32; done; "
-    "ip route replace 10.99.0.0/24 via 203.0.113.1; ip route add default via 203.0.113.1";
-
 const std::string kClose = "Connection: close\\r\\n\\r\\n";
 const std::string kHostAllowed = "Host: allowed.test\\r\\n";
 
@@ -298,17 +291,14 @@ class AttackUpstream : public LabSuite {
     ASSERT_EQ(proxy_error_, "");
     truncate((lab_->dir() + "/attack_proxy.jsonl").c_str(), 0);
     write_file(dir_ / "atk.py", kAtk, 0755);
-    Outcome fw = lab_->host_sh(kFence);
+    Outcome fw = lab_->corporate_network(true);
     ASSERT_EQ(fw.status, 0) << fw.out << fw.err;
   }
   void TearDown() override {
     if (!lab_) return;
-    Outcome open = lab_->host_sh(kUnfence);
+    Outcome open = lab_->corporate_network(false);
     EXPECT_EQ(open.status, 0) << open.out << open.err;
-    std::vector<pid_t> left;
-    for (int i = 0; i < 100 && !(left = lab_->processes_in_host()).empty(); ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    EXPECT_TRUE(left.empty()) << "processes left in the host-side netns";
+    EXPECT_TRUE(lab_->processes_left_in_host().empty()) << "processes left in the host-side netns";
   }
 
   // The servers' and every proxy's logs.
@@ -735,7 +725,7 @@ TEST_F(AttackUpstream, TrailerLinesDoNotSmuggleARequest) {
   // Without --net-upstream: the same trailer fronts for other.test at the
   // address it shares with the allowed evil.allowed.test (the lab's
   // servers.py reads one line after the last chunk).
-  ASSERT_EQ(lab_->host_sh(kUnfence).status, 0);
+  ASSERT_EQ(lab_->corporate_network(false).status, 0);
   clear();
   std::string direct = "POST /first HTTP/1.1\\r\\nHost: evil.allowed.test\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n"
                        "0\\r\\nX-Trailer: 1\\r\\nGET /smuggled HTTP/1.1\\r\\nHost: other.test\\r\\n\\r\\n";
@@ -744,7 +734,7 @@ TEST_F(AttackUpstream, TrailerLinesDoNotSmuggleARequest) {
                                     kClose + "'"));
   EXPECT_FALSE(served(by_label(d.out)["direct"], "host=other.test")) << d.out << d.err;
   EXPECT_FALSE(by_label(d.out)["direct"].empty()) << d.out << d.err;  // the probe ran
-  ASSERT_EQ(lab_->host_sh(kFence).status, 0);
+  ASSERT_EQ(lab_->corporate_network(true).status, 0);
 }
 
 // Was a hole (fixed: header names must be tokens, values free of control

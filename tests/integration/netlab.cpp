@@ -333,6 +333,20 @@ void NetLab::clear_logs() const {
     truncate((dir_ + "/" + f).c_str(), 0);
 }
 
+Outcome NetLab::corporate_network(bool on) const {
+  return host_sh(on ? "set -e; for a in 203.0.113.10 203.0.113.11 203.0.113.53; do ip route add blackhole $a/32; done; "
+                      "ip route replace blackhole 10.99.0.0/24; ip route del default"
+                    : "set -e; for a in 203.0.113.10 203.0.113.11 203.0.113.53; do ip route del blackhole $a/32; done; "
+                      "ip route replace 10.99.0.0/24 via 203.0.113.1; ip route add default via 203.0.113.1");
+}
+
+std::vector<pid_t> NetLab::processes_left_in_host() const {
+  std::vector<pid_t> left;
+  for (int i = 0; i < 100 && !(left = processes_in_host()).empty(); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  return left;
+}
+
 std::vector<pid_t> NetLab::processes_in_host() const { return pids_in_netns("/run/netns/" + host_ns_); }
 
 std::vector<std::string> NetLab::host_links() const {

@@ -98,6 +98,12 @@ class NetLab {
   std::vector<nlohmann::json> proxy_log() const; // requests the proxy saw, see upstream_proxy.py
   void clear_logs() const;
 
+  // A corporate network (--net-upstream tests): routes in H that drop
+  // everything but the proxy (the lab's DNS included), or back to normal.
+  Outcome corporate_network(bool on) const;
+  // Processes in H after waiting up to 2 s for them to end.
+  std::vector<pid_t> processes_left_in_host() const;
+
   // Processes whose network namespace is H (ultari and whatever it started);
   // zombies are not counted.
   std::vector<pid_t> processes_in_host() const;

@@ -42,13 +42,6 @@ std::vector<std::string> split_lines(const std::string& text) {
 
 std::string proxy_url(int port) { return std::string("http://") + NetLab::kProxyAddr + ":" + std::to_string(port); }
 
-const char* const kFence =
-    "set -e; for a in 203.0.113.10 203.0.113.11 203.0.113.53; do ip route add blackhole $a/32; done; "
-    "ip route replace blackhole 10.99.0.0/24; ip route del default";
-const char* const kUnfence =
-    "set -e; for a in 203.0.113.10 203.0.113.11 203.0.113.53; do ip route del blackhole $a/32; done; "
-    "ip route replace 10.99.0.0/24 via 203.0.113.1; ip route add default via 203.0.113.1";
-
 class Upstream : public LabSuite {
  protected:
   void SetUp() override {
@@ -57,17 +50,14 @@ class Upstream : public LabSuite {
     audit_path_ = dir_ / "audit.jsonl";
     // The corporate network: from the host side only the proxy is
     // reachable (routes that drop everything else, the lab's DNS included).
-    Outcome fw = lab_->host_sh(kFence);
+    Outcome fw = lab_->corporate_network(true);
     ASSERT_EQ(fw.status, 0) << fw.out << fw.err;
   }
   void TearDown() override {
     if (!lab_) return;
-    Outcome open = lab_->host_sh(kUnfence);
+    Outcome open = lab_->corporate_network(false);
     EXPECT_EQ(open.status, 0) << open.out << open.err;
-    std::vector<pid_t> left;
-    for (int i = 0; i < 100 && !(left = lab_->processes_in_host()).empty(); ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    EXPECT_TRUE(left.empty()) << "processes left in the host-side netns";
+    EXPECT_TRUE(lab_->processes_left_in_host().empty()) << "processes left in the host-side netns";
     EXPECT_EQ(lab_->host_ruleset(), "");
   }
 
