@@ -18,7 +18,6 @@ void* module_entry(const std::string& file, const char* entry, const std::string
     std::string dir(exe, static_cast<size_t>(n));
     dir.resize(dir.rfind('/') + 1);
     candidates.push_back(dir + file);
-    candidates.push_back(dir + "../" + file);
   }
   candidates.push_back(std::string(ULTARI_MODULE_DIR "/") + file);
   std::string why;

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -280,13 +281,14 @@ bool host_has_i386() {
 const char* const kRootlessUser = "ultari-rootless";
 
 Options rootless_options() {
-  static TempDir* bin_dir = [] {
+  // Removed when the test program exits.
+  static std::unique_ptr<TempDir> bin_dir = [] {
     if (!getpwnam(kRootlessUser)) {
       std::string cmd = std::string("useradd --create-home --shell /bin/sh ") + kRootlessUser + " 2>/dev/null";
       if (std::system(cmd.c_str()) != 0) throw std::runtime_error("cannot create the test user");
     }
     // A copy of the binary any user can execute, wherever the build lives.
-    auto* dir = new TempDir();
+    auto dir = std::make_unique<TempDir>();
     // Its modules (TLS, archives) are looked up next to it.
     std::string bin = ULTARI_BIN;
     std::string build = bin.substr(0, bin.rfind('/'));

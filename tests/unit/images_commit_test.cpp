@@ -1,8 +1,8 @@
 // The engine side of provisioning: a sandbox whose writable layer is on
 // disk (Spec::upper_dir), committed as a layer (images::Store::commit) and
 // run again from the result. Real sandboxes on the real kernel (the unit
-// tests run as root in ctest); the archive module is found next to the
-// build tree's ultari.
+// tests run as root in ctest); the build copies the archive module next to
+// this program.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
