@@ -221,7 +221,7 @@ class Progress {
 struct ImageCommands {
   CLI::App* image;
   CLI::App *import_cmd, *build, *ls, *inspect, *rm, *prune;
-  std::string name, source;
+  std::string name, source, max_size;
   ultari::images::Store::DebianBuild debian;
   std::string include;
   bool json = false, quiet = false;
@@ -233,6 +233,7 @@ struct ImageCommands {
     import_cmd->add_option("name", name, "NAME")->required();
     import_cmd->add_option("source", source, "SOURCE")->required();
     import_cmd->add_flag("-q,--quiet", quiet, "No progress");
+    import_cmd->add_option("--max-size", max_size, "Most bytes the image may unpack to (default: the store's free space less a margin)");
     build = image->add_subcommand("build", "Make image NAME: a Debian root from a mirror (debootstrap; root only)");
     build->add_option("name", name, "NAME")->required();
     build->add_option("--debian", debian.suite, "Debian suite (bookworm, trixie, ...)")->required();
@@ -256,7 +257,9 @@ struct ImageCommands {
       auto store = ultari::images::Store::open_default();
       if (import_cmd->parsed()) {
         Progress progress(quiet);
-        auto img = store.import(name, source, [&progress](uint64_t d, uint64_t t) { progress(d, t); });
+        uint64_t max = max_size.empty() ? 0 : ultari::parse_size(max_size);
+        if (!max_size.empty() && max == 0) throw ultari::Error("--max-size must be more than 0");
+        auto img = store.import(name, source, [&progress](uint64_t d, uint64_t t) { progress(d, t); }, "", max);
         progress.finish();
         std::printf("%s %s\n", img.name.c_str(), img.id.c_str());
       } else if (build->parsed()) {

@@ -8,6 +8,7 @@
 #include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -359,7 +360,8 @@ std::vector<std::string> layer_blobs(const std::string& root, bool oci, Unpacker
 }  // namespace
 
 Image Store::import(const std::string& name, const std::string& source,
-                    const std::function<void(uint64_t, uint64_t)>& progress, const std::string& label) {
+                    const std::function<void(uint64_t, uint64_t)>& progress, const std::string& label,
+                    uint64_t max_bytes) {
   check_name(name);
   struct stat st{};
   if (stat(source.c_str(), &st) != 0) throw_errno("import source '" + source + "'");
@@ -383,6 +385,15 @@ Image Store::import(const std::string& name, const std::string& source,
   o.uid_base = uid_base_;
   o.gid_base = gid_base_;
   o.progress = progress;
+  if (max_bytes == 0) {
+    struct statvfs fs{};
+    if (statvfs(dir_.c_str(), &fs) != 0) throw_errno("statvfs " + dir_);
+    uint64_t total = static_cast<uint64_t>(fs.f_blocks) * fs.f_frsize;
+    uint64_t avail = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
+    uint64_t margin = std::max<uint64_t>(1ull << 30, total / 20);
+    if (avail <= margin) throw Error("the image store " + dir_ + " has too little free space (" + std::to_string(avail) + " bytes)");
+    max_bytes = avail - margin;
+  }
   std::string error;
 
   // An image archive (docker save, podman save, an OCI layout) or a root.
@@ -423,6 +434,7 @@ Image Store::import(const std::string& name, const std::string& source,
   uint64_t total = 0;
   for (size_t i = 0; i < sources.size(); ++i) {
     Unpacked u{fresh(true), {}};
+    o.max_bytes = max_bytes - std::min(max_bytes - 1, total);  // what the layers before left
     std::string what = sources.size() > 1 ? " (layer " + std::to_string(i + 1) + " of " + std::to_string(sources.size()) + ")" : "";
     if (!unpacker->unpack(sources[i], u.dir.path, o, u.r, error)) throw Error("import " + source + what + ": " + error);
     total += u.r.bytes;

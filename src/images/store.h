@@ -76,8 +76,12 @@ class Store {
   // Unpacks SOURCE (a directory or a rootfs tarball) as one layer and
   // points NAME at it. `progress(done, total)` as the unpacker reports.
   // On error nothing is left (no layer, no name change).
+  // `max_bytes`: the most file data all its layers may hold; 0: the
+  // store's free space less a margin (max of 1 GiB and 5 %), so that a
+  // decompression bomb stops before the disk is full.
   Image import(const std::string& name, const std::string& source,
-               const std::function<void(uint64_t, uint64_t)>& progress = {}, const std::string& label = "");
+               const std::function<void(uint64_t, uint64_t)>& progress = {}, const std::string& label = "",
+               uint64_t max_bytes = 0);
   // `ultari image build NAME --debian SUITE`: a base root from a Debian
   // mirror through debootstrap (root only), imported as NAME.
   struct DebianBuild {

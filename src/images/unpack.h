@@ -28,6 +28,9 @@ struct UnpackOptions {
   // (user.overlay.opaque: sandboxes mount overlayfs with userxattr).
   bool oci_whiteouts = false;
   bool xattr_whiteouts = false;
+  // The most bytes of file data the layer may hold (0: no limit): a
+  // decompression bomb stops there, with an error naming the limit.
+  uint64_t max_bytes = 0;
   // Called now and then with the source bytes read and their total (0 when
   // unknown: a directory).
   std::function<void(uint64_t done, uint64_t total)> progress;

@@ -426,12 +426,23 @@ class ArchiveUnpacker final : public Unpacker {
       if (archive_write_header(out, e) < ARCHIVE_WARN) return fail(out, name, error);
       ++r.entries;
       if (type == AE_IFREG && !hl) {
-        bool wrote = true;
+        bool wrote = true, too_big = false;
         auto sink = [&](const void* buf, size_t size, la_int64_t offset) {
+          if (o.max_bytes && r.bytes > o.max_bytes) {
+            too_big = true;
+            return false;
+          }
           wrote = archive_write_data_block(out, buf, size, offset) >= ARCHIVE_WARN;
           return wrote;
         };
-        if (!hash_data(in, hash, sink, r.bytes)) return wrote ? fail(in, name, error) : fail(out, name, error);
+        if (!hash_data(in, hash, sink, r.bytes)) {
+          if (too_big) {
+            error = "entry '" + name + "': the layer would hold more than " + std::to_string(o.max_bytes) +
+                    " bytes (--max-size; by default the store's free space less a margin)";
+            return false;
+          }
+          return wrote ? fail(in, name, error) : fail(out, name, error);
+        }
       }
       if (archive_write_finish_entry(out) < ARCHIVE_WARN) return fail(out, name, error);
       if (o.progress) {
