@@ -230,7 +230,7 @@ bool leaks(const std::string& s) { return has(s, kCredB64) || has(s, "bGFiOnByb3
 const std::string kClose = "Connection: close\\r\\n\\r\\n";
 const std::string kHostAllowed = "Host: allowed.test\\r\\n";
 
-class AttackUpstream : public LabSuite {
+class AttackUpstream : public CorporateLabSuite {
  protected:
   static void SetUpTestSuite() {
     LabSuite::SetUpTestSuite();
@@ -282,23 +282,15 @@ class AttackUpstream : public LabSuite {
     for (pid_t p : proxies_) kill(p, SIGKILL);
     for (pid_t p : proxies_) waitpid(p, nullptr, 0);
     proxies_.clear();
-    LabSuite::TearDownTestSuite();
+    CorporateLabSuite::TearDownTestSuite();
   }
 
   void SetUp() override {
-    LabSuite::SetUp();
+    CorporateLabSuite::SetUp();
     if (!lab_) return;
     ASSERT_EQ(proxy_error_, "");
     truncate((lab_->dir() + "/attack_proxy.jsonl").c_str(), 0);
     write_file(dir_ / "atk.py", kAtk, 0755);
-    Outcome fw = lab_->corporate_network(true);
-    ASSERT_EQ(fw.status, 0) << fw.out << fw.err;
-  }
-  void TearDown() override {
-    if (!lab_) return;
-    Outcome open = lab_->corporate_network(false);
-    EXPECT_EQ(open.status, 0) << open.out << open.err;
-    EXPECT_TRUE(lab_->processes_left_in_host().empty()) << "processes left in the host-side netns";
   }
 
   // The servers' and every proxy's logs.

@@ -410,6 +410,21 @@ void LabSuite::SetUp() {
   lab_->clear_logs();
 }
 
+void CorporateLabSuite::SetUp() {
+  LabSuite::SetUp();
+  if (!lab_) return;
+  Outcome fw = lab_->corporate_network(true);
+  ASSERT_EQ(fw.status, 0) << fw.out << fw.err;
+}
+
+void CorporateLabSuite::TearDown() {
+  if (!lab_) return;
+  Outcome open = lab_->corporate_network(false);
+  EXPECT_EQ(open.status, 0) << open.out << open.err;
+  EXPECT_TRUE(lab_->processes_left_in_host().empty()) << "processes left in the host-side netns";
+  EXPECT_EQ(lab_->host_ruleset(), "");
+}
+
 std::vector<nlohmann::json> LabSuite::audit_lines(const std::string& path) {
   std::vector<nlohmann::json> v;
   std::istringstream in(read_file(path));

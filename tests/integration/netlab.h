@@ -159,6 +159,15 @@ class LabSuite : public ::testing::Test {
   TempDir dir_;
 };
 
+// A LabSuite whose host side is a corporate network for every test
+// (NetLab::corporate_network): only the proxy is reachable. Each test ends
+// with the fence lifted and nothing of ultari left on the host side.
+class CorporateLabSuite : public LabSuite {
+ protected:
+  void SetUp() override;
+  void TearDown() override;
+};
+
 // Processes whose network namespace is the one mounted at `ns_path`.
 std::vector<pid_t> pids_in_netns(const std::string& ns_path);
 

@@ -42,23 +42,13 @@ std::vector<std::string> split_lines(const std::string& text) {
 
 std::string proxy_url(int port) { return std::string("http://") + NetLab::kProxyAddr + ":" + std::to_string(port); }
 
-class Upstream : public LabSuite {
+// The host side is a corporate network (CorporateLabSuite): only the proxy
+// is reachable, the lab's DNS included.
+class Upstream : public CorporateLabSuite {
  protected:
   void SetUp() override {
-    LabSuite::SetUp();
-    if (!lab_) return;
+    CorporateLabSuite::SetUp();
     audit_path_ = dir_ / "audit.jsonl";
-    // The corporate network: from the host side only the proxy is
-    // reachable (routes that drop everything else, the lab's DNS included).
-    Outcome fw = lab_->corporate_network(true);
-    ASSERT_EQ(fw.status, 0) << fw.out << fw.err;
-  }
-  void TearDown() override {
-    if (!lab_) return;
-    Outcome open = lab_->corporate_network(false);
-    EXPECT_EQ(open.status, 0) << open.out << open.err;
-    EXPECT_TRUE(lab_->processes_left_in_host().empty()) << "processes left in the host-side netns";
-    EXPECT_EQ(lab_->host_ruleset(), "");
   }
 
   Outcome run(const std::vector<std::string>& flags, const std::string& script, Options opt = {}) {

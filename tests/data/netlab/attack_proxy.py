@@ -30,14 +30,13 @@ once it listens.
 import base64
 import json
 import os
-import select
 import socket
 import sys
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dns_server import TABLE  # noqa: E402
+from upstream_proxy import pump, resolve  # noqa: E402
 
 LOCK = threading.Lock()
 
@@ -47,37 +46,11 @@ def log(directory, entry):
         f.write(json.dumps(entry) + "\n")
 
 
-def resolve(host):
-    return TABLE.get(host.lower().rstrip("."), host)
-
-
 def answer(client, status, text, body=None, ctype="text/plain"):
     extra = 'Proxy-Authenticate: Basic realm="lab"\r\n' if status == 407 else ""
     body = body if body is not None else ("attack proxy: %s\n" % text).encode()
     client.sendall(("HTTP/1.1 %d %s\r\n%sContent-Type: %s\r\nContent-Length: %d\r\n\r\n" %
                     (status, text, extra, ctype, len(body))).encode() + body)
-
-
-def pump(a, b):
-    socks = [a, b]
-    while socks:
-        readable, _, _ = select.select(socks, [], [], 30)
-        if not readable:
-            return
-        for s in readable:
-            other = b if s is a else a
-            try:
-                data = s.recv(65536)
-            except OSError:
-                data = b""
-            if not data:
-                socks.remove(s)
-                try:
-                    other.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
-                continue
-            other.sendall(data)
 
 
 def read_head(f):

@@ -51,7 +51,10 @@ def pump(a, b):
             return
         for s in readable:
             other = b if s is a else a
-            data = s.recv(65536)
+            try:
+                data = s.recv(65536)
+            except OSError:
+                data = b""
             if not data:
                 socks.remove(s)
                 try:
