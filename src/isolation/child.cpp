@@ -110,19 +110,36 @@ int loopback_up() {
   return rc;
 }
 
-// The bounding set goes first so that execve can never regain anything.
-int drop_bounding_and_ambient(int cap_last) {
+// The bounding set goes first so that execve can never regain anything
+// (but the capabilities kept, `keep`).
+int drop_bounding_and_ambient(int cap_last, uint64_t keep) {
   for (int cap = 0; cap <= cap_last; ++cap)
-    if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL) return -errno;
+    if (!(cap < 64 && (keep >> cap) & 1) && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL)
+      return -errno;
   if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0) return -errno;
   return 0;
 }
 
-// Empties the effective, permitted and inheritable sets.
-int clear_capabilities() {
+// Sets the effective, permitted and inheritable sets to `caps` (0: empties them).
+int set_capabilities(uint64_t caps) {
   __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
   __user_cap_data_struct data[2] = {};
+  for (int i = 0; i < 2; ++i) {
+    auto word = static_cast<uint32_t>(caps >> (32 * i));
+    data[i].effective = data[i].permitted = data[i].inheritable = word;
+  }
   if (syscall(SYS_capset, &hdr, data) != 0) return -errno;
+  return 0;
+}
+int clear_capabilities() { return set_capabilities(0); }
+
+// A payload that runs as root with capabilities kept: they become ambient,
+// so they survive execve (SECBIT_NOROOT gives root nothing by itself) and
+// are lost, as usual, when it changes to another uid.
+int keep_capabilities(uint64_t keep) {
+  if (int rc = set_capabilities(keep); rc != 0) return rc;
+  for (int cap = 0; cap < 64; ++cap)
+    if ((keep >> cap) & 1 && prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) != 0) return -errno;
   return 0;
 }
 
@@ -218,7 +235,11 @@ bool receive_command(const ChildPlan& p, Command& out) {
   if (setresgid(h.gid, h.gid, h.gid) != 0) fail(p, "setresgid", "", errno);
   if (p.setgroups_allowed && setgroups(0, nullptr) != 0) fail(p, "setgroups", "", errno);
   if (setresuid(h.uid, h.uid, h.uid) != 0) fail(p, "setresuid", "", errno);
-  if (int rc = clear_capabilities(); rc != 0) fail(p, "drop capabilities", "", -rc);
+  if (p.keep_caps && h.uid == 0) {
+    if (int rc = keep_capabilities(p.keep_caps); rc != 0) fail(p, "keep capabilities", "", -rc);
+  } else if (int rc = clear_capabilities(); rc != 0) {
+    fail(p, "drop capabilities", "", -rc);
+  }
   for (uint32_t i = 0; i < h.nlimits && i < 16; ++i) {
     auto res = static_cast<__rlimit_resource>(h.limits[i].resource);
     rlimit cur{};
@@ -335,14 +356,19 @@ int payload_entry(void* payload) { payload_main(*static_cast<const Payload*>(pay
   // dispositions (the supervisor's, e.g. SIGPIPE ignored, would survive
   // exec) and an empty bounding set, so execve can never regain anything.
   reset_dispositions();
-  if (int rc = drop_bounding_and_ambient(p.cap_last); rc != 0) fail(p, "drop capabilities", "bounding set", -rc);
+  if (int rc = drop_bounding_and_ambient(p.cap_last, p.keep_caps); rc != 0)
+    fail(p, "drop capabilities", "bounding set", -rc);
 
   // 5. From here on the seccomp policy applies to init and everything it
   // starts. The listener goes to the supervisor, which answers denials.
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) fail(p, "prctl", "PR_SET_NO_NEW_PRIVS", errno);
-  if (prctl(PR_SET_SECUREBITS, SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_CAP_AMBIENT_RAISE |
-                                   SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED | SECBIT_KEEP_CAPS_LOCKED,
-            0, 0, 0) != 0)
+  // Root gains nothing by being root (NOROOT); without capabilities to
+  // keep, none can be made ambient either.
+  // A uid change always drops what is kept (the setuid fixup cannot be
+  // turned off, with CAP_SETPCAP or not).
+  unsigned long bits = SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_KEEP_CAPS_LOCKED | SECBIT_NO_SETUID_FIXUP_LOCKED;
+  if (!p.keep_caps) bits |= SECBIT_NO_CAP_AMBIENT_RAISE | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
+  if (prctl(PR_SET_SECUREBITS, bits, 0, 0, 0) != 0)
     fail(p, "prctl", "PR_SET_SECUREBITS", errno);
   if (p.filter.len) {
     long listener = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &p.filter);

@@ -32,6 +32,10 @@ struct ChildPlan {
   bool become_root = false;      // rootful: setresuid(0) before setup
   bool setgroups_allowed = false;
   int cap_last = 40;             // /proc/sys/kernel/cap_last_cap
+  // Capabilities (bit = CAP_*) a payload running as uid 0 keeps, as
+  // ambient capabilities in the sandbox's user namespace (Spec::capabilities).
+  // 0: none, the bounding set is emptied.
+  uint64_t keep_caps = 0;
 
   sock_fprog filter{};           // seccomp program (installed by init)
 

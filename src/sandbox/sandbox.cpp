@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/capability.h>
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
@@ -103,15 +104,46 @@ std::string env_value(const std::vector<std::string>& env, const std::string& ke
 
 }  // namespace
 
+// Spec::capabilities as a mask; throws naming an unknown one.
+uint64_t capability_mask(const std::vector<std::string>& names, int cap_last) {
+  uint64_t mask = 0;
+  for (const auto& name : names) {
+    // Exactly a name: libcap alone would also take numbers, lower case
+    // and trailing blanks.
+    bool exact = name.size() > 4 && name.compare(0, 4, "CAP_") == 0 &&
+                 std::all_of(name.begin() + 4, name.end(), [](char c) { return (c >= 'A' && c <= 'Z') || c == '_'; });
+    cap_value_t cap = 0;
+    if (!exact || cap_from_name(name.c_str(), &cap) != 0 || cap < 0 || cap > cap_last || cap > 63)
+      throw Error("unknown capability '" + name + "' (names as in capabilities(7), e.g. CAP_CHOWN)");
+    mask |= uint64_t{1} << cap;
+  }
+  return mask;
+}
+
 Prepared prepare(const Spec& spec) {
+  if (spec.seccomp.setid_files) {
+    if (!spec.seccomp.profile_path.empty())
+      throw Error("setid files are a variant of the default seccomp policy; a profile decides for itself");
+    bool rw_bind = std::any_of(spec.mounts.begin(), spec.mounts.end(),
+                               [](const Mount& m) { return m.kind == Mount::Kind::Bind && !m.read_only; });
+    if (!spec.workspace.empty() || rw_bind)
+      throw Error("setid files cannot be allowed with a workspace or a read-write bind: a setuid file would reach "
+                  "the host");
+  }
+  if (spec.network.mode != NetworkSpec::Mode::None)
+    for (const char* cap : {"CAP_NET_ADMIN", "CAP_NET_RAW"})
+      if (std::find(spec.capabilities.begin(), spec.capabilities.end(), cap) != spec.capabilities.end())
+        throw Error(std::string(cap) + " cannot be kept with a network (--net): the sandbox could remove the "
+                    "netfilter rules that send its traffic to the gateway and hide its attempts from the audit");
   Prepared p;
   p.identity = isolation::plan_identity(spec.identity.uid, spec.identity.gid);
   p.cache_dir = cache_dir();
   if (filesystem::uses_host_root(spec))
     p.host_root = filesystem::prepare_host_root(p.cache_dir, p.identity.host_root_uid, p.identity.host_root_gid);
-  p.policy = seccomp::load_policy(spec.seccomp.profile_path, p.cache_dir + "/seccomp");
+  p.policy = seccomp::load_policy(spec.seccomp.profile_path, p.cache_dir + "/seccomp", spec.seccomp.setid_files);
   p.cgroups = cgroups::detect();
   p.cap_last = read_cap_last();
+  p.capabilities = capability_mask(spec.capabilities, p.cap_last);
   return p;
 }
 
@@ -238,13 +270,16 @@ void idmap_user_paths(Sandbox::State& s) {
     if (step.op != filesystem::Step::BindInRoot || !step.user_path) continue;
     struct stat st{};
     if (stat(step.source, &st) != 0) throw_errno(std::string("bind source '") + step.source + "'");
-    if (!step.read_only && (st.st_uid == 0 || st.st_gid == 0)) {
-      // Mapped to the sandbox's root, a writable root-owned tree would let
-      // it act as host root there (a setuid file opened up by an ACL, a
-      // setuid binary moved where others can reach it).
-      s.warnings.push_back(std::string(step.source) +
-                           " belongs to root: mounted without id mapping, so the sandbox cannot act as host root "
-                           "there (it writes only where others may); give it to an unprivileged owner instead");
+    if (st.st_uid == 0 || st.st_gid == 0) {
+      // Host root is never mapped in. Writable, a root-owned tree would let
+      // the sandbox act as host root there (a setuid file opened up by an
+      // ACL, a setuid binary moved where others can reach it); read-only,
+      // it would read what only host root may (--ro-bind /etc: shadow).
+      // Unmapped, its files are nobody's inside: only "other" bits apply.
+      if (!step.read_only)
+        s.warnings.push_back(std::string(step.source) +
+                             " belongs to root: mounted without id mapping, so the sandbox cannot act as host root "
+                             "there (it writes only where others may); give it to an unprivileged owner instead");
       continue;
     }
     auto& userns = userns_by_owner[{st.st_uid, st.st_gid}];
@@ -394,6 +429,7 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
   plan.become_root = id.rootful;
   plan.setgroups_allowed = id.rootful;
   plan.cap_last = prepared.cap_last;
+  plan.keep_caps = prepared.capabilities;
   plan.filter.len = static_cast<unsigned short>(prepared.policy.kernel.size());
   plan.filter.filter = const_cast<sock_filter*>(prepared.policy.kernel.data());
 

@@ -69,6 +69,7 @@ struct Prepared {
   seccomp::CompiledPolicy policy;
   cgroups::Layout cgroups;
   int cap_last = 40;
+  uint64_t capabilities = 0;  // Spec::capabilities as a mask (bit = CAP_*)
 };
 Prepared prepare(const Spec& spec);
 

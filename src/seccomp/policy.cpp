@@ -144,14 +144,14 @@ CompiledPolicy compile_policy(const std::string& profile_path) {
   return detail::compile_spec(detail::parse_profile(profile_path, read_profile(profile_path)));
 }
 
-CompiledPolicy load_policy(const std::string& profile_path, const std::string& cache_dir) {
+CompiledPolicy load_policy(const std::string& profile_path, const std::string& cache_dir, bool setid_files) {
   std::string content = profile_path.empty() ? std::string() : read_profile(profile_path);
-  uint64_t key = cache_key(profile_path.empty() ? "default" : "profile:" + content);
+  uint64_t key = cache_key(profile_path.empty() ? (setid_files ? "default+setid" : "default") : "profile:" + content);
   ensure_dir(cache_dir);
   std::string path = cache_path(cache_dir, key);
   CompiledPolicy policy;
   if (read_cache(path, key, policy)) return policy;
-  policy = profile_path.empty() ? detail::compile_spec(detail::default_spec())
+  policy = profile_path.empty() ? detail::compile_spec(detail::default_spec(setid_files))
                                 : detail::compile_spec(detail::parse_profile(profile_path, content));
   write_cache(cache_dir, path, key, policy);
   return policy;

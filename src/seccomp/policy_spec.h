@@ -53,7 +53,8 @@ struct PolicySpec {
 // programs are recompiled.
 inline constexpr const char* kPolicyVersion = "ultari-seccomp-5";
 
-PolicySpec default_spec();
+// setid_files: setuid/setgid mode bits may be set (SeccompSpec::setid_files).
+PolicySpec default_spec(bool setid_files = false);
 
 // `path` is used for messages only; `content` is the file's text.
 PolicySpec parse_profile(const std::string& path, const std::string& content);

@@ -29,7 +29,9 @@ struct CompiledPolicy {
 // reading it from cache_dir when a compiled copy for the same input exists,
 // else compiling with libseccomp and storing it (atomically). Throws
 // ultari::Error naming the profile problem (file, entry, field).
-CompiledPolicy load_policy(const std::string& profile_path, const std::string& cache_dir);
+// setid_files: the default policy's variant that lets setuid/setgid mode
+// bits be set (SeccompSpec::setid_files; ignored with a profile).
+CompiledPolicy load_policy(const std::string& profile_path, const std::string& cache_dir, bool setid_files = false);
 
 // Compiles without touching any cache (tests, tools).
 CompiledPolicy compile_policy(const std::string& profile_path);

@@ -41,6 +41,11 @@ struct LimitsSpec {
 struct SeccompSpec {
   // Empty: Ultari's default policy. Otherwise a Docker/OCI JSON profile file.
   std::string profile_path;
+  // Default policy only: allow setting setuid/setgid mode bits (a build
+  // sandbox installing packages: sudo, passwd, ...). Refused together with
+  // a workspace or a read-write bind, where such a file would reach the host
+  // (the reason the default policy denies them).
+  bool setid_files = false;
 };
 
 // Egress policy (src/net). Names are stored normalised: lower case, no
@@ -94,6 +99,12 @@ struct Spec {
   std::vector<Mount> mounts;
   std::string hostname = "sandbox";
   IdentitySpec identity;
+  // Capabilities a command running as root inside keeps (names such as
+  // "CAP_CHOWN"), in the sandbox's user namespace only: they act on what
+  // that namespace owns (its files' ids, its processes), never on the
+  // host. Empty (the default): none. A build sandbox (provisioning) keeps
+  // a container-like set: kBuildCapabilities.
+  std::vector<std::string> capabilities;
   LimitsSpec limits;
   SeccompSpec seccomp;
   NetworkSpec network;
@@ -106,6 +117,13 @@ inline constexpr uint64_t kDefaultMemoryBytes = 1ull << 30;  // 1 GiB
 inline constexpr uint64_t kDefaultPids = 1024;
 inline constexpr uint64_t kDefaultTmpBytes = 512ull << 20;   // 512 MiB
 inline constexpr uint64_t kDefaultNofile = 1024;
+
+// What package managers and user tools need as root inside (Docker's
+// default set less NET_RAW, MKNOD and AUDIT_WRITE).
+inline constexpr const char* kBuildCapabilities[] = {
+    "CAP_CHOWN",  "CAP_DAC_OVERRIDE", "CAP_FOWNER",           "CAP_FSETID",     "CAP_KILL",
+    "CAP_SETGID", "CAP_SETUID",       "CAP_SETPCAP",          "CAP_SETFCAP",    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT"};
 
 // The parts of a Spec that may change per request when the sandbox was made
 // ahead from another Spec (a warm pool): the process (argv, env, cwd) and

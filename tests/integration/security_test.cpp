@@ -225,5 +225,28 @@ TEST(Cve, SymlinkedProcInRootfsIsRefused) {
   EXPECT_NE(r.err.find("/proc"), std::string::npos) << r.err;
 }
 
+// Host root is never mapped into a sandbox: a read-only bind of a root-owned
+// tree shows its files as nobody's, so what only host root may read stays
+// unreadable (found by the capability review: --ro-bind /etc exposed the
+// host's shadow file).
+TEST(Privileges, ReadOnlyBindOfARootOwnedTreeKeepsRootOnlyFilesClosed) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root (idmapped binds are rootful)";
+  TempDir root_tree, user_tree;
+  write_file(root_tree / "secret", "root only\n", 0600);
+  write_file(root_tree / "public", "everyone\n", 0644);
+  write_file(user_tree / "secret", "owner only\n", 0600);
+  ASSERT_EQ(chown(user_tree.path().c_str(), 1000, 1000), 0);
+  ASSERT_EQ(chown((user_tree / "secret").c_str(), 1000, 1000), 0);
+  for (const char* user : {"0", "1000"}) {
+    Outcome r = sh("cat /r/secret 2>&1; cat /r/public; stat -c %U /r/public",
+                   {"--user", user, "--ro-bind", root_tree.path() + ":/r", "--cap-add", "CAP_DAC_OVERRIDE"});
+    EXPECT_EQ(r.out, "cat: /r/secret: Permission denied\neveryone\nnobody\n") << "user " << user << r.err;
+  }
+  // Negative control: the tree of an unprivileged owner is still mapped to
+  // the sandbox's user, who reads its owner-only file.
+  Outcome mapped = sh("cat /u/secret", {"--ro-bind", user_tree.path() + ":/u"});
+  EXPECT_EQ(mapped.out, "owner only\n") << mapped.err;
+}
+
 }  // namespace
 }  // namespace ultari::test
