@@ -7,12 +7,15 @@
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "images/store.h"
+#include "provision/provision.h"
 #include "net/policy.h"
 #include "pool/pool.h"
 #include "sandbox/sandbox.h"
@@ -72,13 +75,16 @@ struct SandboxFlags {
   ultari::Spec spec;
   std::string seccomp_profile, user, memory, pids, cpus, timeout, cpu_time, output_limit, tmp_size, nofile;
   std::vector<std::string> binds, ro_binds, tmpfs, envs;
-  std::vector<std::string> nets, secrets;
+  std::vector<std::string> nets, secrets, caps;
   std::string image;
   std::vector<ultari::UniqueFd> holds;  // the image's layers, held while the sandbox runs
   std::string net_policy, net_upstream, net_upstream_auth, net_ca;
   bool inspect_tls = false;
 
+  CLI::App* cmd_ = nullptr;
+
   void add_to(CLI::App* cmd) {
+    cmd_ = cmd;
     cmd->add_option("--rootfs", spec.rootfs, "Directory used as the root (default: read-only view of the host's system)");
     cmd->add_option("--image", image, "Start from image NAME (ultari image ls); writes vanish with the sandbox");
     cmd->add_option("--workspace", spec.workspace, "Directory mounted read-write at /workspace (the working directory)");
@@ -97,6 +103,10 @@ struct SandboxFlags {
     cmd->add_option("--output-limit", output_limit, "Limit of stdout+stderr together, e.g. 1M");
     cmd->add_option("--tmp-size", tmp_size, "Size of the writable layer (root, /tmp, HOME; default 512M)");
     cmd->add_option("--nofile", nofile, "RLIMIT_NOFILE inside (default 1024)");
+    cmd->add_option("--cap-add", caps,
+                    "Keep capability NAME (e.g. CAP_CHOWN) for commands run as root inside, in the sandbox's user "
+                    "namespace only; 'build' keeps what package managers need (repeatable)")
+        ->allow_extra_args(false);
     cmd->add_option("--seccomp-profile", seccomp_profile, "Docker/OCI seccomp JSON profile instead of Ultari's default");
     cmd->add_option("--net", nets, "Network: none (default), open, or allow=NAME[,NAME...] (repeatable)")
         ->allow_extra_args(false);
@@ -120,18 +130,25 @@ struct SandboxFlags {
 
   // Throws ultari::Error naming the bad value.
   ultari::Spec build() {
+    std::optional<ultari::images::Image> img;
+    std::optional<ultari::images::Store> store;
     if (!image.empty()) {
       if (!spec.rootfs.empty()) throw ultari::Error("--image and --rootfs exclude each other");
-      auto store = ultari::images::Store::open_default();
-      ultari::images::Image img = store.get(image);
-      holds = store.hold(img);
-      for (const auto& id : img.layers) spec.layers.push_back(store.layer_path(id));
+      store = ultari::images::Store::open_default();
+      img = store->get(image);
+      holds = store->hold(*img);
+      for (const auto& id : img->layers) spec.layers.push_back(store->layer_path(id));
     }
     for (const auto& b : binds) spec.mounts.push_back(parse_bind(b, false));
     for (const auto& b : ro_binds) spec.mounts.push_back(parse_bind(b, true));
     for (const auto& t : tmpfs) spec.mounts.push_back(parse_tmpfs(t));
     spec.process.env = envs;
     spec.seccomp.profile_path = seccomp_profile;
+    for (const auto& c : caps) {
+      if (c == "build") spec.capabilities.insert(spec.capabilities.end(), std::begin(ultari::kBuildCapabilities),
+                                                 std::end(ultari::kBuildCapabilities));
+      else spec.capabilities.push_back(c);
+    }
     if (!user.empty()) parse_user(user, spec);
     auto& l = spec.limits;
     if (!memory.empty()) l.memory_bytes = ultari::parse_size(memory);
@@ -156,6 +173,21 @@ struct SandboxFlags {
     if (spec.hostname.empty() || spec.hostname.size() > 64) throw ultari::Error("--hostname must be 1 to 64 characters");
     if (l.memory_bytes && *l.memory_bytes < (4u << 20)) throw ultari::Error("--memory must be at least 4M");
     if (l.pids && *l.pids < 2) throw ultari::Error("--pids must be at least 2 (init and the command)");
+    if (img) {
+      // The image's defaults (hostname, LANG, limits, network, kernel
+      // modules) where no flag says otherwise.
+      std::vector<std::string> given;
+      for (auto [flag, field] : {std::pair<const char*, const char*>{"--hostname", "hostname"}, {"--memory", "memory"},
+                                 {"--pids", "pids"}, {"--cpus", "cpus"}, {"--timeout", "timeout"},
+                                 {"--cpu-time", "cpu_time"}, {"--output-limit", "output_limit"},
+                                 {"--tmp-size", "tmp_size"}, {"--nofile", "nofile"}, {"--net", "net"},
+                                 {"--net-policy", "net"}})
+        if (cmd_ && cmd_->count(flag)) given.push_back(field);
+      for (const auto& e : envs)
+        if (e.rfind("LANG=", 0) == 0) given.push_back("env:LANG");
+      ultari::provision::apply_image_config(*img, store->dir() + "/kernel", spec, given);
+      ultari::net::validate(spec.network);
+    }
     return spec;
   }
 };
@@ -175,8 +207,10 @@ nlohmann::json image_json(const ultari::images::Image& i, bool full) {
   if (full) {
     j["parent"] = i.parent;
     j["source"] = i.source;
-    j["user_data_sha256"] = "";           // set by provisioning
-    j["provision_log"] = nlohmann::json::array();
+    j["user_data_sha256"] = i.user_data_sha256;
+    j["cache_key"] = i.cache_key;
+    j["provision_log"] = i.provision_log;
+    j["config"] = i.config;
   }
   return j;
 }
@@ -220,8 +254,11 @@ class Progress {
 // `ultari image import|ls|inspect|rm|prune`: the image store (images/store.h).
 struct ImageCommands {
   CLI::App* image;
-  CLI::App *import_cmd, *build, *ls, *inspect, *rm, *prune;
+  CLI::App *import_cmd, *build, *provision, *ls, *inspect, *rm, *prune;
   std::string name, source, max_size;
+  std::string from, user_data, step_timeout, build_memory, net_policy, net_upstream, net_upstream_auth;
+  std::vector<std::string> vars, nets;
+  bool no_cache = false, refresh = false, check = false;
   ultari::images::Store::DebianBuild debian;
   std::string include;
   bool json = false, quiet = false;
@@ -241,6 +278,25 @@ struct ImageCommands {
     build->add_option("--include", include, "Extra packages, comma-separated (e.g. kmod,locales)");
     build->add_option("--mirror", debian.mirror, "Mirror URL (default: the host's apt sources)");
     build->add_flag("-q,--quiet", quiet, "No progress");
+    provision = image->add_subcommand(
+        "provision", "Make image NAME: cloud-init user-data run on top of image BASE, kept as one layer (root only)");
+    provision->add_option("name", name, "NAME")->required();
+    provision->add_option("--from", from, "The base image")->required();
+    provision->add_option("--user-data", user_data, "cloud-init #cloud-config file (or '## template: jinja')")->required();
+    provision->add_option("--var", vars, "KEY=VALUE for a jinja template (repeatable)")->allow_extra_args(false);
+    provision->add_flag("--no-cache", no_cache, "Build although a cached layer matches the inputs");
+    provision->add_flag("--refresh", refresh, "Build again although the inputs are unchanged (newer packages)");
+    provision->add_option("--net", nets,
+                          "Egress beyond the image's package mirrors: allow=NAME[,NAME...] or open (repeatable)")
+        ->allow_extra_args(false);
+    provision->add_option("--net-policy", net_policy, "TOML egress policy file for the build");
+    provision->add_option("--net-upstream", net_upstream, "http://HOST:PORT: reach the mirrors through this proxy");
+    provision->add_option("--net-upstream-auth", net_upstream_auth, "env:VAR or file:PATH holding user:password");
+    provision->add_option("--timeout", step_timeout, "Limit of each module's run (default 30m)");
+    provision->add_option("--memory", build_memory, "Memory limit of the build sandboxes (default 2G)");
+    provision->add_flag("--check", check, "Only read and check the user-data (and BASE): print the modules that would run");
+    provision->add_flag("--json", json, "Print the image as JSON");
+    provision->add_flag("-q,--quiet", quiet, "No progress");
     ls = image->add_subcommand("ls", "List images");
     ls->add_flag("--json", json, "A JSON list");
     inspect = image->add_subcommand("inspect", "Show image NAME");
@@ -251,6 +307,61 @@ struct ImageCommands {
     prune = image->add_subcommand("prune", "Remove layers no image uses (and no sandbox holds)");
   }
   bool parsed() const { return image->parsed(); }
+
+  int run_provision(ultari::images::Store& store) {
+    ultari::provision::Request req;
+    req.name = name;
+    req.base = from;
+    std::ifstream in(user_data, std::ios::binary);
+    if (!in) throw ultari::Error("--user-data '" + user_data + "': cannot be read");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    req.user_data = ss.str();
+    req.user_data_label = user_data;
+    for (const auto& v : vars) {
+      auto eq = v.find('=');
+      if (eq == std::string::npos || eq == 0) throw ultari::Error("--var '" + v + "' must be KEY=VALUE");
+      std::string key = v.substr(0, eq);
+      bool ok = std::isalpha(static_cast<unsigned char>(key[0])) || key[0] == '_';
+      for (char c : key) ok = ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '_');
+      if (!ok || key == "v1") throw ultari::Error("--var '" + key + "': a name of letters, digits and '_' (not v1)");
+      req.vars.emplace_back(key, v.substr(eq + 1));
+    }
+    req.no_cache = no_cache;
+    req.refresh = refresh;
+    req.check_only = check;
+    for (const auto& n : nets) ultari::net::apply_net_option(req.network, n);
+    if (!net_policy.empty()) ultari::net::load_policy_file(req.network, net_policy);
+    if (!net_upstream.empty()) req.network.upstream = net_upstream;
+    if (!net_upstream_auth.empty()) req.network.upstream_auth = net_upstream_auth;
+    if (!step_timeout.empty()) req.step_timeout = ultari::parse_duration(step_timeout);
+    if (!build_memory.empty()) req.memory_bytes = ultari::parse_size(build_memory);
+    auto start = std::chrono::steady_clock::now();
+    if (!quiet)
+      req.progress = [](const std::string& line) { std::fprintf(stderr, "provision: %s\n", line.c_str()); };
+    ultari::provision::Outcome out = ultari::provision::provision(store, req);
+    for (const auto& w : out.warnings) std::fprintf(stderr, "ultari: warning: %s\n", w.c_str());
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (check) {
+      if (json) {
+        std::printf("%s\n", nlohmann::json({{"plan", out.plan}, {"warnings", out.warnings}}).dump(2).c_str());
+      } else {
+        std::printf("user-data OK: %zu warnings; modules in order:", out.warnings.size());
+        for (const auto& m : out.plan) std::printf(" %s", m.c_str());
+        std::printf("\n");
+      }
+    } else if (json) {
+      nlohmann::json j = image_json(out.image, true);
+      j["cache_hit"] = out.cache_hit;
+      std::printf("%s\n", j.dump(2).c_str());
+    } else {
+      std::printf("%s %s\n", out.image.name.c_str(), out.image.id.c_str());
+      if (!quiet)
+        std::fprintf(stderr, "provision: %s in %.2f s\n", out.cache_hit ? "cached layer used" : "done", secs);
+    }
+    std::fflush(stdout);
+    return 0;
+  }
 
   int run() {
     try {
@@ -278,6 +389,8 @@ struct ImageCommands {
         });
         if (!quiet && tty) std::fprintf(stderr, "\n");
         std::printf("%s %s\n", img.name.c_str(), img.id.c_str());
+      } else if (provision->parsed()) {
+        return run_provision(store);
       } else if (ls->parsed()) {
         auto all = store.list();
         if (json) {
@@ -300,6 +413,16 @@ struct ImageCommands {
                       i.name.c_str(), i.id.c_str(), i.created.c_str(), human_size(i.size).c_str(), i.source.c_str(),
                       i.parent.empty() ? "-" : i.parent.c_str());
           for (const auto& l : i.layers) std::printf("  %s\n", l.c_str());
+          if (!i.user_data_sha256.empty()) std::printf("user-data sha256: %s\n", i.user_data_sha256.c_str());
+          if (!i.config.empty()) std::printf("run defaults: %s\n", i.config.dump().c_str());
+          if (!i.provision_log.empty()) std::printf("provisioning log:\n");
+          for (const auto& m : i.provision_log) {
+            std::printf("  %-22s %6.1f s  %s\n", m.value("module", "").c_str(), m.value("ms", 0) / 1000.0,
+                        m.value("summary", "").c_str());
+            if (m.contains("items"))
+              for (const auto& it : m["items"])
+                std::printf("      [exit %d] %s\n", it.value("status", -1), it.value("item", "").c_str());
+          }
         }
       } else if (rm->parsed()) {
         store.remove(name);

@@ -29,6 +29,7 @@
 #include "isolation/identity.h"
 #include "util/error.h"
 #include "util/paths.h"
+#include "util/process.h"
 #include "util/random.h"
 
 namespace ultari::images {
@@ -530,49 +531,11 @@ Image Store::build_debian(const std::string& name, const DebianBuild& b,
     argv.push_back("--include=" + list);
   }
   argv.insert(argv.end(), {b.suite, root.path, mirror});
-  int out[2];
-  if (pipe2(out, O_CLOEXEC) != 0) throw_errno("pipe");
-  UniqueFd r(out[0]), w(out[1]);
-  pid_t pid = fork();
-  if (pid < 0) throw_errno("fork");
-  if (pid == 0) {
-    dup2(w.get(), 1);
-    dup2(w.get(), 2);
-    int null = open("/dev/null", O_RDONLY);
-    if (null >= 0) dup2(null, 0);
-    std::vector<char*> a;
-    for (auto& s : argv) a.push_back(s.data());
-    a.push_back(nullptr);
-    const char* env[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "DEBIAN_FRONTEND=noninteractive", nullptr};
-    execve(a[0], a.data(), const_cast<char* const*>(env));
-    _exit(127);
-  }
-  w.reset();
-  std::deque<std::string> tail;
-  std::string pending;
-  char buf[4096];
-  for (;;) {
-    ssize_t n = read(r.get(), buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    pending.append(buf, static_cast<size_t>(n));
-    for (size_t nl; (nl = pending.find('\n')) != std::string::npos;) {
-      std::string line = pending.substr(0, nl);
-      pending.erase(0, nl + 1);
-      if (log) log(line);
-      tail.push_back(line);
-      if (tail.size() > 5) tail.pop_front();
-    }
-  }
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    std::string last;
-    for (const auto& l : tail) last += (last.empty() ? "" : " | ") + l;
-    throw Error("debootstrap " + b.suite + " from " + mirror + " failed (status " +
-                std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status)) + "): " + last);
-  }
+  ProgramResult r =
+      run_program(argv, {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "DEBIAN_FRONTEND=noninteractive"}, log);
+  if (r.status != 0)
+    throw Error("debootstrap " + b.suite + " from " + mirror + " failed (status " + std::to_string(r.status) +
+                "): " + r.tail_text());
   // What debootstrap copied from the host is not the image's business; the
   // downloaded packages are only weight.
   write_atomic(root.path + "/etc/hostname", "localhost\n");
@@ -627,6 +590,18 @@ Image Store::commit(Image top, const Image& parent, const std::string& upper) {
   }
   write_image(top);
   return top;
+}
+
+Image Store::save_as(Image image) {
+  check_name(image.name);
+  UniqueFd l = lock(true);
+  for (const auto& id : image.layers) {
+    struct stat st{};
+    if (lstat(layer_path(id).c_str(), &st) != 0) throw Error("layer " + id + " of image " + image.name + " is missing");
+  }
+  image.created = now_iso();
+  write_image(image);
+  return image;
 }
 
 std::optional<Image> Store::find_by_cache_key(const std::string& key) const {

@@ -108,6 +108,9 @@ class Store {
   // scratch directory, work/ and all, afterwards). Throws Error. Used by
   // provisioning (not yet exposed by the CLI).
   Image commit(Image top, const Image& parent, const std::string& upper);
+  // Points `image.name` at `image`'s layers (the rest of it kept as it
+  // is): a provisioning cache hit under another name. Throws Error.
+  Image save_as(Image image);
   // The image whose cache_key is `key`, if one is named.
   std::optional<Image> find_by_cache_key(const std::string& key) const;
 

@@ -5,6 +5,7 @@
 #include <poll.h>
 #include <pwd.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -323,6 +324,36 @@ int groups_of(pid_t pid) {
     if (e->d_name[0] != '.') scan(std::string("/sys/fs/cgroup/") + e->d_name);
   closedir(root);
   return static_cast<int>(names.size());
+}
+
+std::string test_image_store() {
+  std::string bin = ULTARI_BIN;
+  return bin.substr(0, bin.rfind('/')) + "/test-images";
+}
+
+Options test_image_options(int timeout_s) {
+  Options o;
+  o.env.push_back("ULTARI_DATA_DIR=" + test_image_store());
+  o.timeout_s = timeout_s;
+  return o;
+}
+
+std::string ensure_debian_test_image() {
+  std::string dir = test_image_store();
+  mkdir(dir.c_str(), 0755);
+  int fd = open((dir + "/.build-lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return "cannot open " + dir + "/.build-lock";
+  while (flock(fd, LOCK_EX) != 0 && errno == EINTR) {
+  }
+  std::string error;
+  if (ultari({"image", "inspect", "minbase-kmod"}, test_image_options()).status != 0) {
+    Outcome b = ultari({"image", "build", "minbase-kmod", "--debian", "bookworm", "--variant", "minbase", "--include",
+                        "kmod", "-q"},
+                       test_image_options(900));
+    if (b.status != 0) error = "building the Debian test image failed: " + b.err;
+  }
+  close(fd);
+  return error;
 }
 
 }  // namespace ultari::test

@@ -85,4 +85,13 @@ std::string helpers_dir();
 // i386 ABI is no way in and its checks are skipped. Probed on the host.
 bool host_has_i386();
 
+// The image store the Debian tests share (<build dir>/test-images, kept
+// between runs) and Options that point ultari at it.
+std::string test_image_store();
+Options test_image_options(int timeout_s = 60);
+// Builds image "minbase-kmod" (debootstrap --variant=minbase --include=kmod
+// bookworm, from the host's mirror) once per build directory; parallel
+// test processes wait for the one that builds. "" or the build's error.
+std::string ensure_debian_test_image();
+
 }  // namespace ultari::test

@@ -413,25 +413,10 @@ namespace {
 // once and kept under the build directory (the mirror is the host's).
 class DebianImage : public ::testing::Test {
  protected:
-  static std::string data() {
-    std::string bin = ULTARI_BIN;
-    return bin.substr(0, bin.rfind('/')) + "/test-images";
-  }
-  static Options opts(int timeout_s = 60) {
-    Options o;
-    o.env.push_back("ULTARI_DATA_DIR=" + data());
-    o.timeout_s = timeout_s;
-    return o;
-  }
-  static void SetUpTestSuite() {
-    Outcome have = ultari::test::ultari({"image", "inspect", "minbase-kmod"}, opts());
-    if (have.status == 0) return;
-    Outcome b = ultari::test::ultari(
-        {"image", "build", "minbase-kmod", "--debian", "bookworm", "--variant", "minbase", "--include", "kmod"}, opts(900));
-    build_error_ = b.status == 0 ? "" : b.err;
-  }
+  static Options opts(int timeout_s = 60) { return test_image_options(timeout_s); }
+  static void SetUpTestSuite() { build_error_ = ensure_debian_test_image(); }
   void SetUp() override {
-    if (!build_error_.empty()) FAIL() << "building the Debian image failed: " << build_error_;
+    if (!build_error_.empty()) FAIL() << build_error_;
   }
   static std::string build_error_;
 };

@@ -1,0 +1,852 @@
+// cloud-config user-data -> CloudConfig (see cloud_config.h).
+#include "provision/cloud_config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <regex>
+#include <set>
+
+#include "spec/spec.h"
+#include "util/error.h"
+
+namespace ultari::provision {
+namespace {
+
+using YAML::Node;
+
+int line_of(const Node& n) { return n.Mark().line + 1; }
+
+[[noreturn]] void fail_at(const Node& n, const std::string& what) {
+  const YAML::Mark m = n.Mark();
+  if (m.line < 0) throw Error("user-data: " + what);
+  throw Error("user-data line " + std::to_string(m.line + 1) + ", column " + std::to_string(m.column + 1) + ": " +
+              what);
+}
+
+// Every cloud-init module key (schema-cloud-config-v1.json of cloud-init
+// 22.4, Debian 12) that Ultari does not run: named in a warning.
+// What a plain (unquoted) scalar is to YAML 1.1 (PyYAML's resolver, which
+// cloud-init reads with): "str" unless it is a bool, int, float, null or
+// timestamp.
+std::string yaml_type(const Node& n) {
+  if (!n.IsScalar() || n.Tag() != "?") return n.IsNull() ? "null" : "str";
+  static const std::regex kBool("yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF");
+  static const std::regex kInt(
+      "[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+|[-+]?[1-9][0-9_]*(:[0-5]?[0-9])+");
+  static const std::regex kFloat(
+      "[-+]?([0-9][0-9_]*)?\\.[0-9_]*([eE][-+][0-9]+)?|[-+]?[0-9][0-9_]*(:[0-5]?[0-9])+\\.[0-9_]*|"
+      "[-+]?\\.(inf|Inf|INF)|\\.(nan|NaN|NAN)");
+  static const std::regex kNull("~|null|Null|NULL|");
+  static const std::regex kTime(
+      "[0-9]{4}-[0-9]{2}-[0-9]{2}|[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}([Tt]|[ \\t]+)[0-9]{1,2}:[0-9]{2}:[0-9]{2}"
+      "(\\.[0-9]*)?([ \\t]*(Z|[-+][0-9]{1,2}(:[0-9]{2})?))?");
+  const std::string& v = n.Scalar();
+  if (std::regex_match(v, kBool)) return "bool";
+  if (std::regex_match(v, kInt)) return "int";
+  if (v != "." && std::regex_match(v, kFloat)) return "float";
+  if (std::regex_match(v, kNull)) return "null";
+  if (std::regex_match(v, kTime)) return "timestamp";
+  return "str";
+}
+
+const std::set<std::string> kCloudInitKeys = {
+    "allow_public_ssh_keys", "ansible", "apk_repos", "apt_pipelining", "apt_reboot_if_required", "apt_update",
+    "apt_upgrade", "authkey_hash", "autoinstall", "byobu_by_default", "chef", "chpasswd", "cloud_config_modules",
+    "cloud_final_modules", "cloud_init_modules", "device_aliases", "disable_ec2_metadata", "disable_root",
+    "disable_root_opts", "disk_setup", "drivers", "fan", "final_message", "fs_setup", "growpart", "grub-dpkg",
+    "grub_dpkg", "keyboard", "landscape", "locale_configfile", "lxd", "manage_etc_hosts", "manage_resolv_conf",
+    "mcollective", "merge_how", "merge_type", "migrate", "mount_default_fields", "mounts", "no_ssh_fingerprints", "ntp",
+    "package_reboot_if_required", "password", "phone_home", "power_state", "prefer_fqdn_over_hostname",
+    "preserve_hostname", "puppet", "random_seed", "reporting", "resize_rootfs", "resolv_conf", "rh_subscription",
+    "rsyslog", "salt_minion", "snap", "spacewalk", "ssh", "ssh_authorized_keys", "ssh_deletekeys",
+    "ssh_fp_console_blacklist", "ssh_genkeytypes", "ssh_import_id", "ssh_key_console_blacklist", "ssh_keys",
+    "ssh_publish_hostkeys", "ssh_pwauth", "ssh_quiet_keygen", "swap", "ubuntu_advantage", "updates", "vendor_data",
+    "wireguard", "yum_repo_dir", "yum_repos", "zypper"};
+
+class Reader {
+ public:
+  explicit Reader(CloudConfig& out) : out_(out) {}
+
+  void warn(const Node& n, const std::string& what) {
+    out_.warnings.push_back("user-data line " + std::to_string(line_of(n)) + ": " + what);
+  }
+  // Warns about keys of map `n` (at `path`) not in `known`.
+  void known_keys(const Node& n, const std::string& path, std::initializer_list<const char*> known) {
+    for (auto it = n.begin(); it != n.end(); ++it) {
+      std::string key = it->first.Scalar();
+      if (std::none_of(known.begin(), known.end(), [&](const char* k) { return key == k; }))
+        warn(it->first, "unknown key '" + (path.empty() ? key : path + "." + key) + "': ignored");
+    }
+  }
+
+  static void need_map(const Node& n, const std::string& path) {
+    if (!n.IsMap()) fail_at(n, "'" + path + "' must be a mapping");
+  }
+  static void need_list(const Node& n, const std::string& path) {
+    if (!n.IsSequence()) fail_at(n, "'" + path + "' must be a list");
+  }
+  // A string, as the schema says: an unquoted 0644, 5, yes or 2032-09-01
+  // is a number, a bool or a date to YAML (and to cloud-init), not text.
+  static std::string str(const Node& n, const std::string& path) {
+    if (!n.IsScalar()) fail_at(n, "'" + path + "' must be a string");
+    std::string type = yaml_type(n);
+    if (type != "str")
+      fail_at(n, "'" + path + "' must be a string, and YAML reads " + n.Scalar() + (type == "int" ? " as an " : " as a ") +
+                     type + ": put it in quotes");
+    return n.Scalar();
+  }
+  // A scalar of any YAML type, as text (ids, Ultari's own limits).
+  static std::string scalar(const Node& n, const std::string& path) {
+    if (!n.IsScalar()) fail_at(n, "'" + path + "' must be a single value");
+    return n.Scalar();
+  }
+  static bool boolean(const Node& n, const std::string& path) {
+    if (n.IsScalar() && yaml_type(n) == "bool") {
+      char c = static_cast<char>(std::tolower(static_cast<unsigned char>(n.Scalar()[0])));
+      return c == 't' || c == 'y' || (c == 'o' && n.Scalar().size() == 2);
+    }
+    fail_at(n, "'" + path + "' must be true or false");
+  }
+  // A list of strings; `comma` (users, groups, a user's groups): a
+  // comma-separated string as well, as cloud-init's schema allows there.
+  static std::vector<std::string> str_list(const Node& n, const std::string& path, bool comma = false) {
+    std::vector<std::string> v;
+    if (n.IsScalar() && comma) {
+      std::string s = str(n, path);
+      size_t start = 0;
+      while (start <= s.size()) {
+        size_t comma = s.find(',', start);
+        std::string part = s.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+        part.erase(0, part.find_first_not_of(" \t"));
+        part.erase(part.find_last_not_of(" \t") + 1);
+        if (!part.empty()) v.push_back(part);
+        if (comma == std::string::npos) break;
+        start = comma + 1;
+      }
+      return v;
+    }
+    need_list(n, path);
+    for (size_t i = 0; i < n.size(); ++i) v.push_back(str(n[i], path + "[" + std::to_string(i) + "]"));
+    return v;
+  }
+  static void not_empty(const Node& n, const std::string& path) {
+    if (n.IsSequence() && n.size() == 0) fail_at(n, "'" + path + "' is an empty list (leave the key out instead)");
+  }
+
+  std::vector<Command> commands(const Node& n, const std::string& key) {
+    need_list(n, key);
+    not_empty(n, key);
+    std::vector<Command> v;
+    for (size_t i = 0; i < n.size(); ++i) {
+      const Node item = n[i];
+      std::string path = key + "[" + std::to_string(i) + "]";
+      Command c;
+      c.line = line_of(item);
+      if (item.IsNull()) continue;  // the schema allows null items
+      if (item.IsScalar()) {
+        c.shell = str(item, path);
+      } else if (item.IsSequence()) {
+        c.argv = str_list(item, path);
+        if (c.argv.empty()) fail_at(item, "'" + path + "' is an empty command");
+      } else {
+        fail_at(item, "'" + path + "' must be a string or a list of strings");
+      }
+      v.push_back(std::move(c));
+    }
+    return v;
+  }
+
+  static std::string normalize_path(const Node& n, const std::string& path, const std::string& raw) {
+    if (raw.empty() || raw[0] != '/') fail_at(n, "'" + path + "' must be an absolute path, not '" + raw + "'");
+    if (raw.find('\0') != std::string::npos || raw.size() > 4096) fail_at(n, "'" + path + "' is not a usable path");
+    std::string out;
+    size_t i = 0;
+    while (i < raw.size()) {
+      while (i < raw.size() && raw[i] == '/') ++i;
+      size_t j = raw.find('/', i);
+      std::string part = raw.substr(i, j == std::string::npos ? std::string::npos : j - i);
+      i = j == std::string::npos ? raw.size() : j;
+      if (part.empty() || part == ".") continue;
+      if (part == "..") fail_at(n, "'" + path + "' may not contain '..': '" + raw + "'");
+      out += "/" + part;
+    }
+    if (out.empty()) fail_at(n, "'" + path + "' names the root directory");
+    return out;
+  }
+
+  static std::string base64_decode(const Node& n, const std::string& path, const std::string& in) {
+    static const std::string kAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    std::string out;
+    uint32_t acc = 0;
+    int bits = 0;
+    bool padding = false;
+    for (char c : in) {
+      if (c == '\n' || c == '\r' || c == ' ' || c == '\t') continue;
+      if (c == '=') {
+        padding = true;
+        continue;
+      }
+      size_t v = kAlphabet.find(c);
+      if (v == std::string::npos || padding) fail_at(n, "'" + path + "' is not valid base64");
+      acc = (acc << 6) | static_cast<uint32_t>(v);
+      bits += 6;
+      if (bits >= 8) {
+        bits -= 8;
+        out.push_back(static_cast<char>((acc >> bits) & 0xff));
+      }
+    }
+    return out;
+  }
+
+  void write_files(const Node& n) {
+    need_list(n, "write_files");
+    for (size_t i = 0; i < n.size(); ++i) {
+      const Node f = n[i];
+      std::string path = "write_files[" + std::to_string(i) + "]";
+      need_map(f, path);
+      known_keys(f, path, {"path", "content", "source", "owner", "permissions", "encoding", "append", "defer"});
+      WriteFile w;
+      w.line = line_of(f);
+      if (!f["path"]) fail_at(f, "'" + path + ".path' is missing");
+      w.path = normalize_path(f["path"], path + ".path", str(f["path"], path + ".path"));
+      if (f["source"]) fail_at(f["source"], "'" + path + ".source' (fetching a URL) is not supported: give the content");
+      bool binary = false;
+      if (f["content"] && !f["content"].IsNull()) {
+        binary = f["content"].Tag() == "tag:yaml.org,2002:binary";
+        w.content = binary ? f["content"].Scalar() : str(f["content"], path + ".content");
+        if (binary) w.content = base64_decode(f["content"], path + ".content", w.content);
+      }
+      std::string enc = f["encoding"] ? str(f["encoding"], path + ".encoding") : "text/plain";
+      std::transform(enc.begin(), enc.end(), enc.begin(), [](unsigned char c) { return std::tolower(c); });
+      if (binary && enc != "text/plain" && enc != "gz" && enc != "gzip") {
+        fail_at(f["encoding"], "'" + path + "': !!binary content is decoded by YAML already; encoding '" + enc +
+                                   "' would decode it again");
+      } else if (enc == "b64" || enc == "base64") {
+        w.content = base64_decode(f["content"], path + ".content", w.content);
+      } else if (enc == "gz" || enc == "gzip") {
+        w.gzip = true;
+      } else if (enc == "gz+b64" || enc == "gz+base64" || enc == "gzip+b64" || enc == "gzip+base64") {
+        w.content = base64_decode(f["content"], path + ".content", w.content);
+        w.gzip = true;
+      } else if (enc != "text/plain") {
+        fail_at(f["encoding"], "'" + path + ".encoding' must be one of b64, base64, gz, gzip, gz+b64, gz+base64, "
+                                          "gzip+b64, gzip+base64, text/plain; not '" + enc + "'");
+      }
+      if (w.content.size() > kMaxFileContent)
+        fail_at(f, "'" + path + ".content' is larger than " + std::to_string(kMaxFileContent >> 20) + " MiB");
+      if (f["owner"]) {
+        w.owner = str(f["owner"], path + ".owner");
+        check_owner(f["owner"], path + ".owner", w.owner);
+      }
+      if (f["permissions"]) w.permissions = permissions(f["permissions"], path + ".permissions");
+      if (f["append"]) w.append = boolean(f["append"], path + ".append");
+      if (f["defer"]) w.defer = boolean(f["defer"], path + ".defer");
+      out_.write_files.push_back(std::move(w));
+    }
+  }
+
+  static void check_owner(const Node& n, const std::string& path, const std::string& owner) {
+    bool ok = !owner.empty() && owner.size() <= 65 && std::count(owner.begin(), owner.end(), ':') <= 1 &&
+              owner.front() != ':' && owner.back() != ':';
+    for (char c : owner)
+      if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.' || c == ':')) ok = false;
+    if (!ok || owner[0] == '-') fail_at(n, "'" + path + "' must be USER or USER:GROUP, not '" + owner + "'");
+  }
+
+  // An octal string: "0644", "0o644" or "644" (the schema's type; an
+  // unquoted 0644 is an int to YAML, refused by str()).
+  static unsigned permissions(const Node& n, const std::string& path) {
+    std::string v = str(n, path);
+    std::string digits = v;
+    if (digits.rfind("0o", 0) == 0 || digits.rfind("0O", 0) == 0) digits = digits.substr(2);
+    bool octal = !digits.empty() && digits.size() <= 5 &&
+                 std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '7'; });
+    if (!octal) fail_at(n, "'" + path + "' must be an octal mode such as '0644', not '" + v + "'");
+    unsigned mode = static_cast<unsigned>(std::stoul(digits, nullptr, 8));
+    if (mode > 07777) fail_at(n, "'" + path + "' is out of range: '" + v + "'");
+    return mode;
+  }
+
+  static void check_name(const Node& n, const std::string& path, const std::string& name) {
+    bool ok = !name.empty() && name.size() <= 32 && name[0] != '-';
+    for (char c : name)
+      if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.' || c == '$')) ok = false;
+    if (!ok) fail_at(n, "'" + path + "' is not a valid user or group name: '" + name + "'");
+  }
+
+  User user(const Node& u, const std::string& path) {
+    User r;
+    r.line = line_of(u);
+    if (u.IsScalar()) {
+      r.name = str(u, path);
+      if (r.name == "default") r.is_default = true;
+      else check_name(u, path, r.name);
+      return r;
+    }
+    need_map(u, path);
+    known_keys(u, path, {"name", "expiredate", "gecos", "groups", "homedir", "inactive", "lock-passwd", "lock_passwd",
+                         "no_create_home", "no_log_init", "no_user_group", "passwd", "hashed_passwd",
+                         "plain_text_passwd", "create_groups", "primary_group", "selinux_user", "shell", "snapuser",
+                         "ssh_authorized_keys", "ssh_import_id", "ssh_redirect_user", "system", "sudo", "uid"});
+    if (!u["name"]) fail_at(u, "'" + path + ".name' is missing");
+    r.name = str(u["name"], path + ".name");
+    check_name(u["name"], path + ".name", r.name);
+    auto s = [&](const char* key, std::string& into) {
+      if (u[key] && !u[key].IsNull()) into = str(u[key], path + "." + key);
+    };
+    s("gecos", r.gecos);
+    s("shell", r.shell);
+    s("homedir", r.homedir);
+    s("primary_group", r.primary_group);
+    s("expiredate", r.expiredate);
+    s("plain_text_passwd", r.plain_text_passwd);
+    s("hashed_passwd", r.hashed_passwd);
+    if (r.hashed_passwd.empty()) s("passwd", r.hashed_passwd);
+    if (!r.homedir.empty()) r.homedir = normalize_path(u["homedir"], path + ".homedir", r.homedir);
+    if (!r.primary_group.empty()) check_name(u["primary_group"], path + ".primary_group", r.primary_group);
+    if (u["groups"]) {
+      if (u["groups"].IsMap()) {  // deprecated form: {group: null, ...}
+        for (auto it = u["groups"].begin(); it != u["groups"].end(); ++it) r.groups.push_back(it->first.Scalar());
+      } else {
+        r.groups = str_list(u["groups"], path + ".groups", true);
+      }
+      for (const auto& g : r.groups) check_name(u["groups"], path + ".groups", g);
+    }
+    if (u["sudo"] && !u["sudo"].IsNull()) {
+      const Node sd = u["sudo"];
+      if (sd.IsScalar() && sd.Tag() != "!" && (sd.Scalar() == "false" || sd.Scalar() == "False")) {
+        // no rule
+      } else if (sd.IsSequence()) {
+        r.sudo = str_list(sd, path + ".sudo");
+      } else {
+        r.sudo.push_back(str(sd, path + ".sudo"));
+      }
+      for (const auto& rule : r.sudo)
+        if (rule.find('\n') != std::string::npos) fail_at(sd, "'" + path + ".sudo' may not contain a line break");
+    }
+    if (u["ssh_authorized_keys"]) r.ssh_authorized_keys = str_list(u["ssh_authorized_keys"], path + ".ssh_authorized_keys");
+    for (const auto& k : r.ssh_authorized_keys)
+      if (k.find('\n') != std::string::npos)
+        fail_at(u["ssh_authorized_keys"], "'" + path + ".ssh_authorized_keys' entries are one line each");
+    if (u["ssh_import_id"]) warn(u["ssh_import_id"], "'" + path + ".ssh_import_id' needs the network at boot: ignored");
+    if (u["uid"]) {
+      std::string v = scalar(u["uid"], path + ".uid");
+      if (v.empty() || v.size() > 10 || !std::all_of(v.begin(), v.end(), ::isdigit) || std::stoull(v) > 65534)
+        fail_at(u["uid"], "'" + path + ".uid' must be a number from 0 to 65534 (the sandbox's ids), not '" + v + "'");
+      r.uid = static_cast<uint32_t>(std::stoul(v));
+    }
+    if (u["inactive"]) {
+      std::string v = scalar(u["inactive"], path + ".inactive");
+      if (v.empty() || v.size() > 9 || !std::all_of(v.begin(), v.end(), ::isdigit))
+        fail_at(u["inactive"], "'" + path + ".inactive' must be a number of days");
+      r.inactive = std::stoll(v);
+    }
+    if (u["lock_passwd"]) r.lock_passwd = boolean(u["lock_passwd"], path + ".lock_passwd");
+    else if (u["lock-passwd"]) r.lock_passwd = boolean(u["lock-passwd"], path + ".lock-passwd");
+    if (u["no_create_home"]) r.no_create_home = boolean(u["no_create_home"], path + ".no_create_home");
+    if (u["no_user_group"]) r.no_user_group = boolean(u["no_user_group"], path + ".no_user_group");
+    if (u["system"]) r.system = boolean(u["system"], path + ".system");
+    if (u["create_groups"]) r.create_groups = boolean(u["create_groups"], path + ".create_groups");
+    // These end up in colon-separated /etc/passwd and /etc/shadow lines.
+    for (auto [key, value] : {std::pair<const char*, const std::string*>{"gecos", &r.gecos}, {"shell", &r.shell},
+                              {"expiredate", &r.expiredate}, {"hashed_passwd", &r.hashed_passwd},
+                              {"plain_text_passwd", &r.plain_text_passwd}})
+      if (value->find_first_of(std::string(":\n\0", 3)) != std::string::npos)
+        fail_at(u[key] ? u[key] : u, "'" + path + "." + key + "' may not contain ':' or a line break");
+    return r;
+  }
+
+  void users(const Node& n) {
+    if (n.IsScalar()) {  // "default, foo"
+      for (const auto& name : str_list(n, "users", true)) {
+        User u;
+        u.line = line_of(n);
+        u.name = name;
+        if (name == "default") u.is_default = true;
+        else check_name(n, "users", name);
+        out_.users.push_back(u);
+      }
+      return;
+    }
+    if (n.IsMap()) {  // {name: {...}}: cloud-init's dict form
+      for (auto it = n.begin(); it != n.end(); ++it) {
+        Node copy = YAML::Clone(it->second.IsNull() ? Node(YAML::NodeType::Map) : it->second);
+        copy["name"] = it->first.Scalar();
+        out_.users.push_back(user(copy, "users." + it->first.Scalar()));
+      }
+      return;
+    }
+    need_list(n, "users");
+    for (size_t i = 0; i < n.size(); ++i) {
+      std::string path = "users[" + std::to_string(i) + "]";
+      if (n[i].IsSequence()) {  // [name, ...] lists: cloud-init reads each as a user name
+        for (const auto& name : str_list(n[i], path)) {
+          User u;
+          u.line = line_of(n[i]);
+          u.name = name;
+          check_name(n[i], path, name);
+          out_.users.push_back(u);
+        }
+        continue;
+      }
+      out_.users.push_back(user(n[i], path));
+    }
+  }
+
+  void groups(const Node& n) {
+    auto add = [&](const Node& where, const std::string& path, const std::string& name, const Node& members) {
+      Group g;
+      g.line = line_of(where);
+      g.name = name;
+      check_name(where, path, name);
+      if (members && !members.IsNull()) g.members = str_list(members, path + "." + name, true);
+      for (const auto& m : g.members) check_name(members, path + "." + name, m);
+      out_.groups.push_back(g);
+    };
+    if (n.IsScalar()) {
+      for (const auto& name : str_list(n, "groups", true)) add(n, "groups", name, Node());
+      return;
+    }
+    if (n.IsMap()) {
+      for (auto it = n.begin(); it != n.end(); ++it) add(it->first, "groups", it->first.Scalar(), it->second);
+      return;
+    }
+    need_list(n, "groups");
+    for (size_t i = 0; i < n.size(); ++i) {
+      std::string path = "groups[" + std::to_string(i) + "]";
+      if (n[i].IsMap()) {
+        for (auto it = n[i].begin(); it != n[i].end(); ++it) add(it->first, path, it->first.Scalar(), it->second);
+      } else {
+        add(n[i], path, str(n[i], path), Node());
+      }
+    }
+  }
+
+  void packages(const Node& n) {
+    need_list(n, "packages");
+    not_empty(n, "packages");
+    for (size_t i = 0; i < n.size(); ++i) {
+      std::string path = "packages[" + std::to_string(i) + "]";
+      Package p;
+      if (n[i].IsSequence()) {
+        if (n[i].size() != 2) fail_at(n[i], "'" + path + "' must be a name or [name, version]");
+        p.name = str(n[i][0], path + "[0]");
+        p.version = str(n[i][1], path + "[1]");
+      } else {
+        p.name = str(n[i], path);
+      }
+      auto ok = [](const std::string& s, bool version) {
+        if (s.empty() || s[0] == '-') return false;
+        for (char c : s)
+          if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '+' || c == '-' ||
+                (version && (c == ':' || c == '~' || c == '_' || c == '*')) || (!version && c == ':')))
+            return false;
+        return true;
+      };
+      if (!ok(p.name, false)) fail_at(n[i], "'" + path + "' is not a package name: '" + p.name + "'");
+      if (!p.version.empty() && !ok(p.version, true))
+        fail_at(n[i], "'" + path + "' has a bad version: '" + p.version + "'");
+      out_.packages.push_back(p);
+    }
+  }
+
+  void apt(const Node& n) {
+    need_map(n, "apt");
+    Apt& a = out_.apt;
+    a.present = true;
+    known_keys(n, "apt", {"preserve_sources_list", "generate_mirrorlists", "disable_suites", "primary", "security",
+                          "add_apt_repo_match", "debconf_selections", "sources_list", "conf", "https_proxy",
+                          "http_proxy", "proxy", "ftp_proxy", "sources"});
+    if (n["preserve_sources_list"]) a.preserve_sources_list = boolean(n["preserve_sources_list"], "apt.preserve_sources_list");
+    for (const char* which : {"primary", "security"}) {
+      const Node m = n[which];
+      if (!m) continue;
+      std::string path = std::string("apt.") + which;
+      need_list(m, path);
+      for (size_t i = 0; i < m.size(); ++i) {
+        std::string p = path + "[" + std::to_string(i) + "]";
+        need_map(m[i], p);
+        known_keys(m[i], p, {"arches", "uri", "search", "search_dns", "keyid", "key", "keyserver"});
+        if (m[i]["search"] || m[i]["search_dns"]) warn(m[i], "'" + p + ".search' is not supported: give 'uri'");
+        if (!m[i]["uri"]) continue;
+        std::vector<std::string> arches = m[i]["arches"] ? str_list(m[i]["arches"], p + ".arches")
+                                                           : std::vector<std::string>{"default"};
+        bool ours = std::any_of(arches.begin(), arches.end(),
+                                [](const std::string& x) { return x == "default" || x == "amd64"; });
+        if (!ours) continue;
+        std::string uri = str(m[i]["uri"], p + ".uri");
+        check_uri(m[i]["uri"], p + ".uri", uri);
+        (std::string(which) == "primary" ? a.primary_uri : a.security_uri) = uri;
+        break;
+      }
+    }
+    if (n["sources_list"]) a.sources_list = str(n["sources_list"], "apt.sources_list");
+    if (n["conf"]) a.conf = str(n["conf"], "apt.conf");
+    auto proxy = [&](const char* key, std::string& into) {
+      if (!n[key]) return;
+      into = str(n[key], std::string("apt.") + key);
+      check_uri(n[key], std::string("apt.") + key, into);
+    };
+    proxy("proxy", a.http_proxy);
+    proxy("http_proxy", a.http_proxy);
+    proxy("https_proxy", a.https_proxy);
+    proxy("ftp_proxy", a.ftp_proxy);
+    if (n["debconf_selections"]) {
+      const Node d = n["debconf_selections"];
+      need_map(d, "apt.debconf_selections");
+      for (auto it = d.begin(); it != d.end(); ++it) {
+        std::string text = str(it->second, "apt.debconf_selections." + it->first.Scalar());
+        size_t start = 0;
+        while (start < text.size()) {
+          size_t nl = text.find('\n', start);
+          std::string line = text.substr(start, nl == std::string::npos ? std::string::npos : nl - start);
+          if (!line.empty()) a.debconf_selections.push_back(line);
+          if (nl == std::string::npos) break;
+          start = nl + 1;
+        }
+      }
+    }
+    if (n["sources"]) {
+      const Node s = n["sources"];
+      need_map(s, "apt.sources");
+      for (auto it = s.begin(); it != s.end(); ++it) {
+        std::string name = it->first.Scalar();
+        std::string path = "apt.sources." + name;
+        need_map(it->second, path);
+        known_keys(it->second, path, {"source", "keyid", "key", "keyserver", "filename", "append"});
+        AptSource src;
+        src.name = name;
+        bool ok = !name.empty() && name.size() <= 64;
+        for (char c : name)
+          if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.')) ok = false;
+        if (!ok || name[0] == '.') fail_at(it->first, "'" + path + "': a source's name is letters, digits, '.', '_', '-'");
+        if (it->second["source"]) src.source = str(it->second["source"], path + ".source");
+        if (src.source.rfind("ppa:", 0) == 0) fail_at(it->second["source"], "'" + path + ".source': PPAs are not supported");
+        if (src.source.find('\n') != std::string::npos)
+          fail_at(it->second["source"], "'" + path + ".source' is one line");
+        if (it->second["key"]) src.key = str(it->second["key"], path + ".key");
+        if (it->second["keyid"] || it->second["keyserver"])
+          fail_at(it->second, "'" + path + ".keyid' (a key server) is not supported: give the key itself in 'key'");
+        src.filename = name + ".list";
+        if (it->second["filename"]) {
+          src.filename = str(it->second["filename"], path + ".filename");
+          if (src.filename.find('/') != std::string::npos || src.filename.empty() || src.filename[0] == '.')
+            fail_at(it->second["filename"], "'" + path + ".filename' is a file name inside /etc/apt/sources.list.d");
+          if (src.filename.size() < 5 || src.filename.substr(src.filename.size() - 5) != ".list")
+            src.filename += ".list";
+        }
+        if (it->second["append"]) src.append = boolean(it->second["append"], path + ".append");
+        a.sources.push_back(src);
+      }
+    }
+  }
+
+  static void check_uri(const Node& n, const std::string& path, const std::string& uri) {
+    bool scheme = uri.rfind("http://", 0) == 0 || uri.rfind("https://", 0) == 0 || uri.rfind("ftp://", 0) == 0;
+    if (!scheme || uri.find_first_of(" \t\n\"'") != std::string::npos)
+      fail_at(n, "'" + path + "' must be an http://, https:// or ftp:// URL, not '" + uri + "'");
+  }
+
+  void ca_certs(const Node& n, const std::string& key) {
+    need_map(n, key);
+    known_keys(n, key, {"remove_defaults", "remove-defaults", "trusted"});
+    CaCerts& c = out_.ca_certs;
+    c.present = true;
+    if (n["remove_defaults"]) c.remove_defaults = boolean(n["remove_defaults"], key + ".remove_defaults");
+    else if (n["remove-defaults"]) c.remove_defaults = boolean(n["remove-defaults"], key + ".remove-defaults");
+    if (n["trusted"]) c.trusted = str_list(n["trusted"], key + ".trusted");
+    for (size_t i = 0; i < c.trusted.size(); ++i)
+      if (c.trusted[i].find("-----BEGIN CERTIFICATE-----") == std::string::npos)
+        fail_at(n["trusted"], "'" + key + ".trusted[" + std::to_string(i) + "]' is not a PEM certificate");
+  }
+
+  void ultari(const Node& n) {
+    need_map(n, "ultari");
+    known_keys(n, "ultari", {"kernel_modules", "limits", "network", "runcmd_strict"});
+    UltariKey& u = out_.ultari;
+    if (n["kernel_modules"]) {
+      for (const auto& m : str_list(n["kernel_modules"], "ultari.kernel_modules")) {
+        try {
+          u.kernel_modules.push_back(normalize_module(m));
+        } catch (const Error& e) {
+          fail_at(n["kernel_modules"], std::string("'ultari.kernel_modules': ") + e.what());
+        }
+      }
+    }
+    if (n["runcmd_strict"]) u.runcmd_strict = boolean(n["runcmd_strict"], "ultari.runcmd_strict");
+    if (n["limits"]) {
+      const Node l = n["limits"];
+      need_map(l, "ultari.limits");
+      known_keys(l, "ultari.limits", {"memory", "pids", "cpus", "timeout", "cpu_time", "output_limit", "tmp_size", "nofile"});
+      auto take = [&](const char* key, auto parse, const char* into) {
+        if (!l[key]) return;
+        std::string v = scalar(l[key], std::string("ultari.limits.") + key);
+        try {
+          u.limits[into] = parse(v);
+        } catch (const Error& e) {
+          fail_at(l[key], std::string("'ultari.limits.") + key + "': " + e.what());
+        }
+      };
+      take("memory", parse_size, "memory_bytes");
+      take("pids", parse_size, "pids");
+      take("cpus", parse_cpus, "cpus");
+      take("timeout", [](const std::string& v) { return parse_duration(v).count(); }, "wall_timeout_ms");
+      take("cpu_time", [](const std::string& v) { return parse_duration(v).count(); }, "cpu_time_ms");
+      take("output_limit", parse_size, "output_bytes");
+      take("tmp_size", parse_size, "tmp_bytes");
+      take("nofile", parse_size, "nofile");
+      if (u.limits.contains("memory_bytes") && u.limits["memory_bytes"].get<uint64_t>() < (4u << 20))
+        fail_at(l["memory"], "'ultari.limits.memory' must be at least 4M");
+      if (u.limits.contains("pids") && u.limits["pids"].get<uint64_t>() < 2)
+        fail_at(l["pids"], "'ultari.limits.pids' must be at least 2");
+    }
+    if (n["network"]) {
+      const Node w = n["network"];
+      need_map(w, "ultari.network");
+      known_keys(w, "ultari.network", {"allow", "deny", "ports", "open"});
+      if (w["allow"]) u.network["allow"] = str_list(w["allow"], "ultari.network.allow");
+      if (w["deny"]) u.network["deny"] = str_list(w["deny"], "ultari.network.deny");
+      if (w["open"]) u.network["open"] = boolean(w["open"], "ultari.network.open");
+      if (w["ports"]) {
+        std::vector<int> ports;
+        need_list(w["ports"], "ultari.network.ports");
+        std::vector<std::string> list;
+        for (size_t i = 0; i < w["ports"].size(); ++i) list.push_back(scalar(w["ports"][i], "ultari.network.ports"));
+        for (const auto& p : list) {
+          if (p.empty() || p.size() > 5 || !std::all_of(p.begin(), p.end(), ::isdigit) || std::stoi(p) < 1 ||
+              std::stoi(p) > 65535)
+            fail_at(w["ports"], "'ultari.network.ports' holds ports 1 to 65535, not '" + p + "'");
+          ports.push_back(std::stoi(p));
+        }
+        u.network["ports"] = ports;
+      }
+    }
+  }
+
+  void top(const Node& root) {
+    for (auto it = root.begin(); it != root.end(); ++it) {
+      const Node k = it->first;
+      const Node v = it->second;
+      if (!k.IsScalar()) fail_at(k, "a top-level key must be a string");
+      std::string key = k.Scalar();
+      if (key == "bootcmd") out_.bootcmd = commands(v, key);
+      else if (key == "runcmd") out_.runcmd = commands(v, key);
+      else if (key == "write_files") write_files(v);
+      else if (key == "users") users(v);
+      else if (key == "user") out_.default_user = user(v, "user");
+      else if (key == "groups") groups(v);
+      else if (key == "packages") packages(v);
+      else if (key == "package_update" || key == "apt_update")
+        out_.package_update = out_.package_update || boolean(v, key);
+      else if (key == "package_upgrade" || key == "apt_upgrade")
+        out_.package_upgrade = out_.package_upgrade || boolean(v, key);
+      else if (key == "locale") {
+        out_.locale = str(v, key);
+        bool ok = !out_.locale.empty() && out_.locale.size() <= 64;
+        for (char c : out_.locale)
+          if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' || c == '-' || c == '@')) ok = false;
+        if (!ok) fail_at(v, "'locale' is not a locale name such as ko_KR.UTF-8: '" + out_.locale + "'");
+      } else if (key == "timezone") {
+        out_.timezone = str(v, key);
+        bool ok = !out_.timezone.empty() && out_.timezone.size() <= 64 && out_.timezone[0] != '/' &&
+                  out_.timezone.find("..") == std::string::npos;
+        for (char c : out_.timezone)
+          if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '/' || c == '-' || c == '+')) ok = false;
+        if (!ok) fail_at(v, "'timezone' is not a zone name such as Asia/Seoul: '" + out_.timezone + "'");
+      } else if (key == "hostname" || key == "fqdn") {
+        std::string name = str(v, key);
+        bool ok = !name.empty() && name.size() <= 64 && name[0] != '-' && name[0] != '.';
+        for (char c : name)
+          if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.')) ok = false;
+        if (!ok) fail_at(v, "'" + key + "' is not a host name: '" + name + "'");
+        (key == "hostname" ? out_.hostname : out_.fqdn) = name;
+      } else if (key == "ca_certs" || key == "ca-certs") ca_certs(v, key);
+      else if (key == "apt") apt(v);
+      else if (key == "ultari") ultari(v);
+      else if (kCloudInitKeys.count(key)) warn(k, "'" + key + "' is a cloud-init module Ultari does not run: ignored");
+      else warn(k, "unknown key '" + key + "': ignored");
+    }
+  }
+
+ private:
+  CloudConfig& out_;
+};
+
+// Where yaml-cpp and PyYAML (cloud-init's reader) differ: a quoted scalar
+// whose closing quote never comes (yaml-cpp ends it at the end of the
+// file: refused), and duplicate keys (PyYAML keeps the last, yaml-cpp the
+// first: the earlier ones are removed, with a warning).
+void check_tree(Node n, const std::string& text, std::vector<std::string>& warnings, int depth = 0) {
+  if (depth > 200) fail_at(n, "nested too deeply");
+  if (n.IsScalar() && n.Tag() == "!") {
+    const YAML::Mark m = n.Mark();
+    size_t pos = m.pos >= 0 ? static_cast<size_t>(m.pos) : text.size();
+    if (pos < text.size() && (text[pos] == '"' || text[pos] == '\'')) {
+      char q = text[pos];
+      size_t i = pos + 1;
+      for (; i < text.size(); ++i) {
+        if (q == '"' && text[i] == '\\') {
+          ++i;
+          continue;
+        }
+        if (text[i] == q) {
+          if (q == '\'' && i + 1 < text.size() && text[i + 1] == '\'') {
+            ++i;
+            continue;
+          }
+          break;
+        }
+      }
+      if (i >= text.size()) fail_at(n, std::string("unclosed ") + (q == '"' ? "double" : "single") + " quote");
+    }
+  }
+  if (n.IsSequence())
+    for (size_t i = 0; i < n.size(); ++i) check_tree(n[i], text, warnings, depth + 1);
+  if (n.IsMap()) {
+    std::map<std::string, int> seen;
+    std::vector<std::string> earlier;  // one entry per occurrence to drop
+    for (auto it = n.begin(); it != n.end(); ++it) {
+      const Node k = it->first;
+      check_tree(k, text, warnings, depth + 1);
+      check_tree(it->second, text, warnings, depth + 1);
+      if (!k.IsScalar()) continue;
+      auto [at, fresh] = seen.emplace(k.Scalar(), line_of(k));
+      if (fresh) continue;
+      warnings.push_back("user-data line " + std::to_string(at->second) + ": key '" + k.Scalar() +
+                         "' comes again at line " + std::to_string(line_of(k)) +
+                         ": the last one is used, as cloud-init does");
+      at->second = line_of(k);
+      earlier.push_back(k.Scalar());
+    }
+    for (const auto& key : earlier) n.remove(key);  // removes the first of them
+  }
+}
+
+// The line and column of the first quote that opens a scalar and never
+// closes, by a plain scan: a better place to name than where yaml-cpp
+// gave up (the end of the file). {0, 0} when none is found.
+std::pair<int, int> unclosed_quote(const std::string& text) {
+  int line = 1;
+  size_t line_start = 0;
+  for (size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (c == '\n') {
+      ++line;
+      line_start = i + 1;
+      continue;
+    }
+    if (c == '#' && (i == line_start || text[i - 1] == ' ' || text[i - 1] == '\t')) {
+      while (i + 1 < text.size() && text[i + 1] != '\n') ++i;
+      continue;
+    }
+    if (c != '"' && c != '\'') continue;
+    size_t p = i;
+    while (p > line_start && (text[p - 1] == ' ' || text[p - 1] == '\t')) --p;
+    bool opens = p == line_start || std::strchr(":-[{,?", text[p - 1]) != nullptr;
+    if (!opens) {
+      while (i + 1 < text.size() && text[i + 1] != '\n') ++i;  // a quote inside plain text
+      continue;
+    }
+    size_t j = i + 1;
+    int lines = 0;
+    for (; j < text.size(); ++j) {
+      if (c == '"' && text[j] == '\\') {
+        ++j;
+        continue;
+      }
+      if (text[j] == '\n') ++lines;
+      if (text[j] == c) {
+        if (c == '\'' && j + 1 < text.size() && text[j + 1] == '\'') {
+          ++j;
+          continue;
+        }
+        break;
+      }
+    }
+    if (j >= text.size()) return {line, static_cast<int>(i - line_start) + 1};
+    line += lines;
+    if (lines) line_start = text.rfind('\n', j) + 1;
+    i = j;
+  }
+  return {0, 0};
+}
+
+}  // namespace
+
+std::string Command::describe() const {
+  if (!argv.empty()) {
+    std::string s = "[";
+    for (size_t i = 0; i < argv.size(); ++i) s += (i ? ", " : "") + argv[i];
+    return s + "]";
+  }
+  return shell;
+}
+
+std::string normalize_module(const std::string& name) {
+  std::string n = name;
+  std::replace(n.begin(), n.end(), '-', '_');
+  bool ok = !n.empty() && n.size() <= 56;
+  for (char c : n)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_')) ok = false;
+  if (!ok) throw Error("'" + name + "' is not a kernel module name");
+  return n;
+}
+
+CloudConfig parse_cloud_config(const std::string& text) {
+  if (text.size() > kMaxUserData)
+    throw Error("user-data is larger than " + std::to_string(kMaxUserData >> 20) + " MiB");
+  size_t eol = text.find('\n');
+  std::string first = text.substr(0, eol);
+  while (!first.empty() && (first.back() == '\r' || first.back() == ' ' || first.back() == '\t')) first.pop_back();
+  if (first != "#cloud-config")
+    throw Error("user-data must start with the line '#cloud-config' (scripts, MIME multi-part and #include "
+                "user-data are not supported); it starts with '" + first.substr(0, 40) + "'");
+  CloudConfig out;
+  Node root;
+  try {
+    std::vector<Node> docs = YAML::LoadAll(text);
+    if (docs.size() > 1) {
+      // Name the "---" that starts it, as PyYAML does.
+      size_t pos = std::min(static_cast<size_t>(std::max(docs[1].Mark().pos, 0)), text.size());
+      size_t marker = text.rfind("\n---", pos);
+      int line = marker == std::string::npos ? docs[1].Mark().line + 1
+                                             : static_cast<int>(std::count(text.begin(), text.begin() + marker + 1, '\n')) + 1;
+      throw Error("user-data line " + std::to_string(line) + ", column 1: a second YAML document; user-data is one");
+    }
+    if (!docs.empty()) root = docs[0];
+    check_tree(root, text, out.warnings);
+  } catch (const YAML::ParserException& e) {
+    if (auto [line, column] = unclosed_quote(text); line > 0)
+      throw Error("user-data line " + std::to_string(line) + ", column " + std::to_string(column) +
+                  ": unclosed quote (" + e.msg + " at line " + std::to_string(e.mark.line + 1) + ")");
+    throw Error("user-data line " + std::to_string(e.mark.line + 1) + ", column " + std::to_string(e.mark.column + 1) +
+                ": " + e.msg);
+  } catch (const YAML::Exception& e) {
+    throw Error("user-data line " + std::to_string(e.mark.line + 1) + ", column " + std::to_string(e.mark.column + 1) +
+                ": " + e.msg);
+  }
+  if (root.IsNull()) return out;  // only the header: nothing to do
+  if (!root.IsMap()) fail_at(root, "the user-data must be a mapping of module keys");
+  try {
+    Reader(out).top(root);
+    // `user:` alone asks for the default user (cloud-init creates it even
+    // without it; Ultari only when the user-data asks: nothing undeclared).
+    if (out.users.empty() && out.default_user) {
+      User d;
+      d.is_default = true;
+      d.line = out.default_user->line;
+      out.users.push_back(d);
+    }
+  } catch (const YAML::Exception& e) {  // a conversion yaml-cpp refused
+    throw Error("user-data line " + std::to_string(e.mark.line + 1) + ", column " + std::to_string(e.mark.column + 1) +
+                ": " + e.msg);
+  }
+  return out;
+}
+
+}  // namespace ultari::provision

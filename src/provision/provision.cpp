@@ -1,0 +1,979 @@
+// Provisioning: user-data -> build sandboxes -> one committed layer
+// (provision.h). The modules' work is done by small shell scripts inside
+// the build sandbox; every value from the user-data reaches them as an
+// environment variable or on stdin, never spliced into script text (runcmd
+// and bootcmd items excepted: they are shell by definition).
+#include "provision/provision.h"
+
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "images/unpack.h"
+#include "provision/cloud_config.h"
+#include "provision/kernel.h"
+#include "provision/template.h"
+#include "sandbox/sandbox.h"
+#include "util/error.h"
+#include "util/fd.h"
+#include "util/random.h"
+
+namespace ultari::provision {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// A file of an image as overlayfs would show it: the first layer (top
+// first) that has the path; a whiteout ends the search; symlinks are
+// followed (relative to the link's directory, or from the root).
+std::optional<std::string> image_file(const images::Store& store, const images::Image& image, std::string path,
+                                      int depth = 0) {
+  if (depth > 8) return std::nullopt;
+  for (const auto& id : image.layers) {
+    std::string full = store.layer_path(id) + "/" + path;
+    struct stat st{};
+    if (lstat(full.c_str(), &st) != 0) continue;
+    if (S_ISCHR(st.st_mode) && st.st_rdev == 0) return std::nullopt;  // whiteout
+    if (S_ISLNK(st.st_mode)) {
+      char buf[4096];
+      ssize_t n = readlink(full.c_str(), buf, sizeof buf - 1);
+      if (n <= 0) return std::nullopt;
+      std::string target(buf, static_cast<size_t>(n));
+      std::string next = target[0] == '/' ? target.substr(1) : fs::path(path).parent_path().string() + "/" + target;
+      return image_file(store, image, fs::path(next).lexically_normal().string(), depth + 1);
+    }
+    if (!S_ISREG(st.st_mode) || st.st_size > (1 << 20)) return std::nullopt;
+    return read_file(full);
+  }
+  return std::nullopt;
+}
+
+std::map<std::string, std::string> parse_os_release(const std::string& text) {
+  std::map<std::string, std::string> m;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    auto eq = line.find('=');
+    if (eq == std::string::npos || line[0] == '#') continue;
+    std::string v = line.substr(eq + 1);
+    if (v.size() >= 2 && (v.front() == '"' || v.front() == '\'') && v.back() == v.front()) v = v.substr(1, v.size() - 2);
+    m[line.substr(0, eq)] = v;
+  }
+  return m;
+}
+
+// cloud-init's instance data, as far as it means something here (v1 keys),
+// plus the --var values at the top level.
+json instance_data(const Request& req, const std::map<std::string, std::string>& os) {
+  utsname u{};
+  uname(&u);
+  auto get = [&](const char* k) {
+    auto it = os.find(k);
+    return it == os.end() ? std::string() : it->second;
+  };
+  json v1 = {{"cloud_name", "ultari"},
+             {"platform", "ultari"},
+             {"instance_id", req.name},
+             {"local_hostname", "sandbox"},
+             {"machine", u.machine},
+             {"kernel_release", u.release},
+             {"distro", get("ID")},
+             {"distro_release", get("VERSION_CODENAME")},
+             {"distro_version", get("VERSION_ID")},
+             {"variant", get("ID")},
+             {"region", nullptr},
+             {"availability_zone", nullptr}};
+  json data = {{"v1", v1}};
+  for (const auto& [k, v] : req.vars) data[k] = v;
+  return data;
+}
+
+// Shell single quotes around `s`.
+std::string quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+std::string tail(const std::string& text, size_t lines) {
+  size_t pos = text.size();
+  if (pos && text[pos - 1] == '\n') --pos;
+  for (size_t n = 0; n < lines && pos != std::string::npos && pos > 0; ++n) pos = text.rfind('\n', pos - 1);
+  return pos == std::string::npos || pos == 0 ? text : text.substr(pos + 1);
+}
+
+std::string host_of(const std::string& url) {
+  auto s = url.find("://");
+  if (s == std::string::npos) return "";
+  std::string rest = url.substr(s + 3);
+  rest = rest.substr(0, rest.find_first_of("/?#"));
+  if (auto at = rest.rfind('@'); at != std::string::npos) rest = rest.substr(at + 1);
+  if (!rest.empty() && rest[0] == '[') return "";  // IPv6 literal: never matches a name rule
+  return rest.substr(0, rest.find(':'));
+}
+
+// The build: one writable layer, the sandboxes that run over it, the log.
+class Build {
+ public:
+  explicit Build(const Request& req) : req_(req) {}
+
+  std::string scratch;
+  std::vector<std::string> layers;  // host dirs, top first (kernel layer last)
+  NetworkSpec network;
+  json log = json::array();
+  std::map<std::string, std::string> os;
+
+  struct StepResult {
+    int exit_code = 0;
+    std::string output;
+    Result result;
+  };
+
+  // One sandbox over the build's layers: argv as root with `env`, `input`
+  // on stdin; stdout and stderr together.
+  StepResult run(const std::vector<std::string>& argv, const std::vector<std::string>& env,
+                 const std::string& input = "", bool net = true) {
+    Spec spec;
+    spec.layers = layers;
+    spec.upper_dir = scratch;
+    spec.hostname = "ultari-build";
+    spec.capabilities.assign(std::begin(kBuildCapabilities), std::end(kBuildCapabilities));
+    spec.seccomp.setid_files = true;
+    spec.limits.memory_bytes = req_.memory_bytes;
+    spec.limits.pids = 4096;
+    spec.limits.wall_timeout = req_.step_timeout;
+    spec.limits.output_bytes = 64ull << 20;
+    spec.limits.tmp_bytes = 1ull << 30;
+    spec.limits.nofile = 65536;
+    if (net) spec.network = network;
+    spec.process.argv = argv;
+    spec.process.env = {"DEBIAN_FRONTEND=noninteractive", "INSTANCE_ID=" + req_.name};
+    spec.process.env.insert(spec.process.env.end(), env.begin(), env.end());
+    spec.process.cwd = "/";
+    UniqueFd out(memfd_create("ultari-build-out", MFD_CLOEXEC));
+    UniqueFd in(memfd_create("ultari-build-in", MFD_CLOEXEC));
+    if (!out || !in) throw_errno("memfd_create");
+    for (size_t done = 0; done < input.size();) {
+      ssize_t n = write(in.get(), input.data() + done, input.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) throw_errno("write build input");
+      done += static_cast<size_t>(n);
+    }
+    lseek(in.get(), 0, SEEK_SET);
+    Io io;
+    io.stdin_fd = in.get();
+    io.stdout_fd = out.get();
+    io.stderr_fd = out.get();
+    StepResult r;
+    r.result = ultari::run(spec, io);
+    off_t size = lseek(out.get(), 0, SEEK_END);
+    r.output.resize(static_cast<size_t>(std::max<off_t>(size, 0)));
+    if (size > 0 && pread(out.get(), r.output.data(), r.output.size(), 0) != size) throw_errno("read build output");
+    r.exit_code = r.result.exit_code;
+    if (r.result.verdict == Verdict::SetupError) throw Error("build sandbox: " + r.result.error);
+    if (r.result.verdict == Verdict::Timeout) r.output += "\n(ultari: timed out after " +
+                                                           std::to_string(req_.step_timeout.count() / 1000) + " s)\n";
+    if (r.result.verdict == Verdict::Oom) r.output += "\n(ultari: out of memory)\n";
+    return r;
+  }
+
+  // A module: `what` runs, its time and changes go into the log; a failure
+  // throws with the output's end.
+  template <typename F>
+  void module(const std::string& name, const std::string& summary, F&& body) {
+    if (req_.progress) req_.progress(name + ": " + summary);
+    auto start = Clock::now();
+    json entry = {{"module", name}, {"summary", summary}};
+    body(entry);
+    entry["ms"] = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count();
+    log.push_back(entry);
+  }
+
+  // `script` with sh -e; fails the module on a non-zero exit.
+  std::string script(const std::string& module, const std::string& text, const std::vector<std::string>& env,
+                     const std::string& input = "", bool net = true) {
+    StepResult r = run({"/bin/sh", "-ec", text, "ultari-" + module}, env, input, net);
+    if (r.exit_code != 0)
+      throw Error(module + " failed (exit status " + std::to_string(r.exit_code) + "):\n" + tail(r.output, 20));
+    return r.output;
+  }
+
+ private:
+  const Request& req_;
+};
+
+// What the build sandbox's root has: package managers, mirrors, os-release.
+struct Probe {
+  std::string manager;  // apt, apk, dnf or ""
+  std::vector<std::string> mirror_hosts;
+  bool has_shell = true;
+};
+
+constexpr const char* kProbe = R"SH(
+for m in apt-get apk dnf; do command -v $m >/dev/null 2>&1 && { echo "manager $m"; break; }; done
+for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources /etc/apk/repositories; do
+  [ -f "$f" ] || continue
+  grep -oE '(https?|ftp)://[^ /"]+' "$f" | sed 's/^/mirror /' || true
+done
+)SH";
+
+Probe probe(Build& b) {
+  Build::StepResult r = b.run({"/bin/sh", "-c", kProbe}, {}, "", false);
+  if (r.exit_code == 127 || r.exit_code == 126)
+    throw Error("the base image has no usable /bin/sh, which provisioning needs: " + tail(r.output, 3));
+  Probe p;
+  std::istringstream in(r.output);
+  std::string line;
+  std::set<std::string> hosts;
+  while (std::getline(in, line)) {
+    if (line.rfind("manager ", 0) == 0) p.manager = line.substr(8) == "apt-get" ? "apt" : line.substr(8);
+    if (line.rfind("mirror ", 0) == 0) {
+      std::string h = host_of(line.substr(7));
+      if (!h.empty()) hosts.insert(h);
+    }
+  }
+  p.mirror_hosts.assign(hosts.begin(), hosts.end());
+  return p;
+}
+
+// --- the modules' scripts --------------------------------------------------
+
+constexpr const char* kWriteFile = R"SH(
+p=$WF_PATH
+mkdir -p -- "$(dirname -- "$p")"
+tmp=$(mktemp /tmp/ultari-write.XXXXXX)
+trap 'rm -f -- "$tmp" "$tmp.d"' EXIT
+cat >"$tmp"
+if [ "$WF_GZIP" = 1 ]; then
+  gzip -t <"$tmp" 2>/dev/null || { echo "content is not valid gzip data" >&2; exit 2; }
+  gzip -dc <"$tmp" | head -c "$((WF_MAX + 1))" >"$tmp.d" || true
+  mv -f -- "$tmp.d" "$tmp"
+fi
+if [ "$(wc -c <"$tmp")" -gt "$WF_MAX" ]; then echo "decompressed content is larger than $WF_MAX bytes" >&2; exit 2; fi
+if [ "$WF_APPEND" = 1 ]; then cat "$tmp" >>"$p"; else cat "$tmp" >"$p"; fi
+chown -- "$WF_OWNER" "$p"
+chmod -- "$WF_MODE" "$p"
+)SH";
+
+constexpr const char* kGroup = R"SH(
+getent group "$G_NAME" >/dev/null 2>&1 || groupadd -- "$G_NAME"
+for m in $G_MEMBERS; do
+  if getent passwd "$m" >/dev/null 2>&1; then usermod -a -G "$G_NAME" -- "$m"; else echo "group $G_NAME: no user $m (skipped)"; fi
+done
+)SH";
+
+constexpr const char* kUser = R"SH(
+if [ -n "$U_GROUPS" ] && [ "$U_CREATE_GROUPS" = 1 ]; then
+  for g in $(echo "$U_GROUPS" | tr ',' ' '); do getent group "$g" >/dev/null 2>&1 || groupadd -- "$g"; done
+fi
+if getent passwd "$U_NAME" >/dev/null 2>&1; then
+  echo "user $U_NAME exists: groups added only"
+  [ -z "$U_GROUPS" ] || usermod -a -G "$U_GROUPS" -- "$U_NAME"
+else
+  set --
+  [ -z "$U_GECOS" ] || set -- "$@" --comment "$U_GECOS"
+  [ -z "$U_SHELL" ] || set -- "$@" --shell "$U_SHELL"
+  [ -z "$U_HOME" ] || set -- "$@" --home-dir "$U_HOME"
+  [ -z "$U_PGROUP" ] || set -- "$@" --gid "$U_PGROUP"
+  [ -z "$U_UID" ] || set -- "$@" --uid "$U_UID"
+  [ -z "$U_GROUPS" ] || set -- "$@" --groups "$U_GROUPS"
+  [ -z "$U_EXPIRE" ] || set -- "$@" --expiredate "$U_EXPIRE"
+  [ -z "$U_INACTIVE" ] || set -- "$@" --inactive "$U_INACTIVE"
+  [ "$U_SYSTEM" != 1 ] || set -- "$@" --system
+  [ "$U_NO_USER_GROUP" != 1 ] || set -- "$@" --no-user-group
+  if [ "$U_NO_CREATE_HOME" = 1 ] || [ "$U_SYSTEM" = 1 ]; then set -- "$@" --no-create-home; else set -- "$@" --create-home; fi
+  useradd "$@" -- "$U_NAME"
+fi
+if [ -n "$U_HASHED" ]; then usermod --password "$U_HASHED" -- "$U_NAME"
+elif [ -n "$U_PLAIN" ]; then printf '%s:%s\n' "$U_NAME" "$U_PLAIN" | chpasswd
+fi
+[ "$U_LOCK" != 1 ] || usermod --lock -- "$U_NAME"
+if [ -n "$U_SUDO" ]; then
+  f=/etc/sudoers.d/90-cloud-init-users
+  mkdir -p /etc/sudoers.d
+  [ -e "$f" ] || printf '# Created by Ultari provisioning (cloud-init users module)\n' >"$f"
+  printf '%s\n' "$U_SUDO" | while IFS= read -r rule; do printf '%s %s\n' "$U_NAME" "$rule" >>"$f"; done
+  chmod 0440 "$f"
+  if [ ! -e /etc/sudoers ]; then printf '@includedir /etc/sudoers.d\n' >/etc/sudoers; chmod 0440 /etc/sudoers
+  elif ! grep -qE '^[#@]includedir[[:space:]]+/etc/sudoers.d' /etc/sudoers; then printf '\n@includedir /etc/sudoers.d\n' >>/etc/sudoers
+  fi
+fi
+if [ -n "$U_KEYS" ]; then
+  home=$(getent passwd "$U_NAME" | cut -d: -f6)
+  group=$(id -gn -- "$U_NAME")
+  mkdir -p -- "$home/.ssh"
+  printf '%s\n' "$U_KEYS" >>"$home/.ssh/authorized_keys"
+  chmod 700 -- "$home/.ssh"
+  chmod 600 -- "$home/.ssh/authorized_keys"
+  chown -R -- "$U_NAME:$group" "$home/.ssh"
+fi
+id -- "$U_NAME"
+)SH";
+
+// Files given in the environment: F_COUNT, F<i>_PATH, F<i>_DATA, F<i>_MODE,
+// F<i>_APPEND (small generated files: apt configuration, certificates).
+constexpr const char* kEnvFiles = R"SH(
+i=0
+while [ "$i" -lt "$F_COUNT" ]; do
+  eval "p=\$F${i}_PATH d=\$F${i}_DATA m=\$F${i}_MODE a=\$F${i}_APPEND"
+  mkdir -p -- "$(dirname -- "$p")"
+  if [ "$a" = 1 ]; then printf '%s\n' "$d" >>"$p"; else printf '%s\n' "$d" >"$p"; fi
+  chmod -- "$m" "$p"
+  echo "wrote $p"
+  i=$((i + 1))
+done
+)SH";
+
+struct EnvFile {
+  std::string path, data;
+  std::string mode = "0644";
+  bool append = false;
+};
+std::vector<std::string> env_files(const std::vector<EnvFile>& files) {
+  std::vector<std::string> env = {"F_COUNT=" + std::to_string(files.size())};
+  for (size_t i = 0; i < files.size(); ++i) {
+    std::string p = "F" + std::to_string(i) + "_";
+    std::string data = files[i].data;
+    while (!data.empty() && data.back() == '\n') data.pop_back();
+    if (data.size() > (100u << 10)) throw Error(files[i].path + ": more than 100 KiB");
+    env.push_back(p + "PATH=" + files[i].path);
+    env.push_back(p + "DATA=" + data);
+    env.push_back(p + "MODE=" + files[i].mode);
+    env.push_back(p + "APPEND=" + std::string(files[i].append ? "1" : "0"));
+  }
+  return env;
+}
+
+constexpr const char* kAptPackages = R"SH(
+export DEBIAN_FRONTEND=noninteractive
+o="-o Dpkg::Options::=--force-confold -o Dpkg::Options::=--force-unsafe-io -o APT::Color=0 -y -q"
+if [ "$P_UPDATE" = 1 ]; then apt-get $o update; fi
+if [ "$P_UPGRADE" = 1 ]; then apt-get $o dist-upgrade; fi
+if [ -n "$P_LIST" ]; then apt-get $o install $P_LIST; fi
+apt-get clean
+rm -rf /var/lib/apt/lists/partial
+)SH";
+constexpr const char* kApkPackages = R"SH(
+if [ "$P_UPDATE" = 1 ]; then apk update; fi
+if [ "$P_UPGRADE" = 1 ]; then apk upgrade; fi
+if [ -n "$P_LIST" ]; then apk add $P_LIST; fi
+)SH";
+constexpr const char* kDnfPackages = R"SH(
+if [ "$P_UPDATE" = 1 ]; then dnf -y makecache; fi
+if [ "$P_UPGRADE" = 1 ]; then dnf -y upgrade; fi
+if [ -n "$P_LIST" ]; then dnf -y install $P_LIST; fi
+dnf clean all
+)SH";
+
+constexpr const char* kLocale = R"SH(
+l=$L_NAME
+lang=${l%%.*}
+case "$l" in *.*) charset=${l#*.}; charset=${charset%%@*} ;; *) charset=ISO-8859-1 ;; esac
+if ! command -v locale-gen >/dev/null 2>&1 && [ ! -e "/usr/share/i18n/locales/$lang" ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing the locales package"
+  apt-get -q update && DEBIAN_FRONTEND=noninteractive apt-get -y -q install locales && apt-get clean
+fi
+if command -v locale-gen >/dev/null 2>&1 && [ -f /etc/locale.gen ]; then
+  if grep -qE "^[# ]*$L_RE[[:space:]]" /etc/locale.gen; then
+    sed -i -E "s/^[# ]*($L_RE[[:space:]])/\1/" /etc/locale.gen
+  else
+    printf '%s %s\n' "$l" "$charset" >>/etc/locale.gen
+  fi
+  locale-gen
+elif command -v localedef >/dev/null 2>&1; then
+  if [ ! -e "/usr/share/i18n/locales/$lang" ]; then echo "locale $l: /usr/share/i18n/locales/$lang is missing (install the locales package)" >&2; exit 3; fi
+  localedef -i "$lang" -f "$charset" "$l"
+else
+  echo "locale $l: the image has neither locale-gen nor localedef (install the locales package)" >&2; exit 3
+fi
+mkdir -p /etc/default
+printf 'LANG=%s\n' "$l" >/etc/default/locale
+[ ! -e /etc/locale.conf ] || printf 'LANG=%s\n' "$l" >/etc/locale.conf
+norm=$(printf '%s' "$l" | tr 'A-Z' 'a-z' | sed 's/utf-8/utf8/')
+if command -v locale >/dev/null 2>&1 && ! locale -a | tr 'A-Z' 'a-z' | grep -qxF "$norm"; then
+  echo "locale $l was not generated" >&2; exit 3
+fi
+)SH";
+
+constexpr const char* kTimezone = R"SH(
+f=/usr/share/zoneinfo/$TZ_NAME
+if [ ! -f "$f" ]; then echo "timezone $TZ_NAME: $f is missing (install tzdata)" >&2; exit 3; fi
+ln -sf -- "$f" /etc/localtime
+printf '%s\n' "$TZ_NAME" >/etc/timezone
+)SH";
+
+constexpr const char* kCaCerts = R"SH(
+if ! command -v update-ca-certificates >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    apt-get -q update && DEBIAN_FRONTEND=noninteractive apt-get -y -q install ca-certificates && apt-get clean
+  elif command -v apk >/dev/null 2>&1; then apk add ca-certificates
+  else echo "ca_certs: the image has no update-ca-certificates" >&2; exit 3; fi
+fi
+if [ "$CA_REMOVE_DEFAULTS" = 1 ] && [ -f /etc/ca-certificates.conf ]; then
+  sed -i -E 's/^([^#!])/!\1/' /etc/ca-certificates.conf
+fi
+update-ca-certificates --fresh
+)SH";
+
+// A bootcmd/runcmd list as one script run by one shell (as cloud-init
+// does: `cd` and variables carry from item to item), with a marker line
+// after each item carrying its exit status; strict: the first failing item
+// ends the script.
+std::string command_script(const std::vector<Command>& items, const std::string& marker, bool strict) {
+  std::string s;
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (!items[i].argv.empty()) {
+      for (size_t k = 0; k < items[i].argv.size(); ++k) s += (k ? " " : "") + quote(items[i].argv[k]);
+    } else {
+      s += items[i].shell;
+    }
+    s += "\n__ultari_rc=$?; printf '\\n" + marker + " " + std::to_string(i) + " %s\\n' \"$__ultari_rc\"";
+    s += strict ? "; [ \"$__ultari_rc\" -eq 0 ] || exit \"$__ultari_rc\"\n" : "\n";
+  }
+  return s;
+}
+
+struct ItemResult {
+  int status = -1;  // -1: did not finish (or did not run)
+  std::string output;
+};
+std::vector<ItemResult> split_items(const std::string& output, const std::string& marker, size_t count) {
+  std::vector<ItemResult> items(count);
+  size_t pos = 0, index = 0;
+  while (index < count) {
+    size_t m = output.find("\n" + marker + " ", pos);
+    if (m == std::string::npos) {
+      items[index].output = output.substr(pos);
+      break;
+    }
+    items[index].output = output.substr(pos, m - pos);
+    size_t eol = output.find('\n', m + 1);
+    std::istringstream line(output.substr(m + 1 + marker.size(), eol - m - 1 - marker.size()));
+    size_t i = 0;
+    int status = -1;
+    line >> i >> status;
+    if (i == index) items[index].status = status;
+    pos = eol == std::string::npos ? output.size() : eol + 1;
+    ++index;
+  }
+  return items;
+}
+
+// Runs the items; returns what each did for the log, or throws naming the
+// item that failed.
+json run_commands(Build& b, const std::string& module, const std::vector<Command>& items, bool strict) {
+  std::string marker = "ultari-item-" + random_hex(8);
+  Build::StepResult r = b.run({"/bin/sh", "-c", command_script(items, marker, strict), "ultari-" + module}, {});
+  std::vector<ItemResult> results = split_items(r.output, marker, items.size());
+  json done = json::array();
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (results[i].status < 0 && i > 0 && results[i - 1].status != 0 && strict) break;
+    done.push_back({{"item", items[i].describe()}, {"status", results[i].status}, {"line", items[i].line}});
+    bool failed = results[i].status != 0 && (strict || i + 1 == items.size());
+    if (failed || (results[i].status < 0)) {
+      std::string status = results[i].status < 0 ? "did not finish (sandbox exit status " +
+                                                        std::to_string(r.exit_code) + ")"
+                                                  : "exit status " + std::to_string(results[i].status);
+      throw Error(module + "[" + std::to_string(i) + "] (user-data line " + std::to_string(items[i].line) + ") '" +
+                  items[i].describe() + "' failed: " + status + "; its output:\n" + tail(results[i].output, 20));
+    }
+  }
+  return done;
+}
+
+// The built-in modules a kernel layer lists.
+std::set<std::string> layer_builtin(const std::string& layer, const std::string& release) {
+  std::set<std::string> names;
+  std::istringstream in(read_file(layer + "/lib/modules/" + release + "/modules.builtin"));
+  for (std::string line; std::getline(in, line);) {
+    std::string base = line.substr(line.rfind('/') + 1);
+    if (base.size() > 3 && base.ends_with(".ko")) base.resize(base.size() - 3);
+    std::replace(base.begin(), base.end(), '-', '_');
+    if (!base.empty()) names.insert(base);
+  }
+  return names;
+}
+
+std::string cache_key(images::Unpacker& u, const images::Image& base, const std::string& rendered,
+                      const Request& req) {
+  std::string text = "ultari-provision-1\n";
+  for (const auto& l : base.layers) text += "layer " + l + "\n";
+  std::vector<std::pair<std::string, std::string>> vars = req.vars;
+  std::sort(vars.begin(), vars.end());
+  for (const auto& [k, v] : vars) text += "var " + std::to_string(k.size()) + ":" + k + "=" + std::to_string(v.size()) + ":" + v + "\n";
+  text += "user-data " + std::to_string(rendered.size()) + "\n" + rendered;
+  return u.sha256(text);
+}
+
+// The image's run defaults: the base's, overridden by this user-data.
+json image_config(const images::Image& base, const CloudConfig& cfg, const std::set<std::string>& kernel_modules) {
+  json c = base.config.is_object() ? base.config : json::object();
+  std::string hostname = !cfg.hostname.empty() ? cfg.hostname : cfg.fqdn.substr(0, cfg.fqdn.find('.'));
+  if (!hostname.empty()) c["hostname"] = hostname;
+  if (!cfg.locale.empty()) c["env"]["LANG"] = cfg.locale;
+  if (!cfg.ultari.limits.empty()) c["limits"] = cfg.ultari.limits;
+  if (!cfg.ultari.network.empty()) c["network"] = cfg.ultari.network;
+  std::set<std::string> modules;
+  if (c.contains("kernel_modules")) modules = c["kernel_modules"].get<std::set<std::string>>();
+  modules.insert(kernel_modules.begin(), kernel_modules.end());
+  if (!modules.empty()) c["kernel_modules"] = modules;
+  return c;
+}
+
+// The modules a user-data runs, in Ultari's order.
+std::vector<std::string> plan_of(const CloudConfig& c) {
+  std::vector<std::string> p;
+  auto deferred = [&](bool d) {
+    return std::any_of(c.write_files.begin(), c.write_files.end(), [&](const WriteFile& f) { return f.defer == d; });
+  };
+  if (!c.bootcmd.empty()) p.push_back("bootcmd");
+  if (deferred(false)) p.push_back("write_files");
+  if (!c.groups.empty()) p.push_back("groups");
+  if (!c.users.empty()) p.push_back("users");
+  if (c.apt.present) p.push_back("apt");
+  if (c.package_update || c.package_upgrade || !c.packages.empty()) p.push_back("packages");
+  if (!c.locale.empty()) p.push_back("locale");
+  if (!c.timezone.empty()) p.push_back("timezone");
+  if (!c.hostname.empty() || !c.fqdn.empty()) p.push_back("hostname");
+  if (c.ca_certs.present) p.push_back("ca_certs");
+  if (deferred(true)) p.push_back("write_files (deferred)");
+  if (!c.runcmd.empty()) p.push_back("runcmd");
+  return p;
+}
+
+}  // namespace
+
+Outcome provision(images::Store& store, const Request& req) {
+  images::Store::check_name(req.name);
+  images::Image base = store.get(req.base);
+  Outcome out;
+
+  // 1. The user-data after templating: what the cache sees.
+  std::string text = req.user_data;
+  auto os = parse_os_release(image_file(store, base, "etc/os-release").value_or(""));
+  if (is_jinja(text)) {
+    size_t eol = text.find('\n');
+    text = render_jinja(eol == std::string::npos ? "" : std::string_view(text).substr(eol + 1),
+                        instance_data(req, os), 2);
+  } else if (!req.vars.empty()) {
+    throw Error("--var is given, but the user-data is not a template (its first line is not '## template: jinja')");
+  }
+  CloudConfig cfg = parse_cloud_config(text);
+  out.warnings = cfg.warnings;
+
+  // 2. The kernel modules it asks for must be allowed, whatever the cache says.
+  HostConfig host = load_host_config();
+  for (const auto& m : cfg.ultari.kernel_modules)
+    if (!module_allowed(host, m))
+      throw Error("ultari.kernel_modules: module '" + m + "' is not on the allowlist (" +
+                  (host.path.empty() ? std::string("the default one; an administrator sets [kernel_modules] allow in "
+                                                   "/etc/ultari/config.toml")
+                                     : "kernel_modules.allow in " + host.path) +
+                  ")");
+
+  if (req.check_only) {
+    out.plan = plan_of(cfg);
+    return out;
+  }
+
+  std::unique_ptr<images::Unpacker> unpacker = images::load_unpacker();
+  std::string key = cache_key(*unpacker, base, text, req);
+  if (!req.no_cache && !req.refresh) {
+    if (auto hit = store.find_by_cache_key(key)) {
+      if (hit->name != req.name) {
+        images::Image named = *hit;
+        named.name = req.name;
+        out.image = store.save_as(named);
+      } else {
+        out.image = *hit;
+      }
+      out.cache_hit = true;
+      return out;
+    }
+  }
+
+  if (geteuid() != 0)
+    throw Error("ultari image provision needs root (its build sandboxes map the 65536 ids an image's files use)");
+
+  // 3. Build.
+  std::vector<UniqueFd> holds = store.hold(base);
+  Build b(req);
+  b.os = os;
+  struct Scratch {
+    std::string path;
+    ~Scratch() {
+      std::error_code ec;
+      if (!path.empty()) fs::remove_all(path, ec);
+    }
+  } scratch{store.scratch_dir()};
+  b.scratch = scratch.path;
+  for (const auto& id : base.layers) b.layers.push_back(store.layer_path(id));
+
+  std::set<std::string> wanted(cfg.ultari.kernel_modules.begin(), cfg.ultari.kernel_modules.end());
+  std::set<std::string> from_commands;
+  for (const auto* list : {&cfg.bootcmd, &cfg.runcmd})
+    for (const auto& c : *list)
+      for (const auto& m : modprobe_names(c.argv.empty() ? c.shell : [&] {
+             std::string s;
+             for (const auto& a : c.argv) s += a + " ";
+             return s;
+           }()))
+        from_commands.insert(m);
+  std::string release;
+  std::set<std::string> present;  // modules the image's sandboxes will find in the kernel
+  if (!wanted.empty() || !from_commands.empty()) {
+    b.module("kernel_modules", "on the host", [&](json& entry) {
+      RunningKernel kernel = running_kernel();
+      release = kernel.release;
+      struct stat st{};
+      stat(b.scratch.c_str(), &st);
+      std::string layer = kernel_layer(store.dir() + "/kernel", st.st_uid, st.st_gid);
+      std::set<std::string> builtin = layer_builtin(layer, release);
+      for (const auto& m : wanted) ensure_module(kernel, builtin, host, m);
+      present = wanted;
+      json missing = json::object();
+      for (const auto& m : from_commands) {
+        if (wanted.count(m)) continue;
+        if (!module_allowed(host, m)) {
+          missing[m] = "not on the allowlist";
+          continue;
+        }
+        try {
+          ensure_module(kernel, builtin, host, m);
+          present.insert(m);
+        } catch (const Error& e) {  // an alias the image defines, say: its modprobe decides
+          missing[m] = e.what();
+        }
+      }
+      entry["present"] = present;
+      if (!missing.empty()) entry["not_in_kernel"] = missing;
+      b.layers.push_back(layer);
+    });
+  }
+
+  Probe probe_result = probe(b);
+  b.network = req.network;
+  if (b.network.mode == NetworkSpec::Mode::None) b.network.mode = NetworkSpec::Mode::Allow;
+  std::vector<std::string> mirrors = probe_result.mirror_hosts;
+  for (const auto& uri : {cfg.apt.primary_uri, cfg.apt.security_uri})
+    if (!uri.empty()) mirrors.push_back(host_of(uri));
+  for (const auto& s : cfg.apt.sources) {
+    std::istringstream words(s.source);
+    for (std::string w; words >> w;)
+      if (w.find("://") != std::string::npos && w.find('$') == std::string::npos) mirrors.push_back(host_of(w));
+  }
+  for (const auto& h : mirrors)
+    if (!h.empty() && std::find(b.network.allow.begin(), b.network.allow.end(), h) == b.network.allow.end())
+      b.network.allow.push_back(h);
+  if (b.network.mode == NetworkSpec::Mode::Allow && b.network.allow.empty()) b.network.mode = NetworkSpec::Mode::None;
+
+  auto write_files = [&](bool deferred) {
+    std::vector<const WriteFile*> files;
+    for (const auto& f : cfg.write_files)
+      if (f.defer == deferred) files.push_back(&f);
+    if (files.empty()) return;
+    std::string paths;
+    for (const auto* f : files) paths += (paths.empty() ? "" : ", ") + f->path;
+    b.module(deferred ? "write_files (deferred)" : "write_files", paths, [&](json& entry) {
+      json changed = json::array();
+      for (const auto* f : files) {
+        char mode[8];
+        std::snprintf(mode, sizeof mode, "%04o", f->permissions);
+        Build::StepResult r = b.run({"/bin/sh", "-ec", kWriteFile, "ultari-write_files"},
+                                    {"WF_PATH=" + f->path, "WF_OWNER=" + f->owner, std::string("WF_MODE=") + mode,
+                                     std::string("WF_APPEND=") + (f->append ? "1" : "0"),
+                                     std::string("WF_GZIP=") + (f->gzip ? "1" : "0"),
+                                     "WF_MAX=" + std::to_string(kMaxFileContent)},
+                                    f->content, false);
+        if (r.exit_code != 0)
+          throw Error("write_files: " + f->path + " (user-data line " + std::to_string(f->line) + ") failed (exit status " +
+                      std::to_string(r.exit_code) + "): " + tail(r.output, 10));
+        changed.push_back({{"path", f->path}, {"owner", f->owner}, {"permissions", mode}, {"append", f->append}});
+      }
+      entry["files"] = changed;
+    });
+  };
+
+  // bootcmd: once, first.
+  if (!cfg.bootcmd.empty())
+    b.module("bootcmd", std::to_string(cfg.bootcmd.size()) + " commands",
+             [&](json& entry) { entry["items"] = run_commands(b, "bootcmd", cfg.bootcmd, true); });
+  write_files(false);
+
+  // groups, then users (the default user first, as cloud-init does).
+  if (!cfg.groups.empty()) {
+    std::string names;
+    for (const auto& g : cfg.groups) names += (names.empty() ? "" : ", ") + g.name;
+    b.module("groups", names, [&](json&) {
+      for (const auto& g : cfg.groups) {
+        std::string members;
+        for (const auto& m : g.members) members += m + " ";
+        b.script("groups", kGroup, {"G_NAME=" + g.name, "G_MEMBERS=" + members}, "", false);
+      }
+    });
+  }
+  std::vector<User> users;
+  for (const auto& u : cfg.users) {
+    if (!u.is_default) {
+      users.push_back(u);
+      continue;
+    }
+    User d;
+    std::string distro = os.count("ID") ? os["ID"] : "";
+    d.name = distro == "ubuntu" ? "ubuntu" : distro == "fedora" ? "fedora" : distro == "alpine" ? "alpine" : "debian";
+    d.gecos = distro.empty() ? "Debian" : std::string(1, static_cast<char>(std::toupper(d.name[0]))) + d.name.substr(1);
+    d.groups = distro == "ubuntu" ? std::vector<std::string>{"adm", "cdrom", "dip", "lxd", "sudo"}
+                                  : std::vector<std::string>{"adm", "audio", "cdrom", "dialout", "dip", "floppy",
+                                                             "netdev", "plugdev", "sudo", "video"};
+    d.sudo = {"ALL=(ALL) NOPASSWD:ALL"};
+    d.shell = "/bin/bash";
+    if (cfg.default_user) {  // `user:` overrides the default user's fields it sets
+      const User& o = *cfg.default_user;
+      d.name = o.name;
+      if (!o.gecos.empty()) d.gecos = o.gecos;
+      if (!o.groups.empty()) d.groups = o.groups;
+      if (!o.sudo.empty()) d.sudo = o.sudo;
+      if (!o.shell.empty()) d.shell = o.shell;
+      d.homedir = o.homedir;
+      d.uid = o.uid;
+      d.ssh_authorized_keys = o.ssh_authorized_keys;
+      d.hashed_passwd = o.hashed_passwd;
+      d.plain_text_passwd = o.plain_text_passwd;
+      d.lock_passwd = o.lock_passwd;
+    }
+    users.insert(users.begin(), d);
+  }
+  if (!users.empty()) {
+    std::string names;
+    for (const auto& u : users) names += (names.empty() ? "" : ", ") + u.name;
+    b.module("users", names, [&](json& entry) {
+      json made = json::array();
+      for (const auto& u : users) {
+        std::string groups, sudo, keys;
+        for (const auto& g : u.groups) groups += (groups.empty() ? "" : ",") + g;
+        for (const auto& s : u.sudo) sudo += (sudo.empty() ? "" : "\n") + s;
+        for (const auto& k : u.ssh_authorized_keys) keys += (keys.empty() ? "" : "\n") + k;
+        std::string id = b.script("users", kUser,
+                                  {"U_NAME=" + u.name, "U_GECOS=" + u.gecos, "U_SHELL=" + u.shell,
+                                   "U_HOME=" + u.homedir, "U_PGROUP=" + u.primary_group,
+                                   "U_UID=" + (u.uid ? std::to_string(*u.uid) : std::string()), "U_GROUPS=" + groups,
+                                   "U_EXPIRE=" + u.expiredate,
+                                   "U_INACTIVE=" + (u.inactive ? std::to_string(*u.inactive) : std::string()),
+                                   std::string("U_SYSTEM=") + (u.system ? "1" : "0"),
+                                   std::string("U_NO_USER_GROUP=") + (u.no_user_group ? "1" : "0"),
+                                   std::string("U_NO_CREATE_HOME=") + (u.no_create_home ? "1" : "0"),
+                                   std::string("U_CREATE_GROUPS=") + (u.create_groups ? "1" : "0"),
+                                   "U_HASHED=" + u.hashed_passwd, "U_PLAIN=" + u.plain_text_passwd,
+                                   std::string("U_LOCK=") + (u.lock_passwd ? "1" : "0"), "U_SUDO=" + sudo,
+                                   "U_KEYS=" + keys},
+                                  "", false);
+        made.push_back({{"name", u.name}, {"id", tail(id, 1)}});
+      }
+      entry["users"] = made;
+    });
+  }
+
+  // apt sources, then packages.
+  if (cfg.apt.present) {
+    if (probe_result.manager != "apt") {
+      out.warnings.push_back("apt: the base image has no apt-get: the apt key is ignored");
+    } else {
+      b.module("apt", "sources and configuration", [&](json& entry) {
+        std::vector<EnvFile> files;
+        std::string release = os.count("VERSION_CODENAME") ? os["VERSION_CODENAME"] : "";
+        std::string mirror = cfg.apt.primary_uri.empty() ? std::string() : cfg.apt.primary_uri;
+        auto subst = [&](std::string s) {
+          for (auto [from, to] : {std::pair<std::string, std::string>{"$MIRROR", mirror}, {"$PRIMARY", mirror},
+                                  {"$SECURITY", cfg.apt.security_uri.empty() ? mirror : cfg.apt.security_uri},
+                                  {"$RELEASE", release}})
+            for (size_t p; (p = s.find(from)) != std::string::npos;) s.replace(p, from.size(), to);
+          return s;
+        };
+        if (!cfg.apt.preserve_sources_list && !cfg.apt.sources_list.empty()) {
+          if (mirror.empty() && cfg.apt.sources_list.find("$MIRROR") != std::string::npos)
+            throw Error("apt.sources_list uses $MIRROR, but apt.primary has no uri");
+          files.push_back({"/etc/apt/sources.list", subst(cfg.apt.sources_list)});
+        }
+        for (const auto& s : cfg.apt.sources) {
+          if (!s.source.empty()) files.push_back({"/etc/apt/sources.list.d/" + s.filename, subst(s.source), "0644", s.append});
+          if (!s.key.empty()) files.push_back({"/etc/apt/trusted.gpg.d/" + s.name + ".asc", s.key});
+        }
+        if (!cfg.apt.conf.empty()) files.push_back({"/etc/apt/apt.conf.d/94cloud-init-config", cfg.apt.conf});
+        std::string proxy;
+        for (auto [kind, value] : {std::pair<const char*, std::string>{"http", cfg.apt.http_proxy},
+                                   {"https", cfg.apt.https_proxy}, {"ftp", cfg.apt.ftp_proxy}})
+          if (!value.empty()) proxy += std::string("Acquire::") + kind + "::Proxy \"" + value + "\";\n";
+        if (!proxy.empty()) files.push_back({"/etc/apt/apt.conf.d/90cloud-init-aptproxy", proxy});
+        std::string text = kEnvFiles;
+        std::vector<std::string> env = env_files(files);
+        if (!cfg.apt.preserve_sources_list && cfg.apt.sources_list.empty() && !mirror.empty()) {
+          // Point the existing entries of the primary archive at the new mirror.
+          text += R"SH(
+for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+  [ -f "$f" ] || continue
+  sed -i -E "/security/!s#(https?|ftp)://[^ ]+#$A_MIRROR#" "$f"
+  echo "mirror of $f: $A_MIRROR"
+done
+)SH";
+          env.push_back("A_MIRROR=" + mirror);
+        }
+        if (!cfg.apt.debconf_selections.empty()) {
+          std::string sel;
+          for (const auto& l : cfg.apt.debconf_selections) sel += l + "\n";
+          text += "printf '%s' \"$A_DEBCONF\" | debconf-set-selections\n";
+          env.push_back("A_DEBCONF=" + sel);
+        }
+        entry["output"] = tail(b.script("apt", text, env, "", false), 10);
+      });
+    }
+  }
+  bool packages = cfg.package_update || cfg.package_upgrade || !cfg.packages.empty();
+  if (packages) {
+    if (probe_result.manager.empty())
+      throw Error("packages: the base image has none of apt-get, apk, dnf");
+    std::string list, names;
+    for (const auto& p : cfg.packages) {
+      std::string spec = p.name;
+      if (!p.version.empty()) spec += (probe_result.manager == "dnf" ? "-" : "=") + p.version;
+      list += (list.empty() ? "" : " ") + spec;
+    }
+    std::string summary = probe_result.manager + ":";
+    if (cfg.package_update || !cfg.packages.empty()) summary += " update";
+    if (cfg.package_upgrade) summary += " upgrade";
+    if (!list.empty()) summary += " install " + list;
+    b.module("packages", summary, [&](json& entry) {
+      const char* text = probe_result.manager == "apt" ? kAptPackages : probe_result.manager == "apk" ? kApkPackages
+                                                                                                   : kDnfPackages;
+      // cloud-init updates the package lists whenever it installs.
+      std::string output = b.script(
+          "packages", text,
+          {std::string("P_UPDATE=") + (cfg.package_update || !cfg.packages.empty() || cfg.package_upgrade ? "1" : "0"),
+           std::string("P_UPGRADE=") + (cfg.package_upgrade ? "1" : "0"), "P_LIST=" + list});
+      entry["packages"] = list;
+      entry["output"] = tail(output, 5);
+    });
+  }
+
+  if (!cfg.locale.empty()) {
+    std::string re;
+    for (char c : cfg.locale) re += c == '.' ? std::string("\\.") : std::string(1, c);
+    b.module("locale", cfg.locale, [&](json& entry) {
+      entry["output"] = tail(b.script("locale", kLocale, {"L_NAME=" + cfg.locale, "L_RE=" + re}), 5);
+    });
+  }
+  if (!cfg.timezone.empty())
+    b.module("timezone", cfg.timezone, [&](json&) { b.script("timezone", kTimezone, {"TZ_NAME=" + cfg.timezone}, "", false); });
+  if (!cfg.hostname.empty() || !cfg.fqdn.empty()) {
+    std::string h = !cfg.hostname.empty() ? cfg.hostname : cfg.fqdn.substr(0, cfg.fqdn.find('.'));
+    b.module("hostname", h, [&](json&) {
+      b.script("hostname", kEnvFiles, env_files({{"/etc/hostname", h}}), "", false);
+    });
+  }
+  if (cfg.ca_certs.present) {
+    b.module("ca_certs", std::to_string(cfg.ca_certs.trusted.size()) + " certificates", [&](json&) {
+      std::vector<EnvFile> files;
+      for (size_t i = 0; i < cfg.ca_certs.trusted.size(); ++i)
+        files.push_back({"/usr/local/share/ca-certificates/cloud-init-ca-cert-" + std::to_string(i + 1) + ".crt",
+                         cfg.ca_certs.trusted[i]});
+      std::vector<std::string> env = env_files(files);
+      env.push_back(std::string("CA_REMOVE_DEFAULTS=") + (cfg.ca_certs.remove_defaults ? "1" : "0"));
+      b.script("ca_certs", std::string(kEnvFiles) + kCaCerts, env);
+    });
+  }
+  write_files(true);
+  if (!cfg.runcmd.empty()) {
+    b.module("runcmd", std::to_string(cfg.runcmd.size()) + " commands",
+             [&](json& entry) { entry["items"] = run_commands(b, "runcmd", cfg.runcmd, cfg.ultari.runcmd_strict); });
+  }
+
+  // 4. Commit: the host's modules tree is the host's, never the image's.
+  if (!release.empty()) {
+    std::error_code ec;
+    for (const char* dir : {"/upper/lib/modules/", "/upper/usr/lib/modules/"}) fs::remove_all(b.scratch + dir + release, ec);
+  }
+  images::Image top;
+  top.name = req.name;
+  top.source = "provision " + (req.user_data_label.empty() ? std::string("user-data") : req.user_data_label);
+  top.user_data_sha256 = unpacker->sha256(req.user_data);
+  top.cache_key = key;
+  top.provision_log = b.log;
+  top.config = image_config(base, cfg, present);
+  out.image = store.commit(top, base, b.scratch + "/upper");
+  return out;
+}
+
+void apply_image_config(const images::Image& image, const std::string& cache_dir, Spec& spec,
+                        const std::vector<std::string>& explicit_fields) {
+  const json& c = image.config;
+  if (!c.is_object() || c.empty()) return;
+  auto given = [&](const char* f) {
+    return std::find(explicit_fields.begin(), explicit_fields.end(), f) != explicit_fields.end();
+  };
+  if (c.contains("hostname") && !given("hostname")) spec.hostname = c["hostname"].get<std::string>();
+  if (c.contains("env") && c["env"].contains("LANG") && !given("env:LANG"))
+    spec.process.env.insert(spec.process.env.begin(), "LANG=" + c["env"]["LANG"].get<std::string>());
+  if (c.contains("limits")) {
+    const json& l = c["limits"];
+    auto& s = spec.limits;
+    if (l.contains("memory_bytes") && !given("memory")) s.memory_bytes = l["memory_bytes"].get<uint64_t>();
+    if (l.contains("pids") && !given("pids")) s.pids = l["pids"].get<uint64_t>();
+    if (l.contains("cpus") && !given("cpus")) s.cpus = l["cpus"].get<double>();
+    if (l.contains("wall_timeout_ms") && !given("timeout"))
+      s.wall_timeout = std::chrono::milliseconds(l["wall_timeout_ms"].get<int64_t>());
+    if (l.contains("cpu_time_ms") && !given("cpu_time"))
+      s.cpu_time = std::chrono::milliseconds(l["cpu_time_ms"].get<int64_t>());
+    if (l.contains("output_bytes") && !given("output_limit")) s.output_bytes = l["output_bytes"].get<uint64_t>();
+    if (l.contains("tmp_bytes") && !given("tmp_size")) s.tmp_bytes = l["tmp_bytes"].get<uint64_t>();
+    if (l.contains("nofile") && !given("nofile")) s.nofile = l["nofile"].get<uint64_t>();
+  }
+  if (c.contains("network") && !given("net")) {
+    const json& n = c["network"];
+    NetworkSpec& w = spec.network;
+    if (n.value("open", false)) w.mode = NetworkSpec::Mode::Open;
+    for (const auto& a : n.value("allow", std::vector<std::string>{})) {
+      w.allow.push_back(a);
+      if (w.mode == NetworkSpec::Mode::None) w.mode = NetworkSpec::Mode::Allow;
+    }
+    for (const auto& d : n.value("deny", std::vector<std::string>{})) w.deny.push_back(d);
+    if (n.contains("ports")) w.ports = n["ports"].get<std::vector<uint16_t>>();
+  }
+  if (c.contains("kernel_modules")) {
+    // The kernel layer's files must be the sandbox's root's: the layers'
+    // owner (the first layer's root directory) says who that is.
+    struct stat st{};
+    if (spec.layers.empty() || stat(spec.layers.front().c_str(), &st) != 0)
+      throw Error("image " + image.name + ": its layers are missing");
+    std::string layer = kernel_layer(cache_dir, st.st_uid, st.st_gid);
+    RunningKernel kernel = running_kernel();
+    std::set<std::string> builtin = layer_builtin(layer, kernel.release);
+    HostConfig host;
+    bool have_host = false;
+    for (const auto& m : c["kernel_modules"].get<std::vector<std::string>>()) {
+      if (builtin.count(m) || access(("/sys/module/" + m + "/initstate").c_str(), F_OK) == 0) continue;
+      if (!have_host) host = load_host_config(), have_host = true;
+      ensure_module(kernel, builtin, host, m);
+    }
+    spec.layers.push_back(layer);
+  }
+}
+
+}  // namespace ultari::provision

@@ -1,0 +1,75 @@
+#include "util/process.h"
+
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <deque>
+
+#include "util/error.h"
+#include "util/fd.h"
+
+namespace ultari {
+
+std::string ProgramResult::tail_text() const {
+  std::string s;
+  for (const auto& l : tail) s += (s.empty() ? "" : " | ") + l;
+  return s;
+}
+
+ProgramResult run_program(const std::vector<std::string>& argv, const std::vector<std::string>& env,
+                          const std::function<void(const std::string&)>& on_line, size_t keep_lines) {
+  if (argv.empty() || argv[0].empty() || argv[0][0] != '/') throw Error("run_program: argv[0] must be absolute");
+  // Everything the child needs is made before fork.
+  std::vector<std::string> args = argv, envs = env;
+  std::vector<char*> a, e;
+  for (auto& s : args) a.push_back(s.data());
+  a.push_back(nullptr);
+  for (auto& s : envs) e.push_back(s.data());
+  e.push_back(nullptr);
+  int out[2];
+  if (pipe2(out, O_CLOEXEC) != 0) throw_errno("pipe");
+  UniqueFd r(out[0]), w(out[1]);
+  int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (null < 0) throw_errno("open /dev/null");
+  UniqueFd null_fd(null);
+  pid_t pid = fork();
+  if (pid < 0) throw_errno("fork");
+  if (pid == 0) {
+    dup2(null, 0);
+    dup2(w.get(), 1);
+    dup2(w.get(), 2);
+    execve(a[0], a.data(), e.data());
+    _exit(127);
+  }
+  w.reset();
+  null_fd.reset();
+  ProgramResult result;
+  std::deque<std::string> tail;
+  std::string pending;
+  char buf[4096];
+  auto line = [&](std::string l) {
+    if (on_line) on_line(l);
+    tail.push_back(std::move(l));
+    if (tail.size() > keep_lines) tail.pop_front();
+  };
+  for (;;) {
+    ssize_t n = read(r.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    pending.append(buf, static_cast<size_t>(n));
+    for (size_t nl; (nl = pending.find('\n')) != std::string::npos;) {
+      line(pending.substr(0, nl));
+      pending.erase(0, nl + 1);
+    }
+  }
+  if (!pending.empty()) line(pending);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  result.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  result.tail.assign(tail.begin(), tail.end());
+  return result;
+}
+
+}  // namespace ultari

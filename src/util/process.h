@@ -1,0 +1,21 @@
+// Runs a host program (debootstrap, depmod, modprobe) with a fixed
+// environment, stdin from /dev/null, stdout and stderr together.
+#pragma once
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace ultari {
+
+struct ProgramResult {
+  int status = 0;                // exit status, or 128 + signal
+  std::vector<std::string> tail;  // the last lines of output (up to `keep_lines`)
+  std::string tail_text() const;  // those lines joined with " | "
+};
+
+// argv[0] is an absolute path. `on_line` sees each line of output as it
+// comes. Throws Error when the program cannot be started.
+ProgramResult run_program(const std::vector<std::string>& argv, const std::vector<std::string>& env,
+                          const std::function<void(const std::string&)>& on_line = {}, size_t keep_lines = 5);
+
+}  // namespace ultari

@@ -1,0 +1,441 @@
+// `ultari image provision`: cloud-init user-data run in build sandboxes on
+// a real Debian minbase root (built once per build directory from the
+// host's mirror, with kmod), the result checked from inside sandboxes.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "harness.h"
+
+namespace ultari::test {
+namespace {
+
+using nlohmann::json;
+
+bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+class Provision : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { build_error_ = ensure_debian_test_image(); }
+  void SetUp() override {
+    if (!build_error_.empty()) GTEST_FAIL() << build_error_;
+  }
+  static std::string build_error_;
+
+  // A name of this test's own (tests run in parallel over one store).
+  std::string name(const std::string& suffix) {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    return std::string("t-") + info->name() + "-" + suffix;
+  }
+  Outcome provision(const std::string& image, const std::string& user_data, std::vector<std::string> extra = {},
+                    Options o = test_image_options(600)) {
+    std::string file = dir_ / (image + ".yaml");
+    write_file(file, user_data);
+    std::vector<std::string> args = {"image", "provision", image, "--from", "minbase-kmod", "--user-data", file, "--json"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    Outcome r = ultari(args, o);
+    if (r.status == 0 && !r.out.empty()) r.report = json::parse(r.out);
+    return r;
+  }
+  Outcome in(const std::string& image, const std::string& script, std::vector<std::string> flags = {}) {
+    std::vector<std::string> args = {"run", "--image", image};
+    args.insert(args.end(), flags.begin(), flags.end());
+    args.insert(args.end(), {"--", "/bin/sh", "-c", script});
+    return ultari(args, test_image_options());
+  }
+  json inspect(const std::string& image) {
+    Outcome r = ultari({"image", "inspect", "--json", image}, test_image_options());
+    return r.status == 0 ? json::parse(r.out) : json();
+  }
+  // Build directories in the store's tmp/ whose process is gone: what a
+  // build that failed left behind (other tests' builds may be running).
+  int scratch_dirs() {
+    Outcome r = sh_host("for d in $(ls " + test_image_store() +
+                        "/images/tmp 2>/dev/null); do [ -d /proc/${d%%-*} ] || echo $d; done | wc -l");
+    return std::stoi(r.out);
+  }
+  static Outcome sh_host(const std::string& script) {
+    Outcome o;
+    FILE* p = popen(script.c_str(), "r");
+    char buf[4096];
+    size_t n;
+    while (p && (n = fread(buf, 1, sizeof buf, p)) > 0) o.out.append(buf, n);
+    o.status = p ? pclose(p) : -1;
+    return o;
+  }
+  TempDir dir_;
+};
+std::string Provision::build_error_;
+
+const char* const kTableCloth = R"UD(#cloud-config
+users:
+  - name: tablecloth
+    gecos: TableCloth
+    groups: [adm, sudo, audio, video, netdev]
+    sudo: ALL=(ALL) NOPASSWD:ALL
+    shell: /bin/bash
+write_files:
+  - path: /etc/modprobe.d/nf_conntrack_ipv4.conf
+    append: false
+    content: |
+      alias nf_conntrack_ipv4 nf_conntrack
+packages:
+  - locales
+locale: ko_KR.UTF-8
+runcmd:
+  - modprobe nf_conntrack
+  - modprobe nf_conntrack_netlink
+  - depmod -a
+  - modprobe nf_conntrack_ipv4
+)UD";
+
+// The issue's real case: a disposable banking environment on a minbase
+// root with kmod.
+TEST_F(Provision, TheTableClothCaseProvisionsAndItsSandboxesShowTheResult) {
+  std::string img = name("tc");
+  Outcome r = provision(img, kTableCloth);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.report["cache_hit"], false);
+  Outcome s = in(img,
+                 "id tablecloth; getent passwd tablecloth | cut -d: -f5,7; cat /etc/modprobe.d/nf_conntrack_ipv4.conf; "
+                 "stat -c '%U:%G %a' /etc/modprobe.d/nf_conntrack_ipv4.conf; cat /etc/default/locale; echo LANG=$LANG; "
+                 "locale -a | grep -c ko_KR.utf8; dpkg-query -W -f='${Status}\\n' locales; "
+                 "modprobe nf_conntrack && modprobe nf_conntrack_ipv4 && depmod -a && modprobe nf_conntrack_netlink && "
+                 "echo modules-ok; test -d /sys/module/nf_conntrack && echo sysfs-ok; "
+                 "cat /etc/sudoers.d/90-cloud-init-users | tail -1; stat -c '%U %a' /home/tablecloth");
+  EXPECT_EQ(s.status, 0) << s.err;
+  EXPECT_EQ(s.out,
+            "uid=1000(tablecloth) gid=1001(tablecloth) groups=1001(tablecloth),4(adm),27(sudo),29(audio),44(video),"
+            "1000(netdev)\n"
+            "TableCloth:/bin/bash\nalias nf_conntrack_ipv4 nf_conntrack\nroot:root 644\nLANG=ko_KR.UTF-8\n"
+            "LANG=ko_KR.UTF-8\n1\ninstall ok installed\nmodules-ok\nsysfs-ok\n"
+            "tablecloth ALL=(ALL) NOPASSWD:ALL\ntablecloth 755\n")
+      << s.err;
+  // The log names each module in Ultari's order, with the runcmd items.
+  json i = inspect(img);
+  std::vector<std::string> modules;
+  for (const auto& m : i["provision_log"]) modules.push_back(m["module"]);
+  EXPECT_EQ(modules, (std::vector<std::string>{"kernel_modules", "write_files", "users", "packages", "locale", "runcmd"}))
+      << i.dump();
+  EXPECT_EQ(i["provision_log"].back()["items"].size(), 4u) << i.dump();
+  EXPECT_EQ(i["parent"], "minbase-kmod");
+  Outcome sum = sh_host("sha256sum " + dir_ / (img + ".yaml") + " | cut -d' ' -f1");
+  EXPECT_EQ(i["user_data_sha256"].get<std::string>() + "\n", sum.out);
+  // Nothing of the host's kernel tree was committed into the image.
+  for (const auto& layer : i["layers"]) {
+    std::string top = test_image_store() + "/images/layers/" + layer.get<std::string>();
+    EXPECT_FALSE(exists(top + "/usr/lib/modules") && exists(top + "/usr/lib/modules/" + sh_host("uname -r").out));
+    break;
+  }
+
+  // Negative control: the base has none of it, and its modprobe fails.
+  Outcome base = ultari({"run", "--image", "minbase-kmod", "--", "/bin/sh", "-c",
+                         "id tablecloth; modprobe nf_conntrack; echo rc=$?"},
+                        test_image_options());
+  EXPECT_TRUE(has(base.out + base.err, "no such user")) << base.out << base.err;
+  EXPECT_TRUE(has(base.out, "rc=1")) << base.out << base.err;
+}
+
+TEST_F(Provision, EveryModuleRunsInOrderWithCloudInitsKeys) {
+  std::string img = name("all");
+  // A CA of the test's own for ca_certs.
+  ASSERT_EQ(sh_host("openssl req -x509 -newkey rsa:2048 -nodes -keyout " + dir_ / "ca.key" + " -out " + dir_ / "ca.pem" +
+                    " -days 2 -subj /CN=ultari-test-ca 2>/dev/null")
+                .status,
+            0);
+  std::string pem = read_file(dir_ / "ca.pem");
+  std::string indented;
+  for (size_t p = 0; p < pem.size();) {
+    size_t nl = pem.find('\n', p);
+    indented += "        " + pem.substr(p, nl - p + 1);
+    p = nl + 1;
+  }
+  // "gz+b64" of "zipped\n"
+  std::string gz = sh_host("printf 'zipped\\n' | gzip -c | base64 -w0").out;
+  std::string user_data = std::string(R"UD(#cloud-config
+bootcmd:
+  - echo boot > /etc/boot-ran
+  - [sh, -c, 'echo "argv $0" >> /etc/boot-ran', item]
+write_files:
+  - path: /etc/plain.txt
+    content: "plain\n"
+    permissions: '0600'
+  - path: /etc/b64.txt
+    encoding: b64
+    content: aGVsbG8gYjY0Cg==
+  - path: /etc/gz.txt
+    encoding: gz+b64
+    content: )UD") + gz + R"UD(
+  - path: /etc/plain.txt
+    append: true
+    content: "more\n"
+  - path: /home/alice/owned.txt
+    owner: alice:devs
+    permissions: '0640'
+    defer: true
+    content: "mine\n"
+groups:
+  - devs: [root]
+  - empty
+users:
+  - default
+  - name: alice
+    uid: 2001
+    primary_group: devs
+    groups: [users]
+    shell: /bin/sh
+    lock_passwd: false
+    hashed_passwd: "$6$salt$IxDD3jeSOb5eB1CX5LBsqZFVkJdido3OUILO5Ifz5iwMuTS4XMS130MTSuDDl3aCI6WouIL9AjRbLCelDCy.g."
+    ssh_authorized_keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGdummy alice@test"]
+  - name: svc
+    system: true
+apt:
+  conf: |
+    APT::Install-Recommends "false";
+  debconf_selections:
+    tz: "tzdata tzdata/Areas select Asia"
+  sources:
+    extra:
+      source: "deb $MIRROR $RELEASE-updates main"
+package_update: true
+packages:
+  - jq
+locale: ko_KR.UTF-8
+timezone: Asia/Seoul
+hostname: provisioned
+ca_certs:
+  trusted:
+    - |
+)UD" + indented + R"UD(runcmd:
+  - cd /opt
+  - echo "cwd $(pwd)" > /opt/runcmd.txt
+  - [sh, -c, 'echo "argv item" >> /opt/runcmd.txt']
+)UD";
+  // apt sources name $MIRROR: the test gives the primary mirror (the base's).
+  std::string mirror = in("minbase-kmod", "grep -hoE 'https?://[^ ]+' /etc/apt/sources.list | head -1").out;
+  if (!mirror.empty() && mirror.back() == '\n') mirror.pop_back();
+  ASSERT_FALSE(mirror.empty());
+  user_data.replace(user_data.find("apt:\n"), 5, "apt:\n  primary:\n    - arches: [default]\n      uri: " + mirror + "\n");
+  Outcome r = provision(img, user_data);
+  ASSERT_EQ(r.status, 0) << r.err;
+  Outcome s = in(img,
+                 "cat /etc/boot-ran; stat -c '%a %U' /etc/plain.txt; cat /etc/plain.txt /etc/b64.txt /etc/gz.txt; "
+                 "stat -c '%U:%G %a' /home/alice/owned.txt; id alice; getent group devs | cut -d: -f1,4; "
+                 "getent group empty | cut -d: -f1; id -u debian; id -nG debian | tr ' ' '\\n' | sort | xargs; getent passwd svc | cut -d: -f3 | "
+                 "awk '{print ($1 < 1000) ? \"system\" : \"user\"}'; "
+                 "getent shadow alice | cut -d: -f2 | cut -c1-7; getent shadow debian | cut -d: -f2 | cut -c1; "
+                 "cat /etc/apt/apt.conf.d/94cloud-init-config; grep -c updates /etc/apt/sources.list.d/extra.list; "
+                 "jq -n 1; readlink /etc/localtime; cat /etc/timezone; cat /etc/hostname; hostname; "
+                 "openssl x509 -noout -subject -in /usr/local/share/ca-certificates/cloud-init-ca-cert-1.crt; "
+                 "ls /etc/ssl/certs | grep -c cloud-init-ca-cert-1; cat /opt/runcmd.txt; echo LANG=$LANG");
+  EXPECT_EQ(s.status, 0) << s.err;
+  EXPECT_EQ(s.out,
+            "boot\nargv item\n644 root\nplain\nmore\nhello b64\nzipped\nalice:devs 640\n"
+            "uid=2001(alice) gid=1000(devs) groups=1000(devs),100(users)\ndevs:root\nempty\n1000\n"
+            "adm audio cdrom debian dialout dip floppy netdev plugdev sudo video\nsystem\n$6$salt\n!\n"
+            "APT::Install-Recommends \"false\";\n1\n"
+            "1\n/usr/share/zoneinfo/Asia/Seoul\nAsia/Seoul\nprovisioned\nprovisioned\n"
+            "subject=CN = ultari-test-ca\n1\ncwd /opt\nargv item\nLANG=ko_KR.UTF-8\n")
+      << s.err;
+  std::vector<std::string> modules;
+  json log = inspect(img)["provision_log"];
+  for (const auto& m : log) modules.push_back(m["module"]);
+  EXPECT_EQ(modules, (std::vector<std::string>{"bootcmd", "write_files", "groups", "users", "apt", "packages", "locale",
+                                               "timezone", "hostname", "ca_certs", "write_files (deferred)", "runcmd"}));
+  // alice's own key, read as alice (the sandbox's root keeps no
+  // capability to read her 0700 directory).
+  Outcome keys = in(img, "cat ~/.ssh/authorized_keys; stat -c '%a %U' ~/.ssh ~/.ssh/authorized_keys",
+                    {"--user", "2001:1000", "--env", "HOME=/home/alice"});
+  EXPECT_EQ(keys.out, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGdummy alice@test\n700 alice\n600 alice\n") << keys.err;
+  // --hostname still wins over the image's.
+  Outcome h = in(img, "hostname", {"--hostname", "mine"});
+  EXPECT_EQ(h.out, "mine\n");
+}
+
+TEST_F(Provision, ASecondProvisionIsACacheHitThatRunsNothing) {
+  std::string img = name("c");
+  const std::string ud = "#cloud-config\nruncmd:\n  - date +%s%N > /stamp\n";
+  Outcome first = provision(img, ud);
+  ASSERT_EQ(first.status, 0) << first.err;
+  EXPECT_EQ(first.report["cache_hit"], false);
+  std::string stamp = in(img, "cat /stamp").out;
+  ASSERT_FALSE(stamp.empty());
+  Outcome again = provision(img, ud);
+  ASSERT_EQ(again.status, 0) << again.err;
+  EXPECT_EQ(again.report["cache_hit"], true);
+  EXPECT_EQ(again.report["id"], first.report["id"]);
+  EXPECT_EQ(in(img, "cat /stamp").out, stamp);  // nothing ran again
+  // Another name, same inputs: a hit pointing at the same layers.
+  Outcome other = provision(name("c2"), ud);
+  EXPECT_EQ(other.report["cache_hit"], true);
+  EXPECT_EQ(other.report["layers"], first.report["layers"]);
+  // Negative controls: --no-cache and --refresh build again; a new
+  // variable is a new input.
+  Outcome rebuilt = provision(img, ud, {"--no-cache"});
+  ASSERT_EQ(rebuilt.status, 0) << rebuilt.err;
+  EXPECT_EQ(rebuilt.report["cache_hit"], false);
+  EXPECT_NE(in(img, "cat /stamp").out, stamp);
+  Outcome refreshed = provision(img, ud, {"--refresh"});
+  EXPECT_EQ(refreshed.report["cache_hit"], false);
+  const std::string tpl = "## template: jinja\n#cloud-config\nruncmd:\n  - echo '{{ who }} on {{ v1.distro }} "
+                          "{{ v1.distro_release }}' > /who\n";
+  Outcome a = provision(name("j"), tpl, {"--var", "who=alice"});
+  Outcome b = provision(name("j"), tpl, {"--var", "who=bob"});
+  ASSERT_EQ(a.status, 0) << a.err;
+  ASSERT_EQ(b.status, 0) << b.err;
+  EXPECT_EQ(b.report["cache_hit"], false);
+  EXPECT_EQ(in(name("j"), "cat /who").out, "bob on debian bookworm\n");
+}
+
+TEST_F(Provision, AFailingRuncmdItemFailsTheBuildAndCommitsNothing) {
+  std::string img = name("f");
+  int before = scratch_dirs();
+  Outcome r = provision(img, "#cloud-config\nruncmd:\n  - echo hello\n  - echo oops >&2; exit 3\n  - touch /never\n");
+  EXPECT_EQ(r.status, 125);
+  EXPECT_TRUE(has(r.err, "runcmd[1]")) << r.err;
+  EXPECT_TRUE(has(r.err, "echo oops >&2; exit 3")) << r.err;
+  EXPECT_TRUE(has(r.err, "exit status 3")) << r.err;
+  EXPECT_TRUE(has(r.err, "oops")) << r.err;
+  EXPECT_TRUE(has(r.err, "line 4")) << r.err;
+  EXPECT_EQ(ultari({"image", "inspect", img}, test_image_options()).status, 125);
+  EXPECT_EQ(scratch_dirs(), before);
+  // cloud-init's reading (runcmd_strict: false): only the last item counts.
+  Outcome loose = provision(img, "#cloud-config\nultari:\n  runcmd_strict: false\nruncmd:\n  - 'false'\n  - 'true'\n");
+  EXPECT_EQ(loose.status, 0) << loose.err;
+  // A failing bootcmd or module fails too, naming itself.
+  Outcome bad = provision(name("g"), "#cloud-config\ntimezone: Nowhere/Atlantis\n");
+  EXPECT_EQ(bad.status, 125);
+  EXPECT_TRUE(has(bad.err, "timezone")) << bad.err;
+  EXPECT_TRUE(has(bad.err, "Nowhere/Atlantis")) << bad.err;
+  EXPECT_EQ(ultari({"image", "inspect", name("g")}, test_image_options()).status, 125);
+  Leftovers l = leftovers();
+  EXPECT_EQ(l.cgroups + l.mounts, 0) << l.describe();
+}
+
+TEST_F(Provision, BadUserDataIsRefusedBeforeAnythingRuns) {
+  struct Case {
+    std::string user_data;
+    std::string message;
+    std::vector<std::string> extra;
+  };
+  std::vector<Case> cases = {
+      {"#cloud-config\nruncmd:\n  - ok\n bad: [\n", "user-data line 4, column 2: end of map not found"},
+      {"#cloud-config\npackages: 5\n", "line 2, column 11: 'packages' must be a list"},
+      {"#cloud-config\nwrite_files:\n  - path: ../../etc/passwd\n    content: x\n", "must be an absolute path"},
+      {"#cloud-config\nwrite_files:\n  - path: /etc/../../x\n    content: x\n", "may not contain '..'"},
+      {"#cloud-config\nwrite_files:\n  - path: /x\n    permissions: rwx\n", "octal"},
+      {"#cloud-config\nwrite_files:\n  - path: /x\n    source: {uri: 'http://x'}\n", "not supported"},
+      {"#cloud-config\nusers:\n  - name: 'a:b'\n", "not a valid user or group name"},
+      {"#cloud-config\nusers:\n  - name: x\n    gecos: \"a\\nroot::0:0::/:/bin/sh\"\n", "line break"},
+      {"#cloud-config\nultari:\n  kernel_modules: [vfat]\n", "'vfat' is not on the allowlist"},
+      {"#!/bin/sh\necho hi\n", "must start with the line '#cloud-config'"},
+      {"## template: jinja\n#cloud-config\nhostname: {{ nothere }}\n", "'nothere'"},
+      {"#cloud-config\nhostname: x\n", "not a template", {"--var", "a=b"}},
+  };
+  int before = scratch_dirs();
+  for (const auto& c : cases) {
+    Outcome r = provision(name("bad"), c.user_data, c.extra);
+    EXPECT_EQ(r.status, 125) << c.user_data;
+    EXPECT_TRUE(has(r.err, c.message)) << c.user_data << "\n--- got: " << r.err;
+  }
+  EXPECT_EQ(ultari({"image", "inspect", name("bad")}, test_image_options()).status, 125);
+  EXPECT_EQ(scratch_dirs(), before);
+  // Warnings name the key path and its line; the build still goes on.
+  Outcome w = provision(name("w"), "#cloud-config\nwrite_files:\n  - path: /etc/w\n    mode: '0600'\nntp:\n  enabled: true\n", {"--check"});
+  EXPECT_EQ(w.status, 0) << w.err;
+  EXPECT_TRUE(has(w.err, "user-data line 4: unknown key 'write_files[0].mode'")) << w.err;
+  EXPECT_TRUE(has(w.err, "'ntp' is a cloud-init module Ultari does not run")) << w.err;
+  // Negative control: the same without the stray keys has no warning.
+  Outcome clean = provision(name("w"), "#cloud-config\nwrite_files:\n  - path: /etc/w\n", {"--check"});
+  EXPECT_EQ(clean.err, "") << clean.err;
+}
+
+TEST_F(Provision, KernelModulesComeFromTheAdministratorsAllowlist) {
+  TempDir conf;
+  write_file(conf / "config.toml", "[kernel_modules]\nallow = [\"nf_nat\"]\n");
+  Options o = test_image_options(600);
+  o.env.push_back("ULTARI_CONFIG=" + conf / "config.toml");
+  const std::string ud = "#cloud-config\nultari:\n  kernel_modules: [nf_conntrack]\n";
+  Outcome refused = provision(name("k"), ud, {}, o);
+  EXPECT_EQ(refused.status, 125);
+  EXPECT_TRUE(has(refused.err, "'nf_conntrack' is not on the allowlist")) << refused.err;
+  EXPECT_TRUE(has(refused.err, conf / "config.toml")) << refused.err;
+  // The default allowlist has the conntrack family: a sandbox of the image
+  // finds the module (built in here, or loaded by the host).
+  Outcome ok = provision(name("k"), ud);
+  ASSERT_EQ(ok.status, 0) << ok.err;
+  EXPECT_EQ(ok.report["config"]["kernel_modules"], json::array({"nf_conntrack"})) << ok.out;
+  Outcome s = in(name("k"), "modprobe nf_conntrack && echo ok; depmod -a && echo depmod-ok; "
+                            "modprobe no_such_module_here 2>&1 | grep -c 'not found'");
+  EXPECT_EQ(s.out, "ok\ndepmod-ok\n1\n") << s.err;
+  // depmod inside wrote to the sandbox's overlay, not the kernel layer.
+  Outcome layer = sh_host("find " + test_image_store() + "/images/kernel -newer " + dir_ / (name("k") + ".yaml") +
+                          " -name modules.dep | wc -l");
+  EXPECT_EQ(layer.out, "0\n");
+  // A bad configuration file is an error naming it.
+  write_file(conf / "config.toml", "[kernel_modules]\nallow = [\"*\"]\n");
+  Outcome bad = provision(name("k2"), ud, {}, o);
+  EXPECT_EQ(bad.status, 125);
+  EXPECT_TRUE(has(bad.err, "bare '*'")) << bad.err;
+}
+
+TEST_F(Provision, HostileWriteFilesStayInsideTheBuildSandbox) {
+  std::string marker = dir_ / "host-marker";
+  write_file(marker, "host\n");
+  // Symlinks planted by bootcmd towards the host's path, then written
+  // through: they resolve inside the build sandbox's root.
+  std::string ud = "#cloud-config\nbootcmd:\n  - mkdir -p " + dir_.path() + "\n  - ln -s " + marker +
+                   " /etc/evil-link\n  - ln -s /proc/self/root" + marker + " /etc/evil-proc\n"
+                   "write_files:\n  - path: /etc/evil-link\n    content: pwned\n"
+                   "  - path: /etc/evil-proc\n    content: pwned-too\n    append: true\n";
+  Outcome r = provision(name("h"), ud);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(read_file(marker), "host\n");
+  // Negative control: the writes happened, in the image's own copy of the path.
+  Outcome s = in(name("h"), "cat " + marker);
+  EXPECT_EQ(s.out, "pwnedpwned-too") << s.err;
+  // Writing into the kernel's files fails inside and changes nothing here.
+  std::string host_name = sh_host("hostname").out;
+  Outcome k = provision(name("h2"), "#cloud-config\nwrite_files:\n  - path: /proc/sys/kernel/hostname\n    content: pwned\n");
+  EXPECT_EQ(k.status, 125);
+  EXPECT_TRUE(has(k.err, "write_files: /proc/sys/kernel/hostname")) << k.err;
+  EXPECT_EQ(sh_host("hostname").out, host_name);
+  // A gzip bomb stops at the size limit.
+  std::string bomb = sh_host("head -c 80M /dev/zero | gzip -c | base64 -w0").out;
+  Outcome b = provision(name("h3"), "#cloud-config\nwrite_files:\n  - path: /bomb\n    encoding: gz+b64\n    content: " + bomb + "\n");
+  EXPECT_EQ(b.status, 125);
+  EXPECT_TRUE(has(b.err, "larger than")) << b.err.substr(0, 400);
+  // Negative control: a small gzip file is written.
+  std::string small = sh_host("printf 'ok\\n' | gzip -c | base64 -w0").out;
+  Outcome g = provision(name("h4"), "#cloud-config\nwrite_files:\n  - path: /small\n    encoding: gz+b64\n    content: " + small + "\n");
+  ASSERT_EQ(g.status, 0) << g.err;
+  EXPECT_EQ(in(name("h4"), "cat /small").out, "ok\n");
+}
+
+TEST_F(Provision, ARootlessCallerIsRefusedWithAReason) {
+  // The rootless user's own store, with a base imported by that user.
+  Options o = rootless_options();
+  std::string store = dir_ / "store", root = dir_ / "root";
+  ASSERT_EQ(sh_host("mkdir -p " + store + " " + root + "/bin && cp /usr/bin/busybox " + root + "/bin/ && ln -s busybox " +
+                    root + "/bin/sh && chown -R " + kRootlessUser + " " + store + " && chmod 755 " + dir_.path())
+                .status,
+            0);
+  o.env.push_back("ULTARI_DATA_DIR=" + store);
+  ASSERT_EQ(ultari({"image", "import", "base", root, "-q"}, o).status, 0);
+  std::string file = dir_ / "r.yaml";
+  write_file(file, "#cloud-config\nhostname: x\n");
+  Outcome r = ultari({"image", "provision", "x", "--from", "base", "--user-data", file}, o);
+  EXPECT_EQ(r.status, 125);
+  EXPECT_TRUE(has(r.err, "ultari image provision needs root")) << r.err;
+  // Negative control: reading and checking works rootless.
+  Outcome check = ultari({"image", "provision", "x", "--from", "base", "--user-data", file, "--check"}, o);
+  EXPECT_EQ(check.status, 0) << check.err;
+}
+
+}  // namespace
+}  // namespace ultari::test
