@@ -202,6 +202,12 @@ std::string human_size(uint64_t b) {
   return buf;
 }
 
+// JSON for people and scripts; invalid UTF-8 (a build step's output in a
+// provisioning log) becomes U+FFFD instead of an exception.
+std::string dump(const nlohmann::json& j, int indent = 2) {
+  return j.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
 nlohmann::json image_json(const ultari::images::Image& i, bool full) {
   nlohmann::json j = {{"name", i.name}, {"id", i.id}, {"layers", i.layers}, {"size", i.size}, {"created", i.created}};
   if (full) {
@@ -344,7 +350,7 @@ struct ImageCommands {
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (check) {
       if (json) {
-        std::printf("%s\n", nlohmann::json({{"plan", out.plan}, {"warnings", out.warnings}}).dump(2).c_str());
+        std::printf("%s\n", dump(nlohmann::json({{"plan", out.plan}, {"warnings", out.warnings}})).c_str());
       } else {
         std::printf("user-data OK: %zu warnings; modules in order:", out.warnings.size());
         for (const auto& m : out.plan) std::printf(" %s", m.c_str());
@@ -353,7 +359,7 @@ struct ImageCommands {
     } else if (json) {
       nlohmann::json j = image_json(out.image, true);
       j["cache_hit"] = out.cache_hit;
-      std::printf("%s\n", j.dump(2).c_str());
+      std::printf("%s\n", dump(j).c_str());
     } else {
       std::printf("%s %s\n", out.image.name.c_str(), out.image.id.c_str());
       if (!quiet)
@@ -396,7 +402,7 @@ struct ImageCommands {
         if (json) {
           nlohmann::json j = nlohmann::json::array();
           for (const auto& i : all) j.push_back(image_json(i, false));
-          std::printf("%s\n", j.dump(2).c_str());
+          std::printf("%s\n", dump(j).c_str());
         } else {
           std::printf("%-24s %-12s %6s %10s  %s\n", "NAME", "ID", "LAYERS", "SIZE", "CREATED");
           for (const auto& i : all)
@@ -407,14 +413,14 @@ struct ImageCommands {
         auto i = store.get(name);
         nlohmann::json j = image_json(i, true);
         if (json) {
-          std::printf("%s\n", j.dump(2).c_str());
+          std::printf("%s\n", dump(j).c_str());
         } else {
           std::printf("name:     %s\nid:       %s\ncreated:  %s\nsize:     %s\nsource:   %s\nparent:   %s\nlayers:\n",
                       i.name.c_str(), i.id.c_str(), i.created.c_str(), human_size(i.size).c_str(), i.source.c_str(),
                       i.parent.empty() ? "-" : i.parent.c_str());
           for (const auto& l : i.layers) std::printf("  %s\n", l.c_str());
           if (!i.user_data_sha256.empty()) std::printf("user-data sha256: %s\n", i.user_data_sha256.c_str());
-          if (!i.config.empty()) std::printf("run defaults: %s\n", i.config.dump().c_str());
+          if (!i.config.empty()) std::printf("run defaults: %s\n", dump(i.config, -1).c_str());
           if (!i.provision_log.empty()) std::printf("provisioning log:\n");
           for (const auto& m : i.provision_log) {
             std::printf("  %-22s %6.1f s  %s\n", m.value("module", "").c_str(), m.value("ms", 0) / 1000.0,

@@ -243,7 +243,12 @@ Image Store::get(const std::string& name) const {
 
 std::string Store::layer_path(const std::string& id) const { return dir_ + "/layers/" + id; }
 
-void Store::write_image(const Image& image) { write_atomic(dir_ + "/images/" + image.name + ".json", to_json(image).dump(2) + "\n"); }
+// Invalid UTF-8 (a provisioning step's output) becomes U+FFFD: the entry
+// must stay readable JSON.
+void Store::write_image(const Image& image) {
+  write_atomic(dir_ + "/images/" + image.name + ".json",
+               to_json(image).dump(2, ' ', false, json::error_handler_t::replace) + "\n");
+}
 
 void Store::sweep_tmp() {
   std::unique_ptr<DIR, int (*)(DIR*)> d(opendir((dir_ + "/tmp").c_str()), closedir);
@@ -570,13 +575,21 @@ Image Store::commit(Image top, const Image& parent, const std::string& upper) {
   UnpackResult r;
   std::string error;
   if (!unpacker->scan(upper, o, r, error)) throw Error("commit: " + error);
-  top.layers = {r.digest};
+  // overlayfs cannot stack one directory twice. The same changes again
+  // right on top of themselves change nothing: the parent's stack is the
+  // image. Deeper down they would mean something: refused.
+  auto again = std::find(parent.layers.begin(), parent.layers.end(), r.digest);
+  if (again != parent.layers.end() && again != parent.layers.begin())
+    throw Error("commit: the changes equal layer " + r.digest.substr(0, 12) + " further down in " + parent.name +
+                ", and overlayfs cannot stack a layer twice");
+  top.layers = {};
+  if (again == parent.layers.end()) top.layers.push_back(r.digest);
   top.layers.insert(top.layers.end(), parent.layers.begin(), parent.layers.end());
   if (top.layers.size() > filesystem::kMaxLayers)
     throw Error("image " + top.name + " would have " + std::to_string(top.layers.size()) + " layers; at most " +
                 std::to_string(filesystem::kMaxLayers));
   top.id = image_id(*unpacker, top.layers);
-  top.size = parent.size + r.bytes;
+  top.size = parent.size + (again == parent.layers.end() ? r.bytes : 0);
   top.parent = parent.name;
   top.created = now_iso();
   UniqueFd l = lock(true);

@@ -211,7 +211,7 @@ class Build {
   // `script` with sh -e; fails the module on a non-zero exit.
   std::string script(const std::string& module, const std::string& text, const std::vector<std::string>& env,
                      const std::string& input = "", bool net = true) {
-    StepResult r = run({"/bin/sh", "-ec", text, "ultari-" + module}, env, input, net);
+    StepResult r = run({"/bin/sh", "-ec", "exec 2>&1\n" + text, "ultari-" + module}, env, input, net);
     if (r.exit_code != 0)
       throw Error(module + " failed (exit status " + std::to_string(r.exit_code) + "):\n" + tail(r.output, 20));
     return r.output;
@@ -439,7 +439,9 @@ update-ca-certificates --fresh
 // after each item carrying its exit status; strict: the first failing item
 // ends the script.
 std::string command_script(const std::vector<Command>& items, const std::string& marker, bool strict) {
-  std::string s;
+  // One stream: stderr through its own pipe could arrive after the
+  // marker line that follows it (a shell writes an error in pieces).
+  std::string s = "exec 2>&1\n";
   for (size_t i = 0; i < items.size(); ++i) {
     if (!items[i].argv.empty()) {
       for (size_t k = 0; k < items[i].argv.size(); ++k) s += (k ? " " : "") + quote(items[i].argv[k]);

@@ -384,6 +384,23 @@ TEST_F(Provision, KernelModulesComeFromTheAdministratorsAllowlist) {
   EXPECT_TRUE(has(bad.err, "bare '*'")) << bad.err;
 }
 
+TEST_F(Provision, AnImagesRunDefaultsApplyUnlessAFlagSaysOtherwise) {
+  std::string img = name("d");
+  Outcome r = provision(img, "#cloud-config\nhostname: defaults\nultari:\n  limits:\n    memory: 64M\n"
+                             "  network:\n    allow: [deb.debian.org]\n");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.report["config"]["limits"]["memory_bytes"], 64u << 20) << r.out;
+  // tail keeps a line with no end in memory: 100 MB of it is over 64M.
+  const std::string script =
+      "hostname; test -n \"$HTTP_PROXY\" && echo net; head -c 100M /dev/zero | tail -n 1 >/dev/null; echo tail=$?";
+  Outcome s = in(img, script);
+  EXPECT_EQ(s.out, "defaults\nnet\ntail=137\n") << s.err;  // killed by the memory limit
+  // Flags win: memory, network and hostname.
+  Outcome f = in(img, script, {"--memory", "512M", "--net", "none", "--hostname", "mine"});
+  EXPECT_EQ(f.report["verdict"], "ok") << f.err << f.report.dump();
+  EXPECT_EQ(f.out, "mine\ntail=0\n") << f.err;
+}
+
 TEST_F(Provision, HostileWriteFilesStayInsideTheBuildSandbox) {
   std::string marker = dir_ / "host-marker";
   write_file(marker, "host\n");

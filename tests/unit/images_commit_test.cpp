@@ -148,5 +148,40 @@ TEST(ImagesCommit, DevicesInAWritableLayerAreRefused) {
   EXPECT_FALSE(store.find("bad"));
 }
 
+// The same changes committed on top of themselves: overlayfs cannot stack
+// a directory twice, and they change nothing, so the parent's stack is the
+// image (found by bench/images: the run failed with ELOOP).
+TEST(ImagesCommit, TheSameChangesAgainOnTopAddNoLayer) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root";
+  TempDir t;
+  std::string root = t.path + "/root";
+  ASSERT_EQ(sh("mkdir -p " + root + "/etc && echo x > " + root + "/etc/x"), 0);
+  isolation::Identity id = isolation::plan_identity(0, 0);
+  Store store(t.path + "/store", true, id.host_root_uid, id.host_root_gid);
+  Image base = store.import("base", root);
+  auto upper_with = [&](const std::string& name) {
+    std::string upper = store.scratch_dir() + "/upper";
+    EXPECT_EQ(sh("mkdir -p " + upper + "/etc && echo a > " + upper + "/etc/" + name + " && chown -R " +
+                 std::to_string(id.host_root_uid) + ":" + std::to_string(id.host_root_gid) + " " + upper),
+              0);
+    return upper;
+  };
+  Image top;
+  top.name = "a";
+  Image a = store.commit(top, base, upper_with("a"));
+  ASSERT_EQ(a.layers.size(), 2u);
+  top.name = "a2";
+  Image a2 = store.commit(top, a, upper_with("a"));
+  EXPECT_EQ(a2.layers, a.layers);
+  EXPECT_EQ(a2.size, a.size);
+  // Negative control: other changes are a layer of their own.
+  top.name = "b";
+  EXPECT_EQ(store.commit(top, a, upper_with("b")).layers.size(), 3u);
+  // The same changes deeper down would mean something: refused.
+  Image b = store.get("b");
+  top.name = "c";
+  EXPECT_THROW(store.commit(top, b, upper_with("a")), Error);
+}
+
 }  // namespace
 }  // namespace ultari::images
