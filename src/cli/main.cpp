@@ -300,6 +300,8 @@ struct ImageCommands {
     provision->add_option("--net-upstream-auth", net_upstream_auth, "env:VAR or file:PATH holding user:password");
     provision->add_option("--timeout", step_timeout, "Limit of each module's run (default 30m)");
     provision->add_option("--memory", build_memory, "Memory limit of the build sandboxes (default 2G)");
+    provision->add_option("--max-size", max_size,
+                          "Most the build may write to the store's disk (default: its free space less a margin)");
     provision->add_flag("--check", check, "Only read and check the user-data (and BASE): print the modules that would run");
     provision->add_flag("--json", json, "Print the image as JSON");
     provision->add_flag("-q,--quiet", quiet, "No progress");
@@ -342,6 +344,10 @@ struct ImageCommands {
     if (!net_upstream_auth.empty()) req.network.upstream_auth = net_upstream_auth;
     if (!step_timeout.empty()) req.step_timeout = ultari::parse_duration(step_timeout);
     if (!build_memory.empty()) req.memory_bytes = ultari::parse_size(build_memory);
+    if (!max_size.empty()) {
+      req.max_bytes = ultari::parse_size(max_size);
+      if (req.max_bytes == 0) throw ultari::Error("--max-size must be more than 0");
+    }
     auto start = std::chrono::steady_clock::now();
     if (!quiet)
       req.progress = [](const std::string& line) { std::fprintf(stderr, "provision: %s\n", line.c_str()); };

@@ -7,11 +7,16 @@
 
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -138,6 +143,8 @@ class Build {
 
   std::string scratch;
   std::vector<std::string> layers;  // host dirs, top first (kernel layer last)
+  uint64_t free_at_start = 0;       // bytes available on the store's disk before the build
+  uint64_t max_bytes = 0;           // the most the build may take of it
   NetworkSpec network;
   json log = json::array();
   std::map<std::string, std::string> os;
@@ -184,7 +191,47 @@ class Build {
     io.stdout_fd = out.get();
     io.stderr_fd = out.get();
     StepResult r;
-    r.result = ultari::run(spec, io);
+    // The writable layer is on the store's disk, which has no quota: a
+    // watcher kills the module when the build has taken more than its
+    // share (statvfs every 100 ms; the kill lands within one interval).
+    bool full = false;
+    try {
+      Prepared prepared = prepare(spec);
+      auto sandbox = Sandbox::start(prepared, spec, io);
+      // Stops and joins the watcher however wait() ends.
+      struct Watcher {
+        std::mutex m;
+        std::condition_variable cv;
+        bool done = false;
+        std::thread thread;
+        ~Watcher() {
+          {
+            std::lock_guard lock(m);
+            done = true;
+          }
+          cv.notify_one();
+          if (thread.joinable()) thread.join();
+        }
+      } w;
+      w.thread = std::thread([&] {
+        std::unique_lock lock(w.m);
+        while (!w.cv.wait_for(lock, std::chrono::milliseconds(100), [&] { return w.done; })) {
+          if (used() > max_bytes) {
+            full = true;
+            sandbox->kill();
+            return;
+          }
+        }
+      });
+      r.result = sandbox->wait();
+    } catch (const std::exception& e) {
+      r.result = Result{};
+      r.result.verdict = Verdict::SetupError;
+      r.result.error = e.what();
+    }
+    if (full)
+      throw Error("the build wrote more than " + std::to_string(max_bytes >> 20) + " MiB to the image store's disk (" +
+                  "--max-size, default: its free space less a margin): stopped");
     off_t size = lseek(out.get(), 0, SEEK_END);
     r.output.resize(static_cast<size_t>(std::max<off_t>(size, 0)));
     if (size > 0 && pread(out.get(), r.output.data(), r.output.size(), 0) != size) throw_errno("read build output");
@@ -194,6 +241,14 @@ class Build {
                                                            std::to_string(req_.step_timeout.count() / 1000) + " s)\n";
     if (r.result.verdict == Verdict::Oom) r.output += "\n(ultari: out of memory)\n";
     return r;
+  }
+
+  // Bytes the build took of the store's disk so far.
+  uint64_t used() const {
+    struct statvfs fs{};
+    if (statvfs(scratch.c_str(), &fs) != 0) return 0;
+    uint64_t avail = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
+    return avail >= free_at_start ? 0 : free_at_start - avail;
   }
 
   // A module: `what` runs, its time and changes go into the log; a failure
@@ -629,6 +684,18 @@ Outcome provision(images::Store& store, const Request& req) {
   } scratch{store.scratch_dir()};
   b.scratch = scratch.path;
   for (const auto& id : base.layers) b.layers.push_back(store.layer_path(id));
+  {
+    struct statvfs fs{};
+    if (statvfs(b.scratch.c_str(), &fs) != 0) throw_errno("statvfs " + b.scratch);
+    b.free_at_start = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
+    uint64_t total = static_cast<uint64_t>(fs.f_blocks) * fs.f_frsize;
+    uint64_t margin = std::max<uint64_t>(1ull << 30, total / 20);
+    uint64_t room = b.free_at_start > margin ? b.free_at_start - margin : 0;
+    b.max_bytes = req.max_bytes ? std::min(req.max_bytes, room) : room;
+    if (b.max_bytes == 0)
+      throw Error("the image store " + store.dir() + " has too little free space to provision (" +
+                  std::to_string(b.free_at_start >> 20) + " MiB free)");
+  }
 
   std::set<std::string> wanted(cfg.ultari.kernel_modules.begin(), cfg.ultari.kernel_modules.end());
   std::set<std::string> from_commands;

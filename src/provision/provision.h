@@ -34,6 +34,10 @@ struct Request {
   NetworkSpec network;          // more egress than the mirrors (Allow or Open mode)
   std::chrono::milliseconds step_timeout{std::chrono::minutes(30)};
   uint64_t memory_bytes = 2ull << 30;  // each build sandbox's memory limit
+  // The most the build may write to the store's disk (its writable layer);
+  // 0: the store's free space less a margin (the larger of 1 GiB and 5 %).
+  // Watched while each module runs: past it, the module is killed.
+  uint64_t max_bytes = 0;
   std::function<void(const std::string&)> progress;  // one line per module started / done
 };
 

@@ -434,6 +434,20 @@ TEST_F(Provision, HostileWriteFilesStayInsideTheBuildSandbox) {
   EXPECT_EQ(in(name("h4"), "cat /small").out, "ok\n");
 }
 
+// The writable layer is on the store's disk: a build that writes without
+// end is stopped at --max-size (default: the free space less a margin).
+TEST_F(Provision, ABuildThatFillsTheDiskIsStopped) {
+  int before = scratch_dirs();
+  Outcome r = provision(name("big"), "#cloud-config\nruncmd:\n  - head -c 400M /dev/zero > /big\n", {"--max-size", "50M"});
+  EXPECT_EQ(r.status, 125);
+  EXPECT_TRUE(has(r.err, "wrote more than 50 MiB")) << r.err;
+  EXPECT_EQ(ultari({"image", "inspect", name("big")}, test_image_options()).status, 125);
+  EXPECT_EQ(scratch_dirs(), before);
+  // Negative control: within the limit the build goes through.
+  Outcome ok = provision(name("big"), "#cloud-config\nruncmd:\n  - head -c 5M /dev/zero > /small\n", {"--max-size", "50M"});
+  EXPECT_EQ(ok.status, 0) << ok.err;
+}
+
 TEST_F(Provision, ARootlessCallerIsRefusedWithAReason) {
   // The rootless user's own store, with a base imported by that user.
   Options o = rootless_options();
