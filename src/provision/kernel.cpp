@@ -17,6 +17,7 @@
 
 #include "provision/cloud_config.h"
 #include "util/error.h"
+#include "util/paths.h"
 #include "util/process.h"
 #include "util/random.h"
 
@@ -28,13 +29,6 @@ namespace {
 bool exists(const std::string& p) {
   struct stat st{};
   return lstat(p.c_str(), &st) == 0;
-}
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 // A short stable hash (FNV-1a, 64 bits) for a cache directory's name.
@@ -210,7 +204,7 @@ std::set<std::string> builtin_from_config(const std::string& config) {
 std::set<std::string> builtin_modules(const RunningKernel& kernel) {
   std::set<std::string> names;
   if (!kernel.host_tree.empty()) {
-    std::istringstream in(read_text(kernel.host_tree + "/modules.builtin"));
+    std::istringstream in(read_or_empty(kernel.host_tree + "/modules.builtin"));
     std::string line;
     while (std::getline(in, line)) {
       std::string base = line.substr(line.rfind('/') + 1);

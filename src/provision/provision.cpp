@@ -18,7 +18,6 @@
 #include <mutex>
 #include <thread>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <set>
 #include <sstream>
@@ -29,6 +28,7 @@
 #include "provision/template.h"
 #include "sandbox/sandbox.h"
 #include "util/error.h"
+#include "util/paths.h"
 #include "util/fd.h"
 #include "util/random.h"
 
@@ -39,13 +39,6 @@ using nlohmann::json;
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // A file of an image as overlayfs would show it: the first layer (top
 // first) that has the path; a whiteout ends the search; symlinks are
@@ -67,7 +60,7 @@ std::optional<std::string> image_file(const images::Store& store, const images::
       return image_file(store, image, fs::path(next).lexically_normal().string(), depth + 1);
     }
     if (!S_ISREG(st.st_mode) || st.st_size > (1 << 20)) return std::nullopt;
-    return read_file(full);
+    return read_or_empty(full);
   }
   return std::nullopt;
 }
@@ -560,7 +553,7 @@ json run_commands(Build& b, const std::string& module, const std::vector<Command
 // The built-in modules a kernel layer lists.
 std::set<std::string> layer_builtin(const std::string& layer, const std::string& release) {
   std::set<std::string> names;
-  std::istringstream in(read_file(layer + "/lib/modules/" + release + "/modules.builtin"));
+  std::istringstream in(read_or_empty(layer + "/lib/modules/" + release + "/modules.builtin"));
   for (std::string line; std::getline(in, line);) {
     std::string base = line.substr(line.rfind('/') + 1);
     if (base.size() > 3 && base.ends_with(".ko")) base.resize(base.size() - 3);

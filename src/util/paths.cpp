@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 
 #include "util/error.h"
 
@@ -32,6 +34,13 @@ void make_dirs(const std::string& dir, unsigned mode) {
     bool leaf = pos == dir.size();
     if (mkdir(part.c_str(), leaf ? mode : 0755) != 0 && errno != EEXIST) throw_errno("mkdir " + part);
   }
+}
+
+std::string read_or_empty(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  if (in) ss << in.rdbuf();
+  return ss.str();
 }
 
 }  // namespace ultari

@@ -12,5 +12,8 @@ std::string cache_dir();
 std::string home_dir();
 // Creates dir and its parents (mode 0755 for parents, `mode` for the leaf).
 void make_dirs(const std::string& dir, unsigned mode = 0700);
+// The whole file's bytes; "" when it cannot be read (a missing index file,
+// an image without os-release).
+std::string read_or_empty(const std::string& path);
 
 }  // namespace ultari
