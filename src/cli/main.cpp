@@ -78,6 +78,7 @@ struct SandboxFlags {
   std::vector<std::string> nets, secrets, caps;
   std::string image;
   std::vector<ultari::UniqueFd> holds;  // the image's layers, held while the sandbox runs
+  std::vector<std::string> image_command;  // an imported image's Entrypoint + Cmd
   std::string net_policy, net_upstream, net_upstream_auth, net_ca;
   bool inspect_tls = false;
 
@@ -175,7 +176,8 @@ struct SandboxFlags {
     if (l.pids && *l.pids < 2) throw ultari::Error("--pids must be at least 2 (init and the command)");
     if (img) {
       // The image's defaults (hostname, LANG, limits, network, kernel
-      // modules) where no flag says otherwise.
+      // modules; an imported image's Env, WorkingDir, User) where no flag
+      // says otherwise.
       std::vector<std::string> given;
       for (auto [flag, field] : {std::pair<const char*, const char*>{"--hostname", "hostname"}, {"--memory", "memory"},
                                  {"--pids", "pids"}, {"--cpus", "cpus"}, {"--timeout", "timeout"},
@@ -183,10 +185,15 @@ struct SandboxFlags {
                                  {"--tmp-size", "tmp_size"}, {"--nofile", "nofile"}, {"--net", "net"},
                                  {"--net-policy", "net"}})
         if (cmd_ && cmd_->count(flag)) given.push_back(field);
-      for (const auto& e : envs)
-        if (e.rfind("LANG=", 0) == 0) given.push_back("env:LANG");
+      for (const auto& e : envs) given.push_back("env:" + e.substr(0, e.find('=')));
+      if (cmd_ && cmd_->count("--cwd")) given.push_back("cwd");
+      if (cmd_ && cmd_->count("--user")) given.push_back("user");
       ultari::provision::apply_image_config(*img, store->dir() + "/kernel", spec, given);
       ultari::net::validate(spec.network);
+      image_command.clear();
+      for (const char* key : {"entrypoint", "cmd"})
+        if (img->config.contains(key))
+          for (const auto& a : img->config[key].get<std::vector<std::string>>()) image_command.push_back(a);
     }
     return spec;
   }
@@ -473,7 +480,7 @@ int main(int argc, char** argv) {
                   "otherwise start one")->envname("ULTARI_POOL");
   run->add_option("--report", report_path, "Write the JSON result to FILE");
   run->add_flag("-q,--quiet", quiet, "Print no warnings");
-  run->add_option("command", command, "COMMAND [ARG...]")->required();
+  run->add_option("command", command, "COMMAND [ARG...] (with --image: default the image's Entrypoint and Cmd)");
   run->positionals_at_end(true);
 
   CLI::App* pool = app.add_subcommand("pool", "Keep sandboxes ready for `ultari run --pool SOCKET` (until SIGTERM)");
@@ -515,7 +522,11 @@ int main(int argc, char** argv) {
   ultari::Result result;
   try {
     ultari::Spec spec = run_flags.build();
-    spec.process.argv = command;
+    spec.process.argv = command.empty() ? run_flags.image_command : command;
+    if (spec.process.argv.empty())
+      throw ultari::Error(run_flags.image.empty() ? "no command: give it after --"
+                                                  : "no command: give it after --; image " + run_flags.image +
+                                                        " has no Entrypoint or Cmd");
     std::optional<ultari::Result> warm;
     if (!pool_socket.empty()) {
       std::string why;

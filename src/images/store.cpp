@@ -309,11 +309,35 @@ std::string inside(const std::string& root, const std::string& rel, const std::s
   return confined(root, root + "/" + rel, what);
 }
 
-// The layer blobs of an image archive unpacked at `root`, bottom first.
+// What a run of the image starts with unless told otherwise, from the
+// image's configuration (OCI image spec "config": Env, Entrypoint, Cmd,
+// WorkingDir, User); strings only, anything else dropped.
+json run_config(const json& image_config) {
+  json out = json::object();
+  if (!image_config.is_object() || !image_config.contains("config") || !image_config["config"].is_object()) return out;
+  const json& c = image_config["config"];
+  auto strings = [&](const char* key) {
+    std::vector<std::string> v;
+    if (c.contains(key) && c[key].is_array())
+      for (const auto& e : c[key])
+        if (e.is_string()) v.push_back(e.get<std::string>());
+    return v;
+  };
+  if (auto env = strings("Env"); !env.empty()) out["oci_env"] = env;
+  if (auto ep = strings("Entrypoint"); !ep.empty()) out["entrypoint"] = ep;
+  if (auto cmd = strings("Cmd"); !cmd.empty()) out["cmd"] = cmd;
+  if (c.contains("WorkingDir") && c["WorkingDir"].is_string() && !c["WorkingDir"].get<std::string>().empty())
+    out["workdir"] = c["WorkingDir"];
+  if (c.contains("User") && c["User"].is_string() && !c["User"].get<std::string>().empty()) out["user"] = c["User"];
+  return out;
+}
+
+// The layer blobs of an image archive unpacked at `root`, bottom first,
+// and in *config the image's configuration (run_config).
 // OCI: index.json -> (an index for linux/amd64, or the first) -> manifest
 // -> layers, each blob checked against its digest. Docker (docker save,
-// podman save): manifest.json[0].Layers.
-std::vector<std::string> layer_blobs(const std::string& root, bool oci, Unpacker& u) {
+// podman save): manifest.json[0].Layers and .Config.
+std::vector<std::string> layer_blobs(const std::string& root, bool oci, Unpacker& u, json* config) {
   std::vector<std::string> out;
   auto load = [&root](const std::string& path) {
     try {
@@ -328,6 +352,8 @@ std::vector<std::string> layer_blobs(const std::string& root, bool oci, Unpacker
       throw Error("manifest.json: expected a list of images with Layers");
     if (m.size() > 1) throw Error("manifest.json holds " + std::to_string(m.size()) + " images; import one at a time");
     for (const auto& l : m[0]["Layers"]) out.push_back(inside(root, l.get<std::string>(), "manifest.json"));
+    if (m[0].contains("Config") && m[0]["Config"].is_string())
+      *config = run_config(load(inside(root, m[0]["Config"].get<std::string>(), "manifest.json")));
     return out;
   }
   auto blob = [&](const json& desc, const std::string& what) {
@@ -360,6 +386,8 @@ std::vector<std::string> layer_blobs(const std::string& root, bool oci, Unpacker
   }
   if (!manifest.contains("layers") || !manifest["layers"].is_array()) throw Error("OCI manifest: no layers");
   for (const auto& l : manifest["layers"]) out.push_back(blob(l, "OCI manifest"));
+  if (manifest.contains("config") && manifest["config"].is_object())
+    *config = run_config(load(blob(manifest["config"], "OCI manifest config")));
   return out;
 }
 
@@ -410,6 +438,7 @@ Image Store::import(const std::string& name, const std::string& source,
                                 : unpacker->tar_has(src, "manifest.json"));
   TmpDir outer;
   std::vector<std::string> sources = {src};
+  json config = json::object();
   if (oci || docker) {
     std::string root = src;
     if (!is_dir) {
@@ -420,7 +449,7 @@ Image Store::import(const std::string& name, const std::string& source,
       root = outer.path;
     }
     try {
-      sources = layer_blobs(root, oci, *unpacker);
+      sources = layer_blobs(root, oci, *unpacker, &config);
     } catch (const Error& e) {
       throw Error("import " + source + ": " + e.what());
     }
@@ -454,6 +483,7 @@ Image Store::import(const std::string& name, const std::string& source,
   image.size = total;
   image.created = now_iso();
   image.source = label.empty() ? std::string(real) : label;
+  image.config = config;
   UniqueFd l = lock(true);
   for (auto& u : unpacked) {
     std::string dest = layer_path(u.r.digest);

@@ -983,6 +983,68 @@ done
   return out;
 }
 
+namespace {
+
+// `id` of the image's etc/passwd or etc/group (field 3 of the line for
+// `name`), from the top-most layer that has the file; -1 when none.
+long lookup_id(const std::vector<std::string>& layers, const char* file, const std::string& name) {
+  for (const auto& layer : layers) {
+    std::string path = layer + "/" + file;
+    struct stat st{};
+    if (lstat(path.c_str(), &st) != 0) continue;
+    if (!S_ISREG(st.st_mode)) return -1;
+    std::istringstream in(read_or_empty(path));
+    for (std::string line; std::getline(in, line);) {
+      std::vector<std::string> f;
+      std::istringstream fields(line);
+      for (std::string x; std::getline(fields, x, ':');) f.push_back(x);
+      if (f.size() >= 3 && f[0] == name && !f[2].empty() && f[2].size() < 10 &&
+          std::all_of(f[2].begin(), f[2].end(), ::isdigit))
+        return std::stol(f[2]);
+    }
+    return -1;
+  }
+  return -1;
+}
+
+// OCI's User: "uid", "uid:gid", "name" or "name:group" (names from the image).
+void image_user(const std::string& user, Spec& spec) {
+  std::string u = user.substr(0, user.find(':'));
+  std::string g = user.find(':') == std::string::npos ? "" : user.substr(user.find(':') + 1);
+  auto id = [&](const std::string& v, const char* file, const char* what) -> long {
+    if (!v.empty() && v.size() < 10 && std::all_of(v.begin(), v.end(), ::isdigit)) return std::stol(v);
+    long found = lookup_id(spec.layers, file, v);
+    if (found < 0) throw Error("the image's " + std::string(what) + " '" + v + "' is not in its /" + file + " (give --user)");
+    return found;
+  };
+  long uid = id(u, "etc/passwd", "user");
+  long gid = g.empty() ? -1 : id(g, "etc/group", "group");
+  if (gid < 0) {  // the user's primary group
+    gid = uid;
+    for (const auto& layer : spec.layers) {
+      std::istringstream in(read_or_empty(layer + "/etc/passwd"));
+      bool seen = false;
+      for (std::string line; std::getline(in, line);) {
+        std::vector<std::string> f;
+        std::istringstream fields(line);
+        for (std::string x; std::getline(fields, x, ':');) f.push_back(x);
+        if (f.size() >= 4 && f[2] == std::to_string(uid) && !f[3].empty() &&
+            std::all_of(f[3].begin(), f[3].end(), ::isdigit)) {
+          gid = std::stol(f[3]);
+          seen = true;
+          break;
+        }
+      }
+      if (seen || access((layer + "/etc/passwd").c_str(), F_OK) == 0) break;
+    }
+  }
+  if (uid > 65534 || gid > 65534) throw Error("the image's user '" + user + "' is outside the sandbox's ids (0-65534)");
+  spec.identity.uid = static_cast<uid_t>(uid);
+  spec.identity.gid = static_cast<gid_t>(gid);
+}
+
+}  // namespace
+
 void apply_image_config(const images::Image& image, const std::string& cache_dir, Spec& spec,
                         const std::vector<std::string>& explicit_fields) {
   const json& c = image.config;
@@ -993,6 +1055,15 @@ void apply_image_config(const images::Image& image, const std::string& cache_dir
   if (c.contains("hostname") && !given("hostname")) spec.hostname = c["hostname"].get<std::string>();
   if (c.contains("env") && c["env"].contains("LANG") && !given("env:LANG"))
     spec.process.env.insert(spec.process.env.begin(), "LANG=" + c["env"]["LANG"].get<std::string>());
+  // An imported image's own configuration (OCI Env, WorkingDir, User).
+  if (c.contains("oci_env"))
+    for (const auto& kv : c["oci_env"].get<std::vector<std::string>>()) {
+      auto eq = kv.find('=');
+      if (eq == std::string::npos || eq == 0 || given(("env:" + kv.substr(0, eq)).c_str())) continue;
+      spec.process.env.insert(spec.process.env.begin(), kv);
+    }
+  if (c.contains("workdir") && !given("cwd") && spec.process.cwd.empty()) spec.process.cwd = c["workdir"].get<std::string>();
+  if (c.contains("user") && !given("user")) image_user(c["user"].get<std::string>(), spec);
   if (c.contains("limits")) {
     const json& l = c["limits"];
     auto& s = spec.limits;

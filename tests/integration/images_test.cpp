@@ -170,13 +170,26 @@ TEST_F(Images, ImageArchivesKeepTheirLayersAndWhiteouts) {
     ids.insert(i["id"].get<std::string>());
     Outcome r = run(std::string("img-") + fmt, check);
     EXPECT_EQ(r.out, want) << fmt << ": " << r.err;
+    // The image's configuration: Entrypoint + Cmd without a command; Env,
+    // WorkingDir and User unless a flag says otherwise.
+    Outcome d = ultari::test::ultari({"run", "--image", std::string("img-") + fmt}, opts());
+    EXPECT_EQ(d.out, "hello from /opt as 1000:1000\n") << fmt << ": " << d.err;
+    Outcome f = ultari::test::ultari({"run", "--image", std::string("img-") + fmt, "--user", "0", "--cwd", "/etc",
+                                      "--env", "GREETING=bye"},
+                                     opts());
+    EXPECT_EQ(f.out, "bye from /etc as 0:0\n") << fmt << ": " << f.err;
   }
+
   EXPECT_EQ(ids.size(), 1u);  // the same layers, however they came
   EXPECT_EQ(layers().size(), 3u);
   // Negative control: the bottom layer alone still has what the upper ones
   // delete and hide.
   ASSERT_EQ(image({"import", "base", root_}).status, 0);
   EXPECT_EQ(run("base", "cat /etc/greeting; ls /opt 2>&1").out, "hello\nls: /opt: No such file or directory\n");
+  // ... and a root without a configuration has no command to run.
+  Outcome none = ultari::test::ultari({"run", "--image", "base"}, opts());
+  EXPECT_EQ(none.status, 125);
+  EXPECT_TRUE(has(none.err, "has no Entrypoint or Cmd")) << none.err;
 
   // Refused, nothing kept: a blob that does not match its digest, a
   // manifest that names a file outside the archive.

@@ -313,8 +313,8 @@ TEST_F(Provision, AFailingRuncmdItemFailsTheBuildAndCommitsNothing) {
   EXPECT_TRUE(has(bad.err, "timezone")) << bad.err;
   EXPECT_TRUE(has(bad.err, "Nowhere/Atlantis")) << bad.err;
   EXPECT_EQ(ultari({"image", "inspect", name("g")}, test_image_options()).status, 125);
-  Leftovers l = leftovers();
-  EXPECT_EQ(l.cgroups + l.mounts, 0) << l.describe();
+  // (Processes, cgroups and mounts left behind are counted by the serial
+  // suite: other tests' sandboxes run in parallel with this one.)
 }
 
 TEST_F(Provision, BadUserDataIsRefusedBeforeAnythingRuns) {

@@ -23,6 +23,12 @@ import sys
 import tarfile
 
 
+# What a run of the image starts with (OCI image config): the command shows it.
+RUN_CONFIG = {"Env": ["PATH=/bin", "GREETING=hello"], "WorkingDir": "/opt",
+              "Entrypoint": ["/bin/sh", "-c"], "Cmd": ["echo $GREETING from $(pwd) as $(id -u):$(id -g)"],
+              "User": "1000:1000"}
+
+
 def tar_bytes(add):
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as t:
@@ -77,7 +83,7 @@ def docker(out, base, bad):
         names.append(name)
     if bad == "escape":
         names[1] = "../outside/layer.tar"
-    config = json.dumps({"architecture": "amd64", "os": "linux",
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": RUN_CONFIG,
                          "rootfs": {"type": "layers", "diff_ids": ["sha256:" + sha(files[n]) for n in files]}}).encode()
     files["config.json"] = config
     files["manifest.json"] = json.dumps([{"Config": "config.json", "RepoTags": ["localhost/test:latest"],
@@ -113,7 +119,7 @@ def oci(out, base, bad, as_dir):
     descs = []
     for l in layers(base):
         descs.append(blob(gzip.compress(l, mtime=0), "application/vnd.oci.image.layer.v1.tar+gzip"))
-    config = blob(json.dumps({"architecture": "amd64", "os": "linux"}).encode(),
+    config = blob(json.dumps({"architecture": "amd64", "os": "linux", "config": RUN_CONFIG}).encode(),
                   "application/vnd.oci.image.config.v1+json")
     manifest = blob(json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
                                 "config": config, "layers": descs}).encode(),
