@@ -79,6 +79,7 @@ struct SandboxFlags {
   std::string image;
   std::vector<ultari::UniqueFd> holds;  // the image's layers, held while the sandbox runs
   std::vector<std::string> image_command;  // an imported image's Entrypoint + Cmd
+  std::vector<std::string> image_warnings;  // what the image's defaults relax
   std::string net_policy, net_upstream, net_upstream_auth, net_ca;
   bool inspect_tls = false;
 
@@ -171,9 +172,6 @@ struct SandboxFlags {
         (!spec.network.resolver.empty() || !spec.network.audit_path.empty()))
       throw ultari::Error("--net-resolver and --audit need a network (--net allow=... or --net open)");
     ultari::net::validate(spec.network);
-    if (spec.hostname.empty() || spec.hostname.size() > 64) throw ultari::Error("--hostname must be 1 to 64 characters");
-    if (l.memory_bytes && *l.memory_bytes < (4u << 20)) throw ultari::Error("--memory must be at least 4M");
-    if (l.pids && *l.pids < 2) throw ultari::Error("--pids must be at least 2 (init and the command)");
     if (img) {
       // The image's defaults (hostname, LANG, limits, network, kernel
       // modules; an imported image's Env, WorkingDir, User) where no flag
@@ -188,13 +186,17 @@ struct SandboxFlags {
       for (const auto& e : envs) given.push_back("env:" + e.substr(0, e.find('=')));
       if (cmd_ && cmd_->count("--cwd")) given.push_back("cwd");
       if (cmd_ && cmd_->count("--user")) given.push_back("user");
-      ultari::provision::apply_image_config(*img, store->dir() + "/kernel", spec, given);
+      ultari::provision::apply_image_config(*img, store->dir() + "/kernel", spec, given, image_warnings);
       ultari::net::validate(spec.network);
       image_command.clear();
       for (const char* key : {"entrypoint", "cmd"})
         if (img->config.contains(key))
           for (const auto& a : img->config[key].get<std::vector<std::string>>()) image_command.push_back(a);
     }
+    // (after the image's defaults: they are checked the same way)
+    if (spec.hostname.empty() || spec.hostname.size() > 64) throw ultari::Error("--hostname must be 1 to 64 characters");
+    if (l.memory_bytes && *l.memory_bytes < (4u << 20)) throw ultari::Error("--memory must be at least 4M");
+    if (l.pids && *l.pids < 2) throw ultari::Error("--pids must be at least 2 (init and the command)");
     return spec;
   }
 };
@@ -540,6 +542,7 @@ int main(int argc, char** argv) {
       result = ultari::run(spec);
       result.warnings.insert(result.warnings.begin(), warnings.begin(), warnings.end());
     }
+    result.warnings.insert(result.warnings.begin(), run_flags.image_warnings.begin(), run_flags.image_warnings.end());
   } catch (const std::exception& e) {
     result.verdict = ultari::Verdict::SetupError;
     result.exit_code = kExitUltariFailed;

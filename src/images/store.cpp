@@ -648,9 +648,10 @@ Image Store::save_as(Image image) {
 }
 
 std::optional<Image> Store::find_by_cache_key(const std::string& key) const {
+  std::optional<Image> newest;  // --no-cache makes more than one: the last build wins
   for (const auto& i : list())
-    if (!key.empty() && i.cache_key == key) return i;
-  return std::nullopt;
+    if (!key.empty() && i.cache_key == key && (!newest || i.created > newest->created)) newest = i;
+  return newest;
 }
 
 void Store::remove(const std::string& name) {

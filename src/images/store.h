@@ -111,7 +111,7 @@ class Store {
   // Points `image.name` at `image`'s layers (the rest of it kept as it
   // is): a provisioning cache hit under another name. Throws Error.
   Image save_as(Image image);
-  // The image whose cache_key is `key`, if one is named.
+  // The image whose cache_key is `key`, if one is named (the newest of them).
   std::optional<Image> find_by_cache_key(const std::string& key) const;
 
   // Removes the name (its layers stay until prune). Throws if unknown.

@@ -62,6 +62,11 @@ HostConfig load_host_config() {
     return c;
   }
   c.path = path;
+  // Root loads what this file allows: it must be root's and not writable by
+  // others (a root wrapper keeping a user's environment could point here).
+  struct stat st{};
+  if (geteuid() == 0 && (stat(path.c_str(), &st) != 0 || st.st_uid != 0 || (st.st_mode & 022)))
+    throw Error(path + ": the kernel module allowlist must belong to root and be writable by root only");
   toml::table t;
   try {
     t = toml::parse_file(path);

@@ -5,7 +5,10 @@
 // and bootcmd items excepted: they are shell by definition).
 #include "provision/provision.h"
 
+#include <fcntl.h>
+#include <linux/openat2.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/utsname.h>
@@ -23,6 +26,8 @@
 #include <sstream>
 
 #include "images/unpack.h"
+#include "isolation/identity.h"
+#include "net/policy.h"
 #include "provision/cloud_config.h"
 #include "provision/kernel.h"
 #include "provision/template.h"
@@ -40,27 +45,27 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// A file of an image as overlayfs would show it: the first layer (top
-// first) that has the path; a whiteout ends the search; symlinks are
-// followed (relative to the link's directory, or from the root).
-std::optional<std::string> image_file(const images::Store& store, const images::Image& image, std::string path,
-                                      int depth = 0) {
-  if (depth > 8) return std::nullopt;
-  for (const auto& id : image.layers) {
-    std::string full = store.layer_path(id) + "/" + path;
+// A file of an image as the sandbox would see it, read on the host: the
+// first layer (top first) that has it, each layer searched as its own root
+// (symlinks and ".." stay inside it: read_in_root), a whiteout or anything
+// but a regular file ends the search. The layers are untrusted.
+std::optional<std::string> image_file(const std::vector<std::string>& layers, const std::string& path) {
+  for (const auto& layer : layers) {
+    if (std::optional<std::string> data = read_in_root(layer, path)) return data;
+    // Something else there (a whiteout, a directory, a symlink to
+    // nothing) hides the layers below.
     struct stat st{};
-    if (lstat(full.c_str(), &st) != 0) continue;
-    if (S_ISCHR(st.st_mode) && st.st_rdev == 0) return std::nullopt;  // whiteout
-    if (S_ISLNK(st.st_mode)) {
-      char buf[4096];
-      ssize_t n = readlink(full.c_str(), buf, sizeof buf - 1);
-      if (n <= 0) return std::nullopt;
-      std::string target(buf, static_cast<size_t>(n));
-      std::string next = target[0] == '/' ? target.substr(1) : fs::path(path).parent_path().string() + "/" + target;
-      return image_file(store, image, fs::path(next).lexically_normal().string(), depth + 1);
-    }
-    if (!S_ISREG(st.st_mode) || st.st_size > (1 << 20)) return std::nullopt;
-    return read_or_empty(full);
+    int dir = open(layer.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0) continue;
+    open_how how{};
+    how.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC;
+    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV;
+    int fd = static_cast<int>(syscall(SYS_openat2, dir, path.c_str(), &how, sizeof how));
+    close(dir);
+    if (fd < 0) continue;
+    bool there = fstat(fd, &st) == 0;
+    close(fd);
+    if (there) return std::nullopt;  // present in this layer but not a readable file
   }
   return std::nullopt;
 }
@@ -112,11 +117,27 @@ std::string quote(const std::string& s) {
   return q + "'";
 }
 
+// The end of a step's output for a message or the log: the last `lines`
+// lines and at most 4 KiB of them, control characters (but \n and \t) and
+// bytes that are not UTF-8-looking escaped as \xNN, so a hostile build
+// cannot drive the caller's terminal.
 std::string tail(const std::string& text, size_t lines) {
   size_t pos = text.size();
   if (pos && text[pos - 1] == '\n') --pos;
   for (size_t n = 0; n < lines && pos != std::string::npos && pos > 0; ++n) pos = text.rfind('\n', pos - 1);
-  return pos == std::string::npos || pos == 0 ? text : text.substr(pos + 1);
+  std::string t = pos == std::string::npos || pos == 0 ? text : text.substr(pos + 1);
+  if (t.size() > 4096) t = "..." + t.substr(t.size() - 4096);
+  std::string out;
+  for (unsigned char c : t) {
+    if (c == '\n' || c == '\t' || (c >= 0x20 && c != 0x7f && c < 0x80) || (c >= 0x80 && c < 0xf8 && c != 0xc0 && c != 0xc1)) {
+      out.push_back(static_cast<char>(c));
+    } else {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    }
+  }
+  return out;
 }
 
 std::string host_of(const std::string& url) {
@@ -138,6 +159,7 @@ class Build {
   std::vector<std::string> layers;  // host dirs, top first (kernel layer last)
   uint64_t free_at_start = 0;       // bytes available on the store's disk before the build
   uint64_t max_bytes = 0;           // the most the build may take of it
+  std::string instance_id;          // from the cache key
   NetworkSpec network;
   json log = json::array();
   std::map<std::string, std::string> os;
@@ -166,7 +188,9 @@ class Build {
     spec.limits.nofile = 65536;
     if (net) spec.network = network;
     spec.process.argv = argv;
-    spec.process.env = {"DEBIAN_FRONTEND=noninteractive", "INSTANCE_ID=" + req_.name};
+    // INSTANCE_ID: the cache key's start, not the name (a cache hit may
+    // give the layer another name).
+    spec.process.env = {"DEBIAN_FRONTEND=noninteractive", "INSTANCE_ID=ultari-" + instance_id};
     spec.process.env.insert(spec.process.env.end(), env.begin(), env.end());
     spec.process.cwd = "/";
     UniqueFd out(memfd_create("ultari-build-out", MFD_CLOEXEC));
@@ -619,7 +643,9 @@ Outcome provision(images::Store& store, const Request& req) {
 
   // 1. The user-data after templating: what the cache sees.
   std::string text = req.user_data;
-  auto os = parse_os_release(image_file(store, base, "etc/os-release").value_or(""));
+  std::vector<std::string> base_dirs;
+  for (const auto& id : base.layers) base_dirs.push_back(store.layer_path(id));
+  auto os = parse_os_release(image_file(base_dirs, "etc/os-release").value_or(""));
   if (is_jinja(text)) {
     size_t eol = text.find('\n');
     text = render_jinja(eol == std::string::npos ? "" : std::string_view(text).substr(eol + 1),
@@ -648,7 +674,9 @@ Outcome provision(images::Store& store, const Request& req) {
   std::unique_ptr<images::Unpacker> unpacker = images::load_unpacker();
   std::string key = cache_key(*unpacker, base, text, req);
   if (!req.no_cache && !req.refresh) {
-    if (auto hit = store.find_by_cache_key(key)) {
+    std::optional<images::Image> hit = store.find(req.name);
+    if (!hit || hit->cache_key != key) hit = store.find_by_cache_key(key);
+    if (hit) {
       if (hit->name != req.name) {
         images::Image named = *hit;
         named.name = req.name;
@@ -668,6 +696,7 @@ Outcome provision(images::Store& store, const Request& req) {
   std::vector<UniqueFd> holds = store.hold(base);
   Build b(req);
   b.os = os;
+  b.instance_id = key.substr(0, 16);
   struct Scratch {
     std::string path;
     ~Scratch() {
@@ -706,9 +735,8 @@ Outcome provision(images::Store& store, const Request& req) {
     b.module("kernel_modules", "on the host", [&](json& entry) {
       RunningKernel kernel = running_kernel();
       release = kernel.release;
-      struct stat st{};
-      stat(b.scratch.c_str(), &st);
-      std::string layer = kernel_layer(store.dir() + "/kernel", st.st_uid, st.st_gid);
+      isolation::Identity id = isolation::plan_identity(0, 0);
+      std::string layer = kernel_layer(store.dir() + "/kernel", id.host_root_uid, id.host_root_gid);
       std::set<std::string> builtin = layer_builtin(layer, release);
       for (const auto& m : wanted) ensure_module(kernel, builtin, host, m);
       present = wanted;
@@ -743,10 +771,22 @@ Outcome provision(images::Store& store, const Request& req) {
     for (std::string w; words >> w;)
       if (w.find("://") != std::string::npos && w.find('$') == std::string::npos) mirrors.push_back(host_of(w));
   }
-  for (const auto& h : mirrors)
-    if (!h.empty() && std::find(b.network.allow.begin(), b.network.allow.end(), h) == b.network.allow.end())
-      b.network.allow.push_back(h);
+  // The base is untrusted: only plain names (no pattern, no address, not
+  // localhost) become allowed mirrors.
+  for (const auto& h : mirrors) {
+    std::string name;
+    try {
+      name = net::normalize_name(h, false);
+    } catch (const Error&) {
+      continue;
+    }
+    bool address = std::all_of(name.begin(), name.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)) || c == '.'; });
+    if (address || name == "localhost" || name.ends_with(".localhost") || name.find('.') == std::string::npos) continue;
+    if (std::find(b.network.allow.begin(), b.network.allow.end(), name) == b.network.allow.end())
+      b.network.allow.push_back(name);
+  }
   if (b.network.mode == NetworkSpec::Mode::Allow && b.network.allow.empty()) b.network.mode = NetworkSpec::Mode::None;
+  net::validate(b.network);
 
   auto write_files = [&](bool deferred) {
     std::vector<const WriteFile*> files;
@@ -968,10 +1008,9 @@ done
   }
 
   // 4. Commit: the host's modules tree is the host's, never the image's.
-  if (!release.empty()) {
-    std::error_code ec;
-    for (const char* dir : {"/upper/lib/modules/", "/upper/usr/lib/modules/"}) fs::remove_all(b.scratch + dir + release, ec);
-  }
+  // The build wrote this tree: never follow its symlinks on the host.
+  if (!release.empty())
+    for (const char* dir : {"lib/modules/", "usr/lib/modules/"}) remove_beneath(b.scratch + "/upper", dir + release);
   images::Image top;
   top.name = req.name;
   top.source = "provision " + (req.user_data_label.empty() ? std::string("user-data") : req.user_data_label);
@@ -985,26 +1024,22 @@ done
 
 namespace {
 
-// `id` of the image's etc/passwd or etc/group (field 3 of the line for
-// `name`), from the top-most layer that has the file; -1 when none.
-long lookup_id(const std::vector<std::string>& layers, const char* file, const std::string& name) {
-  for (const auto& layer : layers) {
-    std::string path = layer + "/" + file;
-    struct stat st{};
-    if (lstat(path.c_str(), &st) != 0) continue;
-    if (!S_ISREG(st.st_mode)) return -1;
-    std::istringstream in(read_or_empty(path));
-    for (std::string line; std::getline(in, line);) {
-      std::vector<std::string> f;
-      std::istringstream fields(line);
-      for (std::string x; std::getline(fields, x, ':');) f.push_back(x);
-      if (f.size() >= 3 && f[0] == name && !f[2].empty() && f[2].size() < 10 &&
-          std::all_of(f[2].begin(), f[2].end(), ::isdigit))
-        return std::stol(f[2]);
-    }
-    return -1;
+// The fields of the line for `key` (field `column`) of the image's
+// etc/passwd or etc/group.
+std::vector<std::string> image_entry(const std::vector<std::string>& layers, const char* file, size_t column,
+                                     const std::string& key) {
+  std::istringstream in(image_file(layers, file).value_or(""));
+  for (std::string line; std::getline(in, line);) {
+    std::vector<std::string> f;
+    std::istringstream fields(line);
+    for (std::string x; std::getline(fields, x, ':');) f.push_back(x);
+    if (f.size() > column && f[column] == key) return f;
   }
-  return -1;
+  return {};
+}
+
+bool is_id(const std::string& v) {
+  return !v.empty() && v.size() < 10 && std::all_of(v.begin(), v.end(), ::isdigit);
 }
 
 // OCI's User: "uid", "uid:gid", "name" or "name:group" (names from the image).
@@ -1012,31 +1047,17 @@ void image_user(const std::string& user, Spec& spec) {
   std::string u = user.substr(0, user.find(':'));
   std::string g = user.find(':') == std::string::npos ? "" : user.substr(user.find(':') + 1);
   auto id = [&](const std::string& v, const char* file, const char* what) -> long {
-    if (!v.empty() && v.size() < 10 && std::all_of(v.begin(), v.end(), ::isdigit)) return std::stol(v);
-    long found = lookup_id(spec.layers, file, v);
-    if (found < 0) throw Error("the image's " + std::string(what) + " '" + v + "' is not in its /" + file + " (give --user)");
-    return found;
+    if (is_id(v)) return std::stol(v);
+    auto f = image_entry(spec.layers, file, 0, v);
+    if (f.size() < 3 || !is_id(f[2]))
+      throw Error("the image's " + std::string(what) + " '" + v + "' is not in its /" + file + " (give --user)");
+    return std::stol(f[2]);
   };
   long uid = id(u, "etc/passwd", "user");
   long gid = g.empty() ? -1 : id(g, "etc/group", "group");
-  if (gid < 0) {  // the user's primary group
-    gid = uid;
-    for (const auto& layer : spec.layers) {
-      std::istringstream in(read_or_empty(layer + "/etc/passwd"));
-      bool seen = false;
-      for (std::string line; std::getline(in, line);) {
-        std::vector<std::string> f;
-        std::istringstream fields(line);
-        for (std::string x; std::getline(fields, x, ':');) f.push_back(x);
-        if (f.size() >= 4 && f[2] == std::to_string(uid) && !f[3].empty() &&
-            std::all_of(f[3].begin(), f[3].end(), ::isdigit)) {
-          gid = std::stol(f[3]);
-          seen = true;
-          break;
-        }
-      }
-      if (seen || access((layer + "/etc/passwd").c_str(), F_OK) == 0) break;
-    }
+  if (gid < 0) {  // the user's primary group, or the uid
+    auto f = image_entry(spec.layers, "etc/passwd", 2, std::to_string(uid));
+    gid = f.size() >= 4 && is_id(f[3]) ? std::stol(f[3]) : uid;
   }
   if (uid > 65534 || gid > 65534) throw Error("the image's user '" + user + "' is outside the sandbox's ids (0-65534)");
   spec.identity.uid = static_cast<uid_t>(uid);
@@ -1045,13 +1066,15 @@ void image_user(const std::string& user, Spec& spec) {
 
 }  // namespace
 
-void apply_image_config(const images::Image& image, const std::string& cache_dir, Spec& spec,
-                        const std::vector<std::string>& explicit_fields) {
+namespace {
+
+void apply_config(const images::Image& image, const std::string& cache_dir, Spec& spec,
+                  const std::vector<std::string>& explicit_fields, std::vector<std::string>& warnings) {
   const json& c = image.config;
-  if (!c.is_object() || c.empty()) return;
-  auto given = [&](const char* f) {
+  auto given = [&](const std::string& f) {
     return std::find(explicit_fields.begin(), explicit_fields.end(), f) != explicit_fields.end();
   };
+  std::vector<std::string> relaxed;  // what the image opens beyond the defaults
   if (c.contains("hostname") && !given("hostname")) spec.hostname = c["hostname"].get<std::string>();
   if (c.contains("env") && c["env"].contains("LANG") && !given("env:LANG"))
     spec.process.env.insert(spec.process.env.begin(), "LANG=" + c["env"]["LANG"].get<std::string>());
@@ -1059,7 +1082,7 @@ void apply_image_config(const images::Image& image, const std::string& cache_dir
   if (c.contains("oci_env"))
     for (const auto& kv : c["oci_env"].get<std::vector<std::string>>()) {
       auto eq = kv.find('=');
-      if (eq == std::string::npos || eq == 0 || given(("env:" + kv.substr(0, eq)).c_str())) continue;
+      if (eq == std::string::npos || eq == 0 || given("env:" + kv.substr(0, eq))) continue;
       spec.process.env.insert(spec.process.env.begin(), kv);
     }
   if (c.contains("workdir") && !given("cwd") && spec.process.cwd.empty()) spec.process.cwd = c["workdir"].get<std::string>();
@@ -1067,45 +1090,90 @@ void apply_image_config(const images::Image& image, const std::string& cache_dir
   if (c.contains("limits")) {
     const json& l = c["limits"];
     auto& s = spec.limits;
-    if (l.contains("memory_bytes") && !given("memory")) s.memory_bytes = l["memory_bytes"].get<uint64_t>();
-    if (l.contains("pids") && !given("pids")) s.pids = l["pids"].get<uint64_t>();
+    auto more = [&](const char* what, uint64_t value, uint64_t usual) {
+      if (value > usual) relaxed.push_back(std::string(what) + " " + std::to_string(value));
+    };
+    if (l.contains("memory_bytes") && !given("memory")) {
+      s.memory_bytes = l["memory_bytes"].get<uint64_t>();
+      more("memory", *s.memory_bytes, kDefaultMemoryBytes);
+    }
+    if (l.contains("pids") && !given("pids")) {
+      s.pids = l["pids"].get<uint64_t>();
+      more("pids", *s.pids, kDefaultPids);
+    }
     if (l.contains("cpus") && !given("cpus")) s.cpus = l["cpus"].get<double>();
     if (l.contains("wall_timeout_ms") && !given("timeout"))
       s.wall_timeout = std::chrono::milliseconds(l["wall_timeout_ms"].get<int64_t>());
     if (l.contains("cpu_time_ms") && !given("cpu_time"))
       s.cpu_time = std::chrono::milliseconds(l["cpu_time_ms"].get<int64_t>());
     if (l.contains("output_bytes") && !given("output_limit")) s.output_bytes = l["output_bytes"].get<uint64_t>();
-    if (l.contains("tmp_bytes") && !given("tmp_size")) s.tmp_bytes = l["tmp_bytes"].get<uint64_t>();
-    if (l.contains("nofile") && !given("nofile")) s.nofile = l["nofile"].get<uint64_t>();
+    if (l.contains("tmp_bytes") && !given("tmp_size")) {
+      s.tmp_bytes = l["tmp_bytes"].get<uint64_t>();
+      more("tmp_size", s.tmp_bytes, kDefaultTmpBytes);
+    }
+    if (l.contains("nofile") && !given("nofile")) {
+      s.nofile = l["nofile"].get<uint64_t>();
+      more("nofile", *s.nofile, kDefaultNofile);
+    }
   }
   if (c.contains("network") && !given("net")) {
     const json& n = c["network"];
     NetworkSpec& w = spec.network;
     if (n.value("open", false)) w.mode = NetworkSpec::Mode::Open;
     for (const auto& a : n.value("allow", std::vector<std::string>{})) {
-      w.allow.push_back(a);
+      w.allow.push_back(net::normalize_name(a, true));
       if (w.mode == NetworkSpec::Mode::None) w.mode = NetworkSpec::Mode::Allow;
     }
-    for (const auto& d : n.value("deny", std::vector<std::string>{})) w.deny.push_back(d);
-    if (n.contains("ports")) w.ports = n["ports"].get<std::vector<uint16_t>>();
+    for (const auto& d : n.value("deny", std::vector<std::string>{})) w.deny.push_back(net::normalize_name(d, true));
+    if (n.contains("ports")) {
+      w.ports.clear();
+      for (int64_t p : n["ports"].get<std::vector<int64_t>>()) {
+        if (p < 1 || p > 65535) throw Error("port " + std::to_string(p) + " is not 1 to 65535");
+        w.ports.push_back(static_cast<uint16_t>(p));
+      }
+    }
+    if (w.mode == NetworkSpec::Mode::Open) relaxed.push_back("network open to every public address");
+    else if (w.mode == NetworkSpec::Mode::Allow) {
+      std::string names;
+      for (const auto& a : w.allow) names += (names.empty() ? "" : ",") + a;
+      relaxed.push_back("network to " + names);
+    }
+  }
+  if (!relaxed.empty()) {
+    std::string what;
+    for (const auto& r : relaxed) what += (what.empty() ? "" : "; ") + r;
+    warnings.push_back("image " + image.name + " gives its runs more than the defaults: " + what +
+                       " (flags such as --net none or --memory override it)");
   }
   if (c.contains("kernel_modules")) {
-    // The kernel layer's files must be the sandbox's root's: the layers'
-    // owner (the first layer's root directory) says who that is.
-    struct stat st{};
-    if (spec.layers.empty() || stat(spec.layers.front().c_str(), &st) != 0)
-      throw Error("image " + image.name + ": its layers are missing");
-    std::string layer = kernel_layer(cache_dir, st.st_uid, st.st_gid);
+    // The kernel layer belongs to the sandboxes' root: the store's ids.
+    isolation::Identity id = isolation::plan_identity(0, 0);
+    std::string layer = kernel_layer(cache_dir, id.host_root_uid, id.host_root_gid);
     RunningKernel kernel = running_kernel();
     std::set<std::string> builtin = layer_builtin(layer, kernel.release);
     HostConfig host;
     bool have_host = false;
     for (const auto& m : c["kernel_modules"].get<std::vector<std::string>>()) {
-      if (builtin.count(m) || access(("/sys/module/" + m + "/initstate").c_str(), F_OK) == 0) continue;
+      std::string name = normalize_module(m);
+      if (builtin.count(name) || access(("/sys/module/" + name + "/initstate").c_str(), F_OK) == 0) continue;
       if (!have_host) host = load_host_config(), have_host = true;
-      ensure_module(kernel, builtin, host, m);
+      ensure_module(kernel, builtin, host, name);
     }
     spec.layers.push_back(layer);
+  }
+}
+
+}  // namespace
+
+void apply_image_config(const images::Image& image, const std::string& cache_dir, Spec& spec,
+                        const std::vector<std::string>& explicit_fields, std::vector<std::string>& warnings) {
+  if (!image.config.is_object() || image.config.empty()) return;
+  try {
+    apply_config(image, cache_dir, spec, explicit_fields, warnings);
+  } catch (const json::exception& e) {
+    throw Error("image " + image.name + ": damaged run defaults (" + e.what() + ")");
+  } catch (const Error& e) {
+    throw Error("image " + image.name + ": " + e.what());
   }
 }
 

@@ -57,8 +57,10 @@ Outcome provision(images::Store& store, const Request& request);
 // `explicit_fields` does not name them ("hostname", "memory", "pids",
 // "cpus", "timeout", "cpu_time", "output_limit", "tmp_size", "nofile",
 // "net", "env:LANG"); its kernel modules are made sure of on the host
-// (allowlist) and the kernel layer is added under its layers.
+// (allowlist) and the kernel layer is added under its layers. Defaults that
+// give a run more than Ultari's own (network, higher limits) add a warning
+// naming them. Throws Error naming the image (damaged or refused values).
 void apply_image_config(const images::Image& image, const std::string& cache_dir, Spec& spec,
-                        const std::vector<std::string>& explicit_fields);
+                        const std::vector<std::string>& explicit_fields, std::vector<std::string>& warnings);
 
 }  // namespace ultari::provision

@@ -1,10 +1,16 @@
 #include "util/paths.h"
 
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
 #include <pwd.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdlib>
+#include <cstring>
+#include <vector>
 #include <fstream>
 #include <sstream>
 
@@ -41,6 +47,74 @@ std::string read_or_empty(const std::string& path) {
   std::stringstream ss;
   if (in) ss << in.rdbuf();
   return ss.str();
+}
+
+std::optional<std::string> read_in_root(const std::string& root, const std::string& path, size_t max_bytes) {
+  int dir = open(root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (dir < 0) return std::nullopt;
+  open_how how{};
+  how.flags = O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY;
+  how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV;
+  int fd = static_cast<int>(syscall(SYS_openat2, dir, path.c_str(), &how, sizeof how));
+  close(dir);
+  if (fd < 0) return std::nullopt;
+  struct stat st{};
+  std::optional<std::string> out;
+  if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) <= max_bytes) {
+    std::string data(static_cast<size_t>(st.st_size), '\0');
+    ssize_t n = pread(fd, data.data(), data.size(), 0);
+    if (n >= 0) {
+      data.resize(static_cast<size_t>(n));
+      out = std::move(data);
+    }
+  }
+  close(fd);
+  return out;
+}
+
+namespace {
+
+// Removes `name` in directory `dir`; a directory's entries first, each
+// reached through an fd of its parent (O_NOFOLLOW): no path is looked up.
+void remove_at(int dir, const char* name, int depth) {
+  struct stat st{};
+  if (fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) != 0) return;
+  if (S_ISDIR(st.st_mode) && depth < 256) {
+    int sub = openat(dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (sub >= 0) {
+      if (DIR* d = fdopendir(sub)) {
+        std::vector<std::string> names;
+        while (dirent* e = readdir(d))
+          if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) names.emplace_back(e->d_name);
+        for (const auto& n : names) remove_at(dirfd(d), n.c_str(), depth + 1);
+        closedir(d);
+      } else {
+        close(sub);
+      }
+    }
+    unlinkat(dir, name, AT_REMOVEDIR);
+  } else {
+    unlinkat(dir, name, 0);
+  }
+}
+
+}  // namespace
+
+void remove_beneath(const std::string& root, const std::string& rel) {
+  auto slash = rel.rfind('/');
+  std::string parent = slash == std::string::npos ? "." : rel.substr(0, slash);
+  std::string leaf = slash == std::string::npos ? rel : rel.substr(slash + 1);
+  if (leaf.empty() || leaf == "." || leaf == "..") return;
+  int top = open(root.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (top < 0) return;
+  open_how how{};
+  how.flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV | RESOLVE_NO_MAGICLINKS;
+  int dir = static_cast<int>(syscall(SYS_openat2, top, parent.c_str(), &how, sizeof how));
+  close(top);
+  if (dir < 0) return;  // missing, or a symlink on the way: leave it
+  remove_at(dir, leaf.c_str(), 0);
+  close(dir);
 }
 
 }  // namespace ultari

@@ -1,5 +1,6 @@
 // Host directories Ultari keeps its own files in.
 #pragma once
+#include <optional>
 #include <string>
 
 namespace ultari {
@@ -15,5 +16,18 @@ void make_dirs(const std::string& dir, unsigned mode = 0700);
 // The whole file's bytes; "" when it cannot be read (a missing index file,
 // an image without os-release).
 std::string read_or_empty(const std::string& path);
+
+// A regular file of the tree at `root` as a process chrooted there would
+// read it: symlinks and ".." resolve inside `root` (openat2 RESOLVE_IN_ROOT,
+// no magic links, no other mount), opened without blocking. nullopt when
+// it is missing, not a regular file (an overlay whiteout, a FIFO) or larger
+// than `max_bytes`. For files of untrusted trees (image layers).
+std::optional<std::string> read_in_root(const std::string& root, const std::string& path, size_t max_bytes = 1 << 20);
+
+// Removes `rel` (relative, '/'-separated) beneath the directory `root`,
+// never following a symlink on the way or inside: when a component of
+// `rel` is a symlink or not a directory, nothing is removed. For trees an
+// untrusted party wrote (a build sandbox's writable layer).
+void remove_beneath(const std::string& root, const std::string& rel);
 
 }  // namespace ultari

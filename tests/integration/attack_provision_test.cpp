@@ -468,14 +468,23 @@ TEST_F(AttackProvision, VariablesThatWouldCollideWhenConcatenatedAreDifferentCac
 // The build sees the image's name (INSTANCE_ID; jinja's v1.instance_id is
 // rendered into the key, this is not): a cache hit under another name must
 // not give that image the first name's build.
+// The build's INSTANCE_ID is not the image's name (a cache hit under
+// another name would carry the first one's): it comes from the cache key,
+// the same for every name of the same inputs.
 TEST_F(AttackProvision, ACacheHitUnderAnotherNameDoesNotCarryTheFirstNamesInstanceId) {
   ASSERT_TRUE(import_busybox());
   const std::string ud = "#cloud-config\nruncmd:\n  - echo \"$INSTANCE_ID\" > /iid\n";
   ASSERT_EQ(provision("first", "bb", ud).status, 0);
-  EXPECT_EQ(in("first", "cat /iid").out, "first\n");  // negative control
+  std::string first = in("first", "cat /iid").out;
+  EXPECT_EQ(first.rfind("ultari-", 0), 0u) << first;
+  EXPECT_EQ(first.find("first"), std::string::npos) << first;
   Outcome second = provision("second", "bb", ud);
   ASSERT_EQ(second.status, 0) << second.err;
-  EXPECT_EQ(in("second", "cat /iid").out, "second\n") << "cache_hit " << second.report["cache_hit"];
+  EXPECT_EQ(second.report["cache_hit"], true);
+  EXPECT_EQ(in("second", "cat /iid").out, first);
+  // Negative control: other inputs, another id.
+  ASSERT_EQ(provision("third", "bb", ud + "  - echo other\n").status, 0);
+  EXPECT_NE(in("third", "cat /iid").out, first);
 }
 
 // --- 7. Resources of the build ---------------------------------------------

@@ -27,10 +27,11 @@ class Provision : public ::testing::Test {
   }
   static std::string build_error_;
 
-  // A name of this test's own (tests run in parallel over one store).
+  // A name of this test process's own (tests run in parallel over one
+  // store, which outlives a test run).
   std::string name(const std::string& suffix) {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    return std::string("t-") + info->name() + "-" + suffix;
+    return std::string("t-") + info->name() + "-" + suffix + "-" + std::to_string(getpid());
   }
   Outcome provision(const std::string& image, const std::string& user_data, std::vector<std::string> extra = {},
                     Options o = test_image_options(600)) {
@@ -98,7 +99,8 @@ runcmd:
 // root with kmod.
 TEST_F(Provision, TheTableClothCaseProvisionsAndItsSandboxesShowTheResult) {
   std::string img = name("tc");
-  Outcome r = provision(img, kTableCloth);
+  // (--no-cache: the store outlives a test run)
+  Outcome r = provision(img, kTableCloth, {"--no-cache"});
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_EQ(r.report["cache_hit"], false);
   Outcome s = in(img,
@@ -260,7 +262,7 @@ ca_certs:
 TEST_F(Provision, ASecondProvisionIsACacheHitThatRunsNothing) {
   std::string img = name("c");
   const std::string ud = "#cloud-config\nruncmd:\n  - date +%s%N > /stamp\n";
-  Outcome first = provision(img, ud);
+  Outcome first = provision(img, ud, {"--no-cache"});  // the store outlives a test run
   ASSERT_EQ(first.status, 0) << first.err;
   EXPECT_EQ(first.report["cache_hit"], false);
   std::string stamp = in(img, "cat /stamp").out;
@@ -284,12 +286,15 @@ TEST_F(Provision, ASecondProvisionIsACacheHitThatRunsNothing) {
   EXPECT_EQ(refreshed.report["cache_hit"], false);
   const std::string tpl = "## template: jinja\n#cloud-config\nruncmd:\n  - echo '{{ who }} on {{ v1.distro }} "
                           "{{ v1.distro_release }}' > /who\n";
-  Outcome a = provision(name("j"), tpl, {"--var", "who=alice"});
-  Outcome b = provision(name("j"), tpl, {"--var", "who=bob"});
+  // (values of this process's own: the store outlives a test run)
+  std::string pid = std::to_string(getpid());
+  Outcome a = provision(name("j"), tpl, {"--var", "who=alice-" + pid});
+  Outcome b = provision(name("j"), tpl, {"--var", "who=bob-" + pid});
   ASSERT_EQ(a.status, 0) << a.err;
   ASSERT_EQ(b.status, 0) << b.err;
+  EXPECT_EQ(a.report["cache_hit"], false);
   EXPECT_EQ(b.report["cache_hit"], false);
-  EXPECT_EQ(in(name("j"), "cat /who").out, "bob on debian bookworm\n");
+  EXPECT_EQ(in(name("j"), "cat /who").out, "bob-" + pid + " on debian bookworm\n");
 }
 
 TEST_F(Provision, AFailingRuncmdItemFailsTheBuildAndCommitsNothing) {
