@@ -362,10 +362,10 @@ int payload_entry(void* payload) { payload_main(*static_cast<const Payload*>(pay
   // 5. From here on the seccomp policy applies to init and everything it
   // starts. The listener goes to the supervisor, which answers denials.
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) fail(p, "prctl", "PR_SET_NO_NEW_PRIVS", errno);
-  // Root gains nothing by being root (NOROOT); without capabilities to
-  // keep, none can be made ambient either.
-  // A uid change always drops what is kept (the setuid fixup cannot be
-  // turned off, with CAP_SETPCAP or not).
+  // Root gains nothing by being root (NOROOT), and a uid change always
+  // drops what is kept (the setuid fixup stays on, locked: CAP_SETPCAP
+  // cannot turn it off); without capabilities to keep, none can be made
+  // ambient either.
   unsigned long bits = SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_KEEP_CAPS_LOCKED | SECBIT_NO_SETUID_FIXUP_LOCKED;
   if (!p.keep_caps) bits |= SECBIT_NO_CAP_AMBIENT_RAISE | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
   if (prctl(PR_SET_SECUREBITS, bits, 0, 0, 0) != 0)

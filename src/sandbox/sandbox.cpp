@@ -104,6 +104,8 @@ std::string env_value(const std::vector<std::string>& env, const std::string& ke
 
 }  // namespace
 
+namespace {
+
 // Spec::capabilities as a mask; throws naming an unknown one.
 uint64_t capability_mask(const std::vector<std::string>& names, int cap_last) {
   uint64_t mask = 0;
@@ -119,6 +121,8 @@ uint64_t capability_mask(const std::vector<std::string>& names, int cap_last) {
   }
   return mask;
 }
+
+}  // namespace
 
 Prepared prepare(const Spec& spec) {
   if (spec.seccomp.setid_files) {

@@ -36,16 +36,6 @@ namespace fs = std::filesystem;
 
 bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
-Outcome host(const std::string& script) {
-  Outcome o;
-  FILE* p = popen(script.c_str(), "r");
-  char buf[4096];
-  size_t n;
-  while (p && (n = fread(buf, 1, sizeof buf, p)) > 0) o.out.append(buf, n);
-  o.status = p ? pclose(p) : -1;
-  return o;
-}
-
 std::string release() {
   utsname u{};
   uname(&u);

@@ -326,6 +326,16 @@ int groups_of(pid_t pid) {
   return static_cast<int>(names.size());
 }
 
+Outcome host(const std::string& script) {
+  Outcome o;
+  FILE* p = popen(script.c_str(), "r");
+  char buf[4096];
+  size_t n;
+  while (p && (n = fread(buf, 1, sizeof buf, p)) > 0) o.out.append(buf, n);
+  o.status = p ? pclose(p) : -1;
+  return o;
+}
+
 std::string test_image_store() {
   std::string bin = ULTARI_BIN;
   return bin.substr(0, bin.rfind('/')) + "/test-images";

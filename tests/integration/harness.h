@@ -30,6 +30,9 @@ Outcome ultari(const std::vector<std::string>& args, const Options& opt = {});
 // Starts `ultari ARGS...` in the background with stdout on `stdout_fd`
 // (-1: /dev/null); the caller waits for it.
 pid_t spawn_ultari(const std::vector<std::string>& args, int stdout_fd = -1);
+// `sh -c SCRIPT` on the host (not in a sandbox): its stdout and the
+// status as pclose gives it.
+Outcome host(const std::string& script);
 // ultari run [flags] -- sh -c SCRIPT
 Outcome sh(const std::string& script, const std::vector<std::string>& flags = {}, const Options& opt = {});
 

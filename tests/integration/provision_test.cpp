@@ -56,18 +56,9 @@ class Provision : public ::testing::Test {
   // Build directories in the store's tmp/ whose process is gone: what a
   // build that failed left behind (other tests' builds may be running).
   int scratch_dirs() {
-    Outcome r = sh_host("for d in $(ls " + test_image_store() +
+    Outcome r = host("for d in $(ls " + test_image_store() +
                         "/images/tmp 2>/dev/null); do [ -d /proc/${d%%-*} ] || echo $d; done | wc -l");
     return std::stoi(r.out);
-  }
-  static Outcome sh_host(const std::string& script) {
-    Outcome o;
-    FILE* p = popen(script.c_str(), "r");
-    char buf[4096];
-    size_t n;
-    while (p && (n = fread(buf, 1, sizeof buf, p)) > 0) o.out.append(buf, n);
-    o.status = p ? pclose(p) : -1;
-    return o;
   }
   TempDir dir_;
 };
@@ -126,12 +117,12 @@ TEST_F(Provision, TheTableClothCaseProvisionsAndItsSandboxesShowTheResult) {
       << i.dump();
   EXPECT_EQ(i["provision_log"].back()["items"].size(), 4u) << i.dump();
   EXPECT_EQ(i["parent"], "minbase-kmod");
-  Outcome sum = sh_host("sha256sum " + dir_ / (img + ".yaml") + " | cut -d' ' -f1");
+  Outcome sum = host("sha256sum " + dir_ / (img + ".yaml") + " | cut -d' ' -f1");
   EXPECT_EQ(i["user_data_sha256"].get<std::string>() + "\n", sum.out);
   // Nothing of the host's kernel tree was committed into the image.
   for (const auto& layer : i["layers"]) {
     std::string top = test_image_store() + "/images/layers/" + layer.get<std::string>();
-    EXPECT_FALSE(exists(top + "/usr/lib/modules") && exists(top + "/usr/lib/modules/" + sh_host("uname -r").out));
+    EXPECT_FALSE(exists(top + "/usr/lib/modules") && exists(top + "/usr/lib/modules/" + host("uname -r").out));
     break;
   }
 
@@ -146,7 +137,7 @@ TEST_F(Provision, TheTableClothCaseProvisionsAndItsSandboxesShowTheResult) {
 TEST_F(Provision, EveryModuleRunsInOrderWithCloudInitsKeys) {
   std::string img = name("all");
   // A CA of the test's own for ca_certs.
-  ASSERT_EQ(sh_host("openssl req -x509 -newkey rsa:2048 -nodes -keyout " + dir_ / "ca.key" + " -out " + dir_ / "ca.pem" +
+  ASSERT_EQ(host("openssl req -x509 -newkey rsa:2048 -nodes -keyout " + dir_ / "ca.key" + " -out " + dir_ / "ca.pem" +
                     " -days 2 -subj /CN=ultari-test-ca 2>/dev/null")
                 .status,
             0);
@@ -158,7 +149,7 @@ TEST_F(Provision, EveryModuleRunsInOrderWithCloudInitsKeys) {
     p = nl + 1;
   }
   // "gz+b64" of "zipped\n"
-  std::string gz = sh_host("printf 'zipped\\n' | gzip -c | base64 -w0").out;
+  std::string gz = host("printf 'zipped\\n' | gzip -c | base64 -w0").out;
   std::string user_data = std::string(R"UD(#cloud-config
 bootcmd:
   - echo boot > /etc/boot-ran
@@ -379,7 +370,7 @@ TEST_F(Provision, KernelModulesComeFromTheAdministratorsAllowlist) {
                             "modprobe no_such_module_here 2>&1 | grep -c 'not found'");
   EXPECT_EQ(s.out, "ok\ndepmod-ok\n1\n") << s.err;
   // depmod inside wrote to the sandbox's overlay, not the kernel layer.
-  Outcome layer = sh_host("find " + test_image_store() + "/images/kernel -newer " + dir_ / (name("k") + ".yaml") +
+  Outcome layer = host("find " + test_image_store() + "/images/kernel -newer " + dir_ / (name("k") + ".yaml") +
                           " -name modules.dep | wc -l");
   EXPECT_EQ(layer.out, "0\n");
   // A bad configuration file is an error naming it.
@@ -422,18 +413,18 @@ TEST_F(Provision, HostileWriteFilesStayInsideTheBuildSandbox) {
   Outcome s = in(name("h"), "cat " + marker);
   EXPECT_EQ(s.out, "pwnedpwned-too") << s.err;
   // Writing into the kernel's files fails inside and changes nothing here.
-  std::string host_name = sh_host("hostname").out;
+  std::string host_name = host("hostname").out;
   Outcome k = provision(name("h2"), "#cloud-config\nwrite_files:\n  - path: /proc/sys/kernel/hostname\n    content: pwned\n");
   EXPECT_EQ(k.status, 125);
   EXPECT_TRUE(has(k.err, "write_files: /proc/sys/kernel/hostname")) << k.err;
-  EXPECT_EQ(sh_host("hostname").out, host_name);
+  EXPECT_EQ(host("hostname").out, host_name);
   // A gzip bomb stops at the size limit.
-  std::string bomb = sh_host("head -c 80M /dev/zero | gzip -c | base64 -w0").out;
+  std::string bomb = host("head -c 80M /dev/zero | gzip -c | base64 -w0").out;
   Outcome b = provision(name("h3"), "#cloud-config\nwrite_files:\n  - path: /bomb\n    encoding: gz+b64\n    content: " + bomb + "\n");
   EXPECT_EQ(b.status, 125);
   EXPECT_TRUE(has(b.err, "larger than")) << b.err.substr(0, 400);
   // Negative control: a small gzip file is written.
-  std::string small = sh_host("printf 'ok\\n' | gzip -c | base64 -w0").out;
+  std::string small = host("printf 'ok\\n' | gzip -c | base64 -w0").out;
   Outcome g = provision(name("h4"), "#cloud-config\nwrite_files:\n  - path: /small\n    encoding: gz+b64\n    content: " + small + "\n");
   ASSERT_EQ(g.status, 0) << g.err;
   EXPECT_EQ(in(name("h4"), "cat /small").out, "ok\n");
@@ -457,7 +448,7 @@ TEST_F(Provision, ARootlessCallerIsRefusedWithAReason) {
   // The rootless user's own store, with a base imported by that user.
   Options o = rootless_options();
   std::string store = dir_ / "store", root = dir_ / "root";
-  ASSERT_EQ(sh_host("mkdir -p " + store + " " + root + "/bin && cp /usr/bin/busybox " + root + "/bin/ && ln -s busybox " +
+  ASSERT_EQ(host("mkdir -p " + store + " " + root + "/bin && cp /usr/bin/busybox " + root + "/bin/ && ln -s busybox " +
                     root + "/bin/sh && chown -R " + kRootlessUser + " " + store + " && chmod 755 " + dir_.path())
                 .status,
             0);
