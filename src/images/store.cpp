@@ -420,13 +420,8 @@ Image Store::import(const std::string& name, const std::string& source,
   o.gid_base = gid_base_;
   o.progress = progress;
   if (max_bytes == 0) {
-    struct statvfs fs{};
-    if (statvfs(dir_.c_str(), &fs) != 0) throw_errno("statvfs " + dir_);
-    uint64_t total = static_cast<uint64_t>(fs.f_blocks) * fs.f_frsize;
-    uint64_t avail = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
-    uint64_t margin = std::max<uint64_t>(1ull << 30, total / 20);
-    if (avail <= margin) throw Error("the image store " + dir_ + " has too little free space (" + std::to_string(avail) + " bytes)");
-    max_bytes = avail - margin;
+    max_bytes = space().usable;
+    if (max_bytes == 0) throw Error("the image store " + dir_ + " has too little free space");
   }
   std::string error;
 
@@ -584,6 +579,16 @@ Image Store::build_debian(const std::string& name, const DebianBuild& b,
   std::string label = "debootstrap " + (b.variant.empty() ? "" : "--variant=" + b.variant + " ") + b.suite + " " + mirror;
   if (!b.include.empty()) label += " (+" + std::to_string(b.include.size()) + " packages)";
   return import(name, root.path, {}, label);
+}
+
+Store::Space Store::space() const {
+  struct statvfs fs{};
+  if (statvfs(dir_.c_str(), &fs) != 0) throw_errno("statvfs " + dir_);
+  Space sp;
+  sp.available = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
+  uint64_t margin = std::max<uint64_t>(1ull << 30, static_cast<uint64_t>(fs.f_blocks) * fs.f_frsize / 20);
+  sp.usable = sp.available > margin ? sp.available - margin : 0;
+  return sp;
 }
 
 std::string Store::scratch_dir() {

@@ -98,6 +98,16 @@ class Store {
   // sources.list), or http://deb.debian.org/debian.
   static std::string host_mirror();
 
+  // Bytes free on the store's disk, and how many of them an import or a
+  // build may fill: those less a margin (the larger of 1 GiB and 5 % of
+  // the disk), so a decompression bomb or a runaway build stops before the
+  // disk is full. Throws Error.
+  struct Space {
+    uint64_t available = 0;
+    uint64_t usable = 0;
+  };
+  Space space() const;
+
   // A fresh directory in the store's tmp/ (same filesystem as the layers,
   // swept once this process is gone) for a sandbox's writable layer.
   std::string scratch_dir();

@@ -15,7 +15,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -707,13 +706,9 @@ Outcome provision(images::Store& store, const Request& req) {
   b.scratch = scratch.path;
   for (const auto& id : base.layers) b.layers.push_back(store.layer_path(id));
   {
-    struct statvfs fs{};
-    if (statvfs(b.scratch.c_str(), &fs) != 0) throw_errno("statvfs " + b.scratch);
-    b.free_at_start = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
-    uint64_t total = static_cast<uint64_t>(fs.f_blocks) * fs.f_frsize;
-    uint64_t margin = std::max<uint64_t>(1ull << 30, total / 20);
-    uint64_t room = b.free_at_start > margin ? b.free_at_start - margin : 0;
-    b.max_bytes = req.max_bytes ? std::min(req.max_bytes, room) : room;
+    images::Store::Space sp = store.space();
+    b.free_at_start = sp.available;
+    b.max_bytes = req.max_bytes ? std::min(req.max_bytes, sp.usable) : sp.usable;
     if (b.max_bytes == 0)
       throw Error("the image store " + store.dir() + " has too little free space to provision (" +
                   std::to_string(b.free_at_start >> 20) + " MiB free)");
