@@ -37,17 +37,21 @@ class Dlp {
    private:
     friend class Dlp;
     Stream(const Dlp& dlp);
+    void close();
     const Dlp& dlp_;
     void* scratch_ = nullptr;
-    void* stream_ = nullptr;
+    std::vector<void*> streams_;  // one per database
     std::vector<std::string> found_;
   };
   std::unique_ptr<Stream> open() const;
 
  private:
   struct Api;
+  void compile(const std::vector<std::string>& regexes, const std::vector<unsigned>& ids);
+  void compile_literals(const std::vector<std::string>& literals);
+  void release();
   std::unique_ptr<Api> api_;
-  void* db_ = nullptr;
+  std::vector<void*> dbs_;  // hs_database_t*: one per built-in pattern, one for the literals
   void* proto_scratch_ = nullptr;
   std::vector<std::string> names_;
 };
