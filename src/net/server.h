@@ -9,6 +9,8 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -42,6 +44,8 @@ class Server {
   void loop();
   void accept_one(int listener, int kind);
   void spawn(UniqueFd fd, int kind);
+  void submit(std::function<void()> task);
+  void work();
   void serve(UniqueFd client, int kind);
   void answer_dns();
   void read_nflog();
@@ -72,7 +76,11 @@ class Server {
 
   std::mutex mu_;
   std::condition_variable idle_;
-  int active_ = 0;                 // connection and query threads running
+  int active_ = 0;                 // connections and queries being served
+  std::condition_variable work_;
+  std::deque<std::function<void()>> tasks_;
+  int workers_ = 0;       // threads serving, or waiting for work
+  int idle_workers_ = 0;  // of which waiting
   std::set<int> open_fds_;         // shut down on stop
   bool stopping_ = false;
   std::map<uint32_t, std::set<std::string>> resolved_;  // address -> names
