@@ -11,6 +11,7 @@
 #include <sstream>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <string_view>
 #include <string>
 #include <vector>
 
@@ -475,27 +476,41 @@ int main(int argc, char** argv) {
   bool quiet = false;
   size_t pool_size = 4;
 
-  CLI::App* run = app.add_subcommand("run", "Run COMMAND in a new sandbox");
-  run_flags.add_to(run);
-  run->add_option("--pool", pool_socket,
-                  "Take the sandbox from the warm pool at SOCKET when it matches (default: $ULTARI_POOL); "
-                  "otherwise start one")->envname("ULTARI_POOL");
-  run->add_option("--report", report_path, "Write the JSON result to FILE");
-  run->add_flag("-q,--quiet", quiet, "Print no warnings");
-  run->add_option("command", command, "COMMAND [ARG...] (with --image: default the image's Entrypoint and Cmd)");
-  run->positionals_at_end(true);
+  // Only the subcommand asked for is built: CLI11 makes every option a heap
+  // object, and building all of them was a measurable part of a start.
+  // Help, version and mistakes see every subcommand.
+  std::string_view asked = argc > 1 ? argv[1] : "";
+  bool all = asked != "run" && asked != "pool" && asked != "image";
 
-  CLI::App* pool = app.add_subcommand("pool", "Keep sandboxes ready for `ultari run --pool SOCKET` (until SIGTERM)");
-  pool_flags.add_to(pool);
-  pool->add_option("--socket", serve_socket, "Unix socket to serve (created with mode 0600)")->required();
-  pool->add_option("--size", pool_size, "Sandboxes kept ready (default 4)");
+  CLI::App* run = nullptr;
+  if (all || asked == "run") {
+    run = app.add_subcommand("run", "Run COMMAND in a new sandbox");
+    run_flags.add_to(run);
+    run->add_option("--pool", pool_socket,
+                    "Take the sandbox from the warm pool at SOCKET when it matches (default: $ULTARI_POOL); "
+                    "otherwise start one")->envname("ULTARI_POOL");
+    run->add_option("--report", report_path, "Write the JSON result to FILE");
+    run->add_flag("-q,--quiet", quiet, "Print no warnings");
+    run->add_option("command", command, "COMMAND [ARG...] (with --image: default the image's Entrypoint and Cmd)");
+    run->positionals_at_end(true);
+  }
 
-  ImageCommands images(app);
+  CLI::App* pool = nullptr;
+  if (all || asked == "pool") {
+    pool = app.add_subcommand("pool", "Keep sandboxes ready for `ultari run --pool SOCKET` (until SIGTERM)");
+    pool_flags.add_to(pool);
+    pool->add_option("--socket", serve_socket, "Unix socket to serve (created with mode 0600)")->required();
+    pool->add_option("--size", pool_size, "Sandboxes kept ready (default 4)");
+  }
+
+  std::optional<ImageCommands> images;
+  if (all || asked == "image") images.emplace(app);
 
   // For options that are not repeatable the last one wins (like docker).
   for (CLI::App* sub : {run, pool})
-    for (CLI::Option* opt : sub->get_options())
-      if (opt->get_expected_max() == 1) opt->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+    if (sub)
+      for (CLI::Option* opt : sub->get_options())
+        if (opt->get_expected_max() == 1) opt->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -507,9 +522,9 @@ int main(int argc, char** argv) {
     return kExitUltariFailed;
   }
 
-  if (images.parsed()) return images.run();
+  if (images && images->parsed()) return images->run();
 
-  if (pool->parsed()) {
+  if (pool && pool->parsed()) {
     try {
       ultari::Spec spec = pool_flags.build();
       if (spec.network.mode != ultari::NetworkSpec::Mode::None)
