@@ -419,10 +419,13 @@ Image Store::import(const std::string& name, const std::string& source,
   o.uid_base = uid_base_;
   o.gid_base = gid_base_;
   o.progress = progress;
+  Space space_now = space();
   if (max_bytes == 0) {
-    max_bytes = space().usable;
+    max_bytes = space_now.usable;
     if (max_bytes == 0) throw Error("the image store " + dir_ + " has too little free space");
   }
+  uint64_t max_entries = space_now.entries;
+  if (max_entries == 0) throw Error("the image store " + dir_ + " has too few free inodes");
   std::string error;
 
   // An image archive (docker save, podman save, an OCI layout) or a root.
@@ -438,7 +441,9 @@ Image Store::import(const std::string& name, const std::string& source,
     std::string root = src;
     if (!is_dir) {
       outer = fresh(false);
-      UnpackOptions plain;
+      UnpackOptions plain;  // the archive's own files: blobs, manifests
+      plain.max_bytes = max_bytes;
+      plain.max_entries = max_entries;
       UnpackResult ignored;
       if (!unpacker->unpack(src, outer.path, plain, ignored, error)) throw Error("import " + source + ": " + error);
       root = outer.path;
@@ -461,13 +466,15 @@ Image Store::import(const std::string& name, const std::string& source,
     UnpackResult r;
   };
   std::vector<Unpacked> unpacked;  // bottom first
-  uint64_t total = 0;
+  uint64_t total = 0, total_entries = 0;
   for (size_t i = 0; i < sources.size(); ++i) {
     Unpacked u{fresh(true), {}};
     o.max_bytes = max_bytes - std::min(max_bytes - 1, total);  // what the layers before left
+    o.max_entries = max_entries - std::min(max_entries - 1, total_entries);
     std::string what = sources.size() > 1 ? " (layer " + std::to_string(i + 1) + " of " + std::to_string(sources.size()) + ")" : "";
     if (!unpacker->unpack(sources[i], u.dir.path, o, u.r, error)) throw Error("import " + source + what + ": " + error);
     total += u.r.bytes;
+    total_entries += u.r.entries;
     unpacked.push_back(std::move(u));
   }
 
@@ -588,6 +595,12 @@ Store::Space Store::space() const {
   sp.available = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
   uint64_t margin = std::max<uint64_t>(1ull << 30, static_cast<uint64_t>(fs.f_blocks) * fs.f_frsize / 20);
   sp.usable = sp.available > margin ? sp.available - margin : 0;
+  // Filesystems with inodes made on demand (btrfs) report none: the fixed
+  // cap alone holds there.
+  uint64_t inodes = static_cast<uint64_t>(fs.f_favail);
+  uint64_t inode_margin = std::max<uint64_t>(100000, static_cast<uint64_t>(fs.f_files) / 20);
+  sp.entries = fs.f_files == 0 ? kMaxEntries
+                               : std::min<uint64_t>(kMaxEntries, inodes > inode_margin ? inodes - inode_margin : 0);
   return sp;
 }
 

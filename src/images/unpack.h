@@ -13,6 +13,9 @@
 
 namespace ultari::images {
 
+// The most entries one import may create, whatever the disk's free inodes.
+inline constexpr uint64_t kMaxEntries = 10'000'000;
+
 struct UnpackOptions {
   // Rootful: ids are stored shifted into the sandboxes' host range
   // (base + id), so a layer is used as it is, without an idmapped mount;
@@ -31,6 +34,10 @@ struct UnpackOptions {
   // The most bytes of file data the layer may hold (0: no limit): a
   // decompression bomb stops there, with an error naming the limit.
   uint64_t max_bytes = 0;
+  // The most entries the layer may hold (0: no limit): an archive of
+  // millions of empty files, which max_bytes does not see, stops there
+  // before it has used up the store's inodes.
+  uint64_t max_entries = 0;
   // Called now and then with the source bytes read and their total (0 when
   // unknown: a directory).
   std::function<void(uint64_t done, uint64_t total)> progress;

@@ -436,6 +436,38 @@ TEST_F(AttackImages, DecompressionBombsStopAtTheSizeCap) {
   EXPECT_EQ(import("bomb2", tar).status, 0);
 }
 
+// Was MISSING: an archive of 30000 empty files passes every byte cap and
+// used up the store's inodes (millions would fill any disk's). The store
+// here is a tmpfs with 130000 inodes (and 2 GiB: the byte margin is 1 GiB):
+// the inode margin (100000) leaves about
+// 30000 usable, so 40000 entries are refused and 5000 import (the negative
+// control; the same tar without the cap would have gone in too).
+TEST_F(AttackImages, ArchivesOfManyEmptyFilesStopAtTheStoresInodes) {
+  std::string mnt = dir_ / "small";
+  ASSERT_EQ(shell("mkdir -p " + mnt + " && mount -t tmpfs -o nr_inodes=130000,size=2g tmpfs " + mnt), 0);
+  struct Unmount {
+    std::string path;
+    ~Unmount() { std::system(("umount -l " + path).c_str()); }
+  } unmount{mnt};
+  auto tar_of = [&](int files) {
+    std::string tar = dir_ / ("many-" + std::to_string(files) + ".tar");
+    EXPECT_EQ(shell("python3 -c 'import io,sys,tarfile\nt=tarfile.open(sys.argv[1],\"w\")\n"
+                    "for i in range(int(sys.argv[2])): t.addfile(tarfile.TarInfo(\"d%d/f%d\" % (i // 1000, i)), io.BytesIO())' " +
+                    tar + " " + std::to_string(files)),
+              0);
+    return tar;
+  };
+  Options o;
+  o.env.push_back("ULTARI_DATA_DIR=" + mnt + "/data");
+  Outcome r = ultari::test::ultari({"image", "import", "-q", "many", tar_of(40000)}, o);
+  EXPECT_EQ(r.status, 125);
+  EXPECT_NE(r.err.find("entries"), std::string::npos) << r.err;
+  EXPECT_EQ(capture("ls -A " + mnt + "/data/images/tmp"), "");
+  EXPECT_EQ(capture("ls -A " + mnt + "/data/images/layers"), "");
+  Outcome ok = ultari::test::ultari({"image", "import", "-q", "few", tar_of(5000)}, o);
+  EXPECT_EQ(ok.status, 0) << ok.err;
+}
+
 // An accepted image full of absolute symlinks to host files: in the sandbox
 // they resolve inside its root (nothing of the host shows), and mount points
 // that are symlinks (proc -> host dir) stop the start. Control: the same

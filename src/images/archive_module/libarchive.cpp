@@ -65,6 +65,17 @@ struct Hash {
 // layer must not need an fd (or a stack frame) per level without bound.
 constexpr int kMaxDepth = 128;
 
+// One more entry in the layer; false (and `error`) past o.max_entries.
+bool count_entry(UnpackResult& r, const UnpackOptions& o, const std::string& name, std::string& error) {
+  if (++r.entries > o.max_entries && o.max_entries) {
+    error = "entry '" + name + "': the layer would hold more than " + std::to_string(o.max_entries) +
+            " entries (the store's free inodes less a margin, at most " + std::to_string(ultari::images::kMaxEntries) +
+            ")";
+    return false;
+  }
+  return true;
+}
+
 // "./a/b/" -> "a/b"; "" for the root itself. False for what may not be
 // in a layer: an absolute name, a ".." component, more than kMaxDepth
 // components.
@@ -377,7 +388,7 @@ class ArchiveUnpacker final : public Unpacker {
           if (!whiteout(dest, parent, base, o, error)) return false;
           hash.field(base == ".wh..wh..opq" ? "opaque" : "whiteout");
           hash.field(base == ".wh..wh..opq" ? parent : (parent.empty() ? "" : parent + "/") + base.substr(4));
-          ++r.entries;
+          if (!count_entry(r, o, name, error)) return false;
           continue;
         }
       }
@@ -423,8 +434,8 @@ class ArchiveUnpacker final : public Unpacker {
       }
       archive_entry_set_uname(e, nullptr);
       archive_entry_set_gname(e, nullptr);
+      if (!count_entry(r, o, name, error)) return false;
       if (archive_write_header(out, e) < ARCHIVE_WARN) return fail(out, name, error);
-      ++r.entries;
       if (type == AE_IFREG && !hl) {
         bool wrote = true, too_big = false;
         auto sink = [&](const void* buf, size_t size, la_int64_t offset) {
