@@ -164,6 +164,11 @@ RootPlan plan_root(const Spec& spec, const HostRoot* host_root, const std::strin
     add({.op = Step::BindInRoot, .source = plan.intern(buf), .target = plan.intern(m.destination),
          .read_only = m.read_only, .is_dir = S_ISDIR(st.st_mode), .user_path = true});
   }
+  // Every root has a /tmp: an image or --rootfs without one gets an empty
+  // one (1777, root's) in the sandbox's writable layer; one it has is left
+  // as it is.
+  if (!uses_host_root(spec))
+    add({.op = Step::MkdirInRoot, .target = "/tmp", .optional = true, .mode = 01777});
   if (!home.empty() && (home != "/root" || !uses_host_root(spec)))
     add({.op = Step::MkdirInRoot, .target = plan.intern(home), .mode = 0700, .uid = spec.identity.uid,
          .gid = spec.identity.gid});
@@ -410,6 +415,15 @@ int run_step(Ctx& c, const Step& s, int host_fd) {
     return rc;
   }
 
+  if (s.op == Step::MkdirInRoot && s.optional) {
+    // Made only when missing: what the root has stays untouched.
+    int have = open_in_root(c, s.target, 0);
+    if (have >= 0) {
+      close(have);
+      return 0;
+    }
+    if (errno != ENOENT) return -errno;
+  }
   int fd = creates ? open_or_create(c, s.target, s.is_dir, s.op == Step::MkdirInRoot ? s.mode : 0755)
                    : open_in_root(c, s.target, 0);
   if (fd < 0 && !creates) fd = -errno;
@@ -466,9 +480,11 @@ int run_step(Ctx& c, const Step& s, int host_fd) {
       rc = sys_mount_setattr(fd, "", AT_EMPTY_PATH, &attr) == 0 ? 0 : -errno;
       break;
     }
-    case Step::MkdirInRoot:  // open_or_create made it
-      if (fchownat(fd, "", s.uid, s.gid, AT_EMPTY_PATH) != 0) rc = -errno;
+    case Step::MkdirInRoot: {  // open_or_create made it (its mode less the umask)
+      char path[32];
+      if (fchownat(fd, "", s.uid, s.gid, AT_EMPTY_PATH) != 0 || chmod(fd_path(fd, path), s.mode) != 0) rc = -errno;
       break;
+    }
     default:
       rc = -EINVAL;
   }

@@ -59,7 +59,7 @@ struct Step {
   const char* target = nullptr;
   const char* data = nullptr;
   bool read_only = false;
-  bool optional = false;  // a missing target is skipped, not an error
+  bool optional = false;  // a missing target is skipped, not an error (MkdirInRoot: an existing one)
   bool is_dir = true;     // bind/mask: directory or file
   unsigned mode = 0755;
   int tree_fd = -1;

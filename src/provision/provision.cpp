@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/utsname.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -291,6 +292,39 @@ class Build {
  private:
   const Request& req_;
 };
+
+// Whether the base image shows the top-level entry `name` (its layers top
+// first: the first one that has it decides; an overlay whiteout hides it,
+// an opaque layer root hides what is below).
+bool base_has(const images::Image& base, const images::Store& store, const std::string& name) {
+  for (const auto& id : base.layers) {
+    std::string layer = store.layer_path(id);
+    struct stat st{};
+    if (lstat((layer + "/" + name).c_str(), &st) == 0) {
+      bool whiteout = (S_ISCHR(st.st_mode) && st.st_rdev == 0) ||
+                      lgetxattr((layer + "/" + name).c_str(), "user.overlay.whiteout", nullptr, 0) >= 0;
+      return !whiteout;
+    }
+    char opaque[4];
+    if (lgetxattr(layer.c_str(), "user.overlay.opaque", opaque, sizeof opaque) > 0 && opaque[0] == 'y') return false;
+  }
+  return false;
+}
+
+// What the build's sandboxes, not the user-data, put in the writable layer:
+// the mount points /proc, /sys and /dev (made when the base lacks them;
+// nothing written there reaches the layer), HOME (/root) when the base
+// lacks it and the build left it empty, and /tmp, which the image gets as
+// the base has it: a machine provisioned once and started fresh finds /tmp
+// as it booted, not what the build left there (the modules of one build
+// share it). Runs from the image make what is missing.
+void drop_engine_scaffolding(const std::string& upper, const images::Image& base, const images::Store& store) {
+  for (const char* dir : {"proc", "sys", "dev", "tmp"}) remove_beneath(upper, dir);
+  if (!base_has(base, store, "root")) {
+    UniqueFd top(open(upper.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (top) unlinkat(top.get(), "root", AT_REMOVEDIR);  // only an empty directory, never through a link
+  }
+}
 
 // What the build sandbox's root has: package managers, mirrors, os-release.
 struct Probe {
@@ -588,7 +622,9 @@ std::set<std::string> layer_builtin(const std::string& layer, const std::string&
 
 std::string cache_key(images::Unpacker& u, const images::Image& base, const std::string& rendered,
                       const Request& req) {
-  std::string text = "ultari-provision-1\n";
+  // The version names what a build makes of the same inputs: it changes
+  // when that does (2: /tmp and the engine's mount points left out).
+  std::string text = "ultari-provision-2\n";
   for (const auto& l : base.layers) text += "layer " + l + "\n";
   std::vector<std::pair<std::string, std::string>> vars = req.vars;
   std::sort(vars.begin(), vars.end());
@@ -1006,6 +1042,7 @@ done
   // The build wrote this tree: never follow its symlinks on the host.
   if (!release.empty())
     for (const char* dir : {"lib/modules/", "usr/lib/modules/"}) remove_beneath(b.scratch + "/upper", dir + release);
+  drop_engine_scaffolding(b.scratch + "/upper", base, store);
   images::Image top;
   top.name = req.name;
   top.source = "provision " + (req.user_data_label.empty() ? std::string("user-data") : req.user_data_label);

@@ -151,6 +151,59 @@ TEST_F(Images, LayersStackTopFirst) {
             "hello\nls: /etc/extra: No such file or directory\n");
 }
 
+// A root without /tmp gets a fresh one (1777, root's) in the sandbox's own
+// writable layer; a root with one keeps it as it is. Negative control: the
+// image itself is not changed (a second run finds no file of the first).
+TEST_F(Images, ARootWithoutTmpGetsAFreshOneAndOneWithItKeepsIt) {
+  std::string bare = dir_ / "bare";
+  ASSERT_EQ(sh("mkdir -p " + bare + "/bin && cp /usr/bin/busybox " + bare + "/bin/ && "
+               "for c in sh stat touch ls; do ln -s /bin/busybox " + bare + "/bin/$c; done"), 0);
+  ASSERT_EQ(image({"import", "bare", bare}).status, 0);
+  Outcome r = run("bare", "stat -c '%a %u:%g' /tmp && touch /tmp/x && ls /tmp");
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, "1777 0:0\nx\n");
+  EXPECT_EQ(run("bare", "ls -A /tmp").out, "");
+  ASSERT_EQ(sh("chmod 700 " + root_ + "/tmp"), 0);
+  ASSERT_EQ(image({"import", "own", root_}).status, 0);
+  EXPECT_EQ(run("own", "stat -c %a /tmp").out, "700\n");
+}
+
+// Provisioning commits what the user-data changed and nothing the build's
+// sandboxes needed: on a base without /proc, /sys, /dev, /tmp and /root the
+// layer holds /opt only. /tmp is shared by the build's modules (bootcmd
+// leaves a file that runcmd reads: the control that the build had a /tmp),
+// and /root stays when the user-data put something there.
+TEST_F(Images, ProvisioningCommitsTheUserDatasChangesOnly) {
+  std::string base = dir_ / "bb";
+  ASSERT_EQ(sh("mkdir -p " + base + "/bin " + base + "/etc && cp /usr/bin/busybox " + base + "/bin/ && "
+               "for c in $(/usr/bin/busybox --list); do [ -e " + base + "/bin/$c ] || ln -s busybox " + base +
+               "/bin/$c; done && echo 'root:x:0:0:root:/root:/bin/sh' > " + base + "/etc/passwd && "
+               "echo 'root:x:0:' > " + base + "/etc/group"), 0);
+  ASSERT_EQ(image({"import", "bb", base}).status, 0);
+  auto layer_of = [&](const std::string& name) {
+    return store() + "/layers/" + json::parse(image({"inspect", name, "--json"}).out)["layers"][0].get<std::string>();
+  };
+  auto provision = [&](const std::string& name, const std::string& user_data) {
+    std::string file = dir_ / (name + ".yaml");
+    write_file(file, user_data);
+    Options o;
+    o.timeout_s = 300;
+    return image({"provision", "-q", name, "--from", "bb", "--user-data", file}, o);
+  };
+  Outcome r = provision("p1",
+                        "#cloud-config\nwrite_files:\n  - path: /opt/x\n    content: hi\n"
+                        "bootcmd:\n  - echo boot > /tmp/from-boot\nruncmd:\n  - cat /tmp/from-boot > /opt/seen\n");
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::string layer = layer_of("p1");
+  EXPECT_EQ(sh("cd " + layer + " && test \"$(find . | sort | tr '\\n' ' ')\" = '. ./opt ./opt/seen ./opt/x '"), 0)
+      << entries(layer).size();
+  EXPECT_EQ(read_file(layer + "/opt/seen"), "boot\n");
+  EXPECT_EQ(run("p1", "cat /opt/x; stat -c %a /tmp").out, "hi1777\n");
+  r = provision("p2", "#cloud-config\nruncmd:\n  - mkdir /root/.cfg\n");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(entries(layer_of("p2")), std::vector<std::string>{"root"});
+}
+
 // What `docker save`, `podman save` and OCI layouts hold: three layers,
 // the second deleting a file (whiteout), the third making a directory
 // opaque (mkimage.py).

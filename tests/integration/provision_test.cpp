@@ -405,12 +405,14 @@ TEST_F(Provision, HostileWriteFilesStayInsideTheBuildSandbox) {
   std::string ud = "#cloud-config\nbootcmd:\n  - mkdir -p " + dir_.path() + "\n  - ln -s " + marker +
                    " /etc/evil-link\n  - ln -s /proc/self/root" + marker + " /etc/evil-proc\n"
                    "write_files:\n  - path: /etc/evil-link\n    content: pwned\n"
-                   "  - path: /etc/evil-proc\n    content: pwned-too\n    append: true\n";
+                   "  - path: /etc/evil-proc\n    content: pwned-too\n    append: true\n"
+                   "runcmd:\n  - cat " + marker + " > /opt-seen\n";
   Outcome r = provision(name("h"), ud);
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_EQ(read_file(marker), "host\n");
-  // Negative control: the writes happened, in the image's own copy of the path.
-  Outcome s = in(name("h"), "cat " + marker);
+  // Negative control: the writes happened, in the build's own copy of the
+  // path (under /tmp, which the image does not keep: runcmd saw it).
+  Outcome s = in(name("h"), "cat /opt-seen");
   EXPECT_EQ(s.out, "pwnedpwned-too") << s.err;
   // Writing into the kernel's files fails inside and changes nothing here.
   std::string host_name = host("hostname").out;
