@@ -568,8 +568,10 @@ Image Store::build_debian(const std::string& name, const DebianBuild& b,
     argv.push_back("--include=" + list);
   }
   argv.insert(argv.end(), {b.suite, root.path, mirror});
-  ProgramResult r =
-      run_program(argv, {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "DEBIAN_FRONTEND=noninteractive"}, log);
+  // Contained: its chroot's /proc and the processes it starts never outlive
+  // it, nor a killed ultari.
+  ProgramResult r = run_program(
+      argv, {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "DEBIAN_FRONTEND=noninteractive"}, log, 5, true);
   if (r.status != 0)
     throw Error("debootstrap " + b.suite + " from " + mirror + " failed (status " + std::to_string(r.status) +
                 "): " + r.tail_text());

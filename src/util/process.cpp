@@ -1,6 +1,12 @@
 #include "util/process.h"
 
 #include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,7 +24,7 @@ std::string ProgramResult::tail_text() const {
 }
 
 ProgramResult run_program(const std::vector<std::string>& argv, const std::vector<std::string>& env,
-                          const std::function<void(const std::string&)>& on_line, size_t keep_lines) {
+                          const std::function<void(const std::string&)>& on_line, size_t keep_lines, bool contained) {
   if (argv.empty() || argv[0].empty() || argv[0][0] != '/') throw Error("run_program: argv[0] must be absolute");
   // Everything the child needs is made before fork.
   std::vector<std::string> args = argv, envs = env;
@@ -33,9 +39,18 @@ ProgramResult run_program(const std::vector<std::string>& argv, const std::vecto
   int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (null < 0) throw_errno("open /dev/null");
   UniqueFd null_fd(null);
-  pid_t pid = fork();
-  if (pid < 0) throw_errno("fork");
+  pid_t pid = contained ? static_cast<pid_t>(syscall(SYS_clone, CLONE_NEWPID | CLONE_NEWNS | SIGCHLD, nullptr,
+                                                     nullptr, nullptr, nullptr))
+                        : fork();
+  if (pid < 0) throw_errno(contained ? "clone (new pid and mount namespaces)" : "fork");
   if (pid == 0) {
+    // Syscalls only from here. Our copy of the read end goes first: then a
+    // write end with no reader means the parent is gone already.
+    close(r.get());
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    pollfd parent{w.get(), POLLOUT, 0};
+    if (poll(&parent, 1, 0) == 1 && (parent.revents & POLLERR)) _exit(127);
+    if (contained && mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) _exit(127);
     dup2(null, 0);
     dup2(w.get(), 1);
     dup2(w.get(), 2);

@@ -14,8 +14,13 @@ struct ProgramResult {
 };
 
 // argv[0] is an absolute path. `on_line` sees each line of output as it
-// comes. Throws Error when the program cannot be started.
+// comes. Throws Error when the program cannot be started. The program is
+// killed when this process dies (PR_SET_PDEATHSIG). `contained` (root
+// only): it runs as pid 1 of new pid and mount namespaces, so whatever it
+// starts dies with it and what it mounts (debootstrap's /proc in its
+// target) goes with its namespace, even when this process is SIGKILLed.
 ProgramResult run_program(const std::vector<std::string>& argv, const std::vector<std::string>& env,
-                          const std::function<void(const std::string&)>& on_line = {}, size_t keep_lines = 5);
+                          const std::function<void(const std::string&)>& on_line = {}, size_t keep_lines = 5,
+                          bool contained = false);
 
 }  // namespace ultari

@@ -7,6 +7,7 @@
 // (Python's tarfile, fully_trusted) and show the harm they would do.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -533,4 +534,43 @@ TEST_F(DebianImage, BadBuildRequestsAreRefused) {
 }
 
 }  // namespace
+// Was NOTED: debootstrap mounts /proc in its target and runs dpkg in a
+// chroot there; a SIGKILLed `ultari image build` left the mounts in the
+// host's table and the processes running. debootstrap now runs as pid 1 of
+// its own pid and mount namespaces, killed when ultari dies. Controls: while
+// it runs, its processes are there and its own mount table shows the
+// target's /proc (the host's never does).
+TEST_F(DebianImage, ABuildKilledMidwayLeavesNoProcessNorMount) {
+  TempDir dir;
+  std::string data = dir / "data", log = dir / "log";
+  Outcome start = host("ULTARI_DATA_DIR=" + data + " setsid " + ULTARI_BIN +
+                       " image build k --debian bookworm --variant minbase >/dev/null 2>" + log + " & echo $!");
+  ASSERT_EQ(start.status, 0);
+  pid_t pid = std::stoi(start.out);
+  auto mounted_in = [&](const std::string& who) {
+    return host("grep -c '" + data + ".*/proc' /proc/" + who + "/mountinfo").out;
+  };
+  // debootstrap mounts the target's /proc before "Installing core packages".
+  bool installing = false;
+  for (int i = 0; i < 1200 && !installing && exists("/proc/" + std::to_string(pid)); ++i) {
+    usleep(250000);
+    installing = has(read_file(log), "Installing core packages");
+  }
+  ASSERT_TRUE(installing) << read_file(log);
+  std::vector<pid_t> inside = pids_matching(data);
+  ASSERT_FALSE(inside.empty());
+  bool seen = false;
+  for (pid_t p : inside) seen = seen || mounted_in(std::to_string(p)) != "0\n";
+  EXPECT_TRUE(seen) << "no process of the build shows the target's /proc";
+  EXPECT_EQ(mounted_in("self"), "0\n");
+  ASSERT_EQ(kill(pid, SIGKILL), 0);
+  int left = 1;
+  for (int i = 0; i < 100 && left > 0; ++i) {
+    usleep(100000);
+    left = processes_matching(data);
+  }
+  EXPECT_EQ(left, 0) << host("ps -ef | grep " + data).out;
+  EXPECT_EQ(host("cat /proc/[0-9]*/mountinfo 2>/dev/null | grep -c '" + data + "'").out, "0\n");
+}
+
 }  // namespace ultari::test
