@@ -1068,37 +1068,45 @@ void Server::spawn(UniqueFd fd, int kind) {
     if (fd) open_fds_.insert(raw);
   }
   // std::function holds copyable callables only: the fd rides in a shared_ptr.
-  submit([this, fd = std::make_shared<UniqueFd>(std::move(fd)), kind, raw] {
+  auto end = [this, raw] {
+    std::lock_guard lock(mu_);
+    open_fds_.erase(raw);
+    if (--active_ == 0) idle_.notify_all();
+  };
+  bool taken = submit([this, fd = std::make_shared<UniqueFd>(std::move(fd)), kind, end] {
     try {
       serve(std::move(*fd), kind);
     } catch (const std::exception&) {
     }
-    std::lock_guard lock(mu_);
-    open_fds_.erase(raw);
-    if (--active_ == 0) idle_.notify_all();
+    end();
   });
+  if (!taken) end();  // the fd was closed with the task
 }
 
 // Runs a task (already counted in active_) on an idle worker, or on a new
-// one. Workers stay for kWorkerLinger after their last task: a new thread's
-// stack and malloc arena are fresh pages, and their faults would be paid by
-// the connection that waits for it (about a third of a millisecond here).
-void Server::submit(std::function<void()> task) {
+// one; false when no thread can take it (the task was dropped: the caller
+// undoes its count). Workers stay for kWorkerLinger after their last task:
+// a new thread's stack and malloc arena are fresh pages, and their faults
+// would be paid by the connection that waits for it.
+bool Server::submit(std::function<void()> task) {
   std::unique_lock lock(mu_);
   tasks_.push_back(std::move(task));
   if (tasks_.size() <= static_cast<size_t>(idle_workers_)) {
     work_.notify_one();
-    return;
+    return true;
   }
   ++workers_;
   try {
     std::thread([this] { work(); }).detach();
   } catch (const std::system_error&) {
     --workers_;
-    if (workers_ > 0) return;  // a running worker takes it when it is done
+    if (workers_ > 0) return true;  // a running worker takes it when it is done
+    std::function<void()> dropped = std::move(tasks_.back());
     tasks_.pop_back();
-    if (--active_ == 0) idle_.notify_all();
+    lock.unlock();  // what the task holds (an fd) goes without the lock
+    return false;
   }
+  return true;
 }
 
 void Server::work() {
@@ -1198,7 +1206,10 @@ void Server::answer_dns() {
     std::lock_guard lock(mu_);
     if (--active_ == 0) idle_.notify_all();
   };
-  submit(std::move(work));
+  if (!submit(std::move(work))) {
+    std::lock_guard lock(mu_);
+    if (--active_ == 0) idle_.notify_all();
+  }
 }
 
 // Packets the rules dropped: one record per flow (the rules rate-limit).

@@ -44,7 +44,7 @@ class Server {
   void loop();
   void accept_one(int listener, int kind);
   void spawn(UniqueFd fd, int kind);
-  void submit(std::function<void()> task);
+  bool submit(std::function<void()> task);
   void work();
   void serve(UniqueFd client, int kind);
   void answer_dns();
