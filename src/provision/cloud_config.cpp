@@ -677,11 +677,38 @@ class Reader {
   CloudConfig& out_;
 };
 
+// The maps and lists of a document by identity (yaml-cpp nodes have no
+// hash: looked up by their position, then compared with is()).
+class NodeSet {
+ public:
+  bool insert(const Node& n) {  // false: there already
+    auto range = by_pos_.equal_range(n.Mark().pos);
+    for (auto it = range.first; it != range.second; ++it)
+      if (it->second.is(n)) return false;
+    by_pos_.emplace(n.Mark().pos, n);
+    return true;
+  }
+
+ private:
+  std::multimap<int, Node> by_pos_;
+};
+
+// `<<` as YAML 1.1 merge key: plain (a quoted '<<' is a key like any
+// other), or tagged !!merge.
+bool is_merge_key(const Node& k) {
+  return k.IsScalar() && k.Scalar() == "<<" && (k.Tag() == "?" || k.Tag() == "tag:yaml.org,2002:merge");
+}
+
 // Where yaml-cpp and PyYAML (cloud-init's reader) differ: a quoted scalar
 // whose closing quote never comes (yaml-cpp ends it at the end of the
-// file: refused), and duplicate keys (PyYAML keeps the last, yaml-cpp the
-// first: the earlier ones are removed, with a warning).
-void check_tree(Node n, const std::string& text, std::vector<std::string>& warnings, int depth = 0) {
+// file: refused), duplicate keys (PyYAML keeps the last, yaml-cpp the
+// first: the earlier ones are removed, with a warning), and merge keys
+// (`<<: *base`: yaml-cpp 0.7 keeps `<<` as a key; PyYAML merges the
+// mapping, or the mappings of a list, into the one that has the key, the
+// keys it gives itself winning, then the earlier mapping of a list, then
+// the later of two `<<` keys; resolved here). An alias is the node it
+// names: each map and list is gone through once (`seen`).
+void check_tree(Node n, const std::string& text, std::vector<std::string>& warnings, NodeSet& seen, int depth = 0) {
   if (depth > 200) fail_at(n, "nested too deeply");
   if (n.IsScalar() && n.Tag() == "!") {
     const YAML::Mark m = n.Mark();
@@ -705,17 +732,23 @@ void check_tree(Node n, const std::string& text, std::vector<std::string>& warni
       if (i >= text.size()) fail_at(n, std::string("unclosed ") + (q == '"' ? "double" : "single") + " quote");
     }
   }
+  if ((n.IsSequence() || n.IsMap()) && !seen.insert(n)) return;
   if (n.IsSequence())
-    for (size_t i = 0; i < n.size(); ++i) check_tree(n[i], text, warnings, depth + 1);
+    for (size_t i = 0; i < n.size(); ++i) check_tree(n[i], text, warnings, seen, depth + 1);
   if (n.IsMap()) {
-    std::map<std::string, int> seen;
+    std::map<std::string, int> keys;
     std::vector<std::string> earlier;  // one entry per occurrence to drop
+    std::vector<std::pair<Node, Node>> merges;
     for (auto it = n.begin(); it != n.end(); ++it) {
       const Node k = it->first;
-      check_tree(k, text, warnings, depth + 1);
-      check_tree(it->second, text, warnings, depth + 1);
+      check_tree(k, text, warnings, seen, depth + 1);
+      check_tree(it->second, text, warnings, seen, depth + 1);
+      if (is_merge_key(k)) {
+        merges.emplace_back(k, it->second);
+        continue;
+      }
       if (!k.IsScalar()) continue;
-      auto [at, fresh] = seen.emplace(k.Scalar(), line_of(k));
+      auto [at, fresh] = keys.emplace(k.Scalar(), line_of(k));
       if (fresh) continue;
       warnings.push_back("user-data line " + std::to_string(at->second) + ": key '" + k.Scalar() +
                          "' comes again at line " + std::to_string(line_of(k)) +
@@ -724,6 +757,42 @@ void check_tree(Node n, const std::string& text, std::vector<std::string>& warni
       earlier.push_back(k.Scalar());
     }
     for (const auto& key : earlier) n.remove(key);  // removes the first of them
+    if (merges.empty()) return;
+    std::vector<Node> sources;  // the mappings to merge, the one that wins last
+    for (const auto& [k, v] : merges) {
+      if (v.IsMap()) {
+        sources.push_back(v);
+      } else if (v.IsSequence()) {
+        for (size_t i = v.size(); i-- > 0;) {
+          if (!v[i].IsMap()) fail_at(v[i], "'<<' (a YAML merge key) takes a mapping or a list of mappings");
+          sources.push_back(v[i]);
+        }
+      } else {
+        fail_at(v, "'<<' (a YAML merge key) takes a mapping or a list of mappings");
+      }
+    }
+    // (Never `node = other` on a yaml-cpp node: that writes through to
+    // the node it refers to. Superseded entries are marked instead.)
+    struct Entry {
+      Node key, value;
+      bool superseded = false;
+    };
+    std::vector<Entry> merged;
+    std::map<std::string, size_t> index;
+    for (const auto& src : sources)
+      for (auto it = src.begin(); it != src.end(); ++it) {
+        if (it->first.IsScalar()) {
+          auto [at, fresh] = index.emplace(it->first.Scalar(), merged.size());
+          if (!fresh) {
+            merged[at->second].superseded = true;
+            at->second = merged.size();
+          }
+        }
+        merged.push_back({it->first, it->second});
+      }
+    for (const auto& [k, v] : merges) n.remove(k);
+    for (const auto& e : merged)
+      if (!e.superseded && (!e.key.IsScalar() || !keys.count(e.key.Scalar()))) n.force_insert(e.key, e.value);
   }
 }
 
@@ -819,7 +888,8 @@ CloudConfig parse_cloud_config(const std::string& text) {
       throw Error("user-data line " + std::to_string(line) + ", column 1: a second YAML document; user-data is one");
     }
     if (!docs.empty()) root = docs[0];
-    check_tree(root, text, out.warnings);
+    NodeSet seen;
+    check_tree(root, text, out.warnings, seen);
   } catch (const YAML::ParserException& e) {
     if (auto [line, column] = unclosed_quote(text); line > 0)
       throw Error("user-data line " + std::to_string(line) + ", column " + std::to_string(column) +
