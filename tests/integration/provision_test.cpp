@@ -329,7 +329,8 @@ TEST_F(Provision, BadUserDataIsRefusedBeforeAnythingRuns) {
       {"#cloud-config\nusers:\n  - name: 'a:b'\n", "not a valid user or group name"},
       {"#cloud-config\nusers:\n  - name: x\n    gecos: \"a\\nroot::0:0::/:/bin/sh\"\n", "line break"},
       {"#cloud-config\nultari:\n  kernel_modules: [vfat]\n", "'vfat' is not on the allowlist"},
-      {"#!/bin/sh\necho hi\n", "must start with the line '#cloud-config'"},
+      {"#include https://example.com/user-data\n", "Ultari does not fetch URLs at provisioning"},
+      {"hello\n", "user-data must start with '#cloud-config', '#!'"},
       {"## template: jinja\n#cloud-config\nhostname: {{ nothere }}\n", "'nothere'"},
       {"#cloud-config\nhostname: x\n", "not a template", {"--var", "a=b"}},
   };
