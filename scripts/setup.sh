@@ -5,7 +5,7 @@ set -euo pipefail
 
 BUILD=(build-essential cmake pkg-config git python3 libseccomp-dev nlohmann-json3-dev libcli11-dev
        libnftables-dev libtomlplusplus-dev libhyperscan-dev libssl-dev libarchive-dev debootstrap
-       libcap-dev libyaml-cpp-dev kmod libgtest-dev)
+       libcap-dev libyaml-cpp-dev zlib1g-dev kmod libgtest-dev)
 # Run-time tools the tests and benchmarks use: ip/netns, the rootless test user,
 # peers for bench/ (bubblewrap, crun), hyperfine, python3 for the bench
 # driver, and qemu + a Debian kernel + busybox for the cgroup v2 VM test.

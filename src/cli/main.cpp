@@ -298,7 +298,10 @@ struct ImageCommands {
         "provision", "Make image NAME: cloud-init user-data run on top of image BASE, kept as one layer (root only)");
     provision->add_option("name", name, "NAME")->required();
     provision->add_option("--from", from, "The base image")->required();
-    provision->add_option("--user-data", user_data, "cloud-init #cloud-config file (or '## template: jinja')")->required();
+    provision->add_option("--user-data", user_data,
+                          "cloud-init user-data: #cloud-config, a #! script, MIME multi-part, gzip'd or not, or "
+                          "'## template: jinja'")
+        ->required();
     provision->add_option("--var", vars, "KEY=VALUE for a jinja template (repeatable)")->allow_extra_args(false);
     provision->add_flag("--no-cache", no_cache, "Build although a cached layer matches the inputs");
     provision->add_flag("--refresh", refresh, "Build again although the inputs are unchanged (newer packages)");
@@ -366,11 +369,20 @@ struct ImageCommands {
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (check) {
       if (json) {
-        std::printf("%s\n", dump(nlohmann::json({{"plan", out.plan}, {"warnings", out.warnings}})).c_str());
+        nlohmann::json parts = nlohmann::json::array();
+        for (const auto& p : out.parts)
+          parts.push_back({{"index", p.index}, {"filename", p.filename}, {"type", p.type}, {"note", p.note}});
+        std::printf("%s\n", dump(nlohmann::json({{"plan", out.plan}, {"parts", parts}, {"warnings", out.warnings}})).c_str());
       } else {
         std::printf("user-data OK: %zu warnings; modules in order:", out.warnings.size());
         for (const auto& m : out.plan) std::printf(" %s", m.c_str());
         std::printf("\n");
+        // Parts are named as the user-data names them: shown escaped (dump).
+        for (const auto& p : out.parts) {
+          std::string note = p.note.empty() ? "" : " (" + p.note + ")";
+          std::printf("part %zu: %s %s%s\n", p.index, dump(nlohmann::json(p.filename)).c_str(), p.type.c_str(),
+                      note.c_str());
+        }
       }
     } else if (json) {
       nlohmann::json j = image_json(out.image, true);

@@ -8,9 +8,13 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <optional>
 #include <regex>
 #include <set>
+#include <unordered_map>
 
+#include "provision/mime.h"
+#include "provision/template.h"
 #include "spec/spec.h"
 #include "util/error.h"
 
@@ -21,12 +25,37 @@ using YAML::Node;
 
 int line_of(const Node& n) { return n.Mark().line + 1; }
 
+// An error about a node of a cloud-config. Its message names the node's
+// line and column as in a plain user-data; a MIME user-data rewrites it to
+// name the part the node came from as well (Locator).
+class NodeError : public Error {
+ public:
+  NodeError(const Node& n, const std::string& message, std::string what)
+      : Error(message), node(n), bare(std::move(what)) {}
+  Node node;
+  std::string bare;  // without the place
+};
+
 [[noreturn]] void fail_at(const Node& n, const std::string& what) {
   const YAML::Mark m = n.Mark();
-  if (m.line < 0) throw Error("user-data: " + what);
-  throw Error("user-data line " + std::to_string(m.line + 1) + ", column " + std::to_string(m.column + 1) + ": " +
-              what);
+  if (m.line < 0) throw NodeError(n, "user-data: " + what, what);
+  throw NodeError(n,
+                  "user-data line " + std::to_string(m.line + 1) + ", column " + std::to_string(m.column + 1) + ": " +
+                      what,
+                  what);
 }
+
+// Where a node is, for messages: "user-data line 7" (", column 3").
+class Locator {
+ public:
+  virtual ~Locator() = default;
+  virtual std::string at(const Node& n, bool column) const {
+    const YAML::Mark m = n.Mark();
+    if (m.line < 0) return "user-data";
+    return "user-data line " + std::to_string(m.line + 1) +
+           (column ? ", column " + std::to_string(m.column + 1) : std::string());
+  }
+};
 
 // Every cloud-init module key (schema-cloud-config-v1.json of cloud-init
 // 22.4, Debian 12) that Ultari does not run: named in a warning.
@@ -70,11 +99,9 @@ const std::set<std::string> kCloudInitKeys = {
 
 class Reader {
  public:
-  explicit Reader(CloudConfig& out) : out_(out) {}
+  Reader(CloudConfig& out, const Locator& where) : out_(out), where_(where) {}
 
-  void warn(const Node& n, const std::string& what) {
-    out_.warnings.push_back("user-data line " + std::to_string(line_of(n)) + ": " + what);
-  }
+  void warn(const Node& n, const std::string& what) { out_.warnings.push_back(where_.at(n, false) + ": " + what); }
   // Warns about keys of map `n` (at `path`) not in `known`.
   void known_keys(const Node& n, const std::string& path, std::initializer_list<const char*> known) {
     for (auto it = n.begin(); it != n.end(); ++it) {
@@ -147,6 +174,7 @@ class Reader {
       std::string path = key + "[" + std::to_string(i) + "]";
       Command c;
       c.line = line_of(item);
+      c.where = where_.at(item, false);
       if (item.IsNull()) continue;  // the schema allows null items
       if (item.IsScalar()) {
         c.shell = str(item, path);
@@ -212,6 +240,7 @@ class Reader {
       known_keys(f, path, {"path", "content", "source", "owner", "permissions", "encoding", "append", "defer"});
       WriteFile w;
       w.line = line_of(f);
+      w.where = where_.at(f, false);
       if (!f["path"]) fail_at(f, "'" + path + ".path' is missing");
       w.path = normalize_path(f["path"], path + ".path", str(f["path"], path + ".path"));
       if (f["source"]) fail_at(f["source"], "'" + path + ".source' (fetching a URL) is not supported: give the content");
@@ -675,13 +704,41 @@ class Reader {
 
  private:
   CloudConfig& out_;
+  const Locator& where_;
 };
+
+// The maps and lists of a document by identity (yaml-cpp nodes have no
+// hash: looked up by their position, then compared with is()).
+class NodeSet {
+ public:
+  bool insert(const Node& n) {  // false: there already
+    auto range = by_pos_.equal_range(n.Mark().pos);
+    for (auto it = range.first; it != range.second; ++it)
+      if (it->second.is(n)) return false;
+    by_pos_.emplace(n.Mark().pos, n);
+    return true;
+  }
+
+ private:
+  std::multimap<int, Node> by_pos_;
+};
+
+// `<<` as YAML 1.1 merge key: plain (a quoted '<<' is a key like any
+// other), or tagged !!merge.
+bool is_merge_key(const Node& k) {
+  return k.IsScalar() && k.Scalar() == "<<" && (k.Tag() == "?" || k.Tag() == "tag:yaml.org,2002:merge");
+}
 
 // Where yaml-cpp and PyYAML (cloud-init's reader) differ: a quoted scalar
 // whose closing quote never comes (yaml-cpp ends it at the end of the
-// file: refused), and duplicate keys (PyYAML keeps the last, yaml-cpp the
-// first: the earlier ones are removed, with a warning).
-void check_tree(Node n, const std::string& text, std::vector<std::string>& warnings, int depth = 0) {
+// file: refused), duplicate keys (PyYAML keeps the last, yaml-cpp the
+// first: the earlier ones are removed, with a warning), and merge keys
+// (`<<: *base`: yaml-cpp 0.7 keeps `<<` as a key; PyYAML merges the
+// mapping, or the mappings of a list, into the one that has the key, the
+// keys it gives itself winning, then the earlier mapping of a list, then
+// the later of two `<<` keys; resolved here). An alias is the node it
+// names: each map and list is gone through once (`seen`).
+void check_tree(Node n, const std::string& text, std::vector<std::string>& warnings, NodeSet& seen, int depth = 0) {
   if (depth > 200) fail_at(n, "nested too deeply");
   if (n.IsScalar() && n.Tag() == "!") {
     const YAML::Mark m = n.Mark();
@@ -705,17 +762,23 @@ void check_tree(Node n, const std::string& text, std::vector<std::string>& warni
       if (i >= text.size()) fail_at(n, std::string("unclosed ") + (q == '"' ? "double" : "single") + " quote");
     }
   }
+  if ((n.IsSequence() || n.IsMap()) && !seen.insert(n)) return;
   if (n.IsSequence())
-    for (size_t i = 0; i < n.size(); ++i) check_tree(n[i], text, warnings, depth + 1);
+    for (size_t i = 0; i < n.size(); ++i) check_tree(n[i], text, warnings, seen, depth + 1);
   if (n.IsMap()) {
-    std::map<std::string, int> seen;
+    std::map<std::string, int> keys;
     std::vector<std::string> earlier;  // one entry per occurrence to drop
+    std::vector<std::pair<Node, Node>> merges;
     for (auto it = n.begin(); it != n.end(); ++it) {
       const Node k = it->first;
-      check_tree(k, text, warnings, depth + 1);
-      check_tree(it->second, text, warnings, depth + 1);
+      check_tree(k, text, warnings, seen, depth + 1);
+      check_tree(it->second, text, warnings, seen, depth + 1);
+      if (is_merge_key(k)) {
+        merges.emplace_back(k, it->second);
+        continue;
+      }
       if (!k.IsScalar()) continue;
-      auto [at, fresh] = seen.emplace(k.Scalar(), line_of(k));
+      auto [at, fresh] = keys.emplace(k.Scalar(), line_of(k));
       if (fresh) continue;
       warnings.push_back("user-data line " + std::to_string(at->second) + ": key '" + k.Scalar() +
                          "' comes again at line " + std::to_string(line_of(k)) +
@@ -724,6 +787,42 @@ void check_tree(Node n, const std::string& text, std::vector<std::string>& warni
       earlier.push_back(k.Scalar());
     }
     for (const auto& key : earlier) n.remove(key);  // removes the first of them
+    if (merges.empty()) return;
+    std::vector<Node> sources;  // the mappings to merge, the one that wins last
+    for (const auto& [k, v] : merges) {
+      if (v.IsMap()) {
+        sources.push_back(v);
+      } else if (v.IsSequence()) {
+        for (size_t i = v.size(); i-- > 0;) {
+          if (!v[i].IsMap()) fail_at(v[i], "'<<' (a YAML merge key) takes a mapping or a list of mappings");
+          sources.push_back(v[i]);
+        }
+      } else {
+        fail_at(v, "'<<' (a YAML merge key) takes a mapping or a list of mappings");
+      }
+    }
+    // (Never `node = other` on a yaml-cpp node: that writes through to
+    // the node it refers to. Superseded entries are marked instead.)
+    struct Entry {
+      Node key, value;
+      bool superseded = false;
+    };
+    std::vector<Entry> merged;
+    std::map<std::string, size_t> index;
+    for (const auto& src : sources)
+      for (auto it = src.begin(); it != src.end(); ++it) {
+        if (it->first.IsScalar()) {
+          auto [at, fresh] = index.emplace(it->first.Scalar(), merged.size());
+          if (!fresh) {
+            merged[at->second].superseded = true;
+            at->second = merged.size();
+          }
+        }
+        merged.push_back({it->first, it->second});
+      }
+    for (const auto& [k, v] : merges) n.remove(k);
+    for (const auto& e : merged)
+      if (!e.superseded && (!e.key.IsScalar() || !keys.count(e.key.Scalar()))) n.force_insert(e.key, e.value);
   }
 }
 
@@ -776,6 +875,490 @@ std::pair<int, int> unclosed_quote(const std::string& text) {
   return {0, 0};
 }
 
+// --- one document -----------------------------------------------------------
+
+// One YAML document, parsed and checked (check_tree); its warnings go to
+// `warnings`. Errors: "user-data line L, column C: ...".
+Node load_document(const std::string& text, std::vector<std::string>& warnings) {
+  Node root;
+  try {
+    std::vector<Node> docs = YAML::LoadAll(text);
+    if (docs.size() > 1) {
+      // Name the "---" that starts it, as PyYAML does.
+      size_t pos = std::min(static_cast<size_t>(std::max(docs[1].Mark().pos, 0)), text.size());
+      size_t marker = text.rfind("\n---", pos);
+      int line = marker == std::string::npos ? docs[1].Mark().line + 1
+                                             : static_cast<int>(std::count(text.begin(), text.begin() + marker + 1, '\n')) + 1;
+      throw Error("user-data line " + std::to_string(line) + ", column 1: a second YAML document; user-data is one");
+    }
+    if (!docs.empty()) root = docs[0];
+    NodeSet seen;
+    check_tree(root, text, warnings, seen);
+  } catch (const YAML::ParserException& e) {
+    if (auto [line, column] = unclosed_quote(text); line > 0)
+      throw Error("user-data line " + std::to_string(line) + ", column " + std::to_string(column) +
+                  ": unclosed quote (" + e.msg + " at line " + std::to_string(e.mark.line + 1) + ")");
+    throw Error("user-data line " + std::to_string(e.mark.line + 1) + ", column " + std::to_string(e.mark.column + 1) +
+                ": " + e.msg);
+  } catch (const YAML::Exception& e) {
+    throw Error("user-data line " + std::to_string(e.mark.line + 1) + ", column " + std::to_string(e.mark.column + 1) +
+                ": " + e.msg);
+  }
+  if (!root.IsNull() && !root.IsMap()) fail_at(root, "the user-data must be a mapping of module keys");
+  return root;
+}
+
+// The modules of `root` (a mapping, or null) into `out`.
+void read_config(const Node& root, const Locator& where, CloudConfig& out) {
+  if (root.IsNull()) return;  // only the header: nothing to do
+  try {
+    Reader(out, where).top(root);
+    // `user:` alone asks for the default user (cloud-init creates it even
+    // without it; Ultari only when the user-data asks: nothing undeclared).
+    if (out.users.empty() && out.default_user) {
+      User d;
+      d.is_default = true;
+      d.line = out.default_user->line;
+      out.users.push_back(d);
+    }
+  } catch (const YAML::Exception& e) {  // a conversion yaml-cpp refused
+    throw Error("user-data line " + std::to_string(e.mark.line + 1) + ", column " + std::to_string(e.mark.column + 1) +
+                ": " + e.msg);
+  }
+}
+
+// --- merging cloud-config parts (cloud-init's mergers) -------------------------
+
+// The mergers of a part: which types merge and how (cloud-init's
+// cloudinit/mergers m_dict, m_list, m_str). A type without a merger keeps
+// the earlier value.
+struct Mergers {
+  bool dict = false, dict_replace = false, dict_recurse_list = false, dict_recurse_str = false,
+       dict_allow_delete = false;
+  enum class ListMethod { Replace, Append, Prepend, NoReplace };
+  bool list = false, list_recurse_dict = false, list_recurse_list = false, list_recurse_str = false;
+  ListMethod list_method = ListMethod::Replace;
+  bool str = false, str_append = false;
+
+  bool empty() const { return !dict && !list && !str; }
+  std::string text() const {
+    std::string t;
+    auto one = [&](const char* name, std::vector<const char*> opts) {
+      std::string o;
+      for (const char* x : opts)
+        if (x) o += (o.empty() ? "" : ",") + std::string(x);
+      t += (t.empty() ? "" : "+") + std::string(name) + "(" + o + ")";
+    };
+    if (dict)
+      one("dict", {dict_replace ? "replace" : "no_replace", dict_recurse_list ? "recurse_list" : nullptr,
+                   dict_recurse_str ? "recurse_str" : nullptr, dict_allow_delete ? "allow_delete" : nullptr});
+    if (list)
+      one("list", {list_method == ListMethod::Append    ? "append"
+                   : list_method == ListMethod::Prepend ? "prepend"
+                   : list_method == ListMethod::Replace ? "replace"
+                                                        : "no_replace",
+                   list_recurse_dict ? "recurse_dict" : nullptr, list_recurse_list ? "recurse_list" : nullptr,
+                   list_recurse_str ? "recurse_str" : nullptr});
+    if (str) one("str", {str_append ? "append" : nullptr});
+    return t;
+  }
+
+  // One merger with its options, as cloud-init's mergers.construct takes
+  // them: the first of a type wins. Throws Error for what cloud-init does
+  // not have (a third-party merger, an option no merger reads).
+  void add(std::string name, std::vector<std::string> opts) {
+    for (auto& c : name) c = static_cast<char>(c == '-' ? '_' : std::tolower(static_cast<unsigned char>(c)));
+    if (name.rfind("m_", 0) == 0) name = name.substr(2);
+    for (auto& o : opts)
+      for (auto& c : o) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    auto has = [&](const char* o) { return std::find(opts.begin(), opts.end(), o) != opts.end(); };
+    auto only = [&](const std::string& what, std::initializer_list<const char*> known) {
+      for (const auto& o : opts)
+        if (std::none_of(known.begin(), known.end(), [&](const char* k) { return o == k; })) {
+          std::string list;
+          for (const char* k : known) list += (list.empty() ? "" : ", ") + std::string(k);
+          throw Error("'" + o + "' is not an option of " + what + "() (it has " + list + ")");
+        }
+    };
+    if (name == "dict") {
+      only("dict", {"replace", "no_replace", "recurse_list", "recurse_array", "recurse_str", "recurse_dict", "allow_delete"});
+      if (dict) return;
+      dict = true;
+      dict_replace = has("replace");
+      dict_recurse_list = has("recurse_list") || has("recurse_array");
+      dict_recurse_str = has("recurse_str");
+      dict_allow_delete = has("allow_delete");
+    } else if (name == "list") {
+      only("list", {"append", "prepend", "replace", "no_replace", "recurse_dict", "recurse_list", "recurse_array",
+                    "recurse_str"});
+      if (list) return;
+      list = true;
+      list_method = has("append")    ? ListMethod::Append
+                    : has("prepend") ? ListMethod::Prepend
+                    : has("replace") ? ListMethod::Replace
+                    : has("no_replace") ? ListMethod::NoReplace
+                                        : ListMethod::Replace;
+      list_recurse_dict = has("recurse_dict");
+      list_recurse_list = has("recurse_list") || has("recurse_array");
+      list_recurse_str = has("recurse_str");
+    } else if (name == "str") {
+      only("str", {"append"});
+      if (str) return;
+      str = true;
+      str_append = has("append");
+    } else {
+      throw Error("'" + name + "' is not one of cloud-init's mergers (dict, list, str); Ultari runs no others");
+    }
+  }
+
+  // "list(append)+dict(no_replace,recurse_list)+str()"
+  void add_string(const std::string& spec) {
+    static const std::regex kOne("([a-z_][a-z0-9_]*)\\((.*?)\\)");
+    size_t start = 0;
+    while (start <= spec.size()) {
+      size_t plus = spec.find('+', start);
+      std::string one = spec.substr(start, plus == std::string::npos ? std::string::npos : plus - start);
+      start = plus == std::string::npos ? spec.size() + 1 : plus + 1;
+      for (auto& c : one) c = static_cast<char>(c == '-' ? '_' : std::tolower(static_cast<unsigned char>(c)));
+      one.erase(0, one.find_first_not_of(" \t"));
+      one.erase(one.find_last_not_of(" \t") + 1);
+      if (one.empty()) continue;
+      std::smatch m;
+      if (!std::regex_match(one, m, kOne)) throw Error("'" + one + "' is not of the form name(option,...)");
+      std::vector<std::string> opts;
+      std::string o = m[2];
+      size_t s = 0;
+      while (s <= o.size()) {
+        size_t comma = o.find(',', s);
+        std::string x = o.substr(s, comma == std::string::npos ? std::string::npos : comma - s);
+        s = comma == std::string::npos ? o.size() + 1 : comma + 1;
+        x.erase(0, x.find_first_not_of(" \t"));
+        x.erase(x.find_last_not_of(" \t") + 1);
+        if (!x.empty()) opts.push_back(x);
+      }
+      add(m[1], opts);
+    }
+  }
+};
+
+// The merge_how (or merge_type) key of a part's root, taken out of it (it
+// is no module): its mergers into `m`. Throws NodeError at the key's value.
+void take_merge_key(Node root, Mergers& m, std::vector<std::string>& warnings, const Locator& where) {
+  if (!root.IsMap()) return;
+  std::optional<Node> found_key, found_value;  // (never `node = other`: see merge())
+  std::string key;
+  for (const char* k : {"merge_how", "merge_type"})
+    for (auto it = root.begin(); it != root.end(); ++it)
+      if (key.empty() && it->first.IsScalar() && it->first.Scalar() == k) {
+        key = k;
+        found_key.emplace(it->first);
+        found_value.emplace(it->second);
+      }
+  if (key.empty()) return;
+  const Node key_node = *found_key, value = *found_value;
+  const Node& croot = root;
+  if (key == "merge_how" && croot["merge_type"])
+    warnings.push_back(where.at(key_node, false) + ": 'merge_type' is ignored: 'merge_how' is given (as cloud-init does)");
+  try {
+    if (value.IsScalar() && yaml_type(value) == "str") {
+      m.add_string(value.Scalar());
+    } else if (value.IsSequence()) {
+      for (size_t i = 0; i < value.size(); ++i) {
+        const Node e = value[i];
+        std::string name;
+        std::vector<std::string> opts;
+        if (e.IsMap() && e["name"] && e["name"].IsScalar()) {
+          name = e["name"].Scalar();
+          if (e["settings"]) {
+            if (!e["settings"].IsSequence()) fail_at(e["settings"], "'" + key + "[" + std::to_string(i) + "].settings' must be a list");
+            for (size_t k = 0; k < e["settings"].size(); ++k) opts.push_back(Reader::scalar(e["settings"][k], key + ".settings"));
+          }
+        } else if (e.IsSequence() && e.size() >= 1 && e[0].IsScalar()) {
+          name = e[0].Scalar();
+          for (size_t k = 1; k < e.size(); ++k) opts.push_back(Reader::scalar(e[k], key));
+        } else {
+          fail_at(e, "'" + key + "[" + std::to_string(i) + "]' must be {name: ..., settings: [...]} or [name, option, ...]");
+        }
+        name.erase(0, name.find_first_not_of(" \t"));
+        name.erase(name.find_last_not_of(" \t") + 1);
+        m.add(name, opts);
+      }
+    } else {
+      fail_at(value, "'" + key + "' must be a string such as 'list(append)+dict(recurse_array)+str()' or a list");
+    }
+  } catch (const NodeError&) {
+    throw;
+  } catch (const Error& e) {
+    fail_at(value, "'" + key + "': " + e.what());
+  }
+  if (!m.empty() && !m.dict)
+    fail_at(value, "'" + key + "' names no dict() merger: cloud-init would merge nothing of this cloud-config "
+                   "(add dict(...), e.g. 'list(append)+dict(recurse_array)+str()')");
+  root.remove(key_node);
+}
+
+enum class Kind { Dict, List, Str, Null, Other };
+Kind kind_of(const Node& n) {
+  if (!n.IsDefined() || n.IsNull()) return Kind::Null;
+  if (n.IsMap()) return Kind::Dict;
+  if (n.IsSequence()) return Kind::List;
+  if (n.Tag() == "tag:yaml.org,2002:binary") return Kind::Other;  // bytes to cloud-init: no merger takes them
+  std::string t = yaml_type(n);
+  return t == "str" ? Kind::Str : t == "null" ? Kind::Null : Kind::Other;
+}
+const char* kind_name(Kind k) {
+  switch (k) {
+    case Kind::Dict: return "mapping";
+    case Kind::List: return "list";
+    case Kind::Str: return "string";
+    case Kind::Null: return "null";
+    default: return "non-string value";
+  }
+}
+
+// cloud-init's merger.merge(old, new): by the type of `old`. New
+// containers are made; the values in them stay the parts' own nodes (so
+// that a message can still name the part and line a value came from).
+// Throws Error ("'runcmd': ...") where cloud-init would make nonsense (a
+// mapping appended to a list character by character).
+Node merge(const Node& old, const Node& add, const Mergers& m, const std::string& path);
+
+Node merge_value(const Node& old, const Node& add, const Mergers& m, const std::string& path, bool recurse_dict,
+                 bool recurse_list, bool recurse_str, bool replace) {
+  Kind k = kind_of(add);
+  if ((k == Kind::List && recurse_list) || (k == Kind::Str && recurse_str) || (k == Kind::Dict && recurse_dict))
+    return merge(old, add, m, path);
+  return replace ? add : old;
+}
+
+Node merge(const Node& old, const Node& add, const Mergers& m, const std::string& path) {
+  const std::string at = path.empty() ? "the top level" : "'" + path + "'";
+  switch (kind_of(old)) {
+    case Kind::Dict: {
+      if (!m.dict || kind_of(add) != Kind::Dict) return old;
+      // (A value is replaced by destroying the handle and making a new
+      // one, never by `node = other`: yaml-cpp would write that through to
+      // the part's own node.)
+      struct Entry {
+        Node key;
+        std::optional<Node> value;
+        bool gone = false;
+      };
+      std::vector<Entry> entries;
+      std::unordered_map<std::string, size_t> index;
+      for (auto it = old.begin(); it != old.end(); ++it) {
+        if (it->first.IsScalar()) index.emplace(it->first.Scalar(), entries.size());
+        entries.push_back({it->first, it->second});
+      }
+      for (auto it = add.begin(); it != add.end(); ++it) {
+        auto found = it->first.IsScalar() ? index.find(it->first.Scalar()) : index.end();
+        if (found == index.end() || entries[found->second].gone) {
+          if (it->first.IsScalar()) index[it->first.Scalar()] = entries.size();
+          entries.push_back({it->first, it->second});
+          continue;
+        }
+        Entry& e = entries[found->second];
+        if (kind_of(it->second) == Kind::Null && m.dict_allow_delete) {
+          e.gone = true;
+          continue;
+        }
+        std::string sub = path.empty() ? it->first.Scalar() : path + "." + it->first.Scalar();
+        Node value = m.dict_replace ? it->second
+                                    : merge_value(*e.value, it->second, m, sub, true, m.dict_recurse_list,
+                                                  m.dict_recurse_str, false);
+        e.value.reset();
+        e.value.emplace(value);
+      }
+      Node out(YAML::NodeType::Map);
+      for (const auto& e : entries)
+        if (!e.gone) out.force_insert(e.key, *e.value);
+      return out;
+    }
+    case Kind::List: {
+      if (!m.list) return old;
+      Kind k = kind_of(add);
+      using LM = Mergers::ListMethod;
+      if (m.list_method == LM::Replace && k != Kind::List) return add;
+      if (m.list_method == LM::Append || m.list_method == LM::Prepend) {
+        if (k != Kind::List)
+          throw Error(at + ": cannot " + (m.list_method == LM::Append ? "append" : "prepend") + " a " + kind_name(k) +
+                      " to a list");
+        Node out(YAML::NodeType::Sequence);
+        const Node& first = m.list_method == LM::Append ? old : add;
+        const Node& second = m.list_method == LM::Append ? add : old;
+        for (size_t i = 0; i < first.size(); ++i) out.push_back(first[i]);
+        for (size_t i = 0; i < second.size(); ++i) out.push_back(second[i]);
+        return out;
+      }
+      if (m.list_method == LM::NoReplace || k != Kind::List) return old;
+      // replace: item by item, the earlier list's length kept (cloud-init's m_list)
+      Node out(YAML::NodeType::Sequence);
+      for (size_t i = 0; i < old.size(); ++i)
+        out.push_back(i < add.size() ? merge_value(old[i], add[i], m, path + "[" + std::to_string(i) + "]",
+                                                   m.list_recurse_dict, m.list_recurse_list, m.list_recurse_str, true)
+                                     : old[i]);
+      return out;
+    }
+    case Kind::Str: {
+      if (!m.str) return old;
+      if (!m.str_append) return add;
+      if (kind_of(add) != Kind::Str) throw Error(at + ": cannot append a " + std::string(kind_name(kind_of(add))) + " to a string");
+      return Node(old.Scalar() + add.Scalar());
+    }
+    default:
+      return old;  // no merger for numbers, booleans, null: the earlier value stays
+  }
+}
+
+// --- user-data formats ------------------------------------------------------------
+
+// What cloud-init takes a payload for by how it starts (handlers'
+// INCLUSION_TYPES_MAP, longest first; the start lower-cased, leading
+// blanks skipped). "" when none.
+std::string type_from_start(std::string_view content) {
+  static const std::pair<const char*, const char*> kStarts[] = {
+      {"#cloud-config-archive", "text/cloud-config-archive"},
+      {"#cloud-config-jsonp", "text/cloud-config-jsonp"},
+      {"## template: jinja", "text/jinja2"},
+      {"#cloud-boothook", "text/cloud-boothook"},
+      {"#include-once", "text/x-include-once-url"},
+      {"#part-handler", "text/part-handler"},
+      {"#cloud-config", "text/cloud-config"},
+      {"#upstart-job", "text/upstart-job"},
+      {"#include", "text/x-include-url"},
+      {"#!", "text/x-shellscript"},
+  };
+  size_t i = 0;
+  while (i < content.size() && std::isspace(static_cast<unsigned char>(content[i]))) ++i;
+  std::string start(content.substr(i, 32));
+  for (auto& c : start) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (const auto& [prefix, type] : kStarts)
+    if (start.rfind(prefix, 0) == 0) return type;
+  return "";
+}
+
+// cloud-init's util.clean_filename: '/' to '_', then only letters,
+// digits and "_-.()" kept.
+std::string clean_filename(const std::string& name) {
+  std::string out;
+  for (char c : name) {
+    if (c == '/') c = '_';
+    if (std::isalnum(static_cast<unsigned char>(c)) || std::strchr("_-.()", c)) out.push_back(c);
+  }
+  return out;
+}
+
+std::string dos2unix(const std::string& s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size(); ++i)
+    if (!(s[i] == '\r' && i + 1 < s.size() && s[i + 1] == '\n')) out.push_back(s[i]);
+  return out;
+}
+
+// The first line of `s`, shown in a message.
+std::string start_of(const std::string& s) {
+  std::string l = s.substr(0, s.find('\n'));
+  while (!l.empty() && (l.back() == '\r' || l.back() == ' ' || l.back() == '\t')) l.pop_back();
+  if (l.size() > 40) l = l.substr(0, 40) + "...";
+  for (auto& c : l)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+  return l;
+}
+
+// "user-data line 3, ..." -> "user-data part 2 (b.yaml) line 3, ...".
+std::string relabel(const std::string& message, const std::string& label) {
+  if (message.rfind("user-data line ", 0) == 0) return "user-data " + label + message.substr(9);
+  if (message.rfind("user-data:", 0) == 0) return "user-data " + label + message.substr(9);
+  return "user-data " + label + ": " + message;
+}
+
+// Where a node of the merged cloud-config came from: the part and its line.
+class PartLocator : public Locator {
+ public:
+  void add(const std::string& label, const Node& root) {
+    labels_.push_back(label);
+    NodeSet seen;
+    walk(root, labels_.size() - 1, seen, 0);
+  }
+  std::string at(const Node& n, bool column) const override {
+    const YAML::Mark m = n.Mark();
+    if (m.line < 0) return "user-data";
+    std::string place = "line " + std::to_string(m.line + 1) +
+                        (column ? ", column " + std::to_string(m.column + 1) : std::string());
+    auto range = index_.equal_range(m.pos);
+    for (auto it = range.first; it != range.second; ++it)
+      if (it->second.second.is(n)) return "user-data " + labels_[it->second.first] + " " + place;
+    if (labels_.size() == 1) return "user-data " + labels_[0] + " " + place;
+    return "user-data (a cloud-config part) " + place;
+  }
+
+ private:
+  void walk(const Node& n, size_t part, NodeSet& seen, int depth) {
+    if (!n.IsDefined() || depth > 210) return;
+    index_.emplace(n.Mark().pos, std::make_pair(part, n));
+    if ((n.IsMap() || n.IsSequence()) && !seen.insert(n)) return;
+    if (n.IsSequence())
+      for (size_t i = 0; i < n.size(); ++i) walk(n[i], part, seen, depth + 1);
+    if (n.IsMap())
+      for (auto it = n.begin(); it != n.end(); ++it) {
+        walk(it->first, part, seen, depth + 1);
+        walk(it->second, part, seen, depth + 1);
+      }
+  }
+  std::vector<std::string> labels_;
+  std::multimap<int, std::pair<size_t, Node>> index_;
+};
+
+// cloud-init's name of a part without one: part-001.
+std::string part_name(size_t index) {
+  std::string n = std::to_string(index);
+  return "part-" + std::string(n.size() < 3 ? 3 - n.size() : 0, '0') + n;
+}
+
+// A part of the user-data on its way to CloudConfig.
+struct Piece {
+  size_t index = 0;
+  std::string filename;    // as given, or part-NNN
+  std::string declared;    // its Content-Type ("text/x-not-multipart": a plain user-data)
+  std::string type;        // what it is taken as
+  std::string merge_type;  // its Merge-Type (or X-Merge-Type) header
+  std::string content;
+  std::string note;
+  std::string label() const { return "part " + std::to_string(index) + " (" + filename + ")"; }
+};
+
+// The payload types cloud-init gunzips (user_data.py DECOMP_TYPES).
+bool gzip_type(const std::string& t) {
+  static const std::set<std::string> kTypes = {
+      "application/gzip", "application/gzip-compressed", "application/gzipped", "application/x-compress",
+      "application/x-compressed", "application/x-gunzip", "application/x-gzip", "application/x-gzip-compressed"};
+  return kTypes.count(t) > 0;
+}
+
+// Why Ultari refuses a type ("" when it takes it).
+std::string refusal(const std::string& type) {
+  if (type == "text/cloud-config" || type == "text/x-shellscript" || type == "text/cloud-boothook") return "";
+  if (type == "text/x-include-url" || type == "text/x-include-once-url")
+    return "#include user-data lists URLs for cloud-init to fetch; Ultari does not fetch URLs at provisioning: "
+           "put their content into the user-data (a MIME part each)";
+  if (type == "text/part-handler")
+    return "a part handler is Python code cloud-init would load to handle other parts; Ultari runs no part handlers";
+  if (type == "text/upstart-job") return "upstart jobs are not supported (there is no upstart in a sandbox)";
+  if (type == "text/cloud-config-archive")
+    return "a cloud-config archive is not supported: give its parts as MIME multi-part (cloud-init devel make-mime)";
+  if (type == "text/cloud-config-jsonp")
+    return "JSON patch cloud-config is not supported: give a text/cloud-config part (merge_how says how it merges)";
+  if (type.rfind("text/x-shellscript-per-", 0) == 0)
+    return "scripts run per boot, instance or once are not supported: give text/x-shellscript (run once, at "
+           "provisioning)";
+  if (type == "text/plain" || type == "text/x-not-multipart")
+    return "it starts with none of '#cloud-config', '#!', '#cloud-boothook', '## template: jinja' "
+           "(cloud-init would ignore it): give it one of those or remove it";
+  return "'" + type + "' is not a type Ultari runs (text/cloud-config, text/x-shellscript, text/cloud-boothook, "
+                      "text/jinja2)";
+}
+
 }  // namespace
 
 std::string Command::describe() const {
@@ -804,48 +1387,242 @@ CloudConfig parse_cloud_config(const std::string& text) {
   std::string first = text.substr(0, eol);
   while (!first.empty() && (first.back() == '\r' || first.back() == ' ' || first.back() == '\t')) first.pop_back();
   if (first != "#cloud-config")
-    throw Error("user-data must start with the line '#cloud-config' (scripts, MIME multi-part and #include "
-                "user-data are not supported); it starts with '" + first.substr(0, 40) + "'");
+    throw Error("a cloud-config must start with the line '#cloud-config'; it starts with '" + start_of(text) + "'");
   CloudConfig out;
-  Node root;
-  try {
-    std::vector<Node> docs = YAML::LoadAll(text);
-    if (docs.size() > 1) {
-      // Name the "---" that starts it, as PyYAML does.
-      size_t pos = std::min(static_cast<size_t>(std::max(docs[1].Mark().pos, 0)), text.size());
-      size_t marker = text.rfind("\n---", pos);
-      int line = marker == std::string::npos ? docs[1].Mark().line + 1
-                                             : static_cast<int>(std::count(text.begin(), text.begin() + marker + 1, '\n')) + 1;
-      throw Error("user-data line " + std::to_string(line) + ", column 1: a second YAML document; user-data is one");
+  Locator plain;
+  Node root = load_document(text, out.warnings);
+  Mergers m;
+  take_merge_key(root, m, out.warnings, plain);
+  read_config(root, plain, out);
+  out.canonical = text;
+  out.parts.push_back({1, "part-001", "text/cloud-config", m.empty() ? "" : "merge " + m.text()});
+  return out;
+}
+
+CloudConfig parse_user_data(const std::string& user_data, const nlohmann::json& vars) {
+  const std::string max = std::to_string(kMaxUserData >> 20) + " MiB";
+  if (user_data.size() > kMaxUserData) throw Error("user-data is larger than " + max);
+  CloudConfig out;
+  std::string data = user_data;
+  bool gzipped = is_gzip(data);
+  if (gzipped) {
+    try {
+      data = gunzip(data, kMaxUserData);
+    } catch (const Error& e) {
+      throw Error(std::string("user-data: ") + e.what());
     }
-    if (!docs.empty()) root = docs[0];
-    check_tree(root, text, out.warnings);
-  } catch (const YAML::ParserException& e) {
-    if (auto [line, column] = unclosed_quote(text); line > 0)
-      throw Error("user-data line " + std::to_string(line) + ", column " + std::to_string(column) +
-                  ": unclosed quote (" + e.msg + " at line " + std::to_string(e.mark.line + 1) + ")");
-    throw Error("user-data line " + std::to_string(e.mark.line + 1) + ", column " + std::to_string(e.mark.column + 1) +
-                ": " + e.msg);
-  } catch (const YAML::Exception& e) {
-    throw Error("user-data line " + std::to_string(e.mark.line + 1) + ", column " + std::to_string(e.mark.column + 1) +
-                ": " + e.msg);
   }
-  if (root.IsNull()) return out;  // only the header: nothing to do
-  if (!root.IsMap()) fail_at(root, "the user-data must be a mapping of module keys");
-  try {
-    Reader(out).top(root);
-    // `user:` alone asks for the default user (cloud-init creates it even
-    // without it; Ultari only when the user-data asks: nothing undeclared).
-    if (out.users.empty() && out.default_user) {
-      User d;
-      d.is_default = true;
-      d.line = out.default_user->line;
-      out.users.push_back(d);
+
+  // 1. The parts: the MIME leaves, or the whole.
+  std::vector<Piece> pieces;
+  bool plain = true;
+  if (looks_like_mime(data)) {
+    std::vector<MimePart> leaves;
+    try {
+      leaves = parse_mime(data, {kMaxUserData, kMaxParts, kMaxMimeDepth});
+    } catch (const Error& e) {
+      throw Error(std::string("user-data: ") + e.what());
     }
-  } catch (const YAML::Exception& e) {  // a conversion yaml-cpp refused
-    throw Error("user-data line " + std::to_string(e.mark.line + 1) + ", column " + std::to_string(e.mark.column + 1) +
-                ": " + e.msg);
+    // Not MIME after all (no header at the top: Python's email reads the
+    // whole as the body, as this does): a plain user-data.
+    plain = leaves.size() == 1 && leaves[0].headers.empty();
+    if (!plain) {
+      if (leaves.empty()) throw Error("user-data: the MIME multi-part holds no parts");
+      for (size_t i = 0; i < leaves.size(); ++i) {
+        Piece p;
+        p.index = i + 1;
+        p.filename = leaves[i].filename.empty() ? part_name(i + 1) : leaves[i].filename;
+        for (auto& c : p.filename)
+          if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+        p.declared = leaves[i].type;
+        p.merge_type = leaves[i].header("Merge-Type");
+        if (p.merge_type.empty()) p.merge_type = leaves[i].header("X-Merge-Type");
+        p.content = std::move(leaves[i].body);
+        pieces.push_back(std::move(p));
+      }
+    }
   }
+  if (plain) {
+    Piece p;
+    p.index = 1;
+    p.filename = "part-001";
+    p.declared = "text/x-not-multipart";
+    p.content = std::move(data);
+    pieces.push_back(std::move(p));
+  }
+  if (gzipped) pieces[0].note = "gzip";
+
+  // 2. Each part's type, content (gunzipped, rendered) and place.
+  std::vector<Piece*> configs;
+  std::map<std::string, size_t> script_names;  // name -> index in out.scripts
+  size_t total = 0;
+  for (auto& p : pieces) {
+    auto fail = [&](const std::string& why) {
+      if (plain) throw Error("user-data: " + why);
+      throw Error("user-data " + p.label() + ", " + (p.type.empty() ? p.declared : p.type) + ": " + why);
+    };
+    p.type = p.declared;
+    bool declared_gzip = gzip_type(p.declared);
+    if (declared_gzip || is_gzip(p.content)) {
+      if (declared_gzip) p.type = "";  // unknown until it is unpacked
+      try {
+        p.content = gunzip(p.content, kMaxUserData - std::min(total, kMaxUserData));
+      } catch (const Error& e) {
+        fail(e.what());
+      }
+      p.note = "gzip";
+    }
+    static const std::set<std::string> kByStart = {"", "text/plain", "text/x-not-multipart", "text/x-shellscript"};
+    bool by_start = kByStart.count(p.type) > 0;
+    if (by_start) {
+      std::string t = type_from_start(p.content);
+      p.type = !t.empty() ? t : p.type.empty() ? "text/plain" : p.type;
+    }
+    if (p.type == "text/jinja2" || is_jinja(p.content)) {
+      if (!is_jinja(p.content)) fail("a jinja template must start with the line '## template: jinja'");
+      size_t eol = p.content.find('\n');
+      try {
+        p.content = render_jinja(eol == std::string::npos ? "" : std::string_view(p.content).substr(eol + 1), vars, 2);
+      } catch (const Error& e) {
+        throw plain ? e : Error(relabel(e.what(), p.label()));
+      }
+      out.templated = true;
+      p.note += std::string(p.note.empty() ? "" : ", ") + "jinja";
+      if (by_start || p.type == "text/jinja2") {
+        std::string t = type_from_start(p.content);
+        if (t.empty() || t == "text/jinja2")
+          fail("rendered, the template starts with '" + start_of(p.content) +
+               "': none of '#cloud-config', '#!', '#cloud-boothook'");
+        p.type = t;
+      }
+    }
+    total += p.content.size();
+    if (total > kMaxUserData) fail("the user-data decodes to more than " + max);
+    if (std::all_of(p.content.begin(), p.content.end(), [](unsigned char c) { return std::isspace(c); })) {
+      // cloud-init skips an empty payload.
+      out.warnings.push_back("user-data" + (plain ? std::string() : " " + p.label()) + ": empty: ignored");
+      p.note += std::string(p.note.empty() ? "" : ", ") + "empty: ignored";
+      continue;
+    }
+    std::string why = refusal(p.type);
+    if (!why.empty()) {
+      if (plain && (p.type == "text/plain" || p.type == "text/x-not-multipart"))
+        throw Error("user-data must start with '#cloud-config', '#!', '#cloud-boothook' or '## template: jinja', or "
+                    "be MIME multi-part; it starts with '" + start_of(p.content) + "'");
+      fail(why);
+    }
+    if (p.type == "text/cloud-config") {
+      configs.push_back(&p);
+      continue;
+    }
+    Script s;
+    s.part = plain ? "user-data" : "user-data " + p.label();
+    s.content = dos2unix(p.content);
+    if (p.type == "text/cloud-boothook") {
+      // cloud-init: the "#cloud-boothook" line off, leading blanks off.
+      if (s.content.rfind("#cloud-boothook", 0) == 0) s.content = s.content.substr(15);
+      s.content.erase(0, s.content.find_first_not_of(" \t\r\n"));
+      if (s.content.rfind("#!", 0) != 0)
+        fail("after its '#cloud-boothook' line a boot hook must start with '#!' (cloud-init runs it as a program)");
+    } else if (s.content.rfind("#!", 0) != 0) {
+      fail("a user script must start with '#!' (cloud-init runs it as a program)");
+    }
+    s.name = clean_filename(p.filename);
+    if (s.name.empty() || s.name == "." || s.name == "..") s.name = part_name(p.index);
+    if (p.type == "text/cloud-boothook") {
+      out.boothooks.push_back(std::move(s));
+      continue;
+    }
+    // Scripts are files in one directory, run in name order: a later part
+    // of the same name replaces the earlier, as in cloud-init.
+    if (auto it = script_names.find(s.name); it != script_names.end()) {
+      out.warnings.push_back(out.scripts[it->second].part + ": its script file name '" + s.name + "' comes again in " +
+                             p.label() + ": only the later one runs, as in cloud-init");
+      out.scripts[it->second] = std::move(s);
+    } else {
+      script_names.emplace(s.name, out.scripts.size());
+      out.scripts.push_back(std::move(s));
+    }
+  }
+  std::stable_sort(out.scripts.begin(), out.scripts.end(),
+                   [](const Script& a, const Script& b) { return a.name < b.name; });
+
+  // 3. The cloud-config parts, merged in order.
+  if (plain && configs.size() == 1) {
+    Locator where;
+    Node root = load_document(configs[0]->content, out.warnings);
+    Mergers m;
+    take_merge_key(root, m, out.warnings, where);
+    if (!m.empty()) configs[0]->note += std::string(configs[0]->note.empty() ? "" : ", ") + "merge " + m.text();
+    read_config(root, where, out);
+  } else if (!configs.empty()) {
+    PartLocator where;
+    std::optional<Node> merged;  // (re-made, never assigned: see merge())
+    merged.emplace(YAML::NodeType::Map);
+    for (Piece* p : configs) {
+      const std::string label = p->label();
+      std::vector<std::string> warnings;
+      const Node root = [&] {
+        try {
+          return load_document(p->content, warnings);
+        } catch (const Error& e) {
+          throw Error(relabel(e.what(), label));
+        }
+      }();
+      for (const auto& w : warnings) out.warnings.push_back(relabel(w, label));
+      where.add(label, root);
+      Mergers m;
+      try {
+        take_merge_key(root, m, out.warnings, where);
+      } catch (const NodeError& e) {
+        throw Error(where.at(e.node, true) + ": " + e.bare);
+      }
+      if (m.empty() && !p->merge_type.empty()) {
+        try {
+          m.add_string(p->merge_type);
+        } catch (const Error& e) {
+          throw Error("user-data " + label + ": its Merge-Type header '" + p->merge_type + "': " + e.what());
+        }
+        if (!m.dict)
+          throw Error("user-data " + label + ": its Merge-Type header '" + p->merge_type +
+                      "' names no dict() merger: cloud-init would merge nothing of this cloud-config");
+      } else if (!p->merge_type.empty()) {
+        // Both: cloud-init takes the key's mergers first, then the header's.
+        try {
+          m.add_string(p->merge_type);
+        } catch (const Error& e) {
+          throw Error("user-data " + label + ": its Merge-Type header '" + p->merge_type + "': " + e.what());
+        }
+      }
+      if (m.empty()) m.add_string("dict(replace)+list()+str()");  // cloud-init's default for parts
+      p->note += std::string(p->note.empty() ? "" : ", ") + "merge " + m.text();
+      if (root.IsNull()) continue;
+      try {
+        Node next = merge(*merged, root, m, "");
+        merged.reset();
+        merged.emplace(next);
+      } catch (const Error& e) {
+        throw Error("user-data " + label + ": merged with " + m.text() + " into the parts before it: " + e.what());
+      }
+    }
+    try {
+      read_config(*merged, where, out);
+    } catch (const NodeError& e) {
+      throw Error(where.at(e.node, true) + ": " + e.bare);
+    }
+  }
+
+  // 4. What the cache key hashes, and the part list.
+  if (plain) {
+    out.canonical = pieces[0].content;
+  } else {
+    out.canonical = "ultari-user-data-parts 1\n";
+    for (const auto& p : pieces)
+      out.canonical += "part " + std::to_string(p.index) + " " + p.type + " " + std::to_string(p.filename.size()) + ":" +
+                       p.filename + " " + std::to_string(p.merge_type.size()) + ":" + p.merge_type + " " +
+                       std::to_string(p.content.size()) + "\n" + p.content + "\n";
+  }
+  for (const auto& p : pieces) out.parts.push_back({p.index, p.filename, p.type, p.note});
   return out;
 }
 

@@ -1,5 +1,7 @@
-// cloud-init `#cloud-config` user-data, read with yaml-cpp into what
-// provisioning runs. Key names and value shapes are cloud-init's (its JSON
+// cloud-init user-data, read with yaml-cpp into what provisioning runs:
+// `#cloud-config`, a user script (`#!`), a `#cloud-boothook`, a
+// `## template: jinja`, gzip'd or not, or a MIME multi-part holding these
+// (its cloud-config parts merged as cloud-init merges them). Key names and value shapes are cloud-init's (its JSON
 // schema, schema-cloud-config-v1.json); Ultari is stricter where a declared
 // environment would otherwise come out wrong without a word:
 //   - malformed YAML or a value of the wrong type: an Error with line and
@@ -22,6 +24,7 @@ struct Command {
   std::string shell;
   std::vector<std::string> argv;
   int line = 0;
+  std::string where;  // "user-data line 4", "user-data part 2 (b.yaml) line 4"
   std::string describe() const;  // the item as written, for messages
 };
 
@@ -34,6 +37,7 @@ struct WriteFile {
   bool append = false;
   bool defer = false;
   int line = 0;
+  std::string where;  // as Command::where
 };
 
 struct User {
@@ -97,6 +101,23 @@ struct UltariKey {
   bool runcmd_strict = true;
 };
 
+// A script part: a user script (text/x-shellscript, or user-data starting
+// with "#!") or a boot hook (text/cloud-boothook, its "#cloud-boothook"
+// line taken off). Run as an executable file, so it starts with "#!".
+struct Script {
+  std::string name;     // the file name cloud-init gives it (cleaned; part-001 when the part has none)
+  std::string content;  // \r\n made \n, as cloud-init does
+  std::string part;     // "part 2 (setup.sh, text/x-shellscript)", for messages
+};
+
+// What the user-data held, one entry a part (a plain user-data is one).
+struct PartInfo {
+  size_t index = 0;     // 1-based, in document order
+  std::string filename;  // as given, or part-001
+  std::string type;      // the type it was taken as (text/cloud-config, text/x-shellscript, ...)
+  std::string note;      // "gzip", "jinja", "merge list(append)+dict(recurse_array)+str()", ... ("" none)
+};
+
 struct CloudConfig {
   std::vector<Command> bootcmd, runcmd;
   std::vector<WriteFile> write_files;
@@ -109,16 +130,41 @@ struct CloudConfig {
   Apt apt;
   CaCerts ca_certs;
   UltariKey ultari;
+  std::vector<Script> boothooks;  // run first, before bootcmd
+  std::vector<Script> scripts;    // user scripts: after runcmd (cloud-init's scripts_user), in file name order
+  std::vector<PartInfo> parts;
+  bool templated = false;         // a part (or the whole) was a jinja template
+  // The user-data with gzip, MIME and templates undone: what the cache key
+  // hashes (for a plain #cloud-config, the text itself after templating).
+  std::string canonical;
   std::vector<std::string> warnings;  // "user-data line 7: unknown key 'write_files[2].mode'"
 };
 
-// Most bytes of user-data (after templating) and of one file's content.
+// Most bytes of user-data (as given, and decoded: after gzip, MIME
+// transfer encodings and templating, all parts together), of one file's
+// content, and how many parts and levels of multipart a MIME user-data may
+// have.
 inline constexpr size_t kMaxUserData = 16u << 20;
 inline constexpr size_t kMaxFileContent = 64u << 20;
+inline constexpr size_t kMaxParts = 100;
+inline constexpr int kMaxMimeDepth = 8;
 
-// `text` must start with "#cloud-config". Throws Error ("user-data line L,
-// column C: ...") for malformed YAML, wrong types and values Ultari refuses
-// (a relative or ".." write_files path, bad permissions, bad names).
+// Any user-data format Ultari takes (docs/provisioning.md): gzip undone;
+// MIME multi-part walked; each part (or the whole) by its Content-Type or,
+// for text/plain and text/x-shellscript, by how it starts, as cloud-init
+// does; `## template: jinja` parts rendered with `vars` (the instance
+// data); cloud-config parts merged in order by their merge_how/merge_type
+// key or Merge-Type header (cloud-init's default for parts:
+// dict(replace)+list()+str()); scripts and boot hooks collected. Throws
+// Error naming the part (index, file name, type) and, inside a
+// cloud-config, the line and column: malformed YAML, wrong types,
+// #include, part handlers and other types Ultari does not run, bad MIME.
+CloudConfig parse_user_data(const std::string& user_data, const nlohmann::json& vars = nlohmann::json::object());
+
+// One #cloud-config document: `text` must start with "#cloud-config".
+// Throws Error ("user-data line L, column C: ...") for malformed YAML,
+// wrong types and values Ultari refuses (a relative or ".." write_files
+// path, bad permissions, bad names).
 CloudConfig parse_cloud_config(const std::string& text);
 
 // Module names the kernel_modules key and modprobe lines name, as the

@@ -30,7 +30,6 @@
 #include "net/policy.h"
 #include "provision/cloud_config.h"
 #include "provision/kernel.h"
-#include "provision/template.h"
 #include "sandbox/sandbox.h"
 #include "util/error.h"
 #include "util/paths.h"
@@ -600,9 +599,35 @@ json run_commands(Build& b, const std::string& module, const std::vector<Command
       std::string status = results[i].status < 0 ? "did not finish (sandbox exit status " +
                                                         std::to_string(r.exit_code) + ")"
                                                   : "exit status " + std::to_string(results[i].status);
-      throw Error(module + "[" + std::to_string(i) + "] (user-data line " + std::to_string(items[i].line) + ") '" +
-                  items[i].describe() + "' failed: " + status + "; its output:\n" + tail(results[i].output, 20));
+      throw Error(module + "[" + std::to_string(i) + "] (" + items[i].where + ") '" + items[i].describe() +
+                  "' failed: " + status + "; its output:\n" + tail(results[i].output, 20));
     }
+  }
+  return done;
+}
+
+// A script part as cloud-init runs it: an executable file (here in a
+// directory of its own under /tmp, removed afterwards: nothing of it is
+// committed), stdin /dev/null, INSTANCE_ID set. Its exit status is the
+// sandbox's.
+constexpr const char* kScript = R"SH(
+d=$(mktemp -d /tmp/ultari-script.XXXXXX) || exit 125
+trap 'rm -rf -- "$d"' EXIT
+cat >"$d/$S_NAME" && chmod 700 -- "$d/$S_NAME" || exit 125
+"$d/$S_NAME" </dev/null
+)SH";
+
+// Runs the scripts one by one, each in its own sandbox; returns what each
+// did for the log, or throws naming the first that failed (its part, output
+// and exit status).
+json run_scripts(Build& b, const std::string& module, const std::vector<Script>& scripts) {
+  json done = json::array();
+  for (const auto& s : scripts) {
+    Build::StepResult r = b.run({"/bin/sh", "-c", kScript, "ultari-" + module}, {"S_NAME=" + s.name}, s.content);
+    done.push_back({{"script", s.name}, {"part", s.part}, {"status", r.exit_code}});
+    if (r.exit_code != 0)
+      throw Error(module + ": script '" + s.name + "' (" + s.part + ") failed: exit status " +
+                  std::to_string(r.exit_code) + "; its output:\n" + tail(r.output, 20));
   }
   return done;
 }
@@ -654,6 +679,7 @@ std::vector<std::string> plan_of(const CloudConfig& c) {
   auto deferred = [&](bool d) {
     return std::any_of(c.write_files.begin(), c.write_files.end(), [&](const WriteFile& f) { return f.defer == d; });
   };
+  if (!c.boothooks.empty()) p.push_back("boothooks");
   if (!c.bootcmd.empty()) p.push_back("bootcmd");
   if (deferred(false)) p.push_back("write_files");
   if (!c.groups.empty()) p.push_back("groups");
@@ -666,6 +692,7 @@ std::vector<std::string> plan_of(const CloudConfig& c) {
   if (c.ca_certs.present) p.push_back("ca_certs");
   if (deferred(true)) p.push_back("write_files (deferred)");
   if (!c.runcmd.empty()) p.push_back("runcmd");
+  if (!c.scripts.empty()) p.push_back("scripts_user");
   return p;
 }
 
@@ -676,20 +703,17 @@ Outcome provision(images::Store& store, const Request& req) {
   images::Image base = store.get(req.base);
   Outcome out;
 
-  // 1. The user-data after templating: what the cache sees.
-  std::string text = req.user_data;
+  // 1. The user-data after gzip, MIME and templates: what the cache sees.
   std::vector<std::string> base_dirs;
   for (const auto& id : base.layers) base_dirs.push_back(store.layer_path(id));
   auto os = parse_os_release(image_file(base_dirs, "etc/os-release").value_or(""));
-  if (is_jinja(text)) {
-    size_t eol = text.find('\n');
-    text = render_jinja(eol == std::string::npos ? "" : std::string_view(text).substr(eol + 1),
-                        instance_data(req, os), 2);
-  } else if (!req.vars.empty()) {
-    throw Error("--var is given, but the user-data is not a template (its first line is not '## template: jinja')");
-  }
-  CloudConfig cfg = parse_cloud_config(text);
+  CloudConfig cfg = parse_user_data(req.user_data, instance_data(req, os));
+  if (!cfg.templated && !req.vars.empty())
+    throw Error("--var is given, but the user-data is not a template (neither it nor a part of it starts with the "
+                "line '## template: jinja')");
+  const std::string& text = cfg.canonical;
   out.warnings = cfg.warnings;
+  out.parts = cfg.parts;
 
   // 2. The kernel modules it asks for must be allowed, whatever the cache says.
   HostConfig host = load_host_config();
@@ -760,6 +784,12 @@ Outcome provision(images::Store& store, const Request& req) {
              return s;
            }()))
         from_commands.insert(m);
+  for (const auto* list : {&cfg.boothooks, &cfg.scripts})
+    for (const auto& script : *list) {
+      std::istringstream lines(script.content);
+      for (std::string line; std::getline(lines, line);)
+        for (const auto& m : modprobe_names(line)) from_commands.insert(m);
+    }
   std::string release;
   std::set<std::string> present;  // modules the image's sandboxes will find in the kernel
   if (!wanted.empty() || !from_commands.empty()) {
@@ -838,7 +868,7 @@ Outcome provision(images::Store& store, const Request& req) {
                                      "WF_MAX=" + std::to_string(kMaxFileContent)},
                                     f->content, false);
         if (r.exit_code != 0)
-          throw Error("write_files: " + f->path + " (user-data line " + std::to_string(f->line) + ") failed (exit status " +
+          throw Error("write_files: " + f->path + " (" + f->where + ") failed (exit status " +
                       std::to_string(r.exit_code) + "): " + tail(r.output, 10));
         changed.push_back({{"path", f->path}, {"owner", f->owner}, {"permissions", mode}, {"append", f->append}});
       }
@@ -846,7 +876,11 @@ Outcome provision(images::Store& store, const Request& req) {
     });
   };
 
+  // Boot hooks (cloud-init runs them as it reads the user-data), then
   // bootcmd: once, first.
+  if (!cfg.boothooks.empty())
+    b.module("boothooks", std::to_string(cfg.boothooks.size()) + " scripts",
+             [&](json& entry) { entry["items"] = run_scripts(b, "boothooks", cfg.boothooks); });
   if (!cfg.bootcmd.empty())
     b.module("bootcmd", std::to_string(cfg.bootcmd.size()) + " commands",
              [&](json& entry) { entry["items"] = run_commands(b, "bootcmd", cfg.bootcmd, true); });
@@ -1037,6 +1071,10 @@ done
     b.module("runcmd", std::to_string(cfg.runcmd.size()) + " commands",
              [&](json& entry) { entry["items"] = run_commands(b, "runcmd", cfg.runcmd, cfg.ultari.runcmd_strict); });
   }
+  // User scripts: cloud-init's scripts_user, after runcmd, in file name order.
+  if (!cfg.scripts.empty())
+    b.module("scripts_user", std::to_string(cfg.scripts.size()) + " scripts",
+             [&](json& entry) { entry["items"] = run_scripts(b, "scripts_user", cfg.scripts); });
 
   // 4. Commit: the host's modules tree is the host's, never the image's.
   // The build wrote this tree: never follow its symlinks on the host.

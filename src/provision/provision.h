@@ -5,9 +5,10 @@
 //
 // Each module runs in its own sandbox over the same writable layer on disk
 // (Spec::upper_dir), as root inside with kBuildCapabilities and setid files
-// allowed, in this order: bootcmd, write_files (not deferred), groups and
-// users, apt, package_update/upgrade and packages, locale, timezone,
-// hostname, ca_certs, write_files (deferred), runcmd. The network of every
+// allowed, in this order: boot hooks, bootcmd, write_files (not deferred),
+// groups and users, apt, package_update/upgrade and packages, locale,
+// timezone, hostname, ca_certs, write_files (deferred), runcmd, user
+// scripts (scripts_user). The network of every
 // step is the egress policy: the image's package mirrors (read from its
 // apt sources or apk repositories) plus what the request allows.
 #pragma once
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "images/store.h"
+#include "provision/cloud_config.h"
 #include "spec/spec.h"
 
 namespace ultari::provision {
@@ -45,6 +47,7 @@ struct Outcome {
   images::Image image;          // check_only: empty
   bool cache_hit = false;
   std::vector<std::string> plan;  // check_only: the modules that would run, in order
+  std::vector<PartInfo> parts;     // what the user-data held (MIME parts; a plain user-data is one)
   std::vector<std::string> warnings;  // unknown keys, modules not run, ...
 };
 

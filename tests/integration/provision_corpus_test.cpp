@@ -11,8 +11,9 @@
 //     oracle's (valid / invalid) but for kExpectedDifferences, each a
 //     deliberate refusal of Ultari that must still be one; for the valid
 //     ones every top-level key is in the plan or in a warning;
-//   - every other example (scripts, #include, part-handlers,
-//     cloud-config-archive): refused, naming '#cloud-config';
+//   - every other example: a user script (#!) is taken (its plan is
+//     scripts_user); #include, part handlers, cloud-config-archive and
+//     text that is no user-data format are refused, each with its reason;
 //   - type errors on the modules Ultari runs, plain scalars of the wrong
 //     YAML type and YAML syntax errors: refused by both, Ultari naming the
 //     line (and, where it gives one, the column) of the fault;
@@ -402,10 +403,11 @@ TEST_F(ProvisionCorpus, CloudConfigExamplesGetCloudInitsVerdict) {
                                               << " any more: remove it from kExpectedDifferences";
 }
 
-TEST_F(ProvisionCorpus, OtherExamplesAreRefusedAsNotCloudConfig) {
+TEST_F(ProvisionCorpus, OtherExamplesAreRunOrRefusedWithTheirReason) {
   // Scripts, #include, part handlers, cloud-config-archive, the seed's
-  // meta-data: not #cloud-config, refused by cloud-init's schema check and
-  // by Ultari, whose message says what it takes.
+  // meta-data: not #cloud-config, refused by cloud-init's schema check. A
+  // user script is user-data Ultari runs (scripts_user); the others are
+  // refused, the message saying why.
   const Corpus& c = corpus();
   std::vector<std::string> files;
   for (const auto& f : files_under(c.examples))
@@ -417,11 +419,23 @@ TEST_F(ProvisionCorpus, OtherExamplesAreRefusedAsNotCloudConfig) {
   std::set<std::string> kinds;
   for (const auto& f : files) {
     SCOPED_TRACE(f);
-    kinds.insert(first_line(f).substr(0, 12));
+    std::string first = first_line(f);
+    kinds.insert(first.substr(0, 12));
     EXPECT_FALSE(verdicts[f]["valid"].get<bool>()) << verdicts[f].dump();
     Outcome r = check(f);
+    if (first.rfind("#!", 0) == 0) {
+      ASSERT_EQ(r.status, 0) << r.out << r.err;
+      json out = json::parse(r.out);
+      EXPECT_EQ(out["plan"], json({"scripts_user"})) << r.out;
+      EXPECT_EQ(out["parts"][0]["type"], "text/x-shellscript") << r.out;
+      continue;
+    }
     EXPECT_EQ(r.status, 125) << r.out << r.err;
-    EXPECT_TRUE(has(r.err, "'#cloud-config'")) << r.err;
+    const char* reason = first.rfind("#include", 0) == 0         ? "Ultari does not fetch URLs"
+                         : first.rfind("#part-handler", 0) == 0  ? "Ultari runs no part handlers"
+                         : first.rfind("#cloud-config-archive", 0) == 0 ? "a cloud-config archive is not supported"
+                                                                         : "'#cloud-config'";
+    EXPECT_TRUE(has(r.err, reason)) << r.err;
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
   }
   for (const char* kind : {"#cloud-confi", "#include", "#part-handle", "#!/bin/sh"})

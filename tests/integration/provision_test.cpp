@@ -329,7 +329,8 @@ TEST_F(Provision, BadUserDataIsRefusedBeforeAnythingRuns) {
       {"#cloud-config\nusers:\n  - name: 'a:b'\n", "not a valid user or group name"},
       {"#cloud-config\nusers:\n  - name: x\n    gecos: \"a\\nroot::0:0::/:/bin/sh\"\n", "line break"},
       {"#cloud-config\nultari:\n  kernel_modules: [vfat]\n", "'vfat' is not on the allowlist"},
-      {"#!/bin/sh\necho hi\n", "must start with the line '#cloud-config'"},
+      {"#include https://example.com/user-data\n", "Ultari does not fetch URLs at provisioning"},
+      {"hello\n", "user-data must start with '#cloud-config', '#!'"},
       {"## template: jinja\n#cloud-config\nhostname: {{ nothere }}\n", "'nothere'"},
       {"#cloud-config\nhostname: x\n", "not a template", {"--var", "a=b"}},
   };
@@ -349,6 +350,112 @@ TEST_F(Provision, BadUserDataIsRefusedBeforeAnythingRuns) {
   // Negative control: the same without the stray keys has no warning.
   Outcome clean = provision(name("w"), "#cloud-config\nwrite_files:\n  - path: /etc/w\n", {"--check"});
   EXPECT_EQ(clean.err, "") << clean.err;
+}
+
+// A MIME multi-part user-data as cloud-init reads it (as `cloud-init devel
+// make-mime` writes it): two cloud-config parts merged by the second's
+// merge_how, a user script (base64) run after runcmd, a boot hook run
+// first.
+std::string mime_user_data(const std::string& script_name, const std::string& script) {
+  auto b64 = [](const std::string& in) {
+    static const char* k = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    std::string out;
+    for (size_t i = 0; i < in.size(); i += 3) {
+      uint32_t v = (uint8_t)in[i] << 16 | (i + 1 < in.size() ? (uint8_t)in[i + 1] << 8 : 0) |
+                   (i + 2 < in.size() ? (uint8_t)in[i + 2] : 0);
+      out += k[v >> 18];
+      out += k[(v >> 12) & 63];
+      out += i + 1 < in.size() ? k[(v >> 6) & 63] : '=';
+      out += i + 2 < in.size() ? k[v & 63] : '=';
+    }
+    return out;
+  };
+  return "Content-Type: multipart/mixed; boundary=\"===============0123456789==\"\nMIME-Version: 1.0\n\n"
+         "--===============0123456789==\n"
+         "Content-Type: text/cloud-config; charset=\"us-ascii\"\nMIME-Version: 1.0\n"
+         "Content-Transfer-Encoding: 7bit\nContent-Disposition: attachment; filename=\"base.yaml\"\n\n"
+         "#cloud-config\nwrite_files:\n  - path: /etc/mime/config\n    content: from-cloud-config\n"
+         "runcmd:\n  - echo runcmd-1 >> /var/log/order\n\n"
+         "--===============0123456789==\n"
+         "Content-Type: text/cloud-config; charset=\"us-ascii\"\nMIME-Version: 1.0\n"
+         "Content-Transfer-Encoding: 7bit\nContent-Disposition: attachment; filename=\"more.yaml\"\n\n"
+         "#cloud-config\nmerge_how: 'list(append)+dict(recurse_array)+str()'\n"
+         "runcmd:\n  - echo runcmd-2 >> /var/log/order\n\n"
+         "--===============0123456789==\n"
+         "Content-Type: text/x-shellscript; charset=\"us-ascii\"\nMIME-Version: 1.0\n"
+         "Content-Transfer-Encoding: base64\nContent-Disposition: attachment; filename=\"" + script_name + "\"\n\n" +
+         b64(script) + "\n"
+         "--===============0123456789==\n"
+         "Content-Type: text/cloud-boothook; charset=\"us-ascii\"\nMIME-Version: 1.0\n\n"
+         "#cloud-boothook\n#!/bin/sh\nmkdir -p /var/log; echo boothook > /var/log/order\n\n"
+         "--===============0123456789==--\n";
+}
+
+TEST_F(Provision, MimeUserDataRunsItsCloudConfigPartsAndItsScripts) {
+  std::string img = name("mime");
+  const std::string script = "#!/bin/sh\nset -e\ncp /etc/mime/config /etc/mime/seen-by-script\n"
+                             "echo \"script $0\" >> /var/log/order\necho \"INSTANCE_ID=$INSTANCE_ID\"\n";
+  std::string ud = mime_user_data("setup.sh", script);
+  // --check reads it rootless-ready: the parts and the plan.
+  Outcome check = provision(img, ud, {"--check"});
+  ASSERT_EQ(check.status, 0) << check.err;
+  std::vector<std::string> plan = check.report["plan"].get<std::vector<std::string>>();
+  EXPECT_EQ(plan, (std::vector<std::string>{"boothooks", "write_files", "runcmd", "scripts_user"})) << check.out;
+  ASSERT_EQ(check.report["parts"].size(), 4u) << check.out;
+  EXPECT_EQ(check.report["parts"][2]["filename"], "setup.sh");
+  EXPECT_EQ(check.report["parts"][2]["type"], "text/x-shellscript");
+  EXPECT_EQ(check.report["parts"][1]["note"], "merge dict(no_replace,recurse_list)+list(append)+str()");
+
+  Outcome r = provision(img, ud, {"--no-cache"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  // Both parts took effect, in cloud-init's order: the boot hook first,
+  // runcmd (merged: both parts' items), then the script, which saw the
+  // file of the cloud-config part. The script's file is not in the image.
+  Outcome s = in(img, "cat /var/log/order; cat /etc/mime/seen-by-script; echo; ls /tmp | grep -c ultari-script");
+  std::vector<std::string> lines;
+  for (size_t pos = 0; pos < s.out.size();) {
+    size_t eol = s.out.find('\n', pos);
+    lines.push_back(s.out.substr(pos, eol - pos));
+    pos = eol == std::string::npos ? s.out.size() : eol + 1;
+  }
+  ASSERT_EQ(lines.size(), 6u) << s.out << s.err;
+  EXPECT_EQ(lines[0], "boothook");
+  EXPECT_EQ(lines[1], "runcmd-1");
+  EXPECT_EQ(lines[2], "runcmd-2");
+  EXPECT_TRUE(lines[3].rfind("script /tmp/ultari-script.", 0) == 0 && lines[3].ends_with("/setup.sh")) << lines[3];
+  EXPECT_EQ(lines[4], "from-cloud-config");
+  EXPECT_EQ(lines[5], "0");
+  json i = inspect(img);
+  std::vector<std::string> modules;
+  for (const auto& m : i["provision_log"]) modules.push_back(m["module"]);
+  EXPECT_EQ(modules, (std::vector<std::string>{"boothooks", "write_files", "runcmd", "scripts_user"})) << i.dump();
+  EXPECT_EQ(i["provision_log"].back()["items"][0]["script"], "setup.sh") << i.dump();
+  EXPECT_EQ(i["provision_log"].back()["items"][0]["status"], 0) << i.dump();
+  // Negative control: the base has none of it.
+  Outcome base = ultari({"run", "--image", "minbase-kmod", "--", "/bin/sh", "-c", "cat /var/log/order /etc/mime/config"},
+                        test_image_options());
+  EXPECT_NE(base.status, 0);
+  EXPECT_EQ(base.out, "");
+}
+
+TEST_F(Provision, AFailingScriptPartFailsTheBuildAndCommitsNothing) {
+  std::string img = name("mimefail");
+  int before = scratch_dirs();
+  Outcome r = provision(img, mime_user_data("fail.sh", "#!/bin/sh\necho oops >&2\nexit 7\n"));
+  EXPECT_EQ(r.status, 125);
+  EXPECT_TRUE(has(r.err, "scripts_user: script 'fail.sh' (user-data part 3 (fail.sh)) failed: exit status 7")) << r.err;
+  EXPECT_TRUE(has(r.err, "oops")) << r.err;
+  EXPECT_EQ(ultari({"image", "inspect", img}, test_image_options()).status, 125);
+  EXPECT_EQ(scratch_dirs(), before);
+  // A plain script as the whole user-data: one user script, the same way.
+  Outcome plain = provision(img, "#!/bin/sh\necho plain-oops\nexit 4\n");
+  EXPECT_EQ(plain.status, 125);
+  EXPECT_TRUE(has(plain.err, "scripts_user: script 'part-001' (user-data) failed: exit status 4")) << plain.err;
+  EXPECT_TRUE(has(plain.err, "plain-oops")) << plain.err;
+  // Negative control: the same script succeeding commits the image.
+  Outcome ok = provision(img, "#!/bin/sh\necho plain > /plain\n");
+  ASSERT_EQ(ok.status, 0) << ok.err;
+  EXPECT_EQ(in(img, "cat /plain").out, "plain\n");
 }
 
 TEST_F(Provision, KernelModulesComeFromTheAdministratorsAllowlist) {
@@ -464,6 +571,12 @@ TEST_F(Provision, ARootlessCallerIsRefusedWithAReason) {
   // Negative control: reading and checking works rootless.
   Outcome check = ultari({"image", "provision", "x", "--from", "base", "--user-data", file, "--check"}, o);
   EXPECT_EQ(check.status, 0) << check.err;
+  // A MIME user-data too, with its parts listed.
+  write_file(file, mime_user_data("setup.sh", "#!/bin/sh\ntrue\n"));
+  Outcome mime = ultari({"image", "provision", "x", "--from", "base", "--user-data", file, "--check"}, o);
+  EXPECT_EQ(mime.status, 0) << mime.err;
+  EXPECT_TRUE(has(mime.out, "modules in order: boothooks write_files runcmd scripts_user\n")) << mime.out;
+  EXPECT_TRUE(has(mime.out, "part 3: \"setup.sh\" text/x-shellscript\n")) << mime.out;
 }
 
 }  // namespace

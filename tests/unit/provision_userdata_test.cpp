@@ -1,0 +1,568 @@
+// The user-data formats besides one #cloud-config: MIME multi-part (as
+// Python's email module, `cloud-init devel make-mime` and Terraform's
+// cloudinit_config write it), merging of cloud-config parts with
+// cloud-init's mergers, YAML merge keys, gzip, scripts and boot hooks, and
+// the refusals, each naming the part.
+#include <gtest/gtest.h>
+#include <yaml-cpp/yaml.h>
+#include <zlib.h>
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "provision/cloud_config.h"
+#include "provision/mime.h"
+#include "util/error.h"
+
+namespace ultari::provision {
+namespace {
+
+using nlohmann::json;
+
+bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+// The message of the Error `f` throws ("" when it throws none).
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+std::string gzip(const std::string& data) {
+  z_stream z{};
+  EXPECT_EQ(deflateInit2(&z, 9, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY), Z_OK);
+  std::string out(deflateBound(&z, data.size()) + 64, '\0');
+  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.data()));
+  z.avail_in = static_cast<uInt>(data.size());
+  z.next_out = reinterpret_cast<Bytef*>(out.data());
+  z.avail_out = static_cast<uInt>(out.size());
+  EXPECT_EQ(deflate(&z, Z_FINISH), Z_STREAM_END);
+  out.resize(z.total_out);
+  deflateEnd(&z);
+  return out;
+}
+
+std::string b64(const std::string& in) {
+  static const char* k = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  size_t i = 0;
+  for (; i + 2 < in.size(); i += 3) {
+    uint32_t v = (uint8_t)in[i] << 16 | (uint8_t)in[i + 1] << 8 | (uint8_t)in[i + 2];
+    for (int s = 18; s >= 0; s -= 6) out += k[(v >> s) & 63];
+    if (out.size() % 77 == 76) out += "\n";
+  }
+  if (i + 1 == in.size()) {
+    uint32_t v = (uint8_t)in[i] << 16;
+    out += std::string{k[v >> 18], k[(v >> 12) & 63], '=', '='};
+  } else if (i + 2 == in.size()) {
+    uint32_t v = (uint8_t)in[i] << 16 | (uint8_t)in[i + 1] << 8;
+    out += std::string{k[v >> 18], k[(v >> 12) & 63], k[(v >> 6) & 63], '='};
+  }
+  return out;
+}
+
+// A multipart/mixed message of `parts` (each: its headers, a blank line,
+// its body), as Python's email writes one.
+std::string multipart(const std::vector<std::string>& parts, const std::string& boundary = "==XYZ==",
+                      const std::string& nl = "\n") {
+  std::string m = "Content-Type: multipart/mixed; boundary=\"" + boundary + "\"" + nl + "MIME-Version: 1.0" + nl + nl;
+  for (const auto& p : parts) m += "--" + boundary + nl + p + nl;
+  return m + "--" + boundary + "--" + nl;
+}
+std::string part(const std::string& type, const std::string& filename, const std::string& body,
+                 const std::string& extra = "") {
+  return "Content-Type: " + type + "; charset=\"us-ascii\"\nMIME-Version: 1.0\nContent-Transfer-Encoding: 7bit\n" +
+         (filename.empty() ? "" : "Content-Disposition: attachment; filename=\"" + filename + "\"\n") + extra + "\n" +
+         body;
+}
+
+std::vector<std::string> runcmd_of(const CloudConfig& c) {
+  std::vector<std::string> v;
+  for (const auto& x : c.runcmd) v.push_back(x.describe());
+  return v;
+}
+
+// --- MIME ----------------------------------------------------------------------
+
+TEST(ProvisionUserData, MimePartsAreDecodedAndNamed) {
+  const std::string script = "#!/bin/sh\necho \"caf\xc3\xa9\"\n";
+  std::string m = multipart({
+      part("text/cloud-config", "config.yaml", "#cloud-config\nhostname: box\n"),
+      // base64, the file name in Content-Type's name (Python's get_filename falls back to it)
+      "Content-Type: text/x-shellscript; name=\"s.sh\"\nContent-Transfer-Encoding: base64\n\n" + b64(script),
+      // quoted-printable, RFC 2231 file name
+      "Content-Type: text/x-shellscript\nContent-Transfer-Encoding: quoted-printable\n"
+      "Content-Disposition: attachment; filename*=utf-8''z%20z.sh\n\n#!/bin/sh\necho a=3Db =\nc\n",
+  });
+  std::vector<MimePart> parts = parse_mime(m, {kMaxUserData});
+  ASSERT_EQ(parts.size(), 3u);
+  EXPECT_EQ(parts[0].type, "text/cloud-config");
+  EXPECT_EQ(parts[0].filename, "config.yaml");
+  EXPECT_EQ(parts[0].body, "#cloud-config\nhostname: box\n");
+  EXPECT_EQ(parts[0].params.at("charset"), "us-ascii");
+  EXPECT_EQ(parts[1].filename, "s.sh");
+  EXPECT_EQ(parts[1].body, script);
+  EXPECT_EQ(parts[2].filename, "z z.sh");
+  EXPECT_EQ(parts[2].body, "#!/bin/sh\necho a=b c\n");
+
+  CloudConfig c = parse_user_data(m);
+  EXPECT_EQ(c.hostname, "box");
+  ASSERT_EQ(c.scripts.size(), 2u);
+  EXPECT_EQ(c.scripts[0].name, "s.sh");
+  EXPECT_EQ(c.scripts[0].content, script);
+  EXPECT_EQ(c.scripts[1].name, "zz.sh");  // cloud-init's clean_filename drops the blank
+  ASSERT_EQ(c.parts.size(), 3u);
+  EXPECT_EQ(c.parts[1].filename, "s.sh");
+  EXPECT_EQ(c.parts[1].type, "text/x-shellscript");
+  EXPECT_TRUE(c.warnings.empty()) << c.warnings[0];
+}
+
+TEST(ProvisionUserData, NestedMultipartCrlfPreambleAndEpilogue) {
+  // Terraform's cloudinit_config writes \r\n; parts nest (multipart/alternative
+  // inside multipart/mixed); preamble and epilogue are not parts.
+  std::string inner = multipart({part("text/cloud-config", "", "#cloud-config\nruncmd: [inner]\n")}, "in-b", "\r\n");
+  inner.replace(0, std::string("Content-Type: multipart/mixed").size(), "Content-Type: multipart/alternative");
+  std::string m = "Content-Type: multipart/mixed; boundary=\"MIMEBOUNDARY\"\r\nMIME-Version: 1.0\r\n\r\n"
+                  "This is a preamble: not a part.\r\n"
+                  "--MIMEBOUNDARY\r\n" + inner + "\r\n"
+                  "--MIMEBOUNDARY\r\nContent-Transfer-Encoding: 7bit\r\nContent-Type: text/x-shellscript\r\n"
+                  "Mime-Version: 1.0\r\n\r\n#!/bin/bash\r\necho hi\r\n"
+                  "--MIMEBOUNDARY--  \r\nepilogue: not a part\r\n";
+  std::vector<MimePart> parts = parse_mime(m, {kMaxUserData});
+  ASSERT_EQ(parts.size(), 2u);
+  EXPECT_EQ(parts[0].body, "#cloud-config\nruncmd: [inner]\n");  // the line break before a delimiter is the delimiter's
+  EXPECT_EQ(parts[1].body, "#!/bin/bash\r\necho hi");
+  CloudConfig c = parse_user_data(m);
+  EXPECT_EQ(runcmd_of(c), std::vector<std::string>{"inner"});
+  ASSERT_EQ(c.scripts.size(), 1u);
+  EXPECT_EQ(c.scripts[0].content, "#!/bin/bash\necho hi");  // dos2unix, as cloud-init
+  EXPECT_EQ(c.scripts[0].name, "part-002");                 // cloud-init's name for a part without one
+}
+
+TEST(ProvisionUserData, BadMimeIsAnErrorAndNothingIsTaken) {
+  auto err = [](const std::string& text) { return error_of([&] { parse_user_data(text); }); };
+  // No boundary.
+  EXPECT_TRUE(has(err("Content-Type: multipart/mixed\nMIME-Version: 1.0\n\n--x\n\n#!/bin/sh\n--x--\n"),
+                  "has no boundary parameter"));
+  // Not terminated (truncated): the closing delimiter is missing.
+  std::string m = multipart({part("text/x-shellscript", "a.sh", "#!/bin/sh\ntrue\n")});
+  std::string cut = m.substr(0, m.rfind("--==XYZ==--"));
+  EXPECT_TRUE(has(err(cut), "its closing line '--==XYZ==--' is missing")) << err(cut);
+  EXPECT_EQ(err(m), "");  // negative control: the whole message is fine
+  // The boundary never appears.
+  EXPECT_TRUE(has(err("Content-Type: multipart/mixed; boundary=b\nMIME-Version: 1.0\n\nhello\n"), "never appears"));
+  // Bad base64 names the part.
+  std::string bad = multipart({part("text/cloud-config", "a.yaml", "#cloud-config\n"),
+                               "Content-Type: text/x-shellscript\nContent-Transfer-Encoding: base64\n"
+                               "Content-Disposition: attachment; filename=\"b.sh\"\n\nIyEvYmluL3No*ZWNobw==\n"});
+  EXPECT_TRUE(has(err(bad), "MIME part 2 (b.sh): its base64 body is not valid base64: '*'")) << err(bad);
+  EXPECT_TRUE(has(err(multipart({"Content-Type: text/x-shellscript\nContent-Transfer-Encoding: base64\n\nIyEvYmluL3Nob\n"})),
+                  "truncated"));
+  EXPECT_TRUE(has(err(multipart({"Content-Type: text/x-shellscript\nContent-Transfer-Encoding: x-uuencode\n\nx\n"})),
+                  "Content-Transfer-Encoding 'x-uuencode' is not supported"));
+  // Limits: parts, nesting.
+  std::vector<std::string> many(kMaxParts + 1, part("text/x-shellscript", "", "#!/bin/sh\n"));
+  EXPECT_TRUE(has(err(multipart(many)), "more than 100 parts")) << err(multipart(many));
+  std::vector<std::string> enough(kMaxParts, part("text/x-shellscript", "", "#!/bin/sh\n"));
+  EXPECT_EQ(err(multipart(enough)), "");
+  std::string deep = part("text/x-shellscript", "", "#!/bin/sh\n");
+  for (int i = 0; i < kMaxMimeDepth + 1; ++i) deep = multipart({deep}, "b" + std::to_string(i));
+  EXPECT_TRUE(has(err(deep), "nested more than 8 deep")) << err(deep);
+}
+
+TEST(ProvisionUserData, TypesUltariDoesNotRunAreRefusedNamingThePart) {
+  struct Case {
+    std::string part;
+    std::string message;
+  };
+  std::vector<Case> cases = {
+      {part("text/x-include-url", "urls.txt", "http://example.com/a\n"),
+       "user-data part 2 (urls.txt), text/x-include-url: #include user-data lists URLs"},
+      // found by how it starts, as cloud-init does for text/plain
+      {part("text/plain", "inc", "#include\nhttp://example.com/a\n"),
+       "user-data part 2 (inc), text/x-include-url: #include"},
+      {part("text/part-handler", "h.py", "#part-handler\ndef list_types(): return []\n"),
+       "part 2 (h.py), text/part-handler: a part handler is Python code"},
+      {part("text/upstart-job", "", "#upstart-job\nstart on x\n"), "part 2 (part-002), text/upstart-job: upstart"},
+      {part("text/cloud-config-archive", "", "#cloud-config-archive\n- a\n"), "cloud-config archive is not supported"},
+      {part("text/x-shellscript-per-boot", "b.sh", "#!/bin/sh\n"), "per boot, instance or once"},
+      {part("application/octet-stream", "blob", "xyz"), "'application/octet-stream' is not a type Ultari runs"},
+      {part("text/plain", "notes.txt", "just notes\n"), "part 2 (notes.txt), text/plain: it starts with none of"},
+      {part("text/x-shellscript", "s.sh", "echo no shebang\n"),
+       "part 2 (s.sh), text/x-shellscript: a user script must start with '#!'"},
+      {part("text/cloud-boothook", "hook", "#cloud-boothook\necho no shebang\n"), "a boot hook must start with '#!'"},
+      {part("text/jinja2", "t", "#cloud-config\n"), "a jinja template must start with the line '## template: jinja'"},
+  };
+  for (const auto& c : cases) {
+    std::string m = multipart({part("text/cloud-config", "ok.yaml", "#cloud-config\nhostname: a\n"), c.part});
+    std::string e = error_of([&] { parse_user_data(m); });
+    EXPECT_TRUE(has(e, c.message)) << c.part << "\n--- got: " << e;
+  }
+  // A plain user-data: the same, without a part.
+  EXPECT_TRUE(has(error_of([] { parse_user_data("#include https://example.com/ud\n"); }),
+                  "user-data: #include user-data lists URLs"));
+  EXPECT_TRUE(has(error_of([] { parse_user_data("hello\n"); }), "must start with '#cloud-config', '#!'"));
+  // An empty part is skipped with a warning, as cloud-init skips it.
+  CloudConfig c = parse_user_data(multipart({part("text/cloud-config", "", "#cloud-config\nhostname: a\n"),
+                                             part("text/x-shellscript", "e.sh", "\n")}));
+  ASSERT_EQ(c.warnings.size(), 1u);
+  EXPECT_EQ(c.warnings[0], "user-data part 2 (e.sh): empty: ignored");
+  EXPECT_TRUE(c.scripts.empty());
+}
+
+TEST(ProvisionUserData, ErrorsAndWarningsInAPartNameThePartAndTheLine) {
+  std::string m = multipart({part("text/cloud-config", "a.yaml", "#cloud-config\nhostname: a\n"),
+                             part("text/cloud-config", "b.yaml", "#cloud-config\nruncmd: [ls]\npackages: 5\n")});
+  EXPECT_EQ(error_of([&] { parse_user_data(m); }),
+            "user-data part 2 (b.yaml) line 3, column 11: 'packages' must be a list");
+  std::string yaml = multipart({part("text/cloud-config", "a.yaml", "#cloud-config\nruncmd:\n  - ok\n bad: [\n")});
+  EXPECT_TRUE(has(error_of([&] { parse_user_data(yaml); }), "user-data part 1 (a.yaml) line 4, column 2:"))
+      << error_of([&] { parse_user_data(yaml); });
+  // Warnings and each command's place, after the merge too.
+  CloudConfig c = parse_user_data(
+      multipart({part("text/cloud-config", "a.yaml", "#cloud-config\nntp: {}\nruncmd: [one]\n"),
+                 part("text/cloud-config", "b.yaml", "#cloud-config\nmerge_how: 'list(append)+dict(recurse_array)+str()'\n"
+                                                     "foo: 1\nruncmd:\n  - two\n")}));
+  ASSERT_EQ(c.warnings.size(), 2u);
+  EXPECT_EQ(c.warnings[0], "user-data part 1 (a.yaml) line 2: 'ntp' is a cloud-init module Ultari does not run: ignored");
+  EXPECT_EQ(c.warnings[1], "user-data part 2 (b.yaml) line 3: unknown key 'foo': ignored");
+  ASSERT_EQ(c.runcmd.size(), 2u);
+  EXPECT_EQ(c.runcmd[0].where, "user-data part 1 (a.yaml) line 3");
+  EXPECT_EQ(c.runcmd[1].where, "user-data part 2 (b.yaml) line 5");
+  // A plain user-data keeps its plain places.
+  CloudConfig plain = parse_user_data("#cloud-config\nruncmd:\n  - ls\n");
+  EXPECT_EQ(plain.runcmd[0].where, "user-data line 3");
+  EXPECT_EQ(error_of([] { parse_user_data("#cloud-config\npackages: 5\n"); }),
+            "user-data line 2, column 11: 'packages' must be a list");
+}
+
+// --- merging --------------------------------------------------------------------
+
+TEST(ProvisionUserData, CloudConfigPartsMergeAsCloudInitMergesThem) {
+  const std::string a = "#cloud-config\nhostname: first\nruncmd: [one]\npackages: [a]\napt:\n  conf: A\n";
+  const std::string b_body = "hostname: second\nruncmd: [two]\napt:\n  http_proxy: 'http://p:3128'\n";
+  // cloud-init's default for parts, dict(replace)+list()+str(): a later
+  // part's key replaces the earlier one's whole value.
+  CloudConfig def = parse_user_data(multipart({part("text/cloud-config", "a", a),
+                                               part("text/cloud-config", "b", "#cloud-config\n" + b_body)}));
+  EXPECT_EQ(runcmd_of(def), std::vector<std::string>{"two"});
+  EXPECT_EQ(def.hostname, "second");
+  EXPECT_EQ(def.packages.size(), 1u);  // only in the first: kept
+  EXPECT_EQ(def.apt.conf, "");         // apt replaced as a whole
+  EXPECT_EQ(def.apt.http_proxy, "http://p:3128");
+  EXPECT_EQ(def.parts[1].note, "merge dict(replace)+list(replace)+str()");
+
+  // list(append)+dict(recurse_array)+str(), in the second part (the part's
+  // own mergers say how it merges into the parts before it): lists append,
+  // mappings merge key by key, an existing string stays (no_replace).
+  const std::string how = "merge_how: 'list(append)+dict(recurse_array)+str()'\n";
+  CloudConfig app = parse_user_data(multipart({part("text/cloud-config", "a", a),
+                                               part("text/cloud-config", "b", "#cloud-config\n" + how + b_body)}));
+  EXPECT_EQ(runcmd_of(app), (std::vector<std::string>{"one", "two"}));
+  EXPECT_EQ(app.hostname, "first");
+  EXPECT_EQ(app.apt.conf, "A");
+  EXPECT_EQ(app.apt.http_proxy, "http://p:3128");
+  EXPECT_TRUE(app.warnings.empty()) << app.warnings[0];  // merge_how is no module
+
+  // Negative control: the parts read alone.
+  EXPECT_EQ(runcmd_of(parse_user_data("#cloud-config\n" + how + b_body)), std::vector<std::string>{"two"});
+  EXPECT_EQ(runcmd_of(parse_user_data(a)), std::vector<std::string>{"one"});
+
+  // The same by the Merge-Type header, and in the dictionary form.
+  CloudConfig hdr = parse_user_data(multipart(
+      {part("text/cloud-config", "a", a),
+       part("text/cloud-config", "b", "#cloud-config\n" + b_body, "Merge-Type: list(append)+dict(recurse_array)+str()\n")}));
+  EXPECT_EQ(runcmd_of(hdr), (std::vector<std::string>{"one", "two"}));
+  CloudConfig xhdr = parse_user_data(multipart(
+      {part("text/cloud-config", "a", a),
+       part("text/cloud-config", "b", "#cloud-config\n" + b_body, "X-Merge-Type: list(prepend)+dict(recurse_list)\n")}));
+  EXPECT_EQ(runcmd_of(xhdr), (std::vector<std::string>{"two", "one"}));
+  CloudConfig dict_form = parse_user_data(multipart(
+      {part("text/cloud-config", "a", a),
+       part("text/cloud-config", "b",
+            "#cloud-config\nmerge_how:\n  - name: list\n    settings: [append]\n  - name: dict\n"
+            "    settings: [no_replace, recurse_list]\n" + b_body)}));
+  EXPECT_EQ(runcmd_of(dict_form), (std::vector<std::string>{"one", "two"}));
+  EXPECT_EQ(dict_form.hostname, "first");
+
+  // dict(replace,recurse_list)? replace wins: the value is replaced.
+  CloudConfig rep = parse_user_data(multipart(
+      {part("text/cloud-config", "a", a),
+       part("text/cloud-config", "b", "#cloud-config\nmerge_how: dict(replace)+list(append)\n" + b_body)}));
+  EXPECT_EQ(runcmd_of(rep), std::vector<std::string>{"two"});
+  EXPECT_EQ(rep.hostname, "second");
+  // str(append) joins strings under dict(recurse_str).
+  CloudConfig str = parse_user_data(multipart(
+      {part("text/cloud-config", "a", "#cloud-config\napt:\n  conf: 'A;'\n"),
+       part("text/cloud-config", "b", "#cloud-config\nmerge_how: dict(recurse_str)+str(append)\napt:\n  conf: 'B;'\n")}));
+  EXPECT_EQ(str.apt.conf, "A;B;");
+  // allow_delete: a null removes the key.
+  CloudConfig del = parse_user_data(multipart(
+      {part("text/cloud-config", "a", a),
+       part("text/cloud-config", "b", "#cloud-config\nmerge_how: dict(allow_delete)\npackages: null\n")}));
+  EXPECT_TRUE(del.packages.empty());
+  EXPECT_EQ(runcmd_of(del), std::vector<std::string>{"one"});
+}
+
+TEST(ProvisionUserData, MergeFormsCloudInitLacksAreRefused) {
+  auto with = [](const std::string& how) {
+    return error_of([&] {
+      parse_user_data(multipart({part("text/cloud-config", "a", "#cloud-config\nruncmd: [one]\n"),
+                                 part("text/cloud-config", "b.yaml", "#cloud-config\n" + how + "\nruncmd: [two]\n")}));
+    });
+  };
+  EXPECT_TRUE(has(with("merge_how: 'deep(x)+dict()'"), "'deep' is not one of cloud-init's mergers")) << with("merge_how: 'deep(x)+dict()'");
+  EXPECT_TRUE(has(with("merge_how: 'list(extend)+dict()'"), "'extend' is not an option of list()"));
+  EXPECT_TRUE(has(with("merge_how: 'list(append)'"), "names no dict() merger"));
+  EXPECT_TRUE(has(with("merge_how: 'list(append'"), "is not of the form name(option,...)"));
+  EXPECT_TRUE(has(with("merge_how: 5"), "user-data part 2 (b.yaml) line 2, column 12: 'merge_how' must be a string"))
+      << with("merge_how: 5");
+  // Appending a mapping to a list is refused (cloud-init would append its keys).
+  std::string e = error_of([] {
+    parse_user_data(multipart({part("text/cloud-config", "a", "#cloud-config\nruncmd: [one]\n"),
+                               part("text/cloud-config", "b", "#cloud-config\nmerge_how: dict(recurse_dict)+list(append)\n"
+                                                              "runcmd: {a: b}\n")}));
+  });
+  EXPECT_TRUE(has(e, "'runcmd': cannot append a mapping to a list")) << e;
+  EXPECT_EQ(with("merge_how: 'list(append)+dict(recurse_array)+str()'"), "");  // negative control
+}
+
+// --- YAML merge keys -------------------------------------------------------------
+
+TEST(ProvisionUserData, YamlMergeKeysMergeAsPyYamlDoes) {
+  // yaml-cpp 0.7 keeps "<<" as a plain key (the reason for this).
+  YAML::Node raw = YAML::Load("a: &a {x: 1}\nb:\n  <<: *a\n");
+  EXPECT_TRUE(raw["b"]["<<"].IsDefined());
+
+  CloudConfig c = parse_cloud_config(
+      "#cloud-config\n"
+      "x-user: &user {shell: /bin/sh, gecos: From anchor, lock_passwd: false}\n"
+      "x-more: &more {gecos: From more, homedir: /home/more}\n"
+      "users:\n"
+      "  - <<: *user\n"  // a mapping
+      "    name: alice\n"
+      "    shell: /bin/bash\n"  // an explicit key wins
+      "  - <<: [*more, *user]\n"  // a list: the earlier mapping wins
+      "    name: bob\n");
+  ASSERT_EQ(c.users.size(), 2u);
+  EXPECT_EQ(c.users[0].name, "alice");
+  EXPECT_EQ(c.users[0].shell, "/bin/bash");
+  EXPECT_EQ(c.users[0].gecos, "From anchor");
+  EXPECT_FALSE(c.users[0].lock_passwd);
+  EXPECT_EQ(c.users[1].gecos, "From more");
+  EXPECT_EQ(c.users[1].homedir, "/home/more");
+  EXPECT_EQ(c.users[1].shell, "/bin/sh");
+  // "<<" never shows as an unknown key; the anchors' own keys do.
+  ASSERT_EQ(c.warnings.size(), 2u);
+  EXPECT_TRUE(has(c.warnings[0], "'x-user'")) << c.warnings[0];
+  EXPECT_TRUE(has(c.warnings[1], "'x-more'")) << c.warnings[1];
+
+  // At the top level, nested, and through a merged mapping's own merge key.
+  CloudConfig top = parse_cloud_config(
+      "#cloud-config\nx-base: &base {hostname: base, runcmd: [a]}\nx-mid: &mid {<<: *base, locale: C.UTF-8}\n"
+      "<<: *mid\nhostname: mine\n");
+  EXPECT_EQ(top.hostname, "mine");
+  EXPECT_EQ(top.locale, "C.UTF-8");
+  EXPECT_EQ(runcmd_of(top), std::vector<std::string>{"a"});
+
+  // A quoted '<<' is a key like any other (PyYAML: str, not merge).
+  CloudConfig quoted = parse_cloud_config("#cloud-config\nx: &x {hostname: q}\n'<<': *x\n");
+  EXPECT_EQ(quoted.hostname, "");
+  EXPECT_TRUE(has(quoted.warnings.back(), "unknown key '<<'")) << quoted.warnings.back();
+  // What cannot be merged is an error at its place.
+  EXPECT_EQ(error_of([] { parse_cloud_config("#cloud-config\nusers:\n  - <<: 5\n    name: a\n"); }),
+            "user-data line 3, column 9: '<<' (a YAML merge key) takes a mapping or a list of mappings");
+  EXPECT_TRUE(has(error_of([] { parse_cloud_config("#cloud-config\na: &a {x: 1}\nb:\n  <<: [*a, [1]]\n"); }),
+                  "user-data line 4, column 12: '<<'"));
+}
+
+TEST(ProvisionUserData, AliasesAreWalkedOnce) {
+  // A billion-laughs document: nine levels of ten aliases (10^9 leaves
+  // when walked as a tree) is checked in no time, each node once.
+  std::string y = "#cloud-config\nx0: &a0 [lol]\n";
+  for (int i = 1; i < 10; ++i) {
+    y += "x" + std::to_string(i) + ": &a" + std::to_string(i) + " [";
+    for (int k = 0; k < 10; ++k) y += std::string(k ? ", " : "") + "*a" + std::to_string(i - 1);
+    y += "]\n";
+  }
+  CloudConfig c = parse_cloud_config(y);
+  EXPECT_EQ(c.warnings.size(), 10u);
+}
+
+// --- gzip, scripts, templates -------------------------------------------------------
+
+TEST(ProvisionUserData, GzipUserDataAndPartsAreUnpacked) {
+  const std::string cc = "#cloud-config\nhostname: zipped\n";
+  CloudConfig c = parse_user_data(gzip(cc));
+  EXPECT_EQ(c.hostname, "zipped");
+  EXPECT_EQ(c.canonical, cc);  // the cache sees what runs
+  EXPECT_EQ(c.parts[0].note, "gzip");
+  // Terraform's cloudinit_config with gzip: the whole MIME gzip'd; and a
+  // part of a gzip type (cloud-init's DECOMP_TYPES), base64 in the MIME.
+  std::string m = multipart({part("text/cloud-config", "a", cc),
+                             "Content-Type: application/x-gzip\nContent-Transfer-Encoding: base64\n"
+                             "Content-Disposition: attachment; filename=\"s.sh.gz\"\n\n" +
+                                 b64(gzip("#!/bin/sh\necho zipped\n"))});
+  CloudConfig g = parse_user_data(gzip(m));
+  EXPECT_EQ(g.hostname, "zipped");
+  ASSERT_EQ(g.scripts.size(), 1u);
+  EXPECT_EQ(g.scripts[0].content, "#!/bin/sh\necho zipped\n");
+  EXPECT_EQ(g.parts[1].type, "text/x-shellscript");
+  // Damaged and truncated data is an error.
+  std::string z = gzip(cc);
+  EXPECT_TRUE(has(error_of([&] { parse_user_data(z.substr(0, z.size() - 12)); }), "user-data: gzip data is truncated"));
+  z[z.size() - 8] ^= 0x55;  // its CRC
+  EXPECT_TRUE(has(error_of([&] { parse_user_data(z); }), "gzip data is damaged")) << error_of([&] { parse_user_data(z); });
+}
+
+TEST(ProvisionUserData, AGzipBombIsStoppedAtTheLimit) {
+  // 64 MiB of zeros in about 64 KiB: refused, decompression stops at 16 MiB.
+  std::string bomb = gzip(std::string(64u << 20, '\0'));
+  ASSERT_LT(bomb.size(), 100u << 10);
+  EXPECT_TRUE(has(error_of([&] { parse_user_data(bomb); }), "decompresses to more than 16777216 bytes"));
+  EXPECT_TRUE(has(error_of([&] { gunzip(bomb, 1u << 20); }), "more than 1048576 bytes"));
+  EXPECT_EQ(gunzip(bomb, 64u << 20).size(), 64u << 20);  // negative control: within its limit it unpacks
+  // In a part, the limit is what is left of the total.
+  std::string m = multipart({"Content-Type: application/gzip\nContent-Transfer-Encoding: base64\n\n" + b64(bomb)});
+  EXPECT_TRUE(has(error_of([&] { parse_user_data(m); }), "user-data part 1 (part-001), application/gzip: gzip data decompresses"))
+      << error_of([&] { parse_user_data(m); });
+}
+
+TEST(ProvisionUserData, APlainScriptIsOneUserScript) {
+  CloudConfig c = parse_user_data("#!/bin/sh\r\necho hi > /hi\r\n");
+  ASSERT_EQ(c.scripts.size(), 1u);
+  EXPECT_EQ(c.scripts[0].name, "part-001");
+  EXPECT_EQ(c.scripts[0].content, "#!/bin/sh\necho hi > /hi\n");
+  EXPECT_EQ(c.scripts[0].part, "user-data");
+  EXPECT_TRUE(c.runcmd.empty());
+  EXPECT_EQ(c.parts[0].type, "text/x-shellscript");
+  // A boot hook: its first line off.
+  CloudConfig h = parse_user_data("#cloud-boothook\n#!/bin/sh\necho early\n");
+  ASSERT_EQ(h.boothooks.size(), 1u);
+  EXPECT_EQ(h.boothooks[0].content, "#!/bin/sh\necho early\n");
+  EXPECT_TRUE(h.scripts.empty());
+}
+
+TEST(ProvisionUserData, ScriptsRunInFileNameOrderAndALaterNameWins) {
+  CloudConfig c = parse_user_data(multipart({
+      part("text/x-shellscript", "20-b.sh", "#!/bin/sh\necho b\n"),
+      part("text/x-shellscript", "10-a.sh", "#!/bin/sh\necho a\n"),
+      part("text/x-shellscript", "../20-b.sh", "#!/bin/sh\necho b2\n"),  // cleaned: .._20-b.sh
+      part("text/x-shellscript", "10-a.sh", "#!/bin/sh\necho a2\n"),
+  }));
+  ASSERT_EQ(c.scripts.size(), 3u);
+  EXPECT_EQ(c.scripts[0].name, ".._20-b.sh");
+  EXPECT_EQ(c.scripts[1].name, "10-a.sh");
+  EXPECT_EQ(c.scripts[1].content, "#!/bin/sh\necho a2\n");
+  EXPECT_EQ(c.scripts[2].name, "20-b.sh");
+  ASSERT_EQ(c.warnings.size(), 1u);
+  EXPECT_TRUE(has(c.warnings[0], "'10-a.sh' comes again in part 4 (10-a.sh)")) << c.warnings[0];
+}
+
+TEST(ProvisionUserData, TemplatePartsAreRendered) {
+  json vars = {{"v1", {{"distro", "debian"}}}, {"who", "bob"}};
+  std::string m = multipart({
+      part("text/jinja2", "t.yaml", "## template: jinja\n#cloud-config\nhostname: {{ v1.distro }}-box\n"),
+      part("text/x-shellscript", "s.sh", "## template: jinja\n#!/bin/sh\necho {{ who }}\n"),
+      part("text/cloud-config", "c.yaml", "## template: jinja\nruncmd: ['{{ who }}']\n"),
+  });
+  CloudConfig c = parse_user_data(m, vars);
+  EXPECT_TRUE(c.templated);
+  EXPECT_EQ(c.hostname, "debian-box");
+  ASSERT_EQ(c.scripts.size(), 1u);
+  EXPECT_EQ(c.scripts[0].content, "#!/bin/sh\necho bob\n");
+  EXPECT_EQ(runcmd_of(c), std::vector<std::string>{"bob"});
+  EXPECT_EQ(c.parts[0].type, "text/cloud-config");
+  EXPECT_EQ(c.parts[0].note, "jinja, merge dict(replace)+list(replace)+str()");
+  // The rendered text is what the cache key sees: other values, another key.
+  CloudConfig other = parse_user_data(m, {{"v1", {{"distro", "ubuntu"}}}, {"who", "bob"}});
+  EXPECT_NE(other.canonical, c.canonical);
+  // An undefined name: the part and the line in it.
+  std::string e = error_of([&] { parse_user_data(m, {{"v1", {{"distro", "x"}}}}); });
+  EXPECT_EQ(e.rfind("user-data part 2 (s.sh) line 3:", 0), 0u) << e;
+  EXPECT_FALSE(parse_user_data(multipart({part("text/cloud-config", "", "#cloud-config\n")})).templated);
+}
+
+// --- interoperability --------------------------------------------------------------
+
+// The MIME Python's email module writes (what `cloud-init devel make-mime`
+// and most tools produce): generated by python3 here.
+TEST(ProvisionUserData, PythonEmailModuleOutputIsRead) {
+  const char* script = R"PY(
+import gzip, sys
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.mime.application import MIMEApplication
+outer = MIMEMultipart()
+a = MIMEText("#cloud-config\nruncmd:\n  - echo one\nhostname: py\n", "cloud-config")
+a.add_header("Content-Disposition", "attachment", filename="a.yaml")
+outer.attach(a)
+inner = MIMEMultipart("alternative")
+b = MIMEText("#cloud-config\nmerge_how: 'list(append)+dict(recurse_array)+str()'\nruncmd:\n  - echo caf\u00e9\n", "cloud-config", "utf-8")
+b.add_header("Content-Disposition", "attachment", filename="b.yaml")
+inner.attach(b)
+outer.attach(inner)
+c = MIMEApplication(gzip.compress(b"#!/bin/sh\necho zipped\n"), "gzip")
+c.add_header("Content-Disposition", "attachment", filename="zipped.sh")
+outer.attach(c)
+d = MIMEText("#cloud-boothook\n#!/bin/sh\necho hook\n", "cloud-boothook")
+outer.attach(d)
+sys.stdout.write(outer.as_string())
+)PY";
+  char path[] = "/tmp/ultari-mime-XXXXXX";
+  int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(write(fd, script, strlen(script)), static_cast<ssize_t>(strlen(script)));
+  close(fd);
+  FILE* p = popen(("/usr/bin/python3 " + std::string(path)).c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string m;
+  char buf[4096];
+  for (size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) m.append(buf, n);
+  int status = pclose(p);
+  unlink(path);
+  ASSERT_EQ(status, 0) << m;
+  ASSERT_TRUE(has(m, "Content-Transfer-Encoding: base64")) << m;  // the utf-8 and gzip parts
+
+  CloudConfig c = parse_user_data(m);
+  EXPECT_EQ(runcmd_of(c), (std::vector<std::string>{"echo one", "echo caf\xc3\xa9"}));
+  EXPECT_EQ(c.hostname, "py");
+  ASSERT_EQ(c.scripts.size(), 1u);
+  EXPECT_EQ(c.scripts[0].name, "zipped.sh");
+  EXPECT_EQ(c.scripts[0].content, "#!/bin/sh\necho zipped\n");
+  ASSERT_EQ(c.boothooks.size(), 1u);
+  EXPECT_EQ(c.boothooks[0].content, "#!/bin/sh\necho hook\n");
+  ASSERT_EQ(c.parts.size(), 4u);
+  EXPECT_EQ(c.parts[1].filename, "b.yaml");
+  EXPECT_EQ(c.parts[2].type, "text/x-shellscript");
+  EXPECT_EQ(c.parts[2].note, "gzip");
+  EXPECT_EQ(c.parts[3].filename, "part-004");
+  EXPECT_TRUE(c.warnings.empty()) << c.warnings[0];
+}
+
+TEST(ProvisionUserData, APlainCloudConfigIsReadAsBefore) {
+  const std::string text = "#cloud-config\nhostname: a\n";
+  CloudConfig c = parse_user_data(text);
+  EXPECT_EQ(c.canonical, text);  // the cache keys of existing images stay
+  ASSERT_EQ(c.parts.size(), 1u);
+  EXPECT_EQ(c.parts[0].type, "text/cloud-config");
+  EXPECT_EQ(c.parts[0].filename, "part-001");
+  // "mime-version:" inside a cloud-config does not make it MIME (no header
+  // at the top: the whole is the body, as in Python's email).
+  CloudConfig inside = parse_user_data("#cloud-config\nwrite_files:\n  - path: /m\n    content: 'MIME-Version: 1.0'\n");
+  EXPECT_EQ(inside.write_files.at(0).content, "MIME-Version: 1.0");
+  EXPECT_TRUE(inside.warnings.empty());
+  // merge_how in a plain cloud-config is checked and no module.
+  EXPECT_TRUE(parse_user_data("#cloud-config\nmerge_how: 'dict(recurse_array,no_replace)+list(append)'\n").warnings.empty());
+}
+
+}  // namespace
+}  // namespace ultari::provision
