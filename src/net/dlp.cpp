@@ -117,8 +117,9 @@ void Dlp::compile(const std::vector<std::string>& regexes, const std::vector<uns
   dbs_.push_back(db);
   // One scratch grown to fit every database; each stream clones it.
   auto* scratch = static_cast<hs_scratch_t*>(proto_scratch_);
-  if (a.alloc_scratch(db, &scratch) != HS_SUCCESS) throw Error("DLP: cannot allocate Hyperscan scratch space");
-  proto_scratch_ = scratch;
+  hs_error_t rc = a.alloc_scratch(db, &scratch);
+  proto_scratch_ = scratch;  // on failure Hyperscan has freed the old one: null
+  if (rc != HS_SUCCESS) throw Error("DLP: cannot allocate Hyperscan scratch space");
 }
 
 Dlp::~Dlp() { release(); }

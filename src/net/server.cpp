@@ -189,6 +189,7 @@ void relay(int a, int b, int stop, uint64_t& a_to_b, uint64_t& b_to_a, const Ins
     const Inspect* inspect = nullptr;
     std::string buf;  // inspected bytes not yet written (buf.size() - queued written)
     bool spliced = false;  // what is queued is in the pipe (unseen bytes)
+    size_t cap = 0;        // the pipe's size
   } dirs[2] = {{a, b, {-1, -1}, 0, false, &a_to_b}, {b, a, {-1, -1}, 0, false, &b_to_a}};
   if (inspect) dirs[0].inspect = &inspect;
   // A worker keeps its two pipes for its next connection (a relay that
@@ -196,6 +197,9 @@ void relay(int a, int b, int stop, uint64_t& a_to_b, uint64_t& b_to_a, const Ins
   // fewer per connection, and the 1 MiB sizing is done once.
   struct Pipes {
     int fd[2][2] = {{-1, -1}, {-1, -1}};
+    // What each holds: less than kPipeBytes when it could not be grown (all
+    // gateways run as nobody and share one budget of pipe memory).
+    size_t cap[2] = {0, 0};
     ~Pipes() {
       for (auto& p : fd)
         for (int f : p)
@@ -208,7 +212,10 @@ void relay(int a, int b, int stop, uint64_t& a_to_b, uint64_t& b_to_a, const Ins
     if (p[0] < 0) {
       if (pipe2(p, O_CLOEXEC | O_NONBLOCK) != 0) return;
       fcntl(p[1], F_SETPIPE_SZ, kPipeBytes);
+      int cap = fcntl(p[1], F_GETPIPE_SZ);
+      kept.cap[i] = cap > 0 ? static_cast<size_t>(cap) : 4096;
     }
+    dirs[i].cap = kept.cap[i];
     dirs[i].pipe[0] = p[0];
     dirs[i].pipe[1] = p[1];
   }
@@ -221,7 +228,7 @@ void relay(int a, int b, int stop, uint64_t& a_to_b, uint64_t& b_to_a, const Ins
       pollfd& from = p[d.from == a ? 0 : 1];
       pollfd& to = p[d.to == a ? 0 : 1];
       if (d.queued > 0) to.events |= POLLOUT;
-      if (!d.eof && (d.inspect ? d.queued == 0 : d.queued < static_cast<size_t>(kPipeBytes))) from.events |= POLLIN;
+      if (!d.eof && (d.inspect ? d.queued == 0 : d.queued < d.cap)) from.events |= POLLIN;
     }
     if (poll(p, 3, -1) < 0 && errno != EINTR) break;
     if (p[2].revents) break;
@@ -234,7 +241,7 @@ void relay(int a, int b, int stop, uint64_t& a_to_b, uint64_t& b_to_a, const Ins
           uint64_t unseen = d.inspect->unseen ? d.inspect->unseen() : 0;
           d.spliced = unseen > 0;
           if (d.spliced && !d.eof) {
-            ssize_t n = splice(d.from, nullptr, d.pipe[1], nullptr, std::min<uint64_t>(unseen, kPipeBytes),
+            ssize_t n = splice(d.from, nullptr, d.pipe[1], nullptr, std::min<uint64_t>(unseen, d.cap),
                                SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
             if (n > 0) {
               d.queued = static_cast<size_t>(n);
@@ -278,8 +285,8 @@ void relay(int a, int b, int stop, uint64_t& a_to_b, uint64_t& b_to_a, const Ins
           }
           continue;
         }
-        if (!d.inspect && !d.eof && d.queued < static_cast<size_t>(kPipeBytes)) {
-          ssize_t n = splice(d.from, nullptr, d.pipe[1], nullptr, kPipeBytes - d.queued,
+        if (!d.inspect && !d.eof && d.queued < d.cap) {
+          ssize_t n = splice(d.from, nullptr, d.pipe[1], nullptr, d.cap - d.queued,
                              SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
           if (n > 0) {
             d.queued += static_cast<size_t>(n);
@@ -558,7 +565,8 @@ bool Flow::transparent(in_addr& dst, uint16_t& port, std::string& name) {
     deny("port");
     return false;
   }
-  if (!g.inspection_.upstream && g.reachable(dst) && (!names.empty() || g.policy_.mode == NetworkSpec::Mode::Open)) {
+  if (!g.inspection_.upstream && g.reachable(dst) &&
+      (g.policy_.mode == NetworkSpec::Mode::Open || g.resolves_now(names, dst))) {
     std::string ignored;
     early = start_connect(dst, port, ignored);
     early_addr = dst;
@@ -929,6 +937,18 @@ dns::Answer Server::resolve(const std::string& name) {
   return a;
 }
 
+bool Server::resolves_now(const std::set<std::string>& names, in_addr addr) {
+  auto now = Clock::now();
+  std::lock_guard lock(mu_);
+  for (const auto& n : names) {
+    auto it = cache_.find(n);
+    if (it == cache_.end() || it->second.expires <= now) continue;
+    for (const auto& a : it->second.answer.addrs)
+      if (a.s_addr == addr.s_addr) return true;
+  }
+  return false;
+}
+
 bool Server::reachable(in_addr addr) const {
   if (!is_public(addr)) return false;
   for (const auto& l : local_)
@@ -1099,8 +1119,9 @@ bool Server::submit(std::function<void()> task) {
   try {
     std::thread([this] { work(); }).detach();
   } catch (const std::system_error&) {
+    // Dropped (the client sees a close), never left waiting for a busy
+    // worker, whose connection may last hours.
     --workers_;
-    if (workers_ > 0) return true;  // a running worker takes it when it is done
     std::function<void()> dropped = std::move(tasks_.back());
     tasks_.pop_back();
     lock.unlock();  // what the task holds (an fd) goes without the lock

@@ -54,6 +54,8 @@ class Server {
   // Host-side resolution, cached for the answer's TTL (1 to 30 s).
   dns::Answer resolve(const std::string& name);
   void remember(const std::string& name, const std::vector<in_addr>& addrs);
+  // One of `names` resolves to `addr` now (an unexpired host-side answer).
+  bool resolves_now(const std::set<std::string>& names, in_addr addr);
   // A public address that is not one of the host's own.
   bool reachable(in_addr addr) const;
   // --net-upstream: the synthetic address that stands for `name` (the same
