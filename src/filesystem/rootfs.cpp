@@ -415,14 +415,13 @@ int run_step(Ctx& c, const Step& s, int host_fd) {
     return rc;
   }
 
-  if (s.op == Step::MkdirInRoot && s.optional) {
-    // Made only when missing: what the root has stays untouched.
+  bool made = false;  // MkdirInRoot: the directory is new (its mode is then set past the umask)
+  if (s.op == Step::MkdirInRoot) {
     int have = open_in_root(c, s.target, 0);
-    if (have >= 0) {
-      close(have);
-      return 0;
-    }
-    if (errno != ENOENT) return -errno;
+    if (have < 0 && errno != ENOENT) return -errno;
+    if (have >= 0) close(have);
+    made = have < 0;
+    if (!made && s.optional) return 0;  // optional: what the root has stays untouched
   }
   int fd = creates ? open_or_create(c, s.target, s.is_dir, s.op == Step::MkdirInRoot ? s.mode : 0755)
                    : open_in_root(c, s.target, 0);
@@ -480,9 +479,10 @@ int run_step(Ctx& c, const Step& s, int host_fd) {
       rc = sys_mount_setattr(fd, "", AT_EMPTY_PATH, &attr) == 0 ? 0 : -errno;
       break;
     }
-    case Step::MkdirInRoot: {  // open_or_create made it (its mode less the umask)
+    case Step::MkdirInRoot: {  // open_or_create made it, or it was there
       char path[32];
-      if (fchownat(fd, "", s.uid, s.gid, AT_EMPTY_PATH) != 0 || chmod(fd_path(fd, path), s.mode) != 0) rc = -errno;
+      if (fchownat(fd, "", s.uid, s.gid, AT_EMPTY_PATH) != 0 || (made && chmod(fd_path(fd, path), s.mode) != 0))
+        rc = -errno;
       break;
     }
     default:
