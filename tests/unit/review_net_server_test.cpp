@@ -366,6 +366,18 @@ void upstream_for_pipes(int i, int c) {
   close(c);
 }
 
+// Sends `data` on `c` (made non-blocking) for at most 1.2 s: what a peer
+// that stops reading leaves queued.
+void send_for_a_while(int c, const std::string& data) {
+  fcntl(c, F_SETFL, O_NONBLOCK);
+  size_t off = 0;
+  for (auto start = Clock::now(); ms_since(start) < 1200 && off < data.size();) {
+    ssize_t n = send(c, data.data() + off, data.size() - off, MSG_NOSIGNAL);
+    if (n > 0) off += static_cast<size_t>(n);
+    else std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
 std::string pipes_story() {
   World w(upstream_for_pipes);
   std::string out;
@@ -386,14 +398,7 @@ std::string pipes_story() {
   // 2: client -> server bytes left in the pipe: the server reads none, resets.
   c = socks_to(w.socks_port, kUpAddr, kUpPort);
   if (c < 0) return "socks 2 failed";
-  fcntl(c, F_SETFL, O_NONBLOCK);
-  std::string big(4 << 20, 'Y');
-  size_t off = 0;
-  for (auto start = Clock::now(); ms_since(start) < 1200 && off < big.size();) {
-    ssize_t n = send(c, big.data() + off, big.size() - off, MSG_NOSIGNAL);
-    if (n > 0) off += static_cast<size_t>(n);
-    else std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  send_for_a_while(c, std::string(4 << 20, 'Y'));
   read_all(c, 1000);
   close(c);
   pause();
@@ -406,14 +411,7 @@ std::string pipes_story() {
   // 4: the spliced body of a request (HTTP followed, no DLP: bodies unseen).
   c = socks_to(w.socks_port, "x.test", kUpPort);
   if (c < 0) return "socks 4 failed";
-  fcntl(c, F_SETFL, O_NONBLOCK);
-  std::string post = "POST /4 HTTP/1.1\r\nHost: x.test\r\nContent-Length: 4000000\r\n\r\n" + std::string(4000000, 'Z');
-  off = 0;
-  for (auto start = Clock::now(); ms_since(start) < 1200 && off < post.size();) {
-    ssize_t n = send(c, post.data() + off, post.size() - off, MSG_NOSIGNAL);
-    if (n > 0) off += static_cast<size_t>(n);
-    else std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  send_for_a_while(c, "POST /4 HTTP/1.1\r\nHost: x.test\r\nContent-Length: 4000000\r\n\r\n" + std::string(4000000, 'Z'));
   read_all(c, 1000);
   close(c);
   pause();
