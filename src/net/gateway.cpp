@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <seccomp.h>
+#include <sys/resource.h>
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
@@ -87,6 +88,8 @@ void confine() {
   if (rc != 0) throw Error(std::string("gateway filter: seccomp_load: ") + std::strerror(-rc));
 }
 
+constexpr rlim_t kGatewayFiles = 8192;
+
 [[noreturn]] void gateway_main(const NetworkSpec& policy, std::vector<in_addr> servers, Endpoints ep, AuditLog& audit,
                                Inspection& inspection, int control, pid_t parent) {
   // Terminal signals are for the supervisor, which forwards them to the
@@ -107,6 +110,14 @@ void confine() {
       prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0 || getppid() != parent)
     _exit(71);
   prctl(PR_SET_NAME, "ultari-net", 0, 0, 0);
+  // Up to 256 flows at once, each with two sockets (and an early upstream
+  // one), and each worker keeps two pipes (four fds) for its next flow:
+  // more than the usual soft limit of 1024. Raised within the hard limit.
+  rlimit nofile{};
+  if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < kGatewayFiles) {
+    nofile.rlim_cur = std::min<rlim_t>(nofile.rlim_max, kGatewayFiles);
+    setrlimit(RLIMIT_NOFILE, &nofile);
+  }
   nlohmann::json summary;
   {
     std::unique_ptr<Server> server;

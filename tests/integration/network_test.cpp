@@ -10,6 +10,7 @@
 // doing, not a broken probe.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -755,6 +756,15 @@ TEST_F(Network, RootlessRunsGetTheSameNetwork) {
 // The gateway parses what the sandbox sends: it runs as nobody, with
 // no_new_privs, not dumpable, and under a seccomp filter of its own.
 TEST_F(Network, TheGatewayIsConfined) {
+  // Started with a soft limit of 1024 open files, which the gateway raises
+  // (its flows and kept pipes need more); the supervisor keeps it.
+  rlimit files{}, saved{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+  files = saved;
+  files.rlim_cur = std::min<rlim_t>(1024, saved.rlim_max);
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &files), 0);
+  std::map<pid_t, std::string> seen_limits;
+  std::string supervisor_limits;
   Outcome r;
   std::atomic<bool> finished{false};
   std::thread t([&] {
@@ -771,14 +781,26 @@ TEST_F(Network, TheGatewayIsConfined) {
       std::string comm = read_file(dir + "/comm");
       std::string status = read_file(dir + "/status");
       if (status.empty()) continue;  // gone meanwhile
-      if (comm == "ultari-net\n") seen_status[p] = status;
-      if (comm == "ultari\n") supervisor_status = status;
+      if (comm == "ultari-net\n") seen_status[p] = status, seen_limits[p] = read_file(dir + "/limits");
+      if (comm == "ultari\n") supervisor_status = status, supervisor_limits = read_file(dir + "/limits");
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   t.join();
+  setrlimit(RLIMIT_NOFILE, &saved);
   EXPECT_TRUE(has(r.out, "done")) << r.out << r.err;
   ASSERT_FALSE(seen_status.empty()) << "no gateway process seen";
+  auto soft_files = [](const std::string& limits) {
+    std::istringstream in(limits);
+    for (std::string line; std::getline(in, line);)
+      if (line.starts_with("Max open files")) return std::stol(line.substr(26));
+    return -1L;
+  };
+  for (const auto& [pid, limits] : seen_limits)
+    EXPECT_EQ(soft_files(limits), std::min<long>(8192, static_cast<long>(saved.rlim_max))) << limits;
+  if (!supervisor_limits.empty()) {
+    EXPECT_EQ(soft_files(supervisor_limits), 1024) << supervisor_limits;
+  }
   auto field = [](const std::string& status, const std::string& name) {
     size_t at = status.find("\n" + name + ":");
     if (at == std::string::npos) return std::string();
