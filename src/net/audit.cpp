@@ -112,6 +112,7 @@ void AuditLog::write(const Record& r) {
   if (!r.error.empty()) j["error"] = r.error;
   if (!r.dlp.empty()) j["dlp"] = r.dlp;
   if (!r.via.empty()) j["via"] = r.via;
+  if (!r.unused_handshake.empty()) j["unused_handshake"] = r.unused_handshake;
   std::string line = dump(j);
   std::lock_guard lock(mu_);
   (r.allow ? allowed_ : denied_) += 1;

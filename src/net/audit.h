@@ -23,6 +23,10 @@ struct Record {
   std::string error;     // an allowed connection that could not be made
   std::string via;       // the upstream proxy (host:port) it went through, if any
   std::vector<std::string> dlp;  // secret patterns seen in what the sandbox sent
+  // The proxy's early handshake to `unused_handshake` (host:port) was made
+  // while the flow was sniffed, and closed unused: a refused flow, or one
+  // decided for another address. Empty otherwise.
+  std::string unused_handshake;
 };
 
 // Bounds on what one sandbox can make the gateway write to the host's disk.

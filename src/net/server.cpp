@@ -768,6 +768,7 @@ void Flow::run() {
                                                            : connect_to(target, port, stop, rec.error);
     go = static_cast<bool>(upstream);
   }
+  if (early) rec.unused_handshake = ip_str(early_addr) + ":" + std::to_string(port);
   early.reset();
   if (kind == kHttpProxy) {
     if (!go && rec.error.empty()) send_all(client.get(), forbidden(rec.name.empty() ? rec.addr : rec.name, rec.reason), stop);

@@ -18,6 +18,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
 
@@ -308,6 +309,23 @@ TEST_F(ReviewEarlyConnect, ARefusedConnectionSendsNoByteUpstream) {
     bare += c["bytes"] == 0;
   }
   std::cout << "open+deny: handshakes without a byte for refused flows: " << bare << "\n";
+  // The audit record says so: the refused flow names the handshake it cost;
+  // an allowed flow (the control) has no such field.
+  int named = 0, allowed = 0;
+  std::istringstream lines(read_file(audit_path()));
+  for (std::string line; std::getline(lines, line);) {
+    auto rec = nlohmann::json::parse(line);
+    if (rec.value("decision", "") == "allow") {
+      ++allowed;
+      EXPECT_FALSE(rec.contains("unused_handshake")) << line;
+    }
+    if (rec.value("name", "") == "other.test" && rec.value("decision", "") == "deny") {
+      EXPECT_EQ(rec.value("unused_handshake", ""), "203.0.113.11:7777") << line;
+      ++named;
+    }
+  }
+  EXPECT_GE(allowed, 1) << audit_dump();
+  EXPECT_GE(named, 1) << audit_dump();
 }
 
 // FINDING on 45a8224, fixed: the early connect trusts Server::resolved_,
