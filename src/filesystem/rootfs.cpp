@@ -415,18 +415,25 @@ int run_step(Ctx& c, const Step& s, int host_fd) {
     return rc;
   }
 
+  int fd;
   bool made = false;  // MkdirInRoot: the directory is new (its mode is then set past the umask)
   if (s.op == Step::MkdirInRoot) {
-    int have = open_in_root(c, s.target, 0);
-    if (have < 0 && errno != ENOENT) return -errno;
-    if (have >= 0) close(have);
-    made = have < 0;
-    if (!made && s.optional) return 0;  // optional: what the root has stays untouched
+    fd = open_in_root(c, s.target, 0);
+    if (fd < 0 && errno != ENOENT) return -errno;
+    if (fd >= 0 && s.optional) {  // optional: what the root has stays untouched
+      close(fd);
+      return 0;
+    }
+    if (fd < 0) {
+      made = true;
+      fd = open_or_create(c, s.target, true, s.mode);
+      if (fd < 0) return fd;
+    }
+  } else {
+    fd = creates ? open_or_create(c, s.target, s.is_dir, 0755) : open_in_root(c, s.target, 0);
+    if (fd < 0 && !creates) fd = -errno;
+    if (fd < 0) return (s.optional && (fd == -ENOENT)) ? 0 : fd;
   }
-  int fd = creates ? open_or_create(c, s.target, s.is_dir, s.op == Step::MkdirInRoot ? s.mode : 0755)
-                   : open_in_root(c, s.target, 0);
-  if (fd < 0 && !creates) fd = -errno;
-  if (fd < 0) return (s.optional && (fd == -ENOENT)) ? 0 : fd;
 
   int rc = 0;
   const uint64_t ro = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
