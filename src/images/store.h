@@ -105,6 +105,7 @@ class Store {
   struct Space {
     uint64_t available = 0;
     uint64_t usable = 0;
+    uint64_t inodes = 0;   // free inodes (0: the filesystem reports none)
     uint64_t entries = 0;  // free inodes less a margin, at most kMaxEntries
   };
   Space space() const;

@@ -158,6 +158,8 @@ class Build {
   std::vector<std::string> layers;  // host dirs, top first (kernel layer last)
   uint64_t free_at_start = 0;       // bytes available on the store's disk before the build
   uint64_t max_bytes = 0;           // the most the build may take of it
+  uint64_t inodes_at_start = 0;     // free inodes there (0: the filesystem reports none)
+  uint64_t max_entries = 0;         // the most of them the build may take
   std::string instance_id;          // from the cache key
   NetworkSpec network;
   json log = json::array();
@@ -210,7 +212,7 @@ class Build {
     // The writable layer is on the store's disk, which has no quota: a
     // watcher kills the module when the build has taken more than its
     // share (statvfs every 100 ms; the kill lands within one interval).
-    bool full = false;
+    std::string full;  // what the build took too much of
     try {
       Prepared prepared = prepare(spec);
       auto sandbox = Sandbox::start(prepared, spec, io);
@@ -232,8 +234,8 @@ class Build {
       w.thread = std::thread([&] {
         std::unique_lock lock(w.m);
         while (!w.cv.wait_for(lock, std::chrono::milliseconds(100), [&] { return w.done; })) {
-          if (used() > max_bytes) {
-            full = true;
+          full = over_limits();
+          if (!full.empty()) {
             sandbox->kill();
             return;
           }
@@ -245,9 +247,7 @@ class Build {
       r.result.verdict = Verdict::SetupError;
       r.result.error = e.what();
     }
-    if (full)
-      throw Error("the build wrote more than " + std::to_string(max_bytes >> 20) + " MiB to the image store's disk (" +
-                  "--max-size, default: its free space less a margin): stopped");
+    if (!full.empty()) throw Error("the build " + full + ": stopped");
     off_t size = lseek(out.get(), 0, SEEK_END);
     r.output.resize(static_cast<size_t>(std::max<off_t>(size, 0)));
     if (size > 0 && pread(out.get(), r.output.data(), r.output.size(), 0) != size) throw_errno("read build output");
@@ -259,12 +259,21 @@ class Build {
     return r;
   }
 
-  // Bytes the build took of the store's disk so far.
-  uint64_t used() const {
+  // What the build took of the store's disk so far, past its limits: ""
+  // when within them. Bytes, and inodes (a build of millions of empty files
+  // takes no bytes to speak of).
+  std::string over_limits() const {
     struct statvfs fs{};
-    if (statvfs(scratch.c_str(), &fs) != 0) return 0;
+    if (statvfs(scratch.c_str(), &fs) != 0) return "";
     uint64_t avail = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
-    return avail >= free_at_start ? 0 : free_at_start - avail;
+    if (avail < free_at_start && free_at_start - avail > max_bytes)
+      return "wrote more than " + std::to_string(max_bytes >> 20) + " MiB to the image store's disk (--max-size, " +
+             "default: its free space less a margin)";
+    uint64_t inodes = static_cast<uint64_t>(fs.f_favail);
+    if (inodes_at_start && inodes < inodes_at_start && inodes_at_start - inodes > max_entries)
+      return "made more than " + std::to_string(max_entries) + " files on the image store's disk (its free inodes " +
+             "less a margin)";
+    return "";
   }
 
   // A module: `what` runs, its time and changes go into the log; a failure
@@ -769,6 +778,8 @@ Outcome provision(images::Store& store, const Request& req) {
     images::Store::Space sp = store.space();
     b.free_at_start = sp.available;
     b.max_bytes = req.max_bytes ? std::min(req.max_bytes, sp.usable) : sp.usable;
+    b.inodes_at_start = sp.inodes;
+    b.max_entries = sp.entries;
     if (b.max_bytes == 0)
       throw Error("the image store " + store.dir() + " has too little free space to provision (" +
                   std::to_string(b.free_at_start >> 20) + " MiB free)");

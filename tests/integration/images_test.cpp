@@ -74,6 +74,24 @@ class Images : public ::testing::Test {
   Outcome run(const std::string& name, const std::string& script, Options o = {}) const {
     return ultari::test::ultari({"run", "--image", name, "--", "/bin/sh", "-c", script}, opts(std::move(o)));
   }
+  // Imports image `name`: a root of busybox with every applet, /etc/passwd
+  // and /etc/group, and no /proc, /sys, /dev, /tmp or /root. The status.
+  int import_busybox_base(const std::string& name) const {
+    std::string base = dir_ / name;
+    if (sh("mkdir -p " + base + "/bin " + base + "/etc && cp /usr/bin/busybox " + base + "/bin/ && "
+           "for c in $(/usr/bin/busybox --list); do [ -e " + base + "/bin/$c ] || ln -s busybox " + base +
+           "/bin/$c; done && echo 'root:x:0:0:root:/root:/bin/sh' > " + base + "/etc/passwd && "
+           "echo 'root:x:0:' > " + base + "/etc/group") != 0)
+      return -1;
+    return image({"import", name, base}).status;
+  }
+  Outcome provision(const std::string& name, const std::string& user_data, const std::string& base = "bb") const {
+    std::string file = dir_ / (name + ".yaml");
+    write_file(file, user_data);
+    Options o;
+    o.timeout_s = 300;
+    return image({"provision", "-q", name, "--from", base, "--user-data", file}, o);
+  }
   std::string store() const { return data_ + "/images"; }
   std::vector<std::string> layers() const {
     std::vector<std::string> v;
@@ -175,21 +193,9 @@ TEST_F(Images, ARootWithoutTmpGetsAFreshOneAndOneWithItKeepsIt) {
 // leaves a file that runcmd reads: the control that the build had a /tmp),
 // and /root stays when the user-data put something there.
 TEST_F(Images, ProvisioningCommitsTheUserDatasChangesOnly) {
-  std::string base = dir_ / "bb";
-  ASSERT_EQ(sh("mkdir -p " + base + "/bin " + base + "/etc && cp /usr/bin/busybox " + base + "/bin/ && "
-               "for c in $(/usr/bin/busybox --list); do [ -e " + base + "/bin/$c ] || ln -s busybox " + base +
-               "/bin/$c; done && echo 'root:x:0:0:root:/root:/bin/sh' > " + base + "/etc/passwd && "
-               "echo 'root:x:0:' > " + base + "/etc/group"), 0);
-  ASSERT_EQ(image({"import", "bb", base}).status, 0);
+  ASSERT_EQ(import_busybox_base("bb"), 0);
   auto layer_of = [&](const std::string& name) {
     return store() + "/layers/" + json::parse(image({"inspect", name, "--json"}).out)["layers"][0].get<std::string>();
-  };
-  auto provision = [&](const std::string& name, const std::string& user_data) {
-    std::string file = dir_ / (name + ".yaml");
-    write_file(file, user_data);
-    Options o;
-    o.timeout_s = 300;
-    return image({"provision", "-q", name, "--from", "bb", "--user-data", file}, o);
   };
   Outcome r = provision("p1",
                         "#cloud-config\nwrite_files:\n  - path: /opt/x\n    content: hi\n"
@@ -203,6 +209,27 @@ TEST_F(Images, ProvisioningCommitsTheUserDatasChangesOnly) {
   r = provision("p2", "#cloud-config\nruncmd:\n  - mkdir /root/.cfg\n");
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_EQ(entries(layer_of("p2")), std::vector<std::string>{"root"});
+}
+
+// Was MISSING: the build's watcher saw bytes only, and a build that makes
+// millions of empty files takes inodes, not bytes. The store here is a
+// tmpfs with 130000 inodes (2 GiB: the byte margin is 1 GiB); the inode
+// margin (100000) leaves about 30000. 40000 files stop the build, nothing
+// kept; 1000 go through (the control).
+TEST_F(Images, ABuildThatMakesTooManyFilesIsStopped) {
+  ASSERT_EQ(sh("mkdir -p " + data_ + " && mount -t tmpfs -o nr_inodes=130000,size=2g tmpfs " + data_), 0);
+  struct Unmount {
+    std::string path;
+    ~Unmount() { std::system(("umount -l " + path).c_str()); }
+  } unmount{data_};
+  ASSERT_EQ(import_busybox_base("bb"), 0);
+  Outcome r = provision("many", "#cloud-config\nruncmd:\n  - mkdir /m && cd /m && seq 40000 | xargs touch\n");
+  EXPECT_EQ(r.status, 125);
+  EXPECT_NE(r.err.find("made more than"), std::string::npos) << r.err;
+  EXPECT_NE(image({"inspect", "many"}).status, 0);
+  EXPECT_EQ(entries(store() + "/tmp"), std::vector<std::string>{});
+  Outcome ok = provision("few", "#cloud-config\nruncmd:\n  - mkdir /m && cd /m && seq 1000 | xargs touch\n");
+  EXPECT_EQ(ok.status, 0) << ok.err;
 }
 
 // What `docker save`, `podman save` and OCI layouts hold: three layers,
