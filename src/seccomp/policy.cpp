@@ -14,6 +14,7 @@
 #include "seccomp/policy_spec.h"
 #include "util/error.h"
 #include "util/fd.h"
+#include "util/paths.h"
 
 namespace ultari::seccomp {
 namespace {
@@ -114,8 +115,15 @@ bool read_cache(const std::string& path, uint64_t key, CompiledPolicy& out) {
          read_all(fd.get(), out.shadow.data(), h.shadow_len * sizeof(sock_filter));
 }
 
+// The cache's parent too (mode 0711, as the host root's cache makes it): a
+// sandbox from an image may be the first start on a fresh machine.
 void ensure_dir(const std::string& dir) {
-  if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) throw_errno("creating seccomp cache " + dir);
+  if (mkdir(dir.c_str(), 0700) == 0 || errno == EEXIST) return;
+  if (errno == ENOENT && dir.rfind('/') != std::string::npos && dir.rfind('/') > 0) {
+    make_dirs(dir.substr(0, dir.rfind('/')), 0711);
+    if (mkdir(dir.c_str(), 0700) == 0 || errno == EEXIST) return;
+  }
+  throw_errno("creating seccomp cache " + dir);
 }
 
 // A failed store only costs the next start a recompile, so it is not fatal.
