@@ -47,6 +47,11 @@ Outcome ultari(const std::vector<std::string>& args, const Options& opt) {
     if (!pw) throw std::runtime_error("no user " + opt.as_user);
     std::vector<std::string> wrap = {"/usr/bin/setpriv", "--reuid=" + std::to_string(pw->pw_uid),
                                      "--regid=" + std::to_string(pw->pw_gid), "--init-groups", "--reset-env", "--"};
+    // setpriv resets the environment: opt.env goes in through env(1).
+    if (!opt.env.empty()) {
+      wrap.push_back("/usr/bin/env");
+      wrap.insert(wrap.end(), opt.env.begin(), opt.env.end());
+    }
     wrap.insert(wrap.end(), argv.begin(), argv.end());
     argv = wrap;
   }

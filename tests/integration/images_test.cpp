@@ -460,11 +460,9 @@ TEST_F(Images, RootlessImportsAndRunsFromItsOwnStore) {
   ASSERT_EQ(sh("tar -C " + root_ + " -czf " + (dir_ / "r.tgz") + " . && chmod 644 " + (dir_ / "r.tgz")), 0);
   std::string data = dir_ / "rootless";
   ASSERT_EQ(sh("mkdir -p " + data + " && chown " + std::string(kRootlessUser) + " " + data), 0);
-  // The harness resets the environment of a rootless run: env sets the store.
   auto as_user = [&](std::vector<std::string> args) {
     Options o = rootless_options();
-    args.insert(args.begin(), {"ULTARI_DATA_DIR=" + data, o.binary});
-    o.binary = "/usr/bin/env";
+    o.env.push_back("ULTARI_DATA_DIR=" + data);
     return ultari::test::ultari(args, o);
   };
   Outcome imp = as_user({"image", "import", "mine", dir_ / "r.tgz"});
