@@ -125,6 +125,8 @@ uint64_t capability_mask(const std::vector<std::string>& names, int cap_last) {
 }  // namespace
 
 Prepared prepare(const Spec& spec) {
+  if (spec.seccomp.chown_noop && !spec.seccomp.profile_path.empty())
+    throw Error("chown doing nothing is a variant of the default seccomp policy; a profile decides for itself");
   if (spec.seccomp.setid_files) {
     if (!spec.seccomp.profile_path.empty())
       throw Error("setid files are a variant of the default seccomp policy; a profile decides for itself");
@@ -144,7 +146,8 @@ Prepared prepare(const Spec& spec) {
   p.cache_dir = cache_dir();
   if (filesystem::uses_host_root(spec))
     p.host_root = filesystem::prepare_host_root(p.cache_dir, p.identity.host_root_uid, p.identity.host_root_gid);
-  p.policy = seccomp::load_policy(spec.seccomp.profile_path, p.cache_dir + "/seccomp", spec.seccomp.setid_files);
+  p.policy = seccomp::load_policy(spec.seccomp.profile_path, p.cache_dir + "/seccomp",
+                                {.setid_files = spec.seccomp.setid_files, .chown_noop = spec.seccomp.chown_noop});
   p.cgroups = cgroups::detect();
   p.cap_last = read_cap_last();
   p.capabilities = capability_mask(spec.capabilities, p.cap_last);

@@ -152,14 +152,16 @@ CompiledPolicy compile_policy(const std::string& profile_path) {
   return detail::compile_spec(detail::parse_profile(profile_path, read_profile(profile_path)));
 }
 
-CompiledPolicy load_policy(const std::string& profile_path, const std::string& cache_dir, bool setid_files) {
+CompiledPolicy load_policy(const std::string& profile_path, const std::string& cache_dir, Variant variant) {
   std::string content = profile_path.empty() ? std::string() : read_profile(profile_path);
-  uint64_t key = cache_key(profile_path.empty() ? (setid_files ? "default+setid" : "default") : "profile:" + content);
+  std::string name = std::string("default") + (variant.setid_files ? "+setid" : "") +
+                     (variant.chown_noop ? "+chown-noop" : "");
+  uint64_t key = cache_key(profile_path.empty() ? name : "profile:" + content);
   ensure_dir(cache_dir);
   std::string path = cache_path(cache_dir, key);
   CompiledPolicy policy;
   if (read_cache(path, key, policy)) return policy;
-  policy = profile_path.empty() ? detail::compile_spec(detail::default_spec(setid_files))
+  policy = profile_path.empty() ? detail::compile_spec(detail::default_spec(variant))
                                 : detail::compile_spec(detail::parse_profile(profile_path, content));
   write_cache(cache_dir, path, key, policy);
   return policy;

@@ -51,10 +51,11 @@ struct PolicySpec {
 
 // Bumped whenever the default list or the compiler changes, so cached
 // programs are recompiled.
-inline constexpr const char* kPolicyVersion = "ultari-seccomp-5";
+inline constexpr const char* kPolicyVersion = "ultari-seccomp-6";
 
-// setid_files: setuid/setgid mode bits may be set (SeccompSpec::setid_files).
-PolicySpec default_spec(bool setid_files = false);
+// variant.setid_files: setuid/setgid mode bits may be set;
+// variant.chown_noop: chown calls answer 0 and change nothing.
+PolicySpec default_spec(Variant variant = {});
 
 // `path` is used for messages only; `content` is the file's text.
 PolicySpec parse_profile(const std::string& path, const std::string& content);

@@ -29,9 +29,13 @@ struct CompiledPolicy {
 // reading it from cache_dir when a compiled copy for the same input exists,
 // else compiling with libseccomp and storing it (atomically). Throws
 // ultari::Error naming the profile problem (file, entry, field).
-// setid_files: the default policy's variant that lets setuid/setgid mode
-// bits be set (SeccompSpec::setid_files; ignored with a profile).
-CompiledPolicy load_policy(const std::string& profile_path, const std::string& cache_dir, bool setid_files = false);
+// variant: the default policy's variants (SeccompSpec::setid_files and
+// ::chown_noop; ignored with a profile).
+struct Variant {
+  bool setid_files = false;  // setuid/setgid mode bits may be set
+  bool chown_noop = false;   // chown and its family succeed without doing anything
+};
+CompiledPolicy load_policy(const std::string& profile_path, const std::string& cache_dir, Variant variant = {});
 
 // Compiles without touching any cache (tests, tools).
 CompiledPolicy compile_policy(const std::string& profile_path);

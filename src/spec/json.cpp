@@ -83,7 +83,8 @@ json spec_to_json(const Spec& s) {
             {"output_bytes", opt(l.output_bytes)},
             {"tmp_bytes", l.tmp_bytes},
             {"nofile", opt(l.nofile)}}},
-          {"seccomp", {{"profile_path", s.seccomp.profile_path}, {"setid_files", s.seccomp.setid_files}}},
+          {"seccomp", {{"profile_path", s.seccomp.profile_path}, {"setid_files", s.seccomp.setid_files},
+                       {"chown_noop", s.seccomp.chown_noop}}},
           {"capabilities", s.capabilities},
           {"network",
            {{"mode", n.mode == NetworkSpec::Mode::None ? "none" : n.mode == NetworkSpec::Mode::Allow ? "allow" : "open"},
@@ -141,6 +142,8 @@ Spec spec_from_json(const json& j) {
   s.seccomp.profile_path = get<std::string>(object(j, "seccomp", ""), "profile_path", "seccomp.");
   if (object(j, "seccomp", "").contains("setid_files"))
     s.seccomp.setid_files = get<bool>(object(j, "seccomp", ""), "setid_files", "seccomp.");
+  if (object(j, "seccomp", "").contains("chown_noop"))
+    s.seccomp.chown_noop = get<bool>(object(j, "seccomp", ""), "chown_noop", "seccomp.");
   if (j.contains("capabilities")) s.capabilities = get<std::vector<std::string>>(j, "capabilities", "");
   if (j.contains("network")) {
     const json& n = object(j, "network", "");

@@ -46,6 +46,12 @@ struct SeccompSpec {
   // a workspace or a read-write bind, where such a file would reach the host
   // (the reason the default policy denies them).
   bool setid_files = false;
+  // Default policy only: chown, fchown, lchown and fchownat answer 0 and
+  // change nothing. For a sandbox with one id (a rootless build: the
+  // caller, root inside), where dpkg, useradd and install(1) would fail
+  // giving a file an owner that cannot exist there; its files keep the
+  // caller's (a rootless image store keeps no owners anyway).
+  bool chown_noop = false;
 };
 
 // Egress policy (src/net). Names are stored normalised: lower case, no

@@ -166,6 +166,32 @@ TEST(SeccompDefault, SetidModeBitsAreDenied) {
   }
 }
 
+// A rootless build's variant: the chown family answers 0 in the kernel
+// (not reported as a denial) and changes nothing; everything else is the
+// default policy's. Negative control: the default allows chown for real.
+TEST(SeccompDefault, ChownNoopVariantAnswersZeroForTheChownFamilyOnly) {
+  const CompiledPolicy noop = detail::compile_spec(detail::default_spec({.setid_files = true, .chown_noop = true}));
+  const CompiledPolicy& plain = default_policy();
+  constexpr uint32_t kZero = SECCOMP_RET_ERRNO | 0;
+  for (int nr : {SYS_chown, SYS_fchown, SYS_lchown, SYS_fchownat}) {
+    EXPECT_EQ(evaluate(noop.kernel, call(nr, 0, 1000)), kZero) << nr;
+    EXPECT_EQ(evaluate(noop.shadow, call(nr, 0, 1000)), kZero) << nr;
+    EXPECT_EQ(evaluate(plain.kernel, call(nr, 0, 1000)), kAllow) << nr;
+  }
+  EXPECT_EQ(evaluate(noop.kernel, call(SYS_read)), kAllow);
+  EXPECT_EQ(evaluate(noop.kernel, call(SYS_mount)), kNotify);
+  EXPECT_EQ(evaluate(noop.kernel, call(SYS_setuid, 1000)), evaluate(plain.kernel, call(SYS_setuid, 1000)));
+  // The setid variant still holds: chmod u+s allowed there.
+  EXPECT_EQ(evaluate(noop.kernel, args(SYS_chmod, {0, 04755})), kAllow);
+  // The cache tells the variants apart.
+  std::string dir = ::testing::TempDir() + "/ultari-seccomp-variants-" + std::to_string(getpid());
+  CompiledPolicy a = load_policy("", dir, {.setid_files = true, .chown_noop = true});
+  CompiledPolicy b = load_policy("", dir, {.setid_files = true});
+  EXPECT_EQ(evaluate(a.kernel, call(SYS_chown, 0, 1000)), kZero);
+  EXPECT_EQ(evaluate(b.kernel, call(SYS_chown, 0, 1000)), kAllow);
+  std::filesystem::remove_all(dir);
+}
+
 TEST(SeccompDefault, ForeignAbisNotify) {
   const auto& p = default_policy();
   EXPECT_EQ(evaluate(p.kernel, call(20, 0, 0, AUDIT_ARCH_I386)), kNotify);  // i386 getpid
