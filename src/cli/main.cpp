@@ -295,7 +295,7 @@ struct ImageCommands {
     build->add_option("--mirror", debian.mirror, "Mirror URL (default: the host's apt sources)");
     build->add_flag("-q,--quiet", quiet, "No progress");
     provision = image->add_subcommand(
-        "provision", "Make image NAME: cloud-init user-data run on top of image BASE, kept as one layer (root only)");
+        "provision", "Make image NAME: cloud-init user-data run on top of image BASE, kept as one layer");
     provision->add_option("name", name, "NAME")->required();
     provision->add_option("--from", from, "The base image")->required();
     provision->add_option("--user-data", user_data,

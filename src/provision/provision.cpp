@@ -162,6 +162,11 @@ class Build {
   uint64_t max_entries = 0;         // the most of them the build may take
   std::string instance_id;          // from the cache key
   NetworkSpec network;
+  // Rootless: the build sandboxes have one id (the caller, root inside), so
+  // chown does nothing there (SeccompSpec::chown_noop) and apt downloads as
+  // root (kRootlessApt).
+  bool rootless = geteuid() != 0;
+  std::set<std::string> warnings;  // the sandboxes' own (limits not enforced, ...), once each
   json log = json::array();
   std::map<std::string, std::string> os;
 
@@ -181,6 +186,7 @@ class Build {
     spec.hostname = "ultari-build";
     spec.capabilities.assign(std::begin(kBuildCapabilities), std::end(kBuildCapabilities));
     spec.seccomp.setid_files = true;
+    spec.seccomp.chown_noop = rootless;
     spec.limits.memory_bytes = req_.memory_bytes;
     spec.limits.pids = 4096;
     spec.limits.wall_timeout = req_.step_timeout;
@@ -247,6 +253,7 @@ class Build {
       r.result.verdict = Verdict::SetupError;
       r.result.error = e.what();
     }
+    warnings.insert(r.result.warnings.begin(), r.result.warnings.end());
     if (!full.empty()) throw Error("the build " + full + ": stopped");
     off_t size = lseek(out.get(), 0, SEEK_END);
     r.output.resize(static_cast<size_t>(std::max<off_t>(size, 0)));
@@ -341,7 +348,15 @@ struct Probe {
   bool has_shell = true;
 };
 
+// A rootless build's apt cannot switch to its `_apt` user (one id): it
+// downloads as root. The file is the build's, not the image's: dropped at
+// commit.
+constexpr const char* kRootlessApt = "etc/apt/apt.conf.d/00ultari-rootless-build";
+
 constexpr const char* kProbe = R"SH(
+if [ -n "$PROBE_APT_CONF" ] && [ -d /etc/apt/apt.conf.d ]; then
+  echo 'APT::Sandbox::User "root";' >"/$PROBE_APT_CONF"
+fi
 for m in apt-get apk dnf; do command -v $m >/dev/null 2>&1 && { echo "manager $m"; break; }; done
 for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources /etc/apk/repositories; do
   [ -f "$f" ] || continue
@@ -350,7 +365,8 @@ done
 )SH";
 
 Probe probe(Build& b) {
-  Build::StepResult r = b.run({"/bin/sh", "-c", kProbe}, {}, "", false);
+  Build::StepResult r =
+      b.run({"/bin/sh", "-c", kProbe}, {std::string("PROBE_APT_CONF=") + (b.rootless ? kRootlessApt : "")}, "", false);
   if (r.exit_code == 127 || r.exit_code == 126)
     throw Error("the base image has no usable /bin/sh, which provisioning needs: " + tail(r.output, 3));
   Probe p;
@@ -757,9 +773,6 @@ Outcome provision(images::Store& store, const Request& req) {
     }
   }
 
-  if (geteuid() != 0)
-    throw Error("ultari image provision needs root (its build sandboxes map the 65536 ids an image's files use)");
-
   // 3. Build.
   std::vector<UniqueFd> holds = store.hold(base);
   Build b(req);
@@ -768,8 +781,7 @@ Outcome provision(images::Store& store, const Request& req) {
   struct Scratch {
     std::string path;
     ~Scratch() {
-      std::error_code ec;
-      if (!path.empty()) fs::remove_all(path, ec);
+      if (!path.empty()) remove_tree(path);  // rootless, work/work is mode 0
     }
   } scratch{store.scratch_dir()};
   b.scratch = scratch.path;
@@ -1091,7 +1103,19 @@ done
   // The build wrote this tree: never follow its symlinks on the host.
   if (!release.empty())
     for (const char* dir : {"lib/modules/", "usr/lib/modules/"}) remove_beneath(b.scratch + "/upper", dir + release);
+  if (b.rootless) {
+    remove_beneath(b.scratch + "/upper", kRootlessApt);
+    std::string lost;
+    for (const auto& f : cfg.write_files)
+      if (f.owner != "root" && f.owner != "root:root") lost += (lost.empty() ? "" : ", ") + f.path + " (" + f.owner + ")";
+    for (const auto& u : users)
+      if (!u.no_create_home) lost += (lost.empty() ? "" : ", ") + ("the home of " + u.name);
+    if (!lost.empty())
+      out.warnings.push_back("a rootless build keeps no owners (its sandboxes have one id: yours, root inside), so "
+                             "these belong to root in the image: " + lost);
+  }
   drop_engine_scaffolding(b.scratch + "/upper", base, store);
+  out.warnings.insert(out.warnings.end(), b.warnings.begin(), b.warnings.end());
   images::Image top;
   top.name = req.name;
   top.source = "provision " + (req.user_data_label.empty() ? std::string("user-data") : req.user_data_label);

@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <linux/openat2.h>
 #include <pwd.h>
 #include <sys/syscall.h>
@@ -115,6 +116,35 @@ void remove_beneath(const std::string& root, const std::string& rel) {
   if (dir < 0) return;  // missing, or a symlink on the way: leave it
   remove_at(dir, leaf.c_str(), 0);
   close(dir);
+}
+
+namespace {
+
+// Removes a tree without following links or leaving the filesystem, with
+// a bounded number of fds (nftw): first opening up directories without
+// write or search permission (a rootless caller's own layer), then removing
+// bottom up.
+int open_up(const char* path, const struct stat* st, int type, FTW*) {
+  if (type == FTW_D && (st->st_mode & 0700) != 0700) chmod(path, (st->st_mode & 07777) | 0700);
+  return 0;
+}
+int remove_one(const char* path, const struct stat*, int type, FTW*) {
+  if (type == FTW_DP || type == FTW_D || type == FTW_DNR) rmdir(path);
+  else unlink(path);
+  return 0;
+}
+
+}  // namespace
+
+void remove_tree(const std::string& path) {
+  struct stat st{};
+  if (lstat(path.c_str(), &st) != 0) return;
+  if (!S_ISDIR(st.st_mode)) {
+    unlink(path.c_str());
+    return;
+  }
+  nftw(path.c_str(), open_up, 16, FTW_PHYS | FTW_MOUNT);
+  nftw(path.c_str(), remove_one, 16, FTW_PHYS | FTW_MOUNT | FTW_DEPTH);
 }
 
 }  // namespace ultari

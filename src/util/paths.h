@@ -30,4 +30,10 @@ std::optional<std::string> read_in_root(const std::string& root, const std::stri
 // untrusted party wrote (a build sandbox's writable layer).
 void remove_beneath(const std::string& root, const std::string& rel);
 
+// Removes the tree at `path` (a file: unlinks it) without following links or
+// leaving its filesystem, opening up directories without write or search
+// permission on the way (a rootless caller's own layers and build
+// directories: overlayfs leaves its work/work at mode 0). Best effort.
+void remove_tree(const std::string& path);
+
 }  // namespace ultari

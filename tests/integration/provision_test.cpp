@@ -553,27 +553,68 @@ TEST_F(Provision, ABuildThatFillsTheDiskIsStopped) {
   EXPECT_EQ(ok.status, 0) << ok.err;
 }
 
-TEST_F(Provision, ARootlessCallerIsRefusedWithAReason) {
-  // The rootless user's own store, with a base imported by that user.
+// Rootless: the caller's own store, a base imported by that user (the
+// shared minbase as a tarball), and the TableCloth case provisioned
+// in build sandboxes that have one id (the caller, root inside).
+TEST_F(Provision, ARootlessCallerProvisionsTheTableClothCaseInItsOwnStore) {
   Options o = rootless_options();
-  std::string store = dir_ / "store", root = dir_ / "root";
-  ASSERT_EQ(host("mkdir -p " + store + " " + root + "/bin && cp /usr/bin/busybox " + root + "/bin/ && ln -s busybox " +
-                    root + "/bin/sh && chown -R " + kRootlessUser + " " + store + " && chmod 755 " + dir_.path())
+  o.timeout_s = 600;
+  std::string store = dir_ / "store", tarball = dir_ / "base.tar";
+  json base = inspect("minbase-kmod");
+  ASSERT_EQ(base["layers"].size(), 1u) << base.dump();
+  ASSERT_EQ(host("mkdir -p " + store + " && chown -R " + kRootlessUser + " " + store + " && chmod 755 " +
+                 dir_.path() + " && tar -C " + test_image_store() + "/images/layers/" +
+                 base["layers"][0].get<std::string>() + " --numeric-owner -cf " + tarball + " .")
                 .status,
             0);
   o.env.push_back("ULTARI_DATA_DIR=" + store);
-  ASSERT_EQ(ultari({"image", "import", "base", root, "-q"}, o).status, 0);
-  std::string file = dir_ / "r.yaml";
-  write_file(file, "#cloud-config\nhostname: x\n");
-  Outcome r = ultari({"image", "provision", "x", "--from", "base", "--user-data", file}, o);
-  EXPECT_EQ(r.status, 125);
-  EXPECT_TRUE(has(r.err, "ultari image provision needs root")) << r.err;
-  // Negative control: reading and checking works rootless.
-  Outcome check = ultari({"image", "provision", "x", "--from", "base", "--user-data", file, "--check"}, o);
-  EXPECT_EQ(check.status, 0) << check.err;
-  // A MIME user-data too, with its parts listed.
+  ASSERT_EQ(ultari({"image", "import", "base", tarball, "-q"}, o).status, 0);
+  // The case, and one chown to an id the build cannot have.
+  std::string file = dir_ / "tc.yaml";
+  write_file(file, std::string(kTableCloth) + "  - touch /etc/owned && chown 1000:1000 /etc/owned\n");
+  Outcome r = ultari({"image", "provision", "tc", "--from", "base", "--user-data", file}, o);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(has(r.err, "a rootless build keeps no owners")) << r.err;
+  EXPECT_TRUE(has(r.err, "the home of tablecloth")) << r.err;
+
+  Options run = o;
+  run.timeout_s = 60;
+  Outcome s = ultari({"run", "-q", "--image", "tc", "--", "/bin/sh", "-c",
+                      "id tablecloth; cat /etc/modprobe.d/nf_conntrack_ipv4.conf; cat /etc/default/locale; "
+                      "locale -a | grep -c ko_KR.utf8; dpkg-query -W -f='${Status}\\n' locales; "
+                      "modprobe nf_conntrack && depmod -a && modprobe nf_conntrack_ipv4 && echo modules-ok; "
+                      "stat -c '%U %a' /home/tablecloth /etc/owned; "
+                      "test -e /etc/apt/apt.conf.d/00ultari-rootless-build || echo no-build-apt-conf"},
+                     run);
+  EXPECT_EQ(s.status, 0) << s.err;
+  EXPECT_EQ(s.out,
+            "uid=1000(tablecloth) gid=1001(tablecloth) groups=1001(tablecloth),4(adm),27(sudo),29(audio),44(video),"
+            "1000(netdev)\nalias nf_conntrack_ipv4 nf_conntrack\nLANG=ko_KR.UTF-8\n1\ninstall ok installed\n"
+            "modules-ok\nroot 755\nroot 644\nno-build-apt-conf\n")
+      << s.err;
+  Outcome log = ultari({"image", "inspect", "--json", "tc"}, run);
+  ASSERT_EQ(log.status, 0) << log.err;
+  std::vector<std::string> modules;
+  json inspected = json::parse(log.out);
+  for (const auto& m : inspected["provision_log"]) modules.push_back(m["module"]);
+  EXPECT_EQ(modules, (std::vector<std::string>{"kernel_modules", "write_files", "users", "packages", "locale", "runcmd"}));
+  // Nothing of the build is left in the store's tmp/.
+  EXPECT_EQ(host("ls -A " + store + "/images/tmp").out, "");
+
+  // Negative controls: a sandbox from the base has none of it, and there
+  // the chown the build made do nothing fails (the build's chown_noop is
+  // what let dpkg, useradd and the runcmd item pass), as apt's switch to
+  // its _apt user does.
+  Outcome b = ultari({"run", "-q", "--image", "base", "--", "/bin/sh", "-c",
+                      "id tablecloth; touch /tmp/x; chown 1000:1000 /tmp/x; echo chown=$?"},
+                     run);
+  EXPECT_TRUE(has(b.out + b.err, "no such user")) << b.out << b.err;
+  EXPECT_TRUE(has(b.err, "Invalid argument")) << b.err;
+  EXPECT_TRUE(has(b.out, "chown=1")) << b.out;
+
+  // Reading and checking works rootless, with a MIME user-data's parts listed.
   write_file(file, mime_user_data("setup.sh", "#!/bin/sh\ntrue\n"));
-  Outcome mime = ultari({"image", "provision", "x", "--from", "base", "--user-data", file, "--check"}, o);
+  Outcome mime = ultari({"image", "provision", "x", "--from", "base", "--user-data", file, "--check"}, run);
   EXPECT_EQ(mime.status, 0) << mime.err;
   EXPECT_TRUE(has(mime.out, "modules in order: boothooks write_files runcmd scripts_user\n")) << mime.out;
   EXPECT_TRUE(has(mime.out, "part 3: \"setup.sh\" text/x-shellscript\n")) << mime.out;
