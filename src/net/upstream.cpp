@@ -6,6 +6,7 @@
 #include <cctype>
 #include <cstring>
 
+#include "util/base64.h"
 #include "util/error.h"
 
 namespace ultari::net {
@@ -40,24 +41,7 @@ UpstreamUrl parse_upstream(const std::string& url) {
 std::string basic_credentials(std::string_view user_password) {
   if (user_password.find(':') == std::string_view::npos)
     throw Error("--net-upstream-auth: the value must be user:password");
-  static const char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out = "Basic ";
-  size_t i = 0;
-  for (; i + 2 < user_password.size(); i += 3) {
-    uint32_t v = static_cast<uint8_t>(user_password[i]) << 16 | static_cast<uint8_t>(user_password[i + 1]) << 8 |
-                 static_cast<uint8_t>(user_password[i + 2]);
-    for (int s : {18, 12, 6, 0}) out += kAlphabet[(v >> s) & 63];
-  }
-  size_t left = user_password.size() - i;
-  if (left > 0) {
-    uint32_t v = static_cast<uint8_t>(user_password[i]) << 16;
-    if (left == 2) v |= static_cast<uint8_t>(user_password[i + 1]) << 8;
-    out += kAlphabet[(v >> 18) & 63];
-    out += kAlphabet[(v >> 12) & 63];
-    out += left == 2 ? kAlphabet[(v >> 6) & 63] : '=';
-    out += '=';
-  }
-  return out;
+  return "Basic " + base64_encode(user_password);
 }
 
 bool to_proxy_form(std::string& head, const std::string& name, uint16_t port, const std::string& auth,
