@@ -11,6 +11,7 @@
 #include <optional>
 #include <regex>
 #include <set>
+#include <sstream>
 #include <unordered_map>
 
 #include "provision/mime.h"
@@ -205,6 +206,58 @@ class Reader {
     }
     if (out.empty()) fail_at(n, "'" + path + "' names the root directory");
     return out;
+  }
+
+  // An ASCII-armoured OpenPGP key (RFC 4880 6.2) as the packets apt
+  // reads (cloud-init runs `gpg --dearmor`): the first armour block, its
+  // CRC-24 checked when it has one.
+  static std::string dearmor(const Node& n, const std::string& path, const std::string& text) {
+    size_t begin = text.find("-----BEGIN PGP PUBLIC KEY BLOCK-----");
+    if (begin == std::string::npos)
+      fail_at(n, "'" + path + "' is not an ASCII-armoured key (no '-----BEGIN PGP PUBLIC KEY BLOCK-----' line)");
+    size_t end = text.find("-----END PGP PUBLIC KEY BLOCK-----", begin);
+    if (end == std::string::npos) fail_at(n, "'" + path + "' has no '-----END PGP PUBLIC KEY BLOCK-----' line");
+    std::istringstream lines(text.substr(begin, end - begin));
+    std::string line, body, checksum;
+    std::getline(lines, line);  // the BEGIN line
+    bool headers = true;
+    while (std::getline(lines, line)) {
+      while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t')) line.pop_back();
+      if (headers) {  // "Key: value" lines up to the first blank one
+        if (line.empty()) headers = false;
+        else if (line.find(": ") == std::string::npos) headers = false;  // no header block at all
+        else continue;
+        if (line.empty()) continue;
+      }
+      if (line.empty()) continue;
+      if (line[0] == '=') {
+        checksum = line.substr(1);
+        break;
+      }
+      body += line;
+    }
+    std::string packets = base64_decode(n, path, body);
+    if (packets.empty()) fail_at(n, "'" + path + "' holds an empty key");
+    if (!(static_cast<unsigned char>(packets[0]) & 0x80))
+      fail_at(n, "'" + path + "' does not decode to OpenPGP packets");
+    if (!checksum.empty()) {
+      std::string crc = base64_decode(n, path + " (its checksum)", checksum);
+      uint32_t c = 0xB704CE;
+      for (unsigned char b : packets) {
+        c ^= static_cast<uint32_t>(b) << 16;
+        for (int i = 0; i < 8; ++i) {
+          c <<= 1;
+          if (c & 0x1000000) c ^= 0x1864CFB;
+        }
+      }
+      c &= 0xFFFFFF;
+      uint32_t want = crc.size() == 3 ? (static_cast<uint32_t>(static_cast<unsigned char>(crc[0])) << 16) |
+                                            (static_cast<uint32_t>(static_cast<unsigned char>(crc[1])) << 8) |
+                                            static_cast<unsigned char>(crc[2])
+                                      : ~c;
+      if (want != c) fail_at(n, "'" + path + "': its armour checksum does not match (a damaged key)");
+    }
+    return packets;
   }
 
   static std::string base64_decode(const Node& n, const std::string& path, const std::string& in) {
@@ -558,17 +611,26 @@ class Reader {
         if (src.source.rfind("ppa:", 0) == 0) fail_at(it->second["source"], "'" + path + ".source': PPAs are not supported");
         if (src.source.find('\n') != std::string::npos)
           fail_at(it->second["source"], "'" + path + ".source' is one line");
-        if (it->second["key"]) src.key = str(it->second["key"], path + ".key");
-        if (it->second["keyid"] || it->second["keyserver"])
+        if (it->second["key"]) {
+          src.key = str(it->second["key"], path + ".key");
+          src.keyring = dearmor(it->second["key"], path + ".key", src.key);
+        }
+        if ((it->second["keyid"] || it->second["keyserver"]) && !it->second["key"])
           fail_at(it->second, "'" + path + ".keyid' (a key server) is not supported: give the key itself in 'key'");
-        src.filename = name + ".list";
+        if (src.source.find("$KEY_FILE") != std::string::npos && src.key.empty())
+          fail_at(it->second["source"], "'" + path + ".source' uses $KEY_FILE, but the source has no 'key'");
+        // cloud-init: the file is `filename`, else the source's name, with
+        // ".list" added unless it ends so.
+        src.filename = name;
         if (it->second["filename"]) {
           src.filename = str(it->second["filename"], path + ".filename");
           if (src.filename.find('/') != std::string::npos || src.filename.empty() || src.filename[0] == '.')
             fail_at(it->second["filename"], "'" + path + ".filename' is a file name inside /etc/apt/sources.list.d");
-          if (src.filename.size() < 5 || src.filename.substr(src.filename.size() - 5) != ".list")
-            src.filename += ".list";
         }
+        src.key_stem = src.filename;
+        if (src.filename.size() < 5 || src.filename.substr(src.filename.size() - 5) != ".list") src.filename += ".list";
+        // Python's Path(filename).stem, as cloud-init names the key file.
+        if (size_t dot = src.key_stem.rfind('.'); dot != std::string::npos && dot > 0) src.key_stem.resize(dot);
         if (it->second["append"]) src.append = boolean(it->second["append"], path + ".append");
         a.sources.push_back(src);
       }

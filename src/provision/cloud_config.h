@@ -71,7 +71,9 @@ struct Package {
 struct AptSource {
   std::string name;      // the key under apt.sources
   std::string source;    // a deb line ($MIRROR, $RELEASE, $PRIMARY, $SECURITY are replaced)
-  std::string key;       // an ASCII-armoured key
+  std::string key;       // an ASCII-armoured key, as given
+  std::string keyring;   // the key dearmoured (OpenPGP packets), what apt reads
+  std::string key_stem;  // the key file's name without its extension (cloud-init: the stem of `filename`)
   std::string filename;  // default: <name>.list
   bool append = true;
 };

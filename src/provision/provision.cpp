@@ -31,6 +31,7 @@
 #include "provision/cloud_config.h"
 #include "provision/kernel.h"
 #include "sandbox/sandbox.h"
+#include "util/base64.h"
 #include "util/error.h"
 #include "util/paths.h"
 #include "util/fd.h"
@@ -459,13 +460,15 @@ id -- "$U_NAME"
 )SH";
 
 // Files given in the environment: F_COUNT, F<i>_PATH, F<i>_DATA, F<i>_MODE,
-// F<i>_APPEND (small generated files: apt configuration, certificates).
+// F<i>_APPEND, F<i>_B64 (small generated files: apt configuration, keys,
+// certificates; a binary one travels as base64, written as it decodes).
 constexpr const char* kEnvFiles = R"SH(
 i=0
 while [ "$i" -lt "$F_COUNT" ]; do
-  eval "p=\$F${i}_PATH d=\$F${i}_DATA m=\$F${i}_MODE a=\$F${i}_APPEND"
+  eval "p=\$F${i}_PATH d=\$F${i}_DATA m=\$F${i}_MODE a=\$F${i}_APPEND b=\$F${i}_B64"
   mkdir -p -- "$(dirname -- "$p")"
-  if [ "$a" = 1 ]; then printf '%s\n' "$d" >>"$p"; else printf '%s\n' "$d" >"$p"; fi
+  if [ "$b" = 1 ]; then printf '%s' "$d" | base64 -d >"$p"
+  elif [ "$a" = 1 ]; then printf '%s\n' "$d" >>"$p"; else printf '%s\n' "$d" >"$p"; fi
   chmod -- "$m" "$p"
   echo "wrote $p"
   i=$((i + 1))
@@ -476,18 +479,20 @@ struct EnvFile {
   std::string path, data;
   std::string mode = "0644";
   bool append = false;
+  bool binary = false;  // written exactly as `data` is (no newline added)
 };
 std::vector<std::string> env_files(const std::vector<EnvFile>& files) {
   std::vector<std::string> env = {"F_COUNT=" + std::to_string(files.size())};
   for (size_t i = 0; i < files.size(); ++i) {
     std::string p = "F" + std::to_string(i) + "_";
-    std::string data = files[i].data;
-    while (!data.empty() && data.back() == '\n') data.pop_back();
+    std::string data = files[i].binary ? base64_encode(files[i].data) : files[i].data;
+    while (!files[i].binary && !data.empty() && data.back() == '\n') data.pop_back();
     if (data.size() > (100u << 10)) throw Error(files[i].path + ": more than 100 KiB");
     env.push_back(p + "PATH=" + files[i].path);
     env.push_back(p + "DATA=" + data);
     env.push_back(p + "MODE=" + files[i].mode);
     env.push_back(p + "APPEND=" + std::string(files[i].append ? "1" : "0"));
+    env.push_back(p + "B64=" + std::string(files[i].binary ? "1" : "0"));
   }
   return env;
 }
@@ -1004,8 +1009,16 @@ Outcome provision(images::Store& store, const Request& req) {
           files.push_back({"/etc/apt/sources.list", subst(cfg.apt.sources_list)});
         }
         for (const auto& s : cfg.apt.sources) {
-          if (!s.source.empty()) files.push_back({"/etc/apt/sources.list.d/" + s.filename, subst(s.source), "0644", s.append});
-          if (!s.key.empty()) files.push_back({"/etc/apt/trusted.gpg.d/" + s.name + ".asc", s.key});
+          // cloud-init's places: a key the source names as $KEY_FILE (its
+          // signed-by) in cloud-init.gpg.d, any other in trusted.gpg.d.
+          bool signed_by = s.source.find("$KEY_FILE") != std::string::npos;
+          std::string key_file =
+              std::string(signed_by ? "/etc/apt/cloud-init.gpg.d/" : "/etc/apt/trusted.gpg.d/") + s.key_stem + ".gpg";
+          if (!s.keyring.empty()) files.push_back({key_file, s.keyring, "0644", false, true});
+          std::string source = s.source;
+          for (size_t p; signed_by && (p = source.find("$KEY_FILE")) != std::string::npos;)
+            source.replace(p, 9, key_file);
+          if (!source.empty()) files.push_back({"/etc/apt/sources.list.d/" + s.filename, subst(source), "0644", s.append});
         }
         if (!cfg.apt.conf.empty()) files.push_back({"/etc/apt/apt.conf.d/94cloud-init-config", cfg.apt.conf});
         std::string proxy;

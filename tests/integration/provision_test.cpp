@@ -553,6 +553,53 @@ TEST_F(Provision, ABuildThatFillsTheDiskIsStopped) {
   EXPECT_EQ(ok.status, 0) << ok.err;
 }
 
+// apt.sources with a key and `signed-by=$KEY_FILE`, cloud-init's way of
+// adding a signed repository: the key is dearmoured (the bytes gpg
+// --dearmor gives) into /etc/apt/cloud-init.gpg.d/, the source names it,
+// and apt verifies the mirror with it. The mirror is the base's own,
+// signed by Debian's keys that the base holds armoured.
+TEST_F(Provision, AptSourcesWithAKeyFileVerifyTheMirrorWithThatKey) {
+  json base = inspect("minbase-kmod");
+  ASSERT_EQ(base["layers"].size(), 1u);
+  std::string keys = test_image_store() + "/images/layers/" + base["layers"][0].get<std::string>() + "/etc/apt/trusted.gpg.d/";
+  auto user_data = [&](const std::string& key_file) {
+    std::ifstream in(keys + key_file);
+    std::string indented;
+    for (std::string l; std::getline(in, l);) indented += "        " + l + "\n";
+    return "#cloud-config\napt:\n  sources_list: '# the signed source only'\n  sources:\n    signed.list:\n"
+           "      source: 'deb [signed-by=$KEY_FILE] http://deb.debian.org/debian bookworm main'\n      key: |\n" +
+           indented + "package_update: true\n";
+  };
+  auto packages_output = [&](const std::string& image) {
+    json i = inspect(image);
+    for (const auto& m : i["provision_log"])
+      if (m["module"] == "packages") return m["output"].get<std::string>();
+    return std::string("no packages module");
+  };
+  const std::string check =
+      "cat /etc/apt/sources.list.d/signed.list; sha256sum < /etc/apt/cloud-init.gpg.d/signed.gpg; "
+      "gpgv --status-fd 1 --keyring /etc/apt/cloud-init.gpg.d/signed.gpg /var/lib/apt/lists/*_InRelease 2>/dev/null | "
+      "grep -c VALIDSIG";
+
+  std::string good = name("good");
+  Outcome r = provision(good, user_data("debian-archive-bookworm-stable.asc"), {"--no-cache"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_FALSE(has(packages_output(good), "NO_PUBKEY")) << packages_output(good);
+  Outcome dearmored = host("gpg --dearmor < " + keys + "debian-archive-bookworm-stable.asc | sha256sum");
+  Outcome s = in(good, check);
+  EXPECT_EQ(s.out, "deb [signed-by=/etc/apt/cloud-init.gpg.d/signed.gpg] http://deb.debian.org/debian bookworm main\n" +
+                       dearmored.out + "1\n")
+      << s.err;
+
+  // Negative control: another key (Debian 11's release key) does not
+  // verify this mirror: apt warns, and gpgv fails on the lists.
+  std::string bad = name("bad");
+  Outcome rb = provision(bad, user_data("debian-archive-bullseye-stable.asc"), {"--no-cache"});
+  ASSERT_EQ(rb.status, 0) << rb.err;  // apt-get update only warns, as under cloud-init
+  EXPECT_TRUE(has(packages_output(bad), "NO_PUBKEY")) << packages_output(bad);
+  EXPECT_TRUE(has(in(bad, check).out, "\n0\n"));
+}
+
 // Rootless: the caller's own store, a base imported by that user (the
 // shared minbase as a tarball), and the issue's TableCloth case provisioned
 // in build sandboxes that have one id (the caller, root inside).

@@ -11,6 +11,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -546,6 +547,59 @@ sys.stdout.write(outer.as_string())
   EXPECT_EQ(c.parts[2].note, "gzip");
   EXPECT_EQ(c.parts[3].filename, "part-004");
   EXPECT_TRUE(c.warnings.empty()) << c.warnings[0];
+}
+
+// A key made for the tests with gpg 2.2 (`gpg --armor --export`).
+const char* const kArmoredKey = R"KEY(-----BEGIN PGP PUBLIC KEY BLOCK-----
+
+mDMEaxA26BYJKwYBBAHaRw8BAQdATHLUNb2BXl40SlfNDxq4q1J9OnC62xFsUJgN
+Ijausde0JVVsdGFyaSBUZXN0IEtleSA8dGVzdEB1bHRhcmkuaW52YWxpZD6IkAQT
+FggAOBYhBOqHXIXJRdpSl/UawEcx1c1Oft6mBQJrEDboAhsDBQsJCAcCBhUKCQgL
+AgQWAgMBAh4BAheAAAoJEEcx1c1Oft6mMg4BAKHN05ozzNqmlIIK8T17X7reD2XQ
+5NYEocjxza3FHsAPAQDw1nk4z3B4LWLYnl569lwupCIu9KvBFhpvh5lu/cuNCg==
+=Z8yc
+-----END PGP PUBLIC KEY BLOCK-----
+)KEY";
+
+std::string with_key(const std::string& key, const std::string& source = "deb [signed-by=$KEY_FILE] http://m/ x main",
+                     const std::string& name = "repo.list") {
+  std::string indented;
+  std::istringstream lines(key);
+  for (std::string l; std::getline(lines, l);) indented += "        " + l + "\n";
+  return "#cloud-config\napt:\n  sources:\n    " + name + ":\n      source: \"" + source + "\"\n      key: |\n" + indented;
+}
+
+// apt keys are dearmoured as `gpg --dearmor` does (cloud-init runs it):
+// the packets, checked against the armour's CRC-24; the key file's stem
+// and the source file's name follow cloud-init.
+TEST(ProvisionUserData, AptKeysAreDearmouredAndNamedAsCloudInitNamesThem) {
+  CloudConfig c = parse_user_data(with_key(kArmoredKey));
+  ASSERT_EQ(c.apt.sources.size(), 1u);
+  const AptSource& s = c.apt.sources[0];
+  EXPECT_EQ(s.keyring, base64_decode("mDMEaxA26BYJKwYBBAHaRw8BAQdATHLUNb2BXl40SlfNDxq4q1J9OnC62xFsUJgNIjausde0JVVsdGFyaSBUZXN0IEtleSA8dGVzdEB1bHRhcmkuaW52YWxpZD6IkAQTFggAOBYhBOqHXIXJRdpSl/UawEcx1c1Oft6mBQJrEDboAhsDBQsJCAcCBhUKCQgLAgQWAgMBAh4BAheAAAoJEEcx1c1Oft6mMg4BAKHN05ozzNqmlIIK8T17X7reD2XQ5NYEocjxza3FHsAPAQDw1nk4z3B4LWLYnl569lwupCIu9KvBFhpvh5lu/cuNCg=="));
+  EXPECT_EQ(s.keyring.size(), 238u);  // what gpg --export wrote
+  EXPECT_EQ(s.filename, "repo.list");  // not repo.list.list
+  EXPECT_EQ(s.key_stem, "repo");
+  CloudConfig named = parse_user_data(with_key(kArmoredKey, "deb http://m/ x main", "other"));
+  EXPECT_EQ(named.apt.sources[0].filename, "other.list");
+  EXPECT_EQ(named.apt.sources[0].key_stem, "other");
+
+  auto err = [](const std::string& text) { return error_of([&] { parse_user_data(text); }); };
+  EXPECT_EQ(err(with_key(kArmoredKey)), "");  // negative control for the refusals below
+  // One character of the body changed: the checksum says so.
+  std::string damaged = kArmoredKey;
+  size_t at = damaged.find("mDMEaxA26");
+  damaged[at + 1] = damaged[at + 1] == 'A' ? 'B' : 'A';
+  EXPECT_TRUE(has(err(with_key(damaged)), "its armour checksum does not match")) << err(with_key(damaged));
+  // Without the checksum line the key is taken (it is optional).
+  std::string unchecked = kArmoredKey;
+  unchecked.erase(unchecked.find("\n=Z8yc"), 6);
+  EXPECT_EQ(parse_user_data(with_key(unchecked)).apt.sources[0].keyring, s.keyring);
+  EXPECT_TRUE(has(err(with_key("not a key at all")), "is not an ASCII-armoured key")) << err(with_key("x"));
+  EXPECT_TRUE(has(err("#cloud-config\napt:\n  sources:\n    r:\n      source: 'deb [signed-by=$KEY_FILE] http://m/ x "
+                      "main'\n"),
+                  "uses $KEY_FILE, but the source has no 'key'"));
+  EXPECT_TRUE(has(err("#cloud-config\napt:\n  sources:\n    r:\n      keyid: 'ABCD'\n"), "(a key server) is not supported"));
 }
 
 TEST(ProvisionUserData, APlainCloudConfigIsReadAsBefore) {
