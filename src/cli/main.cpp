@@ -287,7 +287,7 @@ struct ImageCommands {
     import_cmd->add_option("source", source, "SOURCE")->required();
     import_cmd->add_flag("-q,--quiet", quiet, "No progress");
     import_cmd->add_option("--max-size", max_size, "Most bytes the image may unpack to (default: the store's free space less a margin)");
-    build = image->add_subcommand("build", "Make image NAME: a Debian root from a mirror (debootstrap; root only)");
+    build = image->add_subcommand("build", "Make image NAME: a Debian root from a mirror (debootstrap)");
     build->add_option("name", name, "NAME")->required();
     build->add_option("--debian", debian.suite, "Debian suite (bookworm, trixie, ...)")->required();
     build->add_option("--variant", debian.variant, "debootstrap variant: minbase or buildd");

@@ -26,6 +26,7 @@
 #include "filesystem/rootfs.h"
 #include "images/unpack.h"
 #include "isolation/identity.h"
+#include "seccomp/seccomp.h"
 #include "util/error.h"
 #include "util/paths.h"
 #include "util/process.h"
@@ -514,7 +515,6 @@ std::string Store::host_mirror() {
 Image Store::build_debian(const std::string& name, const DebianBuild& b,
                           const std::function<void(const std::string&)>& log) {
   check_name(name);
-  if (geteuid() != 0) throw Error("ultari image build needs root (debootstrap); import a root made elsewhere instead");
   auto word = [](const std::string& v, const char* what, const char* extra) {
     bool ok = !v.empty() && v.size() <= 64 && std::isalnum(static_cast<unsigned char>(v[0]));
     for (char c : v) ok = ok && (std::isalnum(static_cast<unsigned char>(c)) || std::strchr(extra, c));
@@ -543,9 +543,19 @@ Image Store::build_debian(const std::string& name, const DebianBuild& b,
   }
   argv.insert(argv.end(), {b.suite, root.path, mirror});
   // Contained: its chroot's /proc and the processes it starts never outlive
-  // it, nor a killed ultari.
-  ProgramResult r = run_program(
-      argv, {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "DEBIAN_FRONTEND=noninteractive"}, log, 5, true);
+  // it, nor a killed ultari. Rootless, in a user namespace where the caller
+  // is root: chown does nothing there (one id: dpkg and tar would fail
+  // giving files their owners; a rootless store keeps none), and
+  // debootstrap, told it runs in a container, binds the host's /dev nodes
+  // instead of making them.
+  Containment where{.namespaces = true};
+  std::vector<std::string> env = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "DEBIAN_FRONTEND=noninteractive"};
+  if (geteuid() != 0) {
+    where.own_user = true;
+    where.filter = seccomp::chown_noop_program();
+    env.push_back("container=lxc");
+  }
+  ProgramResult r = run_program(argv, env, log, 5, where);
   if (r.status != 0)
     throw Error("debootstrap " + b.suite + " from " + mirror + " failed (status " + std::to_string(r.status) +
                 "): " + r.tail_text());

@@ -202,3 +202,20 @@ PolicySpec default_spec(Variant variant) {
 }
 
 }  // namespace ultari::seccomp::detail
+
+namespace ultari::seccomp {
+
+std::vector<sock_filter> chown_noop_program() {
+  detail::PolicySpec spec;
+  spec.source = "chown no-op filter";
+  spec.default_action = SCMP_ACT_ALLOW;
+  detail::Rule r;
+  r.names = {"chown", "fchown", "lchown", "fchownat"};
+  r.action = SCMP_ACT_ERRNO(0);
+  r.errno_in_kernel = true;
+  r.origin = "chown no-op rule";
+  spec.rules.push_back(r);
+  return detail::compile_spec(spec).kernel;
+}
+
+}  // namespace ultari::seccomp

@@ -37,6 +37,12 @@ struct Variant {
 };
 CompiledPolicy load_policy(const std::string& profile_path, const std::string& cache_dir, Variant variant = {});
 
+// A filter for a host program, not a sandbox: everything is allowed but
+// the chown family, which answers 0 and changes nothing. For a program run
+// with one id in its own user namespace (a rootless `ultari image build`'s
+// debootstrap), where giving a file another owner fails (EINVAL).
+std::vector<sock_filter> chown_noop_program();
+
 // Compiles without touching any cache (tests, tools).
 CompiledPolicy compile_policy(const std::string& profile_path);
 

@@ -7,6 +7,7 @@
 // (Python's tarfile, fully_trusted) and show the harm they would do.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -551,11 +552,56 @@ TEST_F(DebianImage, BadBuildRequestsAreRefused) {
     EXPECT_TRUE(has(r.err, c.mention)) << testing::PrintToString(c.args) << ": " << r.err;
   }
   EXPECT_NE(ultari::test::ultari({"image", "inspect", "x"}, opts()).status, 0);
-  // Rootless: refused with a message (debootstrap needs root).
+}
+
+// Rootless: debootstrap runs in a user namespace where the caller is root,
+// with chown doing nothing (one id). The root works like the rootful one:
+// every package configured, the same checks from inside; its layer belongs
+// to the caller alone. Nothing of the build outlives it.
+TEST_F(DebianImage, ARootlessCallerBuildsADebianRootInItsOwnStore) {
+  TempDir dir;
+  std::string store = dir / "store";
+  ASSERT_EQ(host("mkdir -p " + store + " && chown " + std::string(kRootlessUser) + " " + store + " && chmod 755 " +
+                 dir.path())
+                .status,
+            0);
   Options o = rootless_options();
-  Outcome r = ultari::test::ultari({"image", "build", "x", "--debian", "bookworm"}, o);
-  EXPECT_EQ(r.status, 125);
-  EXPECT_TRUE(has(r.err, "needs root")) << r.err;
+  o.timeout_s = 900;
+  o.env.push_back("ULTARI_DATA_DIR=" + store);
+  Outcome b = ultari::test::ultari({"image", "build", "deb", "--debian", "bookworm", "--variant", "minbase", "--include",
+                                    "kmod", "-q"},
+                                   o);
+  ASSERT_EQ(b.status, 0) << b.err;
+  o.timeout_s = 60;
+  const std::string script =
+      "cat /etc/debian_version | cut -d. -f1; dpkg-query -W -f='${Status}\\n' kmod; dpkg --audit; echo audit=$?; "
+      "cat /etc/hostname; ls /var/cache/apt/archives/*.deb 2>/dev/null | wc -l; getent group utmp; id -u";
+  Outcome r = ultari::test::ultari({"run", "--image", "deb", "--", "/bin/sh", "-c", script}, o);
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, "12\ninstall ok installed\naudit=0\nlocalhost\n0\nutmp:x:43:\n0\n") << r.err;
+
+  // The layer: everything the caller's. Negative control: the rootful
+  // store's layer of the same root has other owners (utmp's group, ...).
+  const passwd* pw = getpwnam(kRootlessUser);
+  ASSERT_NE(pw, nullptr);
+  const uid_t uid = pw->pw_uid;
+  const gid_t gid = pw->pw_gid;
+  json i = json::parse(ultari::test::ultari({"image", "inspect", "--json", "deb"}, o).out);
+  std::string layer = store + "/images/layers/" + i["layers"][0].get<std::string>();
+  EXPECT_EQ(host("find " + layer + " ! -uid " + std::to_string(uid) + " -o ! -gid " + std::to_string(gid) +
+                 " | wc -l")
+                .out,
+            "0\n");
+  json rootful = json::parse(ultari::test::ultari({"image", "inspect", "--json", "minbase-kmod"}, opts()).out);
+  std::string rootful_layer = test_image_store() + "/images/layers/" + rootful["layers"][0].get<std::string>();
+  EXPECT_NE(host("find " + rootful_layer + " ! -gid " + host("stat -c %g " + rootful_layer + "/etc/hostname").out +
+                 " | head -1 | wc -l")
+                .out,
+            "0\n");
+  // Nothing left: the build's directory, its processes, its mounts.
+  EXPECT_EQ(host("ls -A " + store + "/images/tmp").out, "");
+  EXPECT_EQ(host("grep -c " + store + " /proc/self/mountinfo").out, "0\n");
+  EXPECT_EQ(host("pgrep -u " + std::string(kRootlessUser) + " -f debootstrap | wc -l").out, "0\n");
 }
 
 }  // namespace
