@@ -272,7 +272,7 @@ struct ImageCommands {
   CLI::App* image;
   CLI::App *import_cmd, *build, *provision, *ls, *inspect, *rm, *prune;
   std::string name, source, max_size;
-  std::string from, user_data, step_timeout, build_memory, net_policy, net_upstream, net_upstream_auth;
+  std::string from, user_data, step_timeout, build_memory, net_policy, net_upstream, net_upstream_auth, net_resolver;
   std::vector<std::string> vars, nets;
   bool no_cache = false, refresh = false, check = false;
   ultari::images::Store::DebianBuild debian;
@@ -310,6 +310,9 @@ struct ImageCommands {
         ->allow_extra_args(false);
     provision->add_option("--net-policy", net_policy, "TOML egress policy file for the build");
     provision->add_option("--net-upstream", net_upstream, "http://HOST:PORT: reach the mirrors through this proxy");
+    provision->add_option("--net-resolver", net_resolver,
+                          "IPv4 DNS server the host side resolves the build's allowed names with (default: "
+                          "/etc/resolv.conf)");
     provision->add_option("--net-upstream-auth", net_upstream_auth, "env:VAR or file:PATH holding user:password");
     provision->add_option("--timeout", step_timeout, "Limit of each module's run (default 30m)");
     provision->add_option("--memory", build_memory, "Memory limit of the build sandboxes (default 2G)");
@@ -355,6 +358,7 @@ struct ImageCommands {
     if (!net_policy.empty()) ultari::net::load_policy_file(req.network, net_policy);
     if (!net_upstream.empty()) req.network.upstream = net_upstream;
     if (!net_upstream_auth.empty()) req.network.upstream_auth = net_upstream_auth;
+    if (!net_resolver.empty()) req.network.resolver = net_resolver;
     if (!step_timeout.empty()) req.step_timeout = ultari::parse_duration(step_timeout);
     if (!build_memory.empty()) req.memory_bytes = ultari::parse_size(build_memory);
     if (!max_size.empty()) {

@@ -70,6 +70,9 @@ class Unpacker {
   virtual std::string sha256(const std::string& data) = 0;
   // SHA-256 (hex) of a file's bytes ("" and `error` when it cannot be read).
   virtual std::string sha256_file(const std::string& path, std::string& error) = 0;
+  // SHA-1 (hex) of `data`: OpenPGP v4 key fingerprints (apt keys fetched
+  // by key ID are checked against the ID).
+  virtual std::string sha1(const std::string& data) = 0;
   // Whether the archive at `path` is an uncompressed tar whose top level
   // holds `name` (an image archive's manifest.json or oci-layout). False
   // for compressed or unreadable files (a rootfs tarball).

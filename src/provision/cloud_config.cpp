@@ -15,6 +15,7 @@
 #include <unordered_map>
 
 #include "provision/mime.h"
+#include "provision/pgp.h"
 #include "provision/template.h"
 #include "spec/spec.h"
 #include "util/error.h"
@@ -208,56 +209,42 @@ class Reader {
     return out;
   }
 
-  // An ASCII-armoured OpenPGP key (RFC 4880 6.2) as the packets apt
-  // reads (cloud-init runs `gpg --dearmor`): the first armour block, its
-  // CRC-24 checked when it has one.
   static std::string dearmor(const Node& n, const std::string& path, const std::string& text) {
-    size_t begin = text.find("-----BEGIN PGP PUBLIC KEY BLOCK-----");
-    if (begin == std::string::npos)
-      fail_at(n, "'" + path + "' is not an ASCII-armoured key (no '-----BEGIN PGP PUBLIC KEY BLOCK-----' line)");
-    size_t end = text.find("-----END PGP PUBLIC KEY BLOCK-----", begin);
-    if (end == std::string::npos) fail_at(n, "'" + path + "' has no '-----END PGP PUBLIC KEY BLOCK-----' line");
-    std::istringstream lines(text.substr(begin, end - begin));
-    std::string line, body, checksum;
-    std::getline(lines, line);  // the BEGIN line
-    bool headers = true;
-    while (std::getline(lines, line)) {
-      while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t')) line.pop_back();
-      if (headers) {  // "Key: value" lines up to the first blank one
-        if (line.empty()) headers = false;
-        else if (line.find(": ") == std::string::npos) headers = false;  // no header block at all
-        else continue;
-        if (line.empty()) continue;
-      }
-      if (line.empty()) continue;
-      if (line[0] == '=') {
-        checksum = line.substr(1);
-        break;
-      }
-      body += line;
+    try {
+      return pgp::dearmor(text);
+    } catch (const Error& e) {
+      fail_at(n, "'" + path + "' " + e.what());
     }
-    std::string packets = base64_decode(n, path, body);
-    if (packets.empty()) fail_at(n, "'" + path + "' holds an empty key");
-    if (!(static_cast<unsigned char>(packets[0]) & 0x80))
-      fail_at(n, "'" + path + "' does not decode to OpenPGP packets");
-    if (!checksum.empty()) {
-      std::string crc = base64_decode(n, path + " (its checksum)", checksum);
-      uint32_t c = 0xB704CE;
-      for (unsigned char b : packets) {
-        c ^= static_cast<uint32_t>(b) << 16;
-        for (int i = 0; i < 8; ++i) {
-          c <<= 1;
-          if (c & 0x1000000) c ^= 0x1864CFB;
-        }
-      }
-      c &= 0xFFFFFF;
-      uint32_t want = crc.size() == 3 ? (static_cast<uint32_t>(static_cast<unsigned char>(crc[0])) << 16) |
-                                            (static_cast<uint32_t>(static_cast<unsigned char>(crc[1])) << 8) |
-                                            static_cast<unsigned char>(crc[2])
-                                      : ~c;
-      if (want != c) fail_at(n, "'" + path + "': its armour checksum does not match (a damaged key)");
+  }
+
+  // cloud-init hands `keyserver` to gpg: hkp:// (port 11371), hkps://,
+  // http://, https://, or a bare host (hkp). Default: keyserver.ubuntu.com.
+  static void keyserver(const Node& n, const std::string& path, const std::string& value, AptSource& src) {
+    std::string v = value, scheme = "hkp";
+    if (size_t colon = v.find("://"); colon != std::string::npos) {
+      scheme = v.substr(0, colon);
+      v = v.substr(colon + 3);
     }
-    return packets;
+    while (!v.empty() && v.back() == '/') v.pop_back();
+    uint16_t port = scheme == "hkp" ? 11371 : scheme == "http" ? 80 : 443;
+    if (scheme != "hkp" && scheme != "hkps" && scheme != "http" && scheme != "https")
+      fail_at(n, "'" + path + "': a key server is hkp://, hkps://, http:// or https://, not '" + scheme + "://'");
+    if (size_t colon = v.rfind(':'); colon != std::string::npos) {
+      std::string digits = v.substr(colon + 1);
+      if (digits.empty() || digits.size() > 5 || digits.find_first_not_of("0123456789") != std::string::npos ||
+          std::stoul(digits) == 0 || std::stoul(digits) > 65535)
+        fail_at(n, "'" + path + "': '" + value + "' has no valid port");
+      port = static_cast<uint16_t>(std::stoul(digits));
+      v = v.substr(0, colon);
+    }
+    bool ok = !v.empty() && v.size() <= 253 && v.find("..") == std::string::npos && v[0] != '.' && v[0] != '-';
+    for (char c : v)
+      if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-')) ok = false;
+    if (!ok) fail_at(n, "'" + path + "': '" + value + "' is not a key server's host name");
+    src.keyserver_host = v;
+    src.keyserver_port = port;
+    src.keyserver_url = std::string(scheme == "hkps" || scheme == "https" ? "https" : "http") + "://" + v + ":" +
+                        std::to_string(port);
   }
 
   static std::string base64_decode(const Node& n, const std::string& path, const std::string& in) {
@@ -615,10 +602,21 @@ class Reader {
           src.key = str(it->second["key"], path + ".key");
           src.keyring = dearmor(it->second["key"], path + ".key", src.key);
         }
-        if ((it->second["keyid"] || it->second["keyserver"]) && !it->second["key"])
-          fail_at(it->second, "'" + path + ".keyid' (a key server) is not supported: give the key itself in 'key'");
-        if (src.source.find("$KEY_FILE") != std::string::npos && src.key.empty())
-          fail_at(it->second["source"], "'" + path + ".source' uses $KEY_FILE, but the source has no 'key'");
+        if (it->second["keyserver"] && !it->second["keyid"])
+          fail_at(it->second["keyserver"], "'" + path + ".keyserver' is given, but no 'keyid' to fetch from it");
+        if (it->second["keyid"] && !it->second["key"]) {  // with `key` too, cloud-init takes the key
+          try {
+            src.keyid = pgp::normalize_key_id(str(it->second["keyid"], path + ".keyid"));
+          } catch (const Error& e) {
+            fail_at(it->second["keyid"], "'" + path + ".keyid': " + e.what());
+          }
+          keyserver(it->second["keyserver"] ? it->second["keyserver"] : it->second["keyid"], path + ".keyserver",
+                    it->second["keyserver"] ? str(it->second["keyserver"], path + ".keyserver")
+                                            : std::string("keyserver.ubuntu.com"),
+                    src);
+        }
+        if (src.source.find("$KEY_FILE") != std::string::npos && src.key.empty() && src.keyid.empty())
+          fail_at(it->second["source"], "'" + path + ".source' uses $KEY_FILE, but the source has no 'key' nor 'keyid'");
         // cloud-init: the file is `filename`, else the source's name, with
         // ".list" added unless it ends so.
         src.filename = name;

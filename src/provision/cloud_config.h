@@ -74,6 +74,12 @@ struct AptSource {
   std::string key;       // an ASCII-armoured key, as given
   std::string keyring;   // the key dearmoured (OpenPGP packets), what apt reads
   std::string key_stem;  // the key file's name without its extension (cloud-init: the stem of `filename`)
+  // `keyid` without `key`: the key comes from a key server (cloud-init's
+  // `gpg --recv-keys`), checked against the ID (pgp::normalize_key_id).
+  std::string keyid;
+  std::string keyserver_url;   // http(s)://HOST:PORT (hkp: http, port 11371 unless given)
+  std::string keyserver_host;
+  uint16_t keyserver_port = 0;
   std::string filename;  // default: <name>.list
   bool append = true;
 };

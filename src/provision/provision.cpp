@@ -30,6 +30,8 @@
 #include "net/policy.h"
 #include "provision/cloud_config.h"
 #include "provision/kernel.h"
+#include "provision/mime.h"
+#include "provision/pgp.h"
 #include "sandbox/sandbox.h"
 #include "util/base64.h"
 #include "util/error.h"
@@ -726,6 +728,49 @@ std::vector<std::string> plan_of(const CloudConfig& c) {
   return p;
 }
 
+// apt keys given by `keyid`: fetched in a build sandbox with apt's own
+// downloader (apt-helper, so the build's egress policy applies), then
+// checked here: the one key whose fingerprint is the ID is kept (what
+// `gpg --recv-keys` keeps), whatever else the server sent.
+constexpr const char* kFetchKey = R"SH(
+helper=/usr/lib/apt/apt-helper
+[ -x "$helper" ] || { echo "the image has no $helper (package apt) to fetch keys with" >&2; exit 3; }
+d=$(mktemp -d /tmp/ultari-key.XXXXXX)
+trap 'rm -rf -- "$d"' EXIT
+chmod 755 "$d"
+"$helper" download-file "$K_URL" "$d/key" >"$d/log" 2>&1 || { cat "$d/log" >&2; exit 4; }
+echo ultari-key-begin
+base64 -w0 "$d/key"
+echo
+echo ultari-key-end
+)SH";
+
+void fetch_keys(Build& b, images::Unpacker& hashes, std::vector<AptSource>& sources, json& entry) {
+  json fetched = json::array();
+  for (auto& s : sources) {
+    if (s.keyid.empty() || !s.keyring.empty()) continue;
+    std::string url = s.keyserver_url + "/pks/lookup?op=get&options=mr&search=0x" + s.keyid;
+    const std::string what = "apt.sources." + s.name + ".keyid " + s.keyid;
+    Build::StepResult r = b.run({"/bin/sh", "-c", kFetchKey, "ultari-apt-key"}, {"K_URL=" + url});
+    if (r.exit_code != 0)
+      throw Error(what + ": fetching it from " + url + " failed (exit status " + std::to_string(r.exit_code) +
+                  "):\n" + tail(r.output, 10));
+    size_t begin = r.output.find("ultari-key-begin\n"), end = r.output.find("\nultari-key-end");
+    if (begin == std::string::npos || end == std::string::npos || end < begin)
+      throw Error(what + ": the fetch printed no key: " + tail(r.output, 5));
+    begin += std::strlen("ultari-key-begin\n");
+    try {
+      std::string answer = base64_decode(std::string_view(r.output).substr(begin, end - begin));
+      s.keyring = pgp::select_key(pgp::dearmor(answer), s.keyid,
+                                  [&](const std::string& data) { return hashes.sha1(data); });
+    } catch (const Error& e) {
+      throw Error(what + ": the key server's answer (" + url + ") " + e.what());
+    }
+    fetched.push_back({{"source", s.name}, {"keyid", s.keyid}, {"from", s.keyserver_url}});
+  }
+  if (!fetched.empty()) entry["keys_fetched"] = fetched;
+}
+
 }  // namespace
 
 Outcome provision(images::Store& store, const Request& req) {
@@ -874,6 +919,15 @@ Outcome provision(images::Store& store, const Request& req) {
     if (std::find(b.network.allow.begin(), b.network.allow.end(), name) == b.network.allow.end())
       b.network.allow.push_back(name);
   }
+  // Key servers the user-data names for apt keys: reachable at their ports.
+  for (const auto& src : cfg.apt.sources) {
+    if (src.keyid.empty()) continue;
+    if (b.network.mode == NetworkSpec::Mode::Allow &&
+        std::find(b.network.allow.begin(), b.network.allow.end(), src.keyserver_host) == b.network.allow.end())
+      b.network.allow.push_back(src.keyserver_host);
+    if (std::find(b.network.ports.begin(), b.network.ports.end(), src.keyserver_port) == b.network.ports.end())
+      b.network.ports.push_back(src.keyserver_port);
+  }
   if (b.network.mode == NetworkSpec::Mode::Allow && b.network.allow.empty()) b.network.mode = NetworkSpec::Mode::None;
   net::validate(b.network);
 
@@ -993,6 +1047,7 @@ Outcome provision(images::Store& store, const Request& req) {
       out.warnings.push_back("apt: the base image has no apt-get: the apt key is ignored");
     } else {
       b.module("apt", "sources and configuration", [&](json& entry) {
+        fetch_keys(b, *unpacker, cfg.apt.sources, entry);
         std::vector<EnvFile> files;
         std::string release = os.count("VERSION_CODENAME") ? os["VERSION_CODENAME"] : "";
         std::string mirror = cfg.apt.primary_uri.empty() ? std::string() : cfg.apt.primary_uri;

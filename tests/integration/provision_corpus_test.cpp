@@ -184,10 +184,11 @@ struct Expected {
   const char* why;
 };
 const std::map<std::string, Expected> kExpectedDifferences = {
-    // apt.sources entries with `keyid`/`keyserver` fetch a key from a key
-    // server at boot (and `ppa:` sources need add-apt-repository and
-    // Launchpad): Ultari takes only the key itself (`key:`).
-    {"cloud-config-apt.txt", {"keyid", "apt sources with keyid/keyserver (and ppa:) are refused"}},
+    // apt.sources entries name their keys by short key IDs (F430BBA5),
+    // which anyone can give a key of theirs: Ultari fetches keys by
+    // fingerprint or long ID only (and `ppa:` sources, which need
+    // add-apt-repository and Launchpad, are refused).
+    {"cloud-config-apt.txt", {"is a short key ID", "short key IDs (and ppa:) are refused"}},
     // users[5] is `snapuser: joe@joeuser.io`: `snap create-user` asks the
     // Ubuntu SSO for the account at boot; Ultari creates users it is given
     // a name for.

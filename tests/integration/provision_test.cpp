@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "harness.h"
+#include "netlab.h"
 
 namespace ultari::test {
 namespace {
@@ -598,6 +599,60 @@ TEST_F(Provision, AptSourcesWithAKeyFileVerifyTheMirrorWithThatKey) {
   ASSERT_EQ(rb.status, 0) << rb.err;  // apt-get update only warns, as under cloud-init
   EXPECT_TRUE(has(packages_output(bad), "NO_PUBKEY")) << packages_output(bad);
   EXPECT_TRUE(has(in(bad, check).out, "\n0\n"));
+}
+
+// apt keys by `keyid`, cloud-init's other way: the build fetches the key
+// from the key server (here the lab's HTTP server on allowed.test, which
+// answers HKP lookups from its keys/ directory) through its egress policy,
+// and keeps it only when its fingerprint is the ID. The keys are the tests'
+// own (tests/data/provision/keys).
+TEST_F(Provision, AptKeysByIdComeFromTheKeyServerCheckedAgainstTheId) {
+  NetLab lab;
+  const std::string keys = std::string(ULTARI_TEST_DATA) + "/provision/keys/";
+  const std::string test_fpr = "EA875C85C945DA5297F51AC04731D5CD4E7EDEA6", other_fpr = "44BA1FB14E04D7E89D9C155FDE0CC9B25BF5F9E4";
+  // The server has test.asc under its own fingerprint, and (a server that
+  // lies) test.asc again under other.asc's.
+  ASSERT_EQ(host("mkdir -p " + lab.dir() + "/keys && cp " + keys + "test.asc " + lab.dir() + "/keys/ea875c85c945da5297f51ac04731d5cd4e7edea6.asc && cp " +
+                 keys + "test.asc " + lab.dir() + "/keys/44ba1fb14e04d7e89d9c155fde0cc9b25bf5f9e4.asc")
+                .status,
+            0);
+  auto user_data = [](const std::string& id) {
+    return "#cloud-config\napt:\n  sources:\n    lab.list:\n"
+           "      source: 'deb [signed-by=$KEY_FILE] http://allowed.test/debian bookworm main'\n"
+           "      keyid: '" + id + "'\n      keyserver: 'http://allowed.test'\n";
+  };
+  auto provision_in_lab = [&](const std::string& image, const std::string& id) {
+    std::string file = dir_ / (image + ".yaml");
+    write_file(file, user_data(id));
+    return lab.ultari({"image", "provision", image, "--from", "minbase-kmod", "--user-data", file, "--net-resolver",
+                       NetLab::kDnsAddr, "--no-cache", "-q"},
+                      test_image_options(600));
+  };
+
+  std::string good = name("good");
+  Outcome r = provision_in_lab(good, test_fpr);
+  ASSERT_EQ(r.status, 0) << r.err;
+  Outcome dearmored = host("gpg --dearmor < " + keys + "test.asc | sha256sum");
+  Outcome s = in(good, "cat /etc/apt/sources.list.d/lab.list; sha256sum < /etc/apt/cloud-init.gpg.d/lab.gpg");
+  EXPECT_EQ(s.out, "deb [signed-by=/etc/apt/cloud-init.gpg.d/lab.gpg] http://allowed.test/debian bookworm main\n" +
+                       dearmored.out)
+      << s.err;
+  std::string asked;
+  for (const auto& q : lab.requests())
+    asked += q["host"].get<std::string>() + " " + q["path"].get<std::string>() + "\n";
+  EXPECT_TRUE(has(asked, " /pks/lookup?op=get&options=mr&search=0x" + test_fpr + "\n")) << asked;
+  EXPECT_TRUE(has(asked, "allowed.test")) << asked;
+  json log = inspect(good);
+  EXPECT_EQ(log["provision_log"][0]["keys_fetched"][0]["keyid"], test_fpr) << log.dump();
+
+  // Negative control: the server answers for other.asc's fingerprint with
+  // another key: refused, naming both, and nothing is committed.
+  std::string bad = name("bad");
+  Outcome b = provision_in_lab(bad, other_fpr);
+  EXPECT_EQ(b.status, 125);
+  EXPECT_TRUE(has(b.err, "holds no key " + other_fpr + " (it holds " + test_fpr + ")")) << b.err;
+  EXPECT_NE(ultari({"image", "inspect", bad}, test_image_options()).status, 0);
+  EXPECT_EQ(scratch_dirs(), 0);
 }
 
 // Rootless: the caller's own store, a base imported by that user (the

@@ -11,12 +11,16 @@
 
 #include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "provision/cloud_config.h"
+#include "images/unpack.h"
 #include "provision/mime.h"
+#include "provision/pgp.h"
 #include "util/error.h"
 
 namespace ultari::provision {
@@ -549,17 +553,14 @@ sys.stdout.write(outer.as_string())
   EXPECT_TRUE(c.warnings.empty()) << c.warnings[0];
 }
 
-// A key made for the tests with gpg 2.2 (`gpg --armor --export`).
-const char* const kArmoredKey = R"KEY(-----BEGIN PGP PUBLIC KEY BLOCK-----
-
-mDMEaxA26BYJKwYBBAHaRw8BAQdATHLUNb2BXl40SlfNDxq4q1J9OnC62xFsUJgN
-Ijausde0JVVsdGFyaSBUZXN0IEtleSA8dGVzdEB1bHRhcmkuaW52YWxpZD6IkAQT
-FggAOBYhBOqHXIXJRdpSl/UawEcx1c1Oft6mBQJrEDboAhsDBQsJCAcCBhUKCQgL
-AgQWAgMBAh4BAheAAAoJEEcx1c1Oft6mMg4BAKHN05ozzNqmlIIK8T17X7reD2XQ
-5NYEocjxza3FHsAPAQDw1nk4z3B4LWLYnl569lwupCIu9KvBFhpvh5lu/cuNCg==
-=Z8yc
------END PGP PUBLIC KEY BLOCK-----
-)KEY";
+// Keys made for the tests (tests/data/provision/keys/README).
+std::string data_file(const std::string& name) {
+  std::ifstream in(std::string(ULTARI_TEST_DATA) + "/provision/keys/" + name);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+const std::string kArmoredKey = data_file("test.asc");
 
 std::string with_key(const std::string& key, const std::string& source = "deb [signed-by=$KEY_FILE] http://m/ x main",
                      const std::string& name = "repo.list") {
@@ -599,7 +600,46 @@ TEST(ProvisionUserData, AptKeysAreDearmouredAndNamedAsCloudInitNamesThem) {
   EXPECT_TRUE(has(err("#cloud-config\napt:\n  sources:\n    r:\n      source: 'deb [signed-by=$KEY_FILE] http://m/ x "
                       "main'\n"),
                   "uses $KEY_FILE, but the source has no 'key'"));
-  EXPECT_TRUE(has(err("#cloud-config\napt:\n  sources:\n    r:\n      keyid: 'ABCD'\n"), "(a key server) is not supported"));
+  // Key IDs: a fingerprint or a long ID, never a short one; key servers
+  // as gpg names them.
+  auto keyid = [](const std::string& id, const std::string& server = "") {
+    return "#cloud-config\napt:\n  sources:\n    r:\n      keyid: '" + id + "'\n" +
+           (server.empty() ? "" : "      keyserver: '" + server + "'\n");
+  };
+  EXPECT_TRUE(has(err(keyid("ABCD1234")), "is a short key ID")) << err(keyid("ABCD1234"));
+  EXPECT_TRUE(has(err(keyid("ABCD")), "neither a fingerprint")) << err(keyid("ABCD"));
+  EXPECT_TRUE(has(err(keyid("0xZZCD1234ABCD1234")), "is not a key ID")) << err(keyid("0xZZCD1234ABCD1234"));
+  const std::string fpr = "EA87 5C85 C945 DA52 97F5  1AC0 4731 D5CD 4E7E DEA6";
+  CloudConfig k = parse_user_data(keyid(fpr));
+  EXPECT_EQ(k.apt.sources[0].keyid, "EA875C85C945DA5297F51AC04731D5CD4E7EDEA6");
+  EXPECT_EQ(k.apt.sources[0].keyserver_url, "http://keyserver.ubuntu.com:11371");
+  EXPECT_EQ(parse_user_data(keyid("0x4731D5CD4E7EDEA6", "hkps://keys.openpgp.org")).apt.sources[0].keyserver_url,
+            "https://keys.openpgp.org:443");
+  EXPECT_EQ(parse_user_data(keyid(fpr, "pgp.mit.edu:80")).apt.sources[0].keyserver_url, "http://pgp.mit.edu:80");
+  EXPECT_TRUE(has(err(keyid(fpr, "ldap://x")), "not 'ldap://'")) << err(keyid(fpr, "ldap://x"));
+  EXPECT_TRUE(has(err(keyid(fpr, "a b")), "is not a key server's host name")) << err(keyid(fpr, "a b"));
+}
+
+const std::string kOtherKey = data_file("other.asc");
+const char* const kKeyFpr = "EA875C85C945DA5297F51AC04731D5CD4E7EDEA6";    // test.asc, as gpg says
+const char* const kOtherFpr = "44BA1FB14E04D7E89D9C155FDE0CC9B25BF5F9E4";  // other.asc
+
+// What a key server answers is cut to the one key the ID names, checked
+// against its v4 fingerprint as gpg computes it (the fingerprints above are
+// gpg's own); an answer without it, or with two, is refused.
+TEST(ProvisionUserData, AKeyServersAnswerKeepsOnlyTheKeyTheIdNames) {
+  std::unique_ptr<images::Unpacker> u = images::load_unpacker();
+  auto sha1 = [&](const std::string& d) { return u->sha1(d); };
+  const std::string a = pgp::dearmor(kArmoredKey), b = pgp::dearmor(kOtherKey);
+  EXPECT_EQ(pgp::select_key(a, kKeyFpr, sha1), a);
+  EXPECT_EQ(pgp::select_key(a + b, kKeyFpr, sha1), a);  // the other key is dropped
+  EXPECT_EQ(pgp::select_key(a + b, kOtherFpr, sha1), b);
+  EXPECT_EQ(pgp::select_key(b + a, pgp::normalize_key_id("0x4731 D5CD 4E7E DEA6"), sha1), a);  // a long ID
+  EXPECT_TRUE(has(error_of([&] { pgp::select_key(b, kKeyFpr, sha1); }), std::string("(it holds ") + kOtherFpr))
+      << error_of([&] { pgp::select_key(b, kKeyFpr, sha1); });
+  EXPECT_TRUE(has(error_of([&] { pgp::select_key(a + a, kKeyFpr, sha1); }), "holds 2 keys"));
+  EXPECT_TRUE(has(error_of([&] { pgp::select_key(a.substr(0, a.size() - 3), kKeyFpr, sha1); }), "cut short"));
+  EXPECT_TRUE(has(error_of([&] { pgp::select_key("plain text", kKeyFpr, sha1); }), "not an OpenPGP packet header"));
 }
 
 TEST(ProvisionUserData, APlainCloudConfigIsReadAsBefore) {

@@ -31,7 +31,7 @@ constexpr int kFlags = ARCHIVE_EXTRACT_PERM | ARCHIVE_EXTRACT_TIME | ARCHIVE_EXT
 
 struct Hash {
   EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  Hash() { EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr); }
+  explicit Hash(const EVP_MD* md = EVP_sha256()) { EVP_DigestInit_ex(ctx, md, nullptr); }
   ~Hash() { EVP_MD_CTX_free(ctx); }
   void add(const void* p, size_t n) { EVP_DigestUpdate(ctx, p, n); }
   void add(std::string_view s) {
@@ -138,6 +138,12 @@ class ArchiveUnpacker final : public Unpacker {
  public:
   std::string sha256(const std::string& data) override {
     Hash h;
+    h.add(data.data(), data.size());
+    return h.hex();
+  }
+
+  std::string sha1(const std::string& data) override {
+    Hash h(EVP_sha1());
     h.add(data.data(), data.size());
     return h.hex();
   }

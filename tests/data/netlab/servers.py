@@ -16,6 +16,7 @@ usage: servers.py DIR      (DIR holds server.pem/server.key; logs go there)
 """
 import http.server
 import json
+import urllib.parse
 import os
 import socket
 import ssl
@@ -69,8 +70,23 @@ def make_handler(directory, name, addr, port, scheme):
             log(os.path.join(directory, "requests.jsonl"), json.dumps(entry))
             out = ("lab server=%s addr=%s port=%d scheme=%s host=%s sni=%s method=%s path=%s\n" %
                    (name, addr, port, scheme, host, sni or "-", self.command, self.path)).encode()
+            ctype = "text/plain"
+            # A key server (HKP): GET /pks/lookup?op=get&search=0xID answers
+            # <lab dir>/keys/<ID>.asc, as a test put it there.
+            if self.path.startswith("/pks/lookup?"):
+                query = urllib.parse.parse_qs(self.path.split("?", 1)[1])
+                wanted = query.get("search", [""])[0].lower()
+                wanted = wanted[2:] if wanted.startswith("0x") else wanted
+                key = os.path.join(directory, "keys", wanted + ".asc")
+                if query.get("op") != ["get"] or not wanted.isalnum() or not os.path.exists(key):
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                out = open(key, "rb").read()
+                ctype = "application/pgp-keys"
             self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(out)))
             self.end_headers()
             if self.command != "HEAD":
