@@ -1398,7 +1398,10 @@ bool gzip_type(const std::string& t) {
 
 // Why Ultari refuses a type ("" when it takes it).
 std::string refusal(const std::string& type) {
-  if (type == "text/cloud-config" || type == "text/x-shellscript" || type == "text/cloud-boothook") return "";
+  if (type == "text/cloud-config" || type == "text/x-shellscript" || type == "text/cloud-boothook" ||
+      type == "text/x-shellscript-per-boot" || type == "text/x-shellscript-per-instance" ||
+      type == "text/x-shellscript-per-once")
+    return "";
   if (type == "text/x-include-url" || type == "text/x-include-once-url")
     return "#include user-data lists URLs for cloud-init to fetch; Ultari does not fetch URLs at provisioning: "
            "put their content into the user-data (a MIME part each)";
@@ -1409,14 +1412,11 @@ std::string refusal(const std::string& type) {
     return "a cloud-config archive is not supported: give its parts as MIME multi-part (cloud-init devel make-mime)";
   if (type == "text/cloud-config-jsonp")
     return "JSON patch cloud-config is not supported: give a text/cloud-config part (merge_how says how it merges)";
-  if (type.rfind("text/x-shellscript-per-", 0) == 0)
-    return "scripts run per boot, instance or once are not supported: give text/x-shellscript (run once, at "
-           "provisioning)";
   if (type == "text/plain" || type == "text/x-not-multipart")
     return "it starts with none of '#cloud-config', '#!', '#cloud-boothook', '## template: jinja' "
            "(cloud-init would ignore it): give it one of those or remove it";
   return "'" + type + "' is not a type Ultari runs (text/cloud-config, text/x-shellscript, text/cloud-boothook, "
-                      "text/jinja2)";
+                      "text/x-shellscript-per-boot, -per-instance, -per-once, text/jinja2)";
 }
 
 }  // namespace
@@ -1591,6 +1591,21 @@ CloudConfig parse_user_data(const std::string& user_data, const nlohmann::json& 
     if (s.name.empty() || s.name == "." || s.name == "..") s.name = part_name(p.index);
     if (p.type == "text/cloud-boothook") {
       out.boothooks.push_back(std::move(s));
+      continue;
+    }
+    if (p.type.rfind("text/x-shellscript-per-", 0) == 0) {
+      // A file of its directory: a later part of the same name replaces it.
+      std::vector<Script>& dir = p.type == "text/x-shellscript-per-boot"       ? out.per_boot
+                                 : p.type == "text/x-shellscript-per-instance" ? out.per_instance
+                                                                               : out.per_once;
+      auto same = std::find_if(dir.begin(), dir.end(), [&](const Script& x) { return x.name == s.name; });
+      if (same != dir.end()) {
+        out.warnings.push_back(same->part + ": its script file name '" + s.name + "' comes again in " + p.label() +
+                               ": only the later one runs, as in cloud-init");
+        *same = std::move(s);
+      } else {
+        dir.push_back(std::move(s));
+      }
       continue;
     }
     // Scripts are files in one directory, run in name order: a later part

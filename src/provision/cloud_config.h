@@ -140,6 +140,10 @@ struct CloudConfig {
   UltariKey ultari;
   std::vector<Script> boothooks;  // run first, before bootcmd
   std::vector<Script> scripts;    // user scripts: after runcmd (cloud-init's scripts_user), in file name order
+  // text/x-shellscript-per-once, -per-boot, -per-instance parts: cloud-init
+  // puts them in /var/lib/cloud/scripts/per-once (...) and runs each
+  // directory's scripts (scripts_per_once, _per_boot, _per_instance).
+  std::vector<Script> per_once, per_boot, per_instance;
   std::vector<PartInfo> parts;
   bool templated = false;         // a part (or the whole) was a jinja template
   // The user-data with gzip, MIME and templates undone: what the cache key

@@ -349,6 +349,7 @@ struct Probe {
   std::string manager;  // apt, apk, dnf or ""
   std::vector<std::string> mirror_hosts;
   bool has_shell = true;
+  bool cloud_scripts = false;  // the base has files in /var/lib/cloud/scripts/per-*/
 };
 
 // A rootless build's apt cannot switch to its `_apt` user (one id): it
@@ -361,6 +362,9 @@ if [ -n "$PROBE_APT_CONF" ] && [ -d /etc/apt/apt.conf.d ]; then
   echo 'APT::Sandbox::User "root";' >"/$PROBE_APT_CONF"
 fi
 for m in apt-get apk dnf; do command -v $m >/dev/null 2>&1 && { echo "manager $m"; break; }; done
+for f in /var/lib/cloud/scripts/per-once/* /var/lib/cloud/scripts/per-boot/* /var/lib/cloud/scripts/per-instance/*; do
+  [ -f "$f" ] && { echo "cloud-scripts"; break; }
+done
 for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources /etc/apk/repositories; do
   [ -f "$f" ] || continue
   grep -oE '(https?|ftp)://[^ /"]+' "$f" | sed 's/^/mirror /' || true
@@ -378,6 +382,7 @@ Probe probe(Build& b) {
   std::set<std::string> hosts;
   while (std::getline(in, line)) {
     if (line.rfind("manager ", 0) == 0) p.manager = line.substr(8) == "apt-get" ? "apt" : line.substr(8);
+    if (line == "cloud-scripts") p.cloud_scripts = true;
     if (line.rfind("mirror ", 0) == 0) {
       std::string h = host_of(line.substr(7));
       if (!h.empty()) hosts.insert(h);
@@ -664,6 +669,51 @@ json run_scripts(Build& b, const std::string& module, const std::vector<Script>&
   return done;
 }
 
+// cloud-init's scripts_per_once, _per_boot and _per_instance: the parts of
+// that frequency are put in /var/lib/cloud/scripts/per-FREQ/ (mode 0700),
+// then every executable file there (the image's, write_files' too) runs in
+// name order, each in its own sandbox, stdin /dev/null; the first to fail
+// fails the build. The scripts stay in the image, as cloud-init leaves
+// them.
+constexpr const char* kPutScript = R"SH(
+mkdir -p -- "$S_DIR" && cat >"$S_DIR/$S_NAME" && chmod 700 -- "$S_DIR/$S_NAME"
+)SH";
+constexpr const char* kListScripts = R"SH(
+for f in "$S_DIR"/*; do
+  [ -f "$f" ] && [ -x "$f" ] || continue
+  n=${f##*/}
+  case "$n" in *"
+"*) continue ;; esac
+  printf 'script %s\n' "$n"
+done
+)SH";
+constexpr const char* kRunScript = R"SH(
+"$S_DIR/$S_NAME" </dev/null
+)SH";
+
+json run_script_dir(Build& b, const std::string& module, const std::string& dir, const std::vector<Script>& parts) {
+  for (const auto& s : parts) {
+    Build::StepResult r = b.run({"/bin/sh", "-c", kPutScript, "ultari-" + module}, {"S_DIR=" + dir, "S_NAME=" + s.name},
+                                s.content, false);
+    if (r.exit_code != 0)
+      throw Error(module + ": cannot put " + s.part + " in " + dir + ": " + tail(r.output, 5));
+  }
+  Build::StepResult list = b.run({"/bin/sh", "-c", kListScripts, "ultari-" + module}, {"S_DIR=" + dir}, "", false);
+  std::vector<std::string> names;
+  std::istringstream lines(list.output);
+  for (std::string l; std::getline(lines, l);)
+    if (l.rfind("script ", 0) == 0) names.push_back(l.substr(7));
+  json done = json::array();
+  for (const auto& name : names) {
+    Build::StepResult r = b.run({"/bin/sh", "-c", kRunScript, "ultari-" + module}, {"S_DIR=" + dir, "S_NAME=" + name});
+    done.push_back({{"script", dir + "/" + name}, {"status", r.exit_code}});
+    if (r.exit_code != 0)
+      throw Error(module + ": " + dir + "/" + name + " failed (exit status " + std::to_string(r.exit_code) +
+                  "); its output:\n" + tail(r.output, 20));
+  }
+  return done;
+}
+
 // The built-in modules a kernel layer lists.
 std::set<std::string> layer_builtin(const std::string& layer, const std::string& release) {
   std::set<std::string> names;
@@ -723,6 +773,9 @@ std::vector<std::string> plan_of(const CloudConfig& c) {
   if (!c.hostname.empty() || !c.fqdn.empty()) p.push_back("hostname");
   if (c.ca_certs.present) p.push_back("ca_certs");
   if (deferred(true)) p.push_back("write_files (deferred)");
+  if (!c.per_once.empty()) p.push_back("scripts_per_once");
+  if (!c.per_boot.empty()) p.push_back("scripts_per_boot");
+  if (!c.per_instance.empty()) p.push_back("scripts_per_instance");
   if (!c.runcmd.empty()) p.push_back("runcmd");
   if (!c.scripts.empty()) p.push_back("scripts_user");
   return p;
@@ -1158,6 +1211,22 @@ done
     });
   }
   write_files(true);
+  // Scripts by frequency (cloud-init runs them in its final stage, before
+  // runcmd's script): at provisioning, the image's one boot.
+  bool cloud_scripts = probe_result.cloud_scripts;
+  for (const auto& f : cfg.write_files)
+    if (f.path.rfind("/var/lib/cloud/scripts/", 0) == 0) cloud_scripts = true;
+  struct Frequency {
+    const char* name;
+    const std::vector<Script>* parts;
+  };
+  for (auto [freq, parts] : {Frequency{"once", &cfg.per_once}, {"boot", &cfg.per_boot}, {"instance", &cfg.per_instance}}) {
+    if (parts->empty() && !cloud_scripts) continue;
+    std::string module = std::string("scripts_per_") + freq;
+    b.module(module, std::string("/var/lib/cloud/scripts/per-") + freq, [&](json& entry) {
+      entry["items"] = run_script_dir(b, module, std::string("/var/lib/cloud/scripts/per-") + freq, *parts);
+    });
+  }
   if (!cfg.runcmd.empty()) {
     b.module("runcmd", std::to_string(cfg.runcmd.size()) + " commands",
              [&](json& entry) { entry["items"] = run_commands(b, "runcmd", cfg.runcmd, cfg.ultari.runcmd_strict); });

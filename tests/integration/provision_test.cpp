@@ -655,6 +655,51 @@ TEST_F(Provision, AptKeysByIdComeFromTheKeyServerCheckedAgainstTheId) {
   EXPECT_EQ(scratch_dirs(), 0);
 }
 
+// text/x-shellscript-per-once/-boot/-instance parts, and scripts the
+// user-data writes into /var/lib/cloud/scripts/per-*: run at provisioning
+// (the image's one boot) in cloud-init's order (per-once, per-boot,
+// per-instance, then runcmd), each directory in name order; a failing one
+// fails the build naming it.
+TEST_F(Provision, ScriptsPerOnceBootAndInstanceRunInCloudInitsOrder) {
+  auto part = [](const std::string& type, const std::string& name, const std::string& body) {
+    return "--XYZ\nContent-Type: " + type + "\nContent-Disposition: attachment; filename=\"" + name + "\"\n\n" + body +
+           "\n";
+  };
+  auto user_data = [&](const std::string& instance_exit) {
+    return "Content-Type: multipart/mixed; boundary=\"XYZ\"\nMIME-Version: 1.0\n\n" +
+           part("text/cloud-config", "c.yaml",
+                "#cloud-config\nwrite_files:\n  - path: /var/lib/cloud/scripts/per-instance/a-written.sh\n"
+                "    permissions: '0755'\n    content: |\n      #!/bin/sh\n      echo instance-written >> /order\n"
+                "      exit " + instance_exit + "\nruncmd:\n  - echo runcmd >> /order\n") +
+           part("text/x-shellscript-per-boot", "b.sh", "#!/bin/sh\necho boot >> /order") +
+           part("text/x-shellscript-per-instance", "z-part.sh", "#!/bin/sh\necho instance-part >> /order") +
+           part("text/x-shellscript-per-once", "o.sh", "#!/bin/sh\necho once >> /order") + "--XYZ--\n";
+  };
+  std::string img = name("freq");
+  Outcome check = provision(img, user_data("0"), {"--check"});
+  ASSERT_EQ(check.status, 0) << check.err;
+  EXPECT_EQ(check.report["plan"].get<std::vector<std::string>>(),
+            (std::vector<std::string>{"write_files", "scripts_per_once", "scripts_per_boot", "scripts_per_instance",
+                                      "runcmd"}))
+      << check.out;
+  Outcome r = provision(img, user_data("0"), {"--no-cache"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  Outcome s = in(img, "cat /order; ls /var/lib/cloud/scripts/per-boot /var/lib/cloud/scripts/per-instance");
+  EXPECT_EQ(s.out,
+            "once\nboot\ninstance-written\ninstance-part\nruncmd\n/var/lib/cloud/scripts/per-boot:\nb.sh\n\n"
+            "/var/lib/cloud/scripts/per-instance:\na-written.sh\nz-part.sh\n")
+      << s.err;
+
+  // Negative control: the written per-instance script fails: so does the
+  // build, naming it, and nothing is committed.
+  std::string bad = name("freq-bad");
+  Outcome f = provision(bad, user_data("3"), {"--no-cache"});
+  EXPECT_EQ(f.status, 125);
+  EXPECT_TRUE(has(f.err, "scripts_per_instance: /var/lib/cloud/scripts/per-instance/a-written.sh failed (exit status 3)"))
+      << f.err;
+  EXPECT_NE(ultari({"image", "inspect", bad}, test_image_options()).status, 0);
+}
+
 // Rootless: the caller's own store, a base imported by that user (the
 // shared minbase as a tarball), and the TableCloth case provisioned
 // in build sandboxes that have one id (the caller, root inside).

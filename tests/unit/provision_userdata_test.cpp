@@ -198,7 +198,7 @@ TEST(ProvisionUserData, TypesUltariDoesNotRunAreRefusedNamingThePart) {
        "part 2 (h.py), text/part-handler: a part handler is Python code"},
       {part("text/upstart-job", "", "#upstart-job\nstart on x\n"), "part 2 (part-002), text/upstart-job: upstart"},
       {part("text/cloud-config-archive", "", "#cloud-config-archive\n- a\n"), "cloud-config archive is not supported"},
-      {part("text/x-shellscript-per-boot", "b.sh", "#!/bin/sh\n"), "per boot, instance or once"},
+      {part("text/x-shellscript-per-boot", "b.sh", "echo no shebang\n"), "a user script must start with '#!'"},
       {part("application/octet-stream", "blob", "xyz"), "'application/octet-stream' is not a type Ultari runs"},
       {part("text/plain", "notes.txt", "just notes\n"), "part 2 (notes.txt), text/plain: it starts with none of"},
       {part("text/x-shellscript", "s.sh", "echo no shebang\n"),
@@ -640,6 +640,26 @@ TEST(ProvisionUserData, AKeyServersAnswerKeepsOnlyTheKeyTheIdNames) {
   EXPECT_TRUE(has(error_of([&] { pgp::select_key(a + a, kKeyFpr, sha1); }), "holds 2 keys"));
   EXPECT_TRUE(has(error_of([&] { pgp::select_key(a.substr(0, a.size() - 3), kKeyFpr, sha1); }), "cut short"));
   EXPECT_TRUE(has(error_of([&] { pgp::select_key("plain text", kKeyFpr, sha1); }), "not an OpenPGP packet header"));
+}
+
+// Scripts by frequency go to their own lists (cloud-init's
+// /var/lib/cloud/scripts/per-*), a later part of the same name replacing
+// the earlier.
+TEST(ProvisionUserData, ScriptsPerBootInstanceAndOnceAreCollectedByFrequency) {
+  CloudConfig c = parse_user_data(multipart({part("text/x-shellscript-per-boot", "b.sh", "#!/bin/sh\necho boot\n"),
+                                             part("text/x-shellscript-per-instance", "i.sh", "#!/bin/sh\necho i\n"),
+                                             part("text/x-shellscript-per-once", "o.sh", "#!/bin/sh\necho o\n"),
+                                             part("text/x-shellscript-per-boot", "b.sh", "#!/bin/sh\necho again\n"),
+                                             part("text/x-shellscript", "u.sh", "#!/bin/sh\necho user\n")}));
+  ASSERT_EQ(c.per_boot.size(), 1u);
+  EXPECT_EQ(c.per_boot[0].content, "#!/bin/sh\necho again\n");
+  ASSERT_EQ(c.per_instance.size(), 1u);
+  EXPECT_EQ(c.per_instance[0].name, "i.sh");
+  ASSERT_EQ(c.per_once.size(), 1u);
+  ASSERT_EQ(c.scripts.size(), 1u);  // the plain script stays a user script
+  EXPECT_EQ(c.scripts[0].name, "u.sh");
+  ASSERT_EQ(c.warnings.size(), 1u);
+  EXPECT_TRUE(has(c.warnings[0], "its script file name 'b.sh' comes again")) << c.warnings[0];
 }
 
 TEST(ProvisionUserData, APlainCloudConfigIsReadAsBefore) {
