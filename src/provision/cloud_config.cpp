@@ -1396,6 +1396,85 @@ bool gzip_type(const std::string& t) {
   return kTypes.count(t) > 0;
 }
 
+// A #cloud-config-archive (text/cloud-config-archive) part: a YAML list
+// whose entries become parts where it stands, as cloud-init's
+// _explode_archive makes them: a string is a part's content; a mapping
+// gives `content`, `type` (default: by how the content starts, else
+// text/cloud-config), `filename`, and other keys as headers (Merge-Type).
+// `launch-index` is kept by cloud-init only on the instance of that index;
+// a sandbox has none, so all are kept, as on a data source without one.
+std::vector<Piece> explode_archives(std::vector<Piece> in, bool plain, bool& exploded) {
+  std::vector<Piece> out;
+  for (auto& p : in) {
+    static const std::set<std::string> kByStart = {"text/plain", "text/x-not-multipart", "text/x-shellscript"};
+    std::string content = p.content;
+    bool zipped = gzip_type(p.declared) || is_gzip(content);
+    if (zipped) {
+      try {
+        content = gunzip(content, kMaxUserData);
+      } catch (const Error&) {
+        out.push_back(std::move(p));  // step 2 says what is wrong with it
+        continue;
+      }
+    }
+    bool archive = p.declared == "text/cloud-config-archive" ||
+                   ((kByStart.count(p.declared) || zipped) && type_from_start(content) == "text/cloud-config-archive");
+    if (!archive) {
+      out.push_back(std::move(p));
+      continue;
+    }
+    exploded = true;
+    const std::string label = plain ? "user-data" : "user-data " + p.label();
+    Node list;
+    try {
+      list = YAML::Load(content);
+    } catch (const YAML::Exception& e) {
+      throw Error(label + " (a cloud-config archive) line " + std::to_string(e.mark.line + 1) + ", column " +
+                  std::to_string(e.mark.column + 1) + ": " + e.msg);
+    }
+    if (!list.IsSequence()) throw Error(label + ": a cloud-config archive must be a YAML list of parts");
+    for (size_t i = 0; i < list.size(); ++i) {
+      const Node e = list[i];
+      const std::string at = label + " (a cloud-config archive) entry " + std::to_string(i + 1) + " (line " +
+                             std::to_string(e.Mark().line + 1) + ")";
+      Piece q;
+      if (e.IsScalar()) {
+        q.content = e.Scalar();
+      } else if (e.IsMap()) {
+        for (auto it = e.begin(); it != e.end(); ++it) {
+          std::string key = it->first.Scalar(), lower = key;
+          for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+          if (!it->second.IsScalar() && !it->second.IsNull())
+            throw Error(at + ": '" + key + "' must be a string");
+          std::string value = it->second.IsNull() ? "" : it->second.Scalar();
+          if (lower == "content") q.content = value;
+          else if (lower == "type") q.declared = value;
+          else if (lower == "filename") q.filename = value;
+          else if (lower == "merge-type" || lower == "x-merge-type") q.merge_type = value;
+        }
+      } else {
+        // cloud-init skips what is neither; a declared environment says so.
+        throw Error(at + ": an entry is a string or a mapping with 'content'");
+      }
+      if (q.declared.empty()) {
+        q.declared = type_from_start(q.content);
+        if (q.declared.empty()) q.declared = "text/cloud-config";
+      }
+      if (q.declared == "text/cloud-config-archive") throw Error(at + ": an archive inside an archive");
+      q.note = "from " + (plain ? std::string("the archive") : "archive " + p.label());
+      out.push_back(std::move(q));
+      if (out.size() > kMaxParts) throw Error("user-data: more than " + std::to_string(kMaxParts) + " parts");
+    }
+  }
+  for (size_t i = 0; i < out.size(); ++i) {
+    out[i].index = i + 1;
+    if (out[i].filename.empty()) out[i].filename = part_name(i + 1);
+    for (auto& c : out[i].filename)
+      if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+  }
+  return out;
+}
+
 // Why Ultari refuses a type ("" when it takes it).
 std::string refusal(const std::string& type) {
   if (type == "text/cloud-config" || type == "text/x-shellscript" || type == "text/cloud-boothook" ||
@@ -1409,7 +1488,7 @@ std::string refusal(const std::string& type) {
     return "a part handler is Python code cloud-init would load to handle other parts; Ultari runs no part handlers";
   if (type == "text/upstart-job") return "upstart jobs are not supported (there is no upstart in a sandbox)";
   if (type == "text/cloud-config-archive")
-    return "a cloud-config archive is not supported: give its parts as MIME multi-part (cloud-init devel make-mime)";
+    return "a cloud-config archive made by a template is not supported: give the archive itself";
   if (type == "text/cloud-config-jsonp")
     return "JSON patch cloud-config is not supported: give a text/cloud-config part (merge_how says how it merges)";
   if (type == "text/plain" || type == "text/x-not-multipart")
@@ -1511,6 +1590,9 @@ CloudConfig parse_user_data(const std::string& user_data, const nlohmann::json& 
     pieces.push_back(std::move(p));
   }
   if (gzipped) pieces[0].note = "gzip";
+  bool exploded = false;
+  pieces = explode_archives(std::move(pieces), plain, exploded);
+  if (exploded) plain = false;
 
   // 2. Each part's type, content (gunzipped, rendered) and place.
   std::vector<Piece*> configs;

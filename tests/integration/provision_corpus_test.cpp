@@ -434,7 +434,8 @@ TEST_F(ProvisionCorpus, OtherExamplesAreRunOrRefusedWithTheirReason) {
     EXPECT_EQ(r.status, 125) << r.out << r.err;
     const char* reason = first.rfind("#include", 0) == 0         ? "Ultari does not fetch URLs"
                          : first.rfind("#part-handler", 0) == 0  ? "Ultari runs no part handlers"
-                         : first.rfind("#cloud-config-archive", 0) == 0 ? "a cloud-config archive is not supported"
+                         // an archive's entries are parts: both examples hold one of the made-up type foo/wark
+                         : first.rfind("#cloud-config-archive", 0) == 0 ? "'foo/wark' is not a type Ultari runs"
                                                                          : "'#cloud-config'";
     EXPECT_TRUE(has(r.err, reason)) << r.err;
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;

@@ -197,7 +197,8 @@ TEST(ProvisionUserData, TypesUltariDoesNotRunAreRefusedNamingThePart) {
       {part("text/part-handler", "h.py", "#part-handler\ndef list_types(): return []\n"),
        "part 2 (h.py), text/part-handler: a part handler is Python code"},
       {part("text/upstart-job", "", "#upstart-job\nstart on x\n"), "part 2 (part-002), text/upstart-job: upstart"},
-      {part("text/cloud-config-archive", "", "#cloud-config-archive\n- a\n"), "cloud-config archive is not supported"},
+      {part("text/cloud-config-archive", "", "#cloud-config-archive\n- type: foo/bar\n  content: x\n"),
+       "'foo/bar' is not a type Ultari runs"},
       {part("text/x-shellscript-per-boot", "b.sh", "echo no shebang\n"), "a user script must start with '#!'"},
       {part("application/octet-stream", "blob", "xyz"), "'application/octet-stream' is not a type Ultari runs"},
       {part("text/plain", "notes.txt", "just notes\n"), "part 2 (notes.txt), text/plain: it starts with none of"},
@@ -660,6 +661,41 @@ TEST(ProvisionUserData, ScriptsPerBootInstanceAndOnceAreCollectedByFrequency) {
   EXPECT_EQ(c.scripts[0].name, "u.sh");
   ASSERT_EQ(c.warnings.size(), 1u);
   EXPECT_TRUE(has(c.warnings[0], "its script file name 'b.sh' comes again")) << c.warnings[0];
+}
+
+// #cloud-config-archive: its entries are parts where it stands, typed by
+// `type` or by how they start (else text/cloud-config), as cloud-init's
+// _explode_archive makes them.
+TEST(ProvisionUserData, ACloudConfigArchiveIsExplodedIntoParts) {
+  const std::string archive =
+      "#cloud-config-archive\n"
+      "- |\n  #cloud-config\n  hostname: first\n  runcmd: [one]\n"
+      "- type: text/cloud-config\n  merge-type: 'list(append)+dict(recurse_array)+str()'\n"
+      "  content: 'runcmd: [two]'\n"
+      "- filename: setup.sh\n  content: |\n    #!/bin/sh\n    echo hi\n"
+      "- type: text/x-shellscript-per-boot\n  filename: b.sh\n  launch-index: 1\n  content: \"#!/bin/sh\\ntrue\\n\"\n";
+  CloudConfig c = parse_user_data(archive);
+  ASSERT_EQ(c.parts.size(), 4u);
+  EXPECT_EQ(c.parts[0].type, "text/cloud-config");
+  EXPECT_EQ(c.parts[0].filename, "part-001");
+  EXPECT_EQ(c.parts[1].type, "text/cloud-config");  // no header needed with a type
+  EXPECT_EQ(c.parts[2].type, "text/x-shellscript");
+  EXPECT_EQ(c.parts[2].filename, "setup.sh");
+  EXPECT_EQ(c.hostname, "first");
+  ASSERT_EQ(c.runcmd.size(), 2u);  // the second part appended by its Merge-Type
+  EXPECT_EQ(c.runcmd[1].shell, "two");
+  ASSERT_EQ(c.scripts.size(), 1u);
+  EXPECT_EQ(c.scripts[0].name, "setup.sh");
+  ASSERT_EQ(c.per_boot.size(), 1u);
+  // The same archive as a MIME part.
+  EXPECT_EQ(parse_user_data(multipart({part("text/cloud-config-archive", "a", archive)})).parts.size(), 4u);
+
+  auto err = [](const std::string& text) { return error_of([&] { parse_user_data(text); }); };
+  EXPECT_TRUE(has(err("#cloud-config-archive\nhostname: x\n"), "must be a YAML list of parts"));
+  EXPECT_TRUE(has(err("#cloud-config-archive\n- [a, b]\n"), "entry 1 (line 2): an entry is a string or a mapping"));
+  EXPECT_TRUE(has(err("#cloud-config-archive\n- '#cloud-config-archive\n\n  - x'\n"), "an archive inside an archive"))
+      << err("#cloud-config-archive\n- '#cloud-config-archive\n\n  - x'\n");
+  EXPECT_TRUE(has(err("#cloud-config-archive\n- content: {a: b}\n"), "'content' must be a string"));
 }
 
 TEST(ProvisionUserData, APlainCloudConfigIsReadAsBefore) {
