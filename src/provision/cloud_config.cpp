@@ -1270,6 +1270,195 @@ Node merge(const Node& old, const Node& add, const Mergers& m, const std::string
   }
 }
 
+// --- #cloud-config-jsonp: an RFC 6902 JSON patch of the merged config -------------
+
+// RFC 6901: "" is the whole document; "/a/b~1c" is a, then b/c.
+std::vector<std::string> pointer_tokens(const std::string& ptr) {
+  std::vector<std::string> out;
+  if (ptr.empty()) return out;
+  if (ptr[0] != '/') throw Error("'" + ptr + "' is not a JSON pointer (it starts with '/')");
+  size_t i = 1;
+  for (;;) {
+    size_t j = ptr.find('/', i);
+    std::string raw = ptr.substr(i, j == std::string::npos ? std::string::npos : j - i), t;
+    for (size_t k = 0; k < raw.size(); ++k) {
+      if (raw[k] != '~') {
+        t.push_back(raw[k]);
+        continue;
+      }
+      if (k + 1 < raw.size() && (raw[k + 1] == '0' || raw[k + 1] == '1')) {
+        t.push_back(raw[++k] == '0' ? '~' : '/');
+        continue;
+      }
+      throw Error("'" + ptr + "': '~' is not followed by 0 or 1");
+    }
+    out.push_back(t);
+    if (j == std::string::npos) break;
+    i = j + 1;
+  }
+  return out;
+}
+
+// An array index token: digits without a leading zero ("-" is handled by
+// the caller). -1 when it is none.
+long index_of(const std::string& t, size_t size) {
+  if (t.empty() || t.size() > 9 || (t.size() > 1 && t[0] == '0') || t.find_first_not_of("0123456789") != std::string::npos)
+    return -1;
+  long i = std::stol(t);
+  return static_cast<size_t>(i) <= size ? i : -1;
+}
+
+Node lookup(const Node& doc, const std::vector<std::string>& t) {
+  Node cur = doc;
+  for (const auto& k : t) {
+    if (cur.IsMap()) {
+      bool found = false;
+      for (auto it = cur.begin(); it != cur.end(); ++it)
+        if (it->first.IsScalar() && it->first.Scalar() == k) {
+          Node next = it->second;
+          cur.reset(next);
+          found = true;
+          break;
+        }
+      if (!found) throw Error("no member '" + k + "'");
+    } else if (cur.IsSequence()) {
+      long i = index_of(k, cur.size());
+      if (i < 0 || static_cast<size_t>(i) >= cur.size()) throw Error("no element '" + k + "'");
+      Node next = cur[static_cast<size_t>(i)];
+      cur.reset(next);
+    } else {
+      throw Error("'" + k + "' is below a value that is neither a mapping nor a list");
+    }
+  }
+  return cur;
+}
+
+enum class PatchOp { Add, Remove, Replace };
+
+// A new document: `doc` with the change at `t` (new containers along the
+// path; every other node is the parts' own, as merge() keeps them).
+Node patched(const Node& doc, const std::vector<std::string>& t, size_t depth, PatchOp op, const Node& value) {
+  if (depth == t.size()) {
+    if (op == PatchOp::Remove) throw Error("the whole document cannot be removed");
+    return value;
+  }
+  const std::string& k = t[depth];
+  const bool last = depth + 1 == t.size();
+  if (doc.IsMap()) {
+    Node out(YAML::NodeType::Map);
+    bool found = false;
+    for (auto it = doc.begin(); it != doc.end(); ++it) {
+      if (!(it->first.IsScalar() && it->first.Scalar() == k)) {
+        out.force_insert(it->first, it->second);
+        continue;
+      }
+      found = true;
+      if (last && op == PatchOp::Remove) continue;
+      out.force_insert(it->first, last ? value : patched(it->second, t, depth + 1, op, value));
+    }
+    if (!found) {
+      if (!last || op != PatchOp::Add) throw Error("no member '" + k + "'");
+      out.force_insert(Node(k), value);
+    }
+    return out;
+  }
+  if (doc.IsSequence()) {
+    long i = k == "-" && last && op == PatchOp::Add ? static_cast<long>(doc.size()) : index_of(k, doc.size());
+    bool within = i >= 0 && (static_cast<size_t>(i) < doc.size() || (last && op == PatchOp::Add));
+    if (!within) throw Error("no element '" + k + "'");
+    Node out(YAML::NodeType::Sequence);
+    for (size_t j = 0; j <= doc.size(); ++j) {
+      if (static_cast<long>(j) == i) {
+        if (!last) out.push_back(patched(doc[j], t, depth + 1, op, value));
+        else if (op == PatchOp::Add) out.push_back(value);
+        else if (op == PatchOp::Replace) out.push_back(value);
+        if (last && op == PatchOp::Add && j < doc.size()) out.push_back(doc[j]);
+        continue;
+      }
+      if (j < doc.size()) out.push_back(doc[j]);
+    }
+    return out;
+  }
+  throw Error("'" + k + "' is below a value that is neither a mapping nor a list");
+}
+
+bool same_value(const Node& a, const Node& b) {
+  if (a.IsMap() != b.IsMap() || a.IsSequence() != b.IsSequence()) return false;
+  if (a.IsSequence()) {
+    if (a.size() != b.size()) return false;
+    for (size_t i = 0; i < a.size(); ++i)
+      if (!same_value(a[i], b[i])) return false;
+    return true;
+  }
+  if (a.IsMap()) {
+    if (a.size() != b.size()) return false;
+    for (auto it = a.begin(); it != a.end(); ++it) {
+      bool found = false;
+      for (auto jt = b.begin(); jt != b.end(); ++jt)
+        if (jt->first.Scalar() == it->first.Scalar()) {
+          found = same_value(it->second, jt->second);
+          break;
+        }
+      if (!found) return false;
+    }
+    return true;
+  }
+  std::string ta = yaml_type(a), tb = yaml_type(b);
+  if (ta == "null" || tb == "null") return ta == tb;
+  return ta == tb && a.Scalar() == b.Scalar();
+}
+
+// Applies the patch `ops` (a parsed JSON array) to `doc`, as python's
+// jsonpatch does for cloud-init. Throws Error naming the operation.
+Node apply_patch(const Node& doc, const Node& ops) {
+  if (!ops.IsSequence()) throw Error("a JSON patch is a list of operations");
+  Node cur = doc;
+  for (size_t i = 0; i < ops.size(); ++i) {
+    const Node o = ops[i];
+    std::string what = "operation " + std::to_string(i + 1);
+    try {
+      if (!o.IsMap() || !o["op"] || !o["op"].IsScalar() || !o["path"] || !o["path"].IsScalar())
+        throw Error("it needs 'op' and 'path'");
+      std::string op = o["op"].Scalar(), path = o["path"].Scalar();
+      what += " ('" + op + "' " + path + ")";
+      std::vector<std::string> t = pointer_tokens(path);
+      auto from = [&] {
+        if (!o["from"] || !o["from"].IsScalar()) throw Error("it needs 'from'");
+        return pointer_tokens(o["from"].Scalar());
+      };
+      auto value = [&] {
+        if (!o["value"]) throw Error("it needs 'value'");
+        return o["value"];
+      };
+      Node next;
+      if (op == "add") {
+        next = patched(cur, t, 0, PatchOp::Add, value());
+      } else if (op == "remove") {
+        next = patched(cur, t, 0, PatchOp::Remove, Node());
+      } else if (op == "replace") {
+        lookup(cur, t);
+        next = patched(cur, t, 0, PatchOp::Replace, value());
+      } else if (op == "move" || op == "copy") {
+        std::vector<std::string> f = from();
+        if (op == "move" && t.size() > f.size() && std::equal(f.begin(), f.end(), t.begin()))
+          throw Error("a value cannot move into itself");
+        Node v = lookup(cur, f);
+        Node base = op == "move" ? patched(cur, f, 0, PatchOp::Remove, Node()) : cur;
+        next = patched(base, t, 0, PatchOp::Add, v);
+      } else if (op == "test") {
+        if (!same_value(lookup(cur, t), value())) throw Error("the test failed: the value differs");
+        continue;
+      } else {
+        throw Error("'" + op + "' is not an operation (add, remove, replace, move, copy, test)");
+      }
+      cur.reset(next);
+    } catch (const Error& e) {
+      throw Error(what + ": " + e.what());
+    }
+  }
+  return cur;
+}
+
 // --- user-data formats ------------------------------------------------------------
 
 // What cloud-init takes a payload for by how it starts (handlers'
@@ -1477,7 +1666,8 @@ std::vector<Piece> explode_archives(std::vector<Piece> in, bool plain, bool& exp
 
 // Why Ultari refuses a type ("" when it takes it).
 std::string refusal(const std::string& type) {
-  if (type == "text/cloud-config" || type == "text/x-shellscript" || type == "text/cloud-boothook" ||
+  if (type == "text/cloud-config" || type == "text/cloud-config-jsonp" || type == "text/x-shellscript" ||
+      type == "text/cloud-boothook" ||
       type == "text/x-shellscript-per-boot" || type == "text/x-shellscript-per-instance" ||
       type == "text/x-shellscript-per-once")
     return "";
@@ -1489,8 +1679,6 @@ std::string refusal(const std::string& type) {
   if (type == "text/upstart-job") return "upstart jobs are not supported (there is no upstart in a sandbox)";
   if (type == "text/cloud-config-archive")
     return "a cloud-config archive made by a template is not supported: give the archive itself";
-  if (type == "text/cloud-config-jsonp")
-    return "JSON patch cloud-config is not supported: give a text/cloud-config part (merge_how says how it merges)";
   if (type == "text/plain" || type == "text/x-not-multipart")
     return "it starts with none of '#cloud-config', '#!', '#cloud-boothook', '## template: jinja' "
            "(cloud-init would ignore it): give it one of those or remove it";
@@ -1653,7 +1841,7 @@ CloudConfig parse_user_data(const std::string& user_data, const nlohmann::json& 
                     "be MIME multi-part; it starts with '" + start_of(p.content) + "'");
       fail(why);
     }
-    if (p.type == "text/cloud-config") {
+    if (p.type == "text/cloud-config" || p.type == "text/cloud-config-jsonp") {
       configs.push_back(&p);
       continue;
     }
@@ -1705,7 +1893,7 @@ CloudConfig parse_user_data(const std::string& user_data, const nlohmann::json& 
                    [](const Script& a, const Script& b) { return a.name < b.name; });
 
   // 3. The cloud-config parts, merged in order.
-  if (plain && configs.size() == 1) {
+  if (plain && configs.size() == 1 && configs[0]->type == "text/cloud-config") {
     Locator where;
     Node root = load_document(configs[0]->content, out.warnings);
     Mergers m;
@@ -1718,6 +1906,30 @@ CloudConfig parse_user_data(const std::string& user_data, const nlohmann::json& 
     merged.emplace(YAML::NodeType::Map);
     for (Piece* p : configs) {
       const std::string label = p->label();
+      if (p->type == "text/cloud-config-jsonp") {
+        // cloud-init: the "#cloud-config-jsonp" start off, the rest a JSON
+        // patch of what the parts before it made.
+        std::string text = p->content;
+        text.erase(0, text.find_first_not_of(" \t\r\n"));
+        if (text.rfind("#cloud-config-jsonp", 0) == 0) text.erase(0, std::strlen("#cloud-config-jsonp"));
+        Node ops;
+        try {
+          ops = YAML::Load(text);
+        } catch (const YAML::Exception& e) {
+          throw Error("user-data " + label + " (a JSON patch) line " + std::to_string(e.mark.line + 1) + ": " + e.msg);
+        }
+        where.add(label, ops);
+        try {
+          Node next = apply_patch(*merged, ops);
+          if (!next.IsMap() && !next.IsNull()) throw Error("the patched cloud-config is no mapping");
+          merged.reset();
+          merged.emplace(next);
+        } catch (const Error& e) {
+          throw Error("user-data " + label + ", a JSON patch: " + e.what());
+        }
+        p->note += std::string(p->note.empty() ? "" : ", ") + "json patch";
+        continue;
+      }
       std::vector<std::string> warnings;
       const Node root = [&] {
         try {

@@ -698,6 +698,62 @@ TEST(ProvisionUserData, ACloudConfigArchiveIsExplodedIntoParts) {
   EXPECT_TRUE(has(err("#cloud-config-archive\n- content: {a: b}\n"), "'content' must be a string"));
 }
 
+// #cloud-config-jsonp: an RFC 6902 patch of what the parts before it made,
+// as cloud-init applies it with python's jsonpatch (the cases follow the
+// RFC's appendix A).
+TEST(ProvisionUserData, JsonPatchPartsPatchTheMergedCloudConfig) {
+  const std::string base = "#cloud-config\nhostname: h\npackages: [a, b, c]\nruncmd: [x]\n";
+  auto with = [&](const std::string& patch) {
+    return parse_user_data(multipart({part("text/cloud-config", "c.yaml", base),
+                                      part("text/cloud-config-jsonp", "p.json", "#cloud-config-jsonp\n" + patch)}));
+  };
+  auto names = [](const CloudConfig& c) {
+    std::string out;
+    for (const auto& p : c.packages) out += p.name + " ";
+    return out;
+  };
+  EXPECT_EQ(names(with(R"([{"op": "add", "path": "/packages/1", "value": "q"}])")), "a q b c ");       // A.2
+  EXPECT_EQ(names(with(R"([{"op": "add", "path": "/packages/-", "value": "z"}])")), "a b c z ");      // A.16
+  EXPECT_EQ(names(with(R"([{"op": "remove", "path": "/packages/0"}])")), "b c ");                     // A.4
+  EXPECT_EQ(names(with(R"([{"op": "replace", "path": "/packages/2", "value": "r"}])")), "a b r ");    // A.5
+  EXPECT_EQ(names(with(R"([{"op": "move", "from": "/packages/0", "path": "/packages/2"}])")), "b c a ");  // A.7
+  EXPECT_EQ(names(with(R"([{"op": "copy", "from": "/packages/0", "path": "/packages/-"}])")), "a b c a ");
+  CloudConfig added = with(R"([{"op": "add", "path": "/timezone", "value": "UTC"}, {"op": "remove", "path": "/runcmd"}])");
+  EXPECT_EQ(added.timezone, "UTC");  // A.1, A.3
+  EXPECT_TRUE(added.runcmd.empty());
+  CloudConfig moved = with(R"([{"op": "move", "from": "/hostname", "path": "/fqdn"}])");  // A.6
+  EXPECT_EQ(moved.hostname, "");
+  EXPECT_EQ(moved.fqdn, "h");
+  // A.8: a passing test changes nothing; the patch is taken whole.
+  EXPECT_EQ(names(with(R"([{"op": "test", "path": "/packages/0", "value": "a"}, {"op": "remove", "path": "/packages/0"}])")),
+            "b c ");
+  // A.10 nested; ~1 is '/' (A.14).
+  CloudConfig nested = with(R"([{"op": "add", "path": "/write_files", "value": [{"path": "/etc/a~b", "content": "x"}]},
+                               {"op": "add", "path": "/write_files/0/permissions", "value": "0600"}])");
+  ASSERT_EQ(nested.write_files.size(), 1u);
+  EXPECT_EQ(nested.write_files[0].path, "/etc/a~b");
+  EXPECT_EQ(nested.write_files[0].permissions, 0600u);
+  // A plain jsonp user-data patches an empty config.
+  EXPECT_EQ(parse_user_data("#cloud-config-jsonp\n[{\"op\": \"add\", \"path\": \"/hostname\", \"value\": \"j\"}]\n").hostname,
+            "j");
+
+  auto err = [&](const std::string& patch) { return error_of([&] { with(patch); }); };
+  EXPECT_EQ(err(R"([{"op": "test", "path": "/hostname", "value": "h"}])"), "");  // negative control
+  EXPECT_TRUE(has(err(R"([{"op": "test", "path": "/hostname", "value": "other"}])"), "operation 1 ('test' /hostname): the test failed"));  // A.9
+  EXPECT_TRUE(has(err(R"([{"op": "add", "path": "/nothere/x", "value": 1}])"), "no member 'nothere'"));  // A.12
+  EXPECT_TRUE(has(err(R"([{"op": "remove", "path": "/packages/7"}])"), "no element '7'"));
+  EXPECT_TRUE(has(err(R"([{"op": "replace", "path": "/timezone", "value": "UTC"}])"), "no member 'timezone'"));
+  EXPECT_TRUE(has(err(R"([{"op": "move", "from": "/packages", "path": "/packages/0"}])"), "cannot move into itself"));
+  EXPECT_TRUE(has(err(R"([{"op": "frob", "path": "/a"}])"), "'frob' is not an operation"));
+  EXPECT_TRUE(has(err(R"({"op": "add"})"), "a JSON patch is a list of operations"));
+  EXPECT_TRUE(has(err(R"([{"op": "add", "path": "hostname", "value": 1}])"), "is not a JSON pointer"));
+  EXPECT_TRUE(has(err(R"([{"op": "replace", "path": "", "value": [1]}])"), "the patched cloud-config is no mapping"));
+  EXPECT_TRUE(has(err(R"([{"op": "add", "path": "/packages/01", "value": "q"}])"), "no element '01'"));
+  // The patched config is checked like any other: a wrong type is named.
+  EXPECT_TRUE(has(err(R"([{"op": "replace", "path": "/packages", "value": 5}])"), "packages")) 
+      << err(R"([{"op": "replace", "path": "/packages", "value": 5}])");
+}
+
 TEST(ProvisionUserData, APlainCloudConfigIsReadAsBefore) {
   const std::string text = "#cloud-config\nhostname: a\n";
   CloudConfig c = parse_user_data(text);
