@@ -376,11 +376,17 @@ struct ImageCommands {
         nlohmann::json parts = nlohmann::json::array();
         for (const auto& p : out.parts)
           parts.push_back({{"index", p.index}, {"filename", p.filename}, {"type", p.type}, {"note", p.note}});
-        std::printf("%s\n", dump(nlohmann::json({{"plan", out.plan}, {"parts", parts}, {"warnings", out.warnings}})).c_str());
+        std::printf("%s\n", dump(nlohmann::json({{"plan", out.plan}, {"parts", parts}, {"warnings", out.warnings},
+                                                  {"includes", out.includes}}))
+                                 .c_str());
       } else {
         std::printf("user-data OK: %zu warnings; modules in order:", out.warnings.size());
         for (const auto& m : out.plan) std::printf(" %s", m.c_str());
         std::printf("\n");
+        // (escaped like the parts' names: a URL is the user-data's text)
+        for (const auto& u : out.includes)
+          std::printf("include (fetched at provisioning; its modules are not in this plan): %s\n",
+                      dump(nlohmann::json(u)).c_str());
         // Parts are named as the user-data names them: shown escaped (dump).
         for (const auto& p : out.parts) {
           std::string note = p.note.empty() ? "" : " (" + p.note + ")";

@@ -1655,11 +1655,144 @@ std::vector<Piece> explode_archives(std::vector<Piece> in, bool plain, bool& exp
       if (out.size() > kMaxParts) throw Error("user-data: more than " + std::to_string(kMaxParts) + " parts");
     }
   }
-  for (size_t i = 0; i < out.size(); ++i) {
-    out[i].index = i + 1;
-    if (out[i].filename.empty()) out[i].filename = part_name(i + 1);
-    for (auto& c : out[i].filename)
+  return out;
+}
+
+// cloud-init's numbering: parts in the order they are attached, part-NNN
+// for those without a file name.
+void number_pieces(std::vector<Piece>& pieces) {
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    pieces[i].index = i + 1;
+    if (pieces[i].filename.empty()) pieces[i].filename = part_name(i + 1);
+    for (auto& c : pieces[i].filename)
       if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+  }
+}
+
+// The parts of one user-data (the given one, or what an #include fetched):
+// gzip undone, MIME split into its leaves, archives exploded; not yet
+// numbered. `plain`: a single part that was not MIME.
+std::vector<Piece> pieces_of(const std::string& user_data, bool& plain, const std::string& where) {
+  std::string data = user_data;
+  bool gzipped = is_gzip(data);
+  if (gzipped) {
+    try {
+      data = gunzip(data, kMaxUserData);
+    } catch (const Error& e) {
+      throw Error(where + ": " + e.what());
+    }
+  }
+  std::vector<Piece> pieces;
+  plain = true;
+  if (looks_like_mime(data)) {
+    std::vector<MimePart> leaves;
+    try {
+      leaves = parse_mime(data, {kMaxUserData, kMaxParts, kMaxMimeDepth});
+    } catch (const Error& e) {
+      throw Error(where + ": " + e.what());
+    }
+    // Not MIME after all (no header at the top: Python's email reads the
+    // whole as the body, as this does): a plain user-data.
+    plain = leaves.size() == 1 && leaves[0].headers.empty();
+    if (!plain) {
+      if (leaves.empty()) throw Error(where + ": the MIME multi-part holds no parts");
+      for (auto& leaf : leaves) {
+        Piece p;
+        p.filename = leaf.filename;
+        p.declared = leaf.type;
+        p.merge_type = leaf.header("Merge-Type");
+        if (p.merge_type.empty()) p.merge_type = leaf.header("X-Merge-Type");
+        p.content = std::move(leaf.body);
+        pieces.push_back(std::move(p));
+      }
+    }
+  }
+  if (plain) {
+    Piece p;
+    p.declared = "text/x-not-multipart";
+    p.content = std::move(data);
+    pieces.push_back(std::move(p));
+  }
+  if (gzipped) pieces[0].note = "gzip";
+  bool exploded = false;
+  pieces = explode_archives(std::move(pieces), plain, exploded);
+  if (exploded) plain = false;
+  return pieces;
+}
+
+// Whether a part is an #include (-once) list, and its content (gunzipped).
+bool is_include(const Piece& p, std::string& content) {
+  static const std::set<std::string> kByStart = {"text/plain", "text/x-not-multipart", "text/x-shellscript"};
+  content = p.content;
+  bool zipped = gzip_type(p.declared) || is_gzip(content);
+  if (zipped) {
+    try {
+      content = gunzip(content, kMaxUserData);
+    } catch (const Error&) {
+      return false;  // step 2 says what is wrong with it
+    }
+  }
+  std::string by_start = type_from_start(content);
+  return p.declared == "text/x-include-url" || p.declared == "text/x-include-once-url" ||
+         ((kByStart.count(p.declared) || zipped) &&
+          (by_start == "text/x-include-url" || by_start == "text/x-include-once-url"));
+}
+
+// The URLs of an #include list, as cloud-init's _do_include reads them:
+// one a line; "#include" and "#include-once" may start a line (with a URL
+// after them or not); other lines starting with '#' are comments. Only
+// http:// and https:// are fetched.
+std::vector<std::string> include_urls(const std::string& content, const std::string& where) {
+  std::vector<std::string> urls;
+  std::istringstream lines(content);
+  for (std::string line; std::getline(lines, line);) {
+    std::string lower = line;
+    for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (lower.rfind("#include-once", 0) == 0) line = line.substr(13);
+    else if (lower.rfind("#include", 0) == 0) line = line.substr(8);
+    line.erase(0, line.find_first_not_of(" \t"));
+    if (line.empty() || line[0] == '#') continue;
+    while (!line.empty() && std::isspace(static_cast<unsigned char>(line.back()))) line.pop_back();
+    if (line.empty()) continue;
+    if (!(line.rfind("http://", 0) == 0 || line.rfind("https://", 0) == 0) ||
+        line.find_first_of(" \t\"'\\") != std::string::npos)
+      throw Error(where + ": '" + start_of(line) + "' is not an http:// or https:// URL (the ones Ultari fetches)");
+    urls.push_back(line);
+  }
+  if (urls.empty()) throw Error(where + ": an #include list names no URL");
+  return urls;
+}
+
+// #include parts replaced by the parts of what their URLs hold (fetched
+// with `fetch`, itself user-data of any kind), where they stand, to a
+// depth of kMaxIncludeDepth.
+constexpr int kMaxIncludeDepth = 4;
+std::vector<Piece> expand_includes(std::vector<Piece> in, bool plain, const Fetcher& fetch, int depth,
+                                   bool& expanded, size_t& total) {
+  std::vector<Piece> out;
+  for (auto& p : in) {
+    std::string content;
+    if (!is_include(p, content)) {
+      out.push_back(std::move(p));
+      continue;
+    }
+    expanded = true;
+    std::string where = plain && depth == 0 ? "user-data" : "user-data part (" + (p.filename.empty() ? std::string("#include") : p.filename) + ")";
+    if (!p.note.empty() && p.note.rfind("from ", 0) == 0) where = "user-data " + p.note;
+    if (depth >= kMaxIncludeDepth)
+      throw Error(where + ": #include nested more than " + std::to_string(kMaxIncludeDepth) + " deep");
+    for (const auto& url : include_urls(content, where)) {
+      std::string got = fetch(url);
+      total += got.size();
+      if (total > kMaxUserData)
+        throw Error(where + ": what #include fetched is more than " + std::to_string(kMaxUserData >> 20) + " MiB");
+      bool sub_plain = true;
+      std::vector<Piece> sub = pieces_of(got, sub_plain, "user-data from " + url);
+      for (auto& q : sub) q.note = "from " + url + (q.note.empty() ? "" : ", " + q.note);
+      sub = expand_includes(std::move(sub), false, fetch, depth + 1, expanded, total);
+      for (auto& q : sub) out.push_back(std::move(q));
+      if (out.size() > kMaxParts) throw Error("user-data: more than " + std::to_string(kMaxParts) + " parts");
+    }
   }
   return out;
 }
@@ -1671,9 +1804,6 @@ std::string refusal(const std::string& type) {
       type == "text/x-shellscript-per-boot" || type == "text/x-shellscript-per-instance" ||
       type == "text/x-shellscript-per-once")
     return "";
-  if (type == "text/x-include-url" || type == "text/x-include-once-url")
-    return "#include user-data lists URLs for cloud-init to fetch; Ultari does not fetch URLs at provisioning: "
-           "put their content into the user-data (a MIME part each)";
   if (type == "text/part-handler")
     return "a part handler is Python code cloud-init would load to handle other parts; Ultari runs no part handlers";
   if (type == "text/upstart-job") return "upstart jobs are not supported (there is no upstart in a sandbox)";
@@ -1726,61 +1856,22 @@ CloudConfig parse_cloud_config(const std::string& text) {
   return out;
 }
 
-CloudConfig parse_user_data(const std::string& user_data, const nlohmann::json& vars) {
+CloudConfig parse_user_data(const std::string& user_data, const nlohmann::json& vars, const Fetcher& fetch) {
   const std::string max = std::to_string(kMaxUserData >> 20) + " MiB";
   if (user_data.size() > kMaxUserData) throw Error("user-data is larger than " + max);
   CloudConfig out;
-  std::string data = user_data;
-  bool gzipped = is_gzip(data);
-  if (gzipped) {
-    try {
-      data = gunzip(data, kMaxUserData);
-    } catch (const Error& e) {
-      throw Error(std::string("user-data: ") + e.what());
-    }
-  }
 
-  // 1. The parts: the MIME leaves, or the whole.
-  std::vector<Piece> pieces;
+  // 1. The parts: the MIME leaves, or the whole; archives exploded and,
+  // with a fetcher, #include lists replaced by what they name.
   bool plain = true;
-  if (looks_like_mime(data)) {
-    std::vector<MimePart> leaves;
-    try {
-      leaves = parse_mime(data, {kMaxUserData, kMaxParts, kMaxMimeDepth});
-    } catch (const Error& e) {
-      throw Error(std::string("user-data: ") + e.what());
-    }
-    // Not MIME after all (no header at the top: Python's email reads the
-    // whole as the body, as this does): a plain user-data.
-    plain = leaves.size() == 1 && leaves[0].headers.empty();
-    if (!plain) {
-      if (leaves.empty()) throw Error("user-data: the MIME multi-part holds no parts");
-      for (size_t i = 0; i < leaves.size(); ++i) {
-        Piece p;
-        p.index = i + 1;
-        p.filename = leaves[i].filename.empty() ? part_name(i + 1) : leaves[i].filename;
-        for (auto& c : p.filename)
-          if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
-        p.declared = leaves[i].type;
-        p.merge_type = leaves[i].header("Merge-Type");
-        if (p.merge_type.empty()) p.merge_type = leaves[i].header("X-Merge-Type");
-        p.content = std::move(leaves[i].body);
-        pieces.push_back(std::move(p));
-      }
-    }
+  std::vector<Piece> pieces = pieces_of(user_data, plain, "user-data");
+  if (fetch) {
+    bool expanded = false;
+    size_t fetched = 0;
+    pieces = expand_includes(std::move(pieces), plain, fetch, 0, expanded, fetched);
+    if (expanded) plain = false;
   }
-  if (plain) {
-    Piece p;
-    p.index = 1;
-    p.filename = "part-001";
-    p.declared = "text/x-not-multipart";
-    p.content = std::move(data);
-    pieces.push_back(std::move(p));
-  }
-  if (gzipped) pieces[0].note = "gzip";
-  bool exploded = false;
-  pieces = explode_archives(std::move(pieces), plain, exploded);
-  if (exploded) plain = false;
+  number_pieces(pieces);
 
   // 2. Each part's type, content (gunzipped, rendered) and place.
   std::vector<Piece*> configs;
@@ -1832,6 +1923,13 @@ CloudConfig parse_user_data(const std::string& user_data, const nlohmann::json& 
       // cloud-init skips an empty payload.
       out.warnings.push_back("user-data" + (plain ? std::string() : " " + p.label()) + ": empty: ignored");
       p.note += std::string(p.note.empty() ? "" : ", ") + "empty: ignored";
+      continue;
+    }
+    if (p.type == "text/x-include-url" || p.type == "text/x-include-once-url") {
+      // (only without a fetcher: with one, they were replaced in step 1)
+      for (const auto& url : include_urls(p.content, plain ? "user-data" : "user-data " + p.label()))
+        out.includes.push_back(url);
+      p.note += std::string(p.note.empty() ? "" : ", ") + "fetched at provisioning";
       continue;
     }
     std::string why = refusal(p.type);

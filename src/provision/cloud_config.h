@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -144,6 +145,7 @@ struct CloudConfig {
   // puts them in /var/lib/cloud/scripts/per-once (...) and runs each
   // directory's scripts (scripts_per_once, _per_boot, _per_instance).
   std::vector<Script> per_once, per_boot, per_instance;
+  std::vector<std::string> includes;  // #include URLs not followed (parsed without a fetcher)
   std::vector<PartInfo> parts;
   bool templated = false;         // a part (or the whole) was a jinja template
   // The user-data with gzip, MIME and templates undone: what the cache key
@@ -171,7 +173,14 @@ inline constexpr int kMaxMimeDepth = 8;
 // Error naming the part (index, file name, type) and, inside a
 // cloud-config, the line and column: malformed YAML, wrong types,
 // #include, part handlers and other types Ultari does not run, bad MIME.
-CloudConfig parse_user_data(const std::string& user_data, const nlohmann::json& vars = nlohmann::json::object());
+// Fetches an #include URL (http:// or https://): its content, or throws
+// Error naming the URL and the problem.
+using Fetcher = std::function<std::string(const std::string& url)>;
+// Without `fetch`, #include lists are not followed: their URLs are listed
+// in CloudConfig::includes (what --check shows, and what provisioning then
+// fetches by parsing again with a fetcher).
+CloudConfig parse_user_data(const std::string& user_data, const nlohmann::json& vars = nlohmann::json::object(),
+                            const Fetcher& fetch = {});
 
 // One #cloud-config document: `text` must start with "#cloud-config".
 // Throws Error ("user-data line L, column C: ...") for malformed YAML,

@@ -781,39 +781,59 @@ std::vector<std::string> plan_of(const CloudConfig& c) {
   return p;
 }
 
-// apt keys given by `keyid`: fetched in a build sandbox with apt's own
-// downloader (apt-helper, so the build's egress policy applies), then
-// checked here: the one key whose fingerprint is the ID is kept (what
-// `gpg --recv-keys` keeps), whatever else the server sent.
-constexpr const char* kFetchKey = R"SH(
-helper=/usr/lib/apt/apt-helper
-[ -x "$helper" ] || { echo "the image has no $helper (package apt) to fetch keys with" >&2; exit 3; }
-d=$(mktemp -d /tmp/ultari-key.XXXXXX)
+// A URL fetched in a build sandbox, through the egress policy it runs
+// with, by the first of curl, wget (busybox's too) and apt's apt-helper the
+// image has (an https:// URL needs the image's CA certificates); at most
+// kMaxUserData bytes. Throws Error naming `what`, the URL and the output.
+constexpr const char* kFetch = R"SH(
+d=$(mktemp -d /tmp/ultari-fetch.XXXXXX) || exit 125
 trap 'rm -rf -- "$d"' EXIT
 chmod 755 "$d"
-"$helper" download-file "$K_URL" "$d/key" >"$d/log" 2>&1 || { cat "$d/log" >&2; exit 4; }
-echo ultari-key-begin
-base64 -w0 "$d/key"
+if command -v curl >/dev/null 2>&1; then
+  curl -fsSL --max-filesize "$F_MAX" -o "$d/got" -- "$F_URL" >"$d/log" 2>&1 || { cat "$d/log" >&2; exit 4; }
+elif command -v wget >/dev/null 2>&1; then
+  wget -q -O "$d/got" -- "$F_URL" >"$d/log" 2>&1 || { cat "$d/log" >&2; exit 4; }
+elif [ -x /usr/lib/apt/apt-helper ]; then
+  /usr/lib/apt/apt-helper download-file "$F_URL" "$d/got" >"$d/log" 2>&1 || { cat "$d/log" >&2; exit 4; }
+else
+  echo "the image has none of curl, wget and apt-helper (package apt) to fetch it with" >&2; exit 3
+fi
+[ "$(wc -c <"$d/got")" -le "$F_MAX" ] || { echo "it is larger than $F_MAX bytes" >&2; exit 5; }
+echo ultari-fetch-begin
+base64 -w0 "$d/got"
 echo
-echo ultari-key-end
+echo ultari-fetch-end
 )SH";
 
+std::string fetch_url(Build& b, const std::string& url, const std::string& what) {
+  Build::StepResult r =
+      b.run({"/bin/sh", "-c", kFetch, "ultari-fetch"}, {"F_URL=" + url, "F_MAX=" + std::to_string(kMaxUserData)});
+  if (r.exit_code != 0)
+    throw Error(what + ": fetching " + url + " failed (exit status " + std::to_string(r.exit_code) + "):\n" +
+                tail(r.output, 10));
+  size_t begin = r.output.find("ultari-fetch-begin\n"), end = r.output.find("\nultari-fetch-end");
+  if (begin == std::string::npos || end == std::string::npos || end < begin)
+    throw Error(what + ": fetching " + url + " printed nothing: " + tail(r.output, 5));
+  begin += std::strlen("ultari-fetch-begin\n");
+  try {
+    return base64_decode(std::string_view(r.output).substr(begin, end - begin));
+  } catch (const Error& e) {
+    throw Error(what + ": fetching " + url + ": " + e.what());
+  }
+}
+
+// apt keys given by `keyid`: fetched in a build sandbox (the build's
+// egress policy allows the key server), then checked here: the one key
+// whose fingerprint is the ID is kept (what `gpg --recv-keys` keeps),
+// whatever else the server sent.
 void fetch_keys(Build& b, images::Unpacker& hashes, std::vector<AptSource>& sources, json& entry) {
   json fetched = json::array();
   for (auto& s : sources) {
     if (s.keyid.empty() || !s.keyring.empty()) continue;
     std::string url = s.keyserver_url + "/pks/lookup?op=get&options=mr&search=0x" + s.keyid;
     const std::string what = "apt.sources." + s.name + ".keyid " + s.keyid;
-    Build::StepResult r = b.run({"/bin/sh", "-c", kFetchKey, "ultari-apt-key"}, {"K_URL=" + url});
-    if (r.exit_code != 0)
-      throw Error(what + ": fetching it from " + url + " failed (exit status " + std::to_string(r.exit_code) +
-                  "):\n" + tail(r.output, 10));
-    size_t begin = r.output.find("ultari-key-begin\n"), end = r.output.find("\nultari-key-end");
-    if (begin == std::string::npos || end == std::string::npos || end < begin)
-      throw Error(what + ": the fetch printed no key: " + tail(r.output, 5));
-    begin += std::strlen("ultari-key-begin\n");
+    std::string answer = fetch_url(b, url, what);
     try {
-      std::string answer = base64_decode(std::string_view(r.output).substr(begin, end - begin));
       s.keyring = pgp::select_key(pgp::dearmor(answer), s.keyid,
                                   [&](const std::string& data) { return hashes.sha1(data); });
     } catch (const Error& e) {
@@ -845,16 +865,20 @@ Outcome provision(images::Store& store, const Request& req) {
 
   // 2. The kernel modules it asks for must be allowed, whatever the cache says.
   HostConfig host = load_host_config();
-  for (const auto& m : cfg.ultari.kernel_modules)
-    if (!module_allowed(host, m))
-      throw Error("ultari.kernel_modules: module '" + m + "' is not on the allowlist (" +
-                  (host.path.empty() ? std::string("the default one; an administrator sets [kernel_modules] allow in "
-                                                   "/etc/ultari/config.toml")
-                                     : "kernel_modules.allow in " + host.path) +
-                  ")");
+  auto check_modules = [&](const CloudConfig& c) {
+    for (const auto& m : c.ultari.kernel_modules)
+      if (!module_allowed(host, m))
+        throw Error("ultari.kernel_modules: module '" + m + "' is not on the allowlist (" +
+                    (host.path.empty() ? std::string("the default one; an administrator sets [kernel_modules] allow "
+                                                     "in /etc/ultari/config.toml")
+                                       : "kernel_modules.allow in " + host.path) +
+                    ")");
+  };
+  check_modules(cfg);
 
   if (req.check_only) {
     out.plan = plan_of(cfg);
+    out.includes = cfg.includes;
     return out;
   }
 
@@ -898,6 +922,49 @@ Outcome provision(images::Store& store, const Request& req) {
     if (b.max_bytes == 0)
       throw Error("the image store " + store.dir() + " has too little free space to provision (" +
                   std::to_string(b.free_at_start >> 20) + " MiB free)");
+  }
+
+  // #include lists: fetched now (the cache key covers the URLs, not what
+  // they hold: --refresh fetches again), each in a build sandbox whose
+  // egress policy allows that URL's host and port only, then the user-data
+  // read again with what they held.
+  if (!cfg.includes.empty()) {
+    std::vector<std::string> fetched_urls;
+    b.module("include", std::to_string(cfg.includes.size()) + " URLs", [&](json& entry) {
+      NetworkSpec saved = b.network;
+      struct Restore {
+        Build& b;
+        NetworkSpec& saved;
+        ~Restore() { b.network = saved; }
+      } restore{b, saved};
+      Fetcher fetch = [&](const std::string& url) {
+        NetworkSpec only = req.network;  // --net-resolver, --net-upstream and the like
+        only.mode = NetworkSpec::Mode::Allow;
+        only.allow = {host_of(url)};
+        only.deny.clear();
+        std::string rest = url.substr(url.find("://") + 3);
+        rest = rest.substr(0, rest.find_first_of("/?#"));
+        uint16_t port = url.rfind("https://", 0) == 0 ? 443 : 80;
+        if (size_t colon = rest.rfind(':'); colon != std::string::npos && rest.find(']') == std::string::npos) {
+          std::string digits = rest.substr(colon + 1);
+          if (digits.empty() || digits.size() > 5 || digits.find_first_not_of("0123456789") != std::string::npos ||
+              std::stoul(digits) == 0 || std::stoul(digits) > 65535)
+            throw Error("#include: '" + url + "' has no valid port");
+          port = static_cast<uint16_t>(std::stoul(digits));
+        }
+        only.ports = {port};
+        net::validate(only);
+        b.network = only;
+        fetched_urls.push_back(url);
+        return fetch_url(b, url, "#include");
+      };
+      CloudConfig full = parse_user_data(req.user_data, instance_data(req, os), fetch);
+      check_modules(full);
+      out.warnings = full.warnings;
+      out.parts = full.parts;
+      cfg = std::move(full);
+      entry["urls"] = fetched_urls;
+    });
   }
 
   std::set<std::string> wanted(cfg.ultari.kernel_modules.begin(), cfg.ultari.kernel_modules.end());

@@ -47,6 +47,7 @@ struct Outcome {
   images::Image image;          // check_only: empty
   bool cache_hit = false;
   std::vector<std::string> plan;  // check_only: the modules that would run, in order
+  std::vector<std::string> includes;  // check_only: the #include URLs (fetched at provisioning; their modules not in `plan`)
   std::vector<PartInfo> parts;     // what the user-data held (MIME parts; a plain user-data is one)
   std::vector<std::string> warnings;  // unknown keys, modules not run, ...
 };

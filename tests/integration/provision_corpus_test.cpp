@@ -12,8 +12,10 @@
 //     deliberate refusal of Ultari that must still be one; for the valid
 //     ones every top-level key is in the plan or in a warning;
 //   - every other example: a user script (#!) is taken (its plan is
-//     scripts_user); #include, part handlers, cloud-config-archive and
-//     text that is no user-data format are refused, each with its reason;
+//     scripts_user); an #include list is taken, its URLs listed (--check
+//     fetches nothing); part handlers, a cloud-config archive holding a
+//     made-up type and text that is no user-data format are refused, each
+//     with its reason;
 //   - type errors on the modules Ultari runs, plain scalars of the wrong
 //     YAML type and YAML syntax errors: refused by both, Ultari naming the
 //     line (and, where it gives one, the column) of the fault;
@@ -407,8 +409,9 @@ TEST_F(ProvisionCorpus, CloudConfigExamplesGetCloudInitsVerdict) {
 TEST_F(ProvisionCorpus, OtherExamplesAreRunOrRefusedWithTheirReason) {
   // Scripts, #include, part handlers, cloud-config-archive, the seed's
   // meta-data: not #cloud-config, refused by cloud-init's schema check. A
-  // user script is user-data Ultari runs (scripts_user); the others are
-  // refused, the message saying why.
+  // user script is user-data Ultari runs (scripts_user), an #include list
+  // names URLs it fetches at provisioning; the others are refused, the
+  // message saying why.
   const Corpus& c = corpus();
   std::vector<std::string> files;
   for (const auto& f : files_under(c.examples))
@@ -431,9 +434,15 @@ TEST_F(ProvisionCorpus, OtherExamplesAreRunOrRefusedWithTheirReason) {
       EXPECT_EQ(out["parts"][0]["type"], "text/x-shellscript") << r.out;
       continue;
     }
+    if (first.rfind("#include", 0) == 0) {  // its URLs, fetched at provisioning (not by --check)
+      ASSERT_EQ(r.status, 0) << r.out << r.err;
+      json out = json::parse(r.out);
+      EXPECT_EQ(out["includes"].size(), 2u) << r.out;
+      for (const auto& u : out["includes"]) EXPECT_TRUE(u.get<std::string>().rfind("http", 0) == 0) << r.out;
+      continue;
+    }
     EXPECT_EQ(r.status, 125) << r.out << r.err;
-    const char* reason = first.rfind("#include", 0) == 0         ? "Ultari does not fetch URLs"
-                         : first.rfind("#part-handler", 0) == 0  ? "Ultari runs no part handlers"
+    const char* reason = first.rfind("#part-handler", 0) == 0  ? "Ultari runs no part handlers"
                          // an archive's entries are parts: both examples hold one of the made-up type foo/wark
                          : first.rfind("#cloud-config-archive", 0) == 0 ? "'foo/wark' is not a type Ultari runs"
                                                                          : "'#cloud-config'";

@@ -330,7 +330,7 @@ TEST_F(Provision, BadUserDataIsRefusedBeforeAnythingRuns) {
       {"#cloud-config\nusers:\n  - name: 'a:b'\n", "not a valid user or group name"},
       {"#cloud-config\nusers:\n  - name: x\n    gecos: \"a\\nroot::0:0::/:/bin/sh\"\n", "line break"},
       {"#cloud-config\nultari:\n  kernel_modules: [vfat]\n", "'vfat' is not on the allowlist"},
-      {"#include https://example.com/user-data\n", "Ultari does not fetch URLs at provisioning"},
+      {"#include ftp://example.com/user-data\n", "is not an http:// or https:// URL"},
       {"hello\n", "user-data must start with '#cloud-config', '#!'"},
       {"## template: jinja\n#cloud-config\nhostname: {{ nothere }}\n", "'nothere'"},
       {"#cloud-config\nhostname: x\n", "not a template", {"--var", "a=b"}},
@@ -698,6 +698,56 @@ TEST_F(Provision, ScriptsPerOnceBootAndInstanceRunInCloudInitsOrder) {
   EXPECT_TRUE(has(f.err, "scripts_per_instance: /var/lib/cloud/scripts/per-instance/a-written.sh failed (exit status 3)"))
       << f.err;
   EXPECT_NE(ultari({"image", "inspect", bad}, test_image_options()).status, 0);
+}
+
+// #include lists: each URL fetched at provisioning in a build sandbox whose
+// egress policy allows that URL's host alone (the lab's servers serve the
+// files), nested lists followed, the parts they held run where the list
+// stood. The modules that run later get no access to those hosts.
+TEST_F(Provision, IncludeListsAreFetchedEachThroughAPolicyOfItsOwn) {
+  NetLab lab;
+  ASSERT_EQ(host("mkdir -p " + lab.dir() + "/files").status, 0);
+  write_file(lab.dir() + "/files/a.yaml",
+             "#cloud-config\nwrite_files:\n  - path: /etc/included\n    content: from-a\n"
+             "runcmd:\n  - '! /usr/lib/apt/apt-helper download-file http://allowed.test/files/a.yaml /tmp/x'\n");
+  write_file(lab.dir() + "/files/nested.txt", "#include\nhttp://allowed.test/files/a.yaml\n");
+  write_file(lab.dir() + "/files/b.sh", "#!/bin/sh\necho b > /etc/b\n");
+  auto provision_in_lab = [&](const std::string& image, const std::string& user_data, std::vector<std::string> extra = {}) {
+    std::string file = dir_ / (image + ".txt");
+    write_file(file, user_data);
+    std::vector<std::string> args = {"image", "provision", image, "--from", "minbase-kmod", "--user-data", file,
+                                     "--net-resolver", NetLab::kDnsAddr, "--no-cache", "-q"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return lab.ultari(args, test_image_options(600));
+  };
+  const std::string list = "#include\nhttp://allowed.test/files/nested.txt\nhttp://other.test/files/b.sh\n";
+  std::string img = name("inc");
+  Outcome r = provision_in_lab(img, list);
+  ASSERT_EQ(r.status, 0) << r.err;
+  Outcome s = in(img, "cat /etc/included; echo; cat /etc/b");
+  EXPECT_EQ(s.out, "from-a\nb\n") << s.err;
+  json i = inspect(img);
+  EXPECT_EQ(i["provision_log"][0]["module"], "include") << i.dump();
+  EXPECT_EQ(i["provision_log"][0]["urls"],
+            json({"http://allowed.test/files/nested.txt", "http://allowed.test/files/a.yaml", "http://other.test/files/b.sh"}))
+      << i.dump();
+  std::string asked;
+  for (const auto& q : lab.requests()) asked += q["path"].get<std::string>() + " ";
+  EXPECT_EQ(asked, "/files/nested.txt /files/a.yaml /files/b.sh ");  // the runcmd item reached nothing
+
+  // Negative controls: with allowed.test allowed to the modules, the same
+  // runcmd item reaches it (and so fails, being negated); a URL that is
+  // not there fails the build naming it. Nothing is committed.
+  std::string open_img = name("inc-open");
+  Outcome o = provision_in_lab(open_img, list, {"--net", "allow=allowed.test"});
+  EXPECT_EQ(o.status, 125);
+  EXPECT_TRUE(has(o.err, "runcmd[0]")) << o.err;
+  std::string missing = name("inc-missing");
+  Outcome m = provision_in_lab(missing, "#include http://allowed.test/files/not-there.yaml\n");
+  EXPECT_EQ(m.status, 125);
+  EXPECT_TRUE(has(m.err, "#include: fetching http://allowed.test/files/not-there.yaml failed")) << m.err;
+  for (const auto& n : {open_img, missing}) EXPECT_NE(ultari({"image", "inspect", n}, test_image_options()).status, 0);
+  EXPECT_EQ(scratch_dirs(), 0);
 }
 
 // Rootless: the caller's own store, a base imported by that user (the

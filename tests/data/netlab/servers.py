@@ -71,6 +71,17 @@ def make_handler(directory, name, addr, port, scheme):
             out = ("lab server=%s addr=%s port=%d scheme=%s host=%s sni=%s method=%s path=%s\n" %
                    (name, addr, port, scheme, host, sni or "-", self.command, self.path)).encode()
             ctype = "text/plain"
+            # Files a test put in <lab dir>/files/: GET /files/NAME.
+            if self.path.startswith("/files/"):
+                fname = self.path[len("/files/"):]
+                full = os.path.join(directory, "files", fname)
+                if not fname.replace(".", "").replace("-", "").replace("_", "").isalnum() or not os.path.exists(full):
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                out = open(full, "rb").read()
+                ctype = "application/octet-stream"
             # A key server (HKP): GET /pks/lookup?op=get&search=0xID answers
             # <lab dir>/keys/<ID>.asc, as a test put it there.
             if self.path.startswith("/pks/lookup?"):
