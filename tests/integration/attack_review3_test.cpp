@@ -256,7 +256,7 @@ AgQWAgMBAh4BAheAAAoJEEcx1c1Oft6mMg4BAKHN05ozzNqmlIIK8T17X7reD2XQ
 
 // Rootless, debootstrap runs in its own user, pid and mount namespaces. A
 // SIGKILL of ultari while it installs must leave no process of the build
-// and no mount in the host's table; the next ultari of that user sweeps its
+// and no mount in the host's table; the next prune (or build, import, provision) of that user sweeps its
 // directory from the store's tmp/. Controls: while it runs, its processes
 // are there and one of them sees the target's /proc mounted (the host
 // never does).
@@ -293,7 +293,9 @@ TEST_F(AttackReview3, ARootlessDebootstrapKilledMidwayLeavesNothing) {
   EXPECT_EQ(left, 0u) << host("ps -ef | grep " + data).out;
   EXPECT_EQ(host("grep -c '" + data + "' /proc/self/mountinfo").out, "0\n");
   EXPECT_NE(host("ls -A " + data + "/images/tmp").out, "");  // control: the killed build's directory
-  Outcome ls = ultari({"image", "ls"}, o);  // any store command sweeps
+  // ultari's pid names the directory: swept once it is reaped (by init).
+  for (int i = 0; i < 100 && exists("/proc/" + std::to_string(pid)); ++i) usleep(100000);
+  Outcome ls = ultari({"image", "prune"}, o);  // a store command that sweeps
   EXPECT_EQ(ls.status, 0) << ls.err;
   EXPECT_EQ(host("ls -A " + data + "/images/tmp").out, "");
 }
