@@ -466,6 +466,14 @@ fi
 id -- "$U_NAME"
 )SH";
 
+// `s` with each `from` replaced by `to`, once: the search goes on after
+// the text put in, which may hold `from` again (a key file named
+// $KEY_FILE.gpg, a base whose VERSION_CODENAME is "$RELEASE").
+std::string replace_all(std::string s, const std::string& from, const std::string& to) {
+  for (size_t p = 0; (p = s.find(from, p)) != std::string::npos; p += to.size()) s.replace(p, from.size(), to);
+  return s;
+}
+
 // Files given in the environment: F_COUNT, F<i>_PATH, F<i>_DATA, F<i>_MODE,
 // F<i>_APPEND, F<i>_B64 (small generated files: apt configuration, keys,
 // certificates; a binary one travels as base64, written as it decodes).
@@ -1175,7 +1183,7 @@ Outcome provision(images::Store& store, const Request& req) {
           for (auto [from, to] : {std::pair<std::string, std::string>{"$MIRROR", mirror}, {"$PRIMARY", mirror},
                                   {"$SECURITY", cfg.apt.security_uri.empty() ? mirror : cfg.apt.security_uri},
                                   {"$RELEASE", release}})
-            for (size_t p; (p = s.find(from)) != std::string::npos;) s.replace(p, from.size(), to);
+            s = replace_all(std::move(s), from, to);
           return s;
         };
         if (!cfg.apt.preserve_sources_list && !cfg.apt.sources_list.empty()) {
@@ -1190,9 +1198,7 @@ Outcome provision(images::Store& store, const Request& req) {
           std::string key_file =
               std::string(signed_by ? "/etc/apt/cloud-init.gpg.d/" : "/etc/apt/trusted.gpg.d/") + s.key_stem + ".gpg";
           if (!s.keyring.empty()) files.push_back({key_file, s.keyring, "0644", false, true});
-          std::string source = s.source;
-          for (size_t p; signed_by && (p = source.find("$KEY_FILE")) != std::string::npos;)
-            source.replace(p, 9, key_file);
+          std::string source = signed_by ? replace_all(s.source, "$KEY_FILE", key_file) : s.source;
           if (!source.empty()) files.push_back({"/etc/apt/sources.list.d/" + s.filename, subst(source), "0644", s.append});
         }
         if (!cfg.apt.conf.empty()) files.push_back({"/etc/apt/apt.conf.d/94cloud-init-config", cfg.apt.conf});

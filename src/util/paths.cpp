@@ -122,10 +122,15 @@ namespace {
 
 // Removes a tree without following links or leaving the filesystem, with
 // a bounded number of fds (nftw): first opening up directories without
-// write or search permission (a rootless caller's own layer), then removing
-// bottom up.
+// read, write or search permission (a rootless caller's own layer), then
+// removing bottom up. nftw reports a directory it cannot read as FTW_DNR
+// and does not enter it: once opened up, it is walked again (a worklist,
+// each subtree once).
+thread_local std::vector<std::string>* opened_unreadable = nullptr;
 int open_up(const char* path, const struct stat* st, int type, FTW*) {
-  if (type == FTW_D && (st->st_mode & 0700) != 0700) chmod(path, (st->st_mode & 07777) | 0700);
+  if ((type == FTW_D || type == FTW_DNR) && (st->st_mode & 0700) != 0700 &&
+      chmod(path, (st->st_mode & 07777) | 0700) == 0 && type == FTW_DNR && opened_unreadable)
+    opened_unreadable->emplace_back(path);
   return 0;
 }
 int remove_one(const char* path, const struct stat*, int type, FTW*) {
@@ -143,7 +148,16 @@ void remove_tree(const std::string& path) {
     unlink(path.c_str());
     return;
   }
-  nftw(path.c_str(), open_up, 16, FTW_PHYS | FTW_MOUNT);
+  std::vector<std::string> pending = {path}, found;
+  opened_unreadable = &found;
+  while (!pending.empty()) {
+    std::string next = std::move(pending.back());
+    pending.pop_back();
+    nftw(next.c_str(), open_up, 16, FTW_PHYS | FTW_MOUNT);
+    pending.insert(pending.end(), found.begin(), found.end());
+    found.clear();
+  }
+  opened_unreadable = nullptr;
   nftw(path.c_str(), remove_one, 16, FTW_PHYS | FTW_MOUNT | FTW_DEPTH);
 }
 
