@@ -95,6 +95,7 @@ std::string dearmor(const std::string& text) {
     if (line.empty()) continue;
     if (line[0] == '=') {
       checksum = line.substr(1);
+      if (checksum.empty()) throw Error("has an empty armour checksum line ('=')");
       break;
     }
     body += line;
@@ -111,7 +112,8 @@ std::string dearmor(const std::string& text) {
     std::string crc;
     try {
       crc = base64_decode(checksum);
-    } catch (const Error&) {
+    } catch (const Error& e) {
+      throw Error(std::string("has an armour checksum that is not valid base64: ") + e.what());
     }
     uint32_t want = crc.size() == 3 ? (static_cast<uint32_t>(static_cast<unsigned char>(crc[0])) << 16) |
                                           (static_cast<uint32_t>(static_cast<unsigned char>(crc[1])) << 8) |

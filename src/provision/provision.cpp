@@ -1198,8 +1198,11 @@ Outcome provision(images::Store& store, const Request& req) {
           std::string key_file =
               std::string(signed_by ? "/etc/apt/cloud-init.gpg.d/" : "/etc/apt/trusted.gpg.d/") + s.key_stem + ".gpg";
           if (!s.keyring.empty()) files.push_back({key_file, s.keyring, "0644", false, true});
-          std::string source = signed_by ? replace_all(s.source, "$KEY_FILE", key_file) : s.source;
-          if (!source.empty()) files.push_back({"/etc/apt/sources.list.d/" + s.filename, subst(source), "0644", s.append});
+          // $KEY_FILE last: the key's path (of the source's file name) is
+          // not substituted again.
+          std::string source = subst(s.source);
+          if (signed_by) source = replace_all(std::move(source), "$KEY_FILE", key_file);
+          if (!source.empty()) files.push_back({"/etc/apt/sources.list.d/" + s.filename, source, "0644", s.append});
         }
         if (!cfg.apt.conf.empty()) files.push_back({"/etc/apt/apt.conf.d/94cloud-init-config", cfg.apt.conf});
         std::string proxy;

@@ -250,6 +250,13 @@ AgQWAgMBAh4BAheAAAoJEEcx1c1Oft6mMg4BAKHN05ozzNqmlIIK8T17X7reD2XQ
   EXPECT_EQ(listed(base, "r.list"), "deb http://m/ $RELEASE main\n");
   Outcome mirror = timed("mirror", "bb", ud("m.list", "deb $MIRROR x main", "http://m/$MIRROR"));
   EXPECT_EQ(listed(mirror, "m.list"), "deb http://m/$MIRROR x main\n");
+  // The key's path is put in last: a file name holding $RELEASE stays as
+  // it is in signed-by (it is the key file's real name).
+  Outcome named = timed("named", "bb", ud("$RELEASE.list", "deb [signed-by=$KEY_FILE] http://m/ $RELEASE main", ""));
+  EXPECT_EQ(listed(named, "\\$RELEASE.list"),
+            "deb [signed-by=/etc/apt/cloud-init.gpg.d/$RELEASE.gpg] http://m/ bbcode main\n");
+  if (named.report.is_object())
+    EXPECT_EQ(host("wc -c < " + top_layer(false, named.report) + "/etc/apt/cloud-init.gpg.d/\\$RELEASE.gpg").out, "238\n");
 }
 
 // --- 4. A rootless debootstrap killed midway --------------------------------

@@ -121,6 +121,7 @@ TEST(Review3Dearmor, MalformedArmourIsRefusedNeverTakenAsAKey) {
       {"checksum of the wrong size", replaced("=Z8yc", "=Z8y"), "checksum does not match"},
       {"checksum too long", replaced("=Z8yc", "=Z8ycZ8yc"), "checksum does not match"},
       {"checksum not base64", replaced("=Z8yc", "=Z8?c"), "not valid base64"},
+      {"a bare '=' for a checksum", replaced("=Z8yc", "="), "empty armour checksum line"},
       {"one bit flipped", replaced("mDMEaxA26", "mDMEaxA27"), "checksum does not match"},
       {"a line dropped", replaced("Ijausde0JVVsdGFyaSBUZXN0IEtleSA8dGVzdEB1bHRhcmkuaW52YWxpZD6IkAQT\n", ""),
        "checksum does not match"},
