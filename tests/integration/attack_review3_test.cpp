@@ -205,16 +205,7 @@ TEST_F(AttackReview3, ASetuidFileOfARootlessBuildIsTheCallersAndReachesNoOtherUs
 // name. Now each is replaced once. Negative control: plain names are
 // replaced (the key path in signed-by, the codename).
 TEST_F(AttackReview3, ASubstitutionThatHoldsItsOwnNameDoesNotHangTheHost) {
-  const std::string key = R"KEY(-----BEGIN PGP PUBLIC KEY BLOCK-----
-
-mDMEaxA26BYJKwYBBAHaRw8BAQdATHLUNb2BXl40SlfNDxq4q1J9OnC62xFsUJgN
-Ijausde0JVVsdGFyaSBUZXN0IEtleSA8dGVzdEB1bHRhcmkuaW52YWxpZD6IkAQT
-FggAOBYhBOqHXIXJRdpSl/UawEcx1c1Oft6mBQJrEDboAhsDBQsJCAcCBhUKCQgL
-AgQWAgMBAh4BAheAAAoJEEcx1c1Oft6mMg4BAKHN05ozzNqmlIIK8T17X7reD2XQ
-5NYEocjxza3FHsAPAQDw1nk4z3B4LWLYnl569lwupCIu9KvBFhpvh5lu/cuNCg==
-=Z8yc
------END PGP PUBLIC KEY BLOCK-----
-)KEY";
+  const std::string key = read_file(std::string(ULTARI_TEST_DATA) + "/provision/keys/test.asc");
   std::string indented;
   for (size_t s = 0, e; (e = key.find('\n', s)) != std::string::npos; s = e + 1)
     indented += "        " + key.substr(s, e - s) + "\n";
@@ -255,8 +246,9 @@ AgQWAgMBAh4BAheAAAoJEEcx1c1Oft6mMg4BAKHN05ozzNqmlIIK8T17X7reD2XQ
   Outcome named = timed("named", "bb", ud("$RELEASE.list", "deb [signed-by=$KEY_FILE] http://m/ $RELEASE main", ""));
   EXPECT_EQ(listed(named, "\\$RELEASE.list"),
             "deb [signed-by=/etc/apt/cloud-init.gpg.d/$RELEASE.gpg] http://m/ bbcode main\n");
-  if (named.report.is_object())
+  if (named.report.is_object()) {
     EXPECT_EQ(host("wc -c < " + top_layer(false, named.report) + "/etc/apt/cloud-init.gpg.d/\\$RELEASE.gpg").out, "238\n");
+  }
 }
 
 // --- 4. A rootless debootstrap killed midway --------------------------------
@@ -278,12 +270,7 @@ TEST_F(AttackReview3, ARootlessDebootstrapKilledMidwayLeavesNothing) {
                        " image build k --debian bookworm --variant minbase >/dev/null 2>" + log + " & echo $!");
   ASSERT_EQ(start.status, 0);
   pid_t pid = std::stoi(start.out);
-  bool installing = false;
-  for (int i = 0; i < 1200 && !installing && exists("/proc/" + std::to_string(pid)); ++i) {
-    usleep(250000);
-    installing = has(read_file(log), "Installing core packages");
-  }
-  ASSERT_TRUE(installing) << read_file(log);
+  ASSERT_TRUE(wait_for_text(log, pid, "Installing core packages")) << read_file(log);
   std::vector<pid_t> inside = pids_matching(data);
   ASSERT_FALSE(inside.empty());
   bool seen = false;

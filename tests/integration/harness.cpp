@@ -371,4 +371,12 @@ std::string ensure_debian_test_image() {
   return error;
 }
 
+bool wait_for_text(const std::string& log, pid_t pid, const std::string& text) {
+  for (int i = 0; i < 1200 && exists("/proc/" + std::to_string(pid)); ++i) {
+    if (read_file(log).find(text) != std::string::npos) return true;
+    usleep(250000);
+  }
+  return read_file(log).find(text) != std::string::npos;
+}
+
 }  // namespace ultari::test

@@ -50,6 +50,9 @@ class TempDir {
 
 void write_file(const std::string& path, const std::string& content, unsigned mode = 0644);
 std::string read_file(const std::string& path);
+// Waits (up to 5 minutes, while process `pid` lives) until the file at
+// `log` holds `text`; whether it does.
+bool wait_for_text(const std::string& log, pid_t pid, const std::string& text);
 bool exists(const std::string& path);
 
 // What sandboxes may leave behind on the host.

@@ -622,12 +622,7 @@ TEST_F(DebianImage, ABuildKilledMidwayLeavesNoProcessNorMount) {
     return host("grep -c '" + data + ".*/proc' /proc/" + who + "/mountinfo").out;
   };
   // debootstrap mounts the target's /proc before "Installing core packages".
-  bool installing = false;
-  for (int i = 0; i < 1200 && !installing && exists("/proc/" + std::to_string(pid)); ++i) {
-    usleep(250000);
-    installing = has(read_file(log), "Installing core packages");
-  }
-  ASSERT_TRUE(installing) << read_file(log);
+  ASSERT_TRUE(wait_for_text(log, pid, "Installing core packages")) << read_file(log);
   std::vector<pid_t> inside = pids_matching(data);
   ASSERT_FALSE(inside.empty());
   bool seen = false;

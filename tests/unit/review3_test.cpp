@@ -62,16 +62,13 @@ struct Tmp {
 
 // ---------------------------------------------------------------- dearmor
 
-const char* const kKey = R"KEY(-----BEGIN PGP PUBLIC KEY BLOCK-----
-
-mDMEaxA26BYJKwYBBAHaRw8BAQdATHLUNb2BXl40SlfNDxq4q1J9OnC62xFsUJgN
-Ijausde0JVVsdGFyaSBUZXN0IEtleSA8dGVzdEB1bHRhcmkuaW52YWxpZD6IkAQT
-FggAOBYhBOqHXIXJRdpSl/UawEcx1c1Oft6mBQJrEDboAhsDBQsJCAcCBhUKCQgL
-AgQWAgMBAh4BAheAAAoJEEcx1c1Oft6mMg4BAKHN05ozzNqmlIIK8T17X7reD2XQ
-5NYEocjxza3FHsAPAQDw1nk4z3B4LWLYnl569lwupCIu9KvBFhpvh5lu/cuNCg==
-=Z8yc
------END PGP PUBLIC KEY BLOCK-----
-)KEY";
+// The tests' key (tests/data/provision/keys/README).
+const std::string kKey = [] {
+  std::ifstream in(std::string(ULTARI_TEST_DATA) + "/provision/keys/test.asc");
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}();
 
 std::string user_data(const std::string& key, const std::string& extra = "") {
   std::string indented;
