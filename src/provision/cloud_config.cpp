@@ -283,8 +283,9 @@ class Reader {
       w.where = where_.at(f, false);
       if (!f["path"]) fail_at(f, "'" + path + ".path' is missing");
       w.path = normalize_path(f["path"], path + ".path", str(f["path"], path + ".path"));
-      if (f["source"]) fail_at(f["source"], "'" + path + ".source' (fetching a URL) is not supported: give the content");
+      if (f["source"]) source(f["source"], path + ".source", w);
       bool binary = false;
+      w.has_content = f["content"] && !f["content"].IsNull();
       if (f["content"] && !f["content"].IsNull()) {
         binary = f["content"].Tag() == "tag:yaml.org,2002:binary";
         w.content = binary ? f["content"].Scalar() : str(f["content"], path + ".content");
@@ -316,6 +317,31 @@ class Reader {
       if (f["append"]) w.append = boolean(f["append"], path + ".append");
       if (f["defer"]) w.defer = boolean(f["defer"], path + ".defer");
       out_.write_files.push_back(std::move(w));
+    }
+  }
+
+  // write_files[].source: {uri: http(s)://..., headers: {NAME: VALUE}}.
+  void source(const Node& n, const std::string& path, WriteFile& w) {
+    need_map(n, path);
+    known_keys(n, path, {"uri", "headers"});
+    if (!n["uri"]) fail_at(n, "'" + path + ".uri' is missing");
+    w.source_uri = str(n["uri"], path + ".uri");
+    const std::string& u = w.source_uri;
+    if (!(u.rfind("http://", 0) == 0 || u.rfind("https://", 0) == 0) || u.size() > 4096 ||
+        u.find_first_of(" \t\r\n\"'\\") != std::string::npos)
+      fail_at(n["uri"], "'" + path + ".uri' must be an http:// or https:// URL (the ones Ultari fetches), not '" + u + "'");
+    if (n["headers"]) {
+      need_map(n["headers"], path + ".headers");
+      for (auto it = n["headers"].begin(); it != n["headers"].end(); ++it) {
+        std::string name = it->first.Scalar(), value = str(it->second, path + ".headers." + name);
+        bool ok = !name.empty() && name.size() <= 256;
+        for (char c : name)
+          if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_')) ok = false;
+        if (!ok) fail_at(it->first, "'" + path + ".headers': '" + name + "' is not a header name");
+        if (value.find_first_of("\r\n") != std::string::npos)
+          fail_at(it->second, "'" + path + ".headers." + name + "' holds a line break");
+        w.source_headers.emplace_back(name, value);
+      }
     }
   }
 

@@ -33,6 +33,12 @@ struct WriteFile {
   std::string path;      // absolute, normalised, no ".." (checked)
   std::string content;   // after base64 decoding; gzip is undone inside the build sandbox
   bool gzip = false;     // content is gzip-compressed
+  // `source` (cloud-init 23.1): the file's bytes from this http(s) URL,
+  // fetched at provisioning (headers sent with the request); `content`
+  // (with its encoding) is the fallback when the fetch fails.
+  std::string source_uri;
+  std::vector<std::pair<std::string, std::string>> source_headers;
+  bool has_content = false;
   std::string owner = "root:root";
   unsigned permissions = 0644;
   bool append = false;

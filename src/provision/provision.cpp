@@ -798,9 +798,23 @@ d=$(mktemp -d /tmp/ultari-fetch.XXXXXX) || exit 125
 trap 'rm -rf -- "$d"' EXIT
 chmod 755 "$d"
 if command -v curl >/dev/null 2>&1; then
-  curl -fsSL --max-filesize "$F_MAX" -o "$d/got" -- "$F_URL" >"$d/log" 2>&1 || { cat "$d/log" >&2; exit 4; }
+  set --
+  if [ -n "$F_HEADERS" ]; then
+    while IFS= read -r h; do [ -n "$h" ] && set -- "$@" -H "$h"; done <<HEADERS
+$F_HEADERS
+HEADERS
+  fi
+  curl -fsSL --max-filesize "$F_MAX" "$@" -o "$d/got" -- "$F_URL" >"$d/log" 2>&1 || { cat "$d/log" >&2; exit 4; }
 elif command -v wget >/dev/null 2>&1; then
-  wget -q -O "$d/got" -- "$F_URL" >"$d/log" 2>&1 || { cat "$d/log" >&2; exit 4; }
+  set --
+  if [ -n "$F_HEADERS" ]; then
+    while IFS= read -r h; do [ -n "$h" ] && set -- "$@" "--header=$h"; done <<HEADERS
+$F_HEADERS
+HEADERS
+  fi
+  wget -q "$@" -O "$d/got" -- "$F_URL" >"$d/log" 2>&1 || { cat "$d/log" >&2; exit 4; }
+elif [ -n "$F_HEADERS" ]; then
+  echo "the image has neither curl nor wget to send the request's headers with" >&2; exit 3
 elif [ -x /usr/lib/apt/apt-helper ]; then
   /usr/lib/apt/apt-helper download-file "$F_URL" "$d/got" >"$d/log" 2>&1 || { cat "$d/log" >&2; exit 4; }
 else
@@ -813,9 +827,13 @@ echo
 echo ultari-fetch-end
 )SH";
 
-std::string fetch_url(Build& b, const std::string& url, const std::string& what) {
-  Build::StepResult r =
-      b.run({"/bin/sh", "-c", kFetch, "ultari-fetch"}, {"F_URL=" + url, "F_MAX=" + std::to_string(kMaxUserData)});
+std::string fetch_url(Build& b, const std::string& url, const std::string& what,
+                      const std::vector<std::pair<std::string, std::string>>& headers = {},
+                      size_t max = kMaxUserData) {
+  std::string lines;
+  for (const auto& [name, value] : headers) lines += name + ": " + value + "\n";
+  Build::StepResult r = b.run({"/bin/sh", "-c", kFetch, "ultari-fetch"},
+                              {"F_URL=" + url, "F_MAX=" + std::to_string(max), "F_HEADERS=" + lines});
   if (r.exit_code != 0)
     throw Error(what + ": fetching " + url + " failed (exit status " + std::to_string(r.exit_code) + "):\n" +
                 tail(r.output, 10));
@@ -828,6 +846,39 @@ std::string fetch_url(Build& b, const std::string& url, const std::string& what)
   } catch (const Error& e) {
     throw Error(what + ": fetching " + url + ": " + e.what());
   }
+}
+
+// A URL fetched as fetch_url does, by a sandbox whose egress policy allows
+// that URL's host and port alone (the request's resolver and upstream
+// proxy kept): an #include list's or a write_files source's, which the
+// modules that run later do not get.
+std::string fetch_alone(Build& b, const NetworkSpec& request, const std::string& url, const std::string& what,
+                        const std::vector<std::pair<std::string, std::string>>& headers = {},
+                        size_t max = kMaxUserData) {
+  NetworkSpec only = request;
+  only.mode = NetworkSpec::Mode::Allow;
+  only.allow = {host_of(url)};
+  only.deny.clear();
+  std::string rest = url.substr(url.find("://") + 3);
+  rest = rest.substr(0, rest.find_first_of("/?#"));
+  uint16_t port = url.rfind("https://", 0) == 0 ? 443 : 80;
+  if (size_t colon = rest.rfind(':'); colon != std::string::npos && rest.find(']') == std::string::npos) {
+    std::string digits = rest.substr(colon + 1);
+    if (digits.empty() || digits.size() > 5 || digits.find_first_not_of("0123456789") != std::string::npos ||
+        std::stoul(digits) == 0 || std::stoul(digits) > 65535)
+      throw Error(what + ": '" + url + "' has no valid port");
+    port = static_cast<uint16_t>(std::stoul(digits));
+  }
+  only.ports = {port};
+  net::validate(only);
+  NetworkSpec saved = b.network;
+  struct Restore {
+    Build& b;
+    NetworkSpec& saved;
+    ~Restore() { b.network = saved; }
+  } restore{b, saved};
+  b.network = only;
+  return fetch_url(b, url, what, headers, max);
 }
 
 // apt keys given by `keyid`: fetched in a build sandbox (the build's
@@ -939,32 +990,9 @@ Outcome provision(images::Store& store, const Request& req) {
   if (!cfg.includes.empty()) {
     std::vector<std::string> fetched_urls;
     b.module("include", std::to_string(cfg.includes.size()) + " URLs", [&](json& entry) {
-      NetworkSpec saved = b.network;
-      struct Restore {
-        Build& b;
-        NetworkSpec& saved;
-        ~Restore() { b.network = saved; }
-      } restore{b, saved};
       Fetcher fetch = [&](const std::string& url) {
-        NetworkSpec only = req.network;  // --net-resolver, --net-upstream and the like
-        only.mode = NetworkSpec::Mode::Allow;
-        only.allow = {host_of(url)};
-        only.deny.clear();
-        std::string rest = url.substr(url.find("://") + 3);
-        rest = rest.substr(0, rest.find_first_of("/?#"));
-        uint16_t port = url.rfind("https://", 0) == 0 ? 443 : 80;
-        if (size_t colon = rest.rfind(':'); colon != std::string::npos && rest.find(']') == std::string::npos) {
-          std::string digits = rest.substr(colon + 1);
-          if (digits.empty() || digits.size() > 5 || digits.find_first_not_of("0123456789") != std::string::npos ||
-              std::stoul(digits) == 0 || std::stoul(digits) > 65535)
-            throw Error("#include: '" + url + "' has no valid port");
-          port = static_cast<uint16_t>(std::stoul(digits));
-        }
-        only.ports = {port};
-        net::validate(only);
-        b.network = only;
         fetched_urls.push_back(url);
-        return fetch_url(b, url, "#include");
+        return fetch_alone(b, req.network, url, "#include");
       };
       CloudConfig full = parse_user_data(req.user_data, instance_data(req, os), fetch);
       check_modules(full);
@@ -1071,16 +1099,31 @@ Outcome provision(images::Store& store, const Request& req) {
       for (const auto* f : files) {
         char mode[8];
         std::snprintf(mode, sizeof mode, "%04o", f->permissions);
+        // cloud-init 23.1's `source`: the URL's bytes as they are; the
+        // content (and its encoding) only when the fetch fails.
+        std::string fetched;
+        bool from_source = false;
+        if (!f->source_uri.empty()) {
+          try {
+            fetched = fetch_alone(b, req.network, f->source_uri, "write_files: " + f->path + " (" + f->where + ")",
+                                  f->source_headers, kMaxFileContent);
+            from_source = true;
+          } catch (const Error& e) {
+            if (!f->has_content) throw;
+            out.warnings.push_back(std::string(e.what()) + "; its content is written instead, as cloud-init does");
+          }
+        }
         Build::StepResult r = b.run({"/bin/sh", "-ec", kWriteFile, "ultari-write_files"},
                                     {"WF_PATH=" + f->path, "WF_OWNER=" + f->owner, std::string("WF_MODE=") + mode,
                                      std::string("WF_APPEND=") + (f->append ? "1" : "0"),
-                                     std::string("WF_GZIP=") + (f->gzip ? "1" : "0"),
+                                     std::string("WF_GZIP=") + (f->gzip && !from_source ? "1" : "0"),
                                      "WF_MAX=" + std::to_string(kMaxFileContent)},
-                                    f->content, false);
+                                    from_source ? fetched : f->content, false);
         if (r.exit_code != 0)
           throw Error("write_files: " + f->path + " (" + f->where + ") failed (exit status " +
                       std::to_string(r.exit_code) + "): " + tail(r.output, 10));
         changed.push_back({{"path", f->path}, {"owner", f->owner}, {"permissions", mode}, {"append", f->append}});
+        if (from_source) changed.back()["source"] = f->source_uri;
       }
       entry["files"] = changed;
     });

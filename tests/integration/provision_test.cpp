@@ -326,7 +326,7 @@ TEST_F(Provision, BadUserDataIsRefusedBeforeAnythingRuns) {
       {"#cloud-config\nwrite_files:\n  - path: ../../etc/passwd\n    content: x\n", "must be an absolute path"},
       {"#cloud-config\nwrite_files:\n  - path: /etc/../../x\n    content: x\n", "may not contain '..'"},
       {"#cloud-config\nwrite_files:\n  - path: /x\n    permissions: rwx\n", "octal"},
-      {"#cloud-config\nwrite_files:\n  - path: /x\n    source: {uri: 'http://x'}\n", "not supported"},
+      {"#cloud-config\nwrite_files:\n  - path: /x\n    source: {uri: 'ftp://x'}\n", "must be an http:// or https:// URL"},
       {"#cloud-config\nusers:\n  - name: 'a:b'\n", "not a valid user or group name"},
       {"#cloud-config\nusers:\n  - name: x\n    gecos: \"a\\nroot::0:0::/:/bin/sh\"\n", "line break"},
       {"#cloud-config\nultari:\n  kernel_modules: [vfat]\n", "'vfat' is not on the allowlist"},
@@ -748,6 +748,60 @@ TEST_F(Provision, IncludeListsAreFetchedEachThroughAPolicyOfItsOwn) {
   EXPECT_TRUE(has(m.err, "#include: fetching http://allowed.test/files/not-there.yaml failed")) << m.err;
   for (const auto& n : {open_img, missing}) EXPECT_NE(ultari({"image", "inspect", n}, test_image_options()).status, 0);
   EXPECT_EQ(scratch_dirs(), 0);
+}
+
+// write_files[].source (cloud-init 23.1): the URL's bytes written as they
+// are, fetched at provisioning through a policy that allows that host
+// alone, with the source's headers; the content is the fallback when the
+// fetch fails. The base is busybox (its wget sends headers; a minbase root
+// has only apt-helper, which cannot).
+TEST_F(Provision, WriteFilesSourcesAreFetchedWithTheirHeaders) {
+  NetLab lab;
+  std::string root = dir_ / "bb";
+  ASSERT_EQ(host("set -e; R=" + root + "; mkdir -p $R/bin $R/tmp $R/root $R/etc && cp /usr/bin/busybox $R/bin/ && "
+                 "for c in $(/usr/bin/busybox --list); do [ \"$c\" = busybox ] || ln -sf busybox \"$R/bin/$c\"; done && "
+                 "printf 'root:x:0:0:root:/root:/bin/sh\\n' > $R/etc/passwd && printf 'root:x:0:\\n' > $R/etc/group && "
+                 "chmod 1777 $R/tmp && mkdir -p " + lab.dir() + "/files && printf 'bin\\000ary\\n' > " + lab.dir() +
+                 "/files/blob.bin")
+                .status,
+            0);
+  std::string base = name("bb");
+  ASSERT_EQ(ultari({"image", "import", base, root, "-q"}, test_image_options()).status, 0);
+  auto provision_in_lab = [&](const std::string& image, const std::string& user_data) {
+    std::string file = dir_ / (image + ".yaml");
+    write_file(file, user_data);
+    return lab.ultari({"image", "provision", image, "--from", base, "--user-data", file, "--net-resolver",
+                       NetLab::kDnsAddr, "--no-cache", "-q"},
+                      test_image_options(600));
+  };
+  const std::string ud =
+      "#cloud-config\nwrite_files:\n"
+      "  - path: /etc/fetched.bin\n    permissions: '0600'\n"
+      "    source: {uri: 'http://allowed.test/files/blob.bin', headers: {X-Token: lab-token-1}}\n"
+      "  - path: /etc/fallback\n    content: fallback-text\n"
+      "    source: {uri: 'http://allowed.test/files/not-there'}\n";
+  std::string img = name("src");
+  Outcome r = provision_in_lab(img, ud);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(has(r.err, "not-there failed")) << r.err;  // the fallback is said
+  EXPECT_TRUE(has(r.err, "its content is written instead")) << r.err;
+  Outcome s = in(img, "od -c /etc/fetched.bin | head -1; stat -c %a /etc/fetched.bin; cat /etc/fallback; echo");
+  EXPECT_EQ(s.out, "0000000   b   i   n  \\0   a   r   y  \\n\n600\nfallback-text\n") << s.err;
+  std::string token;
+  for (const auto& q : lab.requests())
+    if (q["path"] == "/files/blob.bin")
+      for (const auto& h : q["headers"])
+        if (h[0] == "X-Token") token = h[1];
+  EXPECT_EQ(token, "lab-token-1");
+
+  // Negative control: without content to fall back on, a failing source
+  // fails the build, naming the file and the URL.
+  Outcome f = provision_in_lab(name("src-bad"),
+                               "#cloud-config\nwrite_files:\n  - path: /etc/x\n"
+                               "    source: {uri: 'http://allowed.test/files/not-there'}\n");
+  EXPECT_EQ(f.status, 125);
+  EXPECT_TRUE(has(f.err, "write_files: /etc/x")) << f.err;
+  EXPECT_TRUE(has(f.err, "fetching http://allowed.test/files/not-there failed")) << f.err;
 }
 
 // Rootless: the caller's own store, a base imported by that user (the

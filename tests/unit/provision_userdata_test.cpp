@@ -795,6 +795,34 @@ TEST(ProvisionUserData, IncludeListsAreListedOrFollowed) {
   EXPECT_TRUE(has(error_of([] { parse_user_data("#include\n# nothing\n"); }), "names no URL"));
 }
 
+// write_files[].source: an http(s) URI and headers, checked as read.
+TEST(ProvisionUserData, WriteFilesSourcesAreReadAndChecked) {
+  CloudConfig c = parse_user_data(
+      "#cloud-config\nwrite_files:\n  - path: /a\n    content: fallback\n"
+      "    source:\n      uri: https://example.test/a\n      headers: {Authorization: 'Bearer t', X-One: '1'}\n");
+  ASSERT_EQ(c.write_files.size(), 1u);
+  EXPECT_EQ(c.write_files[0].source_uri, "https://example.test/a");
+  EXPECT_EQ(c.write_files[0].source_headers,
+            (std::vector<std::pair<std::string, std::string>>{{"Authorization", "Bearer t"}, {"X-One", "1"}}));
+  EXPECT_TRUE(c.write_files[0].has_content);
+  EXPECT_FALSE(parse_user_data("#cloud-config\nwrite_files:\n  - path: /a\n    source: {uri: 'http://e.test/'}\n")
+                   .write_files[0]
+                   .has_content);
+  auto err = [](const std::string& source) {
+    return error_of([&] { parse_user_data("#cloud-config\nwrite_files:\n  - path: /a\n    source: " + source + "\n"); });
+  };
+  EXPECT_EQ(err("{uri: 'http://e.test/'}"), "");  // negative control
+  EXPECT_TRUE(has(err("{uri: 'file:///etc/shadow'}"), "must be an http:// or https:// URL"));
+  EXPECT_TRUE(has(err("{headers: {a: b}}"), ".source.uri' is missing"));
+  EXPECT_TRUE(has(err("'http://e.test/'"), "must be a mapping")) << err("'http://e.test/'");
+  EXPECT_TRUE(has(err("{uri: 'http://e.test/', headers: {'a b': c}}"), "is not a header name"));
+  EXPECT_TRUE(has(err("{uri: 'http://e.test/', headers: {a: \"x\\ny\"}}"), "holds a line break"));
+  // An unknown key is a warning naming it, as everywhere.
+  CloudConfig w = parse_user_data("#cloud-config\nwrite_files:\n  - path: /a\n    source: {uri: 'http://e.test/', method: post}\n");
+  ASSERT_EQ(w.warnings.size(), 1u);
+  EXPECT_TRUE(has(w.warnings[0], "write_files[0].source.method")) << w.warnings[0];
+}
+
 TEST(ProvisionUserData, APlainCloudConfigIsReadAsBefore) {
   const std::string text = "#cloud-config\nhostname: a\n";
   CloudConfig c = parse_user_data(text);
