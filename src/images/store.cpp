@@ -561,13 +561,18 @@ Image Store::build_debian(const std::string& name, const DebianBuild& b,
                 "): " + r.tail_text());
   // What debootstrap copied from the host is not the image's business; the
   // downloaded packages are only weight.
-  write_atomic(root.path + "/etc/hostname", "localhost\n");
-  write_atomic(root.path + "/etc/resolv.conf", "");
-  if (std::unique_ptr<DIR, int (*)(DIR*)> d(opendir((root.path + "/var/cache/apt/archives").c_str()), closedir); d) {
-    std::vector<std::string> debs;
-    while (dirent* e = readdir(d.get()))
-      if (std::string(e->d_name).ends_with(".deb")) debs.emplace_back(e->d_name);
-    for (const auto& n : debs) unlink((root.path + "/var/cache/apt/archives/" + n).c_str());
+  // (Never through a symlink of the tree: it comes from a mirror.)
+  write_beneath(root.path, "etc/hostname", "localhost\n");
+  write_beneath(root.path, "etc/resolv.conf", "");
+  if (int fd = open_dir_beneath(root.path, "var/cache/apt/archives"); fd >= 0) {
+    if (std::unique_ptr<DIR, int (*)(DIR*)> d(fdopendir(fd), closedir); d) {
+      std::vector<std::string> debs;
+      while (dirent* e = readdir(d.get()))
+        if (e->d_type == DT_REG && std::string(e->d_name).ends_with(".deb")) debs.emplace_back(e->d_name);
+      for (const auto& n : debs) unlinkat(dirfd(d.get()), n.c_str(), 0);
+    } else {
+      close(fd);
+    }
   }
   std::string label = "debootstrap " + (b.variant.empty() ? "" : "--variant=" + b.variant + " ") + b.suite + " " + mirror;
   if (!b.include.empty()) label += " (+" + std::to_string(b.include.size()) + " packages)";

@@ -101,21 +101,41 @@ void remove_at(int dir, const char* name, int depth) {
 
 }  // namespace
 
+int open_dir_beneath(const std::string& root, const std::string& rel) {
+  int top = open(root.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (top < 0) return -1;
+  open_how how{};
+  how.flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV | RESOLVE_NO_MAGICLINKS;
+  int dir = static_cast<int>(syscall(SYS_openat2, top, rel.empty() ? "." : rel.c_str(), &how, sizeof how));
+  close(top);
+  return dir;
+}
+
 void remove_beneath(const std::string& root, const std::string& rel) {
   auto slash = rel.rfind('/');
   std::string parent = slash == std::string::npos ? "." : rel.substr(0, slash);
   std::string leaf = slash == std::string::npos ? rel : rel.substr(slash + 1);
   if (leaf.empty() || leaf == "." || leaf == "..") return;
-  int top = open(root.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-  if (top < 0) return;
-  open_how how{};
-  how.flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
-  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV | RESOLVE_NO_MAGICLINKS;
-  int dir = static_cast<int>(syscall(SYS_openat2, top, parent.c_str(), &how, sizeof how));
-  close(top);
+  int dir = open_dir_beneath(root, parent);
   if (dir < 0) return;  // missing, or a symlink on the way: leave it
   remove_at(dir, leaf.c_str(), 0);
   close(dir);
+}
+
+void write_beneath(const std::string& root, const std::string& rel, const std::string& content, unsigned mode) {
+  auto slash = rel.rfind('/');
+  std::string parent = slash == std::string::npos ? "." : rel.substr(0, slash);
+  std::string leaf = slash == std::string::npos ? rel : rel.substr(slash + 1);
+  int dir = open_dir_beneath(root, parent);
+  if (dir < 0) throw_errno("open " + root + "/" + parent + " (a symlink or missing)");
+  remove_at(dir, leaf.c_str(), 0);
+  int fd = openat(dir, leaf.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+  close(dir);
+  if (fd < 0) throw_errno("create " + root + "/" + rel);
+  bool ok = write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size());
+  close(fd);
+  if (!ok) throw_errno("write " + root + "/" + rel);
 }
 
 namespace {

@@ -29,6 +29,12 @@ std::optional<std::string> read_in_root(const std::string& root, const std::stri
 // `rel` is a symlink or not a directory, nothing is removed. For trees an
 // untrusted party wrote (a build sandbox's writable layer).
 void remove_beneath(const std::string& root, const std::string& rel);
+// A directory beneath `root` opened the same way (O_RDONLY | O_DIRECTORY);
+// -1 when a component is a symlink, missing or not a directory.
+int open_dir_beneath(const std::string& root, const std::string& rel);
+// Replaces the file `rel` beneath `root` with `content` (a new file of
+// `mode`), its parent reached as remove_beneath reaches it. Throws Error.
+void write_beneath(const std::string& root, const std::string& rel, const std::string& content, unsigned mode = 0644);
 
 // Removes the tree at `path` (a file: unlinks it) without following links or
 // leaving its filesystem, opening up directories without write or search

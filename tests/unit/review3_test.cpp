@@ -325,6 +325,34 @@ TEST(Review3RunProgram, WhatTheContainedProgramStartsEndsWithIt) {
 // filesystem would be entered; none is made under the store). Planted:
 // symlinks to a victim directory and file (as entries and as directories
 // to descend), a mode-0 setuid directory, and a tmpfs mounted inside.
+// write_beneath (a debootstrap tree's /etc/hostname and resolv.conf):
+// a symlinked parent is refused, a symlink at the leaf is replaced, never
+// followed. Negative control: writing through the same paths with plain
+// file I/O reaches the victim.
+TEST(Review3RemoveTree, WriteBeneathNeverFollowsTheTreesLinks) {
+  Tmp dir;
+  const std::string victim = dir / "victim", tree = dir / "tree";
+  ASSERT_EQ(mkdir(victim.c_str(), 0755), 0);
+  std::ofstream(victim + "/hostname") << "victim\n";
+  ASSERT_EQ(mkdir(tree.c_str(), 0755), 0);
+  ASSERT_EQ(symlink(victim.c_str(), (tree + "/etc").c_str()), 0);  // etc -> victim
+  EXPECT_THROW(write_beneath(tree, "etc/hostname", "localhost\n"), Error);
+  EXPECT_EQ(slurp(victim + "/hostname"), "victim\n");
+  ASSERT_EQ(unlink((tree + "/etc").c_str()), 0);
+  ASSERT_EQ(mkdir((tree + "/etc").c_str(), 0755), 0);
+  ASSERT_EQ(symlink((victim + "/hostname").c_str(), (tree + "/etc/hostname").c_str()), 0);  // a leaf link
+  write_beneath(tree, "etc/hostname", "localhost\n");
+  EXPECT_EQ(slurp(victim + "/hostname"), "victim\n");
+  EXPECT_EQ(slurp(tree + "/etc/hostname"), "localhost\n");
+  struct stat st{};
+  ASSERT_EQ(lstat((tree + "/etc/hostname").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISREG(st.st_mode));
+  // Negative control: an ordinary write through a leaf link follows it.
+  ASSERT_EQ(symlink((victim + "/hostname").c_str(), (tree + "/etc/other").c_str()), 0);
+  std::ofstream(tree + "/etc/other") << "followed\n";
+  EXPECT_EQ(slurp(victim + "/hostname"), "followed\n");
+}
+
 // Negative control: chmod and rm through the same links do reach the
 // victim (what a follow would do).
 TEST(Review3RemoveTree, PlantedLinksAndMountsAreNeverFollowed) {
