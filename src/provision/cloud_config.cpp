@@ -1791,10 +1791,14 @@ std::vector<std::string> include_urls(const std::string& content, const std::str
 
 // #include parts replaced by the parts of what their URLs hold (fetched
 // with `fetch`, itself user-data of any kind), where they stand, to a
-// depth of kMaxIncludeDepth.
+// depth of kMaxIncludeDepth, kMaxIncludeUrls fetches in all (each is a
+// build sandbox: a list of many URLs whose answers make no part, such as
+// an empty #cloud-config-archive, would otherwise keep the host busy for
+// days, the part limit never reached).
 constexpr int kMaxIncludeDepth = 4;
+constexpr size_t kMaxIncludeUrls = kMaxParts;
 std::vector<Piece> expand_includes(std::vector<Piece> in, bool plain, const Fetcher& fetch, int depth,
-                                   bool& expanded, size_t& total) {
+                                   bool& expanded, size_t& total, size_t& urls) {
   std::vector<Piece> out;
   for (auto& p : in) {
     std::string content;
@@ -1808,6 +1812,9 @@ std::vector<Piece> expand_includes(std::vector<Piece> in, bool plain, const Fetc
     if (depth >= kMaxIncludeDepth)
       throw Error(where + ": #include nested more than " + std::to_string(kMaxIncludeDepth) + " deep");
     for (const auto& url : include_urls(content, where)) {
+      if (++urls > kMaxIncludeUrls)
+        throw Error(where + ": #include names more than " + std::to_string(kMaxIncludeUrls) +
+                    " URLs in all (each is fetched in a build sandbox of its own)");
       std::string got = fetch(url);
       total += got.size();
       if (total > kMaxUserData)
@@ -1815,7 +1822,7 @@ std::vector<Piece> expand_includes(std::vector<Piece> in, bool plain, const Fetc
       bool sub_plain = true;
       std::vector<Piece> sub = pieces_of(got, sub_plain, "user-data from " + url);
       for (auto& q : sub) q.note = "from " + url + (q.note.empty() ? "" : ", " + q.note);
-      sub = expand_includes(std::move(sub), false, fetch, depth + 1, expanded, total);
+      sub = expand_includes(std::move(sub), false, fetch, depth + 1, expanded, total, urls);
       for (auto& q : sub) out.push_back(std::move(q));
       if (out.size() > kMaxParts) throw Error("user-data: more than " + std::to_string(kMaxParts) + " parts");
     }
@@ -1893,8 +1900,8 @@ CloudConfig parse_user_data(const std::string& user_data, const nlohmann::json& 
   std::vector<Piece> pieces = pieces_of(user_data, plain, "user-data");
   if (fetch) {
     bool expanded = false;
-    size_t fetched = 0;
-    pieces = expand_includes(std::move(pieces), plain, fetch, 0, expanded, fetched);
+    size_t fetched = 0, urls = 0;
+    pieces = expand_includes(std::move(pieces), plain, fetch, 0, expanded, fetched, urls);
     if (expanded) plain = false;
   }
   number_pieces(pieces);

@@ -147,8 +147,12 @@ std::string select_key(const std::string& packets, const std::string& id,
   int matches = 0;
   for (size_t i = 0; i < all.size(); ++i) {
     if (all[i].tag != 6) continue;  // a primary public key
+    // The key's packets end where the next key starts: a public key (6) or
+    // a secret key (5), as gpg's import splits keyblocks. (Sequoia's sqv,
+    // apt's verifier since apt 2.9, takes a secret-key block in a keyring as
+    // a certificate of its own.)
     size_t next = i + 1;
-    while (next < all.size() && all[next].tag != 6) ++next;
+    while (next < all.size() && all[next].tag != 6 && all[next].tag != 5) ++next;
     const Packet& k = all[i];
     if (k.length == 0 || packets[k.body] != 4) {
       seen += (seen.empty() ? "" : ", ") + std::string("a key of version ") +
