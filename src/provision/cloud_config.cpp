@@ -2049,6 +2049,16 @@ CloudConfig parse_user_data(const std::string& user_data, const nlohmann::json& 
         } catch (const YAML::Exception& e) {
           throw Error("user-data " + label + " (a JSON patch) line " + std::to_string(e.mark.line + 1) + ": " + e.msg);
         }
+        {  // the checks every cloud-config gets (depth, aliases walked once, merge keys, duplicates)
+          std::vector<std::string> warnings;
+          NodeSet seen;
+          try {
+            check_tree(ops, text, warnings, seen);
+          } catch (const Error& e) {
+            throw Error(relabel(e.what(), label + " (a JSON patch)"));
+          }
+          for (const auto& w : warnings) out.warnings.push_back(relabel(w, label));
+        }
         where.add(label, ops);
         try {
           Node next = apply_patch(*merged, ops);

@@ -168,8 +168,16 @@ std::string select_key(const std::string& packets, const std::string& id,
     seen += (seen.empty() ? "" : ", ") + fpr;
     if (fpr == id || (id.size() == 16 && fpr.size() == 40 && fpr.substr(24) == id)) {
       ++matches;
-      size_t end = next < all.size() ? all[next].start : packets.size();
-      found = packets.substr(k.start, end - k.start);
+      // Of the key's packets, what a public keyring holds (what gpg
+      // imports): the key, its subkeys, user IDs and attributes and the
+      // signatures. Secret subkeys, compressed or literal data, trust and
+      // marker packets are dropped.
+      found.clear();
+      for (size_t j = i; j < next; ++j) {
+        int tag = all[j].tag;
+        if (tag == 6 || tag == 14 || tag == 13 || tag == 17 || tag == 2)
+          found += packets.substr(all[j].start, all[j].body + all[j].length - all[j].start);
+      }
     }
   }
   if (matches == 0)

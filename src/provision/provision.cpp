@@ -804,7 +804,7 @@ if command -v curl >/dev/null 2>&1; then
 $F_HEADERS
 HEADERS
   fi
-  curl -fsSL --max-filesize "$F_MAX" "$@" -o "$d/got" -- "$F_URL" >"$d/log" 2>&1 || { cat "$d/log" >&2; exit 4; }
+  curl -fsSLg --max-filesize "$F_MAX" "$@" -o "$d/got" -- "$F_URL" >"$d/log" 2>&1 || { cat "$d/log" >&2; exit 4; }
 elif command -v wget >/dev/null 2>&1; then
   set --
   if [ -n "$F_HEADERS" ]; then
@@ -857,10 +857,14 @@ std::string fetch_alone(Build& b, const NetworkSpec& request, const std::string&
                         size_t max = kMaxUserData) {
   NetworkSpec only = request;
   only.mode = NetworkSpec::Mode::Allow;
-  only.allow = {host_of(url)};
+  std::string host = host_of(url);
+  if (host.empty() || host.find('*') != std::string::npos)
+    throw Error(what + ": '" + url + "' names no host a policy can allow by name");
+  only.allow = {host};
   only.deny.clear();
   std::string rest = url.substr(url.find("://") + 3);
   rest = rest.substr(0, rest.find_first_of("/?#"));
+  if (size_t at = rest.rfind('@'); at != std::string::npos) rest = rest.substr(at + 1);  // user:password@
   uint16_t port = url.rfind("https://", 0) == 0 ? 443 : 80;
   if (size_t colon = rest.rfind(':'); colon != std::string::npos && rest.find(']') == std::string::npos) {
     std::string digits = rest.substr(colon + 1);
@@ -881,17 +885,19 @@ std::string fetch_alone(Build& b, const NetworkSpec& request, const std::string&
   return fetch_url(b, url, what, headers, max);
 }
 
-// apt keys given by `keyid`: fetched in a build sandbox (the build's
-// egress policy allows the key server), then checked here: the one key
+// apt keys given by `keyid`: fetched in a build sandbox whose egress
+// policy allows the key server alone (the modules do not get it), then
+// checked here: the one key
 // whose fingerprint is the ID is kept (what `gpg --recv-keys` keeps),
 // whatever else the server sent.
-void fetch_keys(Build& b, images::Unpacker& hashes, std::vector<AptSource>& sources, json& entry) {
+void fetch_keys(Build& b, const NetworkSpec& network, images::Unpacker& hashes, std::vector<AptSource>& sources,
+                json& entry) {
   json fetched = json::array();
   for (auto& s : sources) {
     if (s.keyid.empty() || !s.keyring.empty()) continue;
     std::string url = s.keyserver_url + "/pks/lookup?op=get&options=mr&search=0x" + s.keyid;
     const std::string what = "apt.sources." + s.name + ".keyid " + s.keyid;
-    std::string answer = fetch_url(b, url, what);
+    std::string answer = fetch_alone(b, network, url, what);
     try {
       s.keyring = pgp::select_key(pgp::dearmor(answer), s.keyid,
                                   [&](const std::string& data) { return hashes.sha1(data); });
@@ -1075,15 +1081,6 @@ Outcome provision(images::Store& store, const Request& req) {
     if (std::find(b.network.allow.begin(), b.network.allow.end(), name) == b.network.allow.end())
       b.network.allow.push_back(name);
   }
-  // Key servers the user-data names for apt keys: reachable at their ports.
-  for (const auto& src : cfg.apt.sources) {
-    if (src.keyid.empty()) continue;
-    if (b.network.mode == NetworkSpec::Mode::Allow &&
-        std::find(b.network.allow.begin(), b.network.allow.end(), src.keyserver_host) == b.network.allow.end())
-      b.network.allow.push_back(src.keyserver_host);
-    if (std::find(b.network.ports.begin(), b.network.ports.end(), src.keyserver_port) == b.network.ports.end())
-      b.network.ports.push_back(src.keyserver_port);
-  }
   if (b.network.mode == NetworkSpec::Mode::Allow && b.network.allow.empty()) b.network.mode = NetworkSpec::Mode::None;
   net::validate(b.network);
 
@@ -1218,7 +1215,7 @@ Outcome provision(images::Store& store, const Request& req) {
       out.warnings.push_back("apt: the base image has no apt-get: the apt key is ignored");
     } else {
       b.module("apt", "sources and configuration", [&](json& entry) {
-        fetch_keys(b, *unpacker, cfg.apt.sources, entry);
+        fetch_keys(b, req.network, *unpacker, cfg.apt.sources, entry);
         std::vector<EnvFile> files;
         std::string release = os.count("VERSION_CODENAME") ? os["VERSION_CODENAME"] : "";
         std::string mirror = cfg.apt.primary_uri.empty() ? std::string() : cfg.apt.primary_uri;

@@ -746,7 +746,14 @@ TEST_F(Provision, IncludeListsAreFetchedEachThroughAPolicyOfItsOwn) {
   Outcome m = provision_in_lab(missing, "#include http://allowed.test/files/not-there.yaml\n");
   EXPECT_EQ(m.status, 125);
   EXPECT_TRUE(has(m.err, "#include: fetching http://allowed.test/files/not-there.yaml failed")) << m.err;
-  for (const auto& n : {open_img, missing}) EXPECT_NE(ultari({"image", "inspect", n}, test_image_options()).status, 0);
+  // A pattern is no host a fetch may be allowed: refused before any fetch.
+  std::string pattern = name("inc-pattern");
+  Outcome w = provision_in_lab(pattern, "#include http://*.test/files/b.sh\n");
+  EXPECT_EQ(w.status, 125);
+  EXPECT_TRUE(has(w.err, "names no host a policy can allow by name")) << w.err;
+  for (const auto& n : {open_img, missing, pattern})
+    EXPECT_NE(ultari({"image", "inspect", n}, test_image_options()).status, 0);
+
   EXPECT_EQ(scratch_dirs(), 0);
 }
 

@@ -743,6 +743,10 @@ TEST(ProvisionUserData, JsonPatchPartsPatchTheMergedCloudConfig) {
   EXPECT_TRUE(has(err(R"([{"op": "add", "path": "hostname", "value": 1}])"), "is not a JSON pointer"));
   EXPECT_TRUE(has(err(R"([{"op": "replace", "path": "", "value": [1]}])"), "the patched cloud-config is no mapping"));
   EXPECT_TRUE(has(err(R"([{"op": "add", "path": "/packages/01", "value": "q"}])"), "no element '01'"));
+  // The patch gets the checks of any cloud-config's YAML: depth, above all.
+  std::string deep = "1";
+  for (int i = 0; i < 300; ++i) deep = "[" + deep + "]";
+  EXPECT_TRUE(has(err(R"([{"op": "add", "path": "/x", "value": )" + deep + "}]"), "nested too deeply"));
   // The patched config is checked like any other: a wrong type is named.
   EXPECT_TRUE(has(err(R"([{"op": "replace", "path": "/packages", "value": 5}])"), "packages")) 
       << err(R"([{"op": "replace", "path": "/packages", "value": 5}])");

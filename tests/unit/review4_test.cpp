@@ -74,6 +74,12 @@ TEST(Review4, AKeyServerCannotSlipASecretKeyBlockIntoTheKeptKey) {
   const std::string uid = std::string("\xCD\x05") + "x <y>";
   EXPECT_EQ(pgp::select_key(a + uid, kKeyFpr, sha1), a + uid);
   EXPECT_EQ(pgp::select_key(a + b, kKeyFpr, sha1), a);
+  // Inside the key's block, what no public keyring holds is dropped: a
+  // secret subkey (tag 7), compressed data (8), a trust packet (12).
+  for (char tag : {'\xC7', '\xC8', '\xCC'}) {
+    const std::string odd = std::string(1, tag) + "\x03" "abc";
+    EXPECT_EQ(pgp::select_key(a + odd + uid, kKeyFpr, sha1), a + uid) << static_cast<int>(static_cast<unsigned char>(tag));
+  }
 }
 
 // Malformed answers: lengths past the end, huge lengths, a five-octet
@@ -99,7 +105,7 @@ TEST(Review4, KeyserverValuesThatAreNoHostAreRefused) {
     return "#cloud-config\napt:\n  sources:\n    r:\n      keyid: 'EA875C85C945DA5297F51AC04731D5CD4E7EDEA6'\n"
            "      keyserver: '" + server + "'\n";
   };
-  for (const std::string& bad : {"http://a.test/x", "http://u@a.test", "http://a.test:0", "http://a.test:99999",
+  for (const char* bad : {"http://a.test/x", "http://u@a.test", "http://a.test:0", "http://a.test:99999",
                                  "http://a.test:1x", "hkp://a.test$(id)", "a.test;id", "http://[::1]:80", "file:///etc",
                                  "http://a.test:80:80", "-x.test", "http://*.test", "a..b", "a.test#x", "a.test?x"})
     EXPECT_FALSE(error_of([&] { parse_user_data(ud(bad)); }).empty()) << bad;
@@ -167,7 +173,7 @@ TEST(Review4, IncludeListsFetchAtMostAHundredUrlsInAll) {
 // an #include line are either refused or kept as one URL (they go to the
 // fetch script in the environment, never into its text).
 TEST(Review4, IncludeUrlsAreCheckedAndKeptWhole) {
-  for (const std::string& bad : {"#include\n-o /etc/x http://a.test/\n", "#include\nhttp://a.test/ -o /x\n",
+  for (const char* bad : {"#include\n-o /etc/x http://a.test/\n", "#include\nhttp://a.test/ -o /x\n",
                                  "#include\nhttp://a.test/\"x\n", "#include\nhttp://a.test/\\x\n",
                                  "#include\nfile:///etc/passwd\n", "#include\ngopher://a.test/\n",
                                  "#include\n  # only a comment\n"})
@@ -230,7 +236,7 @@ std::string patch(const std::string& ops) {
 // an add, a move into itself, a pointer into a scalar, '~' escapes, the
 // whole document removed: errors naming the operation.
 TEST(Review4, HostileJsonPatchesFailCleanly) {
-  for (const std::string& ops :
+  for (const char* ops :
        {R"([{"op": "add", "path": "/runcmd/99999999999999999999999", "value": "x"}])",
         R"([{"op": "add", "path": "/runcmd/4294967297", "value": "x"}])",
         R"([{"op": "add", "path": "/runcmd/3", "value": "x"}])",
