@@ -48,6 +48,11 @@ def make_handler(directory, name, addr, port, scheme):
         def log_message(self, fmt, *args):
             pass
 
+        def not_found(self):
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
         def handle_any(self):
             body = b""
             if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -76,10 +81,7 @@ def make_handler(directory, name, addr, port, scheme):
                 fname = self.path[len("/files/"):]
                 full = os.path.join(directory, "files", fname)
                 if not fname.replace(".", "").replace("-", "").replace("_", "").isalnum() or not os.path.exists(full):
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
+                    return self.not_found()
                 out = open(full, "rb").read()
                 ctype = "application/octet-stream"
             # A key server (HKP): GET /pks/lookup?op=get&search=0xID answers
@@ -90,10 +92,7 @@ def make_handler(directory, name, addr, port, scheme):
                 wanted = wanted[2:] if wanted.startswith("0x") else wanted
                 key = os.path.join(directory, "keys", wanted + ".asc")
                 if query.get("op") != ["get"] or not wanted.isalnum() or not os.path.exists(key):
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
+                    return self.not_found()
                 out = open(key, "rb").read()
                 ctype = "application/pgp-keys"
             self.send_response(200)
