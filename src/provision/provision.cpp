@@ -1102,8 +1102,10 @@ Outcome provision(images::Store& store, const Request& req) {
         bool from_source = false;
         if (!f->source_uri.empty()) {
           try {
+            // (at most half of content's limit: the bytes come back base64
+            // on the build sandbox's output, whose limit is 64 MiB)
             fetched = fetch_alone(b, req.network, f->source_uri, "write_files: " + f->path + " (" + f->where + ")",
-                                  f->source_headers, kMaxFileContent);
+                                  f->source_headers, kMaxFileContent / 2);
             from_source = true;
           } catch (const Error& e) {
             if (!f->has_content) throw;
