@@ -8,6 +8,7 @@
 
 #include "util/base64.h"
 #include "util/error.h"
+#include "util/url.h"
 
 namespace ultari::net {
 
@@ -28,14 +29,13 @@ UpstreamUrl parse_upstream(const std::string& url) {
   if (colon == std::string::npos || colon + 1 == rest.size())
     throw Error(what + ": give the proxy's port (http://HOST:PORT)");
   std::string host = rest.substr(0, colon), port = rest.substr(colon + 1);
-  if (port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos || std::stoul(port) == 0 ||
-      std::stoul(port) > 65535)
-    throw Error(what + ": bad port '" + port + "'");
+  uint16_t number = port_number(port);
+  if (number == 0) throw Error(what + ": bad port '" + port + "'");
   if (host.empty()) throw Error(what + ": no host");
   for (char c : host)
     if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_'))
       throw Error(what + ": bad host '" + host + "' (a name or an IPv4 address)");
-  return {host, static_cast<uint16_t>(std::stoul(port))};
+  return {host, number};
 }
 
 std::string basic_credentials(std::string_view user_password) {

@@ -19,6 +19,7 @@
 #include "provision/template.h"
 #include "spec/spec.h"
 #include "util/error.h"
+#include "util/url.h"
 
 namespace ultari::provision {
 namespace {
@@ -230,11 +231,8 @@ class Reader {
     if (scheme != "hkp" && scheme != "hkps" && scheme != "http" && scheme != "https")
       fail_at(n, "'" + path + "': a key server is hkp://, hkps://, http:// or https://, not '" + scheme + "://'");
     if (size_t colon = v.rfind(':'); colon != std::string::npos) {
-      std::string digits = v.substr(colon + 1);
-      if (digits.empty() || digits.size() > 5 || digits.find_first_not_of("0123456789") != std::string::npos ||
-          std::stoul(digits) == 0 || std::stoul(digits) > 65535)
-        fail_at(n, "'" + path + "': '" + value + "' has no valid port");
-      port = static_cast<uint16_t>(std::stoul(digits));
+      port = port_number(std::string_view(v).substr(colon + 1));
+      if (port == 0) fail_at(n, "'" + path + "': '" + value + "' has no valid port");
       v = v.substr(0, colon);
     }
     bool ok = !v.empty() && v.size() <= 253 && v.find("..") == std::string::npos && v[0] != '.' && v[0] != '-';

@@ -38,6 +38,7 @@
 #include "util/paths.h"
 #include "util/fd.h"
 #include "util/random.h"
+#include "util/url.h"
 
 namespace ultari::provision {
 namespace fs = std::filesystem;
@@ -140,16 +141,6 @@ std::string tail(const std::string& text, size_t lines) {
     }
   }
   return out;
-}
-
-std::string host_of(const std::string& url) {
-  auto s = url.find("://");
-  if (s == std::string::npos) return "";
-  std::string rest = url.substr(s + 3);
-  rest = rest.substr(0, rest.find_first_of("/?#"));
-  if (auto at = rest.rfind('@'); at != std::string::npos) rest = rest.substr(at + 1);
-  if (!rest.empty() && rest[0] == '[') return "";  // IPv6 literal: never matches a name rule
-  return rest.substr(0, rest.find(':'));
 }
 
 // The build: one writable layer, the sandboxes that run over it, the log.
@@ -862,17 +853,8 @@ std::string fetch_alone(Build& b, const NetworkSpec& request, const std::string&
     throw Error(what + ": '" + url + "' names no host a policy can allow by name");
   only.allow = {host};
   only.deny.clear();
-  std::string rest = url.substr(url.find("://") + 3);
-  rest = rest.substr(0, rest.find_first_of("/?#"));
-  if (size_t at = rest.rfind('@'); at != std::string::npos) rest = rest.substr(at + 1);  // user:password@
-  uint16_t port = url.rfind("https://", 0) == 0 ? 443 : 80;
-  if (size_t colon = rest.rfind(':'); colon != std::string::npos && rest.find(']') == std::string::npos) {
-    std::string digits = rest.substr(colon + 1);
-    if (digits.empty() || digits.size() > 5 || digits.find_first_not_of("0123456789") != std::string::npos ||
-        std::stoul(digits) == 0 || std::stoul(digits) > 65535)
-      throw Error(what + ": '" + url + "' has no valid port");
-    port = static_cast<uint16_t>(std::stoul(digits));
-  }
+  uint16_t port = port_of(url, url.rfind("https://", 0) == 0 ? 443 : 80);
+  if (port == 0) throw Error(what + ": '" + url + "' has no valid port");
   only.ports = {port};
   net::validate(only);
   NetworkSpec saved = b.network;

@@ -1,0 +1,19 @@
+// The little of URLs Ultari reads: "scheme://[user[:password]@]host[:port]/...".
+#pragma once
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace ultari {
+
+// The host of a URL ("" when it has no "://", or an IPv6 literal, which
+// never matches a name rule).
+std::string host_of(const std::string& url);
+// The port a URL names after its host (user:password@ skipped), or
+// `default_port` when it names none; 0 when what it names is no port
+// (1..65535, digits only).
+uint16_t port_of(const std::string& url, uint16_t default_port);
+// "1".."65535" as a number; 0 when `digits` is no port.
+uint16_t port_number(std::string_view digits);
+
+}  // namespace ultari
