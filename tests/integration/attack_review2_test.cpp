@@ -225,18 +225,22 @@ TEST(AttackReview2, SlowTerminalReaderDoesNotSuspendTheTimeout) {
     close(m);
     execl(ULTARI_BIN, ULTARI_BIN, "run", "--report", report.c_str(), "--timeout", "500ms", "--workspace",
           ws.path().c_str(), "--", "sh", "-c",
+          "date +%s%N > /workspace/first; "
           "yes & while :; do date +%s%N > /workspace/beat.tmp; mv /workspace/beat.tmp /workspace/beat; "
           "sleep 0.05; done",
           static_cast<char*>(nullptr));
     _exit(127);
   }
   close(s);
-  std::this_thread::sleep_for(1600ms);  // nobody reads the terminal
+  // Nobody reads the terminal. (Long enough for a start slowed by a busy
+  // machine: the sandbox's 500 ms count from its own start.)
+  std::this_thread::sleep_for(2500ms);
   timespec now{};
   clock_gettime(CLOCK_REALTIME, &now);
-  std::string beat = read_file(ws / "beat");
-  ASSERT_FALSE(beat.empty()) << "the probe never ran";
-  double age = beat.empty() ? 1e9 : (now.tv_sec * 1e9 + now.tv_nsec - std::stod(beat)) / 1e6;
+  std::string beat = read_file(ws / "beat"), first = read_file(ws / "first");
+  ASSERT_FALSE(beat.empty() || first.empty()) << "the probe never ran";
+  double age = (now.tv_sec * 1e9 + now.tv_nsec - std::stod(beat)) / 1e6;
+  double span = (std::stod(beat) - std::stod(first)) / 1e6;  // how long the command ran
   // Drain the terminal so that ultari can finish, then kill it if not.
   fcntl(m, F_SETFL, O_NONBLOCK);
   auto deadline = Clock::now() + 5s;
@@ -251,7 +255,9 @@ TEST(AttackReview2, SlowTerminalReaderDoesNotSuspendTheTimeout) {
     if (read(m, buf, sizeof buf) <= 0) usleep(2000);
   }
   close(m);
-  EXPECT_GT(age, 600.0) << "the sandbox was still running " << 1600 << " ms after start with --timeout 500ms";
+  // With the timeout suspended, the command would have beaten until now.
+  EXPECT_GT(age, 300.0) << "the sandbox was still running 2500 ms after it was started with --timeout 500ms";
+  EXPECT_LT(span, 1200.0) << "the command ran " << span << " ms with --timeout 500ms";
   std::string rep = read_file(report);
   ASSERT_FALSE(rep.empty());
   auto j = nlohmann::json::parse(rep);
