@@ -326,7 +326,7 @@ class Reader {
     w.source_uri = str(n["uri"], path + ".uri");
     const std::string& u = w.source_uri;
     if (!(u.rfind("http://", 0) == 0 || u.rfind("https://", 0) == 0) || u.size() > 4096 ||
-        u.find_first_of(" \t\r\n\"'\\") != std::string::npos)
+        u.find_first_of(std::string(" \t\r\n\"'\\\0", 8)) != std::string::npos)
       fail_at(n["uri"], "'" + path + ".uri' must be an http:// or https:// URL (the ones Ultari fetches), not '" + u + "'");
     if (n["headers"]) {
       need_map(n["headers"], path + ".headers");
@@ -336,8 +336,12 @@ class Reader {
         for (char c : name)
           if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_')) ok = false;
         if (!ok) fail_at(it->first, "'" + path + ".headers': '" + name + "' is not a header name");
-        if (value.find_first_of("\r\n") != std::string::npos)
-          fail_at(it->second, "'" + path + ".headers." + name + "' holds a line break");
+        std::string lower = name;
+        for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        if (lower == "host" || lower == "content-length" || lower == "transfer-encoding" || lower == "connection")
+          fail_at(it->first, "'" + path + ".headers': '" + name + "' is the fetcher's to set, not the user-data's");
+        if (value.find_first_of(std::string("\r\n\0", 3)) != std::string::npos)
+          fail_at(it->second, "'" + path + ".headers." + name + "' holds a line break or a NUL");
         w.source_headers.emplace_back(name, value);
       }
     }

@@ -143,6 +143,13 @@ std::string tail(const std::string& text, size_t lines) {
   return out;
 }
 
+// The build went past what it may take of the store's disk: never taken
+// for a step's own failure (a write_files source falling back on its
+// content).
+struct OverLimits : Error {
+  using Error::Error;
+};
+
 // The build: one writable layer, the sandboxes that run over it, the log.
 class Build {
  public:
@@ -248,7 +255,7 @@ class Build {
       r.result.error = e.what();
     }
     warnings.insert(r.result.warnings.begin(), r.result.warnings.end());
-    if (!full.empty()) throw Error("the build " + full + ": stopped");
+    if (!full.empty()) throw OverLimits("the build " + full + ": stopped");
     off_t size = lseek(out.get(), 0, SEEK_END);
     r.output.resize(static_cast<size_t>(std::max<off_t>(size, 0)));
     if (size > 0 && pread(out.get(), r.output.data(), r.output.size(), 0) != size) throw_errno("read build output");
@@ -853,6 +860,7 @@ std::string fetch_alone(Build& b, const NetworkSpec& request, const std::string&
     throw Error(what + ": '" + url + "' names no host a policy can allow by name");
   only.allow = {host};
   only.deny.clear();
+  only.secrets.clear();  // the user-data's own headers, never a placeholder's swap
   uint16_t port = port_of(url, url.rfind("https://", 0) == 0 ? 443 : 80);
   if (port == 0) throw Error(what + ": '" + url + "' has no valid port");
   only.ports = {port};
@@ -1089,6 +1097,8 @@ Outcome provision(images::Store& store, const Request& req) {
             fetched = fetch_alone(b, req.network, f->source_uri, "write_files: " + f->path + " (" + f->where + ")",
                                   f->source_headers, kMaxFileContent / 2);
             from_source = true;
+          } catch (const OverLimits&) {
+            throw;
           } catch (const Error& e) {
             if (!f->has_content) throw;
             out.warnings.push_back(std::string(e.what()) + "; its content is written instead, as cloud-init does");

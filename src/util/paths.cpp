@@ -127,6 +127,7 @@ void write_beneath(const std::string& root, const std::string& rel, const std::s
   auto slash = rel.rfind('/');
   std::string parent = slash == std::string::npos ? "." : rel.substr(0, slash);
   std::string leaf = slash == std::string::npos ? rel : rel.substr(slash + 1);
+  if (leaf.empty() || leaf == "." || leaf == "..") throw Error("write_beneath: '" + rel + "' names no file");
   int dir = open_dir_beneath(root, parent);
   if (dir < 0) throw_errno("open " + root + "/" + parent + " (a symlink or missing)");
   remove_at(dir, leaf.c_str(), 0);

@@ -67,8 +67,8 @@ class AttackReview5 : public ::testing::Test {
 // A source's headers are data: a value holding options, shell text or a
 // curl @file arrives verbatim as one header (negative control: the fetch
 // works and the header is there); a `Host` header naming another host does
-// not reach it (the gateway's Host check: the fetch fails, the content is
-// the fallback, and the other host's server logs nothing); a URL whose
+// not reach it (refused when the user-data is read, and other.test's
+// server logs nothing); a URL whose
 // user:password names the other host reaches the URL's host alone.
 TEST_F(AttackReview5, SourceHeadersAndUrlsReachTheUrlsHostAlone) {
   NetLab lab;
@@ -79,8 +79,6 @@ TEST_F(AttackReview5, SourceHeadersAndUrlsReachTheUrlsHostAlone) {
       "#cloud-config\nwrite_files:\n"
       "  - path: /etc/ok\n    content: fallback-ok\n"
       "    source: {uri: 'http://allowed.test/files/f.txt', headers: {X-Probe: \"" + probe + "\", X-Host: other.test}}\n"
-      "  - path: /etc/host-override\n    content: fallback-host\n"
-      "    source: {uri: 'http://allowed.test/files/f.txt', headers: {Host: other.test}}\n"
       "  - path: /etc/user-other\n    content: fallback-user\n"
       "    source: {uri: 'http://other.test:80@allowed.test/files/f.txt'}\n"
       "  - path: /etc/port-other\n    content: fallback-port\n"
@@ -88,11 +86,17 @@ TEST_F(AttackReview5, SourceHeadersAndUrlsReachTheUrlsHostAlone) {
   std::string img = name("src");
   Outcome r = provision_in_lab(lab, base, img, ud);
   ASSERT_EQ(r.status, 0) << r.err;
-  Outcome s = in(img, "cat /etc/ok /etc/host-override /etc/user-other; echo; ls /etc/pwned /etc/pwned-shell 2>&1 | wc -l");
-  // /etc/ok and /etc/user-other fetched; the Host override fell back.
-  EXPECT_EQ(s.out, "from-allowed\nfallback-hostfrom-allowed\n\n2\n") << s.out << s.err;
-  EXPECT_TRUE(has(r.err, "/etc/host-override")) << r.err;
+  Outcome s = in(img, "cat /etc/ok /etc/user-other; echo; ls /etc/pwned /etc/pwned-shell 2>&1 | wc -l");
+  // /etc/ok and /etc/user-other fetched.
+  EXPECT_EQ(s.out, "from-allowed\nfrom-allowed\n\n2\n") << s.out << s.err;
   EXPECT_FALSE(has(r.err, "/etc/ok (")) << r.err;
+  // A Host header is the fetcher's to set: refused when the user-data is
+  // read (the gateway's Host check would stop it too), nothing fetched.
+  Outcome h = provision_in_lab(lab, base, name("host"),
+                               "#cloud-config\nwrite_files:\n  - path: /etc/host-override\n    content: x\n"
+                               "    source: {uri: 'http://allowed.test/files/f.txt', headers: {Host: other.test}}\n");
+  EXPECT_EQ(h.status, 125);
+  EXPECT_TRUE(has(h.err, "'Host' is the fetcher's to set")) << h.err;
   std::string got_probe, got_xhost;
   int at_allowed = 0, at_8080 = 0;
   for (const auto& q : lab.requests()) {

@@ -821,6 +821,11 @@ TEST(ProvisionUserData, WriteFilesSourcesAreReadAndChecked) {
   EXPECT_TRUE(has(err("'http://e.test/'"), "must be a mapping")) << err("'http://e.test/'");
   EXPECT_TRUE(has(err("{uri: 'http://e.test/', headers: {'a b': c}}"), "is not a header name"));
   EXPECT_TRUE(has(err("{uri: 'http://e.test/', headers: {a: \"x\\ny\"}}"), "holds a line break"));
+  EXPECT_TRUE(has(err("{uri: 'http://e.test/', headers: {a: \"x\\0y\"}}"), "holds a line break or a NUL"));
+  EXPECT_TRUE(has(err("{uri: \"http://e.test/\\0x\"}"), "must be an http:// or https:// URL"));
+  for (const char* name : {"Host", "content-length", "Transfer-Encoding", "CONNECTION"})
+    EXPECT_TRUE(has(err(std::string("{uri: 'http://e.test/', headers: {") + name + ": x}}"), "is the fetcher's to set"))
+        << name;
   // An unknown key is a warning naming it, as everywhere.
   CloudConfig w = parse_user_data("#cloud-config\nwrite_files:\n  - path: /a\n    source: {uri: 'http://e.test/', method: post}\n");
   ASSERT_EQ(w.warnings.size(), 1u);

@@ -347,6 +347,9 @@ TEST(Review3RemoveTree, WriteBeneathNeverFollowsTheTreesLinks) {
   struct stat st{};
   ASSERT_EQ(lstat((tree + "/etc/hostname").c_str(), &st), 0);
   EXPECT_TRUE(S_ISREG(st.st_mode));
+  // A path that names no file is refused, the tree untouched.
+  for (const char* bad : {"etc/..", "etc/.", "etc/", ""}) EXPECT_THROW(write_beneath(tree, bad, "x"), Error) << bad;
+  EXPECT_EQ(slurp(tree + "/etc/hostname"), "localhost\n");
   // Negative control: an ordinary write through a leaf link follows it.
   ASSERT_EQ(symlink((victim + "/hostname").c_str(), (tree + "/etc/other").c_str()), 0);
   std::ofstream(tree + "/etc/other") << "followed\n";
