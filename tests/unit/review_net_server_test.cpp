@@ -36,6 +36,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 #include <string>
 #include <thread>
@@ -261,6 +262,15 @@ struct World {
         std::string r = dns::reply(b, *q, dns::kNoError, {a}, 60);
         sendto(d, r.data(), r.size(), 0, reinterpret_cast<sockaddr*>(&from), fl);
       }
+    }));
+    // The world's directory goes with it, removed as root (this process
+    // may have become another user by then).
+    helpers.push_back(spawn([this] {
+      char c;
+      while (read(life[0], &c, 1) != 0) {
+      }
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
     }));
     close(l);
     close(d);
