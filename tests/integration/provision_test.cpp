@@ -801,6 +801,23 @@ TEST_F(Provision, WriteFilesSourcesAreFetchedWithTheirHeaders) {
         if (h[0] == "X-Token") token = h[1];
   EXPECT_EQ(token, "lab-token-1");
 
+  // A build whose policy carries a secret for another host still fetches
+  // its sources: a fetch's own policy (the source's host alone) drops the
+  // secrets, which name hosts it does not allow.
+  std::string policy = dir_ / "secret.toml";
+  write_file(policy, "allow = [\"other.test\"]\ninspect_tls = true\n[[secret]]\nname = \"LAB_TOKEN\"\n"
+                     "from = \"env:LAB_TOKEN_VALUE\"\nhosts = [\"other.test\"]\n");
+  std::string sec = name("src-secret");
+  std::string sec_file = dir_ / (sec + ".yaml");
+  write_file(sec_file, "#cloud-config\nwrite_files:\n  - path: /etc/fetched.bin\n"
+                       "    source: {uri: 'http://allowed.test/files/blob.bin'}\n");
+  Options with_secret = test_image_options(600);
+  with_secret.env.push_back("LAB_TOKEN_VALUE=lab-secret-value-1");
+  Outcome sr = lab.ultari({"image", "provision", sec, "--from", base, "--user-data", sec_file, "--net-policy", policy,
+                           "--net-resolver", NetLab::kDnsAddr, "--no-cache", "-q"},
+                          with_secret);
+  EXPECT_EQ(sr.status, 0) << sr.err;
+
   // Negative control: without content to fall back on, a failing source
   // fails the build, naming the file and the URL.
   Outcome f = provision_in_lab(name("src-bad"),
