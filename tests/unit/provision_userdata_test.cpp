@@ -22,25 +22,19 @@
 #include "images/unpack.h"
 #include "provision/mime.h"
 #include "provision/pgp.h"
+#include "unit_util.h"
 #include "util/error.h"
 
 namespace ultari::provision {
 namespace {
 
 using nlohmann::json;
+using unit::error_of;
+using unit::has;
+using unit::kKeyFpr;
+using unit::kOtherFpr;
 
-bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
-// The message of the Error `f` throws ("" when it throws none).
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 std::string gzip(const std::string& data) {
   z_stream z{};
@@ -548,14 +542,7 @@ sys.stdout.write(outer.as_string())
   EXPECT_TRUE(c.warnings.empty()) << c.warnings[0];
 }
 
-// Keys made for the tests (tests/data/provision/keys/README).
-std::string data_file(const std::string& name) {
-  std::ifstream in(std::string(ULTARI_TEST_DATA) + "/provision/keys/" + name);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-const std::string kArmoredKey = data_file("test.asc");
+const std::string kArmoredKey = unit::test_key("test.asc");
 
 std::string with_key(const std::string& key, const std::string& source = "deb [signed-by=$KEY_FILE] http://m/ x main",
                      const std::string& name = "repo.list") {
@@ -615,9 +602,7 @@ TEST(ProvisionUserData, AptKeysAreDearmouredAndNamedAsCloudInitNamesThem) {
   EXPECT_TRUE(has(err(keyid(fpr, "a b")), "is not a key server's host name")) << err(keyid(fpr, "a b"));
 }
 
-const std::string kOtherKey = data_file("other.asc");
-const char* const kKeyFpr = "EA875C85C945DA5297F51AC04731D5CD4E7EDEA6";    // test.asc, as gpg says
-const char* const kOtherFpr = "44BA1FB14E04D7E89D9C155FDE0CC9B25BF5F9E4";  // other.asc
+const std::string kOtherKey = unit::test_key("other.asc");
 
 // What a key server answers is cut to the one key the ID names, checked
 // against its v4 fingerprint as gpg computes it (the fingerprints above are

@@ -25,11 +25,12 @@
 #include "util/error.h"
 #include "util/paths.h"
 #include "util/process.h"
+#include "unit_util.h"
 
 namespace ultari {
 namespace {
 
-bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+using unit::has;
 
 std::string sh_out(const std::string& cmd) {
   std::string out;
@@ -63,12 +64,7 @@ struct Tmp {
 // ---------------------------------------------------------------- dearmor
 
 // The tests' key (tests/data/provision/keys/README).
-const std::string kKey = [] {
-  std::ifstream in(std::string(ULTARI_TEST_DATA) + "/provision/keys/test.asc");
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}();
+const std::string kKey = unit::test_key("test.asc");
 
 std::string user_data(const std::string& key, const std::string& extra = "") {
   std::string indented;

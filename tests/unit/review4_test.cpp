@@ -16,6 +16,7 @@
 #include "provision/cloud_config.h"
 #include "provision/pgp.h"
 #include "util/error.h"
+#include "unit_util.h"
 
 namespace ultari {
 namespace {
@@ -23,28 +24,13 @@ namespace {
 using provision::CloudConfig;
 using provision::parse_user_data;
 namespace pgp = provision::pgp;
+using unit::error_of;
+using unit::has;
+using unit::kKeyFpr;
+using unit::kOtherFpr;
 
-bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
 
-std::string key_file(const std::string& name) {
-  std::ifstream in(std::string(ULTARI_TEST_DATA) + "/provision/keys/" + name);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-const char* const kKeyFpr = "EA875C85C945DA5297F51AC04731D5CD4E7EDEA6";    // test.asc
-const char* const kOtherFpr = "44BA1FB14E04D7E89D9C155FDE0CC9B25BF5F9E4";  // other.asc
 
 // ---------------------------------------------------------------- key server
 
@@ -58,7 +44,7 @@ const char* const kOtherFpr = "44BA1FB14E04D7E89D9C155FDE0CC9B25BF5F9E4";  // ot
 TEST(Review4, AKeyServerCannotSlipASecretKeyBlockIntoTheKeptKey) {
   std::unique_ptr<images::Unpacker> u = images::load_unpacker();
   auto sha1 = [&](const std::string& d) { return u->sha1(d); };
-  const std::string a = pgp::dearmor(key_file("test.asc")), b = pgp::dearmor(key_file("other.asc"));
+  const std::string a = pgp::dearmor(unit::test_key("test.asc")), b = pgp::dearmor(unit::test_key("other.asc"));
   ASSERT_EQ(static_cast<unsigned char>(b[0]), 0x98);  // old format, tag 6, one-octet length
   std::string secret_old = b, secret_new = "\xC5" + b.substr(1);
   secret_old[0] = static_cast<char>(0x94);  // old format, tag 5
@@ -94,8 +80,8 @@ TEST(Review4, MalformedKeyServerAnswersAreErrors) {
     EXPECT_FALSE(error_of([&] { pgp::select_key(bad, kKeyFpr, sha1); }).empty());
   EXPECT_TRUE(has(error_of([&] { pgp::select_key(std::string("\xC6\x00", 2), kKeyFpr, sha1); }), "a key of version 0"));
   // Negative control: the well-formed key is taken.
-  EXPECT_EQ(pgp::select_key(pgp::dearmor(key_file("test.asc")), kKeyFpr, sha1).size(),
-            pgp::dearmor(key_file("test.asc")).size());
+  EXPECT_EQ(pgp::select_key(pgp::dearmor(unit::test_key("test.asc")), kKeyFpr, sha1).size(),
+            pgp::dearmor(unit::test_key("test.asc")).size());
 }
 
 // keyserver values that are no plain host, or that smuggle a path, a

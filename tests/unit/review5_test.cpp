@@ -12,24 +12,17 @@
 #include "provision/cloud_config.h"
 #include "util/error.h"
 #include "util/url.h"
+#include "unit_util.h"
 
 namespace ultari {
 namespace {
 
 using provision::CloudConfig;
 using provision::parse_user_data;
+using unit::error_of;
+using unit::has;
 
-bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
 
 // ------------------------------------------------------------- url.h
 
