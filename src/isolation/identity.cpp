@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <linux/mount.h>
 #include <linux/openat2.h>
+#include <linux/securebits.h>
 #include <sched.h>
 #include <sys/prctl.h>
 #include <signal.h>
@@ -12,7 +13,11 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <optional>
+#include <tuple>
+#include <utility>
 
 #include "util/error.h"
 
@@ -21,26 +26,37 @@ namespace {
 
 constexpr uint32_t kDefaultSubBase = 2000000000;
 constexpr uint32_t kRangeSize = 65536;
+constexpr uint32_t kDefaultOwnerBase = 3000000000U;
+constexpr uint32_t kDefaultOwnerCount = 1U << 30;  // pid (< 2^22) x 256 sandboxes
 
 // The "ultari:<start>:<count>" line of /etc/subuid or /etc/subgid.
-uint32_t subordinate_base(const char* file) {
+// The first "<name>:<start>:<count>" line of /etc/subuid (or subgid) whose
+// range holds at least `min_count` ids below 2^32 - 1, else nullopt.
+std::optional<std::pair<uint32_t, uint32_t>> subordinate_range(const char* file, const char* name, uint32_t min_count) {
   char buf[8192];
   int fd = open(file, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return kDefaultSubBase;
+  if (fd < 0) return std::nullopt;
   ssize_t n = read(fd, buf, sizeof buf - 1);
   close(fd);
-  if (n <= 0) return kDefaultSubBase;
+  if (n <= 0) return std::nullopt;
   buf[n] = '\0';
+  size_t len = std::strlen(name);
   for (char* line = buf; line && *line;) {
     char* next = std::strchr(line, '\n');
     if (next) *next++ = '\0';
     unsigned long start = 0, count = 0;
-    if (std::strncmp(line, "ultari:", 7) == 0 && std::sscanf(line + 7, "%lu:%lu", &start, &count) == 2 &&
-        count >= kRangeSize && start + kRangeSize <= 0xffffffffUL)
-      return static_cast<uint32_t>(start);
+    if (std::strncmp(line, name, len) == 0 && line[len] == ':' &&
+        std::sscanf(line + len + 1, "%lu:%lu", &start, &count) == 2 && count >= min_count &&
+        start + count <= 0xffffffffUL)
+      return std::pair{static_cast<uint32_t>(start), static_cast<uint32_t>(count)};
     line = next;
   }
-  return kDefaultSubBase;
+  return std::nullopt;
+}
+
+uint32_t subordinate_base(const char* file) {
+  auto range = subordinate_range(file, "ultari", kRangeSize);
+  return range ? range->first : kDefaultSubBase;
 }
 
 void write_file(const std::string& path, const std::string& text) {
@@ -74,6 +90,7 @@ Identity plan_identity(uid_t uid, gid_t gid) {
     id.gid_map = {{0, gbase, kRangeSize}};
     id.host_root_uid = ubase;
     id.host_root_gid = gbase;
+    std::tie(id.owner_base, id.owner_count) = owner_range("/etc/subuid", ubase);
   } else {
     id.uid_map = {{uid, geteuid(), 1}};
     id.gid_map = {{gid, getegid(), 1}};
@@ -81,6 +98,43 @@ Identity plan_identity(uid_t uid, gid_t gid) {
     id.host_root_gid = getegid();
   }
   return id;
+}
+
+std::pair<uint32_t, uint32_t> owner_range(const char* subuid_file, uint32_t mapped_base) {
+  auto owners = subordinate_range(subuid_file, "ultari-owners", 1);
+  uint32_t base = owners ? owners->first : kDefaultOwnerBase, count = owners ? owners->second : kDefaultOwnerCount;
+  if (uint64_t{base} < uint64_t{mapped_base} + kRangeSize && mapped_base < uint64_t{base} + count)
+    throw Error(std::string(subuid_file) + ": the ultari-owners range (" + std::to_string(base) + ", " +
+                std::to_string(count) + " ids) overlaps the sandboxes' ids (" + std::to_string(mapped_base) +
+                ", 65536 ids); give it a range of its own");
+  return {base, count};
+}
+
+uid_t namespace_owner(const Identity& id) {
+  static uint32_t counter = 0;
+  uint64_t n = (static_cast<uint64_t>(getpid()) << 8) | (counter++ & 0xff);
+  return id.owner_base + static_cast<uint32_t>(n % (id.owner_count ? id.owner_count : 1));
+}
+
+CreatorScope::CreatorScope(uid_t uid, gid_t gid) : bits_(prctl(PR_GET_SECUREBITS, 0, 0, 0, 0)) {
+  if (bits_ < 0) throw_errno("prctl PR_GET_SECUREBITS");
+  if (!(bits_ & SECBIT_NO_SETUID_FIXUP) && prctl(PR_SET_SECUREBITS, bits_ | SECBIT_NO_SETUID_FIXUP, 0, 0, 0) != 0)
+    throw_errno("prctl PR_SET_SECUREBITS (keep capabilities while creating the sandbox as its owner uid)");
+  if (syscall(SYS_setresgid, -1, gid, -1) != 0 || syscall(SYS_setresuid, -1, uid, -1) != 0) {
+    int err = errno;
+    if (syscall(SYS_setresgid, -1, 0, -1) != 0 || prctl(PR_SET_SECUREBITS, bits_, 0, 0, 0) != 0) std::abort();
+    throw_errno("set the effective ids to the sandbox's owner " + std::to_string(uid), err);
+  }
+}
+
+CreatorScope::~CreatorScope() {
+  // Cannot fail for a thread whose real and saved ids are root; going on
+  // with another uid's rights would fail confusingly later.
+  if (syscall(SYS_setresuid, -1, 0, -1) != 0 || syscall(SYS_setresgid, -1, 0, -1) != 0 ||
+      prctl(PR_SET_SECUREBITS, bits_, 0, 0, 0) != 0) {
+    std::perror("ultari: cannot return to root after creating the sandbox");
+    std::abort();
+  }
 }
 
 void write_maps(pid_t pid, const Identity& id) {

@@ -4,6 +4,7 @@
 #include <sys/types.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "util/fd.h"
@@ -21,6 +22,9 @@ struct Identity {
   gid_t host_root_gid = 0;
   uid_t uid = 0;            // uid/gid the command runs as inside
   gid_t gid = 0;
+  // Rootful: the range of host uids that create sandboxes' user namespaces
+  // (see namespace_owner); disjoint from the mapped range.
+  uint32_t owner_base = 0, owner_count = 0;
 };
 
 // Rootful: sandbox ids 0..65535 map to a dedicated subordinate range (the
@@ -28,6 +32,35 @@ struct Identity {
 // Rootless: the requested uid/gid inside map to the caller, nothing else.
 // Throws when the request cannot be mapped.
 Identity plan_identity(uid_t uid, gid_t gid);
+
+// Rootful: the host uid that creates a sandbox's user namespace, one per
+// sandbox alive. The kernel charges the per-user quotas of everything in a
+// user namespace (inotify instances and watches, processes, message queue
+// bytes, pending signals, namespaces) to the namespace's owner at every
+// level above it as well, so sandboxes created by one uid share those
+// quotas with each other and with that uid. Owners come from the
+// "ultari-owners:<start>:<count>" line of /etc/subuid, else
+// 3000000000 + 2^30: this process's pid and a counter of its sandboxes.
+uid_t namespace_owner(const Identity& id);
+// The owners' range (start, count) read from `subuid_file`; throws when it
+// overlaps the sandboxes' ids (mapped_base .. +65535).
+std::pair<uint32_t, uint32_t> owner_range(const char* subuid_file, uint32_t mapped_base);
+
+// Makes the calling thread, and it alone (raw setres[ug]id: glibc's wrappers
+// change every thread), create namespaces as `uid`/`gid` until destroyed,
+// keeping its effective capabilities (SECBIT_NO_SETUID_FIXUP): clone3 with
+// CLONE_INTO_CGROUP still needs root's write access to the group. The
+// child inherits the securebit; init sets its own bits, which clear it.
+class CreatorScope {
+ public:
+  CreatorScope(uid_t uid, gid_t gid);
+  ~CreatorScope();
+  CreatorScope(const CreatorScope&) = delete;
+  CreatorScope& operator=(const CreatorScope&) = delete;
+
+ private:
+  int bits_;
+};
 
 // Writes /proc/<pid>/{uid_map,setgroups,gid_map}.
 void write_maps(pid_t pid, const Identity& id);

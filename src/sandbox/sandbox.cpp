@@ -451,26 +451,19 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
     args.cgroup = static_cast<uint64_t>(cg);
   }
   s.started = Clock::now();
-  // Rootful: the user namespace is created with the subordinate uid as its
-  // effective uid, so the per-user kernel quotas charged to a namespace's
-  // creator (inotify instances and watches, ...) are the sandbox range's and
-  // a sandbox cannot exhaust root's. clone3(CLONE_INTO_CGROUP) needs root's
-  // write access to the groups, so on v2 the namespace stays root's.
-  bool as_subordinate = id.rootful && cg < 0;
-  if (as_subordinate && (setegid(id.host_root_gid) != 0 || seteuid(id.host_root_uid) != 0)) {
-    int err = errno;
-    if (setegid(0) != 0) {
-    }
-    throw_errno("seteuid to the sandbox's host uid", err);
-  }
-  long pid = syscall(SYS_clone3, &args, sizeof args);
-  int clone_errno = errno;
-  if (pid == 0) isolation::child_main(plan);
-  if (as_subordinate && (seteuid(0) != 0 || setegid(0) != 0)) {
-    // Cannot happen for a process whose real and saved ids are root; going
-    // on without root's rights would fail confusingly later.
-    std::perror("ultari: cannot return to root after clone3");
-    std::abort();
+  // Rootful: the user namespace is created by a host uid of its own
+  // (isolation::namespace_owner), so the per-user kernel quotas charged to
+  // a namespace's owner (inotify instances and watches, processes, message
+  // queue bytes, pending signals) are this sandbox's alone: a sandbox can
+  // exhaust neither root's nor another sandbox's.
+  long pid;
+  int clone_errno;
+  {
+    std::optional<isolation::CreatorScope> owner;
+    if (id.rootful) owner.emplace(isolation::namespace_owner(id), id.host_root_gid);
+    pid = syscall(SYS_clone3, &args, sizeof args);
+    clone_errno = errno;
+    if (pid == 0) isolation::child_main(plan);
   }
   if (pid < 0) throw_errno("clone3 (creating the sandbox's namespaces)", clone_errno);
   s.pid = static_cast<pid_t>(pid);

@@ -8,6 +8,9 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
+#include <string>
+#include <vector>
 #include <thread>
 
 #include "harness.h"
@@ -190,5 +193,83 @@ TEST(Limits, TimeoutHoldsWhileTheReaderStalls) {
   unlink(report.c_str());
 }
 
+// The kernel charges per-user quotas (inotify instances, POSIX message
+// queue bytes; processes and pending signals alike) to a user namespace's
+// owner, at every level above it. A sandbox that takes all it may must
+// leave the next sandbox, and host root, their own.
+std::string probe_bind() { return helpers_dir() + "/quota_probe:/quota_probe"; }
+
+// "KIND N errno E" -> N (-1 when absent).
+int probe_count(const std::string& out, const std::string& kind) {
+  auto at = out.find(kind + " ");
+  return at == std::string::npos ? -1 : std::atoi(out.c_str() + at + kind.size() + 1);
+}
+
+// The probe itself (its supervisor's command line holds the tag too).
+pid_t probe_pid(const std::string& tag) {
+  for (pid_t pid : pids_matching(tag))
+    if (read_file("/proc/" + std::to_string(pid) + "/comm") == "quota_probe\n") return pid;
+  return 0;
+}
+
+uint32_t namespace_owner_of(const std::string& tag) {
+  pid_t pid = probe_pid(tag);
+  if (pid <= 0) return 0;
+  Outcome o = host(helpers_dir() + "/quota_probe owner " + std::to_string(pid));
+  auto at = o.out.find("owner ");
+  return at == std::string::npos ? 0 : static_cast<uint32_t>(std::strtoul(o.out.c_str() + at + 6, nullptr, 10));
+}
+
+TEST(Limits, SandboxesHaveTheirOwnKernelQuotas) {
+  if (geteuid() != 0) GTEST_SKIP() << "rootful sandboxes only (rootless ones are all the caller's)";
+  int inotify_limit = std::atoi(read_file("/proc/sys/fs/inotify/max_user_instances").c_str());
+  if (inotify_limit <= 0 || inotify_limit > 900) GTEST_SKIP() << "fs.inotify.max_user_instances is " << inotify_limit;
+  TempDir dir;
+  for (std::string kind : {"inotify", "mqueue"}) {
+    SCOPED_TRACE(kind);
+    std::string tag = "quota-hold-" + kind + "-" + std::to_string(getpid());
+    std::vector<pid_t> holders;
+    std::vector<std::string> logs;
+    for (const char* which : {"A", "B"}) {
+      logs.push_back(dir / (kind + which + ".log"));
+      int fd = open(logs.back().c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      ASSERT_GE(fd, 0);
+      holders.push_back(spawn_ultari({"run", "--quiet", "--timeout", "60s", "--ro-bind", probe_bind(), "--",
+                                      "/quota_probe", kind, "hold", tag + which},
+                                     fd));
+      close(fd);
+      // The first holds all its quota before the second starts.
+      ASSERT_TRUE(wait_for_text(logs.back(), holders.back(), kind + " ")) << read_file(logs.back());
+    }
+    // Each got the whole quota: the first did not take the second's.
+    int a_count = probe_count(read_file(logs[0]), kind), b_count = probe_count(read_file(logs[1]), kind);
+    EXPECT_GT(a_count, 0) << read_file(logs[0]);
+    EXPECT_EQ(b_count, a_count) << read_file(logs[1]);
+    if (kind == "inotify") {
+      EXPECT_EQ(a_count, inotify_limit);
+      // Host root keeps its own.
+      Outcome root = host(helpers_dir() + "/quota_probe inotify");
+      EXPECT_EQ(probe_count(root.out, kind), inotify_limit) << root.out;
+    }
+    // Two owners, neither root nor the sandboxes' own root uid.
+    uint32_t a = namespace_owner_of(tag + "A"), b = namespace_owner_of(tag + "B");
+    EXPECT_NE(a, 0u);
+    EXPECT_NE(b, 0u);
+    EXPECT_NE(a, b);
+    Outcome uid_a = host("awk '/^Uid:/ {print $3}' /proc/" + std::to_string(probe_pid(tag + "A")) + "/status");
+    EXPECT_NE(uid_a.out, "");
+    EXPECT_NE(std::to_string(a) + "\n", uid_a.out);
+    for (pid_t pid : holders) {
+      kill(pid, SIGTERM);
+      waitpid(pid, nullptr, 0);
+    }
+    // Negative control: two processes under one owner (the same sandbox)
+    // share the quota, and the probe sees the second one get nothing.
+    Outcome shared = sh("/quota_probe " + kind + " hold " + tag + "C > /tmp/first & while ! grep -q " + kind +
+                            " /tmp/first; do sleep 0.05; done; /quota_probe " + kind + "; kill $!",
+                        {"--ro-bind", probe_bind()});
+    EXPECT_EQ(probe_count(shared.out, kind), 0) << shared.out << shared.err;
+  }
+}
 }  // namespace
 }  // namespace ultari::test

@@ -109,6 +109,8 @@ for applet in $("$BUSYBOX" --list); do
 done
 
 put_with_libs "$ULTARI" /usr/bin/ultari
+# Static: the same file is run on the guest and inside its sandboxes.
+if [ -x "$BUILD_DIR/tests/quota_probe" ]; then put "$BUILD_DIR/tests/quota_probe" /usr/bin/quota_probe; fi
 if [ -x "$UNIT_TESTS" ]; then
   put_with_libs "$UNIT_TESTS" /tests/unit_tests
 else

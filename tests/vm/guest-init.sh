@@ -263,6 +263,40 @@ RC=$?
 if [ "$cpumax" = "50000 100000" ] && [ "$RC" = 0 ]; then pass cpus_cpu_max "cpu.max='$cpumax'"
 else fail cpus_cpu_max "cpu.max='$cpumax' rc=$RC verdict=$(json_field verdict /tmp/report-cpus.json) stderr='$(head -c 300 /tmp/err-cpus | tr '\n' '|')'"; fi
 
+# (g) Per-user kernel quotas. On v2 the namespace is made by clone3 with
+# CLONE_INTO_CGROUP; it used to be root's, so a sandbox that took every
+# inotify instance it could took host root's. Each sandbox's namespace
+# has an owner of its own now.
+if [ -x /usr/bin/quota_probe ]; then
+  count() { sed -n 's/^inotify \([0-9]*\) .*/\1/p' "$1" | head -n 1; }
+  limit=$(cat /proc/sys/fs/inotify/max_user_instances)
+  timeout -s KILL 60 ultari run --timeout 30s -- quota_probe inotify hold vmA < /dev/null > /tmp/quota-a 2>&1 &
+  qa=$!
+  i=0
+  while [ $i -lt 200 ] && [ -z "$(count /tmp/quota-a)" ]; do i=$((i + 1)); usleep 50000; done
+  quota_probe inotify > /tmp/quota-root 2>&1
+  run 60 -- quota_probe inotify
+  cp /tmp/out /tmp/quota-b
+  probe=$(ps -o pid,args | awk '$2 == "quota_probe" && $5 == "vmA" { print $1 }' | head -n 1)
+  owner=$(quota_probe owner "$probe" 2>&1)
+  kill "$qa"; wait "$qa" 2>/dev/null
+  a=$(count /tmp/quota-a); b=$(count /tmp/quota-b); r=$(count /tmp/quota-root)
+  if [ "$a" = "$limit" ] && [ "$b" = "$limit" ] && [ "$r" = "$limit" ] && [ "$owner" != "owner 0" ]; then
+    pass own_kernel_quotas "limit=$limit $owner"
+  else fail own_kernel_quotas "limit=$limit sandbox=$a next=$b root=$r $owner"; fi
+  # Negative control: two of root's own processes share root's quota.
+  quota_probe inotify hold vmC > /tmp/quota-c 2>&1 &
+  qc=$!
+  i=0
+  while [ $i -lt 200 ] && [ -z "$(count /tmp/quota-c)" ]; do i=$((i + 1)); usleep 50000; done
+  quota_probe inotify > /tmp/quota-d 2>&1
+  kill "$qc"; wait "$qc" 2>/dev/null
+  if [ "$(count /tmp/quota-d)" = 0 ]; then pass shared_quota_control
+  else fail shared_quota_control "second process got $(count /tmp/quota-d) of $limit"; fi
+else
+  fail own_kernel_quotas "quota_probe is missing from the image"
+fi
+
 # The engine's cgroup unit tests, against this pure v2 tree (they pick the v2
 # branch themselves). The benchmark is left out: it is slow under TCG.
 if [ -x /tests/unit_tests ]; then
