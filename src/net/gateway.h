@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "cgroups/cgroups.h"
 #include "net/inspection.h"
 #include "net/netns.h"
 #include "net/summary.h"
@@ -18,9 +19,10 @@ class Gateway {
  public:
   // Opens the audit log and starts the gateway process serving `endpoints`
   // under `policy`, terminating TLS and swapping secrets per `inspection`
-  // (which only the gateway process keeps). Throws Error (nothing is left
-  // running).
-  Gateway(const NetworkSpec& policy, const std::string& sandbox_id, Endpoints endpoints, Inspection inspection = {});
+  // (which only the gateway process keeps). With `group`, the process runs
+  // in that cgroup from its start. Throws Error (nothing is left running).
+  Gateway(const NetworkSpec& policy, const std::string& sandbox_id, Endpoints endpoints, Inspection inspection = {},
+          const cgroups::Cgroup* group = nullptr);
   ~Gateway();  // kills and reaps the process if finish() did not end it
   Gateway(const Gateway&) = delete;
   Gateway& operator=(const Gateway&) = delete;
@@ -28,6 +30,10 @@ class Gateway {
   // Stops serving (open connections are closed) and returns the final
   // counts. `error` says why the counts are missing if the process died.
   Summary finish(std::string& error);
+
+  // Most tasks the process has: a loop thread and one worker per flow or
+  // query served at once (at most 256), with room to spare.
+  static constexpr uint64_t kMaxTasks = 512;
 
   // The environment that points clients at the explicit proxies.
   static std::vector<std::string> proxy_env();

@@ -497,7 +497,21 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
   // before its command can run (the command is sent after this returns).
   if (spec.network.mode != NetworkSpec::Mode::None) {
     inspection.unseal();  // init exists: the CA key and the values never were in its memory
-    s.gateway = std::make_unique<net::Gateway>(spec.network, s.id, std::move(*endpoints), std::move(inspection));
+    // What the sandbox makes the gateway do (relay, TLS, scanning) is
+    // bounded like the sandbox: rootful, the gateway runs in a group of its
+    // own with the sandbox's cpu and memory limits. Not in the sandbox's
+    // group, whose kill or OOM would cut the audit short.
+    const cgroups::Cgroup* gateway_group = nullptr;
+    if (id.rootful) {
+      cgroups::Limits gl;
+      gl.memory_bytes = limits.memory_bytes;
+      gl.cpus = limits.cpus;
+      gl.pids = net::Gateway::kMaxTasks;
+      s.gateway_cgroup.emplace(cgroups::Cgroup::create(prepared.cgroups, cgroups::make_group_name(), gl));
+      gateway_group = &*s.gateway_cgroup;
+    }
+    s.gateway = std::make_unique<net::Gateway>(spec.network, s.id, std::move(*endpoints), std::move(inspection),
+                                               gateway_group);
   }
   return std::unique_ptr<Sandbox>(new Sandbox(std::move(st)));
 }

@@ -49,6 +49,9 @@ struct Sandbox::State {
   Clock::time_point started;
   UniqueFd listener;   // seccomp listener until the supervisor takes it
   std::unique_ptr<seccomp::Supervisor> notify;
+  // Rootful --net: the gateway's own group (declared first: removed after
+  // the gateway is gone).
+  std::optional<cgroups::Cgroup> gateway_cgroup;
   std::unique_ptr<net::Gateway> gateway;  // serves the sandbox's network (--net)
 
   // What happened.

@@ -8,6 +8,7 @@
 // works (the lab serves it), and the same request with the name allowed works
 // from the sandbox (the probe can succeed), so a "blocked" is the policy's
 // doing, not a broken probe.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -883,6 +884,98 @@ TEST_F(Network, ReportCountsAllowedAndDenied) {
   for (const auto& e : audit()) (e["decision"] == "allow" ? allowed : denied)++;
   EXPECT_EQ(n["allowed"], allowed) << audit_dump();
   EXPECT_EQ(n["denied"], denied) << audit_dump();
+}
+
+// The gateway works for its sandbox, and what the sandbox makes it do
+// (relaying, TLS, scanning) is bounded like the sandbox: rootful, it runs in
+// a group of its own with the sandbox's cpu and memory limits and a task
+// limit, and the group goes with the sandbox. No traffic is needed.
+struct GroupLimits {
+  std::string path;  // the memory controller's group
+  std::string dir;   // that group's directory
+  std::string memory, cpu, pids;
+};
+
+GroupLimits limits_of(pid_t pid) {
+  GroupLimits g;
+  std::istringstream in(read_file("/proc/" + std::to_string(pid) + "/cgroup"));
+  std::string line, v2;
+  std::map<std::string, std::string> v1;
+  while (std::getline(in, line)) {
+    auto a = line.find(':'), b = line.find(':', a + 1);
+    std::string controllers = line.substr(a + 1, b - a - 1), path = line.substr(b + 1);
+    if (controllers.empty()) v2 = path;
+    std::stringstream list(controllers);
+    std::string c;
+    while (std::getline(list, c, ',')) v1[c] = path;
+  }
+  auto first_line = [](const std::string& text) { return text.substr(0, text.find('\n')); };
+  if (v1.count("memory")) {
+    g.path = v1["memory"];
+    g.dir = "/sys/fs/cgroup/memory" + g.path;
+    g.memory = first_line(read_file("/sys/fs/cgroup/memory" + v1["memory"] + "/memory.limit_in_bytes"));
+    g.cpu = first_line(read_file("/sys/fs/cgroup/cpu" + v1["cpu"] + "/cpu.cfs_quota_us"));
+    g.pids = first_line(read_file("/sys/fs/cgroup/pids" + v1["pids"] + "/pids.max"));
+  } else {
+    g.path = v2;
+    g.dir = "/sys/fs/cgroup" + g.path;
+    g.memory = first_line(read_file("/sys/fs/cgroup" + v2 + "/memory.max"));
+    g.cpu = first_line(read_file("/sys/fs/cgroup" + v2 + "/cpu.max"));
+    g.pids = first_line(read_file("/sys/fs/cgroup" + v2 + "/pids.max"));
+  }
+  return g;
+}
+
+// The child of `supervisor` named `comm` (0 when none).
+pid_t child_named(pid_t supervisor, const std::string& comm) {
+  std::istringstream in(read_file("/proc/" + std::to_string(supervisor) + "/task/" + std::to_string(supervisor) +
+                                  "/children"));
+  pid_t child;
+  while (in >> child)
+    if (read_file("/proc/" + std::to_string(child) + "/comm") == comm + "\n") return child;
+  return 0;
+}
+
+TEST(NetworkGateway, RunsUnderItsSandboxsLimits) {
+  if (geteuid() != 0) GTEST_SKIP() << "rootful only: a rootless gateway runs in the caller's group";
+  TempDir dir;
+  auto start = [&](const std::vector<std::string>& flags) {
+    std::string log = dir / "out.log";
+    int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    std::vector<std::string> args = {"run", "--quiet", "--net", "open", "--timeout", "60s"};
+    args.insert(args.end(), flags.begin(), flags.end());
+    args.insert(args.end(), {"--", "sh", "-c", "echo up; sleep 60"});
+    pid_t pid = spawn_ultari(args, fd);
+    close(fd);
+    EXPECT_TRUE(wait_for_text(log, pid, "up")) << read_file(log);
+    return pid;
+  };
+  auto stop = [](pid_t pid) {
+    kill(pid, SIGTERM);
+    waitpid(pid, nullptr, 0);
+  };
+  pid_t pid = start({"--cpus", "0.3", "--memory", "300M"});
+  pid_t gateway = child_named(pid, "ultari-net"), init = child_named(pid, "ultari-init");
+  ASSERT_GT(gateway, 0);
+  ASSERT_GT(init, 0);
+  GroupLimits g = limits_of(gateway), sandbox = limits_of(init);
+  EXPECT_TRUE(exists(g.dir)) << g.dir;
+  stop(pid);
+  EXPECT_NE(g.path, "/");
+  EXPECT_NE(g.path, sandbox.path);  // not the sandbox's own group
+  EXPECT_EQ(g.memory, "314572800");
+  EXPECT_TRUE(g.cpu == "30000" || g.cpu == "30000 100000") << g.cpu;
+  EXPECT_EQ(g.pids, "512");
+  EXPECT_FALSE(exists(g.dir)) << g.dir << " outlived the sandbox";
+  // Negative control: without --cpus the gateway's group has no cpu limit
+  // either (the value above came from the flag).
+  pid = start({});
+  gateway = child_named(pid, "ultari-net");
+  ASSERT_GT(gateway, 0);
+  GroupLimits open = limits_of(gateway);
+  stop(pid);
+  EXPECT_TRUE(open.cpu == "-1" || open.cpu.rfind("max", 0) == 0) << open.cpu;
+  EXPECT_EQ(open.memory, std::to_string(1ull << 30));
 }
 
 }  // namespace
