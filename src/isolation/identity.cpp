@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -111,8 +112,8 @@ std::pair<uint32_t, uint32_t> owner_range(const char* subuid_file, uint32_t mapp
 }
 
 uid_t namespace_owner(const Identity& id) {
-  static uint32_t counter = 0;
-  uint64_t n = (static_cast<uint64_t>(getpid()) << 8) | (counter++ & 0xff);
+  static std::atomic<uint32_t> counter{0};
+  uint64_t n = (static_cast<uint64_t>(getpid()) << 8) | (counter.fetch_add(1, std::memory_order_relaxed) & 0xff);
   return id.owner_base + static_cast<uint32_t>(n % (id.owner_count ? id.owner_count : 1));
 }
 
