@@ -1,8 +1,13 @@
 // One sandbox's group across the v1 hierarchies and/or the v2 tree.
 #include <fcntl.h>
 #include <linux/magic.h>
+#include <linux/sched.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <cerrno>
 #include <climits>
 #include <cstdlib>
 #include <unistd.h>
@@ -276,6 +281,37 @@ std::vector<UniqueFd> Cgroup::open_self_attach() const {
     fds.push_back(std::move(fd));
   });
   return fds;
+}
+
+pid_t Cgroup::clone_into(int* pidfd) const {
+  std::vector<UniqueFd> tasks = open_self_attach();
+  clone_args args{};
+  args.flags = CLONE_PIDFD;
+  args.pidfd = reinterpret_cast<uint64_t>(pidfd);
+  args.exit_signal = SIGCHLD;
+  if (v2_fd() >= 0) {
+    args.flags |= CLONE_INTO_CGROUP;
+    args.cgroup = static_cast<uint64_t>(v2_fd());
+  }
+  long pid = syscall(SYS_clone3, &args, sizeof args);
+  if (pid < 0) throw_errno("clone3 into cgroup " + (dirs_.empty() ? std::string("?") : dirs_.front().path));
+  if (pid == 0) {
+    // The only thread: "0" moves it (async-signal-safe from here on).
+    for (const auto& fd : tasks)
+      if (::write(fd.get(), "0", 1) != 1) _exit(72);
+    return 0;
+  }
+  try {
+    attach(static_cast<pid_t>(pid), v2_fd() >= 0, /*v1_joins_itself=*/true);
+  } catch (...) {
+    syscall(SYS_pidfd_send_signal, *pidfd, SIGKILL, nullptr, 0);
+    while (::waitpid(static_cast<pid_t>(pid), nullptr, 0) < 0 && errno == EINTR) {
+    }
+    ::close(*pidfd);
+    *pidfd = -1;
+    throw;
+  }
+  return static_cast<pid_t>(pid);
 }
 
 Stats Cgroup::stats() const {

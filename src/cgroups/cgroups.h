@@ -74,6 +74,14 @@ class Cgroup {
   // for an RCU grace period (5-15 ms on this kind of host). The files are
   // opened by the supervisor, whose credentials the kernel checks.
   std::vector<UniqueFd> open_self_attach() const;
+  // Starts a child (clone3, fork-like: returns 0 in the child, its pid in
+  // the parent, with *pidfd set) that runs in the group from its start: on
+  // v2 by CLONE_INTO_CGROUP; on v1 it moves itself before returning (see
+  // open_self_attach; _exit(72) if it cannot); v2 groups of a mixed host are
+  // joined by the parent before this returns. Throws in the parent (no
+  // child is left).
+  pid_t clone_into(int* pidfd) const;
+
   // Samples counters; call sample_pids() periodically on v1 for peak_pids.
   Stats stats() const;
   void sample_pids();

@@ -92,11 +92,7 @@ void confine() {
 constexpr rlim_t kGatewayFiles = 8192;
 
 [[noreturn]] void gateway_main(const NetworkSpec& policy, std::vector<in_addr> servers, Endpoints ep, AuditLog& audit,
-                               Inspection& inspection, int control, pid_t parent, const std::vector<UniqueFd>& tasks) {
-  // Into the gateway's v1 groups first, while this is the only thread
-  // ("0": the calling thread; see cgroups::Cgroup::open_self_attach).
-  for (const auto& fd : tasks)
-    if (write(fd.get(), "0", 1) != 1) _exit(72);
+                               Inspection& inspection, int control, pid_t parent) {
   // Terminal signals are for the supervisor, which forwards them to the
   // sandbox; the gateway ends when told (or with its parent).
   sigset_t all;
@@ -166,40 +162,27 @@ Gateway::Gateway(const NetworkSpec& policy, const std::string& sandbox_id, Endpo
   UniqueFd theirs(sv[1]);
   pid_t parent = getpid();
   int pidfd = -1;
-  clone_args args{};
-  args.flags = CLONE_PIDFD;
-  args.pidfd = reinterpret_cast<uint64_t>(&pidfd);
-  args.exit_signal = SIGCHLD;
-  std::vector<UniqueFd> tasks;
+  long pid;
   if (group) {
-    tasks = group->open_self_attach();
-    if (group->v2_fd() >= 0) {
-      args.flags |= CLONE_INTO_CGROUP;
-      args.cgroup = static_cast<uint64_t>(group->v2_fd());
-    }
+    pid = group->clone_into(&pidfd);  // runs in the group from its start
+  } else {
+    clone_args args{};
+    args.flags = CLONE_PIDFD;
+    args.pidfd = reinterpret_cast<uint64_t>(&pidfd);
+    args.exit_signal = SIGCHLD;
+    pid = syscall(SYS_clone3, &args, sizeof args);
+    if (pid < 0) throw_errno("clone3 (network gateway)");
   }
-  long pid = syscall(SYS_clone3, &args, sizeof args);
-  if (pid < 0) throw_errno("clone3 (network gateway)");
   if (pid == 0) {
     control_.reset();
-    gateway_main(policy, std::move(servers), std::move(endpoints), audit, inspection, theirs.get(), parent, tasks);
+    gateway_main(policy, std::move(servers), std::move(endpoints), audit, inspection, theirs.get(), parent);
   }
-  tasks.clear();
   // The CA's key, the secrets' values and the proxy's credentials live on
   // in the gateway only.
   inspection.wipe();
   pid_ = static_cast<pid_t>(pid);
   pidfd_.reset(pidfd);
   theirs.reset();
-  try {
-    if (group) group->attach(pid_, group->v2_fd() >= 0, /*v1_joins_itself=*/true);  // v2 groups of a mixed host
-  } catch (...) {
-    syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGKILL, nullptr, 0);
-    while (waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
-    }
-    pid_ = -1;
-    throw;
-  }
   // Serving, or why not (Hyperscan missing, ...).
   char buf[1024];
   pollfd p{control_.get(), POLLIN, 0};

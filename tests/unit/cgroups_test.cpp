@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -345,6 +346,55 @@ TEST_F(CgroupTest, AttachPlacesChildAndWritesLimits) {
   cg.destroy();
   for (Controller c : group_controllers(layout_, false))
     EXPECT_FALSE(exists(dir_of(layout_, c, name))) << dir_of(layout_, c, name);
+}
+
+// A child started by clone_into is in the group from its start (v2:
+// clone3 CLONE_INTO_CGROUP; v1: it moved itself before clone_into returned
+// to it): its first look at /proc/self/cgroup names the group everywhere.
+TEST_F(CgroupTest, CloneIntoPlacesTheChildFromItsStart) {
+  std::string name = make_group_name();
+  Cgroup cg = Cgroup::create(layout_, name, {.memory_bytes = 64 * kMiB, .pids = 16});
+  std::vector<std::string> hierarchies;
+  for (const auto& d : cg.directories())
+    if (std::find(hierarchies.begin(), hierarchies.end(), d.path) == hierarchies.end()) hierarchies.push_back(d.path);
+  ASSERT_FALSE(hierarchies.empty());
+  // Lines of /proc/self/cgroup that end with "/<name>" (read with syscalls
+  // only: the child of a fork).
+  auto lines_naming = [](const std::string& group) {
+    char buf[4096];
+    int fd = ::open("/proc/self/cgroup", O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd < 0 ? -1 : ::read(fd, buf, sizeof buf - 1);
+    if (fd >= 0) ::close(fd);
+    if (n <= 0) return -1;
+    buf[n] = '\0';
+    int count = 0;
+    for (char* line = buf; *line;) {
+      char* end = std::strchr(line, '\n');
+      size_t len = end ? static_cast<size_t>(end - line) : std::strlen(line);
+      if (len > group.size() && line[len - group.size() - 1] == '/' &&
+          std::memcmp(line + len - group.size(), group.data(), group.size()) == 0)
+        ++count;
+      if (!end) break;
+      line = end + 1;
+    }
+    return count;
+  };
+  int pidfd = -1;
+  pid_t pid = cg.clone_into(&pidfd);
+  if (pid == 0) _exit(lines_naming(name));
+  ASSERT_GT(pid, 0);
+  EXPECT_GE(pidfd, 0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ::close(pidfd);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), static_cast<int>(hierarchies.size()));
+  // Negative control: a plain fork's child is in none of them.
+  pid = ::fork();
+  if (pid == 0) _exit(lines_naming(name));
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  cg.destroy();
 }
 
 TEST_F(CgroupTest, CpuLimitIsWritten) {
