@@ -222,7 +222,8 @@ Leftovers leftovers() {
         continue;
       }
       std::string comm = read_file(base + "/comm");
-      if ((comm == "ultari\n" || comm == "ultari-init\n") && std::atoi(e->d_name) != getpid()) ++l.processes;
+      if ((comm == "ultari\n" || comm == "ultari-init\n" || comm == "ultari-net\n") && std::atoi(e->d_name) != getpid())
+        ++l.processes;
     }
     closedir(proc);
   }

@@ -58,7 +58,7 @@ bool exists(const std::string& path);
 // What sandboxes may leave behind on the host.
 struct Leftovers {
   int cgroups = 0;    // ultari-* under /sys/fs/cgroup (any hierarchy)
-  int processes = 0;  // processes owned by the sandbox uid range or named ultari
+  int processes = 0;  // processes owned by the sandbox uid range or named ultari(-init, -net)
   int mounts = 0;     // mounts mentioning ultari in the host's mount table
   std::string describe() const;
 };

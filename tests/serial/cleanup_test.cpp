@@ -85,6 +85,43 @@ TEST(Cleanup, SigkillOfUltariAtRandomMomentsLeavesNothing) {
   EXPECT_EQ(l.mounts, 0) << l.describe();
 }
 
+// With --net the supervisor also has a gateway process (in a cgroup of its
+// own, rootful) and a short-lived helper that sets up the namespace: killed
+// at any moment, none of them survives and the next start sweeps the groups.
+TEST(Cleanup, SigkillOfANetworkedSandboxAtRandomMomentsLeavesNothing) {
+  std::mt19937 rng(54321);
+  std::uniform_int_distribution<int> delay_us(0, 80000);
+  int killed_running = 0;
+  for (int i = 0; i < 30; ++i) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      int devnull = open("/dev/null", O_WRONLY);
+      dup2(devnull, 1);
+      dup2(devnull, 2);
+      execl(ULTARI_BIN, "ultari", "run", "--net", "open", "--", "/bin/sh", "-c", "sleep 30", nullptr);
+      _exit(127);
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(delay_us(rng)));
+    kill(pid, SIGKILL);
+    int status;
+    waitpid(pid, &status, 0);
+    if (WIFSIGNALED(status)) ++killed_running;
+  }
+  EXPECT_GT(killed_running, 20);
+  Leftovers before_sweep = settle();
+  EXPECT_EQ(before_sweep.processes, 0) << before_sweep.describe();
+  EXPECT_EQ(before_sweep.mounts, 0) << before_sweep.describe();
+  // Control: the kills did leave groups (the sandbox's and the gateway's)
+  // for the next start to sweep.
+  EXPECT_GT(before_sweep.cgroups, 0) << before_sweep.describe();
+  Outcome r = ultari({"run", "--", "/bin/true"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  Leftovers l = settle();
+  EXPECT_EQ(l.processes, 0) << l.describe();
+  EXPECT_EQ(l.cgroups, 0) << l.describe();
+  EXPECT_EQ(l.mounts, 0) << l.describe();
+}
+
 TEST(Cleanup, HalfBuiltSkeletonOfADeadBuilderIsRemoved) {
   // A builder killed mid-way leaves hostroot-<fp>.tmp-<pid>; no pid can be
   // above PID_MAX_LIMIT (2^22), so this one is certainly dead.
