@@ -30,6 +30,24 @@ constexpr uint32_t kRangeSize = 65536;
 constexpr uint32_t kDefaultOwnerBase = 3000000000U;
 constexpr uint32_t kDefaultOwnerCount = 1U << 30;  // pid (< 2^22) x 256 sandboxes
 
+// "<start>:<count>" (trailing blanks allowed), each up to 10 decimal digits
+// (so the sum cannot wrap).
+bool parse_id_pair(const char* p, uint64_t* start, uint64_t* count) {
+  uint64_t* out[2] = {start, count};
+  for (int i = 0; i < 2; ++i) {
+    int digits = 0;
+    *out[i] = 0;
+    for (; *p >= '0' && *p <= '9'; ++p)
+      if (++digits > 10) return false;
+      else *out[i] = *out[i] * 10 + static_cast<uint64_t>(*p - '0');
+    if (i == 1)
+      while (*p == ' ' || *p == '\t' || *p == '\r') ++p;
+    if (digits == 0 || *p != (i == 0 ? ':' : '\0')) return false;
+    if (i == 0) ++p;
+  }
+  return true;
+}
+
 // The "ultari:<start>:<count>" line of /etc/subuid or /etc/subgid.
 // The first "<name>:<start>:<count>" line of /etc/subuid (or subgid) whose
 // range holds at least `min_count` ids below 2^32 - 1, else nullopt.
@@ -45,10 +63,11 @@ std::optional<std::pair<uint32_t, uint32_t>> subordinate_range(const char* file,
   for (char* line = buf; line && *line;) {
     char* next = std::strchr(line, '\n');
     if (next) *next++ = '\0';
-    unsigned long start = 0, count = 0;
-    if (std::strncmp(line, name, len) == 0 && line[len] == ':' &&
-        std::sscanf(line + len + 1, "%lu:%lu", &start, &count) == 2 && count >= min_count &&
-        start + count <= 0xffffffffUL)
+    uint64_t start = 0, count = 0;
+    // Decimal digits only: sscanf("%lu") took "-1" for ULONG_MAX, and the
+    // sum below then wrapped around onto uid 0 and (uid_t)-1.
+    if (std::strncmp(line, name, len) == 0 && line[len] == ':' && parse_id_pair(line + len + 1, &start, &count) &&
+        count >= min_count && start > 0 && start + count <= 0xffffffffULL)
       return std::pair{static_cast<uint32_t>(start), static_cast<uint32_t>(count)};
     line = next;
   }

@@ -50,7 +50,11 @@ std::pair<uint32_t, uint32_t> owner_range(const char* subuid_file, uint32_t mapp
 // change every thread), create namespaces as `uid`/`gid` until destroyed,
 // keeping its effective capabilities (SECBIT_NO_SETUID_FIXUP): clone3 with
 // CLONE_INTO_CGROUP still needs root's write access to the group. The
-// child inherits the securebit; init sets its own bits, which clear it.
+// child does not inherit the securebit: a new user namespace starts its
+// creds with the default securebits (kernel set_cred_user_ns), and init
+// sets and locks its own later. The process stays non-dumpable afterwards
+// (any euid change sets the mm's dumpable flag to fs.suid_dumpable), and
+// so does the child until its exec.
 class CreatorScope {
  public:
   CreatorScope(uid_t uid, gid_t gid);

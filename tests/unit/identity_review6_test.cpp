@@ -22,6 +22,33 @@ std::string write_subuid(const std::string& text) {
   return path;
 }
 
+// sscanf("%lu") takes "-1" as ULONG_MAX, and start + count then wrapped
+// around under the "<= 0xffffffff" check: "ultari-owners:-1:2" gave the
+// owners 0xffffffff ((uid_t)-1: setresuid(-1, -1, -1) changes nothing, the
+// namespace stays root's) and 0 (root); "-4294967296:4294967306" gave
+// 0..9 (root and system users). Such a line must be ignored (or refused),
+// never yield root, (uid_t)-1 or low ids.
+TEST(IdentityReview6, OwnersRangeNeverWrapsOntoRootOrMinusOne) {
+  for (const char* line : {"ultari-owners:-1:2\n", "ultari-owners:-4294967296:4294967306\n",
+                           "ultari-owners:4294967295:1\n", "ultari-owners:0:1000\n"}) {
+    SCOPED_TRACE(line);
+    std::string file = write_subuid(line);
+    try {
+      auto [base, count] = owner_range(file.c_str(), 2000000000);
+      EXPECT_GT(base, 0u);
+      EXPECT_GE(count, 1u);
+      EXPECT_LE(uint64_t{base} + count, 0xffffffffULL);  // the last owner is at most 0xfffffffe
+    } catch (const std::exception&) {
+      // Refusing the line outright is fine too.
+    }
+    unlink(file.c_str());
+  }
+  // Control: a sane line is taken as it is.
+  std::string ok = write_subuid("ultari-owners:3500000000:65536\n");
+  EXPECT_EQ(owner_range(ok.c_str(), 2000000000), (std::pair<uint32_t, uint32_t>{3500000000U, 65536U}));
+  unlink(ok.c_str());
+}
+
 // docs/usage.md: two sandboxes share an owner only when more than 256 of
 // one process are alive at once, or in containers with equal pids. With
 // an "ultari-owners:START:COUNT" line, though, the owner is START +
