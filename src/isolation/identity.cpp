@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -48,7 +49,6 @@ bool parse_id_pair(const char* p, uint64_t* start, uint64_t* count) {
   return true;
 }
 
-// The "ultari:<start>:<count>" line of /etc/subuid or /etc/subgid.
 // The first "<name>:<start>:<count>" line of /etc/subuid (or subgid) whose
 // range holds at least `min_count` ids below 2^32 - 1, else nullopt.
 std::optional<std::pair<uint32_t, uint32_t>> subordinate_range(const char* file, const char* name, uint32_t min_count) {
@@ -130,10 +130,30 @@ std::pair<uint32_t, uint32_t> owner_range(const char* subuid_file, uint32_t mapp
   return {base, count};
 }
 
-uid_t namespace_owner(const Identity& id) {
+OwnerLease lease_owner(const Identity& id, const char* lock_file) {
+  std::string path = lock_file ? lock_file : "/run/ultari/owners";
+  if (!lock_file && mkdir("/run/ultari", 0700) != 0 && errno != EEXIST) throw_errno("mkdir /run/ultari");
+  // Its own open file description: locks taken through one are not
+  // exclusive against each other.
+  UniqueFd fd(open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600));
+  if (!fd) throw_errno("open " + path + " (the sandboxes' owner leases)");
   static std::atomic<uint32_t> counter{0};
-  uint64_t n = (static_cast<uint64_t>(getpid()) << 8) | (counter.fetch_add(1, std::memory_order_relaxed) & 0xff);
-  return id.owner_base + static_cast<uint32_t>(n % (id.owner_count ? id.owner_count : 1));
+  uint64_t count = id.owner_count ? id.owner_count : 1;
+  uint64_t start = ((static_cast<uint64_t>(getpid()) << 8) | (counter.fetch_add(1, std::memory_order_relaxed) & 0xff)) % count;
+  constexpr uint64_t kTries = 4096;
+  for (uint64_t i = 0; i < std::min(count, kTries); ++i) {
+    uint64_t index = (start + i) % count;
+    struct flock fl{};
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = static_cast<off_t>(index);
+    fl.l_len = 1;
+    if (fcntl(fd.get(), F_OFD_SETLK, &fl) == 0) return {static_cast<uid_t>(id.owner_base + index), std::move(fd)};
+    if (errno != EAGAIN && errno != EACCES) throw_errno("lock " + path);
+  }
+  throw Error("no free owner uid for the sandbox's user namespace among " + std::to_string(std::min(count, kTries)) +
+              " of " + std::to_string(id.owner_base) + "+" + std::to_string(count) +
+              " (as many sandboxes alive; the ultari-owners line of /etc/subuid sets the range)");
 }
 
 CreatorScope::CreatorScope(uid_t uid, gid_t gid) : bits_(prctl(PR_GET_SECUREBITS, 0, 0, 0, 0)) {

@@ -23,7 +23,7 @@ struct Identity {
   uid_t uid = 0;            // uid/gid the command runs as inside
   gid_t gid = 0;
   // Rootful: the range of host uids that create sandboxes' user namespaces
-  // (see namespace_owner); disjoint from the mapped range.
+  // (see lease_owner); disjoint from the mapped range.
   uint32_t owner_base = 0, owner_count = 0;
 };
 
@@ -39,9 +39,19 @@ Identity plan_identity(uid_t uid, gid_t gid);
 // bytes, pending signals, namespaces) to the namespace's owner at every
 // level above it as well, so sandboxes created by one uid share those
 // quotas with each other and with that uid. Owners come from the
-// "ultari-owners:<start>:<count>" line of /etc/subuid, else
-// 3000000000 + 2^30: this process's pid and a counter of its sandboxes.
-uid_t namespace_owner(const Identity& id);
+// "ultari-owners:<start>:<count>" line of /etc/subuid, else 3000000000 +
+// 2^30, and are leased: a lock on byte i of `lock_file` (default
+// /run/ultari/owners) for owner start + i, on an open file description of
+// the lease's own, held while the sandbox lives and released by the kernel
+// when its holder dies. So two sandboxes alive at once never share an
+// owner, whichever processes made them. The search starts at a place
+// picked from this process's pid and a counter.
+struct OwnerLease {
+  uid_t uid = 0;
+  UniqueFd lock;  // the lease: closing it (and every copy) ends it
+};
+// Throws (naming the range) when none of the owners tried is free.
+OwnerLease lease_owner(const Identity& id, const char* lock_file = nullptr);
 // The owners' range (start, count) read from `subuid_file`; throws when it
 // overlaps the sandboxes' ids (mapped_base .. +65535).
 std::pair<uint32_t, uint32_t> owner_range(const char* subuid_file, uint32_t mapped_base);

@@ -452,7 +452,7 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
   }
   s.started = Clock::now();
   // Rootful: the user namespace is created by a host uid of its own
-  // (isolation::namespace_owner), so the per-user kernel quotas charged to
+  // (isolation::lease_owner), so the per-user kernel quotas charged to
   // a namespace's owner (inotify instances and watches, processes, message
   // queue bytes, pending signals) are this sandbox's alone: a sandbox can
   // exhaust neither root's nor another sandbox's.
@@ -460,7 +460,11 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
   int clone_errno;
   {
     std::optional<isolation::CreatorScope> owner;
-    if (id.rootful) owner.emplace(isolation::namespace_owner(id), id.host_root_gid);
+    if (id.rootful) {
+      isolation::OwnerLease lease = isolation::lease_owner(id);
+      s.owner_lease = std::move(lease.lock);  // held while the sandbox lives
+      owner.emplace(lease.uid, id.host_root_gid);
+    }
     pid = syscall(SYS_clone3, &args, sizeof args);
     clone_errno = errno;
     if (pid == 0) isolation::child_main(plan);

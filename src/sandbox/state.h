@@ -26,6 +26,9 @@ namespace ultari {
 
 struct Sandbox::State {
   using Clock = std::chrono::steady_clock;
+  // Rootful: the lease on the user namespace's owner uid (first: released
+  // after everything else is gone).
+  UniqueFd owner_lease;
   std::string id;
   Spec spec;
   const Prepared* prepared = nullptr;

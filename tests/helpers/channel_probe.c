@@ -19,7 +19,9 @@
  *
  * With "hold" the probe keeps what it took until killed (TAG only names the
  * process for the tests). */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>

@@ -49,14 +49,17 @@ TEST(IdentityReview6, OwnersRangeNeverWrapsOntoRootOrMinusOne) {
   unlink(ok.c_str());
 }
 
-// docs/usage.md: two sandboxes share an owner only when more than 256 of
-// one process are alive at once, or in containers with equal pids. With
-// an "ultari-owners:START:COUNT" line, though, the owner is START +
-// (pid*256 + counter) % COUNT: with COUNT = 65536 only pid % 256 counts,
+// With an "ultari-owners:START:COUNT" line the owner was START +
+// (pid*256 + counter) % COUNT: with COUNT = 65536 only pid % 256 counted,
 // so two live supervisors whose pids differ by a multiple of 256 (e.g. two
-// concurrent `ultari run`s) get the same owner and share every quota.
-// OPEN today: fails (run with --gtest_also_run_disabled_tests).
-TEST(IdentityReview6, DISABLED_LiveSupervisorsGetDistinctOwnersFromAConfiguredRange) {
+// concurrent `ultari run`s) got the same owner and shared every quota.
+// Fixed: owners are leased (failed before with "live processes 27511 and
+// 27767 got the same owner").
+TEST(IdentityReview6, LiveSupervisorsGetDistinctOwnersFromAConfiguredRange) {
+  char lock[] = "/tmp/ultari-owners-XXXXXX";
+  int tmp = mkstemp(lock);
+  ASSERT_GE(tmp, 0);
+  close(tmp);
   Identity id;
   id.rootful = true;
   id.owner_base = 3500000000U;
@@ -73,7 +76,8 @@ TEST(IdentityReview6, DISABLED_LiveSupervisorsGetDistinctOwnersFromAConfiguredRa
     ASSERT_GE(pid, 0);
     if (pid == 0) {
       close(release[1]);  // the parent's close must reach every child as EOF
-      uid_t owner = namespace_owner(id);
+      OwnerLease lease = lease_owner(id, lock);  // held until the child exits
+      uid_t owner = lease.uid;
       if (write(report[1], &owner, sizeof owner) != sizeof owner) _exit(1);
       char c;
       if (read(release[0], &c, 1) < 0) _exit(1);  // stays alive until released
@@ -91,6 +95,7 @@ TEST(IdentityReview6, DISABLED_LiveSupervisorsGetDistinctOwnersFromAConfiguredRa
   close(release[0]);
   close(report[0]);
   close(report[1]);
+  unlink(lock);
   EXPECT_LT(first, 0) << "live processes " << first << " and " << second << " got the same owner "
                       << owners[first] << " (" << owners.size() << " processes)";
   // Control: the children did get owners from the range.

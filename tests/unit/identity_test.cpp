@@ -1,11 +1,14 @@
 // Who owns a rootful sandbox's user namespace (the per-user quotas' key).
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <set>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "isolation/identity.h"
 #include "unit_util.h"
@@ -47,21 +50,63 @@ TEST(Identity, AnOwnersRangeOverlappingTheSandboxIdsIsRefused) {
   unlink(ok.c_str());
 }
 
-TEST(Identity, OwnersDifferPerSandboxOfAProcess) {
+TEST(Identity, LiveLeasesNeverShareAnOwner) {
+  char lock[] = "/tmp/ultari-owners-XXXXXX";
+  int tmp = mkstemp(lock);
+  ASSERT_GE(tmp, 0);
+  close(tmp);
   Identity id;
   id.rootful = true;
-  id.owner_base = 3000000000U;
-  id.owner_count = 1U << 30;
+  id.owner_base = 3500000000U;
+  id.owner_count = 8;
+  std::vector<OwnerLease> held;
   std::set<uid_t> seen;
-  for (int i = 0; i < 256; ++i) {
-    uid_t owner = namespace_owner(id);
-    EXPECT_GE(owner, id.owner_base);
-    EXPECT_LT(owner, id.owner_base + id.owner_count);
-    seen.insert(owner);
+  for (int i = 0; i < 8; ++i) {
+    held.push_back(lease_owner(id, lock));
+    EXPECT_GE(held.back().uid, id.owner_base);
+    EXPECT_LT(held.back().uid, id.owner_base + id.owner_count);
+    seen.insert(held.back().uid);
   }
-  EXPECT_EQ(seen.size(), 256u);
-  // The 257th wraps around onto the first: more than 256 alive at once share.
-  EXPECT_EQ(seen.count(namespace_owner(id)), 1u);
+  EXPECT_EQ(seen.size(), 8u);  // all different while held
+  // The range is used up: the next one is refused, naming it.
+  std::string err = unit::error_of([&] { lease_owner(id, lock); });
+  EXPECT_TRUE(unit::has(err, "no free owner uid")) << err;
+  // A lease ended is free again (control: the refusal above was the range's).
+  uid_t freed = held[3].uid;
+  held.erase(held.begin() + 3);
+  EXPECT_EQ(lease_owner(id, lock).uid, freed);
+  unlink(lock);
+}
+
+// Leases hold across processes (another supervisor, a pool), and end with
+// their holder.
+TEST(Identity, LeasesHoldAcrossProcessesAndEndWithTheHolder) {
+  char lock[] = "/tmp/ultari-owners-XXXXXX";
+  int tmp = mkstemp(lock);
+  ASSERT_GE(tmp, 0);
+  close(tmp);
+  Identity id;
+  id.rootful = true;
+  id.owner_base = 3500000000U;
+  id.owner_count = 1;
+  int ready[2];
+  ASSERT_EQ(pipe(ready), 0);
+  pid_t child = fork();
+  if (child == 0) {
+    OwnerLease lease = lease_owner(id, lock);
+    if (write(ready[1], "x", 1) != 1) _exit(1);
+    pause();
+    _exit(0);
+  }
+  char c;
+  ASSERT_EQ(read(ready[0], &c, 1), 1);
+  EXPECT_TRUE(unit::has(unit::error_of([&] { lease_owner(id, lock); }), "no free owner uid"));
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+  EXPECT_EQ(lease_owner(id, lock).uid, 3500000000U);
+  close(ready[0]);
+  close(ready[1]);
+  unlink(lock);
 }
 
 }  // namespace
