@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <optional>
 #include <tuple>
 #include <utility>
@@ -120,13 +121,28 @@ Identity plan_identity(uid_t uid, gid_t gid) {
   return id;
 }
 
-std::pair<uint32_t, uint32_t> owner_range(const char* subuid_file, uint32_t mapped_base) {
+std::pair<uint32_t, uint32_t> owner_range(const char* subuid_file, uint32_t mapped_base, const char* passwd_file) {
   auto owners = subordinate_range(subuid_file, "ultari-owners", 1);
   uint32_t base = owners ? owners->first : kDefaultOwnerBase, count = owners ? owners->second : kDefaultOwnerCount;
+  std::string range = "the ultari-owners range (" + std::to_string(base) + ", " + std::to_string(count) + " ids)";
   if (uint64_t{base} < uint64_t{mapped_base} + kRangeSize && mapped_base < uint64_t{base} + count)
-    throw Error(std::string(subuid_file) + ": the ultari-owners range (" + std::to_string(base) + ", " +
-                std::to_string(count) + " ids) overlaps the sandboxes' ids (" + std::to_string(mapped_base) +
-                ", 65536 ids); give it a range of its own");
+    throw Error(std::string(subuid_file) + ": " + range + " overlaps the sandboxes' ids (" +
+                std::to_string(mapped_base) + ", 65536 ids); give it a range of its own");
+  // An owner has every capability over its sandbox's namespace from the
+  // host: no user of this host may have one of these uids.
+  std::ifstream passwd(passwd_file);
+  for (std::string line; std::getline(passwd, line);) {
+    auto a = line.find(':'), b = a == std::string::npos ? a : line.find(':', a + 1);
+    auto c = b == std::string::npos ? b : line.find(':', b + 1);
+    if (c == std::string::npos || c == b + 1 || c - b - 1 > 10) continue;
+    std::string uid = line.substr(b + 1, c - b - 1);
+    if (uid.find_first_not_of("0123456789") != std::string::npos) continue;
+    uint64_t u = std::stoull(uid);
+    if (u >= base && u < uint64_t{base} + count)
+      throw Error(std::string(passwd_file) + ": user " + line.substr(0, a) + " (uid " + uid + ") is in " + range +
+                  ", whose uids own sandboxes' namespaces; give the owners another range (ultari-owners:START:COUNT "
+                  "in " + subuid_file + ")");
+  }
   return {base, count};
 }
 

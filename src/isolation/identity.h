@@ -53,8 +53,10 @@ struct OwnerLease {
 // Throws (naming the range) when none of the owners tried is free.
 OwnerLease lease_owner(const Identity& id, const char* lock_file = nullptr);
 // The owners' range (start, count) read from `subuid_file`; throws when it
-// overlaps the sandboxes' ids (mapped_base .. +65535).
-std::pair<uint32_t, uint32_t> owner_range(const char* subuid_file, uint32_t mapped_base);
+// overlaps the sandboxes' ids (mapped_base .. +65535) or holds the uid of a
+// user in `passwd_file`.
+std::pair<uint32_t, uint32_t> owner_range(const char* subuid_file, uint32_t mapped_base,
+                                          const char* passwd_file = "/etc/passwd");
 
 // Makes the calling thread, and it alone (raw setres[ug]id: glibc's wrappers
 // change every thread), create namespaces as `uid`/`gid` until destroyed,

@@ -50,6 +50,21 @@ TEST(Identity, AnOwnersRangeOverlappingTheSandboxIdsIsRefused) {
   unlink(ok.c_str());
 }
 
+// An owner can signal and ptrace its sandbox's processes from the host
+// (review6): a range holding a real user's uid is refused, naming the user.
+TEST(Identity, AnOwnersRangeHoldingAUserIsRefused) {
+  std::string subuid = write_subuid("ultari-owners:3500000000:1000\n");
+  std::string bad = write_subuid("root:x:0:0:root:/root:/bin/bash\nmallory:x:3500000500:100::/home/m:/bin/sh\n");
+  std::string err = unit::error_of([&] { owner_range(subuid.c_str(), 2000000000, bad.c_str()); });
+  EXPECT_TRUE(unit::has(err, "user mallory (uid 3500000500)")) << err;
+  // Control: the same users one uid past the range.
+  std::string ok = write_subuid("root:x:0:0:root:/root:/bin/bash\nmallory:x:3500001000:100::/home/m:/bin/sh\n");
+  EXPECT_EQ(owner_range(subuid.c_str(), 2000000000, ok.c_str()).first, 3500000000U);
+  unlink(subuid.c_str());
+  unlink(bad.c_str());
+  unlink(ok.c_str());
+}
+
 TEST(Identity, LiveLeasesNeverShareAnOwner) {
   char lock[] = "/tmp/ultari-owners-XXXXXX";
   int tmp = mkstemp(lock);
