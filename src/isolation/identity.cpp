@@ -172,13 +172,15 @@ OwnerLease lease_owner(const Identity& id, const char* lock_file) {
               " (as many sandboxes alive; the ultari-owners line of /etc/subuid sets the range)");
 }
 
-CreatorScope::CreatorScope(uid_t uid, gid_t gid) : bits_(prctl(PR_GET_SECUREBITS, 0, 0, 0, 0)) {
+CreatorScope::CreatorScope(uid_t uid, gid_t gid, bool keep_caps) : bits_(prctl(PR_GET_SECUREBITS, 0, 0, 0, 0)) {
   if (bits_ < 0) throw_errno("prctl PR_GET_SECUREBITS");
-  if (!(bits_ & SECBIT_NO_SETUID_FIXUP) && prctl(PR_SET_SECUREBITS, bits_ | SECBIT_NO_SETUID_FIXUP, 0, 0, 0) != 0)
+  set_bits_ = keep_caps && !(bits_ & SECBIT_NO_SETUID_FIXUP);
+  if (set_bits_ && prctl(PR_SET_SECUREBITS, bits_ | SECBIT_NO_SETUID_FIXUP, 0, 0, 0) != 0)
     throw_errno("prctl PR_SET_SECUREBITS (keep capabilities while creating the sandbox as its owner uid)");
   if (syscall(SYS_setresgid, -1, gid, -1) != 0 || syscall(SYS_setresuid, -1, uid, -1) != 0) {
     int err = errno;
-    if (syscall(SYS_setresgid, -1, 0, -1) != 0 || prctl(PR_SET_SECUREBITS, bits_, 0, 0, 0) != 0) std::abort();
+    if (syscall(SYS_setresgid, -1, 0, -1) != 0 || (set_bits_ && prctl(PR_SET_SECUREBITS, bits_, 0, 0, 0) != 0))
+      std::abort();
     throw_errno("set the effective ids to the sandbox's owner " + std::to_string(uid), err);
   }
 }
@@ -187,7 +189,7 @@ CreatorScope::~CreatorScope() {
   // Cannot fail for a thread whose real and saved ids are root; going on
   // with another uid's rights would fail confusingly later.
   if (syscall(SYS_setresuid, -1, 0, -1) != 0 || syscall(SYS_setresgid, -1, 0, -1) != 0 ||
-      prctl(PR_SET_SECUREBITS, bits_, 0, 0, 0) != 0) {
+      (set_bits_ && prctl(PR_SET_SECUREBITS, bits_, 0, 0, 0) != 0)) {
     std::perror("ultari: cannot return to root after creating the sandbox");
     std::abort();
   }

@@ -59,8 +59,9 @@ std::pair<uint32_t, uint32_t> owner_range(const char* subuid_file, uint32_t mapp
                                           const char* passwd_file = "/etc/passwd");
 
 // Makes the calling thread, and it alone (raw setres[ug]id: glibc's wrappers
-// change every thread), create namespaces as `uid`/`gid` until destroyed,
-// keeping its effective capabilities (SECBIT_NO_SETUID_FIXUP): clone3 with
+// change every thread), create namespaces as `uid`/`gid` until destroyed;
+// with `keep_caps`, keeping its effective capabilities
+// (SECBIT_NO_SETUID_FIXUP, which needs CAP_SETPCAP): clone3 with
 // CLONE_INTO_CGROUP still needs root's write access to the group. The
 // child does not inherit the securebit: a new user namespace starts its
 // creds with the default securebits (kernel set_cred_user_ns), and init
@@ -69,13 +70,14 @@ std::pair<uint32_t, uint32_t> owner_range(const char* subuid_file, uint32_t mapp
 // so does the child until its exec.
 class CreatorScope {
  public:
-  CreatorScope(uid_t uid, gid_t gid);
+  CreatorScope(uid_t uid, gid_t gid, bool keep_caps);
   ~CreatorScope();
   CreatorScope(const CreatorScope&) = delete;
   CreatorScope& operator=(const CreatorScope&) = delete;
 
  private:
   int bits_;
+  bool set_bits_ = false;
 };
 
 // Writes /proc/<pid>/{uid_map,setgroups,gid_map}.

@@ -463,7 +463,7 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
     if (id.rootful) {
       isolation::OwnerLease lease = isolation::lease_owner(id);
       s.owner_lease = std::move(lease.lock);  // held while the sandbox lives
-      owner.emplace(lease.uid, id.host_root_gid);
+      owner.emplace(lease.uid, id.host_root_gid, /*keep_caps=*/cg >= 0);  // CLONE_INTO_CGROUP writes to the group
     }
     pid = syscall(SYS_clone3, &args, sizeof args);
     clone_errno = errno;
