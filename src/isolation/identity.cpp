@@ -30,7 +30,7 @@ namespace {
 constexpr uint32_t kDefaultSubBase = 2000000000;
 constexpr uint32_t kRangeSize = 65536;
 constexpr uint32_t kDefaultOwnerBase = 3000000000U;
-constexpr uint32_t kDefaultOwnerCount = 1U << 30;  // pid (< 2^22) x 256 sandboxes
+constexpr uint32_t kDefaultOwnerCount = 1U << 30;  // owners 3000000000..4073741823
 
 // "<start>:<count>" (trailing blanks allowed), each up to 10 decimal digits
 // (so the sum cannot wrap).
