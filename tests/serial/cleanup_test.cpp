@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <random>
 #include <thread>
+#include <vector>
 
 #include "../integration/harness.h"
 
@@ -27,6 +28,33 @@ Leftovers settle() {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   return l;
+}
+
+// Starts `ultari ARGS` `times` times, each SIGKILLed after a random delay
+// of up to max_delay_us; how many kills hit a running supervisor.
+int kill_at_random_moments(const std::vector<const char*>& args, int times, int max_delay_us, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> delay_us(0, max_delay_us);
+  std::vector<char*> argv = {const_cast<char*>("ultari")};
+  for (const char* a : args) argv.push_back(const_cast<char*>(a));
+  argv.push_back(nullptr);
+  int killed_running = 0;
+  for (int i = 0; i < times; ++i) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      int devnull = open("/dev/null", O_WRONLY);
+      dup2(devnull, 1);
+      dup2(devnull, 2);
+      execv(ULTARI_BIN, argv.data());
+      _exit(127);
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(delay_us(rng)));
+    kill(pid, SIGKILL);
+    int status;
+    waitpid(pid, &status, 0);
+    if (WIFSIGNALED(status)) ++killed_running;
+  }
+  return killed_running;
 }
 
 TEST(Cleanup, NothingLeftAfterManyRuns) {
@@ -53,24 +81,7 @@ TEST(Cleanup, NothingLeftAfterKillsAndTimeouts) {
 }
 
 TEST(Cleanup, SigkillOfUltariAtRandomMomentsLeavesNothing) {
-  std::mt19937 rng(12345);
-  std::uniform_int_distribution<int> delay_us(0, 30000);
-  int killed_running = 0;
-  for (int i = 0; i < 40; ++i) {
-    pid_t pid = fork();
-    if (pid == 0) {
-      int devnull = open("/dev/null", O_WRONLY);
-      dup2(devnull, 1);
-      dup2(devnull, 2);
-      execl(ULTARI_BIN, "ultari", "run", "--", "/bin/sh", "-c", "sleep 30 & sleep 30", nullptr);
-      _exit(127);
-    }
-    std::this_thread::sleep_for(std::chrono::microseconds(delay_us(rng)));
-    kill(pid, SIGKILL);
-    int status;
-    waitpid(pid, &status, 0);
-    if (WIFSIGNALED(status)) ++killed_running;
-  }
+  int killed_running = kill_at_random_moments({"run", "--", "/bin/sh", "-c", "sleep 30 & sleep 30"}, 40, 30000, 12345);
   EXPECT_GT(killed_running, 30);  // the kills really hit running supervisors
   // Processes die with their supervisor (PDEATHSIG + pid namespace); the
   // cgroups of a killed supervisor are swept by the next start.
@@ -89,24 +100,7 @@ TEST(Cleanup, SigkillOfUltariAtRandomMomentsLeavesNothing) {
 // own, rootful) and a short-lived helper that sets up the namespace: killed
 // at any moment, none of them survives and the next start sweeps the groups.
 TEST(Cleanup, SigkillOfANetworkedSandboxAtRandomMomentsLeavesNothing) {
-  std::mt19937 rng(54321);
-  std::uniform_int_distribution<int> delay_us(0, 80000);
-  int killed_running = 0;
-  for (int i = 0; i < 30; ++i) {
-    pid_t pid = fork();
-    if (pid == 0) {
-      int devnull = open("/dev/null", O_WRONLY);
-      dup2(devnull, 1);
-      dup2(devnull, 2);
-      execl(ULTARI_BIN, "ultari", "run", "--net", "open", "--", "/bin/sh", "-c", "sleep 30", nullptr);
-      _exit(127);
-    }
-    std::this_thread::sleep_for(std::chrono::microseconds(delay_us(rng)));
-    kill(pid, SIGKILL);
-    int status;
-    waitpid(pid, &status, 0);
-    if (WIFSIGNALED(status)) ++killed_running;
-  }
+  int killed_running = kill_at_random_moments({"run", "--net", "open", "--", "/bin/sh", "-c", "sleep 30"}, 30, 80000, 54321);
   EXPECT_GT(killed_running, 20);
   Leftovers before_sweep = settle();
   EXPECT_EQ(before_sweep.processes, 0) << before_sweep.describe();

@@ -9,18 +9,10 @@
 #include <vector>
 
 #include "isolation/identity.h"
+#include "unit_util.h"
 
 namespace ultari::isolation {
 namespace {
-
-std::string write_subuid(const std::string& text) {
-  char path[] = "/tmp/ultari-subuid-XXXXXX";
-  int fd = mkstemp(path);
-  EXPECT_GE(fd, 0);
-  EXPECT_EQ(write(fd, text.data(), text.size()), static_cast<ssize_t>(text.size()));
-  close(fd);
-  return path;
-}
 
 // sscanf("%lu") takes "-1" as ULONG_MAX, and start + count then wrapped
 // around under the "<= 0xffffffff" check: "ultari-owners:-1:2" gave the
@@ -32,7 +24,7 @@ TEST(IdentityReview6, OwnersRangeNeverWrapsOntoRootOrMinusOne) {
   for (const char* line : {"ultari-owners:-1:2\n", "ultari-owners:-4294967296:4294967306\n",
                            "ultari-owners:4294967295:1\n", "ultari-owners:0:1000\n"}) {
     SCOPED_TRACE(line);
-    std::string file = write_subuid(line);
+    std::string file = unit::temp_file("subuid", line);
     try {
       auto [base, count] = owner_range(file.c_str(), 2000000000);
       EXPECT_GT(base, 0u);
@@ -44,7 +36,7 @@ TEST(IdentityReview6, OwnersRangeNeverWrapsOntoRootOrMinusOne) {
     unlink(file.c_str());
   }
   // Control: a sane line is taken as it is.
-  std::string ok = write_subuid("ultari-owners:3500000000:65536\n");
+  std::string ok = unit::temp_file("subuid", "ultari-owners:3500000000:65536\n");
   EXPECT_EQ(owner_range(ok.c_str(), 2000000000), (std::pair<uint32_t, uint32_t>{3500000000U, 65536U}));
   unlink(ok.c_str());
 }
@@ -56,14 +48,9 @@ TEST(IdentityReview6, OwnersRangeNeverWrapsOntoRootOrMinusOne) {
 // Fixed: owners are leased (failed before with "live processes 27511 and
 // 27767 got the same owner").
 TEST(IdentityReview6, LiveSupervisorsGetDistinctOwnersFromAConfiguredRange) {
-  char lock[] = "/tmp/ultari-owners-XXXXXX";
-  int tmp = mkstemp(lock);
-  ASSERT_GE(tmp, 0);
-  close(tmp);
-  Identity id;
-  id.rootful = true;
-  id.owner_base = 3500000000U;
-  id.owner_count = 65536;
+  std::string lock_path = unit::temp_file("owners");
+  const char* lock = lock_path.c_str();
+  Identity id = unit::owners(3500000000U, 65536);
   int report[2];
   ASSERT_EQ(pipe(report), 0);
   int release[2];

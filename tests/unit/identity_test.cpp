@@ -16,22 +16,13 @@
 namespace ultari::isolation {
 namespace {
 
-std::string write_subuid(const std::string& text) {
-  char path[] = "/tmp/ultari-subuid-XXXXXX";
-  int fd = mkstemp(path);
-  EXPECT_GE(fd, 0);
-  EXPECT_EQ(write(fd, text.data(), text.size()), static_cast<ssize_t>(text.size()));
-  close(fd);
-  return path;
-}
-
 TEST(Identity, OwnersComeFromTheirOwnRange) {
-  std::string none = write_subuid("alice:100000:65536\n");
+  std::string none = unit::temp_file("subuid", "alice:100000:65536\n");
   auto [base, count] = owner_range(none.c_str(), 2000000000);
   EXPECT_EQ(base, 3000000000U);
   EXPECT_EQ(count, 1U << 30);
   EXPECT_LE(uint64_t{base} + count, 0xfffffffeULL);  // (uid_t)-1 is never an owner
-  std::string own = write_subuid("alice:100000:65536\nultari-owners:500000:1000\n");
+  std::string own = unit::temp_file("subuid", "alice:100000:65536\nultari-owners:500000:1000\n");
   std::tie(base, count) = owner_range(own.c_str(), 2000000000);
   EXPECT_EQ(base, 500000U);
   EXPECT_EQ(count, 1000U);
@@ -40,11 +31,11 @@ TEST(Identity, OwnersComeFromTheirOwnRange) {
 }
 
 TEST(Identity, AnOwnersRangeOverlappingTheSandboxIdsIsRefused) {
-  std::string bad = write_subuid("ultari-owners:2000060000:100000\n");
+  std::string bad = unit::temp_file("subuid", "ultari-owners:2000060000:100000\n");
   std::string err = unit::error_of([&] { owner_range(bad.c_str(), 2000000000); });
   EXPECT_TRUE(unit::has(err, "overlaps the sandboxes' ids")) << err;
   // Control: the same range right after the sandbox ids is fine.
-  std::string ok = write_subuid("ultari-owners:2000065536:100000\n");
+  std::string ok = unit::temp_file("subuid", "ultari-owners:2000065536:100000\n");
   EXPECT_EQ(owner_range(ok.c_str(), 2000000000).first, 2000065536U);
   unlink(bad.c_str());
   unlink(ok.c_str());
@@ -53,12 +44,12 @@ TEST(Identity, AnOwnersRangeOverlappingTheSandboxIdsIsRefused) {
 // An owner can signal and ptrace its sandbox's processes from the host
 // (review6): a range holding a real user's uid is refused, naming the user.
 TEST(Identity, AnOwnersRangeHoldingAUserIsRefused) {
-  std::string subuid = write_subuid("ultari-owners:3500000000:1000\n");
-  std::string bad = write_subuid("root:x:0:0:root:/root:/bin/bash\nmallory:x:3500000500:100::/home/m:/bin/sh\n");
+  std::string subuid = unit::temp_file("subuid", "ultari-owners:3500000000:1000\n");
+  std::string bad = unit::temp_file("subuid", "root:x:0:0:root:/root:/bin/bash\nmallory:x:3500000500:100::/home/m:/bin/sh\n");
   std::string err = unit::error_of([&] { owner_range(subuid.c_str(), 2000000000, bad.c_str()); });
   EXPECT_TRUE(unit::has(err, "user mallory (uid 3500000500)")) << err;
   // Control: the same users one uid past the range.
-  std::string ok = write_subuid("root:x:0:0:root:/root:/bin/bash\nmallory:x:3500001000:100::/home/m:/bin/sh\n");
+  std::string ok = unit::temp_file("subuid", "root:x:0:0:root:/root:/bin/bash\nmallory:x:3500001000:100::/home/m:/bin/sh\n");
   EXPECT_EQ(owner_range(subuid.c_str(), 2000000000, ok.c_str()).first, 3500000000U);
   unlink(subuid.c_str());
   unlink(bad.c_str());
@@ -66,14 +57,9 @@ TEST(Identity, AnOwnersRangeHoldingAUserIsRefused) {
 }
 
 TEST(Identity, LiveLeasesNeverShareAnOwner) {
-  char lock[] = "/tmp/ultari-owners-XXXXXX";
-  int tmp = mkstemp(lock);
-  ASSERT_GE(tmp, 0);
-  close(tmp);
-  Identity id;
-  id.rootful = true;
-  id.owner_base = 3500000000U;
-  id.owner_count = 8;
+  std::string lock_path = unit::temp_file("owners");
+  const char* lock = lock_path.c_str();
+  Identity id = unit::owners(3500000000U, 8);
   std::vector<OwnerLease> held;
   std::set<uid_t> seen;
   for (int i = 0; i < 8; ++i) {
@@ -96,14 +82,9 @@ TEST(Identity, LiveLeasesNeverShareAnOwner) {
 // Leases hold across processes (another supervisor, a pool), and end with
 // their holder.
 TEST(Identity, LeasesHoldAcrossProcessesAndEndWithTheHolder) {
-  char lock[] = "/tmp/ultari-owners-XXXXXX";
-  int tmp = mkstemp(lock);
-  ASSERT_GE(tmp, 0);
-  close(tmp);
-  Identity id;
-  id.rootful = true;
-  id.owner_base = 3500000000U;
-  id.owner_count = 1;
+  std::string lock_path = unit::temp_file("owners");
+  const char* lock = lock_path.c_str();
+  Identity id = unit::owners(3500000000U, 1);
   int ready[2];
   ASSERT_EQ(pipe(ready), 0);
   pid_t child = fork();

@@ -1,13 +1,39 @@
 // Small helpers the unit tests share.
 #pragma once
+#include <unistd.h>
+
+#include <cstdlib>
 #include <exception>
 #include <fstream>
 #include <sstream>
 #include <string>
 
+#include "isolation/identity.h"
+
 namespace ultari::unit {
 
 inline bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+// A rootful identity whose namespace owners are base .. base + count - 1.
+inline isolation::Identity owners(uint32_t base, uint32_t count) {
+  isolation::Identity id;
+  id.rootful = true;
+  id.owner_base = base;
+  id.owner_count = count;
+  return id;
+}
+
+// A new file /tmp/ultari-<what>-XXXXXX holding `text`; its path (the
+// caller unlinks it).
+inline std::string temp_file(const std::string& what, const std::string& text = "") {
+  std::string path = "/tmp/ultari-" + what + "-XXXXXX";
+  int fd = mkstemp(path.data());
+  if (fd >= 0) {
+    if (write(fd, text.data(), text.size()) != static_cast<ssize_t>(text.size())) path = "(short write)";
+    close(fd);
+  }
+  return path;
+}
 
 // The message of what `f` throws ("" when it throws nothing).
 template <typename F>
