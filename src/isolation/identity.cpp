@@ -148,10 +148,14 @@ std::pair<uint32_t, uint32_t> owner_range(const char* subuid_file, uint32_t mapp
 
 OwnerLease lease_owner(const Identity& id, const char* lock_file) {
   std::string path = lock_file ? lock_file : "/run/ultari/owners";
-  if (!lock_file && mkdir("/run/ultari", 0700) != 0 && errno != EEXIST) throw_errno("mkdir /run/ultari");
   // Its own open file description: locks taken through one are not
-  // exclusive against each other.
+  // exclusive against each other. /run/ultari is made once, on the first
+  // start after boot.
   UniqueFd fd(open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600));
+  if (!fd && errno == ENOENT && !lock_file) {
+    if (mkdir("/run/ultari", 0700) != 0 && errno != EEXIST) throw_errno("mkdir /run/ultari");
+    fd.reset(open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600));
+  }
   if (!fd) throw_errno("open " + path + " (the sandboxes' owner leases)");
   static std::atomic<uint32_t> counter{0};
   uint64_t count = id.owner_count ? id.owner_count : 1;
