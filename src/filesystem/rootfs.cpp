@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "util/error.h"
+#include "util/openat2.h"
 
 namespace ultari::filesystem {
 
@@ -191,9 +192,7 @@ int sys_move_mount(int from_dfd, const char* from, int to_dfd, const char* to, u
 int sys_mount_setattr(int dfd, const char* path, unsigned flags, mount_attr* attr) {
   return static_cast<int>(syscall(SYS_mount_setattr, dfd, path, flags, attr, sizeof *attr));
 }
-int sys_openat2(int dfd, const char* path, open_how* how) {
-  return static_cast<int>(syscall(SYS_openat2, dfd, path, how, sizeof *how));
-}
+int sys_openat2(int dfd, const char* path, open_how* how) { return openat2_retrying(dfd, path, *how); }
 
 // "/proc/self/fd/<fd>" into buf; async-signal-safe.
 const char* fd_path(int fd, char (&buf)[32]) {

@@ -20,6 +20,7 @@
 #include "util/error.h"
 #include "util/random.h"
 #include "util/fd.h"
+#include "util/openat2.h"
 
 namespace ultari::net {
 namespace {
@@ -283,7 +284,7 @@ std::string trust_bundle(const std::vector<std::string>& lower_dirs, const std::
     open_how how{};
     how.flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY;
     how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
-    UniqueFd fd(static_cast<int>(syscall(SYS_openat2, root.get(), kTrustBundle, &how, sizeof how)));
+    UniqueFd fd(openat2_retrying(root.get(), kTrustBundle, how));
     if (!fd) continue;
     try {
       bundle = read_regular(fd.get(), kMaxBundleBytes, std::string("the root's ") + kTrustBundle);

@@ -35,6 +35,7 @@
 #include "sandbox/sandbox.h"
 #include "util/base64.h"
 #include "util/error.h"
+#include "util/openat2.h"
 #include "util/paths.h"
 #include "util/fd.h"
 #include "util/random.h"
@@ -63,7 +64,7 @@ std::optional<std::string> image_file(const std::vector<std::string>& layers, co
     open_how how{};
     how.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC;
     how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV;
-    int fd = static_cast<int>(syscall(SYS_openat2, dir, path.c_str(), &how, sizeof how));
+    int fd = openat2_retrying(dir, path.c_str(), how);
     close(dir);
     if (fd < 0) continue;
     bool there = fstat(fd, &st) == 0;

@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "util/error.h"
+#include "util/openat2.h"
 
 namespace ultari {
 
@@ -56,7 +57,7 @@ std::optional<std::string> read_in_root(const std::string& root, const std::stri
   open_how how{};
   how.flags = O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY;
   how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV;
-  int fd = static_cast<int>(syscall(SYS_openat2, dir, path.c_str(), &how, sizeof how));
+  int fd = openat2_retrying(dir, path.c_str(), how);
   close(dir);
   if (fd < 0) return std::nullopt;
   struct stat st{};
@@ -107,7 +108,7 @@ int open_dir_beneath(const std::string& root, const std::string& rel) {
   open_how how{};
   how.flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
   how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV | RESOLVE_NO_MAGICLINKS;
-  int dir = static_cast<int>(syscall(SYS_openat2, top, rel.empty() ? "." : rel.c_str(), &how, sizeof how));
+  int dir = openat2_retrying(top, rel.empty() ? "." : rel.c_str(), how);
   close(top);
   return dir;
 }
