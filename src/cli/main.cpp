@@ -83,6 +83,7 @@ struct SandboxFlags {
   std::vector<std::string> image_warnings;  // what the image's defaults relax
   std::string net_policy, net_upstream, net_upstream_auth, net_ca;
   bool inspect_tls = false;
+  bool no_boot = false;
 
   CLI::App* cmd_ = nullptr;
 
@@ -90,6 +91,9 @@ struct SandboxFlags {
     cmd_ = cmd;
     cmd->add_option("--rootfs", spec.rootfs, "Directory used as the root (default: read-only view of the host's system)");
     cmd->add_option("--image", image, "Start from image NAME (ultari image ls); writes vanish with the sandbox");
+    cmd->add_flag("--no-boot", no_boot,
+                  "Skip the image's per-boot steps (bootcmd, boot hooks, per-boot scripts), which otherwise run as root "
+                  "before the command");
     cmd->add_option("--workspace", spec.workspace, "Directory mounted read-write at /workspace (the working directory)");
     cmd->add_option("--bind", binds, "Bind SRC[:DST] read-write (repeatable)")->allow_extra_args(false);
     cmd->add_option("--ro-bind", ro_binds, "Bind SRC[:DST] read-only (repeatable)")->allow_extra_args(false);
@@ -173,6 +177,7 @@ struct SandboxFlags {
         (!spec.network.resolver.empty() || !spec.network.audit_path.empty()))
       throw ultari::Error("--net-resolver and --audit need a network (--net allow=... or --net open)");
     ultari::net::validate(spec.network);
+    if (no_boot && !img) throw ultari::Error("--no-boot needs --image (only an image has per-boot steps)");
     if (img) {
       // The image's defaults (hostname, LANG, limits, network, kernel
       // modules; an imported image's Env, WorkingDir, User) where no flag
@@ -187,6 +192,7 @@ struct SandboxFlags {
       for (const auto& e : envs) given.push_back("env:" + e.substr(0, e.find('=')));
       if (cmd_ && cmd_->count("--cwd")) given.push_back("cwd");
       if (cmd_ && cmd_->count("--user")) given.push_back("user");
+      if (no_boot) given.push_back("boot");
       ultari::provision::apply_image_config(*img, store->dir() + "/kernel", spec, given, image_warnings);
       ultari::net::validate(spec.network);
       image_command.clear();

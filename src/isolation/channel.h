@@ -16,6 +16,7 @@ enum class MsgType : uint32_t {
   Ready = 7,         // child -> supervisor: set up, waiting for the command
   Command = 8,       // supervisor -> child: value = bytes of the command
                      // blob that follow as raw records (see CommandHead)
+  BootExited = 9,    // child -> supervisor: the boot step's wait status in value
 };
 
 struct Msg {
@@ -29,13 +30,14 @@ struct Msg {
 // The command a sandbox runs, sent after its setup (so a sandbox can be
 // made ahead and given its command later). Layout of the blob: CommandHead,
 // then NUL-terminated strings: cwd, argv[argc], envp[envc], the paths to
-// try for argv[0] in order [candc].
+// try for argv[0] in order [candc], the boot step's argv[bootc] (run first,
+// as root: ProcessSpec::boot).
 struct CommandLimit {
   int32_t resource;
   uint64_t soft, hard;
 };
 struct CommandHead {
-  uint32_t argc = 0, envc = 0, candc = 0;
+  uint32_t argc = 0, envc = 0, candc = 0, bootc = 0;
   uint32_t uid = 0, gid = 0;
   // Every rlimit of the payload (the caller's, with Ultari's own in place),
   // applied clamped to init's hard limits: a sandbox made ahead by another
@@ -43,6 +45,7 @@ struct CommandHead {
   uint32_t nlimits = 0;
   CommandLimit limits[16] = {};
   int32_t nice = 0;  // the caller's; a nicer value is applied, a higher priority cannot be
+  uint32_t boot_uid = 0, boot_gid = 0;  // the boot step's ids (0 unless not mapped)
 };
 inline constexpr size_t kMaxCommandBytes = 4u << 20;     // > the kernel's usual 2 MiB for argv+envp
 inline constexpr size_t kMaxCommandStrings = 256u << 10;

@@ -5,7 +5,8 @@
 //   4. hostname, loopback up
 //   5. no_new_privs + seccomp (listener fd to the supervisor)
 //   6. report ready, receive the command (now or, from a warm pool, later)
-//   7. fork the payload: identity, capabilities, rlimits, fds, cwd, exec
+//   7. fork the boot step (if any) as root and wait for it; then fork the
+//      payload: identity, capabilities, rlimits, fds, cwd, exec
 //   8. as pid 1: drop everything, forward signals, reap, report the payload's end
 #include "isolation/child.h"
 
@@ -163,11 +164,14 @@ struct Command {
   const char* const* argv = nullptr;   // nullptr-terminated
   const char* const* envp = nullptr;   // nullptr-terminated
   const char* const* candidates = nullptr;
+  uint32_t uid = 0, gid = 0;
+  const char* const* boot = nullptr;   // nullptr-terminated; nullptr: no boot step
 };
 
 struct Payload {
   const ChildPlan* plan;
   Command cmd;
+  bool boot = false;  // the boot step: an exec failure is its exit status (127/126), not the command's
 };
 
 alignas(CommandHead) char g_blob[kMaxCommandBytes];
@@ -191,7 +195,7 @@ bool receive_command(const ChildPlan& p, Command& out) {
     have += static_cast<size_t>(n);
   }
   const auto* head = reinterpret_cast<const CommandHead*>(g_blob);
-  size_t count = 1 + size_t{head->argc} + head->envc + head->candc;
+  size_t count = 1 + size_t{head->argc} + head->envc + head->candc + head->bootc;
   if (head->argc == 0 || count > kMaxCommandStrings || head->nlimits > 16) fail(p, "receive command", "bad header", EINVAL);
   // Split the strings; each list gets its terminating nullptr.
   const char* c = g_blob + sizeof(CommandHead);
@@ -218,7 +222,14 @@ bool receive_command(const ChildPlan& p, Command& out) {
   out.candidates = g_strings + slot;
   if (!take(head->candc)) fail(p, "receive command", "truncated", EINVAL);
   g_strings[slot++] = nullptr;
+  if (head->bootc) {
+    out.boot = g_strings + slot;
+    if (!take(head->bootc)) fail(p, "receive command", "truncated", EINVAL);
+    g_strings[slot++] = nullptr;
+  }
   out.head = head;
+  out.uid = head->uid;
+  out.gid = head->gid;
   return true;
 }
 
@@ -232,10 +243,10 @@ bool receive_command(const ChildPlan& p, Command& out) {
   sigset_t none;
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, nullptr);
-  if (setresgid(h.gid, h.gid, h.gid) != 0) fail(p, "setresgid", "", errno);
+  if (setresgid(pl.cmd.gid, pl.cmd.gid, pl.cmd.gid) != 0) fail(p, "setresgid", "", errno);
   if (p.setgroups_allowed && setgroups(0, nullptr) != 0) fail(p, "setgroups", "", errno);
-  if (setresuid(h.uid, h.uid, h.uid) != 0) fail(p, "setresuid", "", errno);
-  if (p.keep_caps && h.uid == 0) {
+  if (setresuid(pl.cmd.uid, pl.cmd.uid, pl.cmd.uid) != 0) fail(p, "setresuid", "", errno);
+  if (p.keep_caps && pl.cmd.uid == 0) {
     if (int rc = keep_capabilities(p.keep_caps); rc != 0) fail(p, "keep capabilities", "", -rc);
   } else if (int rc = clear_capabilities(); rc != 0) {
     fail(p, "drop capabilities", "", -rc);
@@ -268,6 +279,7 @@ bool receive_command(const ChildPlan& p, Command& out) {
     execve(*path, const_cast<char* const*>(pl.cmd.argv), const_cast<char* const*>(pl.cmd.envp));
     if (errno != ENOENT && errno != ENOTDIR) err = errno;
   }
+  if (pl.boot) _exit(err == ENOENT ? 127 : 126);  // its status tells (BootExited)
   Msg m{};
   m.type = MsgType::ExecFailed;
   m.err = err;
@@ -387,8 +399,34 @@ int payload_entry(void* payload) { payload_main(*static_cast<const Payload*>(pay
   if (!receive_command(p, payload.cmd)) leave(p.sock, 0);
 
   // 7. The payload, started like posix_spawn does: sharing our memory on
-  // its own stack, with init suspended until it has called execve.
+  // its own stack, with init suspended until it has called execve. The
+  // boot step first, the same way, in "/" (as root); init waits for its end
+  // (reaping whatever else ends meanwhile: what it started and left keeps
+  // running) and reports its status.
   static char stack[64 * 1024] __attribute__((aligned(16)));
+  if (payload.cmd.boot) {
+    static Payload boot;
+    static const char* boot_path[2];
+    boot_path[0] = payload.cmd.boot[0];
+    boot = payload;
+    boot.boot = true;
+    boot.cmd.argv = payload.cmd.boot;
+    boot.cmd.candidates = boot_path;
+    boot.cmd.cwd = "/";
+    boot.cmd.uid = payload.cmd.head->boot_uid;
+    boot.cmd.gid = payload.cmd.head->boot_gid;
+    pid_t step = clone(payload_entry, stack + sizeof stack, CLONE_VM | CLONE_VFORK | SIGCHLD, &boot);
+    if (step < 0) fail(p, "clone", "boot step", errno);
+    int status = 0;
+    for (;;) {
+      pid_t pid = wait4(-1, &status, 0, nullptr);
+      if (pid == step || (pid < 0 && errno != EINTR)) break;
+    }
+    Msg done{};
+    done.type = MsgType::BootExited;
+    done.value = status;
+    send_msg(p.sock, done);
+  }
   pid_t child = clone(payload_entry, stack + sizeof stack, CLONE_VM | CLONE_VFORK | SIGCHLD, &payload);
   if (child < 0) fail(p, "clone", "payload", errno);
   g_payload = child;

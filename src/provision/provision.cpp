@@ -721,6 +721,78 @@ json run_script_dir(Build& b, const std::string& module, const std::string& dir,
   return done;
 }
 
+// cloud-init runs boot hooks, bootcmd and per-boot scripts at every boot,
+// and each sandbox started from the image is a boot. So they are kept in
+// the image: the boot hooks and bootcmd of this user-data under kBootDir
+// (the base's are dropped there: the new user-data is the instance's), the
+// per-boot scripts where they are, and kBootScript, which `ultari run
+// --image` runs as root before the command (ProcessSpec::boot). Their
+// output goes where cloud-init puts it; a failure is reported, and the
+// command runs anyway, as a machine boots on after a failed bootcmd.
+constexpr const char* kBootDir = "/var/lib/cloud/ultari";
+constexpr const char* kBootScript = R"SH(#!/bin/sh
+# What cloud-init runs at every boot: `ultari run --image` runs this as
+# root before the command (written by `ultari image provision`).
+mkdir -p /var/log 2>/dev/null
+exec </dev/null >>/var/log/cloud-init-output.log 2>&1
+rc=0
+for f in /var/lib/cloud/ultari/boothooks/*; do
+  [ -f "$f" ] && [ -x "$f" ] || continue
+  "$f" || rc=$?
+done
+if [ -f /var/lib/cloud/ultari/bootcmd ]; then /bin/sh /var/lib/cloud/ultari/bootcmd || rc=$?; fi
+for f in /var/lib/cloud/scripts/per-boot/*; do
+  [ -f "$f" ] && [ -x "$f" ] || continue
+  "$f" || rc=$?
+done
+exit $rc
+)SH";
+constexpr const char* kPutBoot = R"SH(
+rm -rf -- "$S_DIR" && mkdir -p -- "$S_DIR" && cat >"$S_DIR/boot" && chmod 700 -- "$S_DIR/boot"
+)SH";
+
+// bootcmd items as one script for one shell, cloud-init's way: lists
+// quoted into a line, strings as they are.
+std::string bootcmd_script(const std::vector<Command>& items) {
+  std::string s;
+  for (const auto& item : items) {
+    if (!item.argv.empty()) {
+      for (size_t k = 0; k < item.argv.size(); ++k) s += (k ? " " : "") + quote(item.argv[k]);
+    } else {
+      s += item.shell;
+    }
+    s += "\n";
+  }
+  return s;
+}
+
+// Writes the boot steps into the build's layer; false when there are none
+// (nothing written: the image has no boot step).
+bool keep_boot_steps(Build& b, const CloudConfig& cfg, bool per_boot_scripts) {
+  if (cfg.boothooks.empty() && cfg.bootcmd.empty() && !per_boot_scripts) return false;
+  auto put = [&](const std::vector<std::string>& argv, const std::vector<std::string>& env, const std::string& input,
+                 const std::string& what) {
+    Build::StepResult r = b.run(argv, env, input, false);
+    if (r.exit_code != 0) throw Error("keeping the per-boot steps: cannot write " + what + ": " + tail(r.output, 5));
+  };
+  std::string script = std::string(kBootScript);
+  // The instance id the steps saw at provisioning.
+  script.insert(script.find("rc=0"), "export INSTANCE_ID=ultari-" + b.instance_id + "\n");
+  put({"/bin/sh", "-c", kPutBoot, "ultari-boot"}, {std::string("S_DIR=") + kBootDir}, script,
+      std::string(kBootDir) + "/boot");
+  for (size_t i = 0; i < cfg.boothooks.size(); ++i) {
+    char prefix[8];
+    std::snprintf(prefix, sizeof prefix, "%03zu-", i);
+    put({"/bin/sh", "-c", kPutScript, "ultari-boot"},
+        {std::string("S_DIR=") + kBootDir + "/boothooks", std::string("S_NAME=") + prefix + cfg.boothooks[i].name},
+        cfg.boothooks[i].content, cfg.boothooks[i].part);
+  }
+  if (!cfg.bootcmd.empty())
+    put({"/bin/sh", "-c", kPutScript, "ultari-boot"}, {std::string("S_DIR=") + kBootDir, "S_NAME=bootcmd"},
+        bootcmd_script(cfg.bootcmd), "bootcmd");
+  return true;
+}
+
 // The built-in modules a kernel layer lists.
 std::set<std::string> layer_builtin(const std::string& layer, const std::string& release) {
   std::set<std::string> names;
@@ -737,8 +809,9 @@ std::set<std::string> layer_builtin(const std::string& layer, const std::string&
 std::string cache_key(images::Unpacker& u, const images::Image& base, const std::string& rendered,
                       const Request& req) {
   // The version names what a build makes of the same inputs: it changes
-  // when that does (2: /tmp and the engine's mount points left out).
-  std::string text = "ultari-provision-2\n";
+  // when that does (2: /tmp and the engine's mount points left out; 3: the
+  // per-boot steps kept for every start).
+  std::string text = "ultari-provision-3\n";
   for (const auto& l : base.layers) text += "layer " + l + "\n";
   std::vector<std::pair<std::string, std::string>> vars = req.vars;
   std::sort(vars.begin(), vars.end());
@@ -1331,11 +1404,13 @@ done
     const char* name;
     const std::vector<Script>* parts;
   };
+  bool per_boot_scripts = false;
   for (auto [freq, parts] : {Frequency{"once", &cfg.per_once}, {"boot", &cfg.per_boot}, {"instance", &cfg.per_instance}}) {
     if (parts->empty() && !cloud_scripts) continue;
     std::string module = std::string("scripts_per_") + freq;
     b.module(module, std::string("/var/lib/cloud/scripts/per-") + freq, [&](json& entry) {
       entry["items"] = run_script_dir(b, module, std::string("/var/lib/cloud/scripts/per-") + freq, *parts);
+      if (parts == &cfg.per_boot && !entry["items"].empty()) per_boot_scripts = true;
     });
   }
   if (!cfg.runcmd.empty()) {
@@ -1346,6 +1421,7 @@ done
   if (!cfg.scripts.empty())
     b.module("scripts_user", std::to_string(cfg.scripts.size()) + " scripts",
              [&](json& entry) { entry["items"] = run_scripts(b, "scripts_user", cfg.scripts); });
+  bool boot = keep_boot_steps(b, cfg, per_boot_scripts);
 
   // 4. Commit: the host's modules tree is the host's, never the image's.
   // The build wrote this tree: never follow its symlinks on the host.
@@ -1371,6 +1447,8 @@ done
   top.cache_key = key;
   top.provision_log = b.log;
   top.config = image_config(base, cfg, present);
+  if (boot) top.config["boot"] = {"/bin/sh", std::string(kBootDir) + "/boot"};
+  else top.config.erase("boot");
   out.image = store.commit(top, base, b.scratch + "/upper");
   return out;
 }
@@ -1429,6 +1507,7 @@ void apply_config(const images::Image& image, const std::string& cache_dir, Spec
   };
   std::vector<std::string> relaxed;  // what the image opens beyond the defaults
   if (c.contains("hostname") && !given("hostname")) spec.hostname = c["hostname"].get<std::string>();
+  if (c.contains("boot") && !given("boot")) spec.process.boot = c["boot"].get<std::vector<std::string>>();
   if (c.contains("env") && c["env"].contains("LANG") && !given("env:LANG"))
     spec.process.env.insert(spec.process.env.begin(), "LANG=" + c["env"]["LANG"].get<std::string>());
   // An imported image's own configuration (OCI Env, WorkingDir, User).

@@ -22,6 +22,8 @@ std::string result_json(const Result& r) {
   j["error"] = r.error;
   j["warnings"] = r.warnings;
   j["warm"] = r.warm;
+  if (r.boot_exit_code) j["boot"] = {{"exit_code", *r.boot_exit_code}};
+  else j["boot"] = nullptr;
   if (r.network) {
     const auto& n = *r.network;
     j["network"] = {{"mode", n.mode},

@@ -158,6 +158,13 @@ namespace {
 
 std::string home_of(const Spec& spec) { return spec.identity.uid == 0 ? "/root" : "/home/sandbox"; }
 
+// The ids the boot step runs as: root inside, unless a rootless sandbox
+// maps only the command's ids (--user), which it then takes.
+std::pair<uid_t, gid_t> boot_ids(const Spec& spec) {
+  if (geteuid() == 0) return {0, 0};
+  return {spec.identity.uid, spec.identity.gid};
+}
+
 // The command as init receives it (see isolation::CommandHead): everything
 // checked and resolved here, so the child only splits strings.
 std::string build_command(const Spec& spec) {
@@ -236,6 +243,11 @@ std::string build_command(const Spec& spec) {
   head.argc = static_cast<uint32_t>(spec.process.argv.size());
   head.envc = static_cast<uint32_t>(env.size());
   head.candc = static_cast<uint32_t>(candidates.size());
+  const auto& boot = spec.process.boot;
+  if (!boot.empty() && (boot[0].empty() || boot[0][0] != '/'))
+    throw Error("the boot step's program '" + boot[0] + "' must be an absolute path");
+  head.bootc = static_cast<uint32_t>(boot.size());
+  std::tie(head.boot_uid, head.boot_gid) = boot_ids(spec);
 
   std::string blob(reinterpret_cast<const char*>(&head), sizeof head);
   auto add = [&blob](const std::string& v) {
@@ -247,8 +259,9 @@ std::string build_command(const Spec& spec) {
   for (const auto& a : spec.process.argv) add(a);
   for (const auto& e : env) add(e);
   for (const auto& c : candidates) add(c);
+  for (const auto& a : boot) add(a);
   if (blob.size() > isolation::kMaxCommandBytes ||
-      size_t{head.argc} + head.envc + head.candc + 1 > isolation::kMaxCommandStrings)
+      size_t{head.argc} + head.envc + head.candc + head.bootc + 1 > isolation::kMaxCommandStrings)
     throw Error("the command line and environment are too large (" + std::to_string(blob.size()) + " bytes)");
   return blob;
 }
@@ -682,6 +695,9 @@ bool handle_control(Sandbox::State& s) {
       case MsgType::Exited:
         s.payload_status = static_cast<int>(m.value);
         break;
+      case MsgType::BootExited:
+        s.boot_status = static_cast<int>(m.value);
+        break;
       default:
         break;
     }
@@ -855,6 +871,19 @@ Result Sandbox::wait() {
   r.stderr_bytes = s.err.bytes;
   r.truncated = s.truncated;
   r.warnings = s.warnings;
+  if (s.boot_status) {
+    int b = *s.boot_status;
+    r.boot_exit_code = WIFSIGNALED(b) ? 128 + WTERMSIG(b) : WEXITSTATUS(b);
+    if (auto [uid, gid] = boot_ids(s.spec); uid != 0 || gid != 0)
+      r.warnings.push_back("the boot step ran as " + std::to_string(uid) + ":" + std::to_string(gid) +
+                           ", not as root: a rootless sandbox maps only the --user ids");
+    if (*r.boot_exit_code != 0) {
+      std::string step;
+      for (const auto& a : s.spec.process.boot) step += (step.empty() ? "" : " ") + a;
+      r.warnings.push_back("the boot step (" + step + ") failed with exit status " +
+                           std::to_string(*r.boot_exit_code) + "; the command ran after it");
+    }
+  }
   if (s.notify)
     for (const auto& [name, count] : s.notify->denied()) r.denied_syscalls.push_back({name, count});
 

@@ -44,6 +44,9 @@ struct Result {
   std::string error;                  // set for setup_error and exec failures
   std::vector<std::string> warnings;  // limits not enforced, ...
   bool warm = false;                  // the sandbox came from a warm pool
+  // The boot step's (ProcessSpec::boot) exit status, 128+N for signal N;
+  // none when there was no boot step or it did not end.
+  std::optional<int> boot_exit_code;
   std::optional<net::Summary> network;  // when the sandbox had a network
 };
 

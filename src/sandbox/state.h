@@ -62,6 +62,7 @@ struct Sandbox::State {
   std::string setup_error;
   int exec_errno = 0;
   std::optional<int> payload_status;
+  std::optional<int> boot_status;  // wait status of ProcessSpec::boot
   // The command's stdout and stderr, on their way to the caller. The
   // supervisor never blocks on a slow reader: it reads from the sandbox only
   // what it can pass on, so limits and timeouts keep running.

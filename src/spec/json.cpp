@@ -99,7 +99,7 @@ json spec_to_json(const Spec& s) {
             {"upstream_auth", n.upstream_auth},
             {"secrets", secrets},
             {"dlp", {{"enabled", n.dlp.enabled}, {"block", n.dlp.block}, {"literals", n.dlp.literals}}}}},
-          {"process", {{"argv", s.process.argv}, {"env", s.process.env}, {"cwd", s.process.cwd}}}};
+          {"process", {{"argv", s.process.argv}, {"env", s.process.env}, {"cwd", s.process.cwd}, {"boot", s.process.boot}}}};
 }
 
 Spec spec_from_json(const json& j) {
@@ -182,6 +182,7 @@ Spec spec_from_json(const json& j) {
   s.process.argv = get<std::vector<std::string>>(p, "argv", "process.");
   s.process.env = get<std::vector<std::string>>(p, "env", "process.");
   s.process.cwd = get<std::string>(p, "cwd", "process.");
+  s.process.boot = get<std::vector<std::string>>(p, "boot", "process.");
   return s;
 }
 

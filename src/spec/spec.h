@@ -89,6 +89,13 @@ struct ProcessSpec {
   std::vector<std::string> argv;
   std::vector<std::string> env;  // KEY=VALUE, complete environment
   std::string cwd;               // absolute, inside the sandbox
+  // Run first, to its end, as root inside (uid 0, gid 0, the sandbox's
+  // capabilities) in "/", with the command's environment and streams;
+  // then argv. An image's per-boot steps (cloud-init's boot hooks, bootcmd
+  // and per-boot scripts: `ultari run --image`). Its exit status goes in
+  // the result; the command runs whatever it is. Empty: nothing.
+  // boot[0] is an absolute path.
+  std::vector<std::string> boot;
 };
 
 struct Spec {

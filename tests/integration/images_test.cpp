@@ -190,7 +190,8 @@ TEST_F(Images, ARootWithoutTmpGetsAFreshOneAndOneWithItKeepsIt) {
 
 // Provisioning commits what the user-data changed and nothing the build's
 // sandboxes needed: on a base without /proc, /sys, /dev, /tmp and /root the
-// layer holds /opt only. /tmp is shared by the build's modules (bootcmd
+// layer holds /opt only, and the boot steps kept for every start
+// (/var/lib/cloud/ultari). /tmp is shared by the build's modules (bootcmd
 // leaves a file that runcmd reads: the control that the build had a /tmp),
 // and /root stays when the user-data put something there.
 TEST_F(Images, ProvisioningCommitsTheUserDatasChangesOnly) {
@@ -203,7 +204,9 @@ TEST_F(Images, ProvisioningCommitsTheUserDatasChangesOnly) {
                         "bootcmd:\n  - echo boot > /tmp/from-boot\nruncmd:\n  - cat /tmp/from-boot > /opt/seen\n");
   ASSERT_EQ(r.status, 0) << r.err;
   std::string layer = layer_of("p1");
-  EXPECT_EQ(sh("cd " + layer + " && test \"$(find . | sort | tr '\\n' ' ')\" = '. ./opt ./opt/seen ./opt/x '"), 0)
+  EXPECT_EQ(sh("cd " + layer + " && test \"$(find . | sort | tr '\\n' ' ')\" = '. ./opt ./opt/seen ./opt/x ./var ./var/lib "
+               "./var/lib/cloud ./var/lib/cloud/ultari ./var/lib/cloud/ultari/boot ./var/lib/cloud/ultari/bootcmd '"),
+            0)
       << entries(layer).size();
   EXPECT_EQ(read_file(layer + "/opt/seen"), "boot\n");
   EXPECT_EQ(run("p1", "cat /opt/x; stat -c %a /tmp").out, "hi1777\n");

@@ -289,6 +289,84 @@ TEST_F(Provision, ASecondProvisionIsACacheHitThatRunsNothing) {
   EXPECT_EQ(in(name("j"), "cat /who").out, "bob-" + pid + " on debian bookworm\n");
 }
 
+// cloud-init runs bootcmd, boot hooks and per-boot scripts at every boot:
+// each sandbox started from the image runs them, as root, before its
+// command, with their output in the sandbox's cloud-init-output.log.
+TEST_F(Provision, PerBootStepsRunAtEverySandboxStart) {
+  std::string img = name("b");
+  const std::string ud = R"UD(#cloud-config
+bootcmd:
+  - echo bootcmd >> /var/tmp/boots; echo said-by-bootcmd
+  - [sh, -c, 'id -u > /var/tmp/boot-uid; echo "$INSTANCE_ID" > /var/tmp/boot-instance']
+  - '[ -z "$FAIL_BOOT" ] || exit 3'
+  - '[ -z "$SLOW_BOOT" ] || sleep 100'
+write_files:
+  - path: /var/lib/cloud/scripts/per-boot/10-daemon
+    permissions: '0755'
+    content: |
+      #!/bin/sh
+      echo per-boot >> /var/tmp/boots
+      # a daemon it leaves running for the command
+      sleep 1000 &
+runcmd:
+  - echo runcmd >> /var/tmp/runs
+)UD";
+  Outcome p = provision(img, ud, {"--no-cache"});
+  ASSERT_EQ(p.status, 0) << p.err;
+  EXPECT_EQ(p.report["config"]["boot"], json({"/bin/sh", "/var/lib/cloud/ultari/boot"})) << p.out;
+  const std::string look = "cat /var/tmp/boots /var/tmp/runs /var/tmp/boot-uid; "
+                           "for c in /proc/[0-9]*/comm; do cat $c; done | grep -c '^sleep$'";
+  // The image holds one boot (provisioning's); each start adds one more,
+  // on a fresh copy: never a third.
+  const std::string booted = "bootcmd\nper-boot\nbootcmd\nper-boot\nruncmd\n0\n1\n";
+  for (int start = 0; start < 2; ++start) {
+    Outcome r = in(img, look);
+    EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(r.out, booted) << r.err;
+    EXPECT_EQ(r.report["boot"]["exit_code"], 0) << r.report.dump();
+  }
+  // As root, whoever the command runs as.
+  Outcome as_user = in(img, "cat /var/tmp/boot-uid; id -u", {"--user", "1000"});
+  EXPECT_EQ(as_user.out, "0\n1000\n") << as_user.err;
+  // The boot step's output is the log's, not the command's.
+  Outcome log = in(img, "cat /var/log/cloud-init-output.log; cat /var/tmp/boot-instance");
+  EXPECT_TRUE(has(log.out, "said-by-bootcmd")) << log.out;
+  EXPECT_TRUE(has(log.out, "ultari-")) << log.out;
+  EXPECT_FALSE(has(log.err, "said-by-bootcmd")) << log.err;
+  // A failing boot step is reported; the command runs after it.
+  Outcome failed = in(img, "echo command-ran", {"--env", "FAIL_BOOT=1"});
+  EXPECT_EQ(failed.status, 0) << failed.err;
+  EXPECT_EQ(failed.out, "command-ran\n");
+  EXPECT_EQ(failed.report["boot"]["exit_code"], 3) << failed.report.dump();
+  EXPECT_TRUE(has(failed.err, "boot step")) << failed.err;
+  // The sandbox's timeout covers its boot.
+  Outcome slow = in(img, "echo never", {"--env", "SLOW_BOOT=1", "--timeout", "1s"});
+  EXPECT_EQ(slow.status, 124) << slow.err;
+  EXPECT_EQ(slow.report["verdict"], "timeout");
+  EXPECT_EQ(slow.out, "");
+  // Negative controls: --no-boot runs none of it (what the image holds is
+  // provisioning's one boot), and an image without boot steps has none.
+  Outcome skipped = in(img, look, {"--no-boot"});
+  EXPECT_EQ(skipped.out, "bootcmd\nper-boot\nruncmd\n0\n0\n") << skipped.err;
+  EXPECT_TRUE(skipped.report["boot"].is_null()) << skipped.report.dump();
+  Outcome plain = in("minbase-kmod", "true");
+  EXPECT_EQ(plain.status, 0) << plain.err;
+  EXPECT_TRUE(plain.report["boot"].is_null()) << plain.report.dump();
+  // A provisioning on top of it with no boot steps of its own: cloud-init
+  // would not run the old user-data's bootcmd, but per-boot scripts stay.
+  std::string ud2 = dir_ / "b2.yaml";
+  write_file(ud2, "#cloud-config\nruncmd:\n  - 'true'\n");
+  Outcome child = ultari({"image", "provision", name("b2"), "--from", img, "--user-data", ud2, "--no-cache", "--json"},
+                         test_image_options(600));
+  ASSERT_EQ(child.status, 0) << child.err;
+  EXPECT_EQ(json::parse(child.out)["config"]["boot"], json({"/bin/sh", "/var/lib/cloud/ultari/boot"})) << child.out;
+  Outcome again = in(name("b2"), "cat /var/tmp/boots");
+  EXPECT_EQ(again.out, "bootcmd\nper-boot\nper-boot\nper-boot\n") << again.err;
+  Outcome bad = ultari({"run", "--no-boot", "--", "true"}, test_image_options());
+  EXPECT_EQ(bad.status, 125);
+  EXPECT_TRUE(has(bad.err, "--no-boot needs --image")) << bad.err;
+}
+
 TEST_F(Provision, AFailingRuncmdItemFailsTheBuildAndCommitsNothing) {
   std::string img = name("f");
   int before = scratch_dirs();
@@ -412,7 +490,10 @@ TEST_F(Provision, MimeUserDataRunsItsCloudConfigPartsAndItsScripts) {
   // Both parts took effect, in cloud-init's order: the boot hook first,
   // runcmd (merged: both parts' items), then the script, which saw the
   // file of the cloud-config part. The script's file is not in the image.
-  Outcome s = in(img, "cat /var/log/order; cat /etc/mime/seen-by-script; echo; ls /tmp | grep -c ultari-script");
+  // (--no-boot: the boot hook runs again at every start, and starts the
+  // file anew)
+  Outcome s = in(img, "cat /var/log/order; cat /etc/mime/seen-by-script; echo; ls /tmp | grep -c ultari-script",
+                 {"--no-boot"});
   std::vector<std::string> lines;
   for (size_t pos = 0; pos < s.out.size();) {
     size_t eol = s.out.find('\n', pos);
@@ -684,9 +765,10 @@ TEST_F(Provision, ScriptsPerOnceBootAndInstanceRunInCloudInitsOrder) {
       << check.out;
   Outcome r = provision(img, user_data("0"), {"--no-cache"});
   ASSERT_EQ(r.status, 0) << r.err;
+  // (the last "boot": the sandbox's own boot ran the per-boot script again)
   Outcome s = in(img, "cat /order; ls /var/lib/cloud/scripts/per-boot /var/lib/cloud/scripts/per-instance");
   EXPECT_EQ(s.out,
-            "once\nboot\ninstance-written\ninstance-part\nruncmd\n/var/lib/cloud/scripts/per-boot:\nb.sh\n\n"
+            "once\nboot\ninstance-written\ninstance-part\nruncmd\nboot\n/var/lib/cloud/scripts/per-boot:\nb.sh\n\n"
             "/var/lib/cloud/scripts/per-instance:\na-written.sh\nz-part.sh\n")
       << s.err;
 
