@@ -16,7 +16,8 @@ enum class MsgType : uint32_t {
   Ready = 7,         // child -> supervisor: set up, waiting for the command
   Command = 8,       // supervisor -> child: value = bytes of the command
                      // blob that follow as raw records (see CommandHead)
-  BootExited = 9,    // child -> supervisor: the boot step's wait status in value
+  BootExited = 9,    // child -> supervisor: the boot step's wait status in value;
+                     // err: the signal that ended the sandbox during it (0: the command starts)
 };
 
 struct Msg {
@@ -37,7 +38,7 @@ struct CommandLimit {
   uint64_t soft, hard;
 };
 struct CommandHead {
-  uint32_t argc = 0, envc = 0, candc = 0, bootc = 0;
+  uint32_t argc = 0, envc = 0, candc = 0;
   uint32_t uid = 0, gid = 0;
   // Every rlimit of the payload (the caller's, with Ultari's own in place),
   // applied clamped to init's hard limits: a sandbox made ahead by another
@@ -45,8 +46,10 @@ struct CommandHead {
   uint32_t nlimits = 0;
   CommandLimit limits[16] = {};
   int32_t nice = 0;  // the caller's; a nicer value is applied, a higher priority cannot be
+  uint32_t bootc = 0;                   // strings of the boot step's argv (0: none)
   uint32_t boot_uid = 0, boot_gid = 0;  // the boot step's ids (0 unless not mapped)
 };
+static_assert(sizeof(CommandHead) == 424, "the command blob's layout (tests build it by hand too)");
 inline constexpr size_t kMaxCommandBytes = 4u << 20;     // > the kernel's usual 2 MiB for argv+envp
 inline constexpr size_t kMaxCommandStrings = 256u << 10;
 inline constexpr size_t kCommandChunk = 32u << 10;        // one record on the control socket

@@ -175,7 +175,7 @@ struct Payload {
 };
 
 alignas(CommandHead) char g_blob[kMaxCommandBytes];
-const char* g_strings[kMaxCommandStrings + 3];
+const char* g_strings[kMaxCommandStrings + 4];  // and each list's nullptr (4 lists)
 
 // Receives the command: a Command message, then its blob as raw records.
 // Returns false when the supervisor went away first.
@@ -289,6 +289,70 @@ bool receive_command(const ChildPlan& p, Command& out) {
 }
 
 int payload_entry(void* payload) { payload_main(*static_cast<const Payload*>(payload)); }
+
+// The boot step (ProcessSpec::boot): started as the payload is, but in "/"
+// with the boot ids, on `stack_top`. Init waits for its end with every
+// signal still blocked, taking them one by one: SIGCHLD reaps (whatever
+// else ends meanwhile too), a forwarded signal is passed on to the step.
+// Reports the step's status (BootExited). Returns 0, or the signal
+// (SIGHUP, SIGINT, SIGQUIT, SIGTERM) that asked the sandbox to end during
+// the boot: then the command must not start, and the step is not waited
+// for.
+int run_boot_step(const ChildPlan& p, const Payload& payload, char* stack_top) {
+  static Payload boot;
+  static const char* boot_path[2];
+  boot_path[0] = payload.cmd.boot[0];
+  boot = payload;
+  boot.boot = true;
+  boot.cmd.argv = payload.cmd.boot;
+  boot.cmd.candidates = boot_path;
+  boot.cmd.cwd = "/";
+  boot.cmd.uid = payload.cmd.head->boot_uid;
+  boot.cmd.gid = payload.cmd.head->boot_gid;
+  pid_t step = clone(payload_entry, stack_top, CLONE_VM | CLONE_VFORK | SIGCHLD, &boot);
+  if (step < 0) fail(p, "clone", "boot step", errno);
+  sigset_t wanted;
+  sigemptyset(&wanted);
+  sigaddset(&wanted, SIGCHLD);
+  for (int sig : kForwarded) sigaddset(&wanted, sig);
+  int status = -1, stop = 0;
+  while (status < 0) {
+    siginfo_t si{};
+    long sig = syscall(SYS_rt_sigtimedwait, &wanted, &si, nullptr, _NSIG / 8);
+    if (sig < 0) {
+      if (errno == EINTR || errno == EAGAIN) continue;
+      // Cannot wait for signals: wait for the step alone.
+      int st = 0;
+      pid_t pid;
+      do pid = wait4(step, &st, 0, nullptr);
+      while (pid < 0 && errno == EINTR);
+      status = pid == step ? st : 0x7f00;  // (unknown: reported as exit status 127)
+      break;
+    }
+    if (sig == SIGCHLD) {
+      for (;;) {
+        int st = 0;
+        pid_t pid = wait4(-1, &st, WNOHANG, nullptr);
+        if (pid <= 0) break;
+        if (pid == step) status = st;
+      }
+      continue;
+    }
+    kill(step, static_cast<int>(sig));
+    if (sig == SIGHUP || sig == SIGINT || sig == SIGQUIT || sig == SIGTERM) {
+      // The sandbox is to end: no waiting for a step that may ignore it
+      // (init's exit takes it along).
+      stop = static_cast<int>(sig);
+      status = stop;  // as if it ended by that signal
+    }
+  }
+  Msg done{};
+  done.type = MsgType::BootExited;
+  done.value = status;
+  done.err = stop;
+  send_msg(p.sock, done);
+  return stop;
+}
 
 }  // namespace
 
@@ -405,27 +469,15 @@ int payload_entry(void* payload) { payload_main(*static_cast<const Payload*>(pay
   // running) and reports its status.
   static char stack[64 * 1024] __attribute__((aligned(16)));
   if (payload.cmd.boot) {
-    static Payload boot;
-    static const char* boot_path[2];
-    boot_path[0] = payload.cmd.boot[0];
-    boot = payload;
-    boot.boot = true;
-    boot.cmd.argv = payload.cmd.boot;
-    boot.cmd.candidates = boot_path;
-    boot.cmd.cwd = "/";
-    boot.cmd.uid = payload.cmd.head->boot_uid;
-    boot.cmd.gid = payload.cmd.head->boot_gid;
-    pid_t step = clone(payload_entry, stack + sizeof stack, CLONE_VM | CLONE_VFORK | SIGCHLD, &boot);
-    if (step < 0) fail(p, "clone", "boot step", errno);
-    int status = 0;
-    for (;;) {
-      pid_t pid = wait4(-1, &status, 0, nullptr);
-      if (pid == step || (pid < 0 && errno != EINTR)) break;
+    if (int stop = run_boot_step(p, payload, stack + sizeof stack); stop != 0) {
+      // Interrupted during the boot: the command never starts, and the
+      // run ends as that signal would have ended it.
+      Msg done{};
+      done.type = MsgType::Exited;
+      done.value = stop;  // a wait status: "killed by signal `stop`"
+      send_msg(p.sock, done);
+      leave(p.sock, 0);
     }
-    Msg done{};
-    done.type = MsgType::BootExited;
-    done.value = status;
-    send_msg(p.sock, done);
   }
   pid_t child = clone(payload_entry, stack + sizeof stack, CLONE_VM | CLONE_VFORK | SIGCHLD, &payload);
   if (child < 0) fail(p, "clone", "payload", errno);

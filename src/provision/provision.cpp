@@ -747,7 +747,16 @@ for f in /var/lib/cloud/scripts/per-boot/*; do
 done
 exit $rc
 )SH";
+// Per-boot scripts count as the build left them (runcmd or a package may
+// have added one after the scripts module ran).
 constexpr const char* kPutBoot = R"SH(
+keep=$S_KEEP
+if [ -z "$keep" ]; then
+  for f in /var/lib/cloud/scripts/per-boot/*; do
+    [ -f "$f" ] && [ -x "$f" ] && { keep=1; break; }
+  done
+fi
+[ -n "$keep" ] || { echo ultari-no-boot-steps; exit 0; }
 rm -rf -- "$S_DIR" && mkdir -p -- "$S_DIR" && cat >"$S_DIR/boot" && chmod 700 -- "$S_DIR/boot"
 )SH";
 
@@ -768,18 +777,21 @@ std::string bootcmd_script(const std::vector<Command>& items) {
 
 // Writes the boot steps into the build's layer; false when there are none
 // (nothing written: the image has no boot step).
-bool keep_boot_steps(Build& b, const CloudConfig& cfg, bool per_boot_scripts) {
-  if (cfg.boothooks.empty() && cfg.bootcmd.empty() && !per_boot_scripts) return false;
+bool keep_boot_steps(Build& b, const CloudConfig& cfg) {
   auto put = [&](const std::vector<std::string>& argv, const std::vector<std::string>& env, const std::string& input,
                  const std::string& what) {
     Build::StepResult r = b.run(argv, env, input, false);
     if (r.exit_code != 0) throw Error("keeping the per-boot steps: cannot write " + what + ": " + tail(r.output, 5));
+    return r.output;
   };
   std::string script = std::string(kBootScript);
   // The instance id the steps saw at provisioning.
   script.insert(script.find("rc=0"), "export INSTANCE_ID=ultari-" + b.instance_id + "\n");
-  put({"/bin/sh", "-c", kPutBoot, "ultari-boot"}, {std::string("S_DIR=") + kBootDir}, script,
-      std::string(kBootDir) + "/boot");
+  bool own = !cfg.boothooks.empty() || !cfg.bootcmd.empty();
+  std::string out = put({"/bin/sh", "-c", kPutBoot, "ultari-boot"},
+                        {std::string("S_DIR=") + kBootDir, std::string("S_KEEP=") + (own ? "1" : "")}, script,
+                        std::string(kBootDir) + "/boot");
+  if (out.find("ultari-no-boot-steps") != std::string::npos) return false;
   for (size_t i = 0; i < cfg.boothooks.size(); ++i) {
     char prefix[8];
     std::snprintf(prefix, sizeof prefix, "%03zu-", i);
@@ -1404,13 +1416,11 @@ done
     const char* name;
     const std::vector<Script>* parts;
   };
-  bool per_boot_scripts = false;
   for (auto [freq, parts] : {Frequency{"once", &cfg.per_once}, {"boot", &cfg.per_boot}, {"instance", &cfg.per_instance}}) {
     if (parts->empty() && !cloud_scripts) continue;
     std::string module = std::string("scripts_per_") + freq;
     b.module(module, std::string("/var/lib/cloud/scripts/per-") + freq, [&](json& entry) {
       entry["items"] = run_script_dir(b, module, std::string("/var/lib/cloud/scripts/per-") + freq, *parts);
-      if (parts == &cfg.per_boot && !entry["items"].empty()) per_boot_scripts = true;
     });
   }
   if (!cfg.runcmd.empty()) {
@@ -1421,7 +1431,7 @@ done
   if (!cfg.scripts.empty())
     b.module("scripts_user", std::to_string(cfg.scripts.size()) + " scripts",
              [&](json& entry) { entry["items"] = run_scripts(b, "scripts_user", cfg.scripts); });
-  bool boot = keep_boot_steps(b, cfg, per_boot_scripts);
+  bool boot = keep_boot_steps(b, cfg);
 
   // 4. Commit: the host's modules tree is the host's, never the image's.
   // The build wrote this tree: never follow its symlinks on the host.

@@ -697,6 +697,7 @@ bool handle_control(Sandbox::State& s) {
         break;
       case MsgType::BootExited:
         s.boot_status = static_cast<int>(m.value);
+        s.boot_stopped_by = m.err;
         break;
       default:
         break;
@@ -877,12 +878,18 @@ Result Sandbox::wait() {
     if (auto [uid, gid] = boot_ids(s.spec); uid != 0 || gid != 0)
       r.warnings.push_back("the boot step ran as " + std::to_string(uid) + ":" + std::to_string(gid) +
                            ", not as root: a rootless sandbox maps only the --user ids");
-    if (*r.boot_exit_code != 0) {
+    if (s.boot_stopped_by) {
+      r.warnings.push_back("signal " + std::to_string(s.boot_stopped_by) +
+                           " ended the sandbox during its boot step: the command never started");
+    } else if (*r.boot_exit_code != 0) {
       std::string step;
       for (const auto& a : s.spec.process.boot) step += (step.empty() ? "" : " ") + a;
       r.warnings.push_back("the boot step (" + step + ") failed with exit status " +
                            std::to_string(*r.boot_exit_code) + "; the command ran after it");
     }
+  } else if (!s.spec.process.boot.empty() && s.setup_error.empty()) {
+    r.warnings.push_back("the boot step did not finish (" + s.spec.process.boot.back() +
+                         "): the command never started");
   }
   if (s.notify)
     for (const auto& [name, count] : s.notify->denied()) r.denied_syscalls.push_back({name, count});

@@ -63,6 +63,7 @@ struct Sandbox::State {
   int exec_errno = 0;
   std::optional<int> payload_status;
   std::optional<int> boot_status;  // wait status of ProcessSpec::boot
+  int boot_stopped_by = 0;         // the signal that ended the sandbox during it
   // The command's stdout and stderr, on their way to the caller. The
   // supervisor never blocks on a slow reader: it reads from the sandbox only
   // what it can pass on, so limits and timeouts keep running.

@@ -182,7 +182,7 @@ Spec spec_from_json(const json& j) {
   s.process.argv = get<std::vector<std::string>>(p, "argv", "process.");
   s.process.env = get<std::vector<std::string>>(p, "env", "process.");
   s.process.cwd = get<std::string>(p, "cwd", "process.");
-  s.process.boot = get<std::vector<std::string>>(p, "boot", "process.");
+  if (p.contains("boot")) s.process.boot = get<std::vector<std::string>>(p, "boot", "process.");  // (newer than the rest)
   return s;
 }
 

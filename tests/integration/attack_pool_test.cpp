@@ -308,14 +308,16 @@ def take(path, req):
             raise SystemExit("refused: %r" % (head,))
         time.sleep(0.05)
 
-def blob(argv, env=(b"PATH=/usr/bin:/bin",), cands=None, cwd=b"/", counts=None, nlimits=0, limits=(), uid=0, gid=0):
+def blob(argv, env=(b"PATH=/usr/bin:/bin",), cands=None, cwd=b"/", counts=None, nlimits=0, limits=(), uid=0, gid=0,
+         boot=(), bootc=None):
     argv, env = list(argv), list(env)
     cands = list(cands if cands is not None else [argv[0]])
     argc, envc, candc = counts or (len(argv), len(env), len(cands))
     lim = b"".join(struct.pack("i4xQQ", *l) for l in limits)
-    lim += b"\0" * (392 - len(lim))  # 16 CommandLimit + nice + padding
+    lim += b"\0" * (384 - len(lim))  # 16 CommandLimit
+    lim += struct.pack("i3I", 0, len(boot) if bootc is None else bootc, 0, 0)  # nice, bootc, boot_uid, boot_gid
     head = struct.pack("6I", argc, envc, candc, uid, gid, nlimits) + lim  # isolation::CommandHead
-    return head + cwd + b"\0" + b"".join(x + b"\0" for x in argv + env + cands)
+    return head + cwd + b"\0" + b"".join(x + b"\0" for x in argv + env + cands + list(boot))
 
 def send_cmd(ctl, data, value=None, mtype=8):
     try:
@@ -389,6 +391,8 @@ elif mode == "bad":
         "unterminated": lambda c: send_cmd(c, good[:-1]),
         "nocandidate": lambda c: send_cmd(c, blob([b"/bin/echo"], cands=[], counts=(1, 1, 4))),
         "badlimit": lambda c: send_cmd(c, blob([b"/bin/echo"], nlimits=1, limits=[(9999, 1, 1)])),
+        "manyboot": lambda c: send_cmd(c, blob([b"/bin/echo"], boot=[b"/bin/true"], bootc=0xffffffff)),
+        "boottruncated": lambda c: send_cmd(c, blob([b"/bin/echo"], boot=[b"/bin/true"], bootc=3)),
         "wrongtype": lambda c: send_cmd(c, good, mtype=1),
         "halfsent": lambda c: (send_cmd(c, good, value=len(good) * 2), c.shutdown(socket.SHUT_WR)),
     }
@@ -622,7 +626,7 @@ if not head.get("ok") or len(fds) < 6:
 ctl, stdin_w, out_r, err_r, pidfd, listener = fds[:6]
 argv = [b"/usr/bin/python3", b"-c", code.encode()]
 env = [b"PATH=/usr/bin:/bin"]
-blob = struct.pack("6I", 3, 1, 1, 0, 0, 0) + b"\0" * 392 + b"/\0" + b"".join(x + b"\0" for x in argv + env + [argv[0]])
+blob = struct.pack("6I", 3, 1, 1, 0, 0, 0) + b"\0" * 400 + b"/\0" + b"".join(x + b"\0" for x in argv + env + [argv[0]])
 c = socket.socket(fileno=ctl)
 c.send(struct.pack("Iiq64s256s", 8, 0, len(blob), b"", b""))
 c.send(blob)
@@ -876,8 +880,8 @@ TEST(AttackPool, NoInitHoldsThePoolsOrAnotherSandboxsFds) {
   stop_process(c2);
 }
 
-// Malformed command blobs (sizes, counts, unterminated strings, bad limits,
-// a wrong message type, a blob cut short) fail only the sandbox that got
+// Malformed command blobs (sizes, counts, unterminated strings, bad limits, boot
+// step counts, a wrong message type, a blob cut short) fail only the sandbox that got
 // them: init reports a setup error or ends, never runs a command from a
 // half-parsed blob, and the pool keeps serving. A second and third command
 // to one sandbox are ignored (a sandbox runs one command). Init's last
@@ -900,7 +904,7 @@ TEST(AttackPool, MalformedCommandBlobsFailOnlyTheirSandbox) {
   std::map<std::string, std::string> said;
   std::istringstream lines(bad.out);
   for (std::string line; std::getline(lines, line);) said[line.substr(0, line.find(' '))] = line;
-  ASSERT_EQ(said.size(), 12u) << bad.out;
+  ASSERT_EQ(said.size(), 14u) << bad.out;
   for (const auto& [name, line] : said) {
     SCOPED_TRACE(line);
     EXPECT_EQ(line.find("out=hi"), std::string::npos);  // nothing ran

@@ -1,11 +1,16 @@
 // `ultari image provision`: cloud-init user-data run in build sandboxes on
 // a real Debian minbase root (built once per build directory from the
 // host's mirror, with kmod), the result checked from inside sandboxes.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -19,6 +24,28 @@ namespace {
 using nlohmann::json;
 
 bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+// Whether a process named `comm` descends from `root` (host pids).
+bool descendant_named(pid_t root, const std::string& comm) {
+  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+    std::string name = e.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    if (read_file(e.path() / "comm") != comm + "\n") continue;
+    pid_t p = std::stoi(name);
+    for (int depth = 0; depth < 32 && p > 1; ++depth) {
+      std::string stat = read_file("/proc/" + std::to_string(p) + "/stat");
+      size_t paren = stat.rfind(')');
+      if (paren == std::string::npos) break;
+      std::istringstream in(stat.substr(paren + 2));
+      char state = 0;
+      pid_t parent = 0;
+      in >> state >> parent;
+      if (parent == root) return true;
+      p = parent;
+    }
+  }
+  return false;
+}
 
 class Provision : public ::testing::Test {
  protected:
@@ -344,6 +371,34 @@ runcmd:
   EXPECT_EQ(slow.status, 124) << slow.err;
   EXPECT_EQ(slow.report["verdict"], "timeout");
   EXPECT_EQ(slow.out, "");
+  EXPECT_TRUE(has(slow.err, "the boot step did not finish")) << slow.err;
+  // A SIGINT during the boot ends the run there: the command never starts.
+  {
+    TempDir t;
+    std::string out = t / "out", report = t / "report.json";
+    int fd = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    setenv("ULTARI_DATA_DIR", test_image_store().c_str(), 1);
+    pid_t pid = spawn_ultari({"run", "--image", img, "--env", "SLOW_BOOT=1", "--timeout", "60s", "--report",
+                              report, "--", "echo", "command-ran"},
+                             fd);
+    unsetenv("ULTARI_DATA_DIR");
+    close(fd);
+    bool booting = false;  // the boot's `sleep 100` runs
+    for (int i = 0; i < 600 && !booting; ++i) {
+      booting = descendant_named(pid, "sleep");
+      if (!booting) usleep(20000);
+    }
+    EXPECT_TRUE(booting);
+    kill(pid, SIGINT);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 130) << status;
+    EXPECT_EQ(read_file(out), "");
+    json rep = json::parse(read_file(report));
+    EXPECT_EQ(rep["verdict"], "signaled") << rep.dump();
+    EXPECT_EQ(rep["signal"], SIGINT) << rep.dump();
+    EXPECT_TRUE(has(rep["warnings"].dump(), "the command never started")) << rep.dump();
+  }
   // Negative controls: --no-boot runs none of it (what the image holds is
   // provisioning's one boot), and an image without boot steps has none.
   Outcome skipped = in(img, look, {"--no-boot"});
