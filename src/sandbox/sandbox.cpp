@@ -861,6 +861,11 @@ Result Sandbox::wait() {
     std::string error;
     r.network = s.gateway->finish(error);
     if (!error.empty()) s.warnings.push_back(error);
+    if (s.gateway_cgroup) {  // the gateway is gone: its group's totals are final
+      cgroups::Stats g = s.gateway_cgroup->stats();
+      if (g.cpu_known) r.network->gateway_cpu_ms = g.cpu_usec / 1000;
+      if (g.memory_known) r.network->gateway_peak_memory_bytes = g.peak_memory_bytes;
+    }
   }
 
   cgroups::Stats cs = s.cgroup->stats();

@@ -886,6 +886,32 @@ TEST_F(Network, ReportCountsAllowedAndDenied) {
   EXPECT_EQ(n["denied"], denied) << audit_dump();
 }
 
+// The report says what the gateway used for the sandbox, apart from the
+// sandbox's own figures (rootful: the gateway's own group).
+TEST_F(Network, ReportSaysWhatTheGatewayUsed) {
+  ASSERT_EQ(host("mkdir -p " + lab_->dir() + "/files && head -c 48M /dev/zero > " + lab_->dir() + "/files/big.bin").status,
+            0);
+  Outcome r = run({"--net", "allow=allowed.test"},
+                  "curl -sS --noproxy '*' -o /dev/null -w 'got %{size_download}\\n' http://allowed.test/files/big.bin\n");
+  host("rm -f " + lab_->dir() + "/files/big.bin");
+  EXPECT_EQ(r.out, "got 50331648\n") << r.err;
+  ASSERT_TRUE(r.report["network"].is_object()) << r.report.dump();
+  const json& g = r.report["network"]["gateway"];
+  if (geteuid() != 0) {
+    EXPECT_TRUE(g.is_null()) << g.dump();  // rootless: in the caller's group, not measured apart
+    return;
+  }
+  ASSERT_TRUE(g.is_object()) << r.report.dump();
+  // 48 MiB relayed: some CPU, and some memory (what the gateway touched
+  // after its start: the pages it shares with the supervisor were charged
+  // before).
+  EXPECT_GE(g["cpu_ms"].get<int64_t>(), 1) << g.dump();
+  EXPECT_GT(g["peak_memory_bytes"].get<int64_t>(), 0) << g.dump();
+  // Negative control: without a network there is no gateway to report.
+  Outcome none = ultari({"run", "--", "true"});
+  EXPECT_TRUE(none.report["network"].is_null()) << none.report.dump();
+}
+
 // The gateway works for its sandbox, and what the sandbox makes it do
 // (relaying, TLS, scanning) is bounded like the sandbox: rootful, it runs in
 // a group of its own with the sandbox's cpu and memory limits and a task
