@@ -748,7 +748,8 @@ done
 exit $rc
 )SH";
 // Per-boot scripts count as the build left them (runcmd or a package may
-// have added one after the scripts module ran).
+// have added one after the scripts module ran). Without boot steps, a
+// base's kept ones are dropped (dead files otherwise).
 constexpr const char* kPutBoot = R"SH(
 keep=$S_KEEP
 if [ -z "$keep" ]; then
@@ -756,7 +757,7 @@ if [ -z "$keep" ]; then
     [ -f "$f" ] && [ -x "$f" ] && { keep=1; break; }
   done
 fi
-[ -n "$keep" ] || { echo ultari-no-boot-steps; exit 0; }
+[ -n "$keep" ] || { rm -rf -- "$S_DIR"; echo ultari-no-boot-steps; exit 0; }
 rm -rf -- "$S_DIR" && mkdir -p -- "$S_DIR" && cat >"$S_DIR/boot" && chmod 700 -- "$S_DIR/boot"
 )SH";
 

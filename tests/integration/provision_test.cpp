@@ -417,6 +417,17 @@ runcmd:
   EXPECT_EQ(json::parse(child.out)["config"]["boot"], json({"/bin/sh", "/var/lib/cloud/ultari/boot"})) << child.out;
   Outcome again = in(name("b2"), "cat /var/tmp/boots");
   EXPECT_EQ(again.out, "bootcmd\nper-boot\nper-boot\nper-boot\n") << again.err;
+  // And one whose runcmd removes the last per-boot script: no boot step
+  // is left, and nothing of the kept ones.
+  write_file(ud2, "#cloud-config\nruncmd:\n  - rm /var/lib/cloud/scripts/per-boot/10-daemon\n");
+  Outcome last = ultari({"image", "provision", name("b3"), "--from", name("b2"), "--user-data", ud2, "--no-cache",
+                         "--json"},
+                        test_image_options(600));
+  ASSERT_EQ(last.status, 0) << last.err;
+  EXPECT_FALSE(json::parse(last.out)["config"].contains("boot")) << last.out;
+  Outcome gone = in(name("b3"), "ls /var/lib/cloud/ultari 2>/dev/null | wc -l; wc -l < /var/tmp/boots");
+  EXPECT_EQ(gone.out, "0\n4\n") << gone.err;  // b2 held 3 lines, b3's build added one
+  EXPECT_TRUE(gone.report["boot"].is_null()) << gone.report.dump();
   Outcome bad = ultari({"run", "--no-boot", "--", "true"}, test_image_options());
   EXPECT_EQ(bad.status, 125);
   EXPECT_TRUE(has(bad.err, "--no-boot needs --image")) << bad.err;
