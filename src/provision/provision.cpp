@@ -794,10 +794,10 @@ bool keep_boot_steps(Build& b, const CloudConfig& cfg) {
                         std::string(kBootDir) + "/boot");
   if (out.find("ultari-no-boot-steps") != std::string::npos) return false;
   for (size_t i = 0; i < cfg.boothooks.size(); ++i) {
-    char prefix[8];
-    std::snprintf(prefix, sizeof prefix, "%03zu-", i);
+    std::string prefix = std::to_string(i);  // 000-, 001-, ...: run in the user-data's order
+    prefix = std::string(prefix.size() < 3 ? 3 - prefix.size() : 0, '0') + prefix + "-";
     put({"/bin/sh", "-c", kPutScript, "ultari-boot"},
-        {std::string("S_DIR=") + kBootDir + "/boothooks", std::string("S_NAME=") + prefix + cfg.boothooks[i].name},
+        {std::string("S_DIR=") + kBootDir + "/boothooks", "S_NAME=" + prefix + cfg.boothooks[i].name},
         cfg.boothooks[i].content, cfg.boothooks[i].part);
   }
   if (!cfg.bootcmd.empty())

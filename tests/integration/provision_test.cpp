@@ -573,6 +573,9 @@ TEST_F(Provision, MimeUserDataRunsItsCloudConfigPartsAndItsScripts) {
   EXPECT_TRUE(lines[3].rfind("script /tmp/ultari-script.", 0) == 0 && lines[3].ends_with("/setup.sh")) << lines[3];
   EXPECT_EQ(lines[4], "from-cloud-config");
   EXPECT_EQ(lines[5], "0");
+  // Without --no-boot the boot hook ran again at the start, as root.
+  Outcome booted = in(img, "cat /var/log/order", {"--user", "1000"});
+  EXPECT_EQ(booted.out, "boothook\n") << booted.err;
   json i = inspect(img);
   std::vector<std::string> modules;
   for (const auto& m : i["provision_log"]) modules.push_back(m["module"]);
