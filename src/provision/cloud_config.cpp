@@ -1822,8 +1822,8 @@ std::vector<Piece> expand_includes(std::vector<Piece> in, bool plain, const Fetc
       if (total > kMaxUserData)
         throw Error(where + ": what #include fetched is more than " + std::to_string(kMaxUserData >> 20) + " MiB");
       bool sub_plain = true;
-      std::vector<Piece> sub = pieces_of(got, sub_plain, "user-data from " + url);
-      for (auto& q : sub) q.note = "from " + url + (q.note.empty() ? "" : ", " + q.note);
+      std::vector<Piece> sub = pieces_of(got, sub_plain, "user-data from " + redacted(url));
+      for (auto& q : sub) q.note = "from " + redacted(url) + (q.note.empty() ? "" : ", " + q.note);
       sub = expand_includes(std::move(sub), false, fetch, depth + 1, expanded, total, urls);
       for (auto& q : sub) out.push_back(std::move(q));
       if (out.size() > kMaxParts) throw Error("user-data: more than " + std::to_string(kMaxParts) + " parts");

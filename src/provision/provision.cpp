@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -878,6 +879,10 @@ std::vector<std::string> plan_of(const CloudConfig& c) {
 // with, by the first of curl, wget (busybox's too) and apt's apt-helper the
 // image has (an https:// URL needs the image's CA certificates); at most
 // kMaxUserData bytes. Throws Error naming `what`, the URL and the output.
+// A user:password@ in the URL is sent as cloud-init sends it (Basic
+// authentication): curl and wget get the header, apt-helper an auth.conf
+// entry; the request names the URL without it (the gateway refuses a
+// request target holding one), and no message shows the password.
 constexpr const char* kFetch = R"SH(
 d=$(mktemp -d /tmp/ultari-fetch.XXXXXX) || exit 125
 trap 'rm -rf -- "$d"' EXIT
@@ -889,6 +894,7 @@ if command -v curl >/dev/null 2>&1; then
 $F_HEADERS
 HEADERS
   fi
+  [ -z "$F_AUTH" ] || set -- "$@" -H "$F_AUTH"
   curl -fsSLg --max-filesize "$F_MAX" "$@" -o "$d/got" -- "$F_URL" >"$d/log" 2>&1 || { cat "$d/log" >&2; exit 4; }
 elif command -v wget >/dev/null 2>&1; then
   set --
@@ -897,11 +903,19 @@ elif command -v wget >/dev/null 2>&1; then
 $F_HEADERS
 HEADERS
   fi
+  [ -z "$F_AUTH" ] || set -- "$@" "--header=$F_AUTH"
   wget -q "$@" -O "$d/got" -- "$F_URL" >"$d/log" 2>&1 || { cat "$d/log" >&2; exit 4; }
 elif [ -n "$F_HEADERS" ]; then
   echo "the image has neither curl nor wget to send the request's headers with" >&2; exit 3
 elif [ -x /usr/lib/apt/apt-helper ]; then
-  /usr/lib/apt/apt-helper download-file "$F_URL" "$d/got" >"$d/log" 2>&1 || { cat "$d/log" >&2; exit 4; }
+  set --
+  if [ -n "$F_AUTH" ]; then
+    [ -n "$F_APT_AUTH" ] || { echo "apt-helper cannot send a user or password holding white space" >&2; exit 3; }
+    # apt's own place for credentials (readable by the _apt user it downloads as)
+    printf '%s\n' "$F_APT_AUTH" >"$d/auth.conf" && chmod 644 "$d/auth.conf" || exit 125
+    set -- -o "Dir::Etc::netrc=$d/auth.conf"
+  fi
+  /usr/lib/apt/apt-helper "$@" download-file "$F_URL" "$d/got" >"$d/log" 2>&1 || { cat "$d/log" >&2; exit 4; }
 else
   echo "the image has none of curl, wget and apt-helper (package apt) to fetch it with" >&2; exit 3
 fi
@@ -917,19 +931,36 @@ std::string fetch_url(Build& b, const std::string& url, const std::string& what,
                       size_t max = kMaxUserData) {
   std::string lines;
   for (const auto& [name, value] : headers) lines += name + ": " + value + "\n";
-  Build::StepResult r = b.run({"/bin/sh", "-c", kFetch, "ultari-fetch"},
-                              {"F_URL=" + url, "F_MAX=" + std::to_string(max), "F_HEADERS=" + lines});
+  const std::string shown = redacted(url);
+  Userinfo auth = userinfo_of(url);
+  std::vector<std::string> env = {"F_URL=" + without_userinfo(url), "F_MAX=" + std::to_string(max),
+                                  "F_HEADERS=" + lines};
+  if (auth.present) {
+    env.push_back("F_AUTH=Authorization: Basic " + base64_encode(auth.user + ":" + auth.password));
+    auto blank = [](const std::string& s) {
+      return s.empty() || std::any_of(s.begin(), s.end(), [](unsigned char c) { return std::isspace(c) || c < 0x20; });
+    };
+    if (!blank(auth.user) && !blank(auth.password)) {
+      std::string plain = without_userinfo(url);
+      size_t from = plain.find("://") + 3;
+      std::string authority = plain.substr(from, plain.find_first_of("/?#", from) - from);
+      // (apt matches a plain-http entry only when it names its scheme)
+      env.push_back("F_APT_AUTH=machine " + plain.substr(0, from) + authority + "/ login " + auth.user + " password " +
+                    auth.password);
+    }
+  }
+  Build::StepResult r = b.run({"/bin/sh", "-c", kFetch, "ultari-fetch"}, env);
   if (r.exit_code != 0)
-    throw Error(what + ": fetching " + url + " failed (exit status " + std::to_string(r.exit_code) + "):\n" +
+    throw Error(what + ": fetching " + shown + " failed (exit status " + std::to_string(r.exit_code) + "):\n" +
                 tail(r.output, 10));
   size_t begin = r.output.find("ultari-fetch-begin\n"), end = r.output.find("\nultari-fetch-end");
   if (begin == std::string::npos || end == std::string::npos || end < begin)
-    throw Error(what + ": fetching " + url + " printed nothing: " + tail(r.output, 5));
+    throw Error(what + ": fetching " + shown + " printed nothing: " + tail(r.output, 5));
   begin += std::strlen("ultari-fetch-begin\n");
   try {
     return base64_decode(std::string_view(r.output).substr(begin, end - begin));
   } catch (const Error& e) {
-    throw Error(what + ": fetching " + url + ": " + e.what());
+    throw Error(what + ": fetching " + shown + ": " + e.what());
   }
 }
 
@@ -944,12 +975,12 @@ std::string fetch_alone(Build& b, const NetworkSpec& request, const std::string&
   only.mode = NetworkSpec::Mode::Allow;
   std::string host = host_of(url);
   if (host.empty() || host.find('*') != std::string::npos)
-    throw Error(what + ": '" + url + "' names no host a policy can allow by name");
+    throw Error(what + ": '" + redacted(url) + "' names no host a policy can allow by name");
   only.allow = {host};
   only.deny.clear();
   only.secrets.clear();  // the user-data's own headers, never a placeholder's swap
   uint16_t port = port_of(url, url.rfind("https://", 0) == 0 ? 443 : 80);
-  if (port == 0) throw Error(what + ": '" + url + "' has no valid port");
+  if (port == 0) throw Error(what + ": '" + redacted(url) + "' has no valid port");
   only.ports = {port};
   net::validate(only);
   NetworkSpec saved = b.network;
@@ -1020,7 +1051,7 @@ Outcome provision(images::Store& store, const Request& req) {
 
   if (req.check_only) {
     out.plan = plan_of(cfg);
-    out.includes = cfg.includes;
+    for (const auto& url : cfg.includes) out.includes.push_back(redacted(url));
     return out;
   }
 
@@ -1074,7 +1105,7 @@ Outcome provision(images::Store& store, const Request& req) {
     std::vector<std::string> fetched_urls;
     b.module("include", std::to_string(cfg.includes.size()) + " URLs", [&](json& entry) {
       Fetcher fetch = [&](const std::string& url) {
-        fetched_urls.push_back(url);
+        fetched_urls.push_back(redacted(url));
         return fetch_alone(b, req.network, url, "#include");
       };
       CloudConfig full = parse_user_data(req.user_data, instance_data(req, os), fetch);
@@ -1201,7 +1232,7 @@ Outcome provision(images::Store& store, const Request& req) {
           throw Error("write_files: " + f->path + " (" + f->where + ") failed (exit status " +
                       std::to_string(r.exit_code) + "): " + tail(r.output, 10));
         changed.push_back({{"path", f->path}, {"owner", f->owner}, {"permissions", mode}, {"append", f->append}});
-        if (from_source) changed.back()["source"] = f->source_uri;
+        if (from_source) changed.back()["source"] = redacted(f->source_uri);
       }
       entry["files"] = changed;
     });

@@ -16,4 +16,15 @@ uint16_t port_of(const std::string& url, uint16_t default_port);
 // "1".."65535" as a number; 0 when `digits` is no port.
 uint16_t port_number(std::string_view digits);
 
+// A URL's user:password@, percent-decoded; both empty when it has none.
+struct Userinfo {
+  std::string user, password;
+  bool present = false;
+};
+Userinfo userinfo_of(const std::string& url);
+// The URL without its user:password@.
+std::string without_userinfo(const std::string& url);
+// The URL for messages and logs: a password in it replaced by "***".
+std::string redacted(const std::string& url);
+
 }  // namespace ultari
