@@ -14,6 +14,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "isolation/channel.h"
 #include "pool/pool.h"
 #include "pool/wire.h"
 #include "sandbox/state.h"
@@ -93,7 +94,9 @@ std::optional<Result> run(const std::string& socket_path, const Spec& request, c
   // A pool that refuses at once (another user) has closed the connection
   // by the time the request goes out: its reason is still there to read.
   bool sent = wire::wait_for(conn.get(), POLLOUT, left_ms()) &&
-              wire::send_record(conn.get(), json{{"spec", spec_to_json(shape)}}.dump());
+              wire::send_record(conn.get(), json{{"spec", spec_to_json(shape)},
+                                                 {"command_layout", sizeof(isolation::CommandHead)}}
+                                                    .dump());
   int send_errno = errno;
   std::string reply;
   std::vector<UniqueFd> fds;

@@ -16,6 +16,7 @@
 #include <deque>
 #include <nlohmann/json.hpp>
 
+#include "isolation/channel.h"
 #include "pool/pool.h"
 #include "pool/wire.h"
 #include "sandbox/state.h"
@@ -226,6 +227,11 @@ class Server {
     } catch (const Error& e) {
       return e.what();
     }
+    // The client writes the command blob its sandbox's init parses: both
+    // must be one version of Ultari (an upgrade while a pool runs).
+    const json& layout = req.contains("command_layout") ? req["command_layout"] : json();
+    if (!layout.is_number_unsigned() || layout.get<uint64_t>() != sizeof(isolation::CommandHead))
+      return "another version of ultari (its command layout differs)";
     std::string differs = request_mismatch(spec_, want);
     if (!differs.empty()) return "its sandboxes differ in " + differs;
     // None ready: the request waits for one being made (or made now for

@@ -468,6 +468,10 @@ elif mode == "badreq":
     ask("nolimits", json.dumps(bad).encode())
     bad = json.loads(req); bad["spec"]["mounts"] = [{"kind": "bind"}]
     ask("badmount", json.dumps(bad).encode())
+    bad = json.loads(req); bad["command_layout"] = 416
+    ask("oldlayout", json.dumps(bad).encode())
+    bad = json.loads(req); del bad["command_layout"]
+    ask("nolayout", json.dumps(bad).encode())
     ask("badutf8", b'{"spec": {"rootfs": "\xff\xfe"}}')
     ask("withfds", req, fds=nulls[:3])
     ask("toomanyfds", req, fds=nulls)
@@ -945,6 +949,10 @@ TEST(AttackPool, MalformedRequestsNeitherKillNorLeakThePool) {
     EXPECT_NE(r.out.find(std::string(name) + " refused:malformed request"), std::string::npos) << name << "\n" << r.out;
   for (const char* name : {"deepobject", "nullspec", "wrongtype", "nolimits", "badmount"})
     EXPECT_NE(r.out.find(std::string(name) + " refused:spec:"), std::string::npos) << name << "\n" << r.out;
+  // A client of another version (the blob's layout differs) starts cold.
+  for (const char* name : {"oldlayout", "nolayout"})
+    EXPECT_NE(r.out.find(std::string(name) + " refused:another version of ultari"), std::string::npos)
+        << name << "\n" << r.out;
   for (const char* name : {"negativeuid", "hugefloat"})
     EXPECT_NE(r.out.find(std::string(name) + " refused:"), std::string::npos) << name << "\n" << r.out;
   EXPECT_NE(r.out.find("empty eof"), std::string::npos) << r.out;
