@@ -698,6 +698,8 @@ bool handle_control(Sandbox::State& s) {
       case MsgType::BootExited:
         s.boot_status = static_cast<int>(m.value);
         s.boot_stopped_by = m.err;
+        // What the OOM killer did so far was the boot's, not the command's.
+        if (s.cgroup) s.oom_kills_in_boot = s.cgroup->stats().oom_kills;
         break;
       default:
         break;
@@ -925,7 +927,7 @@ Result Sandbox::wait() {
     r.verdict = *s.kill_reason;
     r.exit_code = r.verdict == Verdict::OutputLimit ? 137 : 124;
     if (r.verdict == Verdict::OutputLimit) r.signal = SIGKILL;
-  } else if (cs.oom_kills > 0 && status != 0) {
+  } else if (cs.oom_kills > s.oom_kills_in_boot && status != 0) {
     // The kernel's OOM killer ended a process and the command failed (a
     // shell reports its killed child as exit status 137).
     r.verdict = Verdict::Oom;

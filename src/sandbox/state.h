@@ -64,6 +64,7 @@ struct Sandbox::State {
   std::optional<int> payload_status;
   std::optional<int> boot_status;  // wait status of ProcessSpec::boot
   int boot_stopped_by = 0;         // the signal that ended the sandbox during it
+  uint64_t oom_kills_in_boot = 0;  // the group's OOM kills when the boot step ended
   // The command's stdout and stderr, on their way to the caller. The
   // supervisor never blocks on a slow reader: it reads from the sandbox only
   // what it can pass on, so limits and timeouts keep running.

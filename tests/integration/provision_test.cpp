@@ -326,6 +326,7 @@ bootcmd:
   - echo bootcmd >> /var/tmp/boots; echo said-by-bootcmd
   - [sh, -c, 'id -u > /var/tmp/boot-uid; echo "$INSTANCE_ID" > /var/tmp/boot-instance']
   - '[ -z "$FAIL_BOOT" ] || exit 3'
+  - '[ -z "$OOM_BOOT" ] || head -c 300M /dev/zero | tail -n 1'
   - '[ -z "$SLOW_BOOT" ] || sleep 100'
 write_files:
   - path: /var/lib/cloud/scripts/per-boot/10-daemon
@@ -366,6 +367,14 @@ runcmd:
   EXPECT_EQ(failed.out, "command-ran\n");
   EXPECT_EQ(failed.report["boot"]["exit_code"], 3) << failed.report.dump();
   EXPECT_TRUE(has(failed.err, "boot step")) << failed.err;
+  // The OOM killer in the boot is not the command's: a command failing
+  // after it is a nonzero exit, not an oom verdict.
+  Outcome oom = in(img, "exit 3", {"--env", "OOM_BOOT=1", "--memory", "64M"});
+  EXPECT_EQ(oom.status, 3) << oom.err;
+  EXPECT_EQ(oom.report["verdict"], "nonzero_exit") << oom.report.dump();
+  // Negative control: the same OOM in the command is the command's.
+  Outcome own = in(img, "head -c 300M /dev/zero | tail -n 1; exit 3", {"--memory", "64M", "--no-boot"});
+  EXPECT_EQ(own.report["verdict"], "oom") << own.report.dump();
   // The sandbox's timeout covers its boot.
   Outcome slow = in(img, "echo never", {"--env", "SLOW_BOOT=1", "--timeout", "1s"});
   EXPECT_EQ(slow.status, 124) << slow.err;
