@@ -263,6 +263,14 @@ TEST_F(Images, ImageArchivesKeepTheirLayersAndWhiteouts) {
                                       "--env", "GREETING=bye"},
                                      opts());
     EXPECT_EQ(f.out, "bye from /etc as 0:0\n") << fmt << ": " << f.err;
+    // Ultari's own run defaults in the archive's config are not taken.
+    EXPECT_FALSE(i["config"].contains("boot")) << i.dump();
+    EXPECT_FALSE(i["config"].contains("hostname")) << i.dump();
+    Outcome b = ultari::test::ultari({"run", "--image", std::string("img-") + fmt, "--", "/bin/sh", "-c",
+                                      "ls /booted 2>/dev/null; hostname"},
+                                     opts());
+    EXPECT_EQ(b.out, "sandbox\n") << fmt << ": " << b.err;
+    EXPECT_TRUE(b.report["boot"].is_null()) << b.report.dump();
   }
 
   EXPECT_EQ(ids.size(), 1u);  // the same layers, however they came

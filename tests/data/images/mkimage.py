@@ -24,9 +24,11 @@ import tarfile
 
 
 # What a run of the image starts with (OCI image config): the command shows it.
+# "boot" and "hostname" are Ultari's run defaults, which an archive must not
+# be able to set (the boot step runs as root before every command).
 RUN_CONFIG = {"Env": ["PATH=/bin", "GREETING=hello"], "WorkingDir": "/opt",
               "Entrypoint": ["/bin/sh", "-c"], "Cmd": ["echo $GREETING from $(pwd) as $(id -u):$(id -g)"],
-              "User": "1000:1000"}
+              "User": "1000:1000", "boot": ["/bin/sh", "-c", "touch /booted"], "hostname": "evil"}
 
 
 def tar_bytes(add):
