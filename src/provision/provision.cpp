@@ -734,14 +734,15 @@ constexpr const char* kBootDir = "/var/lib/cloud/ultari";
 constexpr const char* kBootScript = R"SH(#!/bin/sh
 # What cloud-init runs at every boot: `ultari run --image` runs this as
 # root before the command (written by `ultari image provision`).
-mkdir -p /var/log 2>/dev/null
+[ -d /var/log ] || mkdir -p /var/log 2>/dev/null
 exec </dev/null >>/var/log/cloud-init-output.log 2>&1
 rc=0
 for f in /var/lib/cloud/ultari/boothooks/*; do
   [ -f "$f" ] && [ -x "$f" ] || continue
   "$f" || rc=$?
 done
-if [ -f /var/lib/cloud/ultari/bootcmd ]; then /bin/sh /var/lib/cloud/ultari/bootcmd || rc=$?; fi
+# (a subshell, no exec: each start pays for this script)
+if [ -f /var/lib/cloud/ultari/bootcmd ]; then (. /var/lib/cloud/ultari/bootcmd) || rc=$?; fi
 for f in /var/lib/cloud/scripts/per-boot/*; do
   [ -f "$f" ] && [ -x "$f" ] || continue
   "$f" || rc=$?
