@@ -327,7 +327,8 @@ class Reader {
     const std::string& u = w.source_uri;
     if (!(u.rfind("http://", 0) == 0 || u.rfind("https://", 0) == 0) || u.size() > 4096 ||
         u.find_first_of(std::string(" \t\r\n\"'\\\0", 8)) != std::string::npos)
-      fail_at(n["uri"], "'" + path + ".uri' must be an http:// or https:// URL (the ones Ultari fetches), not '" + u + "'");
+      fail_at(n["uri"], "'" + path + ".uri' must be an http:// or https:// URL (the ones Ultari fetches), not '" +
+                            redacted(u) + "'");
     if (n["headers"]) {
       need_map(n["headers"], path + ".headers");
       for (auto it = n["headers"].begin(); it != n["headers"].end(); ++it) {
@@ -1784,7 +1785,7 @@ std::vector<std::string> include_urls(const std::string& content, const std::str
     if (line.empty()) continue;
     if (!(line.rfind("http://", 0) == 0 || line.rfind("https://", 0) == 0) ||
         line.find_first_of(" \t\"'\\") != std::string::npos)
-      throw Error(where + ": '" + start_of(line) + "' is not an http:// or https:// URL (the ones Ultari fetches)");
+      throw Error(where + ": '" + start_of(redacted(line)) + "' is not an http:// or https:// URL (the ones Ultari fetches)");
     urls.push_back(line);
   }
   if (urls.empty()) throw Error(where + ": an #include list names no URL");

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/utsname.h>
+#include <strings.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -741,8 +742,12 @@ for f in /var/lib/cloud/ultari/boothooks/*; do
   [ -f "$f" ] && [ -x "$f" ] || continue
   "$f" || rc=$?
 done
-# (a subshell, no exec: each start pays for this script)
-if [ -f /var/lib/cloud/ultari/bootcmd ]; then (. /var/lib/cloud/ultari/bootcmd) || rc=$?; fi
+# (a subshell, no exec: each start pays for this script; on a line of its
+# own, so that bash keeps a `set -e` in it)
+if [ -f /var/lib/cloud/ultari/bootcmd ]; then
+  (. /var/lib/cloud/ultari/bootcmd)
+  s=$?; [ "$s" -eq 0 ] || rc=$s
+fi
 for f in /var/lib/cloud/scripts/per-boot/*; do
   [ -f "$f" ] && [ -x "$f" ] || continue
   "$f" || rc=$?
@@ -911,7 +916,7 @@ elif [ -n "$F_HEADERS" ]; then
 elif [ -x /usr/lib/apt/apt-helper ]; then
   set --
   if [ -n "$F_AUTH" ]; then
-    [ -n "$F_APT_AUTH" ] || { echo "apt-helper cannot send a user or password holding white space" >&2; exit 3; }
+    [ -n "$F_APT_AUTH" ] || { echo "apt-helper cannot send an empty user or password, nor one holding white space" >&2; exit 3; }
     # apt's own place for credentials (readable by the _apt user it downloads as)
     printf '%s\n' "$F_APT_AUTH" >"$d/auth.conf" && chmod 644 "$d/auth.conf" || exit 125
     set -- -o "Dir::Etc::netrc=$d/auth.conf"
@@ -936,7 +941,9 @@ std::string fetch_url(Build& b, const std::string& url, const std::string& what,
   Userinfo auth = userinfo_of(url);
   std::vector<std::string> env = {"F_URL=" + without_userinfo(url), "F_MAX=" + std::to_string(max),
                                   "F_HEADERS=" + lines};
-  if (auth.present) {
+  bool own_header = std::any_of(headers.begin(), headers.end(),
+                                [](const auto& h) { return strcasecmp(h.first.c_str(), "authorization") == 0; });
+  if (auth.present && !(auth.user.empty() && auth.password.empty()) && !own_header) {
     env.push_back("F_AUTH=Authorization: Basic " + base64_encode(auth.user + ":" + auth.password));
     auto blank = [](const std::string& s) {
       return s.empty() || std::any_of(s.begin(), s.end(), [](unsigned char c) { return std::isspace(c) || c < 0x20; });
@@ -1371,10 +1378,11 @@ Outcome provision(images::Store& store, const Request& req) {
 for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
   [ -f "$f" ] || continue
   sed -i -E "/security/!s#(https?|ftp)://[^ ]+#$A_MIRROR#" "$f"
-  echo "mirror of $f: $A_MIRROR"
+  echo "mirror of $f: $A_MIRROR_SHOWN"
 done
 )SH";
           env.push_back("A_MIRROR=" + mirror);
+          env.push_back("A_MIRROR_SHOWN=" + redacted(mirror));  // the log's: no password
         }
         if (!cfg.apt.debconf_selections.empty()) {
           std::string sel;

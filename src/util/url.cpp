@@ -81,9 +81,16 @@ std::string redacted(const std::string& url) {
   auto [begin, end] = authority_span(url);
   if (begin == std::string::npos) return url;
   size_t at = url.rfind('@', end - 1);
-  if (at == std::string::npos || at < begin) return url;
+  if (at == std::string::npos || at < begin) {
+    // No userinfo in the authority; but a password holding an unencoded
+    // '/', '?' or '#' ends the authority early (a malformed URL): any '@'
+    // further on hides what comes before it.
+    size_t later = url.rfind('@');
+    if (later == std::string::npos || later < begin) return url;
+    return url.substr(0, begin) + "***" + url.substr(later);
+  }
   size_t colon = url.find(':', begin);
-  if (colon == std::string::npos || colon > at) return url;
+  if (colon == std::string::npos || colon > at) return url.substr(0, begin) + "***" + url.substr(at);  // a token
   return url.substr(0, colon + 1) + "***" + url.substr(at);
 }
 

@@ -24,7 +24,9 @@ struct Userinfo {
 Userinfo userinfo_of(const std::string& url);
 // The URL without its user:password@.
 std::string without_userinfo(const std::string& url);
-// The URL for messages and logs: a password in it replaced by "***".
+// The URL for messages and logs: a password in it replaced by "***" (a
+// user without a password too: that is a token). Errs on hiding: an '@'
+// after the authority hides everything from "://" to it.
 std::string redacted(const std::string& url);
 
 }  // namespace ultari

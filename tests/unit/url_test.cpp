@@ -27,9 +27,15 @@ TEST(Url, WithoutUserinfoAndRedacted) {
   EXPECT_EQ(redacted(url), "http://user:***@host.test:8080/path@x");
   EXPECT_EQ(host_of(url), "host.test");
   EXPECT_EQ(port_of(url, 80), 8080);
-  // A user alone has no secret to hide; URLs without userinfo are unchanged.
-  EXPECT_EQ(redacted("http://user@host.test/"), "http://user@host.test/");
-  EXPECT_EQ(redacted("http://host.test/a:b@c"), "http://host.test/a:b@c");
+  // A user alone is a token: hidden too.
+  EXPECT_EQ(redacted("https://TOKEN@host.test/"), "https://***@host.test/");
+  // A password with an unencoded '/', '?' or '#' ends the authority early:
+  // still hidden (and an '@' in a path hides the host: erring on hiding).
+  EXPECT_EQ(redacted("https://alice:s3cr#t@files.test/x"), "https://***@files.test/x");
+  EXPECT_EQ(redacted("https://alice:a/b@files.test/x"), "https://***@files.test/x");
+  EXPECT_EQ(redacted("http://host.test/a:b@c"), "http://***@c");
+  // Negative controls: URLs without '@' are unchanged.
+  EXPECT_EQ(redacted("http://host.test:8080/a/b?c=d"), "http://host.test:8080/a/b?c=d");
   EXPECT_EQ(without_userinfo("http://host.test/a@b"), "http://host.test/a@b");
 }
 
