@@ -588,16 +588,21 @@ update-ca-certificates --fresh
 // does: `cd` and variables carry from item to item), with a marker line
 // after each item carrying its exit status; strict: the first failing item
 // ends the script.
+// A bootcmd/runcmd item as shell text, cloud-init's way: a list quoted
+// into a line, a string as it is.
+std::string shell_text(const Command& item) {
+  if (item.argv.empty()) return item.shell;
+  std::string s;
+  for (size_t k = 0; k < item.argv.size(); ++k) s += (k ? " " : "") + quote(item.argv[k]);
+  return s;
+}
+
 std::string command_script(const std::vector<Command>& items, const std::string& marker, bool strict) {
   // One stream: stderr through its own pipe could arrive after the
   // marker line that follows it (a shell writes an error in pieces).
   std::string s = "exec 2>&1\n";
   for (size_t i = 0; i < items.size(); ++i) {
-    if (!items[i].argv.empty()) {
-      for (size_t k = 0; k < items[i].argv.size(); ++k) s += (k ? " " : "") + quote(items[i].argv[k]);
-    } else {
-      s += items[i].shell;
-    }
+    s += shell_text(items[i]);
     s += "\n__ultari_rc=$?; printf '\\n" + marker + " " + std::to_string(i) + " %s\\n' \"$__ultari_rc\"";
     s += strict ? "; [ \"$__ultari_rc\" -eq 0 ] || exit \"$__ultari_rc\"\n" : "\n";
   }
@@ -768,18 +773,10 @@ fi
 rm -rf -- "$S_DIR" && mkdir -p -- "$S_DIR" && cat >"$S_DIR/boot" && chmod 700 -- "$S_DIR/boot"
 )SH";
 
-// bootcmd items as one script for one shell, cloud-init's way: lists
-// quoted into a line, strings as they are.
+// bootcmd items as one script for one shell.
 std::string bootcmd_script(const std::vector<Command>& items) {
   std::string s;
-  for (const auto& item : items) {
-    if (!item.argv.empty()) {
-      for (size_t k = 0; k < item.argv.size(); ++k) s += (k ? " " : "") + quote(item.argv[k]);
-    } else {
-      s += item.shell;
-    }
-    s += "\n";
-  }
+  for (const auto& item : items) s += shell_text(item) + "\n";
   return s;
 }
 
