@@ -945,14 +945,9 @@ std::string fetch_url(Build& b, const std::string& url, const std::string& what,
     auto blank = [](const std::string& s) {
       return s.empty() || std::any_of(s.begin(), s.end(), [](unsigned char c) { return std::isspace(c) || c < 0x20; });
     };
-    if (!blank(auth.user) && !blank(auth.password)) {
-      std::string plain = without_userinfo(url);
-      size_t from = plain.find("://") + 3;
-      std::string authority = plain.substr(from, plain.find_first_of("/?#", from) - from);
-      // (apt matches a plain-http entry only when it names its scheme)
-      env.push_back("F_APT_AUTH=machine " + plain.substr(0, from) + authority + "/ login " + auth.user + " password " +
-                    auth.password);
-    }
+    // (apt matches a plain-http entry only when it names its scheme)
+    if (!blank(auth.user) && !blank(auth.password))
+      env.push_back("F_APT_AUTH=machine " + origin_of(url) + "/ login " + auth.user + " password " + auth.password);
   }
   Build::StepResult r = b.run({"/bin/sh", "-c", kFetch, "ultari-fetch"}, env);
   if (r.exit_code != 0)

@@ -1,19 +1,27 @@
 #include "util/url.h"
 
+#include <algorithm>
 #include <cctype>
-#include <utility>
 
 namespace ultari {
 
 namespace {
 
-// Where the authority of `url` is: [begin, end); npos when no "://".
-std::pair<size_t, size_t> authority_span(const std::string& url) {
+// Where the parts of a URL are: the authority is [begin, end), its
+// user:password@ (if any) [begin, at]; npos when there is no "://".
+struct Span {
+  size_t begin = std::string::npos, end = std::string::npos, at = std::string::npos;
+  bool has_userinfo() const { return at != std::string::npos; }
+};
+Span span_of(const std::string& url) {
+  Span sp;
   auto s = url.find("://");
-  if (s == std::string::npos) return {std::string::npos, std::string::npos};
-  size_t begin = s + 3;
-  size_t end = url.find_first_of("/?#", begin);
-  return {begin, end == std::string::npos ? url.size() : end};
+  if (s == std::string::npos) return sp;
+  sp.begin = s + 3;
+  sp.end = std::min(url.find_first_of("/?#", sp.begin), url.size());
+  size_t at = url.find_last_of('@', sp.end == sp.begin ? sp.begin : sp.end - 1);
+  if (at != std::string::npos && at >= sp.begin && at < sp.end) sp.at = at;
+  return sp;
 }
 
 std::string percent_decoded(std::string_view s) {
@@ -32,12 +40,10 @@ std::string percent_decoded(std::string_view s) {
 
 // host[:port] of a URL, its user:password@ off.
 std::string authority_of(const std::string& url) {
-  auto s = url.find("://");
-  if (s == std::string::npos) return "";
-  std::string rest = url.substr(s + 3);
-  rest = rest.substr(0, rest.find_first_of("/?#"));
-  if (auto at = rest.rfind('@'); at != std::string::npos) rest = rest.substr(at + 1);
-  return rest;
+  Span sp = span_of(url);
+  if (sp.begin == std::string::npos) return "";
+  size_t from = sp.has_userinfo() ? sp.at + 1 : sp.begin;
+  return url.substr(from, sp.end - from);
 }
 
 }  // namespace
@@ -57,11 +63,9 @@ uint16_t port_of(const std::string& url, uint16_t default_port) {
 
 Userinfo userinfo_of(const std::string& url) {
   Userinfo u;
-  auto [begin, end] = authority_span(url);
-  if (begin == std::string::npos) return u;
-  size_t at = url.rfind('@', end - 1);
-  if (at == std::string::npos || at < begin) return u;
-  std::string_view info = std::string_view(url).substr(begin, at - begin);
+  Span sp = span_of(url);
+  if (!sp.has_userinfo()) return u;
+  std::string_view info = std::string_view(url).substr(sp.begin, sp.at - sp.begin);
   size_t colon = info.find(':');
   u.present = true;
   u.user = percent_decoded(info.substr(0, colon));
@@ -70,28 +74,30 @@ Userinfo userinfo_of(const std::string& url) {
 }
 
 std::string without_userinfo(const std::string& url) {
-  auto [begin, end] = authority_span(url);
-  if (begin == std::string::npos) return url;
-  size_t at = url.rfind('@', end - 1);
-  if (at == std::string::npos || at < begin) return url;
-  return url.substr(0, begin) + url.substr(at + 1);
+  Span sp = span_of(url);
+  return sp.has_userinfo() ? url.substr(0, sp.begin) + url.substr(sp.at + 1) : url;
+}
+
+std::string origin_of(const std::string& url) {
+  Span sp = span_of(url);
+  if (sp.begin == std::string::npos) return "";
+  return url.substr(0, sp.begin) + authority_of(url);
 }
 
 std::string redacted(const std::string& url) {
-  auto [begin, end] = authority_span(url);
-  if (begin == std::string::npos) return url;
-  size_t at = url.rfind('@', end - 1);
-  if (at == std::string::npos || at < begin) {
+  Span sp = span_of(url);
+  if (sp.begin == std::string::npos) return url;
+  if (!sp.has_userinfo()) {
     // No userinfo in the authority; but a password holding an unencoded
     // '/', '?' or '#' ends the authority early (a malformed URL): any '@'
     // further on hides what comes before it.
     size_t later = url.rfind('@');
-    if (later == std::string::npos || later < begin) return url;
-    return url.substr(0, begin) + "***" + url.substr(later);
+    if (later == std::string::npos || later < sp.begin) return url;
+    return url.substr(0, sp.begin) + "***" + url.substr(later);
   }
-  size_t colon = url.find(':', begin);
-  if (colon == std::string::npos || colon > at) return url.substr(0, begin) + "***" + url.substr(at);  // a token
-  return url.substr(0, colon + 1) + "***" + url.substr(at);
+  size_t colon = url.find(':', sp.begin);
+  if (colon > sp.at) return url.substr(0, sp.begin) + "***" + url.substr(sp.at);  // a user alone: a token
+  return url.substr(0, colon + 1) + "***" + url.substr(sp.at);
 }
 
 uint16_t port_number(std::string_view digits) {

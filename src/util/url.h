@@ -24,6 +24,9 @@ struct Userinfo {
 Userinfo userinfo_of(const std::string& url);
 // The URL without its user:password@.
 std::string without_userinfo(const std::string& url);
+// "scheme://host[:port]" of the URL, without user:password@ ("" when it
+// has no "://").
+std::string origin_of(const std::string& url);
 // The URL for messages and logs: a password in it replaced by "***" (a
 // user without a password too: that is a token). Errs on hiding: an '@'
 // after the authority hides everything from "://" to it.

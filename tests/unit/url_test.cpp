@@ -25,6 +25,8 @@ TEST(Url, WithoutUserinfoAndRedacted) {
   const std::string url = "http://user:secret@host.test:8080/path@x";
   EXPECT_EQ(without_userinfo(url), "http://host.test:8080/path@x");
   EXPECT_EQ(redacted(url), "http://user:***@host.test:8080/path@x");
+  EXPECT_EQ(origin_of(url), "http://host.test:8080");
+  EXPECT_EQ(origin_of("https://h.test"), "https://h.test");
   EXPECT_EQ(host_of(url), "host.test");
   EXPECT_EQ(port_of(url, 80), 8080);
   // A user alone is a token: hidden too.
