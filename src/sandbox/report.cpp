@@ -31,15 +31,11 @@ std::string result_json(const Result& r) {
                     {"denied", n.denied},
                     {"denied_names", n.denied_names},
                     {"audit_log", n.audit_log}};
-    if (n.gateway_cpu_ms || n.gateway_peak_memory_bytes) {
-      nlohmann::json g = nlohmann::json::object();
-      g["cpu_ms"] = n.gateway_cpu_ms ? nlohmann::json(*n.gateway_cpu_ms) : nlohmann::json(nullptr);
-      g["peak_memory_bytes"] =
-          n.gateway_peak_memory_bytes ? nlohmann::json(*n.gateway_peak_memory_bytes) : nlohmann::json(nullptr);
-      j["network"]["gateway"] = g;
-    } else {
-      j["network"]["gateway"] = nullptr;
-    }
+    auto or_null = [](const std::optional<uint64_t>& v) { return v ? nlohmann::json(*v) : nlohmann::json(nullptr); };
+    j["network"]["gateway"] = n.gateway_cpu_ms || n.gateway_peak_memory_bytes
+                                  ? nlohmann::json{{"cpu_ms", or_null(n.gateway_cpu_ms)},
+                                                   {"peak_memory_bytes", or_null(n.gateway_peak_memory_bytes)}}
+                                  : nlohmann::json(nullptr);
   } else {
     j["network"] = nullptr;
   }

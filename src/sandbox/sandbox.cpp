@@ -247,7 +247,7 @@ std::string build_command(const Spec& spec) {
   if (!boot.empty() && (boot[0].empty() || boot[0][0] != '/'))
     throw Error("the boot step's program '" + boot[0] + "' must be an absolute path");
   head.bootc = static_cast<uint32_t>(boot.size());
-  std::tie(head.boot_uid, head.boot_gid) = boot_ids(spec);
+  if (!boot.empty()) std::tie(head.boot_uid, head.boot_gid) = boot_ids(spec);
 
   std::string blob(reinterpret_cast<const char*>(&head), sizeof head);
   auto add = [&blob](const std::string& v) {
