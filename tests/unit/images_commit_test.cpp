@@ -17,19 +17,15 @@
 
 #include "images/store.h"
 #include "sandbox/sandbox.h"
+#include "unit_util.h"
 #include "util/error.h"
 
 namespace ultari::images {
 namespace {
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char t[] = "/tmp/ultari-commit-XXXXXX";
-    path = mkdtemp(t);
-    chmod(path.c_str(), 0755);
-  }
-  ~TempDir() { std::system(("rm -rf '" + path + "'").c_str()); }
+// (0755: the store's layers are read by the sandboxes' ids)
+struct TempDir : unit::TempDir {
+  TempDir() : unit::TempDir("commit", 0755) {}
 };
 
 int sh(const std::string& s) { return std::system(s.c_str()); }

@@ -15,6 +15,7 @@
 #include <string>
 #include <thread>
 
+#include "unit_util.h"
 #include "util/openat2.h"
 #include "util/paths.h"
 
@@ -22,16 +23,14 @@ namespace ultari {
 namespace {
 
 struct Tree {
-  std::string root;
+  unit::TempDir dir{"paths"};
+  std::string root = dir.path;
   Tree() {
-    char t[] = "/tmp/ultari-paths-XXXXXX";
-    root = mkdtemp(t);
     make_dirs(root + "/usr/lib", 0755);
     make_dirs(root + "/etc", 0755);
     std::ofstream(root + "/usr/lib/os-release") << "ID=debian\n";
     EXPECT_EQ(symlink("../usr/lib/os-release", (root + "/etc/os-release").c_str()), 0);
   }
-  ~Tree() { remove_tree(root); }
 };
 
 // Renames a file back and forth until stopped: every rename moves the

@@ -9,19 +9,13 @@
 #include <string>
 
 #include "filesystem/rootfs.h"
+#include "unit_util.h"
 #include "util/error.h"
 
 namespace ultari::filesystem {
 namespace {
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char t[] = "/tmp/ultari-unit-XXXXXX";
-    path = mkdtemp(t);
-  }
-  ~TempDir() { std::system(("rm -rf '" + path + "'").c_str()); }
-};
+using unit::TempDir;
 
 Spec rootfs_spec(const std::string& root) {
   Spec spec;

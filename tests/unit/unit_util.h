@@ -1,14 +1,17 @@
 // Small helpers the unit tests share.
 #pragma once
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <exception>
 #include <fstream>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 
 #include "isolation/identity.h"
+#include "util/paths.h"
 
 namespace ultari::unit {
 
@@ -22,6 +25,20 @@ inline isolation::Identity owners(uint32_t base, uint32_t count) {
   id.owner_count = count;
   return id;
 }
+
+// A new directory /tmp/ultari-<what>-XXXXXX of mode `mode`, removed with
+// what it holds at the end of the scope.
+struct TempDir {
+  std::string path;
+  explicit TempDir(const std::string& what = "unit", mode_t mode = 0700) {
+    path = "/tmp/ultari-" + what + "-XXXXXX";
+    if (!mkdtemp(path.data())) throw std::runtime_error("mkdtemp " + path);
+    chmod(path.c_str(), mode);
+  }
+  ~TempDir() { remove_tree(path); }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+};
 
 // A new file /tmp/ultari-<what>-XXXXXX holding `text`; its path (the
 // caller unlinks it).
