@@ -635,6 +635,18 @@ bool Flow::http_proxy(in_addr& dst, uint16_t& port, std::string& name, std::stri
   } else if (s.target.starts_with("http://")) {
     size_t slash = s.target.find('/', 7);
     hostport = s.target.substr(7, slash == std::string::npos ? std::string::npos : slash - 7);
+    // apt sends a source's user:password@ in the target as well as in an
+    // Authorization header. The target is rewritten to origin-form below,
+    // so they go no further, and the name checked is the host after them.
+    // Two '@', or a '?' or '#' before the path, leave parsers disagreeing
+    // about the host: refused.
+    if (size_t at = hostport.find('@'); at != std::string::npos) {
+      if (hostport.find_first_of("@?#", at + 1) != std::string::npos || hostport.find_first_of("?#") < at) {
+        send_all(client.get(), "HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n", stop);
+        return false;
+      }
+      hostport.erase(0, at + 1);
+    }
     std::string path = slash == std::string::npos ? "/" : s.target.substr(slash);
     // Origin-form request line; the proxy's own headers stay here.
     size_t eol = head.find("\r\n");

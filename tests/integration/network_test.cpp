@@ -593,6 +593,32 @@ TEST_F(Network, ProxyRefusesHostOrSniDifferentFromTheTarget) {
   EXPECT_TRUE(audited({"", "", "deny", "sni-mismatch"})) << audit_dump();
 }
 
+// apt sends a source's user:password@ in the proxy request's absolute URL
+// (and as Authorization). The proxy checks and connects to the host after
+// the '@', and forwards the origin-form target only: the userinfo reaches
+// neither the server's request line nor the audit log. A userinfo naming
+// an allowed host does not make another host allowed, and a URL parsers
+// could split two ways is refused.
+TEST_F(Network, ProxyChecksTheHostAfterAUserinfoAndDropsIt) {
+  std::string script = probe("user", "absolute 3128 http://al%40ice:pw-s3cret@allowed.test/u allowed.test") +
+                       probe("disguised", "absolute 3128 http://allowed.test:80@other.test/d other.test") +
+                       probe("disguised_host", "absolute 3128 http://allowed.test@other.test/h allowed.test") +
+                       probe("two_at", "absolute 3128 http://a@allowed.test@allowed.test/t allowed.test") +
+                       probe("query_at", "absolute 3128 http://allowed.test?@allowed.test/q allowed.test");
+  Outcome r = run({"--net", "allow=allowed.test"}, script);
+  auto l = by_label(r.out);
+  EXPECT_TRUE(served(l["user"], "allowed.test") && has(l["user"], "status=200")) << r.out << r.err;
+  EXPECT_TRUE(blocked(l["disguised"]) && has(l["disguised"], "status=403")) << l["disguised"];
+  EXPECT_TRUE(blocked(l["disguised_host"]) && has(l["disguised_host"], "status=403")) << l["disguised_host"];
+  EXPECT_TRUE(blocked(l["two_at"]) && has(l["two_at"], "status=400")) << l["two_at"];
+  EXPECT_TRUE(blocked(l["query_at"]) && has(l["query_at"], "status=400")) << l["query_at"];
+  std::vector<std::string> paths;
+  for (const auto& q : lab_->requests()) paths.push_back(q["host"].get<std::string>() + " " + q["path"].get<std::string>());
+  EXPECT_EQ(paths, std::vector<std::string>{"allowed.test /u"}) << seen();
+  EXPECT_FALSE(has(audit_dump(), "s3cret")) << audit_dump();
+  EXPECT_TRUE(audited({"", "other.test", "deny", ""})) << audit_dump();
+}
+
 TEST_F(Network, Socks5hProxyForAllowedNamesOnly) {
   std::string script = fetch("env_socks", "--noproxy '' -x \"$ALL_PROXY\" https://allowed.test/") +
                        fetch("s_http", "-x socks5h://127.0.0.1:1080 http://allowed.test/") +

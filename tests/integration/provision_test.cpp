@@ -900,6 +900,46 @@ TEST_F(Provision, IncludeUrlsWithAUserAndPasswordAuthenticate) {
   EXPECT_FALSE(has(missing.err, "s3cr")) << missing.err;
 }
 
+// An apt source whose URL holds user:password@ (a private mirror): apt
+// sends them as Basic authentication, the request target holds the path
+// alone, so the gateway lets the requests through; the provisioning log
+// shows no password. (The lab serves no repository: apt-get update only
+// warns, as under cloud-init.)
+TEST_F(Provision, AptSourcesWithAUserAndPasswordAuthenticate) {
+  NetLab lab;
+  // A repository with one empty index: enough for apt-get update.
+  const std::string dists = lab.dir() + "/repo/dists/bookworm/";
+  ASSERT_EQ(host("mkdir -p " + dists + "main/binary-amd64").status, 0);
+  write_file(dists + "main/binary-amd64/Packages", "");
+  write_file(dists + "Release",
+             "Suite: bookworm\nCodename: bookworm\nArchitectures: amd64\nComponents: main\n"
+             "Date: Thu, 03 Dec 2026 00:00:00 UTC\nSHA256:\n"
+             " e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 0 main/binary-amd64/Packages\n");
+  std::string file = dir_ / "apt-auth.yaml";
+  write_file(file, "#cloud-config\napt:\n  sources_list: '# the private source only'\n  sources:\n    private.list:\n"
+                   "      source: 'deb [trusted=yes] http://al%40ice:s3cr%3At@allowed.test/repo bookworm main'\n"
+                   "package_update: true\n");
+  std::string img = name("apt-auth");
+  Outcome r = lab.ultari({"image", "provision", img, "--from", "minbase-kmod", "--user-data", file, "--net-resolver",
+                          NetLab::kDnsAddr, "--no-cache", "-q"},
+                         test_image_options(600));
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::string expected = "Basic " + host("printf 'al@ice:s3cr:t' | base64 -w0").out, seen;
+  int authed = 0;
+  for (const auto& q : lab.requests()) {
+    std::string authorization;
+    for (const auto& h : q["headers"])
+      if (h[0].get<std::string>() == "Authorization") authorization = h[1];
+    seen += q["path"].get<std::string>() + " " + authorization + "\n";
+    if (q["path"] == "/repo/dists/bookworm/Release" && authorization == expected) ++authed;
+  }
+  EXPECT_GT(authed, 0) << seen;
+  EXPECT_FALSE(has(seen, "s3cr")) << seen;  // never in a request target
+  json i = inspect(img);
+  EXPECT_FALSE(has(i.dump(), "s3cr")) << i.dump();
+  EXPECT_FALSE(has(r.err, "s3cr")) << r.err;
+}
+
 TEST_F(Provision, IncludeListsAreFetchedEachThroughAPolicyOfItsOwn) {
   NetLab lab;
   ASSERT_EQ(host("mkdir -p " + lab.dir() + "/files").status, 0);

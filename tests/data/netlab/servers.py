@@ -84,6 +84,16 @@ def make_handler(directory, name, addr, port, scheme):
                     return self.not_found()
                 out = open(full, "rb").read()
                 ctype = "application/octet-stream"
+            # A package repository a test put in <lab dir>/repo/: GET /repo/PATH
+            # (plain names between the slashes).
+            if self.path.startswith("/repo/"):
+                parts = self.path[len("/repo/"):].split("/")
+                full = os.path.join(directory, "repo", *parts)
+                if not all(p.replace(".", "").replace("-", "").replace("_", "").isalnum() and p.strip(".")
+                           for p in parts) or not os.path.isfile(full):
+                    return self.not_found()
+                out = open(full, "rb").read()
+                ctype = "application/octet-stream"
             # A key server (HKP): GET /pks/lookup?op=get&search=0xID answers
             # <lab dir>/keys/<ID>.asc, as a test put it there.
             if self.path.startswith("/pks/lookup?"):
