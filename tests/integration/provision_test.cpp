@@ -1141,6 +1141,21 @@ TEST_F(Provision, ARootlessCallerProvisionsTheTableClothCaseInItsOwnStore) {
   EXPECT_EQ(mime.status, 0) << mime.err;
   EXPECT_TRUE(has(mime.out, "modules in order: boothooks write_files runcmd scripts_user\n")) << mime.out;
   EXPECT_TRUE(has(mime.out, "part 3: \"setup.sh\" text/x-shellscript\n")) << mime.out;
+
+  // A bootcmd, rootless: it runs at every start, as root inside; with
+  // --user, the only id the sandbox maps is the user's, and the boot step
+  // runs as that user, with a warning saying so.
+  write_file(file, "#cloud-config\nbootcmd:\n  - id -u >> /tmp/boot-ids\n");
+  ASSERT_EQ(ultari({"image", "provision", "boots", "--from", "base", "--user-data", file, "-q"}, o).status, 0);
+  Outcome as_root = ultari({"run", "--image", "boots", "--", "cat", "/tmp/boot-ids"}, run);
+  EXPECT_EQ(as_root.out, "0\n") << as_root.err;
+  EXPECT_FALSE(has(as_root.err, "the boot step ran as")) << as_root.err;
+  Outcome as_user = ultari({"run", "--image", "boots", "--user", "1000:1000", "--", "/bin/sh", "-c",
+                            "id -u; cat /tmp/boot-ids"},
+                           run);
+  EXPECT_EQ(as_user.status, 0) << as_user.err;
+  EXPECT_EQ(as_user.out, "1000\n1000\n") << as_user.err;
+  EXPECT_TRUE(has(as_user.err, "the boot step ran as 1000:1000, not as root")) << as_user.err;
 }
 
 }  // namespace
