@@ -1343,19 +1343,30 @@ Outcome provision(images::Store& store, const Request& req) {
             throw Error("apt.sources_list uses $MIRROR, but apt.primary has no uri");
           files.push_back({"/etc/apt/sources.list", subst(cfg.apt.sources_list)});
         }
+        // Sources whose file names share a stem share a key file (cloud-init
+        // names it so, and overwrites the first key with the second, so the
+        // first source fails to verify): their keys go into it together,
+        // which a binary keyring allows.
+        std::map<std::string, std::string> keyrings;
+        std::vector<std::string> key_files;
         for (const auto& s : cfg.apt.sources) {
           // cloud-init's places: a key the source names as $KEY_FILE (its
           // signed-by) in cloud-init.gpg.d, any other in trusted.gpg.d.
           bool signed_by = s.source.find("$KEY_FILE") != std::string::npos;
           std::string key_file =
               std::string(signed_by ? "/etc/apt/cloud-init.gpg.d/" : "/etc/apt/trusted.gpg.d/") + s.key_stem + ".gpg";
-          if (!s.keyring.empty()) files.push_back({key_file, s.keyring, "0644", false, true});
+          if (!s.keyring.empty()) {
+            auto [at, fresh] = keyrings.try_emplace(key_file);
+            if (fresh) key_files.push_back(key_file);
+            if (at->second.find(s.keyring) == std::string::npos) at->second += s.keyring;
+          }
           // $KEY_FILE last: the key's path (of the source's file name) is
           // not substituted again.
           std::string source = subst(s.source);
           if (signed_by) source = replace_all(std::move(source), "$KEY_FILE", key_file);
           if (!source.empty()) files.push_back({"/etc/apt/sources.list.d/" + s.filename, source, "0644", s.append});
         }
+        for (const auto& k : key_files) files.push_back({k, keyrings[k], "0644", false, true});
         if (!cfg.apt.conf.empty()) files.push_back({"/etc/apt/apt.conf.d/94cloud-init-config", cfg.apt.conf});
         std::string proxy;
         for (auto [kind, value] : {std::pair<const char*, std::string>{"http", cfg.apt.http_proxy},

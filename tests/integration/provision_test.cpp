@@ -760,6 +760,42 @@ TEST_F(Provision, AptSourcesWithAKeyFileVerifyTheMirrorWithThatKey) {
   EXPECT_TRUE(has(in(bad, check).out, "\n0\n"));
 }
 
+// Two sources whose file names share a stem ("lab.list" and "lab") share
+// one key file, as under cloud-init; cloud-init writes the second key over
+// the first, so the first source no longer verifies. Here the file holds
+// both keys, each once.
+TEST_F(Provision, AptSourcesSharingAKeyFileKeepBothKeys) {
+  const std::string keys = std::string(ULTARI_TEST_DATA) + "/provision/keys/";
+  auto indented = [&](const std::string& file) {
+    std::ifstream in(keys + file);
+    std::string out;
+    for (std::string l; std::getline(in, l);) out += "        " + l + "\n";
+    return out;
+  };
+  auto source = [&](const std::string& name, const std::string& suite, const std::string& key) {
+    return "    " + name + ":\n      source: 'deb [signed-by=$KEY_FILE] http://allowed.test/debian " + suite +
+           " main'\n      key: |\n" + indented(key);
+  };
+  std::string img = name("shared-key");
+  Outcome r = provision(img,
+                        "#cloud-config\napt:\n  sources:\n" + source("lab.list", "one", "test.asc") +
+                            source("lab", "two", "other.asc") + source("again", "three", "test.asc") +
+                            "    again2:\n      filename: again.list\n      source: 'deb [signed-by=$KEY_FILE] "
+                            "http://allowed.test/debian four main'\n      key: |\n" + indented("test.asc"),
+                        {"--no-cache"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  Outcome both = host("cat " + keys + "test.asc | gpg --dearmor > " + (dir_ / "both.gpg") + " && gpg --dearmor < " + keys +
+                      "other.asc >> " + (dir_ / "both.gpg") + " && sha256sum < " + (dir_ / "both.gpg") +
+                      " && gpg --dearmor < " + keys + "test.asc | sha256sum");
+  ASSERT_EQ(both.status, 0) << both.err;
+  Outcome s = in(img, "cat /etc/apt/sources.list.d/lab.list; sha256sum < /etc/apt/cloud-init.gpg.d/lab.gpg; "
+                      "sha256sum < /etc/apt/cloud-init.gpg.d/again.gpg");
+  EXPECT_EQ(s.out, "deb [signed-by=/etc/apt/cloud-init.gpg.d/lab.gpg] http://allowed.test/debian one main\n"
+                   "deb [signed-by=/etc/apt/cloud-init.gpg.d/lab.gpg] http://allowed.test/debian two main\n" +
+                       both.out)
+      << s.err;
+}
+
 // apt keys by `keyid`, cloud-init's other way: the build fetches the key
 // from the key server (here the lab's HTTP server on allowed.test, which
 // answers HKP lookups from its keys/ directory) through its egress policy,
