@@ -59,7 +59,27 @@ bool websocket_first_byte(uint8_t b) {
   return op >= 8 && op <= 10 && (b & 0x80) && !(b & 0x40);
 }
 
+// Where the userinfo of an absolute http:// request line's target is
+// (from the scheme's end to its '@', inclusive), or {0, 0}.
+std::pair<size_t, size_t> userinfo_in_line(std::string_view head) {
+  size_t sp = head.find(' ');
+  if (sp == std::string_view::npos || head.size() < sp + 8 || strncasecmp(head.data() + sp + 1, "http://", 7) != 0)
+    return {0, 0};
+  size_t begin = sp + 8;
+  size_t end = head.find_first_of("/?# \r", begin);
+  size_t at = head.substr(0, end).rfind('@');
+  return at == std::string_view::npos || at < begin ? std::pair<size_t, size_t>{0, 0} : std::pair{begin, at + 1};
+}
+
 }  // namespace
+
+bool strip_userinfo(std::string& authority) {
+  size_t at = authority.find('@');
+  if (at == std::string::npos) return true;
+  if (authority.find('@', at + 1) != std::string::npos) return false;
+  authority.erase(0, at + 1);
+  return true;
+}
 
 bool HttpRequests::head_done(std::string& why) {
   Sniffed s = sniff(buf_);
@@ -81,7 +101,7 @@ bool HttpRequests::head_done(std::string& why) {
   if (s.target.size() > 7 && strncasecmp(s.target.c_str(), "http://", 7) == 0) {
     size_t end = s.target.find_first_of("/?#", 7);
     std::string authority = s.target.substr(7, end == std::string::npos ? std::string::npos : end - 7);
-    if (authority.find('@') != std::string::npos || !same_name(strip_port(authority), name_)) {
+    if (!strip_userinfo(authority) || !same_name(strip_port(authority), name_)) {
       why = "sni-mismatch";
       return false;
     }
@@ -215,8 +235,14 @@ bool HttpRequests::step(const char* data, size_t len, size_t& i, std::string& wh
         buf_.resize(end + 4);
         i += used;
         std::string complete = out ? buf_ : std::string();
+        auto [user_begin, user_end] = userinfo_in_line(buf_);
+        if (user_end > 0 && !out) {
+          why = "sni-mismatch";  // a userinfo is passed on only when it can be dropped
+          return false;
+        }
         if (!head_done(why)) return false;
         if (out) {
+          complete.erase(user_begin, user_end - user_begin);  // never to the server
           if (on_head && !on_head(complete, why)) return false;
           out->append(complete);
         }

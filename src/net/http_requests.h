@@ -10,6 +10,11 @@
 
 namespace ultari::net {
 
+// An absolute http:// target's authority without the `user:password@` that
+// apt puts there (along with an Authorization header): false, untouched,
+// when it holds more than one '@' (parsers disagree about such a host).
+bool strip_userinfo(std::string& authority);
+
 class HttpRequests {
  public:
   // `name`: the host every request on this connection must name.

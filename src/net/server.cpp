@@ -638,14 +638,12 @@ bool Flow::http_proxy(in_addr& dst, uint16_t& port, std::string& name, std::stri
     // apt sends a source's user:password@ in the target as well as in an
     // Authorization header. The target is rewritten to origin-form below,
     // so they go no further, and the name checked is the host after them.
-    // Two '@', or a '?' or '#' before the path, leave parsers disagreeing
+    // Two '@', or a '?' or '#' before the '@', leave parsers disagreeing
     // about the host: refused.
-    if (size_t at = hostport.find('@'); at != std::string::npos) {
-      if (hostport.find_first_of("@?#", at + 1) != std::string::npos || hostport.find_first_of("?#") < at) {
-        send_all(client.get(), "HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n", stop);
-        return false;
-      }
-      hostport.erase(0, at + 1);
+    if (size_t at = hostport.find('@');
+        at != std::string::npos && (hostport.find_first_of("?#") < at || !strip_userinfo(hostport))) {
+      send_all(client.get(), "HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n", stop);
+      return false;
     }
     std::string path = slash == std::string::npos ? "/" : s.target.substr(slash);
     // Origin-form request line; the proxy's own headers stay here.

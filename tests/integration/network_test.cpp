@@ -593,14 +593,17 @@ TEST_F(Network, ProxyRefusesHostOrSniDifferentFromTheTarget) {
   EXPECT_TRUE(audited({"", "", "deny", "sni-mismatch"})) << audit_dump();
 }
 
-// apt sends a source's user:password@ in the proxy request's absolute URL
-// (and as Authorization). The proxy checks and connects to the host after
-// the '@', and forwards the origin-form target only: the userinfo reaches
+// apt sends a source's user:password@ in the proxy requests' absolute URLs
+// (and as Authorization), on kept-alive connections too. The proxy checks
+// and connects to the host after the '@', and drops the userinfo from what
+// it forwards: it reaches
 // neither the server's request line nor the audit log. A userinfo naming
 // an allowed host does not make another host allowed, and a URL parsers
 // could split two ways is refused.
 TEST_F(Network, ProxyChecksTheHostAfterAUserinfoAndDropsIt) {
   std::string script = probe("user", "absolute 3128 http://al%40ice:pw-s3cret@allowed.test/u allowed.test") +
+                       probe("keepalive", "pipeline 127.0.0.1 3128 http://al:pw-s3cret@allowed.test/k1 allowed.test "
+                                          "http://al:pw-s3cret@allowed.test/k2 allowed.test") +
                        probe("disguised", "absolute 3128 http://allowed.test:80@other.test/d other.test") +
                        probe("disguised_host", "absolute 3128 http://allowed.test@other.test/h allowed.test") +
                        probe("two_at", "absolute 3128 http://a@allowed.test@allowed.test/t allowed.test") +
@@ -614,7 +617,12 @@ TEST_F(Network, ProxyChecksTheHostAfterAUserinfoAndDropsIt) {
   EXPECT_TRUE(blocked(l["query_at"]) && has(l["query_at"], "status=400")) << l["query_at"];
   std::vector<std::string> paths;
   for (const auto& q : lab_->requests()) paths.push_back(q["host"].get<std::string>() + " " + q["path"].get<std::string>());
-  EXPECT_EQ(paths, std::vector<std::string>{"allowed.test /u"}) << seen();
+  EXPECT_TRUE(has(l["keepalive"], "first=lab server=allowed.test") && has(l["keepalive"], "path=http://allowed.test/k2"))
+      << l["keepalive"];
+  // The first request of a proxy connection goes on in origin form, later
+  // ones in absolute form: without the userinfo, both.
+  EXPECT_EQ(paths, (std::vector<std::string>{"allowed.test /u", "allowed.test /k1", "allowed.test http://allowed.test/k2"}))
+      << seen();
   EXPECT_FALSE(has(audit_dump(), "s3cret")) << audit_dump();
   EXPECT_TRUE(audited({"", "other.test", "deny", ""})) << audit_dump();
 }

@@ -76,9 +76,15 @@ def make_handler(directory, name, addr, port, scheme):
             out = ("lab server=%s addr=%s port=%d scheme=%s host=%s sni=%s method=%s path=%s\n" %
                    (name, addr, port, scheme, host, sni or "-", self.command, self.path)).encode()
             ctype = "text/plain"
+            # An absolute target (a proxy's later requests on a connection
+            # keep that form) names the same files, as real servers do.
+            path = self.path
+            if path.lower().startswith(("http://", "https://")):
+                rest = path.split("://", 1)[1]
+                path = "/" + rest.split("/", 1)[1] if "/" in rest else "/"
             # Files a test put in <lab dir>/files/: GET /files/NAME.
-            if self.path.startswith("/files/"):
-                fname = self.path[len("/files/"):]
+            if path.startswith("/files/"):
+                fname = path[len("/files/"):]
                 full = os.path.join(directory, "files", fname)
                 if not fname.replace(".", "").replace("-", "").replace("_", "").isalnum() or not os.path.exists(full):
                     return self.not_found()
@@ -86,8 +92,8 @@ def make_handler(directory, name, addr, port, scheme):
                 ctype = "application/octet-stream"
             # A package repository a test put in <lab dir>/repo/: GET /repo/PATH
             # (plain names between the slashes).
-            if self.path.startswith("/repo/"):
-                parts = self.path[len("/repo/"):].split("/")
+            if path.startswith("/repo/"):
+                parts = path[len("/repo/"):].split("/")
                 full = os.path.join(directory, "repo", *parts)
                 if not all(p.replace(".", "").replace("-", "").replace("_", "").isalnum() and p.strip(".")
                            for p in parts) or not os.path.isfile(full):
@@ -96,8 +102,8 @@ def make_handler(directory, name, addr, port, scheme):
                 ctype = "application/octet-stream"
             # A key server (HKP): GET /pks/lookup?op=get&search=0xID answers
             # <lab dir>/keys/<ID>.asc, as a test put it there.
-            if self.path.startswith("/pks/lookup?"):
-                query = urllib.parse.parse_qs(self.path.split("?", 1)[1])
+            if path.startswith("/pks/lookup?"):
+                query = urllib.parse.parse_qs(path.split("?", 1)[1])
                 wanted = query.get("search", [""])[0].lower()
                 wanted = wanted[2:] if wanted.startswith("0x") else wanted
                 key = os.path.join(directory, "keys", wanted + ".asc")
