@@ -1032,6 +1032,55 @@ TEST_F(Provision, IncludeListsAreFetchedEachThroughAPolicyOfItsOwn) {
   EXPECT_EQ(scratch_dirs(), 0);
 }
 
+// The fetch takes the image's curl before its wget: the same source with
+// its header and user:password@, on a busybox root with the host's curl
+// (and its libraries) added. Negative control: without curl, wget fetches.
+TEST_F(Provision, FetchesUseTheImagesCurlWhenItHasOne) {
+  NetLab lab;
+  std::string plain = dir_ / "bb", with_curl = dir_ / "bbcurl";
+  const std::string busybox_root =
+      "mkdir -p $R/bin $R/tmp $R/root $R/etc && cp /usr/bin/busybox $R/bin/ && "
+      "for c in $(/usr/bin/busybox --list); do [ \"$c\" = busybox ] || ln -sf busybox \"$R/bin/$c\"; done && "
+      "printf 'root:x:0:0:root:/root:/bin/sh\\n' > $R/etc/passwd && printf 'root:x:0:\\n' > $R/etc/group && "
+      "chmod 1777 $R/tmp";
+  ASSERT_EQ(host("set -e; R=" + plain + "; " + busybox_root + "; R=" + with_curl + "; " + busybox_root +
+                 "; mkdir -p $R/usr/bin && cp /usr/bin/curl $R/usr/bin/ && "
+                 "for l in $(ldd /usr/bin/curl | grep -o '/[^ ]*'); do cp --parents -L \"$l\" $R; done && "
+                 "mkdir -p " + lab.dir() + "/files && printf fetched > " + lab.dir() + "/files/f.txt")
+                .status,
+            0);
+  const std::string ud = "#cloud-config\nwrite_files:\n  - path: /etc/fetched\n"
+                         "    source: {uri: 'http://u:p%40ss@allowed.test/files/f.txt', headers: {X-Token: t-1}}\n";
+  std::string file = dir_ / "curl.yaml";
+  write_file(file, ud);
+  auto fetch_with = [&](const std::string& root) {
+    std::string base = name(root.substr(root.rfind('/') + 1)), img = base + "-src";
+    EXPECT_EQ(ultari({"image", "import", base, root, "-q"}, test_image_options()).status, 0);
+    lab.clear_logs();
+    Outcome r = lab.ultari({"image", "provision", img, "--from", base, "--user-data", file, "--net-resolver",
+                            NetLab::kDnsAddr, "--no-cache", "-q"},
+                           test_image_options(600));
+    EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(in(img, "cat /etc/fetched").out, "fetched");
+    std::string seen;
+    for (const auto& q : lab.requests()) {
+      seen += q["path"].get<std::string>();
+      for (const auto& h : q["headers"])
+        if (h[0] == "User-Agent" || h[0] == "X-Token" || h[0] == "Authorization")
+          seen += " " + h[0].get<std::string>() + "=" + h[1].get<std::string>();
+      seen += "\n";
+    }
+    return seen;
+  };
+  std::string curl = fetch_with(with_curl);
+  EXPECT_TRUE(has(curl, "/files/f.txt ") && has(curl, " User-Agent=curl/") && has(curl, " X-Token=t-1") &&
+              has(curl, " Authorization=Basic dTpwQHNz"))
+      << curl;
+  std::string wget = fetch_with(plain);
+  EXPECT_TRUE(has(wget, " User-Agent=Wget") && has(wget, " X-Token=t-1") && has(wget, " Authorization=Basic dTpwQHNz"))
+      << wget;
+}
+
 // write_files[].source (cloud-init 23.1): the URL's bytes written as they
 // are, fetched at provisioning through a policy that allows that host
 // alone, with the source's headers; the content is the fallback when the
