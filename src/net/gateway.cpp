@@ -42,14 +42,19 @@ void close_all_but(std::vector<int> keep) {
   syscall(SYS_close_range, from, ~0u, 0);
 }
 
+}  // namespace
+
 // The gateway parses what the sandbox sends: if that code were taken over,
 // it must not become a way out. On top of nobody and no_new_privs, a
 // filter (all threads) refuses what a serving process never needs: running
 // programs, other processes' memory, new namespaces, mounts, kernel
 // attack surface (bpf, io_uring, keyrings, userfaultfd, perf, modules),
 // sockets other than IPv4, and opening or changing files for writing
-// (the audit log is open already). Throws Error.
-void confine() {
+// (the audit log is open already), and signals to any process but itself
+// (every rootful gateway runs as nobody: one taken over could otherwise
+// kill the other sandboxes' gateways, and the host's nobody processes).
+// Throws Error.
+void confine_gateway() {
   struct Ctx {
     scmp_filter_ctx c;
     ~Ctx() { seccomp_release(c); }
@@ -84,10 +89,18 @@ void confine() {
     rule(eperm, "openat", {SCMP_A2(SCMP_CMP_MASKED_EQ, flag, flag)});
   }
   rule(SCMP_ACT_ERRNO(EAFNOSUPPORT), "socket", {SCMP_A0(SCMP_CMP_NE, AF_INET)});
+  // Its own pid only (glibc's raise and pthread_kill use tgkill on it). An
+  // argument whose upper bits are not the pid's is refused too: fail-safe.
+  const auto self = static_cast<scmp_datum_t>(getpid());
+  for (const char* n : {"kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"})
+    rule(eperm, n, {SCMP_A0(SCMP_CMP_NE, self)});
+  for (const char* n : {"tkill", "pidfd_send_signal", "pidfd_open"}) rule(eperm, n);
   if (seccomp_attr_set(ctx.c, SCMP_FLTATR_CTL_TSYNC, 1) != 0) throw Error("gateway filter: TSYNC unavailable");
   int rc = seccomp_load(ctx.c);
   if (rc != 0) throw Error(std::string("gateway filter: seccomp_load: ") + std::strerror(-rc));
 }
+
+namespace {
 
 constexpr rlim_t kGatewayFiles = 8192;
 
@@ -124,7 +137,7 @@ constexpr rlim_t kGatewayFiles = 8192;
     std::unique_ptr<Server> server;
     try {
       server = std::make_unique<Server>(policy, std::move(servers), std::move(ep), audit, std::move(inspection));
-      confine();  // after set-up (dlopen, getifaddrs), before the first flow
+      confine_gateway();  // after set-up (dlopen, getifaddrs), before the first flow
     } catch (const std::exception& e) {
       std::string msg = std::string("E") + e.what();
       if (send(control, msg.data(), msg.size(), MSG_NOSIGNAL) < 0) _exit(1);

@@ -15,6 +15,10 @@
 
 namespace ultari::net {
 
+// The seccomp filter the gateway process puts on all its threads once set
+// up (gateway.cpp says what it refuses). Public for its tests.
+void confine_gateway();
+
 class Gateway {
  public:
   // Opens the audit log and starts the gateway process serving `endpoints`

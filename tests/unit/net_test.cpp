@@ -753,3 +753,53 @@ TEST(NetAudit, TheLogIsCappedWithOneFinalRecord) {
 
 }  // namespace
 }  // namespace ultari::net
+
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#include "net/gateway.h"
+
+namespace ultari::net {
+namespace {
+
+// What a process that may have run confine_gateway() can signal: one bit
+// per attempt whose result was not the confined one (0: all as confined).
+int signal_probe(pid_t victim, bool confined) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    if (confined) confine_gateway();
+    int wrong = 0;
+    auto refused = [](long rc) { return rc == -1 && errno == EPERM; };
+    if (refused(kill(victim, 0)) != confined) wrong |= 1;                                  // another process
+    if (refused(syscall(SYS_tgkill, victim, victim, 0)) != confined) wrong |= 2;          // its thread
+    if (refused(syscall(SYS_pidfd_open, victim, 0)) != confined) wrong |= 4;              // a handle on it
+    if (refused(kill(-1, 0)) != confined) wrong |= 8;                                      // everyone
+    if (kill(getpid(), 0) != 0) wrong |= 16;                                               // itself: allowed
+    if (syscall(SYS_tgkill, getpid(), syscall(SYS_gettid), 0) != 0) wrong |= 32;          // raise's way
+    _exit(wrong);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 255;
+}
+
+// A gateway taken over must not signal other processes: every rootful
+// gateway runs as nobody, and could otherwise kill the other sandboxes'
+// gateways. The victim is another process of this (root) test, which an
+// unconfined process may signal: the negative control.
+TEST(NetGateway, AConfinedGatewaySignalsNoOtherProcess) {
+  pid_t victim = fork();
+  if (victim == 0) {
+    pause();
+    _exit(0);
+  }
+  ASSERT_GT(victim, 0);
+  EXPECT_EQ(signal_probe(victim, /*confined=*/true), 0);
+  EXPECT_EQ(signal_probe(victim, /*confined=*/false), 0);  // control: the same calls pass unconfined
+  kill(victim, SIGKILL);
+  waitpid(victim, nullptr, 0);
+}
+
+}  // namespace
+}  // namespace ultari::net
