@@ -31,6 +31,8 @@ constexpr uint32_t kDefaultSubBase = 2000000000;
 constexpr uint32_t kRangeSize = 65536;
 constexpr uint32_t kDefaultOwnerBase = 3000000000U;
 constexpr uint32_t kDefaultOwnerCount = 1U << 30;  // owners 3000000000..4073741823
+constexpr uint32_t kDefaultGatewayBase = 4100000000U;
+constexpr uint32_t kDefaultGatewayCount = 1U << 27;  // gateways 4100000000..4234217727
 
 // "<start>:<count>" (trailing blanks allowed), each up to 10 decimal digits
 // (so the sum cannot wrap).
@@ -121,15 +123,13 @@ Identity plan_identity(uid_t uid, gid_t gid) {
   return id;
 }
 
-std::pair<uint32_t, uint32_t> owner_range(const char* subuid_file, uint32_t mapped_base, const char* passwd_file) {
-  auto owners = subordinate_range(subuid_file, "ultari-owners", 1);
-  uint32_t base = owners ? owners->first : kDefaultOwnerBase, count = owners ? owners->second : kDefaultOwnerCount;
-  std::string range = "the ultari-owners range (" + std::to_string(base) + ", " + std::to_string(count) + " ids)";
-  if (uint64_t{base} < uint64_t{mapped_base} + kRangeSize && mapped_base < uint64_t{base} + count)
-    throw Error(std::string(subuid_file) + ": " + range + " overlaps the sandboxes' ids (" +
-                std::to_string(mapped_base) + ", 65536 ids); give it a range of its own");
-  // An owner has every capability over its sandbox's namespace from the
-  // host: no user of this host may have one of these uids.
+namespace {
+
+bool overlap(uint64_t a, uint64_t a_count, uint64_t b, uint64_t b_count) { return a < b + b_count && b < a + a_count; }
+
+// Throws when a user of `passwd_file` has a uid in `range` (`base`, `count`).
+void check_no_user_in(const char* passwd_file, uint32_t base, uint32_t count, const std::string& range,
+                      const std::string& used_for, const char* subuid_file, const char* line_name) {
   std::ifstream passwd(passwd_file);
   for (std::string line; std::getline(passwd, line);) {
     auto a = line.find(':'), b = a == std::string::npos ? a : line.find(':', a + 1);
@@ -140,14 +140,48 @@ std::pair<uint32_t, uint32_t> owner_range(const char* subuid_file, uint32_t mapp
     uint64_t u = std::stoull(uid);
     if (u >= base && u < uint64_t{base} + count)
       throw Error(std::string(passwd_file) + ": user " + line.substr(0, a) + " (uid " + uid + ") is in " + range +
-                  ", whose uids own sandboxes' namespaces; give the owners another range (ultari-owners:START:COUNT "
-                  "in " + subuid_file + ")");
+                  ", whose uids " + used_for + "; give them another range (" + line_name + ":START:COUNT in " +
+                  subuid_file + ")");
   }
+}
+
+}  // namespace
+
+std::pair<uint32_t, uint32_t> owner_range(const char* subuid_file, uint32_t mapped_base, const char* passwd_file) {
+  auto owners = subordinate_range(subuid_file, "ultari-owners", 1);
+  uint32_t base = owners ? owners->first : kDefaultOwnerBase, count = owners ? owners->second : kDefaultOwnerCount;
+  std::string range = "the ultari-owners range (" + std::to_string(base) + ", " + std::to_string(count) + " ids)";
+  if (overlap(base, count, mapped_base, kRangeSize))
+    throw Error(std::string(subuid_file) + ": " + range + " overlaps the sandboxes' ids (" +
+                std::to_string(mapped_base) + ", 65536 ids); give it a range of its own");
+  // An owner has every capability over its sandbox's namespace from the
+  // host: no user of this host may have one of these uids.
+  check_no_user_in(passwd_file, base, count, range, "own sandboxes' namespaces", subuid_file, "ultari-owners");
   return {base, count};
 }
 
-OwnerLease lease_owner(const Identity& id, const char* lock_file) {
-  std::string path = lock_file ? lock_file : "/run/ultari/owners";
+std::pair<uint32_t, uint32_t> gateway_range(const char* subuid_file, const Identity& id, const char* passwd_file) {
+  auto gateways = subordinate_range(subuid_file, "ultari-gateways", 1);
+  uint32_t base = gateways ? gateways->first : kDefaultGatewayBase;
+  uint32_t count = gateways ? gateways->second : kDefaultGatewayCount;
+  std::string range = "the ultari-gateways range (" + std::to_string(base) + ", " + std::to_string(count) + " ids)";
+  if (overlap(base, count, id.host_root_uid, kRangeSize) || overlap(base, count, id.owner_base, id.owner_count))
+    throw Error(std::string(subuid_file) + ": " + range + " overlaps the sandboxes' ids (" +
+                std::to_string(id.host_root_uid) + ", 65536 ids) or their owners' (" + std::to_string(id.owner_base) +
+                ", " + std::to_string(id.owner_count) + " ids); give it a range of its own");
+  // A gateway could signal, and reach the files of, a user with its uid.
+  check_no_user_in(passwd_file, base, count, range, "run sandboxes' network gateways", subuid_file,
+                   "ultari-gateways");
+  return {base, count};
+}
+
+namespace {
+
+// One uid of base..base+count, leased (see lease_owner) on `path`, or the
+// default `name` under /run/ultari.
+OwnerLease lease_uid(uint32_t base, uint32_t count_, const char* lock_file, const char* name, const char* what,
+                     const char* line_name) {
+  std::string path = lock_file ? lock_file : std::string("/run/ultari/") + name;
   // Its own open file description: locks taken through one are not
   // exclusive against each other. /run/ultari is made once, on the first
   // start after boot.
@@ -156,9 +190,9 @@ OwnerLease lease_owner(const Identity& id, const char* lock_file) {
     if (mkdir("/run/ultari", 0700) != 0 && errno != EEXIST) throw_errno("mkdir /run/ultari");
     fd.reset(open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600));
   }
-  if (!fd) throw_errno("open " + path + " (the sandboxes' owner leases)");
+  if (!fd) throw_errno("open " + path + " (the " + what + " leases)");
   static std::atomic<uint32_t> counter{0};
-  uint64_t count = id.owner_count ? id.owner_count : 1;
+  uint64_t count = count_ ? count_ : 1;
   uint64_t start = ((static_cast<uint64_t>(getpid()) << 8) | (counter.fetch_add(1, std::memory_order_relaxed) & 0xff)) % count;
   constexpr uint64_t kTries = 4096;
   for (uint64_t i = 0; i < std::min(count, kTries); ++i) {
@@ -168,12 +202,22 @@ OwnerLease lease_owner(const Identity& id, const char* lock_file) {
     fl.l_whence = SEEK_SET;
     fl.l_start = static_cast<off_t>(index);
     fl.l_len = 1;
-    if (fcntl(fd.get(), F_OFD_SETLK, &fl) == 0) return {static_cast<uid_t>(id.owner_base + index), std::move(fd)};
+    if (fcntl(fd.get(), F_OFD_SETLK, &fl) == 0) return {static_cast<uid_t>(base + index), std::move(fd)};
     if (errno != EAGAIN && errno != EACCES) throw_errno("lock " + path);
   }
-  throw Error("no free owner uid for the sandbox's user namespace among " + std::to_string(std::min(count, kTries)) +
-              " of " + std::to_string(id.owner_base) + "+" + std::to_string(count) +
-              " (as many sandboxes alive; the ultari-owners line of /etc/subuid sets the range)");
+  throw Error(std::string("no free ") + what + " uid among " + std::to_string(std::min(count, kTries)) + " of " +
+              std::to_string(base) + "+" + std::to_string(count) + " (as many sandboxes alive; the " + line_name +
+              " line of /etc/subuid sets the range)");
+}
+
+}  // namespace
+
+OwnerLease lease_owner(const Identity& id, const char* lock_file) {
+  return lease_uid(id.owner_base, id.owner_count, lock_file, "owners", "owner", "ultari-owners");
+}
+
+OwnerLease lease_gateway(uint32_t base, uint32_t count, const char* lock_file) {
+  return lease_uid(base, count, lock_file, "gateways", "gateway", "ultari-gateways");
 }
 
 CreatorScope::CreatorScope(uid_t uid, gid_t gid, bool keep_caps) : bits_(prctl(PR_GET_SECUREBITS, 0, 0, 0, 0)) {

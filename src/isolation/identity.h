@@ -58,6 +58,17 @@ OwnerLease lease_owner(const Identity& id, const char* lock_file = nullptr);
 std::pair<uint32_t, uint32_t> owner_range(const char* subuid_file, uint32_t mapped_base,
                                           const char* passwd_file = "/etc/passwd");
 
+// Rootful: the host uid a sandbox's network gateway runs as, one per
+// sandbox alive, leased like the owners (on /run/ultari/gateways): so that
+// two gateways share no per-user budget (pipe buffers above all: each
+// relay keeps two 1 MiB pipes) and cannot signal each other. From the
+// "ultari-gateways:<start>:<count>" line of /etc/subuid, else 4100000000 +
+// 2^27; throws when that range overlaps the sandboxes' ids (`id`'s), their
+// owners', or holds the uid of a user in `passwd_file`.
+std::pair<uint32_t, uint32_t> gateway_range(const char* subuid_file, const Identity& id,
+                                            const char* passwd_file = "/etc/passwd");
+OwnerLease lease_gateway(uint32_t base, uint32_t count, const char* lock_file = nullptr);
+
 // Makes the calling thread, and it alone (raw setres[ug]id: glibc's wrappers
 // change every thread), create namespaces as `uid`/`gid` until destroyed;
 // with `keep_caps`, keeping its effective capabilities

@@ -51,8 +51,8 @@ void close_all_but(std::vector<int> keep) {
 // attack surface (bpf, io_uring, keyrings, userfaultfd, perf, modules),
 // sockets other than IPv4, and opening or changing files for writing
 // (the audit log is open already), and signals to any process but itself
-// (every rootful gateway runs as nobody: one taken over could otherwise
-// kill the other sandboxes' gateways, and the host's nobody processes).
+// (each rootful gateway has a uid of its own, so this is a second wall:
+// one taken over must not kill other sandboxes' gateways or processes).
 // Throws Error.
 void confine_gateway() {
   struct Ctx {
@@ -105,7 +105,7 @@ namespace {
 constexpr rlim_t kGatewayFiles = 8192;
 
 [[noreturn]] void gateway_main(const NetworkSpec& policy, std::vector<in_addr> servers, Endpoints ep, AuditLog& audit,
-                               Inspection& inspection, int control, pid_t parent) {
+                               Inspection& inspection, int control, pid_t parent, uid_t uid) {
   // Terminal signals are for the supervisor, which forwards them to the
   // sandbox; the gateway ends when told (or with its parent).
   sigset_t all;
@@ -114,9 +114,9 @@ constexpr rlim_t kGatewayFiles = 8192;
   close_all_but({0, 1, 2, control, audit.fd(), ep.transparent.get(), ep.http_proxy.get(), ep.socks.get(), ep.dns.get(),
                  ep.nflog.get()});
   if (geteuid() == 0) {
-    // Root: become nobody, with no supplementary groups.
-    if (setgroups(0, nullptr) != 0 || setresgid(kNobody, kNobody, kNobody) != 0 ||
-        setresuid(kNobody, kNobody, kNobody) != 0)
+    // Root: become its uid (of its own, or nobody) and nogroup, with no
+    // supplementary groups.
+    if (setgroups(0, nullptr) != 0 || setresgid(kNobody, kNobody, kNobody) != 0 || setresuid(uid, uid, uid) != 0)
       _exit(70);
   }
   // A credential change clears the parent-death signal: set it after.
@@ -157,7 +157,7 @@ constexpr rlim_t kGatewayFiles = 8192;
 }  // namespace
 
 Gateway::Gateway(const NetworkSpec& policy, const std::string& sandbox_id, Endpoints endpoints, Inspection inspection,
-                 const cgroups::Cgroup* group) {
+                 const cgroups::Cgroup* group, uid_t uid) {
   mode_ = policy.mode == NetworkSpec::Mode::Open ? "open" : "allow";
   std::vector<in_addr> servers;
   if (!policy.resolver.empty()) {
@@ -188,7 +188,8 @@ Gateway::Gateway(const NetworkSpec& policy, const std::string& sandbox_id, Endpo
   }
   if (pid == 0) {
     control_.reset();
-    gateway_main(policy, std::move(servers), std::move(endpoints), audit, inspection, theirs.get(), parent);
+    gateway_main(policy, std::move(servers), std::move(endpoints), audit, inspection, theirs.get(), parent,
+                 uid ? uid : kNobody);
   }
   // The CA's key, the secrets' values and the proxy's credentials live on
   // in the gateway only.

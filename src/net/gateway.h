@@ -24,9 +24,11 @@ class Gateway {
   // Opens the audit log and starts the gateway process serving `endpoints`
   // under `policy`, terminating TLS and swapping secrets per `inspection`
   // (which only the gateway process keeps). With `group`, the process runs
-  // in that cgroup from its start. Throws Error (nothing is left running).
+  // in that cgroup from its start. Started by root, it runs as `uid` (a
+  // uid of its own, see isolation::lease_gateway; 0: nobody) and group
+  // nogroup. Throws Error (nothing is left running).
   Gateway(const NetworkSpec& policy, const std::string& sandbox_id, Endpoints endpoints, Inspection inspection = {},
-          const cgroups::Cgroup* group = nullptr);
+          const cgroups::Cgroup* group = nullptr, uid_t uid = 0);
   ~Gateway();  // kills and reaps the process if finish() did not end it
   Gateway(const Gateway&) = delete;
   Gateway& operator=(const Gateway&) = delete;

@@ -198,7 +198,8 @@ void relay(int a, int b, int stop, uint64_t& a_to_b, uint64_t& b_to_a, const Ins
   struct Pipes {
     int fd[2][2] = {{-1, -1}, {-1, -1}};
     // What each holds: less than kPipeBytes when it could not be grown (all
-    // gateways run as nobody and share one budget of pipe memory).
+    // of a gateway's relays share its uid's budget of pipe memory, and a
+    // rootless gateway's is the caller's).
     size_t cap[2] = {0, 0};
     ~Pipes() {
       for (auto& p : fd)

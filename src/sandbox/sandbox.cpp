@@ -519,7 +519,13 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
     // own with the sandbox's cpu and memory limits. Not in the sandbox's
     // group, whose kill or OOM would cut the audit short.
     const cgroups::Cgroup* gateway_group = nullptr;
+    uid_t gateway_uid = 0;
     if (id.rootful) {
+      // A uid of its own (isolation::lease_gateway), held while it lives.
+      auto [base, count] = isolation::gateway_range("/etc/subuid", id);
+      isolation::OwnerLease lease = isolation::lease_gateway(base, count);
+      s.gateway_lease = std::move(lease.lock);
+      gateway_uid = lease.uid;
       cgroups::Limits gl;
       gl.memory_bytes = limits.memory_bytes;
       gl.cpus = limits.cpus;
@@ -528,7 +534,7 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
       gateway_group = &*s.gateway_cgroup;
     }
     s.gateway = std::make_unique<net::Gateway>(spec.network, s.id, std::move(*endpoints), std::move(inspection),
-                                               gateway_group);
+                                               gateway_group, gateway_uid);
   }
   return std::unique_ptr<Sandbox>(new Sandbox(std::move(st)));
 }

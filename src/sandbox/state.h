@@ -29,6 +29,7 @@ struct Sandbox::State {
   // Rootful: the lease on the user namespace's owner uid (first: released
   // after everything else is gone).
   UniqueFd owner_lease;
+  UniqueFd gateway_lease;  // rootful with a network: the gateway's uid (isolation::lease_gateway)
   std::string id;
   Spec spec;
   const Prepared* prepared = nullptr;

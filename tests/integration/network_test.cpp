@@ -788,8 +788,9 @@ TEST_F(Network, RootlessRunsGetTheSameNetwork) {
   }
 }
 
-// The gateway parses what the sandbox sends: it runs as nobody, with
-// no_new_privs, not dumpable, and under a seccomp filter of its own.
+// The gateway parses what the sandbox sends: it runs as a uid of its own
+// (not shared with another sandbox's gateway), with no_new_privs, not
+// dumpable, and under a seccomp filter of its own.
 TEST_F(Network, TheGatewayIsConfined) {
   // Started with a soft limit of 1024 open files, which the gateway raises
   // (its flows and kept pipes need more); the supervisor keeps it.
@@ -800,8 +801,10 @@ TEST_F(Network, TheGatewayIsConfined) {
   ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &files), 0);
   std::map<pid_t, std::string> seen_limits;
   std::string supervisor_limits;
-  Outcome r;
+  // Two sandboxes at once: their gateways' uids differ.
+  Outcome r, r2;
   std::atomic<bool> finished{false};
+  std::thread t2([&] { r2 = run({"--net", "allow=allowed.test"}, "sleep 1; echo done"); });
   std::thread t([&] {
     r = run({"--net", "allow=allowed.test"}, "sleep 1; echo done");
     finished = true;
@@ -822,8 +825,10 @@ TEST_F(Network, TheGatewayIsConfined) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   t.join();
+  t2.join();
   setrlimit(RLIMIT_NOFILE, &saved);
   EXPECT_TRUE(has(r.out, "done")) << r.out << r.err;
+  EXPECT_TRUE(has(r2.out, "done")) << r2.out << r2.err;
   ASSERT_FALSE(seen_status.empty()) << "no gateway process seen";
   auto soft_files = [](const std::string& limits) {
     std::istringstream in(limits);
@@ -842,8 +847,20 @@ TEST_F(Network, TheGatewayIsConfined) {
     size_t start = status.find_first_not_of(" \t", at + name.size() + 2);
     return status.substr(start, status.find('\n', start) - start);
   };
+  std::set<std::string> uids;
+  for (const auto& [pid, status] : seen_status) uids.insert(field(status, "Uid"));
+  EXPECT_EQ(uids.size(), seen_status.size());
+  EXPECT_GE(uids.size(), 2u);  // (both gateways seen)
   for (const auto& [pid, status] : seen_status) {
-    EXPECT_EQ(field(status, "Uid"), "65534\t65534\t65534\t65534") << status;
+    // A uid of its own (this host's /etc/subuid has no ultari-gateways
+    // line: the default range), group nogroup.
+    unsigned long uid = std::stoul(field(status, "Uid"));
+    EXPECT_GE(uid, 4100000000UL) << status;
+    EXPECT_LT(uid, 4100000000UL + (1UL << 27)) << status;
+    EXPECT_EQ(field(status, "Uid"), std::to_string(uid) + "\t" + std::to_string(uid) + "\t" + std::to_string(uid) +
+                                        "\t" + std::to_string(uid))
+        << status;
+    EXPECT_EQ(field(status, "Gid"), "65534\t65534\t65534\t65534") << status;
     EXPECT_EQ(field(status, "Groups"), "") << status;
     EXPECT_EQ(field(status, "NoNewPrivs"), "1") << status;
     EXPECT_EQ(field(status, "Seccomp"), "2") << status;
@@ -853,7 +870,7 @@ TEST_F(Network, TheGatewayIsConfined) {
   // filter) differ, so the parsing above can fail.
   if (!supervisor_status.empty()) {
     EXPECT_EQ(field(supervisor_status, "Seccomp"), "0") << supervisor_status;
-    EXPECT_NE(field(supervisor_status, "Uid"), "65534\t65534\t65534\t65534");
+    EXPECT_EQ(field(supervisor_status, "Uid"), "0\t0\t0\t0");
   }
 }
 

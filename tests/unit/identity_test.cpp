@@ -79,6 +79,39 @@ TEST(Identity, LiveLeasesNeverShareAnOwner) {
   unlink(lock);
 }
 
+// Each rootful gateway runs as a uid of its own, from a range that is
+// neither the sandboxes' ids nor their owners' nor a user's.
+TEST(Identity, GatewaysComeFromARangeOfTheirOwn) {
+  Identity id = unit::owners(3000000000U, 1U << 30);
+  id.host_root_uid = 2000000000;
+  std::string none = unit::temp_file("subuid", "alice:100000:65536\n");
+  std::string passwd = unit::temp_file("passwd", "root:x:0:0:root:/root:/bin/bash\n");
+  auto [base, count] = gateway_range(none.c_str(), id, passwd.c_str());
+  EXPECT_EQ(base, 4100000000U);
+  EXPECT_EQ(count, 1U << 27);
+  EXPECT_LE(uint64_t{base} + count, 0xfffffffeULL);
+  std::string own = unit::temp_file("subuid", "ultari-gateways:600000:1000\n");
+  EXPECT_EQ(gateway_range(own.c_str(), id, passwd.c_str()).first, 600000U);
+  // Overlapping the sandboxes' ids, or the owners': refused.
+  for (const char* line : {"ultari-gateways:1999999000:2000\n", "ultari-gateways:3999999000:10\n"}) {
+    std::string bad = unit::temp_file("subuid", line);
+    std::string err = unit::error_of([&] { gateway_range(bad.c_str(), id, passwd.c_str()); });
+    EXPECT_TRUE(unit::has(err, "overlaps the sandboxes' ids")) << line << err;
+    unlink(bad.c_str());
+  }
+  // Holding a user's uid: refused, naming the user (control: the range
+  // without that user passed above).
+  std::string user = unit::temp_file("passwd", "root:x:0:0:root:/root:/bin/bash\nmallory:x:600500:100::/m:/bin/sh\n");
+  std::string err = unit::error_of([&] { gateway_range(own.c_str(), id, user.c_str()); });
+  EXPECT_TRUE(unit::has(err, "user mallory (uid 600500) is in the ultari-gateways range")) << err;
+  // Leases of the range never share a uid while held.
+  std::string lock_path = unit::temp_file("gateways");
+  OwnerLease a = lease_gateway(600000, 2, lock_path.c_str()), b = lease_gateway(600000, 2, lock_path.c_str());
+  EXPECT_NE(a.uid, b.uid);
+  EXPECT_TRUE(unit::has(unit::error_of([&] { lease_gateway(600000, 2, lock_path.c_str()); }), "no free gateway uid"));
+  for (const auto& f : {none, passwd, own, user, lock_path}) unlink(f.c_str());
+}
+
 // Leases hold across processes (another supervisor, a pool), and end with
 // their holder.
 TEST(Identity, LeasesHoldAcrossProcessesAndEndWithTheHolder) {
