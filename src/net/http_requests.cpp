@@ -59,16 +59,20 @@ bool websocket_first_byte(uint8_t b) {
   return op >= 8 && op <= 10 && (b & 0x80) && !(b & 0x40);
 }
 
-// Where the userinfo of an absolute http:// request line's target is
-// (from the scheme's end to its '@', inclusive), or {0, 0}.
-std::pair<size_t, size_t> userinfo_in_line(std::string_view head) {
+// Where an absolute http:// request line's scheme and authority are
+// ("http://user@host:port", the part the origin form drops), and whether
+// the authority holds a userinfo; {0, 0} for another form.
+struct AbsoluteSpan {
+  size_t begin = 0, end = 0;
+  bool userinfo = false;
+};
+AbsoluteSpan absolute_span(std::string_view head) {
   size_t sp = head.find(' ');
   if (sp == std::string_view::npos || head.size() < sp + 8 || strncasecmp(head.data() + sp + 1, "http://", 7) != 0)
-    return {0, 0};
-  size_t begin = sp + 8;
-  size_t end = head.find_first_of("/?# \r", begin);
-  size_t at = head.substr(0, end).rfind('@');
-  return at == std::string_view::npos || at < begin ? std::pair<size_t, size_t>{0, 0} : std::pair{begin, at + 1};
+    return {};
+  size_t end = head.find_first_of("/?# \r", sp + 8);
+  if (end == std::string_view::npos) return {};
+  return {sp + 1, end, head.substr(sp + 8, end - sp - 8).find('@') != std::string_view::npos};
 }
 
 }  // namespace
@@ -94,21 +98,22 @@ bool HttpRequests::head_done(std::string& why) {
     why = "http-smuggling";
     return false;
   }
-  if (!hosts.empty() && !same_name(strip_port(hosts[0]), name_)) {
+  // No name (a proxy request to an address): the framing alone is followed.
+  if (!hosts.empty() && !name_.empty() && !same_name(strip_port(hosts[0]), name_)) {
     why = "sni-mismatch";
     return false;
   }
   if (s.target.size() > 7 && strncasecmp(s.target.c_str(), "http://", 7) == 0) {
     size_t end = s.target.find_first_of("/?#", 7);
     std::string authority = s.target.substr(7, end == std::string::npos ? std::string::npos : end - 7);
-    if (!strip_userinfo(authority) || !same_name(strip_port(authority), name_)) {
+    if (!strip_userinfo(authority) || (!name_.empty() && !same_name(strip_port(authority), name_))) {
       why = "sni-mismatch";
       return false;
     }
   } else if (s.target.find("://") != std::string::npos) {
     why = "sni-mismatch";
     return false;
-  } else if (s.method == "CONNECT" && !same_name(strip_port(s.target), name_)) {
+  } else if (s.method == "CONNECT" && !name_.empty() && !same_name(strip_port(s.target), name_)) {
     // A CONNECT to the allowed server names where it should go next: the
     // same host only (that server may itself be a proxy).
     why = "sni-mismatch";
@@ -235,14 +240,19 @@ bool HttpRequests::step(const char* data, size_t len, size_t& i, std::string& wh
         buf_.resize(end + 4);
         i += used;
         std::string complete = out ? buf_ : std::string();
-        auto [user_begin, user_end] = userinfo_in_line(buf_);
-        if (user_end > 0 && !out) {
+        AbsoluteSpan absolute = absolute_span(buf_);
+        if (absolute.userinfo && !out) {
           why = "sni-mismatch";  // a userinfo is passed on only when it can be dropped
           return false;
         }
         if (!head_done(why)) return false;
         if (out) {
-          complete.erase(user_begin, user_end - user_begin);  // never to the server
+          if (absolute.end > 0) {
+            // Origin form (RFC 9112 3.2.1: what an origin server is sent),
+            // the host checked above; a userinfo never reaches the server.
+            complete.erase(absolute.begin, absolute.end - absolute.begin);
+            if (complete[absolute.begin] != '/') complete.insert(absolute.begin, "/");
+          }
           if (on_head && !on_head(complete, why)) return false;
           out->append(complete);
         }

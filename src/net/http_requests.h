@@ -17,7 +17,9 @@ bool strip_userinfo(std::string& authority);
 
 class HttpRequests {
  public:
-  // `name`: the host every request on this connection must name.
+  // `name`: the host every request on this connection must name; empty
+  // (a request through the proxy to an address): any. With an output
+  // buffer (feed's `out`), absolute-form targets go on in origin form.
   explicit HttpRequests(std::string name) : name_(std::move(name)) {}
   // The next bytes from the client. False (and `why`: sni-mismatch,
   // http-smuggling, http-malformed, unsupported-protocol) when they must

@@ -619,7 +619,7 @@ bool Flow::http_proxy(in_addr& dst, uint16_t& port, std::string& name, std::stri
   head.resize(end + 4);
   Sniffed s = sniff(head);
   if (s.kind != Sniffed::Kind::Http) {
-    send_all(client.get(), "HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n", stop);
+    deny("http-malformed");  // run() answers 403, naming it
     return false;
   }
   std::string hostport;
@@ -633,7 +633,7 @@ bool Flow::http_proxy(in_addr& dst, uint16_t& port, std::string& name, std::stri
       deny("http-smuggling");  // run() answers 403
       return false;
     }
-  } else if (s.target.starts_with("http://")) {
+  } else if (s.target.size() > 7 && strncasecmp(s.target.c_str(), "http://", 7) == 0) {
     size_t slash = s.target.find('/', 7);
     hostport = s.target.substr(7, slash == std::string::npos ? std::string::npos : slash - 7);
     // apt sends a source's user:password@ in the target as well as in an
@@ -643,7 +643,7 @@ bool Flow::http_proxy(in_addr& dst, uint16_t& port, std::string& name, std::stri
     // about the host: refused.
     if (size_t at = hostport.find('@');
         at != std::string::npos && (hostport.find_first_of("?#") < at || !strip_userinfo(hostport))) {
-      send_all(client.get(), "HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n", stop);
+      deny("http-malformed");
       return false;
     }
     std::string path = slash == std::string::npos ? "/" : s.target.substr(slash);
@@ -660,7 +660,7 @@ bool Flow::http_proxy(in_addr& dst, uint16_t& port, std::string& name, std::stri
       pos = next + 2;
     }
   } else {
-    send_all(client.get(), "HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n", stop);
+    deny("http-malformed");
     return false;
   }
   prefix += rest;
@@ -782,7 +782,10 @@ void Flow::run() {
   if (early) rec.unused_handshake = ip_str(early_addr) + ":" + std::to_string(port);
   early.reset();
   if (kind == kHttpProxy) {
-    if (!go && rec.error.empty()) send_all(client.get(), forbidden(rec.name.empty() ? rec.addr : rec.name, rec.reason), stop);
+    if (!go && rec.error.empty())
+      send_all(client.get(),
+               forbidden(!rec.name.empty() ? rec.name : !rec.addr.empty() ? rec.addr : "this request", rec.reason),
+               stop);
     else if (!go) send_all(client.get(), "HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\n\r\n", stop);
     else if (tunnel) go = send_all(client.get(), "HTTP/1.1 200 Connection established\r\n\r\n", stop);
   }
@@ -826,7 +829,9 @@ void Flow::run() {
   std::unique_ptr<HttpRequests> requests;
   Inspect inspect;
   if (go && (rec.kind == "http" || terminate)) {
-    if (!rec.name.empty()) requests = std::make_unique<HttpRequests>(rec.name);
+    // Through the proxy to an address, too: its later requests are
+    // followed (framing, origin form) without a name to check.
+    if (!rec.name.empty() || kind == kHttpProxy) requests = std::make_unique<HttpRequests>(rec.name);
     if (g.dlp_) scan = g.dlp_->open();
     std::vector<const SecretValue*> secrets;
     for (const auto& v : g.inspection_.secrets)

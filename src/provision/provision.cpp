@@ -1343,22 +1343,30 @@ Outcome provision(images::Store& store, const Request& req) {
             throw Error("apt.sources_list uses $MIRROR, but apt.primary has no uri");
           files.push_back({"/etc/apt/sources.list", subst(cfg.apt.sources_list)});
         }
-        // Sources whose file names share a stem share a key file (cloud-init
-        // names it so, and overwrites the first key with the second, so the
-        // first source fails to verify): their keys go into it together,
-        // which a binary keyring allows.
-        std::map<std::string, std::string> keyrings;
+        // cloud-init names a key file by the stem of its source's file name,
+        // so sources whose file names share a stem share it, and the last
+        // key overwrites the others (the other sources then fail to
+        // verify). Here a source whose key differs from the one already in
+        // that file gets a file of its own, STEM-NAME.gpg: each source's
+        // signed-by still trusts its own key alone.
+        std::map<std::string, std::string> keyrings;  // file -> key
         std::vector<std::string> key_files;
         for (const auto& s : cfg.apt.sources) {
           // cloud-init's places: a key the source names as $KEY_FILE (its
           // signed-by) in cloud-init.gpg.d, any other in trusted.gpg.d.
           bool signed_by = s.source.find("$KEY_FILE") != std::string::npos;
-          std::string key_file =
-              std::string(signed_by ? "/etc/apt/cloud-init.gpg.d/" : "/etc/apt/trusted.gpg.d/") + s.key_stem + ".gpg";
+          std::string dir = signed_by ? "/etc/apt/cloud-init.gpg.d/" : "/etc/apt/trusted.gpg.d/";
+          std::string key_file = dir + s.key_stem + ".gpg";
           if (!s.keyring.empty()) {
-            auto [at, fresh] = keyrings.try_emplace(key_file);
-            if (fresh) key_files.push_back(key_file);
-            if (at->second.find(s.keyring) == std::string::npos) at->second += s.keyring;
+            auto taken = [&](const std::string& f) {
+              auto held = keyrings.find(f);
+              return held != keyrings.end() && held->second != s.keyring;
+            };
+            if (taken(key_file)) key_file = dir + s.key_stem + "-" + s.name + ".gpg";
+            if (taken(key_file))
+              throw Error("apt.sources." + s.name + ": its key's file " + key_file +
+                          " holds another source's key; give the source another 'filename'");
+            if (keyrings.emplace(key_file, s.keyring).second) key_files.push_back(key_file);
           }
           // $KEY_FILE last: the key's path (of the source's file name) is
           // not substituted again.

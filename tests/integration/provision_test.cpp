@@ -761,10 +761,11 @@ TEST_F(Provision, AptSourcesWithAKeyFileVerifyTheMirrorWithThatKey) {
 }
 
 // Two sources whose file names share a stem ("lab.list" and "lab") share
-// one key file, as under cloud-init; cloud-init writes the second key over
-// the first, so the first source no longer verifies. Here the file holds
-// both keys, each once.
-TEST_F(Provision, AptSourcesSharingAKeyFileKeepBothKeys) {
+// one key file under cloud-init, which writes the second key over the
+// first: the first source no longer verifies. Here a source whose key
+// differs gets a file of its own (lab-lab.gpg), so each signed-by trusts
+// its own key alone; the same key is shared ("again" and "again2").
+TEST_F(Provision, AptSourcesWhoseKeyFilesCollideKeepTheirOwnKeys) {
   const std::string keys = std::string(ULTARI_TEST_DATA) + "/provision/keys/";
   auto indented = [&](const std::string& file) {
     std::ifstream in(keys + file);
@@ -784,15 +785,16 @@ TEST_F(Provision, AptSourcesSharingAKeyFileKeepBothKeys) {
                             "http://allowed.test/debian four main'\n      key: |\n" + indented("test.asc"),
                         {"--no-cache"});
   ASSERT_EQ(r.status, 0) << r.err;
-  Outcome both = host("cat " + keys + "test.asc | gpg --dearmor > " + (dir_ / "both.gpg") + " && gpg --dearmor < " + keys +
-                      "other.asc >> " + (dir_ / "both.gpg") + " && sha256sum < " + (dir_ / "both.gpg") +
-                      " && gpg --dearmor < " + keys + "test.asc | sha256sum");
-  ASSERT_EQ(both.status, 0) << both.err;
+  Outcome sums = host("gpg --dearmor < " + keys + "test.asc | sha256sum && gpg --dearmor < " + keys +
+                      "other.asc | sha256sum");
+  ASSERT_EQ(sums.status, 0) << sums.err;
+  std::string test_sum = sums.out.substr(0, sums.out.find('\n') + 1), other_sum = sums.out.substr(test_sum.size());
   Outcome s = in(img, "cat /etc/apt/sources.list.d/lab.list; sha256sum < /etc/apt/cloud-init.gpg.d/lab.gpg; "
-                      "sha256sum < /etc/apt/cloud-init.gpg.d/again.gpg");
+                      "sha256sum < /etc/apt/cloud-init.gpg.d/lab-lab.gpg; sha256sum < /etc/apt/cloud-init.gpg.d/again.gpg; "
+                      "ls /etc/apt/cloud-init.gpg.d");
   EXPECT_EQ(s.out, "deb [signed-by=/etc/apt/cloud-init.gpg.d/lab.gpg] http://allowed.test/debian one main\n"
-                   "deb [signed-by=/etc/apt/cloud-init.gpg.d/lab.gpg] http://allowed.test/debian two main\n" +
-                       both.out)
+                   "deb [signed-by=/etc/apt/cloud-init.gpg.d/lab-lab.gpg] http://allowed.test/debian two main\n" +
+                       test_sum + other_sum + test_sum + "again.gpg\nlab-lab.gpg\nlab.gpg\n")
       << s.err;
 }
 
@@ -939,21 +941,31 @@ TEST_F(Provision, IncludeUrlsWithAUserAndPasswordAuthenticate) {
 // An apt source whose URL holds user:password@ (a private mirror): apt
 // sends them as Basic authentication, the request target holds the path
 // alone, so the gateway lets the requests through; the provisioning log
-// shows no password. (The lab serves no repository: apt-get update only
-// warns, as under cloud-init.)
+// shows no password.
 TEST_F(Provision, AptSourcesWithAUserAndPasswordAuthenticate) {
   NetLab lab;
-  // A repository with one empty index: enough for apt-get update.
+  // A repository with two indexes (apt fetches them on one kept-alive
+  // connection through the proxy, after the Release file).
   const std::string dists = lab.dir() + "/repo/dists/bookworm/";
-  ASSERT_EQ(host("mkdir -p " + dists + "main/binary-amd64").status, 0);
-  write_file(dists + "main/binary-amd64/Packages", "");
-  write_file(dists + "Release",
-             "Suite: bookworm\nCodename: bookworm\nArchitectures: amd64\nComponents: main\n"
-             "Date: Thu, 03 Dec 2026 00:00:00 UTC\nSHA256:\n"
-             " e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 0 main/binary-amd64/Packages\n");
+  ASSERT_EQ(host("mkdir -p " + dists + "main/binary-amd64 " + dists + "contrib/binary-amd64").status, 0);
+  write_file(dists + "main/binary-amd64/Packages",
+             "Package: lab-tool\nVersion: 1.0\nArchitecture: all\nFilename: pool/lab-tool_1.0_all.deb\nSize: 1\n"
+             "Description: a package of the lab\n");
+  write_file(dists + "contrib/binary-amd64/Packages",
+             "Package: lab-extra\nVersion: 2.0\nArchitecture: all\nFilename: pool/lab-extra_2.0_all.deb\nSize: 1\n"
+             "Description: another package of the lab\n");
+  Outcome sums = host("cd " + dists + " && sha256sum main/binary-amd64/Packages contrib/binary-amd64/Packages && "
+                      "stat -c %s main/binary-amd64/Packages contrib/binary-amd64/Packages");
+  ASSERT_EQ(sums.status, 0);
+  std::istringstream words(sums.out);
+  std::string sum1, file1, sum2, file2, size1, size2;
+  words >> sum1 >> file1 >> sum2 >> file2 >> size1 >> size2;
+  write_file(dists + "Release", "Suite: bookworm\nCodename: bookworm\nArchitectures: amd64\nComponents: main contrib\n"
+                                "Date: Thu, 03 Dec 2026 00:00:00 UTC\nSHA256:\n " + sum1 + " " + size1 + " " + file1 +
+                                    "\n " + sum2 + " " + size2 + " " + file2 + "\n");
   std::string file = dir_ / "apt-auth.yaml";
   write_file(file, "#cloud-config\napt:\n  sources_list: '# the private source only'\n  sources:\n    private.list:\n"
-                   "      source: 'deb [trusted=yes] http://al%40ice:s3cr%3At@allowed.test/repo bookworm main'\n"
+                   "      source: 'deb [trusted=yes] http://al%40ice:s3cr%3At@allowed.test/repo bookworm main contrib'\n"
                    "package_update: true\n");
   std::string img = name("apt-auth");
   Outcome r = lab.ultari({"image", "provision", img, "--from", "minbase-kmod", "--user-data", file, "--net-resolver",
@@ -961,18 +973,24 @@ TEST_F(Provision, AptSourcesWithAUserAndPasswordAuthenticate) {
                          test_image_options(600));
   ASSERT_EQ(r.status, 0) << r.err;
   std::string expected = "Basic " + host("printf 'al@ice:s3cr:t' | base64 -w0").out, seen;
-  int authed = 0;
+  int authed = 0, requests = 0;
   for (const auto& q : lab.requests()) {
     std::string authorization;
     for (const auto& h : q["headers"])
       if (h[0].get<std::string>() == "Authorization") authorization = h[1];
     seen += q["path"].get<std::string>() + " " + authorization + "\n";
-    // (origin form, or absolute for a proxy connection's later requests)
-    if (q["path"].get<std::string>().ends_with("allowed.test/repo/dists/bookworm/Release") ||
-        q["path"] == "/repo/dists/bookworm/Release")
-      authed += authorization == expected;
+    ++requests;
+    authed += authorization == expected;
   }
-  EXPECT_GT(authed, 0) << seen;
+  EXPECT_EQ(authed, requests) << seen;  // every request authenticated
+  for (const char* f : {"Release ", "main/binary-amd64/Packages ", "contrib/binary-amd64/Packages "})
+    EXPECT_TRUE(has(seen, std::string("/repo/dists/bookworm/") + f)) << seen;
+  // Both indexes arrived: apt knows both packages, and said nothing amiss.
+  EXPECT_EQ(in(img, "apt-cache show lab-tool lab-extra | grep ^Version").out, "Version: 1.0\nVersion: 2.0\n");
+  std::string apt_output;
+  for (const auto& m : inspect(img)["provision_log"])
+    if (m["module"] == "packages") apt_output = m["output"].get<std::string>();
+  EXPECT_FALSE(has(apt_output, "W:") || has(apt_output, "Err:") || has(apt_output, "Failed")) << apt_output;
   EXPECT_FALSE(has(seen, "s3cr")) << seen;  // never in a request target
   json i = inspect(img);
   EXPECT_FALSE(has(i.dump(), "s3cr")) << i.dump();

@@ -392,11 +392,12 @@ TEST(NetHttpRequests, AmbiguousFramingIsRefused) {
 }
 
 // apt sends every request through the proxy as http://user:pw@host/...: a
-// kept-alive connection's later requests pass with the userinfo dropped
-// (the server never gets it in a request line), the host after it checked.
-TEST(NetHttpRequests, AUserinfoInAnAbsoluteTargetIsDroppedAndTheHostAfterItChecked) {
-  auto pass = [](const std::string& stream, std::string& out) {
-    HttpRequests r("a.test");
+// kept-alive connection's later requests pass in origin form (RFC 9112: what
+// an origin server is sent), so the userinfo never reaches the server, and
+// the host after it is the one checked.
+TEST(NetHttpRequests, LaterAbsoluteTargetsGoOnInOriginFormWithoutTheirUserinfo) {
+  auto pass = [](const std::string& name, const std::string& stream, std::string& out) {
+    HttpRequests r(name);
     std::string why;
     out.clear();
     for (char c : stream)  // byte by byte: the head is rewritten whole
@@ -405,20 +406,28 @@ TEST(NetHttpRequests, AUserinfoInAnAbsoluteTargetIsDroppedAndTheHostAfterItCheck
   };
   std::string out;
   const std::string head = "GET http://al%40ice:pw@a.test/x?y=@z HTTP/1.1\r\nHost: a.test\r\n\r\n";
-  EXPECT_EQ(pass(head + head, out), "");
-  EXPECT_EQ(out, std::string("GET http://a.test/x?y=@z HTTP/1.1\r\nHost: a.test\r\n\r\n") +
-                     "GET http://a.test/x?y=@z HTTP/1.1\r\nHost: a.test\r\n\r\n");
-  EXPECT_EQ(pass("GET HTTP://u@A.test:80/ HTTP/1.1\r\nHost: a.test\r\n\r\n", out), "");
-  EXPECT_EQ(out, "GET HTTP://A.test:80/ HTTP/1.1\r\nHost: a.test\r\n\r\n");
+  EXPECT_EQ(pass("a.test", head + head, out), "");
+  EXPECT_EQ(out, std::string("GET /x?y=@z HTTP/1.1\r\nHost: a.test\r\n\r\n") +
+                     "GET /x?y=@z HTTP/1.1\r\nHost: a.test\r\n\r\n");
+  EXPECT_EQ(pass("a.test", "GET HTTP://u@A.test:80 HTTP/1.1\r\nHost: a.test\r\n\r\n", out), "");
+  EXPECT_EQ(out, "GET / HTTP/1.1\r\nHost: a.test\r\n\r\n");
+  // A '?' ends the authority: the server gets it as a query, not a host.
+  EXPECT_EQ(pass("a.test", "GET http://a.test?@b.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n", out), "");
+  EXPECT_EQ(out, "GET /?@b.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n");
   // The host after the '@' is the one checked; two '@' are refused.
-  EXPECT_EQ(pass("GET http://a.test@b.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n", out), "sni-mismatch");
-  EXPECT_EQ(pass("GET http://u@a.test@a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n", out), "sni-mismatch");
+  EXPECT_EQ(pass("a.test", "GET http://a.test@b.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n", out), "sni-mismatch");
+  EXPECT_EQ(pass("a.test", "GET http://u@a.test@a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n", out), "sni-mismatch");
   EXPECT_EQ(out, "");
   // Without a way to drop it (no output buffer), a userinfo is refused.
   EXPECT_EQ(follow("GET http://u:pw@a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n"), "sni-mismatch");
-  // An '@' in the path or query is no userinfo.
-  EXPECT_EQ(pass("GET http://a.test/p@q HTTP/1.1\r\nHost: a.test\r\n\r\n", out), "");
-  EXPECT_EQ(out, "GET http://a.test/p@q HTTP/1.1\r\nHost: a.test\r\n\r\n");
+  // Origin form and an '@' in the path stay as they are.
+  EXPECT_EQ(pass("a.test", "GET /p@q HTTP/1.1\r\nHost: a.test\r\n\r\n", out), "");
+  EXPECT_EQ(out, "GET /p@q HTTP/1.1\r\nHost: a.test\r\n\r\n");
+  // No name (through the proxy to an address): any host, framing still
+  // followed, the userinfo still dropped.
+  EXPECT_EQ(pass("", "GET http://u:pw@203.0.113.9/ HTTP/1.1\r\nHost: x.test\r\n\r\n", out), "");
+  EXPECT_EQ(out, "GET / HTTP/1.1\r\nHost: x.test\r\n\r\n");
+  EXPECT_EQ(pass("", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", out), "http-smuggling");
   std::string authority = "u:p@h.test:8080";
   EXPECT_TRUE(strip_userinfo(authority));
   EXPECT_EQ(authority, "h.test:8080");

@@ -76,12 +76,8 @@ def make_handler(directory, name, addr, port, scheme):
             out = ("lab server=%s addr=%s port=%d scheme=%s host=%s sni=%s method=%s path=%s\n" %
                    (name, addr, port, scheme, host, sni or "-", self.command, self.path)).encode()
             ctype = "text/plain"
-            # An absolute target (a proxy's later requests on a connection
-            # keep that form) names the same files, as real servers do.
+            # (origin form only: the gateway sends no other to a server)
             path = self.path
-            if path.lower().startswith(("http://", "https://")):
-                rest = path.split("://", 1)[1]
-                path = "/" + rest.split("/", 1)[1] if "/" in rest else "/"
             # Files a test put in <lab dir>/files/: GET /files/NAME.
             if path.startswith("/files/"):
                 fname = path[len("/files/"):]
