@@ -45,7 +45,7 @@ void close_all_but(std::vector<int> keep) {
 }  // namespace
 
 // The gateway parses what the sandbox sends: if that code were taken over,
-// it must not become a way out. On top of nobody and no_new_privs, a
+// it must not become a way out. On top of its own uid and no_new_privs, a
 // filter (all threads) refuses what a serving process never needs: running
 // programs, other processes' memory, new namespaces, mounts, kernel
 // attack surface (bpf, io_uring, keyrings, userfaultfd, perf, modules),

@@ -595,11 +595,10 @@ TEST_F(Network, ProxyRefusesHostOrSniDifferentFromTheTarget) {
 
 // apt sends a source's user:password@ in the proxy requests' absolute URLs
 // (and as Authorization), on kept-alive connections too. The proxy checks
-// and connects to the host after the '@', and drops the userinfo from what
-// it forwards: it reaches
-// neither the server's request line nor the audit log. A userinfo naming
-// an allowed host does not make another host allowed, and a URL parsers
-// could split two ways is refused.
+// and connects to the host after the '@', and sends every request in
+// origin form: the userinfo reaches neither the server's request line nor
+// the audit log. A userinfo naming an allowed host does not make another
+// host allowed, and a URL parsers could split two ways is refused.
 TEST_F(Network, ProxyChecksTheHostAfterAUserinfoAndDropsIt) {
   std::string script = probe("user", "absolute 3128 http://al%40ice:pw-s3cret@allowed.test/u allowed.test") +
                        probe("keepalive", "pipeline 127.0.0.1 3128 http://al:pw-s3cret@allowed.test/k1 allowed.test "
