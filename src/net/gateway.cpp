@@ -11,6 +11,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -33,6 +34,7 @@ constexpr int kFinishTimeoutMs = 5000;
 
 // Closes every fd but `keep` (sorted).
 void close_all_but(std::vector<int> keep) {
+  std::erase_if(keep, [](int fd) { return fd < 0; });  // (none)
   std::sort(keep.begin(), keep.end());
   unsigned from = 0;
   for (int fd : keep) {
@@ -81,7 +83,7 @@ void confine_gateway() {
   rule(SCMP_ACT_ERRNO(ENOSYS), "clone3");  // glibc falls back to clone, checked below
   rule(SCMP_ACT_ERRNO(ENOSYS), "openat2");
   for (unsigned long flag : {CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWIPC, CLONE_NEWUTS,
-                             CLONE_NEWCGROUP})
+                             CLONE_NEWCGROUP, CLONE_PARENT})
     rule(eperm, "clone", {SCMP_A0(SCMP_CMP_MASKED_EQ, flag, flag)});
   for (unsigned long flag : {static_cast<unsigned long>(O_WRONLY), static_cast<unsigned long>(O_RDWR),
                              static_cast<unsigned long>(O_CREAT), static_cast<unsigned long>(O_TRUNC)}) {
@@ -95,6 +97,18 @@ void confine_gateway() {
   for (const char* n : {"kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"})
     rule(eperm, n, {SCMP_A0(SCMP_CMP_NE, self)});
   for (const char* n : {"tkill", "pidfd_send_signal", "pidfd_open"}) rule(eperm, n);
+  // Nor by the other ways to have the kernel signal, limit or slow down a
+  // process the uid may reach (rootless: the caller's other processes):
+  // SIGIO/SIGURG ownership, CPU-time limits, priorities, affinities.
+  for (scmp_datum_t cmd : {F_SETOWN, F_SETSIG, F_SETOWN_EX}) rule(eperm, "fcntl", {SCMP_A1(SCMP_CMP_EQ, cmd)});
+  rule(eperm, "prlimit64", {SCMP_A0(SCMP_CMP_NE, 0)});
+  for (const char* n : {"setpriority", "ioprio_set"}) rule(eperm, n, {SCMP_A1(SCMP_CMP_NE, 0)});
+  for (const char* n : {"sched_setaffinity", "sched_setscheduler", "sched_setparam", "sched_setattr"})
+    rule(eperm, n, {SCMP_A0(SCMP_CMP_NE, 0)});
+  // Terminals (it has none: fds 0-2 are /dev/null, and its own session),
+  // and socket ownership (SIGURG): low 32 bits, as the kernel reads them.
+  for (scmp_datum_t req : {TIOCSTI, TIOCLINUX, TIOCSPGRP, TIOCSCTTY, FIOSETOWN, SIOCSPGRP})
+    rule(eperm, "ioctl", {SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffULL, req)});
   if (seccomp_attr_set(ctx.c, SCMP_FLTATR_CTL_TSYNC, 1) != 0) throw Error("gateway filter: TSYNC unavailable");
   int rc = seccomp_load(ctx.c);
   if (rc != 0) throw Error(std::string("gateway filter: seccomp_load: ") + std::strerror(-rc));
@@ -105,14 +119,20 @@ namespace {
 constexpr rlim_t kGatewayFiles = 8192;
 
 [[noreturn]] void gateway_main(const NetworkSpec& policy, std::vector<in_addr> servers, Endpoints ep, AuditLog& audit,
-                               Inspection& inspection, int control, pid_t parent, uid_t uid) {
+                               Inspection& inspection, int control, pid_t parent, uid_t uid, int lease) {
   // Terminal signals are for the supervisor, which forwards them to the
   // sandbox; the gateway ends when told (or with its parent).
   sigset_t all;
   sigfillset(&all);
   sigprocmask(SIG_BLOCK, &all, nullptr);
   close_all_but({0, 1, 2, control, audit.fd(), ep.transparent.get(), ep.http_proxy.get(), ep.socks.get(), ep.dns.get(),
-                 ep.nflog.get()});
+                 ep.nflog.get(), lease});
+  // No terminal: stdio may be the caller's (root's) terminal, which a
+  // gateway taken over could type into (TIOCSTI) or signal through. It
+  // writes nothing there (errors go through `control`).
+  int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null < 0 || dup2(null, 0) != 0 || dup2(null, 1) != 1 || dup2(null, 2) != 2 || setsid() < 0) _exit(72);
+  close(null);
   if (geteuid() == 0) {
     // Root: become its uid (of its own, or nobody) and nogroup, with no
     // supplementary groups.
@@ -157,7 +177,7 @@ constexpr rlim_t kGatewayFiles = 8192;
 }  // namespace
 
 Gateway::Gateway(const NetworkSpec& policy, const std::string& sandbox_id, Endpoints endpoints, Inspection inspection,
-                 const cgroups::Cgroup* group, uid_t uid) {
+                 const cgroups::Cgroup* group, uid_t uid, int lease) {
   mode_ = policy.mode == NetworkSpec::Mode::Open ? "open" : "allow";
   std::vector<in_addr> servers;
   if (!policy.resolver.empty()) {
@@ -189,7 +209,7 @@ Gateway::Gateway(const NetworkSpec& policy, const std::string& sandbox_id, Endpo
   if (pid == 0) {
     control_.reset();
     gateway_main(policy, std::move(servers), std::move(endpoints), audit, inspection, theirs.get(), parent,
-                 uid ? uid : kNobody);
+                 uid ? uid : kNobody, lease);
   }
   // The CA's key, the secrets' values and the proxy's credentials live on
   // in the gateway only.

@@ -26,9 +26,11 @@ class Gateway {
   // (which only the gateway process keeps). With `group`, the process runs
   // in that cgroup from its start. Started by root, it runs as `uid` (a
   // uid of its own, see isolation::lease_gateway; 0: nobody) and group
-  // nogroup. Throws Error (nothing is left running).
+  // nogroup, and keeps `lease` (that uid's lease) open: the uid is not
+  // leased again while the process lives, even past its supervisor.
+  // Throws Error (nothing is left running).
   Gateway(const NetworkSpec& policy, const std::string& sandbox_id, Endpoints endpoints, Inspection inspection = {},
-          const cgroups::Cgroup* group = nullptr, uid_t uid = 0);
+          const cgroups::Cgroup* group = nullptr, uid_t uid = 0, int lease = -1);
   ~Gateway();  // kills and reaps the process if finish() did not end it
   Gateway(const Gateway&) = delete;
   Gateway& operator=(const Gateway&) = delete;

@@ -534,7 +534,7 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
       gateway_group = &*s.gateway_cgroup;
     }
     s.gateway = std::make_unique<net::Gateway>(spec.network, s.id, std::move(*endpoints), std::move(inspection),
-                                               gateway_group, gateway_uid);
+                                               gateway_group, gateway_uid, s.gateway_lease.get());
   }
   return std::unique_ptr<Sandbox>(new Sandbox(std::move(st)));
 }

@@ -814,7 +814,7 @@ TEST_F(Network, TheGatewayIsConfined) {
   });
   // The last reading while the command runs (the gateway confines itself
   // during its set-up, before the command starts).
-  std::map<pid_t, std::string> seen_status;
+  std::map<pid_t, std::string> seen_status, seen_stdio;
   std::string supervisor_status;
   while (!finished) {
     for (pid_t p : lab_->processes_in_host()) {
@@ -822,7 +822,22 @@ TEST_F(Network, TheGatewayIsConfined) {
       std::string comm = read_file(dir + "/comm");
       std::string status = read_file(dir + "/status");
       if (status.empty()) continue;  // gone meanwhile
-      if (comm == "ultari-net\n") seen_status[p] = status, seen_limits[p] = read_file(dir + "/limits");
+      if (comm == "ultari-net\n") {
+        seen_status[p] = status, seen_limits[p] = read_file(dir + "/limits");
+        // Its stdio and session: /dev/null, and a session of its own (no
+        // terminal of the caller's to type into).
+        std::string stdio;
+        for (const char* fd : {"/fd/0", "/fd/1", "/fd/2"}) {
+          char target[256] = {};
+          ssize_t n = readlink((dir + fd).c_str(), target, sizeof target - 1);
+          stdio += std::string(target, n > 0 ? static_cast<size_t>(n) : 0) + " ";
+        }
+        std::string stat = read_file(dir + "/stat");
+        std::istringstream fields(stat.substr(stat.rfind(')') + 2));
+        std::string state, ppid, pgrp, session;
+        fields >> state >> ppid >> pgrp >> session;
+        seen_stdio[p] = stdio + "session=" + (session == std::to_string(p) ? "own" : session);
+      }
       if (comm == "ultari\n") supervisor_status = status, supervisor_limits = read_file(dir + "/limits");
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -850,6 +865,7 @@ TEST_F(Network, TheGatewayIsConfined) {
     size_t start = status.find_first_not_of(" \t", at + name.size() + 2);
     return status.substr(start, status.find('\n', start) - start);
   };
+  for (const auto& [pid, stdio] : seen_stdio) EXPECT_EQ(stdio, "/dev/null /dev/null /dev/null session=own") << pid;
   std::set<std::string> uids;
   for (const auto& [pid, status] : seen_status) uids.insert(field(status, "Uid"));
   EXPECT_EQ(uids.size(), seen_status.size());

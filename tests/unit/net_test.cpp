@@ -763,7 +763,10 @@ TEST(NetAudit, TheLogIsCappedWithOneFinalRecord) {
 }  // namespace
 }  // namespace ultari::net
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
@@ -786,6 +789,14 @@ int signal_probe(pid_t victim, bool confined) {
     if (refused(kill(-1, 0)) != confined) wrong |= 8;                                      // everyone
     if (kill(getpid(), 0) != 0) wrong |= 16;                                               // itself: allowed
     if (syscall(SYS_tgkill, getpid(), syscall(SYS_gettid), 0) != 0) wrong |= 32;          // raise's way
+    int p[2];
+    if (pipe(p) != 0) _exit(255);
+    if (refused(fcntl(p[0], F_SETOWN, victim)) != confined) wrong |= 64;                  // SIGIO to it
+    rlimit lim{};
+    if (refused(prlimit(victim, RLIMIT_CPU, nullptr, &lim)) != confined) wrong |= 128;    // SIGXCPU to it
+    if (refused(ioctl(p[0], TIOCSTI, "x")) != confined) wrong |= 256;                      // a terminal's input
+    if (refused(setpriority(PRIO_PROCESS, static_cast<id_t>(victim), 0)) != confined) wrong |= 512;
+    if (prlimit(0, RLIMIT_CPU, nullptr, &lim) != 0) wrong |= 1024;                         // its own: allowed
     _exit(wrong);
   }
   int status = 0;
@@ -793,10 +804,11 @@ int signal_probe(pid_t victim, bool confined) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 255;
 }
 
-// A gateway taken over must not signal other processes: every rootful
-// gateway runs as nobody, and could otherwise kill the other sandboxes'
-// gateways. The victim is another process of this (root) test, which an
-// unconfined process may signal: the negative control.
+// A gateway taken over must not signal other processes, nor have the
+// kernel do it (SIGIO ownership, CPU limits), nor use a terminal: each
+// rootful gateway has a uid of its own, but a rootless one shares the
+// caller's. The victim is another process of this (root) test, which an
+// unconfined process may reach: the negative control.
 TEST(NetGateway, AConfinedGatewaySignalsNoOtherProcess) {
   pid_t victim = fork();
   if (victim == 0) {
