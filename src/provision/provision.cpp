@@ -1350,7 +1350,6 @@ Outcome provision(images::Store& store, const Request& req) {
         // that file gets a file of its own, STEM-NAME.gpg: each source's
         // signed-by still trusts its own key alone.
         std::map<std::string, std::string> keyrings;  // file -> key
-        std::vector<std::string> key_files;
         for (const auto& s : cfg.apt.sources) {
           // cloud-init's places: a key the source names as $KEY_FILE (its
           // signed-by) in cloud-init.gpg.d, any other in trusted.gpg.d.
@@ -1366,7 +1365,7 @@ Outcome provision(images::Store& store, const Request& req) {
             if (taken(key_file))
               throw Error("apt.sources." + s.name + ": its key's file " + key_file +
                           " holds another source's key; give the source another 'filename'");
-            if (keyrings.emplace(key_file, s.keyring).second) key_files.push_back(key_file);
+            keyrings.emplace(key_file, s.keyring);
           }
           // $KEY_FILE last: the key's path (of the source's file name) is
           // not substituted again.
@@ -1374,7 +1373,7 @@ Outcome provision(images::Store& store, const Request& req) {
           if (signed_by) source = replace_all(std::move(source), "$KEY_FILE", key_file);
           if (!source.empty()) files.push_back({"/etc/apt/sources.list.d/" + s.filename, source, "0644", s.append});
         }
-        for (const auto& k : key_files) files.push_back({k, keyrings[k], "0644", false, true});
+        for (const auto& [file, key] : keyrings) files.push_back({file, key, "0644", false, true});
         if (!cfg.apt.conf.empty()) files.push_back({"/etc/apt/apt.conf.d/94cloud-init-config", cfg.apt.conf});
         std::string proxy;
         for (auto [kind, value] : {std::pair<const char*, std::string>{"http", cfg.apt.http_proxy},
