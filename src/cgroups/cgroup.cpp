@@ -21,6 +21,7 @@
 #include "cgroups/cgroups.h"
 #include "cgroups/io.h"
 #include "cgroups/ops.h"
+#include "util/caller.h"
 #include "util/error.h"
 
 namespace ultari::cgroups {
@@ -162,14 +163,14 @@ Cgroup Cgroup::create(const Layout& layout, const std::string& name, const Limit
       try {
         enable_v2_controllers(v2_base, v2_mem, v2_pids, v2_cpu);
       } catch (const Error&) {
-        if (geteuid() == 0) throw;
+        if (host_root()) throw;
         cg.evacuated_leaf_ = evacuate_self(v2_base);
         if (cg.evacuated_leaf_.empty()) throw;
         cg.evacuated_base_ = v2_base;
         cg.enabled_in_base_ = enable_v2_controllers(v2_base, v2_mem, v2_pids, v2_cpu);
       }
     } catch (const Error&) {
-      if (geteuid() == 0) throw;
+      if (host_root()) throw;
       // Rootless in a delegated cgroup that also holds other processes:
       // controllers cannot be enabled below it. Run without those limits
       // and name them.

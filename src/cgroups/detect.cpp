@@ -6,6 +6,7 @@
 
 #include "cgroups/cgroups.h"
 #include "cgroups/io.h"
+#include "util/caller.h"
 
 namespace ultari::cgroups {
 namespace {
@@ -122,7 +123,7 @@ Layout detect_uncached() {
   Layout layout;
   for (auto [c, name] : kNames) layout.controllers.push_back({c, 0, "", false});
 
-  const bool root = ::geteuid() == 0;
+  const bool root = host_root();
   std::string self_cgroup;
   if (!root) io::read_file("/proc/self/cgroup", self_cgroup);
 

@@ -20,6 +20,8 @@
 #include "net/policy.h"
 #include "pool/pool.h"
 #include "sandbox/sandbox.h"
+#include "isolation/identity.h"
+#include "util/caller.h"
 #include "util/error.h"
 
 namespace {
@@ -144,6 +146,7 @@ struct SandboxFlags {
       store = ultari::images::Store::open_default();
       img = store->get(image);
       holds = store->hold(*img);
+      spec.identity.subids = store->keeps_subids();
       for (const auto& id : img->layers) spec.layers.push_back(store->layer_path(id));
     }
     for (const auto& b : binds) spec.mounts.push_back(parse_bind(b, false));
@@ -415,6 +418,10 @@ struct ImageCommands {
 
   int run() {
     try {
+      // A rootless store that keeps owners is changed (and read) from its
+      // user namespace, where the caller's subordinate ids are its own.
+      if (!ultari::host_root())
+        if (auto sub = ultari::images::Store::rootless_subids()) ultari::isolation::enter_store_namespace(*sub);
       auto store = ultari::images::Store::open_default();
       if (import_cmd->parsed()) {
         Progress progress(quiet);

@@ -27,6 +27,7 @@
 #include "images/unpack.h"
 #include "isolation/identity.h"
 #include "seccomp/seccomp.h"
+#include "util/caller.h"
 #include "util/error.h"
 #include "util/paths.h"
 #include "util/process.h"
@@ -125,20 +126,65 @@ bool pid_alive(pid_t pid) { return pid > 0 && (kill(pid, 0) == 0 || errno == EPE
 
 }  // namespace
 
+namespace {
+
+constexpr const char* kCallerMark = "caller";
+
+// The `ids` file of a store whose owners are the caller's subordinate ids.
+std::string subids_mark(const isolation::SubIds& s) {
+  return "subids " + std::to_string(s.uid) + ":" + std::to_string(s.uid_start) + " " + std::to_string(s.gid) + ":" +
+         std::to_string(s.gid_start);
+}
+
+std::string read_mark(const std::string& dir) {
+  std::string have = read_or_empty(dir + "/ids");
+  while (!have.empty() && have.back() == '\n') have.pop_back();
+  return have;
+}
+
+}  // namespace
+
+std::optional<isolation::SubIds> Store::rootless_subids(std::string dir) {
+  if (dir.empty()) dir = default_dir();
+  std::string have = read_mark(dir);
+  if (have == kCallerMark) return std::nullopt;
+  std::string why;
+  std::optional<isolation::SubIds> now = isolation::caller_subids(&why);
+  if (have.empty()) return now;  // a new store
+  if (!have.starts_with("subids ")) return std::nullopt;  // not a rootless store: the constructor says so
+  if (!now) throw Error("the image store " + dir + " keeps its files' owners in subordinate ids (" + have.substr(7) + "), but " + why);
+  if (subids_mark(*now) != have)
+    throw Error("the image store " + dir + " keeps its files' owners in the subordinate ids " + have.substr(7) +
+                ", yours are now " + subids_mark(*now).substr(7) + " (uid:first-subuid gid:first-subgid; /etc/subuid changed?)");
+  return now;
+}
+
 Store Store::open_default() {
-  isolation::Identity id = isolation::plan_identity(0, 0);
-  return Store("", id.rootful, id.host_root_uid, id.host_root_gid);
+  if (host_root()) {
+    isolation::Identity id = isolation::plan_identity(0, 0);
+    return Store("", true, id.host_root_uid, id.host_root_gid);
+  }
+  std::optional<isolation::SubIds> sub = rootless_subids();
+  if (!sub) return Store("", false, 0, 0, kCallerMark, false);
+  // In its namespace, ids are stored as they are (base 0); outside, the
+  // store is only read (a sandbox maps the ids itself).
+  return Store("", in_store_namespace(), 0, 0, subids_mark(*sub), true);
 }
 
 std::string Store::default_dir() {
   if (const char* env = std::getenv("ULTARI_DATA_DIR"); env && *env == '/') return std::string(env) + "/images";
-  if (geteuid() == 0) return "/var/lib/ultari/images";
+  if (host_root()) return "/var/lib/ultari/images";
   if (const char* xdg = std::getenv("XDG_DATA_HOME"); xdg && *xdg == '/') return std::string(xdg) + "/ultari/images";
   return home_dir() + "/.local/share/ultari/images";
 }
 
 Store::Store(std::string dir, bool shift, uid_t uid_base, gid_t gid_base)
-    : dir_(dir.empty() ? default_dir() : std::move(dir)), shift_(shift), uid_base_(uid_base), gid_base_(gid_base) {
+    : Store(std::move(dir), shift, uid_base, gid_base,
+            shift ? std::to_string(uid_base) + ":" + std::to_string(gid_base) : kCallerMark, false) {}
+
+Store::Store(std::string dir, bool shift, uid_t uid_base, gid_t gid_base, std::string want, bool subids)
+    : dir_(dir.empty() ? default_dir() : std::move(dir)), shift_(shift), uid_base_(uid_base), gid_base_(gid_base),
+      subids_(subids) {
   make_dirs(dir_, 0700);
   for (const char* sub : {"/layers", "/images", "/tmp"}) make_dirs(dir_ + sub, 0700);
   UniqueFd l(open((dir_ + "/lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
@@ -146,7 +192,6 @@ Store::Store(std::string dir, bool shift, uid_t uid_base, gid_t gid_base)
   // The ids layers are stored in: a store made for another range (or
   // rootless) would give the sandbox the wrong owners.
   std::string mark = dir_ + "/ids";
-  std::string want = shift_ ? std::to_string(uid_base_) + ":" + std::to_string(gid_base_) : "caller";
   struct stat st{};
   if (lstat(mark.c_str(), &st) != 0) {
     write_atomic(mark, want + "\n");
@@ -550,7 +595,11 @@ Image Store::build_debian(const std::string& name, const DebianBuild& b,
   // instead of making them.
   Containment where{.namespaces = true};
   std::vector<std::string> env = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "DEBIAN_FRONTEND=noninteractive"};
-  if (geteuid() != 0) {
+  if (in_store_namespace()) {
+    // Root of the store's namespace: chown works (owners are kept), device
+    // nodes cannot be made.
+    env.push_back("container=lxc");
+  } else if (!host_root()) {
     where.own_user = true;
     where.filter = seccomp::chown_noop_program();
     env.push_back("container=lxc");

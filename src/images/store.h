@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "isolation/identity.h"
 #include "util/fd.h"
 
 namespace ultari::images {
@@ -58,10 +59,24 @@ class Store {
   Store(std::string dir, bool shift, uid_t uid_base, gid_t gid_base);
 
   // The default store for this caller: rootful, layers shifted into the
-  // sandboxes' range (isolation::plan_identity); rootless, the caller's.
+  // sandboxes' range (isolation::plan_identity); rootless, the caller's,
+  // which keeps owners in the caller's subordinate ids when it was made
+  // so (rootless_subids).
   static Store open_default();
   static std::string default_dir();
   const std::string& dir() const { return dir_; }
+
+  // Rootless: the subordinate ids the store at `dir` ("" = the default
+  // place) keeps its files' owners in, or nullopt for a store whose files
+  // all belong to the caller. What its `ids` file says; a store not made
+  // yet keeps owners when the caller has subordinate ids
+  // (isolation::caller_subids). Throws Error when the store was made for
+  // other subordinate ids than the caller's now. Changing such a store
+  // takes its user namespace (isolation::enter_store_namespace).
+  static std::optional<isolation::SubIds> rootless_subids(std::string dir = "");
+  // Its files' owners are the caller's subordinate ids (rootless): a
+  // sandbox from it maps them (IdentitySpec::subids).
+  bool keeps_subids() const { return subids_; }
 
   // NAME: letters, digits, '.', '_', '-' and ':', starting with a letter or
   // digit, up to 128 characters. Throws Error naming the problem.
@@ -138,10 +153,13 @@ class Store {
   void write_image(const Image& image);
   void sweep_tmp();
 
+  Store(std::string dir, bool shift, uid_t uid_base, gid_t gid_base, std::string mark, bool subids);
+
   std::string dir_;
   bool shift_;
   uid_t uid_base_;
   gid_t gid_base_;
+  bool subids_ = false;
 };
 
 }  // namespace ultari::images

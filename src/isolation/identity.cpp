@@ -1,10 +1,13 @@
 #include "isolation/identity.h"
 
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
 #include <linux/mount.h>
 #include <linux/openat2.h>
 #include <linux/securebits.h>
 #include <sched.h>
+#include <spawn.h>
 #include <sys/prctl.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -22,12 +25,15 @@
 #include <tuple>
 #include <utility>
 
+#include "util/caller.h"
 #include "util/error.h"
 
 namespace ultari::isolation {
 namespace {
 
 constexpr uint32_t kDefaultSubBase = 2000000000;
+constexpr const char* kNewUidMap = "/usr/bin/newuidmap";
+constexpr const char* kNewGidMap = "/usr/bin/newgidmap";
 constexpr uint32_t kRangeSize = 65536;
 constexpr uint32_t kDefaultOwnerBase = 3000000000U;
 constexpr uint32_t kDefaultOwnerCount = 1U << 30;  // owners 3000000000..4073741823
@@ -100,20 +106,62 @@ std::string format(const std::vector<IdRange>& map) {
 
 }  // namespace
 
-Identity plan_identity(uid_t uid, gid_t gid) {
+std::optional<SubIds> caller_subids(std::string* why, const char* subuid_file, const char* subgid_file) {
+  auto missing = [why](std::string what) -> std::optional<SubIds> {
+    if (why) *why = std::move(what);
+    return std::nullopt;
+  };
+  for (const char* tool : {kNewUidMap, kNewGidMap})
+    if (access(tool, X_OK) != 0) return missing(std::string(tool) + " is not installed (apt-get install uidmap)");
+  SubIds ids;
+  ids.uid = caller_uid();
+  ids.gid = caller_gid();
+  const passwd* pw = getpwuid(ids.uid);
+  std::string name = pw && pw->pw_name ? pw->pw_name : "", number = std::to_string(ids.uid);
+  std::string who = name.empty() ? "uid " + number : name;
+  for (auto [file, start] : {std::pair{subuid_file, &ids.uid_start}, std::pair{subgid_file, &ids.gid_start}}) {
+    std::optional<std::pair<uint32_t, uint32_t>> range;
+    if (!name.empty()) range = subordinate_range(file, name.c_str(), kRangeSize - 1);
+    if (!range) range = subordinate_range(file, number.c_str(), kRangeSize - 1);
+    if (!range) return missing(std::string(file) + " has no line for " + who + " with 65535 ids or more");
+    *start = range.value().first;
+  }
+  return ids;
+}
+
+Identity plan_identity(uid_t uid, gid_t gid, bool subids) {
   Identity id;
   id.uid = uid;
   id.gid = gid;
-  id.rootful = geteuid() == 0;
+  id.rootful = host_root();
+  const bool nested = in_store_namespace();
+  if ((id.rootful || nested || subids) && (uid >= kRangeSize || gid >= kRangeSize))
+    throw Error("--user " + std::to_string(uid) + ":" + std::to_string(gid) + " is outside the sandbox's id range 0-65535");
   if (id.rootful) {
     uint32_t ubase = subordinate_base("/etc/subuid"), gbase = subordinate_base("/etc/subgid");
-    if (uid >= kRangeSize || gid >= kRangeSize)
-      throw Error("--user " + std::to_string(uid) + ":" + std::to_string(gid) + " is outside the sandbox's id range 0-65535");
     id.uid_map = {{0, ubase, kRangeSize}};
     id.gid_map = {{0, gbase, kRangeSize}};
     id.host_root_uid = ubase;
     id.host_root_gid = gbase;
+    id.setgroups = true;
     std::tie(id.owner_base, id.owner_count) = owner_range("/etc/subuid", ubase);
+  } else if (nested) {
+    // The store's namespace maps 0..65535 already (enter_store_namespace),
+    // as two ranges: an extent of a map must lie within one of its
+    // parent's.
+    id.uid_map = {{0, 0, 1}, {1, 1, kRangeSize - 1}};
+    id.gid_map = id.uid_map;
+    id.setgroups = true;
+  } else if (subids) {
+    std::string why;
+    std::optional<SubIds> sub = caller_subids(&why);
+    if (!sub) throw Error("this image keeps its files' owners in your subordinate ids, but " + why);
+    id.uid_map = {{0, sub->uid, 1}, {1, sub->uid_start, kRangeSize - 1}};
+    id.gid_map = {{0, sub->gid, 1}, {1, sub->gid_start, kRangeSize - 1}};
+    id.host_root_uid = sub->uid;
+    id.host_root_gid = sub->gid;
+    id.helper_maps = true;
+    id.setgroups = true;
   } else {
     id.uid_map = {{uid, geteuid(), 1}};
     id.gid_map = {{gid, getegid(), 1}};
@@ -243,12 +291,152 @@ CreatorScope::~CreatorScope() {
   }
 }
 
+namespace {
+
+// newuidmap/newgidmap PID INSIDE OUTSIDE COUNT...: the setuid helpers that
+// grant a user the ids /etc/subuid and /etc/subgid give it. Both run at
+// once (each is an exec of a setuid program: milliseconds).
+void run_id_helpers(pid_t pid, const Identity& id) {
+  struct Helper {
+    std::string cmd, output;
+    pid_t pid = -1;
+    UniqueFd out;
+  };
+  Helper helpers[2];
+  auto reap = [&helpers] {
+    for (auto& h : helpers)
+      if (h.pid > 0)
+        while (waitpid(h.pid, nullptr, 0) < 0 && errno == EINTR) {
+        }
+  };
+  for (int i = 0; i < 2; ++i) {
+    const char* tool = i == 0 ? kNewUidMap : kNewGidMap;
+    std::vector<std::string> argv = {tool, std::to_string(pid)};
+    for (const auto& r : i == 0 ? id.uid_map : id.gid_map)
+      for (uint32_t v : {r.inside, r.outside, r.count}) argv.push_back(std::to_string(v));
+    for (const auto& a : argv) helpers[i].cmd += (helpers[i].cmd.empty() ? "" : " ") + a;
+    std::vector<char*> args;
+    for (auto& a : argv) args.push_back(a.data());
+    args.push_back(nullptr);
+    char env0[] = "PATH=/usr/sbin:/usr/bin:/sbin:/bin", env1[] = "LC_ALL=C";
+    char* env[] = {env0, env1, nullptr};
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) {
+      int err = errno;
+      reap();
+      throw_errno("pipe", err);
+    }
+    helpers[i].out.reset(fds[0]);
+    UniqueFd w(fds[1]);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_adddup2(&fa, w.get(), 1);
+    posix_spawn_file_actions_adddup2(&fa, w.get(), 2);
+    int rc = posix_spawn(&helpers[i].pid, tool, &fa, nullptr, args.data(), env);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0) {
+      helpers[i].pid = -1;
+      reap();
+      throw_errno(std::string("start ") + tool, rc);
+    }
+  }
+  for (auto& h : helpers) {
+    char buf[512];
+    for (ssize_t n; (n = read(h.out.get(), buf, sizeof buf)) != 0;) {
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) break;
+      h.output.append(buf, static_cast<size_t>(n));
+      if (h.output.size() > 2048) h.output.erase(0, h.output.size() - 2048);  // the end says why
+    }
+  }
+  std::string failed;
+  for (auto& h : helpers) {
+    int status = 0;
+    while (waitpid(h.pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    h.pid = -1;
+    if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0) && failed.empty()) {
+      while (!h.output.empty() && (h.output.back() == '\n' || h.output.back() == ' ')) h.output.pop_back();
+      std::string how = WIFEXITED(status) ? "status " + std::to_string(WEXITSTATUS(status))
+                                          : "signal " + std::to_string(WTERMSIG(status));
+      failed = h.cmd + " failed (" + how + "): " + h.output;
+    }
+  }
+  if (!failed.empty()) throw Error(failed);
+}
+
+}  // namespace
+
 void write_maps(pid_t pid, const Identity& id) {
+  // newgidmap leaves setgroups allowed: it maps subordinate gids.
+  if (id.helper_maps) return run_id_helpers(pid, id);
   std::string base = "/proc/" + std::to_string(pid) + "/";
   write_file(base + "uid_map", format(id.uid_map));
   // Unprivileged callers must give up setgroups() before mapping gids.
-  if (!id.rootful) write_file(base + "setgroups", "deny");
+  if (!id.setgroups) write_file(base + "setgroups", "deny");
   write_file(base + "gid_map", format(id.gid_map));
+}
+
+void enter_store_namespace(const SubIds& ids) {
+  if (in_store_namespace()) return;
+  Identity map;
+  map.uid_map = {{0, ids.uid, 1}, {1, ids.uid_start, kRangeSize - 1}};
+  map.gid_map = {{0, ids.gid, 1}, {1, ids.gid_start, kRangeSize - 1}};
+  map.helper_maps = true;
+  // The helpers must run from the host's namespace (in ours, their setuid
+  // bit means nothing): a child made before unshare runs them for us.
+  int go[2], result[2];
+  if (pipe2(go, O_CLOEXEC) != 0) throw_errno("pipe");
+  UniqueFd go_r(go[0]), go_w(go[1]);
+  if (pipe2(result, O_CLOEXEC) != 0) throw_errno("pipe");
+  UniqueFd result_r(result[0]), result_w(result[1]);
+  const pid_t self = getpid();
+  pid_t child = fork();
+  if (child < 0) throw_errno("fork");
+  if (child == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    go_w.reset();
+    result_r.reset();
+    char c;
+    std::string msg;
+    if (read(go_r.get(), &c, 1) != 1) _exit(1);  // the parent gave up
+    try {
+      write_maps(self, map);
+    } catch (const std::exception& e) {
+      msg = e.what();
+    }
+    if (msg.empty()) msg = "ok";
+    ssize_t n = write(result_w.get(), msg.data(), msg.size());
+    _exit(n == static_cast<ssize_t>(msg.size()) ? 0 : 1);
+  }
+  go_r.reset();
+  result_w.reset();
+  auto reap = [child] {
+    while (waitpid(child, nullptr, 0) < 0 && errno == EINTR) {
+    }
+  };
+  if (unshare(CLONE_NEWUSER) != 0) {
+    int err = errno;
+    go_w.reset();
+    reap();
+    throw_errno("unshare(CLONE_NEWUSER) for the image store's owners", err);
+  }
+  std::string msg;
+  char buf[4096];
+  if (write(go_w.get(), "g", 1) == 1) {
+    for (ssize_t n; (n = read(result_r.get(), buf, sizeof buf)) != 0;) {
+      if (n > 0) msg.append(buf, static_cast<size_t>(n));
+      else if (errno != EINTR) break;
+    }
+  }
+  reap();
+  if (msg != "ok") throw Error("entering the image store's user namespace: " + (msg.empty() ? "the helper died" : msg));
+  // Root there (the caller's own uid maps to 0); none of the caller's
+  // supplementary groups (they are not mapped: they would show as nogroup).
+  if (setresgid(0, 0, 0) != 0 || setresuid(0, 0, 0) != 0) throw_errno("become root of the image store's namespace");
+  if (setgroups(0, nullptr) != 0) throw_errno("setgroups in the image store's namespace");
+  note_store_namespace(ids.uid, ids.gid);
 }
 
 UniqueFd mapping_userns(const std::vector<IdRange>& uid_map, const std::vector<IdRange>& gid_map) {
@@ -282,6 +470,7 @@ UniqueFd mapping_userns(const std::vector<IdRange>& uid_map, const std::vector<I
     try {
       Identity map;
       map.rootful = true;
+      map.setgroups = true;
       map.uid_map = uid_map;
       map.gid_map = gid_map;
       write_maps(child, map);

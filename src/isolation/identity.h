@@ -3,6 +3,7 @@
 #pragma once
 #include <sys/types.h>
 
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -25,13 +26,43 @@ struct Identity {
   // Rootful: the range of host uids that create sandboxes' user namespaces
   // (see lease_owner); disjoint from the mapped range.
   uint32_t owner_base = 0, owner_count = 0;
+  // The maps hold subordinate ids of a user: newuidmap and newgidmap write
+  // them (write_maps).
+  bool helper_maps = false;
+  // The sandbox may call setgroups(): its gids are more than the caller's
+  // own (rootful, or subordinate ids), so setgroups is not denied.
+  bool setgroups = false;
 };
+
+// Rootless: a user's subordinate ids, as newuidmap and newgidmap grant them.
+struct SubIds {
+  uid_t uid = 0;  // the user's own ids (root inside)
+  gid_t gid = 0;
+  uint32_t uid_start = 0, gid_start = 0;  // inside ids 1..65535 map here
+};
+// The caller's SubIds: the first line of `subuid_file` and of
+// `subgid_file` for its name (or uid) with at least 65535 ids, when
+// `newuidmap` and `newgidmap` are installed (/usr/bin). nullopt otherwise,
+// with `why` saying what is missing.
+std::optional<SubIds> caller_subids(std::string* why = nullptr, const char* subuid_file = "/etc/subuid",
+                                    const char* subgid_file = "/etc/subgid");
 
 // Rootful: sandbox ids 0..65535 map to a dedicated subordinate range (the
 // "ultari" entry of /etc/subuid and /etc/subgid, else 2000000000+).
-// Rootless: the requested uid/gid inside map to the caller, nothing else.
+// Rootless: the requested uid/gid inside map to the caller, nothing else;
+// with `subids` (an image store that keeps owners), inside 0 is the caller
+// and 1..65535 the caller's subordinate ids (caller_subids). In the image
+// store's namespace (enter_store_namespace): 0..65535 as they are there.
 // Throws when the request cannot be mapped.
-Identity plan_identity(uid_t uid, gid_t gid);
+Identity plan_identity(uid_t uid, gid_t gid, bool subids = false);
+
+// Makes this process root of a user namespace of its own whose ids 0..65535
+// are the caller and its subordinate ids (newuidmap and newgidmap write the
+// maps), for an image store that keeps owners: unpacking, committing and
+// removing layers need those owners. Must be called while the process has
+// one thread. Nothing of the host's root comes with it (the namespace has
+// no other user's ids); ultari::host_root() stays false. Throws Error.
+void enter_store_namespace(const SubIds& ids);
 
 // Rootful: the host uid that creates a sandbox's user namespace, one per
 // sandbox alive. The kernel charges the per-user quotas of everything in a

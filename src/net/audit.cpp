@@ -10,6 +10,7 @@
 #include <ctime>
 #include <nlohmann/json.hpp>
 
+#include "util/caller.h"
 #include "util/error.h"
 
 namespace ultari::net {
@@ -38,7 +39,7 @@ std::string now_iso() {
 }  // namespace
 
 std::string state_dir() {
-  if (geteuid() == 0) return "/var/lib/ultari";
+  if (host_root()) return "/var/lib/ultari";
   if (const char* x = std::getenv("XDG_STATE_HOME"); x && x[0] == '/') return std::string(x) + "/ultari";
   const char* home = std::getenv("HOME");
   return std::string(home && home[0] == '/' ? home : "/tmp") + "/.local/state/ultari";

@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <grp.h>
+#include <linux/capability.h>
 #include <linux/close_range.h>
 #include <fcntl.h>
 #include <linux/sched.h>
@@ -24,6 +25,7 @@
 
 #include "net/dns.h"
 #include "net/server.h"
+#include "util/caller.h"
 #include "util/error.h"
 
 namespace ultari::net {
@@ -133,11 +135,17 @@ constexpr rlim_t kGatewayFiles = 8192;
   int null = open("/dev/null", O_RDWR | O_CLOEXEC);
   if (null < 0 || dup2(null, 0) != 0 || dup2(null, 1) != 1 || dup2(null, 2) != 2 || setsid() < 0) _exit(72);
   close(null);
-  if (geteuid() == 0) {
+  if (host_root()) {
     // Root: become its uid (of its own, or nobody) and nogroup, with no
     // supplementary groups.
     if (setgroups(0, nullptr) != 0 || setresgid(kNobody, kNobody, kNobody) != 0 || setresuid(uid, uid, uid) != 0)
       _exit(70);
+  } else if (geteuid() == 0) {
+    // Root of the image store's namespace (a rootless provisioning): the
+    // caller's rights, none of that namespace's capabilities.
+    __user_cap_header_struct head{_LINUX_CAPABILITY_VERSION_3, 0};
+    __user_cap_data_struct none[2]{};
+    if (syscall(SYS_capset, &head, none) != 0) _exit(70);
   }
   // A credential change clears the parent-death signal: set it after.
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 ||

@@ -16,6 +16,7 @@
 #include <toml++/toml.h>
 
 #include "provision/cloud_config.h"
+#include "util/caller.h"
 #include "util/error.h"
 #include "util/paths.h"
 #include "util/process.h"
@@ -65,7 +66,7 @@ HostConfig load_host_config() {
   // Root loads what this file allows: it must be root's and not writable by
   // others (a root wrapper keeping a user's environment could point here).
   struct stat st{};
-  if (geteuid() == 0 && (stat(path.c_str(), &st) != 0 || st.st_uid != 0 || (st.st_mode & 022)))
+  if (host_root() && (stat(path.c_str(), &st) != 0 || st.st_uid != 0 || (st.st_mode & 022)))
     throw Error(path + ": the kernel module allowlist must belong to root and be writable by root only");
   toml::table t;
   try {
@@ -252,7 +253,7 @@ void ensure_module(const RunningKernel& kernel, const std::set<std::string>& bui
   if (!kernel.can_load)
     throw Error("kernel module '" + name + "' is not built into the running kernel (" + kernel.release +
                 "), and this kernel cannot load modules");
-  if (geteuid() != 0) throw Error("kernel module '" + name + "' is not loaded, and only root may load it");
+  if (!host_root()) throw Error("kernel module '" + name + "' is not loaded, and only root may load it");
   std::string modprobe = find_tool("modprobe");
   if (modprobe.empty()) throw Error("loading kernel module '" + name + "' needs the host's modprobe (apt-get install kmod)");
   ProgramResult r = run_program({modprobe, "--", name}, kToolEnv);

@@ -36,6 +36,7 @@
 #include "provision/pgp.h"
 #include "sandbox/sandbox.h"
 #include "util/base64.h"
+#include "util/caller.h"
 #include "util/error.h"
 #include "util/openat2.h"
 #include "util/paths.h"
@@ -166,10 +167,12 @@ class Build {
   uint64_t max_entries = 0;         // the most of them the build may take
   std::string instance_id;          // from the cache key
   NetworkSpec network;
-  // Rootless: the build sandboxes have one id (the caller, root inside), so
-  // chown does nothing there (SeccompSpec::chown_noop) and apt downloads as
-  // root (kRootlessApt).
-  bool rootless = geteuid() != 0;
+  // Rootless with a store that keeps no owners: the build sandboxes have
+  // one id (the caller, root inside), so chown does nothing there
+  // (SeccompSpec::chown_noop) and apt downloads as root (kRootlessApt). A
+  // store that keeps owners is changed from its namespace, whose ids the
+  // build sandboxes have (images::Store::rootless_subids).
+  bool one_id = !host_root() && !in_store_namespace();
   std::set<std::string> warnings;  // the sandboxes' own (limits not enforced, ...), once each
   json log = json::array();
   std::map<std::string, std::string> os;
@@ -190,7 +193,7 @@ class Build {
     spec.hostname = "ultari-build";
     spec.capabilities.assign(std::begin(kBuildCapabilities), std::end(kBuildCapabilities));
     spec.seccomp.setid_files = true;
-    spec.seccomp.chown_noop = rootless;
+    spec.seccomp.chown_noop = one_id;
     spec.limits.memory_bytes = req_.memory_bytes;
     spec.limits.pids = 4096;
     spec.limits.wall_timeout = req_.step_timeout;
@@ -374,7 +377,7 @@ done
 
 Probe probe(Build& b) {
   Build::StepResult r =
-      b.run({"/bin/sh", "-c", kProbe}, {std::string("PROBE_APT_CONF=") + (b.rootless ? kRootlessApt : "")}, "", false);
+      b.run({"/bin/sh", "-c", kProbe}, {std::string("PROBE_APT_CONF=") + (b.one_id ? kRootlessApt : "")}, "", false);
   if (r.exit_code == 127 || r.exit_code == 126)
     throw Error("the base image has no usable /bin/sh, which provisioning needs: " + tail(r.output, 3));
   Probe p;
@@ -1488,7 +1491,7 @@ done
   // The build wrote this tree: never follow its symlinks on the host.
   if (!release.empty())
     for (const char* dir : {"lib/modules/", "usr/lib/modules/"}) remove_beneath(b.scratch + "/upper", dir + release);
-  if (b.rootless) {
+  if (b.one_id) {
     remove_beneath(b.scratch + "/upper", kRootlessApt);
     std::string lost;
     for (const auto& f : cfg.write_files)

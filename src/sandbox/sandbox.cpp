@@ -33,6 +33,7 @@
 #include "net/inspection.h"
 #include "sandbox/sink.h"
 #include "sandbox/state.h"
+#include "util/caller.h"
 #include "util/error.h"
 #include "util/random.h"
 #include "util/fd.h"
@@ -142,7 +143,7 @@ Prepared prepare(const Spec& spec) {
         throw Error(std::string(cap) + " cannot be kept with a network (--net): the sandbox could remove the "
                     "netfilter rules that send its traffic to the gateway and hide its attempts from the audit");
   Prepared p;
-  p.identity = isolation::plan_identity(spec.identity.uid, spec.identity.gid);
+  p.identity = isolation::plan_identity(spec.identity.uid, spec.identity.gid, spec.identity.subids);
   p.cache_dir = cache_dir();
   if (filesystem::uses_host_root(spec))
     p.host_root = filesystem::prepare_host_root(p.cache_dir, p.identity.host_root_uid, p.identity.host_root_gid);
@@ -161,7 +162,7 @@ std::string home_of(const Spec& spec) { return spec.identity.uid == 0 ? "/root" 
 // The ids the boot step runs as: root inside, unless a rootless sandbox
 // maps only the command's ids (--user), which it then takes.
 std::pair<uid_t, gid_t> boot_ids(const Spec& spec) {
-  if (geteuid() == 0) return {0, 0};
+  if (host_root() || in_store_namespace() || spec.identity.subids) return {0, 0};
   return {spec.identity.uid, spec.identity.gid};
 }
 
@@ -365,6 +366,18 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
   // anything exists.
   s.root = filesystem::plan_root(spec, filesystem::uses_host_root(spec) ? &prepared.host_root : nullptr, home_of(spec));
   if (id.rootful) idmap_user_paths(s);
+  if (id.helper_maps && spec.identity.uid != 0) {
+    // Rootless with subordinate ids: the caller is root inside, and no
+    // idmapped mount can make its files another uid's.
+    for (const auto& step : s.root.steps) {
+      struct stat st{};
+      if (step.op == filesystem::Step::BindInRoot && step.user_path && !step.read_only &&
+          stat(step.source, &st) == 0 && st.st_uid == id.host_root_uid)
+        s.warnings.push_back(std::string(step.source) + " is yours, which is root inside (the image keeps owners in " +
+                             "your subordinate ids): uid " + std::to_string(spec.identity.uid) +
+                             " writes there only where others may");
+    }
+  }
   if (!spec.upper_dir.empty()) {
     // The writable layer on disk: upper/ and work/, the sandbox root's;
     // rootful, the child gets it as a tree made here (it may not be able
@@ -446,8 +459,8 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
   plan.root = &s.root;
   std::tie(plan.argv_area, plan.argv_area_len) = argv_area();
   plan.hostname = spec.hostname.c_str();
-  plan.become_root = id.rootful;
-  plan.setgroups_allowed = id.rootful;
+  plan.become_root = id.setgroups;  // root inside, none of the caller's groups
+  plan.setgroups_allowed = id.setgroups;
   plan.cap_last = prepared.cap_last;
   plan.keep_caps = prepared.capabilities;
   plan.filter.len = static_cast<unsigned short>(prepared.policy.kernel.size());

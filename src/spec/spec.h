@@ -25,6 +25,10 @@ struct IdentitySpec {
   // Identity inside the sandbox.
   uid_t uid = 0;
   gid_t gid = 0;
+  // Rootless: ids 1..65535 inside are the caller's subordinate ids
+  // (/etc/subuid, through newuidmap), not unmapped: an image from a store
+  // that keeps owners (its files belong to those ids).
+  bool subids = false;
 };
 
 struct LimitsSpec {

@@ -15,6 +15,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "util/caller.h"
 #include "util/error.h"
 #include "util/openat2.h"
 
@@ -22,7 +23,7 @@ namespace ultari {
 
 std::string cache_dir() {
   if (const char* env = std::getenv("ULTARI_CACHE_DIR"); env && *env) return env;
-  if (geteuid() == 0) return "/var/cache/ultari";
+  if (host_root()) return "/var/cache/ultari";
   if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg == '/') return std::string(xdg) + "/ultari";
   return home_dir() + "/.cache/ultari";
 }
@@ -30,7 +31,7 @@ std::string cache_dir() {
 std::string home_dir() {
   const char* home = std::getenv("HOME");
   if (home && *home == '/') return home;
-  const passwd* pw = getpwuid(geteuid());
+  const passwd* pw = getpwuid(caller_uid());
   if (!pw || !pw->pw_dir || *pw->pw_dir != '/') throw Error("cannot find a home directory: HOME is not set");
   return pw->pw_dir;
 }

@@ -294,6 +294,12 @@ Options rootless_options() {
       std::string cmd = std::string("useradd --create-home --shell /bin/sh ") + kRootlessUser + " 2>/dev/null";
       if (std::system(cmd.c_str()) != 0) throw std::runtime_error("cannot create the test user");
     }
+    // Subordinate ids (useradd gives them where /etc/subuid exists): the
+    // user's image stores keep owners in them.
+    std::string user = kRootlessUser;
+    std::string subids = "grep -q '^" + user + ":' /etc/subuid && grep -q '^" + user + ":' /etc/subgid || usermod " +
+                         "--add-subuids 1000000000-1000065535 --add-subgids 1000000000-1000065535 " + user;
+    if (std::system(subids.c_str()) != 0) throw std::runtime_error("cannot give the test user subordinate ids");
     // A copy of the binary any user can execute, wherever the build lives.
     auto dir = std::make_unique<TempDir>();
     // Its modules (TLS, archives) are looked up next to it.

@@ -468,10 +468,15 @@ TEST_F(Images, ConcurrentImportsOfTheSameRootShareOneLayer) {
   EXPECT_EQ(run("same3", "cat /etc/greeting").out, "hello\n");
 }
 
-TEST_F(Images, RootlessImportsAndRunsFromItsOwnStore) {
-  ASSERT_EQ(sh("tar -C " + root_ + " -czf " + (dir_ / "r.tgz") + " . && chmod 644 " + (dir_ / "r.tgz")), 0);
-  std::string data = dir_ / "rootless";
-  ASSERT_EQ(sh("mkdir -p " + data + " && chown " + std::string(kRootlessUser) + " " + data), 0);
+// Rootless, as the caller's subordinate ids allow: a store that keeps
+// owners (the default when /etc/subuid has a range for the user and
+// newuidmap is installed), or one whose files are all the caller's (its
+// `ids` file says "caller").
+void rootless_store_round(const TempDir& dir_, const std::string& root_, bool keeps_owners) {
+  SCOPED_TRACE(keeps_owners ? "a store that keeps owners" : "a one-owner store");
+  std::string data = dir_ / (keeps_owners ? "owners" : "one-owner");
+  ASSERT_EQ(sh("mkdir -p " + data + "/images && chown -R " + std::string(kRootlessUser) + " " + data), 0);
+  if (!keeps_owners) write_file(data + "/images/ids", "caller\n");
   auto as_user = [&](std::vector<std::string> args) {
     Options o = rootless_options();
     o.env.push_back("ULTARI_DATA_DIR=" + data);
@@ -480,28 +485,129 @@ TEST_F(Images, RootlessImportsAndRunsFromItsOwnStore) {
   Outcome imp = as_user({"image", "import", "mine", dir_ / "r.tgz"});
   ASSERT_EQ(imp.status, 0) << imp.err;
   ASSERT_TRUE(exists(data + "/images/images/mine.json"));  // in the store it was given
-  Outcome r = as_user({"run", "--image", "mine", "--", "/bin/sh", "-c", "id -u; cat /etc/greeting; stat -c %u /etc/greeting"});
+  const passwd* pw = getpwnam(kRootlessUser);
+  ASSERT_NE(pw, nullptr);
+  // The user's first subordinate uid and gid (useradd gave it a range).
+  auto first = [](const char* file) {
+    return host("sed -n 's/^" + std::string(kRootlessUser) + ":\\([0-9]*\\):.*/\\1/p' " + file + " | head -1").out;
+  };
+  std::string sub_uid = first("/etc/subuid"), sub_gid = first("/etc/subgid");
+  ASSERT_FALSE(sub_uid.empty() || sub_gid.empty()) << "no subordinate ids for " << kRootlessUser;
+  sub_uid.pop_back();
+  sub_gid.pop_back();
+  EXPECT_EQ(read_file(data + "/images/ids"), keeps_owners ? "subids " + std::to_string(pw->pw_uid) + ":" + sub_uid + " " +
+                                                                std::to_string(pw->pw_gid) + ":" + sub_gid + "\n"
+                                                          : "caller\n");
+  json mine = json::parse(as_user({"image", "inspect", "mine", "--json"}).out);
+  std::string layer = data + "/images/layers/" + mine["layers"][0].get<std::string>();
+  struct stat st{};
+  // On the host: uid 1000 inside is the first subordinate id + 999 (0 is
+  // the caller), or the caller when the store keeps no owners.
+  ASSERT_EQ(stat((layer + "/home/u/private").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, keeps_owners ? std::stoul(sub_uid) + 999 : pw->pw_uid);
+  ASSERT_EQ(stat((layer + "/bin/busybox").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, pw->pw_uid);
+  Outcome r = as_user({"run", "--image", "mine", "--", "/bin/sh", "-c",
+                       "id -u; cat /etc/greeting; stat -c '%u:%g %a' /etc/greeting /home/u/private /bin/busybox"});
   EXPECT_EQ(r.status, 0) << r.err;
-  // Rootless keeps no ids: everything is the caller's, root inside.
-  EXPECT_EQ(r.out, "0\nhello\n0\n") << r.err;
+  EXPECT_EQ(r.out, keeps_owners ? "0\nhello\n1000:1000 644\n1000:1000 700\n0:0 4755\n"
+                                : "0\nhello\n0:0 644\n0:0 700\n0:0 755\n")
+      << r.err;
+  // As uid 1000: its own directory is its own only where owners are kept;
+  // in a one-owner store every file is the user's (the one id it maps).
+  Outcome u = as_user({"run", "--image", "mine", "--user", "1000", "--", "/bin/sh", "-c",
+                       "id -u; ls -d /home/u/private >/dev/null && echo listed; touch /etc/mine 2>/dev/null && echo "
+                       "wrote-etc; stat -c %u /bin/busybox"});
+  EXPECT_EQ(u.status, 0) << u.err;
+  EXPECT_EQ(u.out, keeps_owners ? "1000\nlisted\n0\n" : "1000\nlisted\nwrote-etc\n1000\n") << u.err;
   // Two layers, rootless (paths instead of trees made by the supervisor).
-  std::string top = dir_ / "top";
+  std::string top = dir_ / (keeps_owners ? "top-owners" : "top-one");
   ASSERT_EQ(sh("mkdir -p " + top + "/etc && echo from-top > " + top + "/etc/greeting && chmod -R a+rX " + top), 0);
   ASSERT_EQ(as_user({"image", "import", "top", top}).status, 0);
-  json b = json::parse(as_user({"image", "inspect", "mine", "--json"}).out);
   json t = json::parse(as_user({"image", "inspect", "top", "--json"}).out);
-  json stack = {{"name", "stack"}, {"id", std::string(64, 'a')}, {"layers", {t["layers"][0], b["layers"][0]}}};
+  json stack = {{"name", "stack"}, {"id", std::string(64, 'a')}, {"layers", {t["layers"][0], mine["layers"][0]}}};
   write_file(data + "/images/images/stack.json", stack.dump());
   Outcome s2 = as_user({"run", "--image", "stack", "--", "/bin/sh", "-c", "cat /etc/greeting; ls /bin/busybox"});
   EXPECT_EQ(s2.out, "from-top\n/bin/busybox\n") << s2.err;
-  // An image archive, rootless: whiteouts are marked with xattrs (the
-  // caller cannot make the 0:0 device), which kernels from 6.7 read.
+  // An image archive, rootless: whiteouts are 0:0 devices made in the
+  // store's namespace, or, where the caller cannot make one, empty files
+  // marked with xattrs, which kernels from 6.7 read.
   std::string oci = dir_ / "oci.img";
   ASSERT_EQ(sh(std::string("/usr/bin/python3 ") + mkimage() + " oci " + oci + " " + root_ + " && chmod 644 " + oci), 0);
   ASSERT_EQ(as_user({"image", "import", "oci", oci}).status, 0);
   Outcome s3 = as_user({"run", "--image", "oci", "--", "/bin/sh", "-c", "ls /etc /opt/data; cat /etc/greeting 2>&1"});
   EXPECT_EQ(s3.out, "/etc:\nadded\npasswd\n\n/opt/data:\nc\ncat: can't open '/etc/greeting': No such file or directory\n")
       << s3.err;
+  // rm and prune remove every layer, the subordinate ids' files too.
+  for (const char* n : {"mine", "top", "stack", "oci"}) EXPECT_EQ(as_user({"image", "rm", n}).status, 0) << n;
+  Outcome pr = as_user({"image", "prune"});
+  EXPECT_EQ(pr.status, 0) << pr.err;
+  EXPECT_EQ(sh("test -z \"$(ls -A " + data + "/images/layers)\""), 0) << host("ls -lA " + data + "/images/layers").out;
+}
+
+// A rootless store that keeps owners unpacks as root of its user namespace
+// (the caller and its subordinate ids): every hostile archive is refused
+// there as it is rootful, although that root may write wherever the caller
+// may (the victim is the caller's).
+TEST_F(Images, ARootlessStoreThatKeepsOwnersRefusesHostileArchives) {
+  ASSERT_EQ(sh("chmod 755 " + dir_.path()), 0);
+  std::string data = dir_ / "owners", victim = dir_ / "victim";
+  ASSERT_EQ(sh("mkdir -p " + data + " " + victim + " && echo secret > " + victim + "/target && chown -R " +
+               std::string(kRootlessUser) + " " + data + " " + victim),
+            0);
+  Options o = rootless_options();
+  o.env.push_back("ULTARI_DATA_DIR=" + data);
+  struct Case {
+    std::string kind, mention;
+  };
+  std::vector<Case> cases = {
+      {"traversal", "'../evil'"}, {"absolute", "'/abs-evil'"}, {"device", "etc/evil-null"},
+      {"symlink", "esc/pwned"},   {"hardlink", "'hl'"},        {"bigid", "etc/big"},
+  };
+  for (const auto& c : cases) {
+    std::string tar = dir_ / (c.kind + "-bad.tar");
+    ASSERT_EQ(sh(std::string("/usr/bin/python3 ") + mktar() + " hostile " + c.kind + " " + tar + " " + victim +
+                 " && chmod 644 " + tar),
+              0);
+    Outcome r = ultari::test::ultari({"image", "import", "evil", tar}, o);
+    EXPECT_EQ(r.status, 125) << c.kind << ": " << r.err;
+    EXPECT_TRUE(has(r.err, c.mention)) << c.kind << " should name " << c.mention << ": " << r.err;
+    EXPECT_TRUE(entries(data + "/images/layers").empty()) << c.kind;
+    EXPECT_TRUE(entries(data + "/images/tmp").empty()) << c.kind;
+  }
+  EXPECT_TRUE(has(read_file(data + "/images/ids"), "subids ")) << read_file(data + "/images/ids");
+  EXPECT_FALSE(exists(victim + "/pwned"));
+  EXPECT_EQ(read_file(victim + "/target"), "secret\n");
+  EXPECT_FALSE(exists(dir_ / "evil"));
+  // Negative control: the caller may write the victim (a trusting extractor
+  // run as the caller does the harm the archive aims at).
+  std::string naive = dir_ / "naive/x";
+  ASSERT_EQ(sh("mkdir -p " + naive + " && chown -R " + std::string(kRootlessUser) + " " + (dir_ / "naive")), 0);
+  ASSERT_EQ(sh("su " + std::string(kRootlessUser) + " -s /bin/sh -c '/usr/bin/python3 " + mktar() + " naive " +
+               (dir_ / "symlink-bad.tar") + " " + naive + "'"),
+            0);
+  EXPECT_TRUE(exists(victim + "/pwned"));
+
+  // A store made for other subordinate ids is refused, naming both, and
+  // changes nothing.
+  std::string mark = read_file(data + "/images/ids");
+  write_file(data + "/images/ids", "subids 1:5 1:5\n");
+  Outcome other = ultari::test::ultari({"image", "ls"}, o);
+  EXPECT_EQ(other.status, 125) << other.err;
+  EXPECT_TRUE(has(other.err, "keeps its files' owners in the subordinate ids 1:5 1:5, yours are now " +
+                                 mark.substr(7, mark.size() - 8)))
+      << other.err;
+  Outcome run = ultari::test::ultari({"run", "--image", "x", "--", "true"}, o);
+  EXPECT_EQ(run.status, 125) << run.err;
+  EXPECT_TRUE(has(run.err, "subordinate ids 1:5 1:5")) << run.err;
+  EXPECT_EQ(read_file(data + "/images/ids"), "subids 1:5 1:5\n");
+}
+
+TEST_F(Images, RootlessImportsAndRunsFromItsOwnStore) {
+  ASSERT_EQ(sh("tar -C " + root_ + " --numeric-owner -czf " + (dir_ / "r.tgz") + " . && chmod 644 " + (dir_ / "r.tgz")), 0);
+  ASSERT_EQ(sh("chmod 755 " + dir_.path()), 0);
+  rootless_store_round(dir_, root_, true);
+  rootless_store_round(dir_, root_, false);
   // Negative control: the root user's store does not see them.
   Outcome other = image({"ls", "--json"});
   EXPECT_EQ(json::parse(other.out).size(), 0u) << other.out;
@@ -569,50 +675,60 @@ TEST_F(DebianImage, BadBuildRequestsAreRefused) {
 // with chown doing nothing (one id). The root works like the rootful one:
 // every package configured, the same checks from inside; its layer belongs
 // to the caller alone. Nothing of the build outlives it.
+// Rootless: debootstrap runs as root of the store's user namespace (the
+// caller and its subordinate ids), so the root keeps its owners; in a store
+// that keeps none (its `ids` file says "caller"), in a namespace of one id
+// where chown does nothing.
 TEST_F(DebianImage, ARootlessCallerBuildsADebianRootInItsOwnStore) {
-  TempDir dir;
-  std::string store = dir / "store";
-  ASSERT_EQ(host("mkdir -p " + store + " && chown " + std::string(kRootlessUser) + " " + store + " && chmod 755 " +
-                 dir.path())
-                .status,
-            0);
-  Options o = rootless_options();
-  o.timeout_s = 900;
-  o.env.push_back("ULTARI_DATA_DIR=" + store);
-  Outcome b = ultari::test::ultari({"image", "build", "deb", "--debian", "bookworm", "--variant", "minbase", "--include",
-                                    "kmod", "-q"},
-                                   o);
-  ASSERT_EQ(b.status, 0) << b.err;
-  o.timeout_s = 60;
-  const std::string script =
-      "cat /etc/debian_version | cut -d. -f1; dpkg-query -W -f='${Status}\\n' kmod; dpkg --audit; echo audit=$?; "
-      "cat /etc/hostname; ls /var/cache/apt/archives/*.deb 2>/dev/null | wc -l; getent group utmp; id -u";
-  Outcome r = ultari::test::ultari({"run", "--image", "deb", "--", "/bin/sh", "-c", script}, o);
-  EXPECT_EQ(r.status, 0) << r.err;
-  EXPECT_EQ(r.out, "12\ninstall ok installed\naudit=0\nlocalhost\n0\nutmp:x:43:\n0\n") << r.err;
-
-  // The layer: everything the caller's. Negative control: the rootful
-  // store's layer of the same root has other owners (utmp's group, ...).
   const passwd* pw = getpwnam(kRootlessUser);
   ASSERT_NE(pw, nullptr);
   const uid_t uid = pw->pw_uid;
   const gid_t gid = pw->pw_gid;
-  json i = json::parse(ultari::test::ultari({"image", "inspect", "--json", "deb"}, o).out);
-  std::string layer = store + "/images/layers/" + i["layers"][0].get<std::string>();
-  EXPECT_EQ(host("find " + layer + " ! -uid " + std::to_string(uid) + " -o ! -gid " + std::to_string(gid) +
-                 " | wc -l")
-                .out,
-            "0\n");
-  json rootful = json::parse(ultari::test::ultari({"image", "inspect", "--json", "minbase-kmod"}, opts()).out);
-  std::string rootful_layer = test_image_store() + "/images/layers/" + rootful["layers"][0].get<std::string>();
-  EXPECT_NE(host("find " + rootful_layer + " ! -gid " + host("stat -c %g " + rootful_layer + "/etc/hostname").out +
-                 " | head -1 | wc -l")
-                .out,
-            "0\n");
-  // Nothing left: the build's directory, its processes, its mounts.
-  EXPECT_EQ(host("ls -A " + store + "/images/tmp").out, "");
-  EXPECT_EQ(host("grep -c " + store + " /proc/self/mountinfo").out, "0\n");
-  EXPECT_EQ(host("pgrep -u " + std::string(kRootlessUser) + " -f debootstrap | wc -l").out, "0\n");
+  std::string sub_gid = host("sed -n 's/^" + std::string(kRootlessUser) + ":\\([0-9]*\\):.*/\\1/p' /etc/subgid | head -1").out;
+  ASSERT_FALSE(sub_gid.empty());
+  for (bool keeps_owners : {true, false}) {
+    SCOPED_TRACE(keeps_owners ? "a store that keeps owners" : "a one-owner store");
+    TempDir dir;
+    std::string store = dir / "store";
+    ASSERT_EQ(host("mkdir -p " + store + "/images && " + (keeps_owners ? "" : "echo caller > " + store + "/images/ids && ") +
+                   "chown -R " + std::string(kRootlessUser) + " " + store + " && chmod 755 " + dir.path())
+                  .status,
+              0);
+    Options o = rootless_options();
+    o.timeout_s = 900;
+    o.env.push_back("ULTARI_DATA_DIR=" + store);
+    Outcome b = ultari::test::ultari({"image", "build", "deb", "--debian", "bookworm", "--variant", "minbase",
+                                      "--include", "kmod", "-q"},
+                                     o);
+    ASSERT_EQ(b.status, 0) << b.err;
+    o.timeout_s = 60;
+    const std::string script =
+        "cat /etc/debian_version | cut -d. -f1; dpkg-query -W -f='${Status}\\n' kmod; dpkg --audit; echo audit=$?; "
+        "cat /etc/hostname; ls /var/cache/apt/archives/*.deb 2>/dev/null | wc -l; getent group utmp; id -u; "
+        "stat -c '%U:%G' /var/cache/apt/archives/partial /var/log/wtmp";
+    Outcome r = ultari::test::ultari({"run", "--image", "deb", "--", "/bin/sh", "-c", script}, o);
+    EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(r.out, std::string("12\ninstall ok installed\naudit=0\nlocalhost\n0\nutmp:x:43:\n0\n") +
+                         (keeps_owners ? "root:root\nroot:utmp\n" : "root:root\nroot:root\n"))
+        << r.err;
+
+    // The layer on the host: utmp's group (43) is the first subordinate
+    // gid + 42; in a one-owner store, everything is the caller's.
+    json i = json::parse(ultari::test::ultari({"image", "inspect", "--json", "deb"}, o).out);
+    std::string layer = store + "/images/layers/" + i["layers"][0].get<std::string>();
+    EXPECT_EQ(host("stat -c %g " + layer + "/var/log/wtmp").out,
+              keeps_owners ? std::to_string(std::stoul(sub_gid) + 42) + "\n" : std::to_string(gid) + "\n");
+    if (!keeps_owners) {
+      EXPECT_EQ(host("find " + layer + " ! -uid " + std::to_string(uid) + " -o ! -gid " + std::to_string(gid) +
+                     " | wc -l")
+                    .out,
+                "0\n");
+    }
+    // Nothing left: the build's directory, its processes, its mounts.
+    EXPECT_EQ(host("ls -A " + store + "/images/tmp").out, "");
+    EXPECT_EQ(host("grep -c " + store + " /proc/self/mountinfo").out, "0\n");
+    EXPECT_EQ(host("pgrep -u " + std::string(kRootlessUser) + " -f debootstrap | wc -l").out, "0\n");
+  }
 }
 
 }  // namespace

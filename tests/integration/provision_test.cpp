@@ -13,6 +13,7 @@
 #include <sstream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "harness.h"
@@ -1183,28 +1184,40 @@ TEST_F(Provision, WriteFilesSourcesAreFetchedWithTheirHeaders) {
 }
 
 // Rootless: the caller's own store, a base imported by that user (the
-// shared minbase as a tarball), and the TableCloth case provisioned
-// in build sandboxes that have one id (the caller, root inside).
+// shared minbase as a tarball, its ids taken back out of the rootful
+// store's range). A store that keeps owners (the caller has subordinate
+// ids) provisions from its user namespace: the build sandboxes have the
+// ids 0..65535, and the image keeps the owners the user-data gave.
 TEST_F(Provision, ARootlessCallerProvisionsTheTableClothCaseInItsOwnStore) {
   Options o = rootless_options();
   o.timeout_s = 600;
   std::string store = dir_ / "store", tarball = dir_ / "base.tar";
   json base = inspect("minbase-kmod");
   ASSERT_EQ(base["layers"].size(), 1u) << base.dump();
+  std::string ids = read_file(test_image_store() + "/images/ids");
+  std::string uid_base = ids.substr(0, ids.find(':'));
   ASSERT_EQ(host("mkdir -p " + store + " && chown -R " + kRootlessUser + " " + store + " && chmod 755 " +
                  dir_.path() + " && tar -C " + test_image_store() + "/images/layers/" +
-                 base["layers"][0].get<std::string>() + " --numeric-owner -cf " + tarball + " .")
+                 base["layers"][0].get<std::string>() + " --numeric-owner -cf - . | /usr/bin/python3 -c '"
+                 "import sys, tarfile\n"
+                 "b = " + uid_base + "\n"
+                 "with tarfile.open(fileobj=sys.stdin.buffer, mode=\"r|\") as i, tarfile.open(\"" + tarball + "\", \"w\", format=tarfile.GNU_FORMAT) as o:\n"
+                 "  for m in i:\n"
+                 "    m.uid -= b; m.gid -= b; m.uname = m.gname = \"\"\n"
+                 "    o.addfile(m, i.extractfile(m) if m.isreg() else None)\n"
+                 "' && chmod 644 " + tarball)
                 .status,
             0);
   o.env.push_back("ULTARI_DATA_DIR=" + store);
-  ASSERT_EQ(ultari({"image", "import", "base", tarball, "-q"}, o).status, 0);
-  // The case, and one chown to an id the build cannot have.
+  Outcome imp = ultari({"image", "import", "base", tarball, "-q"}, o);
+  ASSERT_EQ(imp.status, 0) << imp.err;
+  ASSERT_TRUE(has(read_file(store + "/images/ids"), "subids ")) << read_file(store + "/images/ids");
+  // The case, and one chown to another id.
   std::string file = dir_ / "tc.yaml";
   write_file(file, std::string(kTableCloth) + "  - touch /etc/owned && chown 1000:1000 /etc/owned\n");
   Outcome r = ultari({"image", "provision", "tc", "--from", "base", "--user-data", file}, o);
   ASSERT_EQ(r.status, 0) << r.err;
-  EXPECT_TRUE(has(r.err, "a rootless build keeps no owners")) << r.err;
-  EXPECT_TRUE(has(r.err, "the home of tablecloth")) << r.err;
+  EXPECT_FALSE(has(r.err, "keeps no owners")) << r.err;
 
   Options run = o;
   run.timeout_s = 60;
@@ -1212,15 +1225,22 @@ TEST_F(Provision, ARootlessCallerProvisionsTheTableClothCaseInItsOwnStore) {
                       "id tablecloth; cat /etc/modprobe.d/nf_conntrack_ipv4.conf; cat /etc/default/locale; "
                       "locale -a | grep -c ko_KR.utf8; dpkg-query -W -f='${Status}\\n' locales; "
                       "modprobe nf_conntrack && depmod -a && modprobe nf_conntrack_ipv4 && echo modules-ok; "
-                      "stat -c '%U %a' /home/tablecloth /etc/owned; "
+                      "stat -c '%U %a' /home/tablecloth /etc/owned; stat -c '%U:%G' /var/cache/apt/archives/partial; "
                       "test -e /etc/apt/apt.conf.d/00ultari-rootless-build || echo no-build-apt-conf"},
                      run);
   EXPECT_EQ(s.status, 0) << s.err;
+  // The home and the chowned file keep their owners; apt's own directory
+  // is its _apt user's (a one-id build could not give it one).
   EXPECT_EQ(s.out,
             "uid=1000(tablecloth) gid=1001(tablecloth) groups=1001(tablecloth),4(adm),27(sudo),29(audio),44(video),"
             "1000(netdev)\nalias nf_conntrack_ipv4 nf_conntrack\nLANG=ko_KR.UTF-8\n1\ninstall ok installed\n"
-            "modules-ok\nroot 755\nroot 644\nno-build-apt-conf\n")
+            "modules-ok\ntablecloth 755\ntablecloth 644\n_apt:root\nno-build-apt-conf\n")
       << s.err;
+  // As tablecloth: its home is its own.
+  Outcome as_tc = ultari({"run", "-q", "--image", "tc", "--user", "1000:1001", "--", "/bin/sh", "-c",
+                          "touch /home/tablecloth/x && echo home-writable; touch /etc/x 2>/dev/null || echo etc-not"},
+                         run);
+  EXPECT_EQ(as_tc.out, "home-writable\netc-not\n") << as_tc.err;
   Outcome log = ultari({"image", "inspect", "--json", "tc"}, run);
   ASSERT_EQ(log.status, 0) << log.err;
   std::vector<std::string> modules;
@@ -1230,17 +1250,6 @@ TEST_F(Provision, ARootlessCallerProvisionsTheTableClothCaseInItsOwnStore) {
   // Nothing of the build is left in the store's tmp/.
   EXPECT_EQ(host("ls -A " + store + "/images/tmp").out, "");
 
-  // Negative controls: a sandbox from the base has none of it, and there
-  // the chown the build made do nothing fails (the build's chown_noop is
-  // what let dpkg, useradd and the runcmd item pass), as apt's switch to
-  // its _apt user does.
-  Outcome b = ultari({"run", "-q", "--image", "base", "--", "/bin/sh", "-c",
-                      "id tablecloth; touch /tmp/x; chown 1000:1000 /tmp/x; echo chown=$?"},
-                     run);
-  EXPECT_TRUE(has(b.out + b.err, "no such user")) << b.out << b.err;
-  EXPECT_TRUE(has(b.err, "Invalid argument")) << b.err;
-  EXPECT_TRUE(has(b.out, "chown=1")) << b.out;
-
   // Reading and checking works rootless, with a MIME user-data's parts listed.
   write_file(file, mime_user_data("setup.sh", "#!/bin/sh\ntrue\n"));
   Outcome mime = ultari({"image", "provision", "x", "--from", "base", "--user-data", file, "--check"}, run);
@@ -1248,14 +1257,103 @@ TEST_F(Provision, ARootlessCallerProvisionsTheTableClothCaseInItsOwnStore) {
   EXPECT_TRUE(has(mime.out, "modules in order: boothooks write_files runcmd scripts_user\n")) << mime.out;
   EXPECT_TRUE(has(mime.out, "part 3: \"setup.sh\" text/x-shellscript\n")) << mime.out;
 
-  // A bootcmd, rootless: it runs at every start, as root inside; with
-  // --user, the only id the sandbox maps is the user's, and the boot step
-  // runs as that user, with a warning saying so.
+  // A bootcmd: it runs at every start as root inside, --user or not (root
+  // is mapped: the sandbox has the subordinate ids).
+  write_file(file, "#cloud-config\nbootcmd:\n  - id -u >> /tmp/boot-ids\n");
+  ASSERT_EQ(ultari({"image", "provision", "boots", "--from", "base", "--user-data", file, "-q"}, o).status, 0);
+  Outcome as_user = ultari({"run", "--image", "boots", "--user", "1000:1000", "--", "/bin/sh", "-c",
+                            "id -u; cat /tmp/boot-ids"},
+                           run);
+  EXPECT_EQ(as_user.status, 0) << as_user.err;
+  EXPECT_EQ(as_user.out, "1000\n0\n") << as_user.err;
+  EXPECT_FALSE(has(as_user.err, "the boot step ran as")) << as_user.err;
+}
+
+// In the store's user namespace the provisioning process is root with every
+// capability over the caller's and its subordinate ids' files. The build's
+// network gateway, which parses what the sandbox sends, keeps none of them.
+TEST_F(Provision, ARootlessBuildsGatewayHasNoCapabilitiesInTheStoresNamespace) {
+  Options o = rootless_options();
+  o.timeout_s = 120;
+  std::string store = dir_ / "store", tarball = dir_ / "base.tar";
+  ASSERT_EQ(host("mkdir -p " + store + "/rootfs/bin && cp /usr/bin/busybox " + store + "/rootfs/bin/ && for c in sh "
+                 "sleep; do ln -s busybox " + store + "/rootfs/bin/$c; done && tar -C " + store + "/rootfs -cf " +
+                 tarball + " . && chmod 644 " + tarball + " && chown -R " + kRootlessUser + " " + store +
+                 " && chmod 755 " + dir_.path())
+                .status,
+            0);
+  o.env.push_back("ULTARI_DATA_DIR=" + store);
+  ASSERT_EQ(ultari({"image", "import", "base", tarball, "-q"}, o).status, 0);
+  ASSERT_TRUE(has(read_file(store + "/images/ids"), "subids ")) << read_file(store + "/images/ids");
+  std::string file = dir_ / "u.yaml";
+  write_file(file, "#cloud-config\nruncmd:\n  - sleep 5\n");
+  Outcome r;
+  std::thread t([&] {
+    r = ultari({"image", "provision", "p", "--from", "base", "--user-data", file, "--net", "allow=example.test", "-q"}, o);
+  });
+  std::string gateway_caps, provision_caps;
+  for (int i = 0; i < 100 && gateway_caps.empty(); ++i) {
+    usleep(100 * 1000);
+    std::string pid = host("pgrep -u " + std::string(kRootlessUser) + " -x ultari-net | head -1").out;
+    if (pid.empty()) continue;
+    pid.pop_back();
+    gateway_caps = host("grep CapEff /proc/" + pid + "/status").out;
+    provision_caps = host("grep CapEff /proc/$(pgrep -u " + std::string(kRootlessUser) + " -f 'ultari image provision p' "
+                          "| head -1)/status").out;
+  }
+  t.join();
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(gateway_caps, "CapEff:\t0000000000000000\n");
+  // Negative control: the process it came from has them (in that
+  // namespace), so the check can see capabilities.
+  EXPECT_EQ(provision_caps.substr(0, 8), "CapEff:\t");
+  EXPECT_NE(provision_caps, "CapEff:\t0000000000000000\n");
+}
+
+// Rootless with a store that keeps no owners (its `ids` file says
+// "caller", or the caller has no subordinate ids): the build sandboxes have
+// one id (the caller, root inside), chown does nothing there, and the
+// image's files are all root's, with a warning naming what lost its owner.
+TEST_F(Provision, ARootlessOneOwnerStoreProvisionsWithOneId) {
+  Options o = rootless_options();
+  o.timeout_s = 300;
+  std::string store = dir_ / "store", tarball = dir_ / "base.tar";
+  json base = inspect("minbase-kmod");
+  ASSERT_EQ(host("mkdir -p " + store + "/images && echo caller > " + store + "/images/ids && chown -R " +
+                 kRootlessUser + " " + store + " && chmod 755 " + dir_.path() + " && tar -C " + test_image_store() +
+                 "/images/layers/" + base["layers"][0].get<std::string>() + " --numeric-owner -cf " + tarball +
+                 " . && chmod 644 " + tarball)
+                .status,
+            0);
+  o.env.push_back("ULTARI_DATA_DIR=" + store);
+  ASSERT_EQ(ultari({"image", "import", "base", tarball, "-q"}, o).status, 0);
+  std::string file = dir_ / "u.yaml";
+  write_file(file,
+             "#cloud-config\nusers:\n  - name: tablecloth\n    shell: /bin/bash\nruncmd:\n"
+             "  - touch /etc/owned && chown 1000:1000 /etc/owned\n");
+  Outcome r = ultari({"image", "provision", "u", "--from", "base", "--user-data", file}, o);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(has(r.err, "a rootless build keeps no owners")) << r.err;
+  EXPECT_TRUE(has(r.err, "the home of tablecloth")) << r.err;
+  Options run = o;
+  run.timeout_s = 60;
+  Outcome s = ultari({"run", "-q", "--image", "u", "--", "/bin/sh", "-c",
+                      "id -u tablecloth; stat -c '%U %a' /home/tablecloth /etc/owned"},
+                     run);
+  EXPECT_EQ(s.out, "1000\nroot 755\nroot 644\n") << s.err;
+  // Negative control: in a sandbox from the base, the chown the build made
+  // do nothing fails (one id).
+  Outcome b = ultari({"run", "-q", "--image", "base", "--", "/bin/sh", "-c",
+                      "touch /tmp/x; chown 1000:1000 /tmp/x; echo chown=$?"},
+                     run);
+  EXPECT_TRUE(has(b.err, "Invalid argument")) << b.err;
+  EXPECT_TRUE(has(b.out, "chown=1")) << b.out;
+  // A bootcmd, one id: with --user, the only id the sandbox maps is the
+  // user's, and the boot step runs as that user, with a warning saying so.
   write_file(file, "#cloud-config\nbootcmd:\n  - id -u >> /tmp/boot-ids\n");
   ASSERT_EQ(ultari({"image", "provision", "boots", "--from", "base", "--user-data", file, "-q"}, o).status, 0);
   Outcome as_root = ultari({"run", "--image", "boots", "--", "cat", "/tmp/boot-ids"}, run);
   EXPECT_EQ(as_root.out, "0\n") << as_root.err;
-  EXPECT_FALSE(has(as_root.err, "the boot step ran as")) << as_root.err;
   Outcome as_user = ultari({"run", "--image", "boots", "--user", "1000:1000", "--", "/bin/sh", "-c",
                             "id -u; cat /tmp/boot-ids"},
                            run);

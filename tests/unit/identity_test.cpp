@@ -1,6 +1,7 @@
 // Who owns a rootful sandbox's user namespace (the per-user quotas' key).
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <pwd.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -15,6 +16,27 @@
 
 namespace ultari::isolation {
 namespace {
+
+// A rootless caller's subordinate ids: its line (by name or uid) with
+// enough ids for a sandbox's 0..65535, in both files.
+TEST(Identity, SubordinateIdsAreTheCallersLineWithEnoughIds) {
+  if (access("/usr/bin/newuidmap", X_OK) != 0 || access("/usr/bin/newgidmap", X_OK) != 0)
+    GTEST_SKIP() << "uidmap is not installed";
+  std::string name = getpwuid(geteuid())->pw_name, uid = std::to_string(geteuid());
+  std::string sub = unit::temp_file("subuid", "alice:1:65536\n" + name + ":200000:1000\n" + name + ":300000:65535\n");
+  std::string by_uid = unit::temp_file("subgid", uid + ":400000:70000\n");
+  std::string why;
+  auto ids = caller_subids(&why, sub.c_str(), by_uid.c_str());
+  ASSERT_TRUE(ids) << why;
+  EXPECT_EQ(ids->uid, geteuid());
+  EXPECT_EQ(ids->uid_start, 300000U);  // the first line with 65535 ids or more
+  EXPECT_EQ(ids->gid_start, 400000U);  // by uid
+  // Negative: too few ids, or no line.
+  std::string few = unit::temp_file("subgid", name + ":400000:65534\nalice:500000:65536\n");
+  EXPECT_FALSE(caller_subids(&why, sub.c_str(), few.c_str()));
+  EXPECT_EQ(why, few + " has no line for " + name + " with 65535 ids or more");
+  for (const auto& f : {sub, by_uid, few}) unlink(f.c_str());
+}
 
 TEST(Identity, OwnersComeFromTheirOwnRange) {
   std::string none = unit::temp_file("subuid", "alice:100000:65536\n");
