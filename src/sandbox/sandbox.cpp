@@ -144,6 +144,8 @@ Prepared prepare(const Spec& spec) {
                     "netfilter rules that send its traffic to the gateway and hide its attempts from the audit");
   Prepared p;
   p.identity = isolation::plan_identity(spec.identity.uid, spec.identity.gid, spec.identity.subids);
+  if (p.identity.rootful && spec.network.mode != NetworkSpec::Mode::None)
+    p.gateway_range = isolation::gateway_range("/etc/subuid", p.identity);
   p.cache_dir = cache_dir();
   if (filesystem::uses_host_root(spec))
     p.host_root = filesystem::prepare_host_root(p.cache_dir, p.identity.host_root_uid, p.identity.host_root_gid);
@@ -535,7 +537,9 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
     uid_t gateway_uid = 0;
     if (id.rootful) {
       // A uid of its own (isolation::lease_gateway), held while it lives.
-      auto [base, count] = isolation::gateway_range("/etc/subuid", id);
+      auto [base, count] = prepared.gateway_range;
+      if (count == 0)  // prepared for a spec without a network
+        std::tie(base, count) = isolation::gateway_range("/etc/subuid", id);
       isolation::OwnerLease lease = isolation::lease_gateway(base, count);
       s.gateway_lease = std::move(lease.lock);
       gateway_uid = lease.uid;

@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cgroups/cgroups.h"
@@ -68,6 +69,9 @@ struct Io {
 struct Prepared {
   std::string cache_dir;
   isolation::Identity identity;
+  // Rootful with a network: the gateways' uid range (isolation::gateway_range),
+  // read once here (it reads /etc/subuid and /etc/passwd).
+  std::pair<uint32_t, uint32_t> gateway_range{0, 0};
   filesystem::HostRoot host_root;  // empty skeleton when --rootfs is used
   seccomp::CompiledPolicy policy;
   cgroups::Layout cgroups;
