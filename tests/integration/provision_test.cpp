@@ -943,10 +943,10 @@ TEST_F(Provision, IncludeUrlsWithAUserAndPasswordAuthenticate) {
 // sends them as Basic authentication, the request target holds the path
 // alone, so the gateway lets the requests through; the provisioning log
 // shows no password.
-TEST_F(Provision, AptSourcesWithAUserAndPasswordAuthenticate) {
-  NetLab lab;
-  // A repository with two indexes (apt fetches them on one kept-alive
-  // connection through the proxy, after the Release file).
+// A repository in the lab (<lab>/repo) with two indexes, main and contrib,
+// holding lab-tool 1.0 and lab-extra 2.0: apt fetches them on one
+// kept-alive connection, after the Release file.
+void make_lab_repo(const NetLab& lab) {
   const std::string dists = lab.dir() + "/repo/dists/bookworm/";
   ASSERT_EQ(host("mkdir -p " + dists + "main/binary-amd64 " + dists + "contrib/binary-amd64").status, 0);
   write_file(dists + "main/binary-amd64/Packages",
@@ -964,6 +964,11 @@ TEST_F(Provision, AptSourcesWithAUserAndPasswordAuthenticate) {
   write_file(dists + "Release", "Suite: bookworm\nCodename: bookworm\nArchitectures: amd64\nComponents: main contrib\n"
                                 "Date: Thu, 03 Dec 2026 00:00:00 UTC\nSHA256:\n " + sum1 + " " + size1 + " " + file1 +
                                     "\n " + sum2 + " " + size2 + " " + file2 + "\n");
+}
+
+TEST_F(Provision, AptSourcesWithAUserAndPasswordAuthenticate) {
+  NetLab lab;
+  make_lab_repo(lab);
   std::string file = dir_ / "apt-auth.yaml";
   write_file(file, "#cloud-config\napt:\n  sources_list: '# the private source only'\n  sources:\n    private.list:\n"
                    "      source: 'deb [trusted=yes] http://al%40ice:s3cr%3At@allowed.test/repo bookworm main contrib'\n"
@@ -996,6 +1001,36 @@ TEST_F(Provision, AptSourcesWithAUserAndPasswordAuthenticate) {
   json i = inspect(img);
   EXPECT_FALSE(has(i.dump(), "s3cr")) << i.dump();
   EXPECT_FALSE(has(r.err, "s3cr")) << r.err;
+}
+
+// Behind a corporate proxy (--net-upstream, nothing else reachable): apt
+// pipelines its requests on one connection, the gateway sends each to the
+// proxy on a connection of its own (one request per proxy connection), and
+// every index still arrives.
+TEST_F(Provision, AptThroughAnUpstreamProxyFetchesEveryIndex) {
+  NetLab lab;
+  make_lab_repo(lab);
+  std::string file = dir_ / "apt-proxy.yaml";
+  write_file(file, "#cloud-config\napt:\n  sources_list: '# the lab source only'\n  sources:\n    lab.list:\n"
+                   "      source: 'deb [trusted=yes] http://allowed.test/repo bookworm main contrib'\n"
+                   "package_update: true\n");
+  std::string img = name("apt-proxy");
+  ASSERT_EQ(lab.corporate_network(true).status, 0);
+  Outcome r = lab.ultari({"image", "provision", img, "--from", "minbase-kmod", "--user-data", file, "--net-upstream",
+                          std::string("http://") + NetLab::kProxyAddr + ":" + std::to_string(NetLab::kProxyPort),
+                          "--no-cache", "-q"},
+                         test_image_options(600));
+  ASSERT_EQ(lab.corporate_network(false).status, 0);
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::string seen;
+  for (const auto& q : lab.proxy_log()) seen += q.value("method", "") + " " + q.value("target", "") + "\n";
+  for (const char* f : {"Release", "main/binary-amd64/Packages", "contrib/binary-amd64/Packages"})
+    EXPECT_TRUE(has(seen, std::string("GET http://allowed.test/repo/dists/bookworm/") + f + "\n")) << seen;
+  EXPECT_EQ(in(img, "apt-cache show lab-tool lab-extra | grep ^Version").out, "Version: 1.0\nVersion: 2.0\n");
+  std::string apt_output;
+  for (const auto& m : inspect(img)["provision_log"])
+    if (m["module"] == "packages") apt_output = m["output"].get<std::string>();
+  EXPECT_FALSE(has(apt_output, "W:") || has(apt_output, "Err:") || has(apt_output, "Failed")) << apt_output;
 }
 
 TEST_F(Provision, IncludeListsAreFetchedEachThroughAPolicyOfItsOwn) {
