@@ -250,8 +250,13 @@ bool HttpRequests::step(const char* data, size_t len, size_t& i, std::string& wh
           if (absolute.end > 0) {
             // Origin form (RFC 9112 3.2.1: what an origin server is sent),
             // the host checked above; a userinfo never reaches the server.
+            std::string authority = complete.substr(absolute.begin + 7, absolute.end - absolute.begin - 7);
             complete.erase(absolute.begin, absolute.end - absolute.begin);
             if (complete[absolute.begin] != '/') complete.insert(absolute.begin, "/");
+            // A request without Host (HTTP/1.0) gets the target's (RFC
+            // 9112 3.2.2), which is what was checked.
+            if (header_values(complete, "host").empty() && strip_userinfo(authority) && !authority.empty())
+              complete.insert(complete.find("\r\n") + 2, "Host: " + authority + "\r\n");
           }
           if (on_head && !on_head(complete, why)) return false;
           out->append(complete);

@@ -420,6 +420,12 @@ TEST(NetHttpRequests, LaterAbsoluteTargetsGoOnInOriginFormWithoutTheirUserinfo) 
   EXPECT_EQ(out, "");
   // Without a way to drop it (no output buffer), a userinfo is refused.
   EXPECT_EQ(follow("GET http://u:pw@a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n"), "sni-mismatch");
+  // A request without Host (HTTP/1.0) gets the target's host (the one
+  // checked), its userinfo dropped; origin form keeps having none.
+  EXPECT_EQ(pass("a.test", "GET http://u:pw@a.test:8080/x HTTP/1.0\r\nAccept: */*\r\n\r\n", out), "");
+  EXPECT_EQ(out, "GET /x HTTP/1.0\r\nHost: a.test:8080\r\nAccept: */*\r\n\r\n");
+  EXPECT_EQ(pass("a.test", "GET /x HTTP/1.0\r\n\r\n", out), "");
+  EXPECT_EQ(out, "GET /x HTTP/1.0\r\n\r\n");
   // Origin form and an '@' in the path stay as they are.
   EXPECT_EQ(pass("a.test", "GET /p@q HTTP/1.1\r\nHost: a.test\r\n\r\n", out), "");
   EXPECT_EQ(out, "GET /p@q HTTP/1.1\r\nHost: a.test\r\n\r\n");
