@@ -187,6 +187,16 @@ Store::Store(std::string dir, bool shift, uid_t uid_base, gid_t gid_base, std::s
       subids_(subids) {
   make_dirs(dir_, 0700);
   for (const char* sub : {"/layers", "/images", "/tmp"}) make_dirs(dir_ + sub, 0700);
+  // 0700 whoever made them first (a layer's setuid files must be out of
+  // other users' reach), and ours.
+  for (const std::string& d : {dir_, dir_ + "/layers", dir_ + "/images", dir_ + "/tmp"}) {
+    struct stat st{};
+    if ((d == dir_ ? stat(d.c_str(), &st) : lstat(d.c_str(), &st)) != 0) throw_errno("image store " + d);
+    if (!S_ISDIR(st.st_mode)) throw Error("the image store's " + d + " is not a directory");
+    if (st.st_uid != geteuid())
+      throw Error("the image store's " + d + " belongs to uid " + std::to_string(st.st_uid) + ", not to this user");
+    if ((st.st_mode & 077) && chmod(d.c_str(), 0700) != 0) throw_errno("chmod 0700 " + d);
+  }
   UniqueFd l(open((dir_ + "/lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
   if (!l) throw_errno("image store lock " + dir_ + "/lock");
   // The ids layers are stored in: a store made for another range (or
@@ -439,6 +449,16 @@ Image Store::import(const std::string& name, const std::string& source,
   o.uid_base = uid_base_;
   o.gid_base = gid_base_;
   o.progress = progress;
+  if (in_store_namespace() && !own_tree_) {
+    // A directory of the host seen from the store's namespace: what is not
+    // the caller's or a subordinate id's shows as the overflow ids.
+    auto overflow = [](const char* file) {
+      std::string v = read_or_empty(file);
+      return v.empty() ? int64_t{65534} : static_cast<int64_t>(std::stoll(v));
+    };
+    o.unmapped_uid = overflow("/proc/sys/kernel/overflowuid");
+    o.unmapped_gid = overflow("/proc/sys/kernel/overflowgid");
+  }
   Space space_now = space();
   if (max_bytes == 0) {
     max_bytes = space_now.usable;
@@ -625,6 +645,13 @@ Image Store::build_debian(const std::string& name, const DebianBuild& b,
   }
   std::string label = "debootstrap " + (b.variant.empty() ? "" : "--variant=" + b.variant + " ") + b.suite + " " + mirror;
   if (!b.include.empty()) label += " (+" + std::to_string(b.include.size()) + " packages)";
+  // The tree is debootstrap's, made in this namespace: its ids are all
+  // mapped, and nobody (65534) is one of them.
+  own_tree_ = true;
+  struct Reset {
+    bool& flag;
+    ~Reset() { flag = false; }
+  } reset{own_tree_};
   return import(name, root.path, {}, label);
 }
 

@@ -160,6 +160,7 @@ class Store {
   uid_t uid_base_;
   gid_t gid_base_;
   bool subids_ = false;
+  bool own_tree_ = false;  // import() of a tree build_debian made (no unmapped-owner check)
 };
 
 }  // namespace ultari::images

@@ -31,6 +31,11 @@ struct UnpackOptions {
   // (user.overlay.opaque: sandboxes mount overlayfs with userxattr).
   bool oci_whiteouts = false;
   bool xattr_whiteouts = false;
+  // A directory read in the image store's user namespace: an entry owned
+  // by these ids (the kernel's overflow uid and gid, which stand for a host
+  // id the namespace does not map: host root, another user) is refused
+  // rather than stored as that id. -1: no such check.
+  int64_t unmapped_uid = -1, unmapped_gid = -1;
   // The most bytes of file data the layer may hold (0: no limit): a
   // decompression bomb stops there, with an error naming the limit.
   uint64_t max_bytes = 0;

@@ -37,6 +37,7 @@ constexpr const char* kNewGidMap = "/usr/bin/newgidmap";
 constexpr uint32_t kRangeSize = 65536;
 constexpr uint32_t kDefaultOwnerBase = 3000000000U;
 constexpr uint32_t kDefaultOwnerCount = 1U << 30;  // owners 3000000000..4073741823
+constexpr uint32_t kDefaultBlockCount = 15257;  // 2000065536..2999948287: below the owners
 constexpr uint32_t kDefaultGatewayBase = 4100000000U;
 constexpr uint32_t kDefaultGatewayCount = 1U << 27;  // gateways 4100000000..4234217727
 
@@ -61,13 +62,18 @@ bool parse_id_pair(const char* p, uint64_t* start, uint64_t* count) {
 // The first "<name>:<start>:<count>" line of /etc/subuid (or subgid) whose
 // range holds at least `min_count` ids below 2^32 - 1, else nullopt.
 std::optional<std::pair<uint32_t, uint32_t>> subordinate_range(const char* file, const char* name, uint32_t min_count) {
-  char buf[8192];
   int fd = open(file, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return std::nullopt;
-  ssize_t n = read(fd, buf, sizeof buf - 1);
+  std::string text;  // the whole file: a user's line may lie past the first pages
+  char chunk[8192];
+  for (ssize_t n; (n = read(fd, chunk, sizeof chunk)) != 0;) {
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 || text.size() > (16u << 20)) break;
+    text.append(chunk, static_cast<size_t>(n));
+  }
   close(fd);
-  if (n <= 0) return std::nullopt;
-  buf[n] = '\0';
+  if (text.empty()) return std::nullopt;
+  char* buf = text.data();
   size_t len = std::strlen(name);
   for (char* line = buf; line && *line;) {
     char* next = std::strchr(line, '\n');
@@ -106,6 +112,58 @@ std::string format(const std::vector<IdRange>& map) {
 
 }  // namespace
 
+namespace {
+
+bool overlap(uint64_t a, uint64_t a_count, uint64_t b, uint64_t b_count) { return a < b + b_count && b < a + a_count; }
+
+// Throws when a user of `passwd_file` has a uid in `range` (`base`, `count`).
+void check_no_user_in(const char* passwd_file, uint32_t base, uint32_t count, const std::string& range,
+                      const std::string& used_for, const char* subuid_file, const char* line_name) {
+  std::ifstream passwd(passwd_file);
+  for (std::string line; std::getline(passwd, line);) {
+    auto a = line.find(':'), b = a == std::string::npos ? a : line.find(':', a + 1);
+    auto c = b == std::string::npos ? b : line.find(':', b + 1);
+    if (c == std::string::npos || c == b + 1 || c - b - 1 > 10) continue;
+    std::string uid = line.substr(b + 1, c - b - 1);
+    if (uid.find_first_not_of("0123456789") != std::string::npos) continue;
+    uint64_t u = std::stoull(uid);
+    if (u >= base && u < uint64_t{base} + count)
+      throw Error(std::string(passwd_file) + ": user " + line.substr(0, a) + " (uid " + uid + ") is in " + range +
+                  ", whose uids " + used_for + "; give them another range (" + line_name + ":START:COUNT in " +
+                  subuid_file + ")");
+  }
+}
+
+
+
+}  // namespace
+
+void plan_blocks(Identity& id, const char* subuid_file, const char* subgid_file, const char* passwd_file) {
+  auto u = subordinate_range(subuid_file, "ultari-sandboxes", kRangeSize);
+  auto g = subordinate_range(subgid_file, "ultari-sandboxes", kRangeSize);
+  uint64_t ubase = u ? u->first : uint64_t{kDefaultSubBase} + kRangeSize;
+  uint64_t gbase = g ? g->first : uint64_t{kDefaultSubBase} + kRangeSize;
+  uint64_t blocks = std::min<uint64_t>(u ? u->second / kRangeSize : kDefaultBlockCount,
+                                       g ? g->second / kRangeSize : kDefaultBlockCount);
+  const uint64_t ids = blocks * kRangeSize;
+  std::string range = "the ultari-sandboxes range (" + std::to_string(ubase) + ", " + std::to_string(ids) + " ids)";
+  for (auto [base, mapped, what] : {std::tuple{ubase, uint64_t{id.uid_map[0].outside}, "uids"},
+                                    std::tuple{gbase, uint64_t{id.gid_map[0].outside}, "gids"}})
+    if (overlap(base, ids, mapped, kRangeSize))
+      throw Error(std::string(subuid_file) + ": the ultari-sandboxes range of " + what + " (" + std::to_string(base) +
+                  ", " + std::to_string(ids) + " ids) overlaps the image store's (" + std::to_string(mapped) +
+                  ", 65536 ids); give it a range of its own");
+  if (overlap(ubase, ids, id.owner_base, id.owner_count))
+    throw Error(std::string(subuid_file) + ": " + range + " overlaps the sandboxes' owners (" +
+                std::to_string(id.owner_base) + ", " + std::to_string(id.owner_count) + " ids); give it a range of its own");
+  // A sandbox would own the files of a host user with one of these uids.
+  check_no_user_in(passwd_file, static_cast<uint32_t>(ubase), static_cast<uint32_t>(ids), range, "are sandboxes' ids",
+                   subuid_file, "ultari-sandboxes");
+  id.block_uid_base = static_cast<uint32_t>(ubase);
+  id.block_gid_base = static_cast<uint32_t>(gbase);
+  id.block_count = static_cast<uint32_t>(blocks);
+}
+
 std::optional<SubIds> caller_subids(std::string* why, const char* subuid_file, const char* subgid_file) {
   auto missing = [why](std::string what) -> std::optional<SubIds> {
     if (why) *why = std::move(what);
@@ -117,6 +175,9 @@ std::optional<SubIds> caller_subids(std::string* why, const char* subuid_file, c
   ids.uid = caller_uid();
   ids.gid = caller_gid();
   const passwd* pw = getpwuid(ids.uid);
+  // newgidmap maps the user's own group only as its passwd entry says it
+  // (not a group taken with sg or newgrp).
+  if (pw) ids.gid = pw->pw_gid;
   std::string name = pw && pw->pw_name ? pw->pw_name : "", number = std::to_string(ids.uid);
   std::string who = name.empty() ? "uid " + number : name;
   for (auto [file, start] : {std::pair{subuid_file, &ids.uid_start}, std::pair{subgid_file, &ids.gid_start}}) {
@@ -145,6 +206,7 @@ Identity plan_identity(uid_t uid, gid_t gid, bool subids) {
     id.host_root_gid = gbase;
     id.setgroups = true;
     std::tie(id.owner_base, id.owner_count) = owner_range("/etc/subuid", ubase);
+    plan_blocks(id, "/etc/subuid", "/etc/subgid", "/etc/passwd");
   } else if (nested) {
     // The store's namespace maps 0..65535 already (enter_store_namespace),
     // as two ranges: an extent of a map must lie within one of its
@@ -171,29 +233,6 @@ Identity plan_identity(uid_t uid, gid_t gid, bool subids) {
   return id;
 }
 
-namespace {
-
-bool overlap(uint64_t a, uint64_t a_count, uint64_t b, uint64_t b_count) { return a < b + b_count && b < a + a_count; }
-
-// Throws when a user of `passwd_file` has a uid in `range` (`base`, `count`).
-void check_no_user_in(const char* passwd_file, uint32_t base, uint32_t count, const std::string& range,
-                      const std::string& used_for, const char* subuid_file, const char* line_name) {
-  std::ifstream passwd(passwd_file);
-  for (std::string line; std::getline(passwd, line);) {
-    auto a = line.find(':'), b = a == std::string::npos ? a : line.find(':', a + 1);
-    auto c = b == std::string::npos ? b : line.find(':', b + 1);
-    if (c == std::string::npos || c == b + 1 || c - b - 1 > 10) continue;
-    std::string uid = line.substr(b + 1, c - b - 1);
-    if (uid.find_first_not_of("0123456789") != std::string::npos) continue;
-    uint64_t u = std::stoull(uid);
-    if (u >= base && u < uint64_t{base} + count)
-      throw Error(std::string(passwd_file) + ": user " + line.substr(0, a) + " (uid " + uid + ") is in " + range +
-                  ", whose uids " + used_for + "; give them another range (" + line_name + ":START:COUNT in " +
-                  subuid_file + ")");
-  }
-}
-
-}  // namespace
 
 std::pair<uint32_t, uint32_t> owner_range(const char* subuid_file, uint32_t mapped_base, const char* passwd_file) {
   auto owners = subordinate_range(subuid_file, "ultari-owners", 1);
@@ -213,10 +252,13 @@ std::pair<uint32_t, uint32_t> gateway_range(const char* subuid_file, const Ident
   uint32_t base = gateways ? gateways->first : kDefaultGatewayBase;
   uint32_t count = gateways ? gateways->second : kDefaultGatewayCount;
   std::string range = "the ultari-gateways range (" + std::to_string(base) + ", " + std::to_string(count) + " ids)";
-  if (overlap(base, count, id.host_root_uid, kRangeSize) || overlap(base, count, id.owner_base, id.owner_count))
+  if (overlap(base, count, id.host_root_uid, kRangeSize) || overlap(base, count, id.owner_base, id.owner_count) ||
+      overlap(base, count, id.block_uid_base, uint64_t{id.block_count} * kRangeSize))
     throw Error(std::string(subuid_file) + ": " + range + " overlaps the sandboxes' ids (" +
-                std::to_string(id.host_root_uid) + ", 65536 ids) or their owners' (" + std::to_string(id.owner_base) +
-                ", " + std::to_string(id.owner_count) + " ids); give it a range of its own");
+                std::to_string(id.host_root_uid) + ", 65536 ids; " + std::to_string(id.block_uid_base) + ", " +
+                std::to_string(uint64_t{id.block_count} * kRangeSize) + " ids) or their owners' (" +
+                std::to_string(id.owner_base) + ", " + std::to_string(id.owner_count) +
+                " ids); give it a range of its own");
   // A gateway could signal, and reach the files of, a user with its uid.
   check_no_user_in(passwd_file, base, count, range, "run sandboxes' network gateways", subuid_file,
                    "ultari-gateways");
@@ -253,7 +295,7 @@ OwnerLease lease_uid(uint32_t base, uint32_t count_, const char* lock_file, cons
     if (fcntl(fd.get(), F_OFD_SETLK, &fl) == 0) return {static_cast<uid_t>(base + index), std::move(fd)};
     if (errno != EAGAIN && errno != EACCES) throw_errno("lock " + path);
   }
-  throw Error(std::string("no free ") + what + " uid among " + std::to_string(std::min(count, kTries)) + " of " +
+  throw Error(std::string("no free ") + what + " among " + std::to_string(std::min(count, kTries)) + " of " +
               std::to_string(base) + "+" + std::to_string(count) + " (as many sandboxes alive; the " + line_name +
               " line of /etc/subuid sets the range)");
 }
@@ -261,11 +303,24 @@ OwnerLease lease_uid(uint32_t base, uint32_t count_, const char* lock_file, cons
 }  // namespace
 
 OwnerLease lease_owner(const Identity& id, const char* lock_file) {
-  return lease_uid(id.owner_base, id.owner_count, lock_file, "owners", "owner", "ultari-owners");
+  return lease_uid(id.owner_base, id.owner_count, lock_file, "owners", "owner uid", "ultari-owners");
 }
 
 OwnerLease lease_gateway(uint32_t base, uint32_t count, const char* lock_file) {
-  return lease_uid(base, count, lock_file, "gateways", "gateway", "ultari-gateways");
+  return lease_uid(base, count, lock_file, "gateways", "gateway uid", "ultari-gateways");
+}
+
+OwnerLease lease_block(const Identity& id, const char* lock_file) {
+  return lease_uid(0, id.block_count, lock_file, "blocks", "block of sandbox ids", "ultari-sandboxes");
+}
+
+Identity for_block(const Identity& id, uint32_t index) {
+  Identity own = id;
+  own.host_root_uid = id.block_uid_base + index * kRangeSize;
+  own.host_root_gid = id.block_gid_base + index * kRangeSize;
+  own.uid_map = {{0, own.host_root_uid, kRangeSize}};
+  own.gid_map = {{0, own.host_root_gid, kRangeSize}};
+  return own;
 }
 
 CreatorScope::CreatorScope(uid_t uid, gid_t gid, bool keep_caps) : bits_(prctl(PR_GET_SECUREBITS, 0, 0, 0, 0)) {
@@ -431,7 +486,9 @@ void enter_store_namespace(const SubIds& ids) {
     }
   }
   reap();
-  if (msg != "ok") throw Error("entering the image store's user namespace: " + (msg.empty() ? "the helper died" : msg));
+  if (msg != "ok")
+    throw Error("entering the image store's user namespace (it keeps owners in your subordinate ids): " +
+                (msg.empty() ? std::string("the helper died") : msg));
   // Root there (the caller's own uid maps to 0); none of the caller's
   // supplementary groups (they are not mapped: they would show as nogroup).
   if (setresgid(0, 0, 0) != 0 || setresuid(0, 0, 0) != 0) throw_errno("become root of the image store's namespace");
@@ -439,49 +496,51 @@ void enter_store_namespace(const SubIds& ids) {
   note_store_namespace(ids.uid, ids.gid);
 }
 
+namespace {
+
+// The child of mapping_userns: it shares our memory (CLONE_VM: no page
+// tables to copy, the clone costs tens of microseconds, not a fork's
+// milliseconds) and only waits, with raw system calls, for the end of the
+// pipe before it exits.
+int hold_until_eof(void* arg) {
+  const int* fds = static_cast<int*>(arg);  // the pipe's read and write ends
+  syscall(SYS_close, fds[1]);  // its own copy (the fd table is not shared), or no EOF comes
+  char c;
+  while (syscall(SYS_read, fds[0], &c, 1) < 0) {
+  }
+  syscall(SYS_exit, 0);
+  return 0;
+}
+
+}  // namespace
+
 UniqueFd mapping_userns(const std::vector<IdRange>& uid_map, const std::vector<IdRange>& gid_map) {
-  // A short-lived process owns the namespace while the maps are written; the
-  // fd keeps it alive after the process is gone.
-  int ready[2], hold[2];
-  if (pipe2(ready, O_CLOEXEC) != 0) throw_errno("pipe");
-  if (pipe2(hold, O_CLOEXEC) != 0) {
-    close(ready[0]);
-    close(ready[1]);
-    throw_errno("pipe");
-  }
-  pid_t child = fork();
-  if (child == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-    close(ready[0]);
-    close(hold[1]);  // or the read below never sees EOF
-    char c = unshare(CLONE_NEWUSER) == 0 ? 'y' : 'n';
-    if (write(ready[1], &c, 1) < 0) _exit(1);
-    if (read(hold[0], &c, 1) < 0) _exit(1);
-    _exit(0);
-  }
-  close(ready[1]);
-  close(hold[0]);
-  char c = 0;
-  bool ok = child > 0 && read(ready[0], &c, 1) == 1 && c == 'y';
-  close(ready[0]);
+  // A short-lived process, born in the namespace, owns it while the maps
+  // are written; the fd keeps it alive after the process is gone.
+  int hold[2];
+  if (pipe2(hold, O_CLOEXEC) != 0) throw_errno("pipe");
+  UniqueFd hold_r(hold[0]), hold_w(hold[1]);
+  std::vector<char> stack(64 * 1024);
+  int fds[2] = {hold_r.get(), hold_w.get()};
+  pid_t child = clone(hold_until_eof, stack.data() + stack.size(), CLONE_VM | CLONE_NEWUSER | SIGCHLD, fds);
+  if (child < 0) throw_errno("clone (user namespace for an idmapped mount)");
   UniqueFd userns;
-  std::string err = child < 0 ? "fork failed" : "unshare(CLONE_NEWUSER) failed";
-  if (ok) {
-    try {
-      Identity map;
-      map.rootful = true;
-      map.setgroups = true;
-      map.uid_map = uid_map;
-      map.gid_map = gid_map;
-      write_maps(child, map);
-      userns.reset(open(("/proc/" + std::to_string(child) + "/ns/user").c_str(), O_RDONLY | O_CLOEXEC));
-      if (!userns) err = std::string("open user namespace: ") + std::strerror(errno);
-    } catch (const Error& e) {
-      err = e.what();
-    }
+  std::string err;
+  try {
+    Identity map;
+    map.rootful = true;
+    map.setgroups = true;
+    map.uid_map = uid_map;
+    map.gid_map = gid_map;
+    write_maps(child, map);
+    userns.reset(open(("/proc/" + std::to_string(child) + "/ns/user").c_str(), O_RDONLY | O_CLOEXEC));
+    if (!userns) err = std::string("open user namespace: ") + std::strerror(errno);
+  } catch (const Error& e) {
+    err = e.what();
   }
-  close(hold[1]);
-  if (child > 0) waitpid(child, nullptr, 0);
+  hold_w.reset();  // the child ends; its stack is freed only once it is reaped
+  while (waitpid(child, nullptr, 0) < 0 && errno == EINTR) {
+  }
   if (!userns) throw Error("user namespace for an idmapped mount: " + err);
   return userns;
 }
@@ -505,10 +564,16 @@ UniqueFd clone_tree(const std::string& path, bool recursive, mount_attr attr, co
 
 }  // namespace
 
-UniqueFd detached_tree(const std::string& path, bool read_only) {
+UniqueFd detached_tree(const std::string& path, bool read_only, int userns) {
   mount_attr attr{};
   attr.attr_set = (read_only ? MOUNT_ATTR_RDONLY : 0) | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
-  return clone_tree(path, false, attr, "mount attributes of " + path);
+  if (userns >= 0) {
+    attr.attr_set |= MOUNT_ATTR_IDMAP;
+    attr.userns_fd = static_cast<uint64_t>(userns);
+  }
+  return clone_tree(path, false, attr,
+                    (userns >= 0 ? "idmapped mount of " : "mount attributes of ") + path +
+                        (userns >= 0 ? " (does its filesystem support idmapped mounts?)" : ""));
 }
 
 UniqueFd idmapped_tree(const std::string& path, int userns) {

@@ -26,6 +26,14 @@ struct Identity {
   // Rootful: the range of host uids that create sandboxes' user namespaces
   // (see lease_owner); disjoint from the mapped range.
   uint32_t owner_base = 0, owner_count = 0;
+  // Rootful: blocks of 65536 ids, one leased per sandbox alive
+  // (lease_block, for_block), so that no two sandboxes share a host uid:
+  // the kernel keeps some per-user budgets by uid alone (pipe buffers, unix
+  // fds in flight, epoll watches). The maps above are then the store's ids
+  // (what layers and the default root's skeleton are stored in), shown to
+  // the sandbox through idmapped mounts. From the "ultari-sandboxes" lines of
+  // /etc/subuid and /etc/subgid, else 2000065536 + 15257 blocks.
+  uint32_t block_uid_base = 0, block_gid_base = 0, block_count = 0;
   // The maps hold subordinate ids of a user: newuidmap and newgidmap write
   // them (write_maps).
   bool helper_maps = false;
@@ -100,6 +108,20 @@ std::pair<uint32_t, uint32_t> gateway_range(const char* subuid_file, const Ident
                                             const char* passwd_file = "/etc/passwd");
 OwnerLease lease_gateway(uint32_t base, uint32_t count, const char* lock_file = nullptr);
 
+// Fills id's block_* (rootful: uid_map/gid_map and the owners' range are
+// planned) from the "ultari-sandboxes:START:COUNT" lines of the two files
+// (blocks: COUNT / 65536 of the smaller), else 2000065536 + 15257 blocks;
+// throws when they overlap the image store's ids or the owners', or hold
+// the uid of a user in `passwd_file`.
+void plan_blocks(Identity& id, const char* subuid_file, const char* subgid_file, const char* passwd_file);
+
+// Rootful: a block of ids of its own for one sandbox, leased like the
+// owners (on /run/ultari/blocks); `uid` is the block's index. Throws when
+// none of those tried is free.
+OwnerLease lease_block(const Identity& id, const char* lock_file = nullptr);
+// `id` mapped to block `index`: inside 0..65535 are that block's ids.
+Identity for_block(const Identity& id, uint32_t index);
+
 // Makes the calling thread, and it alone (raw setres[ug]id: glibc's wrappers
 // change every thread), create namespaces as `uid`/`gid` until destroyed;
 // with `keep_caps`, keeping its effective capabilities
@@ -132,7 +154,8 @@ UniqueFd mapping_userns(const std::vector<IdRange>& uid_map, const std::vector<I
 
 // A detached copy of the host directory `path` (not recursive; nosuid,
 // nodev, read-only unless asked otherwise). Rootful only.
-UniqueFd detached_tree(const std::string& path, bool read_only);
+// With `userns` (a mapping_userns), idmapped through it as well.
+UniqueFd detached_tree(const std::string& path, bool read_only, int userns = -1);
 
 // A detached, idmapped copy of the host path (recursive) seen through
 // `userns`: files owned by the mapped owner appear owned by the target ids

@@ -287,7 +287,7 @@ UniqueFd idmapped_or_warn(Sandbox::State& s, const char* path, int userns) {
 // is the sandbox's user inside, and what the sandbox writes there is stored
 // as that owner on the host, not as the subordinate range.
 void idmap_user_paths(Sandbox::State& s) {
-  const auto& id = s.prepared->identity;
+  const auto& id = s.identity;
   std::map<std::pair<uid_t, gid_t>, UniqueFd> userns_by_owner;
   for (auto& step : s.root.steps) {
     if (step.op != filesystem::Step::BindInRoot || !step.user_path) continue;
@@ -363,10 +363,40 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
   s.prepared = &prepared;
   s.policy = &prepared.policy;
 
-  const auto& id = prepared.identity;
   // The root's recipe checks every host path: bad input fails here, before
   // anything exists.
   s.root = filesystem::plan_root(spec, filesystem::uses_host_root(spec) ? &prepared.host_root : nullptr, home_of(spec));
+  // Rootful: a block of ids of the sandbox's own (isolation::lease_block),
+  // so that it shares no per-user kernel budget with another sandbox. What
+  // is stored in the image store's ids (layers, the default root's
+  // skeleton) is shown to it through idmapped mounts. A build
+  // (Spec::upper_dir) keeps the store's ids: its writable layer on disk
+  // becomes a layer as it is.
+  s.identity = prepared.identity;
+  std::vector<UniqueFd> store_trees;  // image layers, or the skeleton: read-only, in the sandbox's ids
+  const bool store_lowers = filesystem::uses_host_root(spec) || !spec.layers.empty();
+  if (prepared.identity.rootful && prepared.identity.block_count > 0 && spec.upper_dir.empty()) {
+    isolation::OwnerLease block = isolation::lease_block(prepared.identity);
+    try {
+      isolation::Identity own = isolation::for_block(prepared.identity, block.uid);
+      if (store_lowers) {
+        UniqueFd store_ids = isolation::mapping_userns({{prepared.identity.host_root_uid, own.host_root_uid, 65536}},
+                                                       {{prepared.identity.host_root_gid, own.host_root_gid, 65536}});
+        for (const auto& dir : s.root.lower_dirs) store_trees.push_back(isolation::detached_tree(dir, true, store_ids.get()));
+      }
+      s.identity = own;
+      s.block_lease = std::move(block.lock);
+    } catch (const Error& e) {
+      // A filesystem without idmapped mounts (tmpfs before Linux 6.3):
+      // this sandbox keeps the store's ids, shared with others like it.
+      store_trees.clear();
+      s.warnings.push_back(std::string("the sandbox shares its ids with other sandboxes (and their per-user budgets): ") +
+                           e.what());
+    }
+  }
+  if (prepared.identity.rootful && store_trees.empty() && !spec.layers.empty())
+    for (const auto& dir : s.root.lower_dirs) store_trees.push_back(isolation::detached_tree(dir, true));
+  const auto& id = s.identity;
   if (id.rootful) idmap_user_paths(s);
   if (id.helper_maps && spec.identity.uid != 0) {
     // Rootless with subordinate ids: the caller is root inside, and no
@@ -397,15 +427,16 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
         }
     }
   }
-  if (id.rootful && !spec.layers.empty()) {
-    // Image layers (stored in the sandbox's ids) as detached trees: the
-    // child, an unprivileged id, need not reach the store's directories.
+  if (!store_trees.empty()) {
+    // Image layers (or the skeleton) as detached trees: the child, an
+    // unprivileged id, need not reach the store's directories.
     std::vector<int> fds;
-    for (const auto& dir : s.root.lower_dirs) {
-      s.trees.push_back(isolation::detached_tree(dir, true));
+    for (auto& tree : store_trees) {
+      s.trees.push_back(std::move(tree));
       fds.push_back(s.trees.back().get());
     }
-    s.root.use_lower_trees(fds);
+    if (spec.layers.empty()) s.root.use_lower_tree(fds.front());
+    else s.root.use_lower_trees(fds);
   }
   // --inspect-tls and --secret: the CA and the secrets' values, read and
   // made now (a missing variable fails before anything exists); the CA's

@@ -26,9 +26,11 @@ namespace ultari {
 
 struct Sandbox::State {
   using Clock = std::chrono::steady_clock;
-  // Rootful: the lease on the user namespace's owner uid (first: released
-  // after everything else is gone).
+  // Rootful: the leases on the user namespace's owner uid and on the
+  // sandbox's block of ids (first: released after everything else is gone).
   UniqueFd owner_lease;
+  UniqueFd block_lease;
+  isolation::Identity identity;  // prepared's, moved to the sandbox's own block (rootful)
   UniqueFd gateway_lease;  // rootful with a network: the gateway's uid (isolation::lease_gateway)
   std::string id;
   Spec spec;

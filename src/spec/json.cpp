@@ -73,7 +73,7 @@ json spec_to_json(const Spec& s) {
           {"workspace", s.workspace},
           {"mounts", mounts},
           {"hostname", s.hostname},
-          {"identity", {{"uid", s.identity.uid}, {"gid", s.identity.gid}}},
+          {"identity", {{"uid", s.identity.uid}, {"gid", s.identity.gid}, {"subids", s.identity.subids}}},
           {"limits",
            {{"memory_bytes", opt(l.memory_bytes)},
             {"pids", opt(l.pids)},
@@ -129,6 +129,7 @@ Spec spec_from_json(const json& j) {
   const json& id = object(j, "identity", "");
   s.identity.uid = get<uid_t>(id, "uid", "identity.");
   s.identity.gid = get<gid_t>(id, "gid", "identity.");
+  if (id.contains("subids")) s.identity.subids = get<bool>(id, "subids", "identity.");
   const json& l = object(j, "limits", "");
   const std::string lw = "limits.";
   s.limits.memory_bytes = get_opt<uint64_t>(l, "memory_bytes", lw);

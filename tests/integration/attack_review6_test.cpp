@@ -13,9 +13,10 @@
 //   - fs.epoll.max_user_watches (user->epoll_watches).
 // Each test asserts the SAFE behaviour (another sandbox keeps its whole
 // budget) and has a negative control (two processes of one sandbox do share
-// it, so the probe does see the effect). Tests whose channel is open today
-// are DISABLED_ (they fail when enabled: run them with
-// --gtest_also_run_disabled_tests).
+// it, so the probe does see the effect). CLOSED since each rootful sandbox
+// maps a block of ids of its own (isolation::lease_block). The epoll test
+// stays DISABLED_ because it lowers a global sysctl while it runs (run it
+// alone with --gtest_also_run_disabled_tests).
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -24,6 +25,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -73,9 +75,9 @@ class Holder {
 
 std::string tag_for(const std::string& what) { return "review6-" + what + "-" + std::to_string(getpid()); }
 
-// fs.pipe-user-pages-soft is charged to user->pipe_bufs of the kuid: OPEN
-// today (a second sandbox's new pipe: 8192 bytes, not 65536).
-TEST(AttackReview6, DISABLED_PipeBudgetIsNotSharedBetweenSandboxes) {
+// fs.pipe-user-pages-soft is charged to user->pipe_bufs of the kuid (with
+// one shared block, a second sandbox's new pipe got 8192 bytes, not 65536).
+TEST(AttackReview6, PipeBudgetIsNotSharedBetweenSandboxes) {
   if (geteuid() != 0) GTEST_SKIP() << "rootful sandboxes only";
   long soft = std::atol(read_file("/proc/sys/fs/pipe-user-pages-soft").c_str());
   if (soft <= 0 || soft > 16 * 2048) GTEST_SKIP() << "fs.pipe-user-pages-soft is " << soft;
@@ -98,8 +100,9 @@ TEST(AttackReview6, DISABLED_PipeBudgetIsNotSharedBetweenSandboxes) {
 }
 
 // too_many_unix_fds: user->unix_inflight of the sending kuid against the
-// sender's RLIMIT_NOFILE. OPEN today (the second sandbox: ETOOMANYREFS).
-TEST(AttackReview6, DISABLED_UnixInflightFdsAreNotSharedBetweenSandboxes) {
+// sender's RLIMIT_NOFILE (with one shared block, the second sandbox got
+// ETOOMANYREFS).
+TEST(AttackReview6, UnixInflightFdsAreNotSharedBetweenSandboxes) {
   if (geteuid() != 0) GTEST_SKIP() << "rootful sandboxes only";
   TempDir dir;
   {
@@ -121,7 +124,8 @@ TEST(AttackReview6, DISABLED_UnixInflightFdsAreNotSharedBetweenSandboxes) {
 // fs.epoll.max_user_watches (about 4% of low memory / ~100 bytes: millions)
 // is charged to user->epoll_watches of the kuid. To reach it cheaply the
 // test lowers the GLOBAL sysctl to 300 for its duration (restored after),
-// which is why it must stay out of normal runs. OPEN today (ENOSPC).
+// which is why it must stay out of normal runs. Closed by the blocks too
+// (with one shared block: ENOSPC).
 TEST(AttackReview6, DISABLED_EpollWatchesAreNotSharedBetweenSandboxes) {
   if (geteuid() != 0) GTEST_SKIP() << "rootful sandboxes only";
   const std::string knob = "/proc/sys/fs/epoll/max_user_watches";
@@ -186,6 +190,50 @@ TEST(AttackReview6, SandboxCannotSeeOrBecomeItsNamespaceOwner) {
   EXPECT_EQ(status.find(std::to_string(owner)), std::string::npos) << status;
   std::string map = read_file("/proc/" + std::to_string(probe) + "/uid_map");
   EXPECT_EQ(map.find(std::to_string(owner)), std::string::npos) << map;
+}
+
+// Two rootful sandboxes alive at once map blocks of ids of their own (so
+// no per-user budget above is shared), both in the sandboxes' range, none
+// the image store's (2000000000, whose ids layers are stored in).
+// Negative control: the map a sandbox reads is the one the host sees.
+TEST(AttackReview6, TwoSandboxesAliveAtOnceHaveBlocksOfTheirOwn) {
+  if (geteuid() != 0) GTEST_SKIP() << "rootful sandboxes only";
+  TempDir dir;
+  std::string log = dir / "a.log", tag = tag_for("block");
+  int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  ASSERT_GE(fd, 0);
+  pid_t sup = spawn_ultari({"run", "--quiet", "--timeout", "60s", "--", "/bin/bash", "-c",
+                            "cat /proc/self/uid_map; exec -a " + tag + " sleep 30"},
+                           fd);
+  close(fd);
+  struct Reap {
+    pid_t pid;
+    ~Reap() {
+      kill(pid, SIGTERM);
+      waitpid(pid, nullptr, 0);
+    }
+  } reap{sup};
+  ASSERT_TRUE(wait_for_text(log, sup, "65536")) << read_file(log);
+  auto outside = [](const std::string& map) {
+    std::istringstream in(map);
+    long inside = -1, out = -1, count = -1;
+    in >> inside >> out >> count;
+    return inside == 0 && count == 65536 ? out : -1;
+  };
+  long a = outside(read_file(log));
+  Outcome b = sh("cat /proc/self/uid_map");
+  long bb = outside(b.out);
+  for (long base : {a, bb}) {
+    EXPECT_GE(base, 2000065536L) << read_file(log) << b.out;
+    EXPECT_LT(base, 3000000000L);
+    EXPECT_EQ((base - 2000065536L) % 65536, 0) << base;
+  }
+  EXPECT_NE(a, bb) << "two sandboxes alive at once share a block: " << a;
+  pid_t sleeper = 0;
+  for (pid_t pid : pids_matching(tag))
+    if (read_file("/proc/" + std::to_string(pid) + "/comm") == "sleep\n") sleeper = pid;
+  ASSERT_GT(sleeper, 0);
+  EXPECT_EQ(outside(read_file("/proc/" + std::to_string(sleeper) + "/uid_map")), a);
 }
 
 }  // namespace

@@ -485,6 +485,9 @@ void rootless_store_round(const TempDir& dir_, const std::string& root_, bool ke
   Outcome imp = as_user({"image", "import", "mine", dir_ / "r.tgz"});
   ASSERT_EQ(imp.status, 0) << imp.err;
   ASSERT_TRUE(exists(data + "/images/images/mine.json"));  // in the store it was given
+  // Its directories are 0700 (they were made 0755 above), whoever made them.
+  EXPECT_EQ(host("stat -c %a " + data + "/images " + data + "/images/layers " + data + "/images/images").out,
+            "700\n700\n700\n");
   const passwd* pw = getpwnam(kRootlessUser);
   ASSERT_NE(pw, nullptr);
   // The user's first subordinate uid and gid (useradd gave it a range).
@@ -523,7 +526,20 @@ void rootless_store_round(const TempDir& dir_, const std::string& root_, bool ke
   // Two layers, rootless (paths instead of trees made by the supervisor).
   std::string top = dir_ / (keeps_owners ? "top-owners" : "top-one");
   ASSERT_EQ(sh("mkdir -p " + top + "/etc && echo from-top > " + top + "/etc/greeting && chmod -R a+rX " + top), 0);
-  ASSERT_EQ(as_user({"image", "import", "top", top}).status, 0);
+  // A directory of host root's: in the store's namespace its owner is no
+  // id of the caller's (it would show as 65534): refused, naming it. A
+  // one-owner store takes it (everything becomes the caller's anyway).
+  Outcome foreign = as_user({"image", "import", "top", top});
+  if (keeps_owners) {
+    EXPECT_EQ(foreign.status, 125) << foreign.err;
+    EXPECT_TRUE(has(foreign.err, "its owner is not one of your ids")) << foreign.err;
+    EXPECT_TRUE(entries(data + "/images/tmp").empty());
+    ASSERT_EQ(sh("chown -R " + std::string(kRootlessUser) + ": " + top), 0);
+    Outcome own = as_user({"image", "import", "top", top});
+    ASSERT_EQ(own.status, 0) << own.err;
+  } else {
+    ASSERT_EQ(foreign.status, 0) << foreign.err;
+  }
   json t = json::parse(as_user({"image", "inspect", "top", "--json"}).out);
   json stack = {{"name", "stack"}, {"id", std::string(64, 'a')}, {"layers", {t["layers"][0], mine["layers"][0]}}};
   write_file(data + "/images/images/stack.json", stack.dump());
@@ -577,6 +593,23 @@ TEST_F(Images, ARootlessStoreThatKeepsOwnersRefusesHostileArchives) {
   }
   EXPECT_TRUE(has(read_file(data + "/images/ids"), "subids ")) << read_file(data + "/images/ids");
   EXPECT_FALSE(exists(victim + "/pwned"));
+  // A victim only the store's namespace may write (a subordinate id's,
+  // 0700): the extraction, root there, still never goes through the link.
+  std::string sub = host("sed -n 's/^" + std::string(kRootlessUser) + ":\\([0-9]*\\):.*/\\1/p' /etc/subuid | head -1").out;
+  ASSERT_FALSE(sub.empty());
+  std::string owner = std::to_string(std::stoul(sub) + 999);
+  std::string locked = dir_ / "locked", sub_tar = dir_ / "symlink-locked.tar";
+  ASSERT_EQ(sh("mkdir -p " + locked + " && chown " + owner + ":" + owner + " " + locked + " && chmod 700 " + locked +
+               " && /usr/bin/python3 " + mktar() + " hostile symlink " + sub_tar + " " + locked + " && chmod 644 " + sub_tar),
+            0);
+  Outcome l = ultari::test::ultari({"image", "import", "evil", sub_tar}, o);
+  EXPECT_EQ(l.status, 125) << l.err;
+  EXPECT_FALSE(exists(locked + "/pwned"));
+  // Control: root of a namespace with the caller's subordinate ids may write there.
+  EXPECT_EQ(sh("su " + std::string(kRootlessUser) + " -s /bin/sh -c 'unshare --map-auto --map-root-user touch " + locked +
+               "/probe'"),
+            0);
+  EXPECT_TRUE(exists(locked + "/probe"));
   EXPECT_EQ(read_file(victim + "/target"), "secret\n");
   EXPECT_FALSE(exists(dir_ / "evil"));
   // Negative control: the caller may write the victim (a trusting extractor

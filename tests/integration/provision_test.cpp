@@ -1333,8 +1333,10 @@ TEST_F(Provision, ARootlessBuildsGatewayHasNoCapabilitiesInTheStoresNamespace) {
     if (pid.empty()) continue;
     pid.pop_back();
     gateway_caps = host("grep CapEff /proc/" + pid + "/status").out;
-    provision_caps = host("grep CapEff /proc/$(pgrep -u " + std::string(kRootlessUser) + " -f 'ultari image provision p' "
-                          "| head -1)/status").out;
+    // The provisioning process itself: named ultari (the gateway and the
+    // build's processes share its command line, not its name).
+    provision_caps = host("for p in $(pgrep -u " + std::string(kRootlessUser) + " -f 'ultari image provision p'); do "
+                          "[ \"$(cat /proc/$p/comm)\" = ultari ] && grep CapEff /proc/$p/status && break; done").out;
   }
   t.join();
   EXPECT_EQ(r.status, 0) << r.err;

@@ -38,6 +38,43 @@ TEST(Identity, SubordinateIdsAreTheCallersLineWithEnoughIds) {
   for (const auto& f : {sub, by_uid, few}) unlink(f.c_str());
 }
 
+// Rootful sandboxes' blocks of ids: the "ultari-sandboxes" lines, else a
+// default range between the image store's ids and the owners'.
+TEST(Identity, SandboxBlocksComeFromTheirOwnRange) {
+  Identity id;
+  id.uid_map = {{0, 2000000000, 65536}};
+  id.gid_map = {{0, 2000000000, 65536}};
+  id.owner_base = 3000000000U;
+  id.owner_count = 1U << 30;
+  std::string none = unit::temp_file("subuid", "alice:100000:65536\n");
+  std::string passwd = unit::temp_file("passwd", "root:x:0:0:root:/root:/bin/sh\n");
+  plan_blocks(id, none.c_str(), none.c_str(), passwd.c_str());
+  EXPECT_EQ(id.block_uid_base, 2000065536U);
+  EXPECT_EQ(id.block_count, 15257U);
+  EXPECT_LE(uint64_t{id.block_uid_base} + uint64_t{id.block_count} * 65536, 3000000000ULL);
+  Identity b = for_block(id, 2);
+  EXPECT_EQ(b.uid_map[0].outside, 2000065536U + 2 * 65536);
+  EXPECT_EQ(b.host_root_gid, 2000065536U + 2 * 65536);
+  // Lines of their own: the smaller count wins.
+  std::string u = unit::temp_file("subuid", "ultari-sandboxes:500000000:655360\n");
+  std::string g = unit::temp_file("subgid", "ultari-sandboxes:600000000:196608\n");
+  plan_blocks(id, u.c_str(), g.c_str(), passwd.c_str());
+  EXPECT_EQ(id.block_uid_base, 500000000U);
+  EXPECT_EQ(id.block_gid_base, 600000000U);
+  EXPECT_EQ(id.block_count, 3U);
+  // Refused: over the store's ids, over the owners, a user inside.
+  std::string store = unit::temp_file("subuid", "ultari-sandboxes:1999999000:655360\n");
+  EXPECT_TRUE(unit::has(unit::error_of([&] { plan_blocks(id, store.c_str(), g.c_str(), passwd.c_str()); }),
+                        "overlaps the image store's"));
+  std::string owners = unit::temp_file("subuid", "ultari-sandboxes:2999990000:655360\n");
+  EXPECT_TRUE(unit::has(unit::error_of([&] { plan_blocks(id, owners.c_str(), g.c_str(), passwd.c_str()); }),
+                        "overlaps the sandboxes' owners"));
+  std::string user = unit::temp_file("passwd", "mallory:x:500000007:100::/home/m:/bin/sh\n");
+  EXPECT_TRUE(unit::has(unit::error_of([&] { plan_blocks(id, u.c_str(), g.c_str(), user.c_str()); }),
+                        "mallory"));
+  for (const auto& f : {none, passwd, u, g, store, owners, user}) unlink(f.c_str());
+}
+
 TEST(Identity, OwnersComeFromTheirOwnRange) {
   std::string none = unit::temp_file("subuid", "alice:100000:65536\n");
   auto [base, count] = owner_range(none.c_str(), 2000000000);

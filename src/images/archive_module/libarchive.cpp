@@ -415,6 +415,11 @@ class ArchiveUnpacker final : public Unpacker {
         }
       }
       int64_t uid = archive_entry_uid(e), gid = archive_entry_gid(e);
+      if (dir && ((o.unmapped_uid >= 0 && uid == o.unmapped_uid) || (o.unmapped_gid >= 0 && gid == o.unmapped_gid))) {
+        error = "entry '" + name + "': its owner is not one of your ids (host root's or another user's file; " +
+                "chown the tree to yourself, or import it as a tarball)";
+        return false;
+      }
       if (o.shift_owner && (uid < 0 || gid < 0 || uid >= o.id_count || gid >= o.id_count)) {
         error = "entry '" + name + "': owner " + std::to_string(uid) + ":" + std::to_string(gid) +
                 " is outside the sandbox's " + std::to_string(o.id_count) + " ids";
