@@ -6,6 +6,7 @@
 #include <linux/mount.h>
 #include <linux/openat2.h>
 #include <linux/securebits.h>
+#include <pthread.h>
 #include <sched.h>
 #include <spawn.h>
 #include <sys/prctl.h>
@@ -141,6 +142,21 @@ void check_no_user_in(const char* passwd_file, uint32_t base, uint32_t count, co
 void plan_blocks(Identity& id, const char* subuid_file, const char* subgid_file, const char* passwd_file) {
   auto u = subordinate_range(subuid_file, "ultari-sandboxes", kRangeSize);
   auto g = subordinate_range(subgid_file, "ultari-sandboxes", kRangeSize);
+  // A line that is there but unusable, or in one file only, is a mistake
+  // to name, not a reason to fall back to the default range.
+  auto has_line = [](const char* file) {
+    std::ifstream in(file);
+    for (std::string line; std::getline(in, line);)
+      if (line.rfind("ultari-sandboxes:", 0) == 0) return true;
+    return false;
+  };
+  for (auto [file, range] : {std::pair{subuid_file, u.has_value()}, std::pair{subgid_file, g.has_value()}})
+    if (!range && has_line(file))
+      throw Error(std::string(file) + ": its ultari-sandboxes line is unusable (START:COUNT, COUNT at least 65536, "
+                  "below 4294967295 in all)");
+  if (u.has_value() != g.has_value())
+    throw Error(std::string("an ultari-sandboxes line is in ") + (u ? subuid_file : subgid_file) + " but not in " +
+                (u ? subgid_file : subuid_file) + ": give the sandboxes' gids a range too");
   uint64_t ubase = u ? u->first : uint64_t{kDefaultSubBase} + kRangeSize;
   uint64_t gbase = g ? g->first : uint64_t{kDefaultSubBase} + kRangeSize;
   uint64_t blocks = std::min<uint64_t>(u ? u->second / kRangeSize : kDefaultBlockCount,
@@ -269,8 +285,11 @@ namespace {
 
 // One uid of base..base+count, leased (see lease_owner) on `path`, or the
 // default `name` under /run/ultari.
+// The lock of index i is on bytes key(i) .. + len: absolute host ids, so
+// leases from differently configured processes still exclude each other
+// wherever their ids overlap.
 OwnerLease lease_uid(uint32_t base, uint32_t count_, const char* lock_file, const char* name, const char* what,
-                     const char* line_name) {
+                     const char* line_name, uint64_t stride = 1, off_t len = 1) {
   std::string path = lock_file ? lock_file : std::string("/run/ultari/") + name;
   // Its own open file description: locks taken through one are not
   // exclusive against each other. /run/ultari is made once, on the first
@@ -290,9 +309,10 @@ OwnerLease lease_uid(uint32_t base, uint32_t count_, const char* lock_file, cons
     struct flock fl{};
     fl.l_type = F_WRLCK;
     fl.l_whence = SEEK_SET;
-    fl.l_start = static_cast<off_t>(index);
-    fl.l_len = 1;
-    if (fcntl(fd.get(), F_OFD_SETLK, &fl) == 0) return {static_cast<uid_t>(base + index), std::move(fd)};
+    fl.l_start = static_cast<off_t>(base + index * stride);
+    fl.l_len = len;
+    if (fcntl(fd.get(), F_OFD_SETLK, &fl) == 0)
+      return {static_cast<uid_t>(stride == 1 ? base + index : index), std::move(fd)};
     if (errno != EAGAIN && errno != EACCES) throw_errno("lock " + path);
   }
   throw Error(std::string("no free ") + what + " among " + std::to_string(std::min(count, kTries)) + " of " +
@@ -311,7 +331,8 @@ OwnerLease lease_gateway(uint32_t base, uint32_t count, const char* lock_file) {
 }
 
 OwnerLease lease_block(const Identity& id, const char* lock_file) {
-  return lease_uid(0, id.block_count, lock_file, "blocks", "block of sandbox ids", "ultari-sandboxes");
+  return lease_uid(id.block_uid_base, id.block_count, lock_file, "blocks", "block of sandbox ids", "ultari-sandboxes",
+                   kRangeSize, kRangeSize);
 }
 
 Identity for_block(const Identity& id, uint32_t index) {
@@ -504,7 +525,10 @@ namespace {
 // pipe before it exits.
 int hold_until_eof(void* arg) {
   const int* fds = static_cast<int*>(arg);  // the pipe's read and write ends
-  syscall(SYS_close, fds[1]);  // its own copy (the fd table is not shared), or no EOF comes
+  // Its own copies of every other fd (the table is not shared) go: the
+  // write end above all, or no EOF comes (nor for another thread's child).
+  if (fds[0] > 0) syscall(SYS_close_range, 0U, static_cast<unsigned>(fds[0] - 1), 0U);
+  syscall(SYS_close_range, static_cast<unsigned>(fds[0] + 1), ~0U, 0U);
   char c;
   while (syscall(SYS_read, fds[0], &c, 1) < 0) {
   }
@@ -522,8 +546,26 @@ UniqueFd mapping_userns(const std::vector<IdRange>& uid_map, const std::vector<I
   UniqueFd hold_r(hold[0]), hold_w(hold[1]);
   std::vector<char> stack(64 * 1024);
   int fds[2] = {hold_r.get(), hold_w.get()};
+  // No signal handler of ours runs in the child (it shares our memory and
+  // this thread's TLS): it starts with every signal blocked.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
   pid_t child = clone(hold_until_eof, stack.data() + stack.size(), CLONE_VM | CLONE_NEWUSER | SIGCHLD, fds);
-  if (child < 0) throw_errno("clone (user namespace for an idmapped mount)");
+  int clone_errno = errno;
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (child < 0) throw_errno("clone (user namespace for an idmapped mount)", clone_errno);
+  // Whatever way this returns (an exception included), the child ends and
+  // is reaped before its stack is freed (declared after it: runs first).
+  struct Reap {
+    UniqueFd& hold;
+    pid_t pid;
+    ~Reap() {
+      hold.reset();
+      while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+      }
+    }
+  } reap{hold_w, child};
   UniqueFd userns;
   std::string err;
   try {
@@ -537,9 +579,6 @@ UniqueFd mapping_userns(const std::vector<IdRange>& uid_map, const std::vector<I
     if (!userns) err = std::string("open user namespace: ") + std::strerror(errno);
   } catch (const Error& e) {
     err = e.what();
-  }
-  hold_w.reset();  // the child ends; its stack is freed only once it is reaped
-  while (waitpid(child, nullptr, 0) < 0 && errno == EINTR) {
   }
   if (!userns) throw Error("user namespace for an idmapped mount: " + err);
   return userns;
@@ -558,7 +597,12 @@ UniqueFd clone_tree(const std::string& path, bool recursive, mount_attr attr, co
   unsigned flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH | (recursive ? AT_RECURSIVE : 0);
   UniqueFd tree(static_cast<int>(syscall(SYS_open_tree, at.get(), "", flags)));
   if (!tree) throw_errno("open_tree " + path);
-  if (syscall(SYS_mount_setattr, tree.get(), "", AT_EMPTY_PATH, &attr, sizeof attr) != 0) throw_errno(what);
+  if (syscall(SYS_mount_setattr, tree.get(), "", AT_EMPTY_PATH, &attr, sizeof attr) != 0) {
+    int err = errno;
+    if ((attr.attr_set & MOUNT_ATTR_IDMAP) && (err == EINVAL || err == EOPNOTSUPP))
+      throw IdmapUnsupported(what + ": " + std::strerror(err));
+    throw_errno(what, err);
+  }
   return tree;
 }
 

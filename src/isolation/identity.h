@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "util/error.h"
 #include "util/fd.h"
 
 namespace ultari::isolation {
@@ -115,9 +116,11 @@ OwnerLease lease_gateway(uint32_t base, uint32_t count, const char* lock_file = 
 // the uid of a user in `passwd_file`.
 void plan_blocks(Identity& id, const char* subuid_file, const char* subgid_file, const char* passwd_file);
 
-// Rootful: a block of ids of its own for one sandbox, leased like the
-// owners (on /run/ultari/blocks); `uid` is the block's index. Throws when
-// none of those tried is free.
+// Rootful: a block of ids of its own for one sandbox, leased on
+// /run/ultari/blocks: a lock on the byte range of its host uids, so two
+// leases never overlap, whatever ranges the processes holding them were
+// configured with; `uid` is the block's index. Throws when none of those
+// tried is free.
 OwnerLease lease_block(const Identity& id, const char* lock_file = nullptr);
 // `id` mapped to block `index`: inside 0..65535 are that block's ids.
 Identity for_block(const Identity& id, uint32_t index);
@@ -154,7 +157,11 @@ UniqueFd mapping_userns(const std::vector<IdRange>& uid_map, const std::vector<I
 
 // A detached copy of the host directory `path` (not recursive; nosuid,
 // nodev, read-only unless asked otherwise). Rootful only.
-// With `userns` (a mapping_userns), idmapped through it as well.
+// With `userns` (a mapping_userns), idmapped through it as well; throws
+// IdmapUnsupported when the path's filesystem takes no idmapped mount.
+struct IdmapUnsupported : Error {
+  using Error::Error;
+};
 UniqueFd detached_tree(const std::string& path, bool read_only, int userns = -1);
 
 // A detached, idmapped copy of the host path (recursive) seen through

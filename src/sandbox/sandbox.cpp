@@ -386,12 +386,13 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
       }
       s.identity = own;
       s.block_lease = std::move(block.lock);
-    } catch (const Error& e) {
-      // A filesystem without idmapped mounts (tmpfs before Linux 6.3):
-      // this sandbox keeps the store's ids, shared with others like it.
+    } catch (const isolation::IdmapUnsupported& e) {
+      // Only a filesystem without idmapped mounts (tmpfs before Linux 6.3)
+      // lets this sandbox keep the store's ids, shared with others like it
+      // and with builds; any other failure fails the start.
       store_trees.clear();
-      s.warnings.push_back(std::string("the sandbox shares its ids with other sandboxes (and their per-user budgets): ") +
-                           e.what());
+      s.warnings.push_back(std::string("the sandbox shares its ids with other sandboxes and with builds (and their "
+                                       "per-user budgets): ") + e.what());
     }
   }
   if (prepared.identity.rootful && store_trees.empty() && !spec.layers.empty())
@@ -570,7 +571,7 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
       // A uid of its own (isolation::lease_gateway), held while it lives.
       auto [base, count] = prepared.gateway_range;
       if (count == 0)  // prepared for a spec without a network
-        std::tie(base, count) = isolation::gateway_range("/etc/subuid", id);
+        std::tie(base, count) = isolation::gateway_range("/etc/subuid", prepared.identity);
       isolation::OwnerLease lease = isolation::lease_gateway(base, count);
       s.gateway_lease = std::move(lease.lock);
       gateway_uid = lease.uid;

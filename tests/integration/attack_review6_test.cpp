@@ -43,22 +43,17 @@ long field_after(const std::string& out, const std::string& word) {
   return at == std::string::npos ? -1 : std::atol(out.c_str() + at + word.size() + 1);
 }
 
-// A sandbox running `channel_probe MODE hold TAG`, killed and reaped when
-// the test ends, whatever way it ends.
-class Holder {
+// `ultari ARGS` in the background, its output in `log`, killed and reaped
+// when the test ends, whatever way it ends.
+class Running {
  public:
-  Holder(const TempDir& dir, const std::string& mode, const std::string& tag,
-         const std::vector<std::string>& extra = {}) {
-    log_ = dir / (tag + ".log");
+  Running(const std::string& log, const std::vector<std::string>& args) : log_(log) {
     int fd = open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) return;
-    std::vector<std::string> args = {"run", "--quiet", "--timeout", "120s", "--ro-bind", channel_bind()};
-    args.insert(args.end(), extra.begin(), extra.end());
-    args.insert(args.end(), {"--", "/channel_probe", mode, "hold", tag});
     pid_ = spawn_ultari(args, fd);
     close(fd);
   }
-  ~Holder() { stop(); }
+  ~Running() { stop(); }
   void stop() {
     if (pid_ <= 0) return;
     kill(pid_, SIGTERM);
@@ -71,6 +66,21 @@ class Holder {
  private:
   std::string log_;
   pid_t pid_ = -1;
+};
+
+// A sandbox running `channel_probe MODE hold TAG`.
+std::vector<std::string> holder_args(const std::string& mode, const std::string& tag,
+                                     const std::vector<std::string>& extra) {
+  std::vector<std::string> args = {"run", "--quiet", "--timeout", "120s", "--ro-bind", channel_bind()};
+  args.insert(args.end(), extra.begin(), extra.end());
+  args.insert(args.end(), {"--", "/channel_probe", mode, "hold", tag});
+  return args;
+}
+class Holder : public Running {
+ public:
+  Holder(const TempDir& dir, const std::string& mode, const std::string& tag,
+         const std::vector<std::string>& extra = {})
+      : Running(dir / (tag + ".log"), holder_args(mode, tag, extra)) {}
 };
 
 std::string tag_for(const std::string& what) { return "review6-" + what + "-" + std::to_string(getpid()); }
@@ -160,23 +170,11 @@ TEST(AttackReview6, SandboxCannotSeeOrBecomeItsNamespaceOwner) {
   if (geteuid() != 0) GTEST_SKIP() << "rootful sandboxes only";
   std::string tag = tag_for("owner");
   TempDir dir;
-  std::string log = dir / "owner.log";
-  int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  ASSERT_GE(fd, 0);
-  pid_t sup = spawn_ultari({"run", "--quiet", "--timeout", "60s", "--ro-bind", quota_bind(), "--", "/bin/sh", "-c",
-                            "/quota_probe owner self; cat /proc/self/uid_map; "
-                            "exec /quota_probe inotify hold " + tag},
-                           fd);
-  close(fd);
-  struct Reap {
-    pid_t pid;
-    ~Reap() {
-      kill(pid, SIGTERM);
-      waitpid(pid, nullptr, 0);
-    }
-  } reap{sup};
-  ASSERT_TRUE(wait_for_text(log, sup, "inotify ")) << read_file(log);
-  std::string inside = read_file(log);
+  Running sup(dir / "owner.log", {"run", "--quiet", "--timeout", "60s", "--ro-bind", quota_bind(), "--", "/bin/sh",
+                                   "-c", "/quota_probe owner self; cat /proc/self/uid_map; "
+                                         "exec /quota_probe inotify hold " + tag});
+  ASSERT_TRUE(sup.ready("inotify ")) << sup.out();
+  std::string inside = sup.out();
   EXPECT_NE(inside.find("owner 65534\n"), std::string::npos) << inside;
   pid_t probe = 0;
   for (pid_t pid : pids_matching(tag))
@@ -199,32 +197,24 @@ TEST(AttackReview6, SandboxCannotSeeOrBecomeItsNamespaceOwner) {
 TEST(AttackReview6, TwoSandboxesAliveAtOnceHaveBlocksOfTheirOwn) {
   if (geteuid() != 0) GTEST_SKIP() << "rootful sandboxes only";
   TempDir dir;
-  std::string log = dir / "a.log", tag = tag_for("block");
-  int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  ASSERT_GE(fd, 0);
-  pid_t sup = spawn_ultari({"run", "--quiet", "--timeout", "60s", "--", "/bin/bash", "-c",
-                            "cat /proc/self/uid_map; exec -a " + tag + " sleep 30"},
-                           fd);
-  close(fd);
-  struct Reap {
-    pid_t pid;
-    ~Reap() {
-      kill(pid, SIGTERM);
-      waitpid(pid, nullptr, 0);
-    }
-  } reap{sup};
-  ASSERT_TRUE(wait_for_text(log, sup, "65536")) << read_file(log);
+  std::string tag = tag_for("block");
+  Running sup(dir / "a.log", {"run", "--quiet", "--timeout", "60s", "--", "/bin/bash", "-c",
+                              "cat /proc/self/uid_map; exec -a " + tag + " sleep 30"});
+  ASSERT_TRUE(sup.ready("65536")) << sup.out();
   auto outside = [](const std::string& map) {
     std::istringstream in(map);
     long inside = -1, out = -1, count = -1;
     in >> inside >> out >> count;
     return inside == 0 && count == 65536 ? out : -1;
   };
-  long a = outside(read_file(log));
-  Outcome b = sh("cat /proc/self/uid_map");
+  long a = outside(sup.out());
+  Outcome b = sh("cat /proc/self/uid_map; cat /proc/self/gid_map >&2");
   long bb = outside(b.out);
+  // Its gids are the block's too (the same numbers by default).
+  EXPECT_EQ(outside(b.err), bb) << b.err;
+  EXPECT_EQ(b.err.find("shares its ids"), std::string::npos) << b.err;
   for (long base : {a, bb}) {
-    EXPECT_GE(base, 2000065536L) << read_file(log) << b.out;
+    EXPECT_GE(base, 2000065536L) << sup.out() << b.out;
     EXPECT_LT(base, 3000000000L);
     EXPECT_EQ((base - 2000065536L) % 65536, 0) << base;
   }

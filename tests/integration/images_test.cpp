@@ -17,6 +17,7 @@
 #include <chrono>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 #include <tuple>
 #include <thread>
 
@@ -166,6 +167,18 @@ TEST_F(Images, LayersStackTopFirst) {
   Outcome r = run("stack", "cat /etc/greeting /etc/extra; id -u; ls /bin/busybox");
   EXPECT_EQ(r.status, 0) << r.err;
   EXPECT_EQ(r.out, "from-top\nonly-top\n0\n/bin/busybox\n") << r.err;
+  // The layers (stored in the image store's fixed range) are shown to a
+  // sandbox that maps a block of ids of its own, not that range.
+  Outcome maps = run("stack", "cat /proc/self/uid_map /proc/self/gid_map; stat -c %u:%g /home/u/private");
+  std::istringstream words(maps.out);
+  long u_in = -1, u_out = -1, u_count = -1, g_in = -1, g_out = -1, g_count = -1;
+  std::string owner;
+  words >> u_in >> u_out >> u_count >> g_in >> g_out >> g_count >> owner;
+  EXPECT_EQ(u_count, 65536) << maps.out;
+  EXPECT_EQ(g_count, 65536) << maps.out;
+  EXPECT_NE(u_out, std::stol(host("cut -d: -f1 " + store() + "/ids").out)) << maps.out;  // not the store's range
+  EXPECT_EQ(owner, "1000:1000") << maps.out;  // the base layer's owner, through the idmapped layer
+  EXPECT_FALSE(has(maps.err, "shares its ids")) << maps.err;
   // Negative control: the base alone has its own greeting and no extra.
   EXPECT_EQ(run("base", "cat /etc/greeting; ls /etc/extra 2>&1").out,
             "hello\nls: /etc/extra: No such file or directory\n");

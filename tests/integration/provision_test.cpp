@@ -82,6 +82,15 @@ class Provision : public ::testing::Test {
     Outcome r = ultari({"image", "inspect", "--json", image}, test_image_options());
     return r.status == 0 ? json::parse(r.out) : json();
   }
+  // Both indexes of the lab repository (make_lab_repo) arrived: apt knows
+  // both packages, and said nothing amiss.
+  void expect_lab_packages(const std::string& image) {
+    EXPECT_EQ(in(image, "apt-cache show lab-tool lab-extra | grep ^Version").out, "Version: 1.0\nVersion: 2.0\n");
+    std::string apt_output;
+    for (const auto& m : inspect(image)["provision_log"])
+      if (m["module"] == "packages") apt_output = m["output"].get<std::string>();
+    EXPECT_FALSE(has(apt_output, "W:") || has(apt_output, "Err:") || has(apt_output, "Failed")) << apt_output;
+  }
   // Build directories in the store's tmp/ whose process is gone: what a
   // build that failed left behind (other tests' builds may be running).
   int scratch_dirs() {
@@ -991,12 +1000,7 @@ TEST_F(Provision, AptSourcesWithAUserAndPasswordAuthenticate) {
   EXPECT_EQ(authed, requests) << seen;  // every request authenticated
   for (const char* f : {"Release ", "main/binary-amd64/Packages ", "contrib/binary-amd64/Packages "})
     EXPECT_TRUE(has(seen, std::string("/repo/dists/bookworm/") + f)) << seen;
-  // Both indexes arrived: apt knows both packages, and said nothing amiss.
-  EXPECT_EQ(in(img, "apt-cache show lab-tool lab-extra | grep ^Version").out, "Version: 1.0\nVersion: 2.0\n");
-  std::string apt_output;
-  for (const auto& m : inspect(img)["provision_log"])
-    if (m["module"] == "packages") apt_output = m["output"].get<std::string>();
-  EXPECT_FALSE(has(apt_output, "W:") || has(apt_output, "Err:") || has(apt_output, "Failed")) << apt_output;
+  expect_lab_packages(img);
   EXPECT_FALSE(has(seen, "s3cr")) << seen;  // never in a request target
   json i = inspect(img);
   EXPECT_FALSE(has(i.dump(), "s3cr")) << i.dump();
@@ -1026,11 +1030,7 @@ TEST_F(Provision, AptThroughAnUpstreamProxyFetchesEveryIndex) {
   for (const auto& q : lab.proxy_log()) seen += q.value("method", "") + " " + q.value("target", "") + "\n";
   for (const char* f : {"Release", "main/binary-amd64/Packages", "contrib/binary-amd64/Packages"})
     EXPECT_TRUE(has(seen, std::string("GET http://allowed.test/repo/dists/bookworm/") + f + "\n")) << seen;
-  EXPECT_EQ(in(img, "apt-cache show lab-tool lab-extra | grep ^Version").out, "Version: 1.0\nVersion: 2.0\n");
-  std::string apt_output;
-  for (const auto& m : inspect(img)["provision_log"])
-    if (m["module"] == "packages") apt_output = m["output"].get<std::string>();
-  EXPECT_FALSE(has(apt_output, "W:") || has(apt_output, "Err:") || has(apt_output, "Failed")) << apt_output;
+  expect_lab_packages(img);
 }
 
 TEST_F(Provision, IncludeListsAreFetchedEachThroughAPolicyOfItsOwn) {

@@ -69,6 +69,13 @@ TEST(Identity, SandboxBlocksComeFromTheirOwnRange) {
   std::string owners = unit::temp_file("subuid", "ultari-sandboxes:2999990000:655360\n");
   EXPECT_TRUE(unit::has(unit::error_of([&] { plan_blocks(id, owners.c_str(), g.c_str(), passwd.c_str()); }),
                         "overlaps the sandboxes' owners"));
+  // A line that cannot be used, or in one file only: named, not ignored.
+  std::string small = unit::temp_file("subuid", "ultari-sandboxes:500000000:1000\n");
+  EXPECT_TRUE(unit::has(unit::error_of([&] { plan_blocks(id, small.c_str(), g.c_str(), passwd.c_str()); }),
+                        "unusable"));
+  EXPECT_TRUE(unit::has(unit::error_of([&] { plan_blocks(id, u.c_str(), none.c_str(), passwd.c_str()); }),
+                        "give the sandboxes' gids a range too"));
+  unlink(small.c_str());
   std::string user = unit::temp_file("passwd", "mallory:x:500000007:100::/home/m:/bin/sh\n");
   EXPECT_TRUE(unit::has(unit::error_of([&] { plan_blocks(id, u.c_str(), g.c_str(), user.c_str()); }),
                         "mallory"));
