@@ -22,6 +22,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <map>
+#include <sstream>
 #include <optional>
 #include <tuple>
 #include <utility>
@@ -62,17 +64,40 @@ bool parse_id_pair(const char* p, uint64_t* start, uint64_t* count) {
 
 // The first "<name>:<start>:<count>" line of /etc/subuid (or subgid) whose
 // range holds at least `min_count` ids below 2^32 - 1, else nullopt.
-std::optional<std::pair<uint32_t, uint32_t>> subordinate_range(const char* file, const char* name, uint32_t min_count) {
-  int fd = open(file, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return std::nullopt;
-  std::string text;  // the whole file: a user's line may lie past the first pages
-  char chunk[8192];
-  for (ssize_t n; (n = read(fd, chunk, sizeof chunk)) != 0;) {
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 || text.size() > (16u << 20)) break;
-    text.append(chunk, static_cast<size_t>(n));
+// While plan_identity runs, each of /etc/subuid, /etc/subgid and
+// /etc/passwd is read once (the store's range, the owners' and the blocks'
+// all look at them): a start pays for one read of each.
+thread_local std::map<std::string, std::string>* t_files = nullptr;
+
+struct FileCacheScope {
+  std::map<std::string, std::string> files;
+  FileCacheScope() { t_files = &files; }
+  ~FileCacheScope() { t_files = nullptr; }
+  FileCacheScope(const FileCacheScope&) = delete;
+  FileCacheScope& operator=(const FileCacheScope&) = delete;
+};
+
+// The whole file ("" when it cannot be read): a user's line may lie past
+// the first pages.
+std::string whole_file(const char* path) {
+  if (t_files)
+    if (auto it = t_files->find(path); it != t_files->end()) return it->second;
+  std::string text;
+  if (int fd = open(path, O_RDONLY | O_CLOEXEC); fd >= 0) {
+    char chunk[8192];
+    for (ssize_t n; (n = read(fd, chunk, sizeof chunk)) != 0;) {
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 || text.size() > (16u << 20)) break;
+      text.append(chunk, static_cast<size_t>(n));
+    }
+    close(fd);
   }
-  close(fd);
+  if (t_files) (*t_files)[path] = text;
+  return text;
+}
+
+std::optional<std::pair<uint32_t, uint32_t>> subordinate_range(const char* file, const char* name, uint32_t min_count) {
+  std::string text = whole_file(file);
   if (text.empty()) return std::nullopt;
   char* buf = text.data();
   size_t len = std::strlen(name);
@@ -120,7 +145,7 @@ bool overlap(uint64_t a, uint64_t a_count, uint64_t b, uint64_t b_count) { retur
 // Throws when a user of `passwd_file` has a uid in `range` (`base`, `count`).
 void check_no_user_in(const char* passwd_file, uint32_t base, uint32_t count, const std::string& range,
                       const std::string& used_for, const char* subuid_file, const char* line_name) {
-  std::ifstream passwd(passwd_file);
+  std::istringstream passwd(whole_file(passwd_file));
   for (std::string line; std::getline(passwd, line);) {
     auto a = line.find(':'), b = a == std::string::npos ? a : line.find(':', a + 1);
     auto c = b == std::string::npos ? b : line.find(':', b + 1);
@@ -145,7 +170,7 @@ void plan_blocks(Identity& id, const char* subuid_file, const char* subgid_file,
   // A line that is there but unusable, or in one file only, is a mistake
   // to name, not a reason to fall back to the default range.
   auto has_line = [](const char* file) {
-    std::ifstream in(file);
+    std::istringstream in(whole_file(file));
     for (std::string line; std::getline(in, line);)
       if (line.rfind("ultari-sandboxes:", 0) == 0) return true;
     return false;
@@ -207,6 +232,7 @@ std::optional<SubIds> caller_subids(std::string* why, const char* subuid_file, c
 }
 
 Identity plan_identity(uid_t uid, gid_t gid, bool subids) {
+  FileCacheScope files;
   Identity id;
   id.uid = uid;
   id.gid = gid;
