@@ -426,6 +426,12 @@ std::vector<std::string> layer_blobs(const std::string& root, bool oci, Unpacker
 Image Store::import(const std::string& name, const std::string& source,
                     const std::function<void(uint64_t, uint64_t)>& progress, const std::string& label,
                     uint64_t max_bytes) {
+  return import_tree(name, source, progress, label, max_bytes, false);
+}
+
+Image Store::import_tree(const std::string& name, const std::string& source,
+                         const std::function<void(uint64_t, uint64_t)>& progress, const std::string& label,
+                         uint64_t max_bytes, bool own_tree) {
   check_name(name);
   struct stat st{};
   if (stat(source.c_str(), &st) != 0) throw_errno("import source '" + source + "'");
@@ -449,7 +455,7 @@ Image Store::import(const std::string& name, const std::string& source,
   o.uid_base = uid_base_;
   o.gid_base = gid_base_;
   o.progress = progress;
-  if (in_store_namespace() && !own_tree_) {
+  if (in_store_namespace() && !own_tree) {
     // A directory of the host seen from the store's namespace: what is not
     // the caller's or a subordinate id's shows as the overflow ids.
     auto overflow = [](const char* file) {
@@ -647,12 +653,7 @@ Image Store::build_debian(const std::string& name, const DebianBuild& b,
   if (!b.include.empty()) label += " (+" + std::to_string(b.include.size()) + " packages)";
   // The tree is debootstrap's, made in this namespace: its ids are all
   // mapped, and nobody (65534) is one of them.
-  own_tree_ = true;
-  struct Reset {
-    bool& flag;
-    ~Reset() { flag = false; }
-  } reset{own_tree_};
-  return import(name, root.path, {}, label);
+  return import_tree(name, root.path, {}, label, 0, true);
 }
 
 Store::Space Store::space() const {

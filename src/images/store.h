@@ -154,13 +154,17 @@ class Store {
   void sweep_tmp();
 
   Store(std::string dir, bool shift, uid_t uid_base, gid_t gid_base, std::string mark, bool subids);
+  // import(); `own_tree`: a tree this process made in the store's namespace
+  // (debootstrap's), whose owners need no check for unmapped ids.
+  Image import_tree(const std::string& name, const std::string& source,
+                    const std::function<void(uint64_t, uint64_t)>& progress, const std::string& label,
+                    uint64_t max_bytes, bool own_tree);
 
   std::string dir_;
   bool shift_;
   uid_t uid_base_;
   gid_t gid_base_;
   bool subids_ = false;
-  bool own_tree_ = false;  // import() of a tree build_debian made (no unmapped-owner check)
 };
 
 }  // namespace ultari::images

@@ -30,6 +30,7 @@
 
 #include "util/caller.h"
 #include "util/error.h"
+#include "util/paths.h"
 
 namespace ultari::isolation {
 namespace {
@@ -82,16 +83,7 @@ struct FileCacheScope {
 std::string whole_file(const char* path) {
   if (t_files)
     if (auto it = t_files->find(path); it != t_files->end()) return it->second;
-  std::string text;
-  if (int fd = open(path, O_RDONLY | O_CLOEXEC); fd >= 0) {
-    char chunk[8192];
-    for (ssize_t n; (n = read(fd, chunk, sizeof chunk)) != 0;) {
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 || text.size() > (16u << 20)) break;
-      text.append(chunk, static_cast<size_t>(n));
-    }
-    close(fd);
-  }
+  std::string text = read_or_empty(path);
   if (t_files) (*t_files)[path] = text;
   return text;
 }
