@@ -46,10 +46,20 @@ void make_dirs(const std::string& dir, unsigned mode) {
 }
 
 std::string read_or_empty(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  if (in) ss << in.rdbuf();
-  return ss.str();
+  // read(2) into the string: an ifstream opens without O_CLOEXEC and costs
+  // a stream buffer and a locale on every start's config reads.
+  std::string out;
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) return out;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  return out;
 }
 
 std::optional<std::string> read_in_root(const std::string& root, const std::string& path, size_t max_bytes) {
