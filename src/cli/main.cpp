@@ -143,6 +143,12 @@ struct SandboxFlags {
     std::optional<ultari::images::Store> store;
     if (!image.empty()) {
       if (!spec.rootfs.empty()) throw ultari::Error("--image and --rootfs exclude each other");
+      // Rootless, from a store that keeps owners: the sandbox's namespace is
+      // made in the store's (whose holder maps the ids once for all runs:
+      // no newuidmap/newgidmap per start).
+      if (!ultari::host_root())
+        if (auto sub = ultari::images::Store::rootless_subids())
+          ultari::isolation::enter_store_namespace(*sub, ultari::images::Store::default_dir());
       store = ultari::images::Store::open_default();
       img = store->get(image);
       holds = store->hold(*img);
@@ -421,7 +427,8 @@ struct ImageCommands {
       // A rootless store that keeps owners is changed (and read) from its
       // user namespace, where the caller's subordinate ids are its own.
       if (!ultari::host_root())
-        if (auto sub = ultari::images::Store::rootless_subids()) ultari::isolation::enter_store_namespace(*sub);
+        if (auto sub = ultari::images::Store::rootless_subids())
+          ultari::isolation::enter_store_namespace(*sub, ultari::images::Store::default_dir());
       auto store = ultari::images::Store::open_default();
       if (import_cmd->parsed()) {
         Progress progress(quiet);

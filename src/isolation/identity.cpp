@@ -23,6 +23,7 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <sstream>
 #include <optional>
 #include <tuple>
@@ -38,7 +39,6 @@ namespace {
 constexpr uint32_t kDefaultSubBase = 2000000000;
 constexpr const char* kNewUidMap = "/usr/bin/newuidmap";
 constexpr const char* kNewGidMap = "/usr/bin/newgidmap";
-constexpr uint32_t kRangeSize = 65536;
 constexpr uint32_t kDefaultOwnerBase = 3000000000U;
 constexpr uint32_t kDefaultOwnerCount = 1U << 30;  // owners 3000000000..4073741823
 constexpr uint32_t kDefaultBlockCount = 15257;  // 2000065536..2999948287: below the owners
@@ -472,69 +472,6 @@ void write_maps(pid_t pid, const Identity& id) {
   write_file(base + "gid_map", format(id.gid_map));
 }
 
-void enter_store_namespace(const SubIds& ids) {
-  if (in_store_namespace()) return;
-  Identity map;
-  map.uid_map = {{0, ids.uid, 1}, {1, ids.uid_start, kRangeSize - 1}};
-  map.gid_map = {{0, ids.gid, 1}, {1, ids.gid_start, kRangeSize - 1}};
-  map.helper_maps = true;
-  // The helpers must run from the host's namespace (in ours, their setuid
-  // bit means nothing): a child made before unshare runs them for us.
-  int go[2], result[2];
-  if (pipe2(go, O_CLOEXEC) != 0) throw_errno("pipe");
-  UniqueFd go_r(go[0]), go_w(go[1]);
-  if (pipe2(result, O_CLOEXEC) != 0) throw_errno("pipe");
-  UniqueFd result_r(result[0]), result_w(result[1]);
-  const pid_t self = getpid();
-  pid_t child = fork();
-  if (child < 0) throw_errno("fork");
-  if (child == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-    go_w.reset();
-    result_r.reset();
-    char c;
-    std::string msg;
-    if (read(go_r.get(), &c, 1) != 1) _exit(1);  // the parent gave up
-    try {
-      write_maps(self, map);
-    } catch (const std::exception& e) {
-      msg = e.what();
-    }
-    if (msg.empty()) msg = "ok";
-    ssize_t n = write(result_w.get(), msg.data(), msg.size());
-    _exit(n == static_cast<ssize_t>(msg.size()) ? 0 : 1);
-  }
-  go_r.reset();
-  result_w.reset();
-  auto reap = [child] {
-    while (waitpid(child, nullptr, 0) < 0 && errno == EINTR) {
-    }
-  };
-  if (unshare(CLONE_NEWUSER) != 0) {
-    int err = errno;
-    go_w.reset();
-    reap();
-    throw_errno("unshare(CLONE_NEWUSER) for the image store's owners", err);
-  }
-  std::string msg;
-  char buf[4096];
-  if (write(go_w.get(), "g", 1) == 1) {
-    for (ssize_t n; (n = read(result_r.get(), buf, sizeof buf)) != 0;) {
-      if (n > 0) msg.append(buf, static_cast<size_t>(n));
-      else if (errno != EINTR) break;
-    }
-  }
-  reap();
-  if (msg != "ok")
-    throw Error("entering the image store's user namespace (it keeps owners in your subordinate ids): " +
-                (msg.empty() ? std::string("the helper died") : msg));
-  // Root there (the caller's own uid maps to 0); none of the caller's
-  // supplementary groups (they are not mapped: they would show as nogroup).
-  if (setresgid(0, 0, 0) != 0 || setresuid(0, 0, 0) != 0) throw_errno("become root of the image store's namespace");
-  if (setgroups(0, nullptr) != 0) throw_errno("setgroups in the image store's namespace");
-  note_store_namespace(ids.uid, ids.gid);
-}
-
 namespace {
 
 // The child of mapping_userns: it shares our memory (CLONE_VM: no page
@@ -562,14 +499,17 @@ UniqueFd mapping_userns(const std::vector<IdRange>& uid_map, const std::vector<I
   int hold[2];
   if (pipe2(hold, O_CLOEXEC) != 0) throw_errno("pipe");
   UniqueFd hold_r(hold[0]), hold_w(hold[1]);
-  std::vector<char> stack(64 * 1024);
+  // Left uninitialised: zeroing it would touch (fault in) every page; the
+  // child uses a few hundred bytes at its top.
+  constexpr size_t kStack = 16 * 1024;
+  std::unique_ptr<char[]> stack(new char[kStack]);
   int fds[2] = {hold_r.get(), hold_w.get()};
   // No signal handler of ours runs in the child (it shares our memory and
   // this thread's TLS): it starts with every signal blocked.
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
-  pid_t child = clone(hold_until_eof, stack.data() + stack.size(), CLONE_VM | CLONE_NEWUSER | SIGCHLD, fds);
+  pid_t child = clone(hold_until_eof, stack.get() + kStack, CLONE_VM | CLONE_NEWUSER | SIGCHLD, fds);
   int clone_errno = errno;
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
   if (child < 0) throw_errno("clone (user namespace for an idmapped mount)", clone_errno);

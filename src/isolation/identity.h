@@ -13,6 +13,9 @@
 
 namespace ultari::isolation {
 
+// A sandbox's ids: 0..65535 inside.
+inline constexpr uint32_t kRangeSize = 65536;
+
 struct IdRange {
   uint32_t inside, outside, count;
 };
@@ -65,13 +68,18 @@ std::optional<SubIds> caller_subids(std::string* why = nullptr, const char* subu
 // Throws when the request cannot be mapped.
 Identity plan_identity(uid_t uid, gid_t gid, bool subids = false);
 
-// Makes this process root of a user namespace of its own whose ids 0..65535
-// are the caller and its subordinate ids (newuidmap and newgidmap write the
-// maps), for an image store that keeps owners: unpacking, committing and
-// removing layers need those owners. Must be called while the process has
-// one thread. Nothing of the host's root comes with it (the namespace has
-// no other user's ids); ultari::host_root() stays false. Throws Error.
-void enter_store_namespace(const SubIds& ids);
+// Makes this process root of a user namespace whose ids 0..65535 are the
+// caller and its subordinate ids (newuidmap and newgidmap write the maps),
+// for an image store that keeps owners: unpacking, committing and removing
+// layers need those owners, and a sandbox from its images nests its own
+// namespace there. One process per store (comm "ultari-userns") holds the
+// namespace for later commands, which join it (no helper to run); it ends
+// after ULTARI_USERNS_IDLE_SECONDS (default 60) without being asked. Where
+// that is 0, or `store_dir` is not the caller's alone, the namespace is
+// this process's own. Must be called while the process has one thread. Nothing of the
+// host's root comes with it (the namespace has no other user's ids);
+// ultari::host_root() stays false. Throws Error.
+void enter_store_namespace(const SubIds& ids, const std::string& store_dir);
 
 // Rootful: the host uid that creates a sandbox's user namespace, one per
 // sandbox alive. The kernel charges the per-user quotas of everything in a

@@ -39,6 +39,7 @@
 #include "util/fd.h"
 #include "util/memory.h"
 #include "util/paths.h"
+#include "util/process.h"
 
 namespace ultari {
 
@@ -68,33 +69,6 @@ int read_cap_last() {
   ssize_t n = fd >= 0 ? read(fd, buf, sizeof buf - 1) : -1;
   if (fd >= 0) close(fd);
   return n > 0 ? std::atoi(buf) : 40;
-}
-
-// [arg_start, arg_end) of this process: fields 48 and 49 of /proc/self/stat.
-std::pair<char*, size_t> argv_area() {
-  static std::pair<char*, size_t> area = [] {
-    std::pair<char*, size_t> none{nullptr, 0};
-    int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return none;
-    char buf[2048];
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0) return none;
-    buf[n] = '\0';
-    const char* p = std::strrchr(buf, ')');  // comm may hold spaces
-    if (!p) return none;
-    unsigned long long start = 0, end = 0;
-    int field = 2;
-    for (const char* c = p + 1; *c; ++c) {
-      if (*c != ' ') continue;
-      ++field;
-      if (field == 48) start = std::strtoull(c + 1, nullptr, 10);
-      if (field == 49) end = std::strtoull(c + 1, nullptr, 10);
-    }
-    if (!start || end <= start) return none;
-    return std::pair<char*, size_t>{reinterpret_cast<char*>(start), static_cast<size_t>(end - start)};
-  }();
-  return area;
 }
 
 std::string env_value(const std::vector<std::string>& env, const std::string& key) {
@@ -491,7 +465,7 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
   plan.stdout_fd = out_w.get();
   plan.stderr_fd = err_w.get();
   plan.root = &s.root;
-  std::tie(plan.argv_area, plan.argv_area_len) = argv_area();
+  std::tie(plan.argv_area, plan.argv_area_len) = ultari::argv_area();
   plan.hostname = spec.hostname.c_str();
   plan.become_root = id.setgroups;  // root inside, none of the caller's groups
   plan.setgroups_allowed = id.setgroups;

@@ -11,6 +11,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <deque>
 
 #include "util/error.h"
@@ -135,6 +137,33 @@ ProgramResult run_program(const std::vector<std::string>& argv, const std::vecto
   result.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   result.tail.assign(tail.begin(), tail.end());
   return result;
+}
+
+// [arg_start, arg_end) of this process: fields 48 and 49 of /proc/self/stat.
+std::pair<char*, size_t> argv_area() {
+  static std::pair<char*, size_t> area = [] {
+    std::pair<char*, size_t> none{nullptr, 0};
+    int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return none;
+    char buf[2048];
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return none;
+    buf[n] = '\0';
+    const char* p = std::strrchr(buf, ')');  // comm may hold spaces
+    if (!p) return none;
+    unsigned long long start = 0, end = 0;
+    int field = 2;
+    for (const char* c = p + 1; *c; ++c) {
+      if (*c != ' ') continue;
+      ++field;
+      if (field == 48) start = std::strtoull(c + 1, nullptr, 10);
+      if (field == 49) end = std::strtoull(c + 1, nullptr, 10);
+    }
+    if (!start || end <= start) return none;
+    return std::pair<char*, size_t>{reinterpret_cast<char*>(start), static_cast<size_t>(end - start)};
+  }();
+  return area;
 }
 
 }  // namespace ultari

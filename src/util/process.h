@@ -5,6 +5,7 @@
 
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace ultari {
@@ -35,5 +36,10 @@ struct Containment {
 ProgramResult run_program(const std::vector<std::string>& argv, const std::vector<std::string>& env,
                           const std::function<void(const std::string&)>& on_line = {}, size_t keep_lines = 5,
                           const Containment& containment = {});
+
+// [arg_start, arg_end) of this process (fields 48 and 49 of
+// /proc/self/stat, read once): a copy of the process that must not show
+// the command line (paths of the host) overwrites it.
+std::pair<char*, size_t> argv_area();
 
 }  // namespace ultari

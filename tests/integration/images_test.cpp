@@ -649,6 +649,153 @@ TEST_F(Images, ARootlessStoreThatKeepsOwnersRefusesHostileArchives) {
   EXPECT_EQ(read_file(data + "/images/ids"), "subids 1:5 1:5\n");
 }
 
+// The user namespace of a rootless store that keeps owners is held by one
+// process per store (ultari-userns): the first command makes it, later
+// ones join it instead of running newuidmap and newgidmap again; it keeps
+// nothing of the caller's and leaves when idle. A namespace handed out on
+// its socket by anything else is refused, whoever made it.
+TEST_F(Images, ARootlessStoresNamespaceIsHeldOnceAndCheckedWhenJoined) {
+  ASSERT_EQ(sh("tar -C " + root_ + " --numeric-owner -czf " + (dir_ / "r.tgz") + " . && chmod 644 " + (dir_ / "r.tgz")), 0);
+  ASSERT_EQ(sh("chmod 755 " + dir_.path()), 0);
+  const std::string data = dir_ / "held";
+  const std::string store = data + "/images";
+  ASSERT_EQ(sh("mkdir -p " + store + " && chown -R " + std::string(kRootlessUser) + " " + data + " && chmod 700 " + store), 0);
+  const passwd* pw = getpwnam(kRootlessUser);
+  ASSERT_NE(pw, nullptr);
+  auto as_user = [&](std::vector<std::string> args, std::string idle = "") {
+    Options o = rootless_options();
+    o.env.push_back("ULTARI_DATA_DIR=" + data);
+    if (!idle.empty()) o.env.push_back("ULTARI_USERNS_IDLE_SECONDS=" + idle);
+    return ultari::test::ultari(args, o);
+  };
+  // The holders of this store: ultari-userns processes with an fd of its
+  // directory.
+  auto holders = [&] {
+    std::vector<pid_t> found;
+    for (pid_t pid : pids_matching("ultari-userns")) {
+      std::string fds = host("for f in /proc/" + std::to_string(pid) + "/fd/*; do readlink $f; done 2>/dev/null").out;
+      if (has(fds, store + "\n")) found.push_back(pid);
+    }
+    return found;
+  };
+  // How many times one `ultari run` as the user executes newuidmap.
+  const std::string bin = rootless_options().binary;
+  auto helper_execs = [&](const std::string& idle) {
+    const std::string log = dir_ / "execs";
+    Outcome t = host("strace -f -qq -e trace=execve -o " + log + " /usr/bin/setpriv --reuid=" + std::to_string(pw->pw_uid) +
+                     " --regid=" + std::to_string(pw->pw_gid) + " --init-groups --reset-env -- /usr/bin/env ULTARI_DATA_DIR=" +
+                     data + " ULTARI_USERNS_IDLE_SECONDS=" + idle + " " + bin +
+                     " run --quiet --image mine -- /bin/echo >/dev/null && grep -c 'execve(\"/usr/bin/newuidmap\"' " + log);
+    return t.out;
+  };
+  Outcome imp = as_user({"image", "import", "mine", dir_ / "r.tgz"}, "30");
+  ASSERT_EQ(imp.status, 0) << imp.err;
+  std::vector<pid_t> first = holders();
+  ASSERT_EQ(first.size(), 1u) << host("ps -eo pid,user,args | grep ultari").out;
+  const std::string proc = "/proc/" + std::to_string(first[0]);
+  // It is the user's, alone in its session, shows no host path nor the
+  // caller's environment, and keeps no fd of the caller's: /dev/null on
+  // 0-2, its socket, the store's directory, its namespace.
+  EXPECT_EQ(host("stat -c %u " + proc + "/fd").out, "0\n");  // not dumpable: its /proc files are root's
+  EXPECT_EQ(host("awk '/^Uid:/{print $2}' " + proc + "/status").out, std::to_string(pw->pw_uid) + "\n");
+  EXPECT_EQ(read_file(proc + "/cmdline").substr(0, 14), std::string("ultari-userns\0", 14));
+  EXPECT_FALSE(has(read_file(proc + "/environ"), "ULTARI_DATA_DIR"));
+  std::string fds = host("for f in " + proc + "/fd/*; do readlink $f; done | sed 's/:\\[.*//' | sort | uniq -c | "
+                         "awk '{print $1, $2}'").out;
+  EXPECT_EQ(fds, "3 /dev/null\n1 " + store + "\n1 socket\n1 user\n") << fds;
+  // The namespace maps the caller and its subordinate ids.
+  std::string sub_uid = host("sed -n 's/^" + std::string(kRootlessUser) + ":\\([0-9]*\\):.*/\\1/p' /etc/subuid | head -1").out;
+  ASSERT_FALSE(sub_uid.empty());
+  sub_uid.pop_back();
+  EXPECT_EQ(host("awk '{print $1, $2, $3}' " + proc + "/uid_map").out,
+            "0 " + std::to_string(pw->pw_uid) + " 1\n1 " + sub_uid + " 65535\n");
+  // Later commands join it: runs, an import, no second holder, and no
+  // helper runs (a newuidmap that always fails would fail them).
+  for (int i = 0; i < 2; ++i) {
+    Outcome r = as_user({"run", "--image", "mine", "--", "/bin/sh", "-c", "stat -c '%u:%g' /etc/greeting; id -u"});
+    EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(r.out, "1000:1000\n0\n") << r.err;
+  }
+  EXPECT_EQ(as_user({"image", "ls"}).status, 0);
+  EXPECT_EQ(holders(), first);
+  EXPECT_EQ(helper_execs("30"), "0\n");  // (grep -c prints 0, and fails)
+  EXPECT_EQ(holders(), first);
+  // Negative control: with the holder gone, a run makes a new one, and runs
+  // the helpers for it (strace waits for that holder to leave: idle 1 s).
+  ASSERT_EQ(host("kill " + std::to_string(first[0])).status, 0);
+  for (int i = 0; i < 50 && !holders().empty(); ++i) usleep(100000);
+  EXPECT_EQ(helper_execs("1"), "1\n");
+  // Idle: it leaves, and takes its socket along.
+  ASSERT_EQ(as_user({"run", "--image", "mine", "--", "/bin/echo"}, "1").status, 0);
+  std::vector<pid_t> idle = holders();
+  ASSERT_EQ(idle.size(), 1u);
+  for (int i = 0; i < 50 && host("kill -0 " + std::to_string(idle[0]) + " 2>/dev/null").status == 0; ++i) usleep(100000);
+  EXPECT_NE(host("kill -0 " + std::to_string(idle[0]) + " 2>/dev/null; ps -o stat= -p " + std::to_string(idle[0]) +
+                 " | grep -v Z").status, 0);
+  EXPECT_FALSE(exists(store + "/userns.sock"));
+  Outcome soon = as_user({"run", "--image", "mine", "--", "/bin/echo"}, "soon");
+  EXPECT_EQ(soon.status, 125);
+  EXPECT_TRUE(has(soon.err, "ULTARI_USERNS_IDLE_SECONDS='soon'")) << soon.err;
+  // 0: no holder; the namespace is the command's own (the helpers run).
+  Outcome own = as_user({"run", "--image", "mine", "--", "/bin/sh", "-c", "stat -c %u /etc/greeting"}, "0");
+  EXPECT_EQ(own.out, "1000\n") << own.err;
+  EXPECT_TRUE(holders().empty());
+  EXPECT_FALSE(exists(store + "/userns.sock"));
+
+  // Impostors on the socket, each sending a namespace of its own. The
+  // client's checks are what refuse them: the control (a real holder)
+  // passes the same client.
+  const std::string fake = dir_ / "fake.py";
+  write_file(fake,
+             "import os, socket, sys\n"
+             "os.umask(0)\n"
+             "s = socket.socket(socket.AF_UNIX)\n"
+             "p = sys.argv[1]\n"
+             "os.path.exists(p) and os.unlink(p)\n"
+             "s.bind(p); s.listen(8); print('up', flush=True)\n"
+             "ns = os.open('/proc/self/ns/user', os.O_RDONLY)\n"
+             "while True:\n"
+             "    c, _ = s.accept(); socket.send_fds(c, [b'n'], [ns]); c.close()\n");
+  ASSERT_EQ(sh("chmod 644 " + fake), 0);
+  struct Impostor {
+    std::string how, refused;
+  };
+  const std::string user = kRootlessUser;
+  const std::string py = "python3 " + fake + " " + store + "/userns.sock";
+  std::vector<Impostor> impostors = {
+      {py, "namespace of uid 0, not yours"},  // host root's (the initial namespace)
+      {"setpriv --reuid " + user + " --regid " + std::to_string(pw->pw_gid) + " --clear-groups unshare -U -r unshare -U -r " + py,
+       "not a child of this one"},  // the user's, but nested (as one made inside a sandbox)
+      {"setpriv --reuid " + user + " --regid " + std::to_string(pw->pw_gid) + " --clear-groups unshare -U -r " + py,
+       "maps uids"},  // the user's child, but not its subordinate ids
+  };
+  for (const auto& imp_case : impostors) {
+    SCOPED_TRACE(imp_case.how);
+    const std::string out = dir_ / ("fake.out" + std::to_string(&imp_case - impostors.data()));
+    pid_t pid = fork();
+    if (pid == 0) {
+      setsid();
+      int o = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      dup2(o, 1);
+      dup2(o, 2);
+      execl("/bin/sh", "sh", "-c", ("exec " + imp_case.how).c_str(), nullptr);
+      _exit(127);
+    }
+    for (int i = 0; i < 100 && !has(read_file(out), "up"); ++i) usleep(50000);
+    ASSERT_TRUE(has(read_file(out), "up")) << read_file(out);
+    Outcome r = as_user({"run", "--image", "mine", "--", "/bin/sh", "-c", "echo ran"});
+    kill(-pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+    EXPECT_EQ(r.status, 125) << r.err;
+    EXPECT_TRUE(has(r.err, imp_case.refused)) << r.err;
+    EXPECT_EQ(r.out, "");
+  }
+  host("rm -f " + store + "/userns.sock");
+  Outcome real = as_user({"run", "--image", "mine", "--", "/bin/sh", "-c", "echo ran"}, "1");
+  EXPECT_EQ(real.status, 0) << real.err;
+  EXPECT_EQ(real.out, "ran\n");
+}
+
 TEST_F(Images, RootlessImportsAndRunsFromItsOwnStore) {
   ASSERT_EQ(sh("tar -C " + root_ + " --numeric-owner -czf " + (dir_ / "r.tgz") + " . && chmod 644 " + (dir_ / "r.tgz")), 0);
   ASSERT_EQ(sh("chmod 755 " + dir_.path()), 0);
