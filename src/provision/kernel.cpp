@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <sstream>
 #include <toml++/toml.h>
 
@@ -260,9 +261,26 @@ void ensure_module(const RunningKernel& kernel, const std::set<std::string>& bui
   if (r.status != 0) throw Error("modprobe " + name + " on the host failed: " + r.tail_text());
 }
 
+namespace {
+
+// `to` as a hard link of `from` (no copy, no space: the store and the host's
+// tree on one filesystem, a caller allowed to link the file), else a copy.
+// Returns whether it is a link.
+bool link_or_copy(const fs::path& from, const fs::path& to) {
+  if (link(from.c_str(), to.c_str()) == 0) return true;
+  fs::copy_file(from, to);
+  return false;
+}
+
+}  // namespace
+
 std::string kernel_layer(const std::string& cache_dir, uid_t uid, gid_t gid) {
-  RunningKernel kernel = running_kernel();
-  std::string key = kernel.identity;
+  return kernel_layer(cache_dir, uid, gid, running_kernel());
+}
+
+std::string kernel_layer(const std::string& cache_dir, uid_t uid, gid_t gid, const RunningKernel& kernel) {
+  // "tree": the layer holds the host tree's modules, not only its indexes.
+  std::string key = kernel.identity + " tree";
   struct stat st{};
   if (!kernel.host_tree.empty() && stat((kernel.host_tree + "/modules.dep").c_str(), &st) == 0)
     key += " " + std::to_string(st.st_mtim.tv_sec) + " " + std::to_string(st.st_size);
@@ -280,12 +298,28 @@ std::string kernel_layer(const std::string& cache_dir, uid_t uid, gid_t gid) {
   } cleanup{tmp};
   std::string modules = tmp + "/lib/modules/" + kernel.release;
   fs::create_directories(modules);
+  // Files that are the host's own (hard links): never chowned.
+  std::set<std::string> hosts;
   if (!kernel.host_tree.empty()) {
-    // The index files only: modprobe finds loaded and built-in modules in
-    // them; the .ko files stay on the host (they are loaded there).
-    for (const auto& e : fs::directory_iterator(kernel.host_tree))
-      if (e.is_regular_file() && e.path().filename().string().rfind("modules.", 0) == 0)
-        fs::copy_file(e.path(), modules + "/" + e.path().filename().string());
+    // The whole tree, modules included: `depmod -a` inside rebuilds the
+    // indexes from the modules it finds, so with the indexes alone it
+    // would write empty ones and a later `modprobe` of a loaded module
+    // would fail. Hard links where allowed (root, one filesystem), else
+    // copies; symlinks (build, source: into the host's headers) are left
+    // out, and so is anything but files and directories.
+    for (auto it = fs::recursive_directory_iterator(kernel.host_tree); it != fs::recursive_directory_iterator(); ++it) {
+      fs::path rel = fs::relative(it->path(), kernel.host_tree);
+      fs::path to = fs::path(modules) / rel;
+      if (it->is_symlink()) {
+        it.disable_recursion_pending();
+        continue;
+      }
+      if (it->is_directory()) {
+        fs::create_directory(to);
+      } else if (it->is_regular_file() && link_or_copy(it->path(), to)) {
+        hosts.insert(to.string());
+      }
+    }
   } else {
     std::string builtin, modinfo;
     for (const auto& name : builtin_modules(kernel)) {
@@ -302,13 +336,23 @@ std::string kernel_layer(const std::string& cache_dir, uid_t uid, gid_t gid) {
     ProgramResult r = run_program({depmod, "-b", tmp, kernel.release}, kToolEnv);
     if (r.status != 0) throw Error("depmod for the synthesized modules tree failed: " + r.tail_text());
   }
-  // The same files under usr/lib/modules: an image whose /lib is a symlink
-  // to usr/lib hides this layer's lib/.
-  fs::create_directories(tmp + "/usr/lib/modules");
-  fs::copy(tmp + "/lib/modules/" + kernel.release, tmp + "/usr/lib/modules/" + kernel.release,
-           fs::copy_options::recursive);
   for (const auto& e : fs::recursive_directory_iterator(tmp))
-    if (lchown(e.path().c_str(), uid, gid) != 0) throw_errno("chown " + e.path().string());
+    if (!hosts.count(e.path().string()) && lchown(e.path().c_str(), uid, gid) != 0)
+      throw_errno("chown " + e.path().string());
+  // The same files under usr/lib/modules (links within the layer): an
+  // image whose /lib is a symlink to usr/lib hides this layer's lib/.
+  const fs::path usr = fs::path(tmp) / "usr/lib/modules" / kernel.release;
+  fs::create_directories(usr);
+  for (auto it = fs::recursive_directory_iterator(modules); it != fs::recursive_directory_iterator(); ++it) {
+    fs::path to = usr / fs::relative(it->path(), modules);
+    if (it->is_directory()) fs::create_directory(to);
+    else if (!link_or_copy(it->path(), to) && lchown(to.c_str(), uid, gid) != 0) throw_errno("chown " + to.string());
+  }
+  for (const fs::path& d : {fs::path(tmp) / "usr", fs::path(tmp) / "usr/lib"})
+    if (lchown(d.c_str(), uid, gid) != 0) throw_errno("chown " + d.string());
+  for (auto it = fs::recursive_directory_iterator(fs::path(tmp) / "usr/lib/modules"); it != fs::recursive_directory_iterator(); ++it)
+    if (it->is_directory() && lchown(it->path().c_str(), uid, gid) != 0) throw_errno("chown " + it->path().string());
+  if (lchown((fs::path(tmp) / "usr/lib/modules").c_str(), uid, gid) != 0) throw_errno("chown usr/lib/modules");
   if (lchown(tmp.c_str(), uid, gid) != 0 || chmod(tmp.c_str(), 0755) != 0) throw_errno("chown " + tmp);
   if (rename(tmp.c_str(), path.c_str()) != 0 && !exists(path)) throw_errno("rename " + tmp);
   return path;

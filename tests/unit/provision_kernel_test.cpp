@@ -4,11 +4,15 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <sys/stat.h>
+
+#include <filesystem>
 #include <fstream>
 
 #include "provision/cloud_config.h"
 #include "provision/kernel.h"
 #include "util/error.h"
+#include "unit_util.h"
 
 namespace ultari::provision {
 namespace {
@@ -70,6 +74,62 @@ TEST(ProvisionKernel, TheAllowlistComesFromTheConfigFile) {
 TEST(ProvisionKernel, ModuleNamesAreKernelNames) {
   EXPECT_EQ(normalize_module("nf-conntrack"), "nf_conntrack");
   for (const char* bad : {"", "a b", "../x", "x;y", "$(x)"}) EXPECT_THROW(normalize_module(bad), Error) << bad;
+}
+
+
+// A host tree (this machine has the cloud kernel's, installed for the VM
+// tests): the layer holds its modules too, so that `depmod -a` over it (as
+// a build's runcmd runs it, in its overlay) still lists them and a later
+// `modprobe` finds them. The host's files keep their owner. Control: the
+// index files alone (what the layer held before) lose the modules at depmod.
+TEST(ProvisionKernel, AHostTreesLayerKeepsItsModulesThroughDepmod) {
+  namespace fs = std::filesystem;
+  std::string release, tree;
+  for (const auto& e : fs::directory_iterator("/lib/modules"))
+    if (fs::exists(e.path() / "modules.dep") && fs::exists(e.path() / "kernel/net/netfilter/nf_conntrack_netlink.ko")) {
+      release = e.path().filename();
+      tree = e.path();
+    }
+  if (tree.empty()) GTEST_SKIP() << "no kernel tree with nf_conntrack_netlink.ko under /lib/modules";
+  if (geteuid() != 0) GTEST_SKIP() << "needs root (the layer is chowned)";
+  unit::TempDir cache("kernel", 0755);
+  RunningKernel k{release, "test " + release, tree, true};
+  const uid_t uid = 2000000000, gid = 2000000000;
+  std::string layer = kernel_layer(cache.path, uid, gid, k);
+  EXPECT_EQ(kernel_layer(cache.path, uid, gid, k), layer);  // made once
+  const std::string mod = "/kernel/net/netfilter/nf_conntrack_netlink.ko";
+  struct stat host{}, in_lib{}, in_usr{}, dir{};
+  ASSERT_EQ(stat((tree + mod).c_str(), &host), 0);
+  ASSERT_EQ(stat((layer + "/lib/modules/" + release + mod).c_str(), &in_lib), 0);
+  ASSERT_EQ(stat((layer + "/usr/lib/modules/" + release + mod).c_str(), &in_usr), 0);
+  ASSERT_EQ(stat((layer + "/usr/lib/modules/" + release + "/kernel/net").c_str(), &dir), 0);
+  EXPECT_EQ(host.st_uid, 0u);  // never chowned through a link
+  EXPECT_EQ(dir.st_uid, uid);
+  EXPECT_EQ(in_lib.st_ino, in_usr.st_ino);
+  if (host.st_dev == in_lib.st_dev) EXPECT_EQ(in_lib.st_ino, host.st_ino);  // a link: no space
+  else EXPECT_EQ(in_lib.st_uid, uid);                                        // a copy, the sandbox's
+  EXPECT_FALSE(fs::exists(layer + "/lib/modules/" + release + "/build"));   // no symlink into the host's headers
+
+  // depmod over a copy of the layer's tree, as inside a sandbox.
+  auto depmod_lists_it = [&](bool with_modules) {
+    unit::TempDir work("depmod", 0755);
+    std::string cmd = "cp -a " + layer + "/lib " + work.path + "/ && " +
+                      (with_modules ? std::string("true") : "find " + work.path + " -name '*.ko*' -delete") +
+                      " && depmod -b " + work.path + " " + release + " 2>&1 && grep -c '^kernel/net/netfilter/nf_conntrack_netlink.ko:' " +
+                      work.path + "/lib/modules/" + release + "/modules.dep";
+    FILE* p = popen(cmd.c_str(), "r");
+    std::string out;
+    char buf[256];
+    while (fgets(buf, sizeof buf, p)) out += buf;
+    int status = pclose(p);
+    return std::make_pair(status, out);
+  };
+  auto [status, out] = depmod_lists_it(true);
+  EXPECT_EQ(status, 0) << out;
+  EXPECT_EQ(out, "1\n");
+  auto [control_status, control_out] = depmod_lists_it(false);
+  EXPECT_NE(control_status, 0) << control_out;
+  EXPECT_EQ(control_out, "0\n");
 }
 
 }  // namespace
