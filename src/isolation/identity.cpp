@@ -134,9 +134,11 @@ namespace {
 
 bool overlap(uint64_t a, uint64_t a_count, uint64_t b, uint64_t b_count) { return a < b + b_count && b < a + a_count; }
 
-// Throws when a user of `passwd_file` has a uid in `range` (`base`, `count`).
+// Throws when a user of `passwd_file` has a uid in `range` (`base`, `count`)
+// (with `group`: a group of a group file, its gid; the third field both).
 void check_no_user_in(const char* passwd_file, uint32_t base, uint32_t count, const std::string& range,
-                      const std::string& used_for, const char* subuid_file, const char* line_name) {
+                      const std::string& used_for, const char* subuid_file, const char* line_name,
+                      bool group = false) {
   std::istringstream passwd(whole_file(passwd_file));
   for (std::string line; std::getline(passwd, line);) {
     auto a = line.find(':'), b = a == std::string::npos ? a : line.find(':', a + 1);
@@ -146,9 +148,9 @@ void check_no_user_in(const char* passwd_file, uint32_t base, uint32_t count, co
     if (uid.find_first_not_of("0123456789") != std::string::npos) continue;
     uint64_t u = std::stoull(uid);
     if (u >= base && u < uint64_t{base} + count)
-      throw Error(std::string(passwd_file) + ": user " + line.substr(0, a) + " (uid " + uid + ") is in " + range +
-                  ", whose uids " + used_for + "; give them another range (" + line_name + ":START:COUNT in " +
-                  subuid_file + ")");
+      throw Error(std::string(passwd_file) + (group ? ": group " : ": user ") + line.substr(0, a) +
+                  (group ? " (gid " : " (uid ") + uid + ") is in " + range + ", whose " + (group ? "gids " : "uids ") +
+                  used_for + "; give them another range (" + line_name + ":START:COUNT in " + subuid_file + ")");
   }
 }
 
@@ -156,7 +158,8 @@ void check_no_user_in(const char* passwd_file, uint32_t base, uint32_t count, co
 
 }  // namespace
 
-void plan_blocks(Identity& id, const char* subuid_file, const char* subgid_file, const char* passwd_file) {
+void plan_blocks(Identity& id, const char* subuid_file, const char* subgid_file, const char* passwd_file,
+                 const char* group_file) {
   auto u = subordinate_range(subuid_file, "ultari-sandboxes", kRangeSize);
   auto g = subordinate_range(subgid_file, "ultari-sandboxes", kRangeSize);
   // A line that is there but unusable, or in one file only, is a mistake
@@ -192,6 +195,10 @@ void plan_blocks(Identity& id, const char* subuid_file, const char* subgid_file,
   // A sandbox would own the files of a host user with one of these uids.
   check_no_user_in(passwd_file, static_cast<uint32_t>(ubase), static_cast<uint32_t>(ids), range, "are sandboxes' ids",
                    subuid_file, "ultari-sandboxes");
+  // ... and a host group's files with one of these gids.
+  check_no_user_in(group_file, static_cast<uint32_t>(gbase), static_cast<uint32_t>(ids),
+                   "the ultari-sandboxes range (" + std::to_string(gbase) + ", " + std::to_string(ids) + " ids)",
+                   "are sandboxes' ids", subgid_file, "ultari-sandboxes", true);
   id.block_uid_base = static_cast<uint32_t>(ubase);
   id.block_gid_base = static_cast<uint32_t>(gbase);
   id.block_count = static_cast<uint32_t>(blocks);
@@ -239,6 +246,7 @@ Identity plan_identity(uid_t uid, gid_t gid, bool subids) {
     id.host_root_uid = ubase;
     id.host_root_gid = gbase;
     id.setgroups = true;
+    check_store_range(ubase, gbase);
     std::tie(id.owner_base, id.owner_count) = owner_range("/etc/subuid", ubase);
     plan_blocks(id, "/etc/subuid", "/etc/subgid", "/etc/passwd");
   } else if (nested) {
@@ -267,6 +275,16 @@ Identity plan_identity(uid_t uid, gid_t gid, bool subids) {
   return id;
 }
 
+
+void check_store_range(uint32_t ubase, uint32_t gbase, const char* passwd_file, const char* group_file) {
+  // The image store's files, a build's processes and (without idmapped
+  // mounts) sandboxes have these ids: a host user or group with one of
+  // them would own, or be, what a sandbox leaves.
+  check_no_user_in(passwd_file, ubase, kRangeSize, "the image store's range (" + std::to_string(ubase) + ", 65536 ids)",
+                   "are the image store's and builds' ids", "/etc/subuid", "ultari");
+  check_no_user_in(group_file, gbase, kRangeSize, "the image store's range (" + std::to_string(gbase) + ", 65536 ids)",
+                   "are the image store's and builds' ids", "/etc/subgid", "ultari", true);
+}
 
 std::pair<uint32_t, uint32_t> owner_range(const char* subuid_file, uint32_t mapped_base, const char* passwd_file) {
   auto owners = subordinate_range(subuid_file, "ultari-owners", 1);

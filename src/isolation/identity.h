@@ -121,8 +121,14 @@ OwnerLease lease_gateway(uint32_t base, uint32_t count, const char* lock_file = 
 // planned) from the "ultari-sandboxes:START:COUNT" lines of the two files
 // (blocks: COUNT / 65536 of the smaller), else 2000065536 + 15257 blocks;
 // throws when they overlap the image store's ids or the owners', or hold
-// the uid of a user in `passwd_file`.
-void plan_blocks(Identity& id, const char* subuid_file, const char* subgid_file, const char* passwd_file);
+// the uid of a user in `passwd_file` or the gid of a group in `group_file`.
+void plan_blocks(Identity& id, const char* subuid_file, const char* subgid_file, const char* passwd_file,
+                 const char* group_file = "/etc/group");
+// Rootful: throws when a user of `passwd_file` has a uid in the image
+// store's range (ubase .. +65535, the "ultari" line of /etc/subuid), or a
+// group of `group_file` a gid in gbase .. +65535.
+void check_store_range(uint32_t ubase, uint32_t gbase, const char* passwd_file = "/etc/passwd",
+                       const char* group_file = "/etc/group");
 
 // Rootful: a block of ids of its own for one sandbox, leased on
 // /run/ultari/blocks: a lock on the byte range of its host uids, so two

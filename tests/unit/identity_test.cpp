@@ -79,7 +79,22 @@ TEST(Identity, SandboxBlocksComeFromTheirOwnRange) {
   std::string user = unit::temp_file("passwd", "mallory:x:500000007:100::/home/m:/bin/sh\n");
   EXPECT_TRUE(unit::has(unit::error_of([&] { plan_blocks(id, u.c_str(), g.c_str(), user.c_str()); }),
                         "mallory"));
-  for (const auto& f : {none, passwd, u, g, store, owners, user}) unlink(f.c_str());
+  // A host group with a block's gid (its files would be the sandbox's);
+  // control: the same group outside the range passes.
+  std::string group = unit::temp_file("group", "staff:x:600000009:\n");
+  std::string outside = unit::temp_file("group", "staff:x:600196608:\n");
+  EXPECT_TRUE(unit::has(unit::error_of([&] { plan_blocks(id, u.c_str(), g.c_str(), passwd.c_str(), group.c_str()); }),
+                        "group staff (gid 600000009)"));
+  EXPECT_EQ(unit::error_of([&] { plan_blocks(id, u.c_str(), g.c_str(), passwd.c_str(), outside.c_str()); }), "");
+  // The image store's range: users and groups checked as well.
+  std::string in_store = unit::temp_file("passwd", "eve:x:2000000005:100::/home/e:/bin/sh\n");
+  std::string group_in_store = unit::temp_file("group", "eve:x:2000065535:\n");
+  EXPECT_TRUE(unit::has(unit::error_of([&] { check_store_range(2000000000, 2000000000, in_store.c_str(), outside.c_str()); }),
+                        "user eve (uid 2000000005) is in the image store's range"));
+  EXPECT_TRUE(unit::has(unit::error_of([&] { check_store_range(2000000000, 2000000000, passwd.c_str(), group_in_store.c_str()); }),
+                        "group eve (gid 2000065535)"));
+  EXPECT_EQ(unit::error_of([&] { check_store_range(2000000000, 2000000000, passwd.c_str(), outside.c_str()); }), "");
+  for (const auto& f : {none, passwd, u, g, store, owners, user, group, outside, in_store, group_in_store}) unlink(f.c_str());
 }
 
 TEST(Identity, OwnersComeFromTheirOwnRange) {
