@@ -71,6 +71,24 @@ int read_cap_last() {
   return n > 0 ? std::atoi(buf) : 40;
 }
 
+// A build's writable layer on disk: upper/ and work/ under
+// Spec::upper_dir, owned by the sandbox's root in the store's ids (`store`:
+// the identity before any block). Rootful, it returns the layer's tree,
+// made here, read-write, idmapped through `userns` (>= 0: from the store's
+// ids to the sandbox's block) or not; rootless, nothing (the child mounts
+// the path).
+UniqueFd writable_layer_tree(const Sandbox::State& s, const Spec& spec, const isolation::Identity& store, int userns) {
+  for (const char* sub : {"/upper", "/work"}) {
+    std::string p = spec.upper_dir + sub;
+    if (mkdir(p.c_str(), 0755) != 0 && errno != EEXIST) throw_errno("writable layer " + p);
+    if (store.rootful && chown(p.c_str(), store.host_root_uid, store.host_root_gid) != 0) throw_errno("chown " + p);
+  }
+  if (!store.rootful) return {};
+  for (const auto& step : s.root.steps)
+    if (step.op == filesystem::Step::Overlay && step.upper_path) return isolation::detached_tree(step.upper_path, false, userns);
+  return {};
+}
+
 std::string env_value(const std::vector<std::string>& env, const std::string& key) {
   for (const auto& e : env)
     if (e.compare(0, key.size() + 1, key + "=") == 0) return e.substr(key.size() + 1);
@@ -343,20 +361,23 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
   // Rootful: a block of ids of the sandbox's own (isolation::lease_block),
   // so that it shares no per-user kernel budget with another sandbox. What
   // is stored in the image store's ids (layers, the default root's
-  // skeleton) is shown to it through idmapped mounts. A build
-  // (Spec::upper_dir) keeps the store's ids: its writable layer on disk
-  // becomes a layer as it is.
+  // skeleton) is shown to it through idmapped mounts; a build's writable
+  // layer (Spec::upper_dir) too, read-write: what the build writes is
+  // stored in the store's ids, and becomes a layer as it is.
   s.identity = prepared.identity;
   std::vector<UniqueFd> store_trees;  // image layers, or the skeleton: read-only, in the sandbox's ids
+  UniqueFd upper_tree;                // a build's writable layer, in the sandbox's ids
   const bool store_lowers = filesystem::uses_host_root(spec) || !spec.layers.empty();
-  if (prepared.identity.rootful && prepared.identity.block_count > 0 && spec.upper_dir.empty()) {
+  if (prepared.identity.rootful && prepared.identity.block_count > 0) {
     isolation::OwnerLease block = isolation::lease_block(prepared.identity);
     try {
       isolation::Identity own = isolation::for_block(prepared.identity, block.uid);
-      if (store_lowers) {
+      if (store_lowers || !spec.upper_dir.empty()) {
         UniqueFd store_ids = isolation::mapping_userns({{prepared.identity.host_root_uid, own.host_root_uid, 65536}},
                                                        {{prepared.identity.host_root_gid, own.host_root_gid, 65536}});
-        for (const auto& dir : s.root.lower_dirs) store_trees.push_back(isolation::detached_tree(dir, true, store_ids.get()));
+        if (store_lowers)
+          for (const auto& dir : s.root.lower_dirs) store_trees.push_back(isolation::detached_tree(dir, true, store_ids.get()));
+        if (!spec.upper_dir.empty()) upper_tree = writable_layer_tree(s, spec, prepared.identity, store_ids.get());
       }
       s.identity = own;
       s.block_lease = std::move(block.lock);
@@ -365,6 +386,7 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
       // lets this sandbox keep the store's ids, shared with others like it
       // and with builds; any other failure fails the start.
       store_trees.clear();
+      upper_tree.reset();
       s.warnings.push_back(std::string("the sandbox shares its ids with other sandboxes and with builds (and their "
                                        "per-user budgets): ") + e.what());
     }
@@ -386,20 +408,12 @@ std::unique_ptr<Sandbox> Sandbox::create(const Prepared& prepared, const Spec& s
     }
   }
   if (!spec.upper_dir.empty()) {
-    // The writable layer on disk: upper/ and work/, the sandbox root's;
-    // rootful, the child gets it as a tree made here (it may not be able
-    // to reach the path: the image store is root's).
-    for (const char* sub : {"/upper", "/work"}) {
-      std::string p = spec.upper_dir + sub;
-      if (mkdir(p.c_str(), 0755) != 0 && errno != EEXIST) throw_errno("writable layer " + p);
-      if (id.rootful && chown(p.c_str(), id.host_root_uid, id.host_root_gid) != 0) throw_errno("chown " + p);
-    }
-    if (id.rootful) {
-      for (const auto& step : s.root.steps)
-        if (step.op == filesystem::Step::Overlay && step.upper_path) {
-          s.trees.push_back(isolation::detached_tree(step.upper_path, false));
-          s.root.use_upper_tree(s.trees.back().get());
-        }
+    // Rootful, the child gets the writable layer as a tree made here (it
+    // may not be able to reach the path: the image store is root's).
+    if (!upper_tree) upper_tree = writable_layer_tree(s, spec, prepared.identity, -1);
+    if (upper_tree) {
+      s.trees.push_back(std::move(upper_tree));
+      s.root.use_upper_tree(s.trees.back().get());
     }
   }
   if (!store_trees.empty()) {

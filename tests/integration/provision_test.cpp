@@ -477,6 +477,43 @@ TEST_F(Provision, AFailingRuncmdItemFailsTheBuildAndCommitsNothing) {
   // suite: other tests' sandboxes run in parallel with this one.)
 }
 
+// Rootful: a build runs in a block of ids of its own, as every sandbox
+// does (so two builds, or a build and a sandbox, share no per-user kernel
+// budget), while what it writes is stored in the image store's ids (its
+// writable layer is an idmapped mount): the committed layer has the
+// owners the build gave, and sandboxes from it see them. Control: the
+// store's ids (the layer's root directory's owner) are what a build ran
+// as before, and are not what this one ran as.
+TEST_F(Provision, ARootfulBuildRunsInABlockOfItsOwnAndCommitsInTheStoresIds) {
+  Outcome r = provision(name("block"), "#cloud-config\n"
+                                       "runcmd:\n"
+                                       "  - cat /proc/self/uid_map /proc/self/gid_map > /build-ids\n"
+                                       "  - mkdir /owned && chown 5:6 /owned && touch /owned/f\n",
+                        {"--no-cache"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  json i = inspect(name("block"));
+  const std::string layer = test_image_store() + "/images/layers/" + i["layers"][0].get<std::string>();
+  struct stat root{}, owned{}, file{};
+  ASSERT_EQ(stat(layer.c_str(), &root), 0);
+  ASSERT_EQ(stat((layer + "/owned").c_str(), &owned), 0);
+  ASSERT_EQ(stat((layer + "/owned/f").c_str(), &file), 0);
+  EXPECT_EQ(owned.st_uid, root.st_uid + 5);
+  EXPECT_EQ(owned.st_gid, root.st_gid + 6);
+  EXPECT_EQ(file.st_uid, root.st_uid);
+  std::istringstream ids(read_file(layer + "/build-ids"));
+  uint64_t in_u = 1, out_u = 0, n_u = 0, in_g = 1, out_g = 0, n_g = 0;
+  ids >> in_u >> out_u >> n_u >> in_g >> out_g >> n_g;
+  EXPECT_EQ(in_u, 0u);
+  EXPECT_EQ(n_u, 65536u);
+  EXPECT_EQ(n_g, 65536u);
+  EXPECT_NE(out_u, root.st_uid) << read_file(layer + "/build-ids");
+  EXPECT_NE(out_g, root.st_gid) << read_file(layer + "/build-ids");
+  // Not another range of the host's either: one of the sandboxes' blocks.
+  EXPECT_GE(out_u, 2000065536u);
+  EXPECT_EQ((out_u - 2000065536u) % 65536, 0u);
+  EXPECT_EQ(in(name("block"), "stat -c %u:%g /owned; stat -c %u /owned/f").out, "5:6\n0\n");
+}
+
 TEST_F(Provision, BadUserDataIsRefusedBeforeAnythingRuns) {
   struct Case {
     std::string user_data;
