@@ -86,6 +86,20 @@ std::string evacuate_self(const std::string& base) {
 
 }  // namespace
 
+std::string leave_for_own_leaf(const Layout& layout) {
+  for (const auto& m : layout.controllers) {
+    if (m.version != 2 || !m.writable) continue;
+    std::string leaf = m.base + "/" + make_group_name();
+    if (::mkdir(leaf.c_str(), 0755) != 0) return "";
+    if (io::write_file(leaf + "/cgroup.procs", "0") != 0) {
+      ::rmdir(leaf.c_str());
+      return "";
+    }
+    return leaf;
+  }
+  return "";
+}
+
 Cgroup::Cgroup(Cgroup&& o) noexcept
     : dirs_(std::move(o.dirs_)),
       owner_(o.owner_),

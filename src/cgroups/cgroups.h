@@ -126,4 +126,12 @@ int sweep_orphans(const Layout& layout);
 // Name for a new group owned by this process: "ultari-<pid>-<starttime>-<n>".
 std::string make_group_name();
 
+// Rootless, v2: moves this process out of the delegated group it shares
+// with the caller (where Cgroup::create may need to be alone: see
+// evacuate_self in cgroup.cpp) into a leaf of its own, named by
+// make_group_name (the sweep removes it once the process is gone). For a
+// long-lived helper (isolation's ultari-userns). Returns the leaf, or ""
+// when no v2 controller is writable here or the move fails.
+std::string leave_for_own_leaf(const Layout& layout);
+
 }  // namespace ultari::cgroups

@@ -74,9 +74,13 @@ Identity plan_identity(uid_t uid, gid_t gid, bool subids = false);
 // layers need those owners, and a sandbox from its images nests its own
 // namespace there. One process per store (comm "ultari-userns") holds the
 // namespace for later commands, which join it (no helper to run); it ends
-// after ULTARI_USERNS_IDLE_SECONDS (default 60) without being asked. Where
-// that is 0, or `store_dir` is not the caller's alone, the namespace is
-// this process's own. Must be called while the process has one thread. Nothing of the
+// after ULTARI_USERNS_IDLE_SECONDS (default 60) without being asked while
+// no process is in its namespace. What a holder sends is checked before it
+// is joined (store_userns.cpp); an unusable holder is replaced, with a
+// warning. Where the idle time is 0, `store_dir` is not the caller's alone,
+// or the holder's namespace is not a child of ours, the namespace is this
+// process's own. The caller's supplementary groups stay (unmapped there,
+// they still count on the host). Must be called while the process has one thread. Nothing of the
 // host's root comes with it (the namespace has no other user's ids);
 // ultari::host_root() stays false. Throws Error.
 void enter_store_namespace(const SubIds& ids, const std::string& store_dir);

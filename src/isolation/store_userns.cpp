@@ -14,6 +14,7 @@
 //   store dir/userns.lock   shared by askers, exclusive to make a holder or
 //                           to leave (so none leaves while one is asked)
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/nsfs.h>
@@ -36,12 +37,18 @@
 #include <cstring>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "isolation/identity.h"
 #include "util/caller.h"
 #include "util/error.h"
 #include "util/paths.h"
 #include "util/process.h"
+#include "cgroups/cgroups.h"
+
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77  // Linux 6.5
+#endif
 
 namespace ultari::isolation {
 namespace {
@@ -75,9 +82,9 @@ std::string normalized(const std::string& proc_map) {
     if (nl == std::string::npos) nl = proc_map.size();
     std::string line = proc_map.substr(pos, nl - pos), words;
     for (size_t i = 0; i < line.size();) {
-      while (i < line.size() && line[i] == ' ') ++i;
+      while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) ++i;
       size_t j = i;
-      while (j < line.size() && line[j] != ' ') ++j;
+      while (j < line.size() && line[j] != ' ' && line[j] != '\t') ++j;
       if (j > i) words += (words.empty() ? "" : " ") + line.substr(i, j - i);
       i = j;
     }
@@ -108,67 +115,168 @@ sockaddr_un address(int dir) {
   return a;
 }
 
-// An fd of the holder's namespace, or nothing when no holder answers. The
-// namespace must be a child of ours made by our uid: a namespace made
-// inside a sandbox (also our uid on the host) is refused.
-std::optional<UniqueFd> ask_holder(int dir) {
-  UniqueFd s(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+bool same_file(const struct stat& a, const struct stat& b) { return a.st_ino == b.st_ino && a.st_dev == b.st_dev; }
+
+// What asking the holder gave.
+struct Answer {
+  enum Kind {
+    None,      // no holder answers (no socket, a dead or stuck one)
+    Foreign,   // a namespace not made from ours (the holder of a caller in
+               // another user or pid namespace: a container sharing $HOME)
+    Unusable,  // a holder answered with a namespace that is not the store's
+    Ok,
+  } kind = None;
+  std::string why;  // Unusable: what differs
+  UniqueFd ns;      // Ok
+};
+
+// Asks the holder on the store's socket for its namespace, and checks it
+// before anything joins it: made by our uid, a child of our namespace,
+// served by a process of our pid namespace (a sandbox's processes are in
+// namespaces of their own) that is in that very namespace, whose maps are
+// exactly the caller and its subordinate ids.
+Answer ask_holder(int dir, const SubIds& ids) {
+  Answer a;
+  UniqueFd s(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!s) throw_errno("socket (asking for the image store's user namespace)");
-  sockaddr_un a = address(dir);
-  if (connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return std::nullopt;
+  sockaddr_un addr = address(dir);
+  // Non-blocking: a full backlog (a stopped holder) is EAGAIN, not a wait.
+  if (connect(s.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return a;
+  pollfd p{s.get(), POLLIN, 0};
+  int r;
+  do r = poll(&p, 1, 2000);  // a holder that hangs is no holder
+  while (r < 0 && errno == EINTR);
+  if (r != 1) return a;
   char byte = 0;
   iovec iov{&byte, 1};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)] = {};
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
   msg.msg_control = control;
   msg.msg_controllen = sizeof control;
-  pollfd p{s.get(), POLLIN, 0};
-  if (poll(&p, 1, 2000) != 1) return std::nullopt;  // a holder that hangs is no holder
   ssize_t n;
   do n = recvmsg(s.get(), &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
   while (n < 0 && errno == EINTR);
-  cmsghdr* c = CMSG_FIRSTHDR(&msg);
-  if (n != 1 || !c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN(sizeof(int)))
-    return std::nullopt;
-  int fd;
-  std::memcpy(&fd, CMSG_DATA(c), sizeof fd);
-  UniqueFd ns(fd);
-  uid_t owner = static_cast<uid_t>(-1);
-  if (ioctl(ns.get(), NS_GET_OWNER_UID, &owner) != 0 || owner != geteuid())
-    throw Error("the image store's user namespace holder sent a namespace of uid " + std::to_string(owner) +
-                ", not yours: is something else listening on " + std::string(kSocket) + "?");
+  // Every fd that came is ours to close; exactly one is wanted.
+  std::vector<UniqueFd> fds;
+  for (cmsghdr* c = n >= 0 ? CMSG_FIRSTHDR(&msg) : nullptr; c; c = CMSG_NXTHDR(&msg, c))
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+      for (size_t i = 0; CMSG_LEN((i + 1) * sizeof(int)) <= c->cmsg_len; ++i) {
+        int fd;
+        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+        fds.emplace_back(fd);
+      }
+  if (n != 1 || fds.size() != 1 || (msg.msg_flags & MSG_CTRUNC)) {
+    a.kind = Answer::Unusable;
+    a.why = "it sent no namespace";
+    return a;
+  }
+  UniqueFd ns = std::move(fds.front());
   UniqueFd parent(ioctl(ns.get(), NS_GET_PARENT));
   struct stat got{}, ours{};
-  if (!parent || fstat(parent.get(), &got) != 0 || stat("/proc/self/ns/user", &ours) != 0 || got.st_ino != ours.st_ino ||
-      got.st_dev != ours.st_dev)
-    throw Error("the image store's user namespace holder sent a namespace that is not a child of this one");
-  return ns;
+  if (!parent || fstat(parent.get(), &got) != 0 || stat("/proc/self/ns/user", &ours) != 0 || !same_file(got, ours)) {
+    a.kind = Answer::Foreign;
+    return a;
+  }
+  a.kind = Answer::Unusable;
+  uid_t owner = static_cast<uid_t>(-1);
+  if (ioctl(ns.get(), NS_GET_OWNER_UID, &owner) != 0 || owner != geteuid()) {
+    a.why = "its namespace belongs to uid " + std::to_string(static_cast<int>(owner)) + ", not to you";
+    return a;
+  }
+  // The peer: the process that listens (SO_PEERCRED at listen time: the
+  // holder binds and listens itself), pinned by a pidfd.
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  int pidfd = -1;
+  socklen_t pidfd_len = sizeof pidfd;
+  if (getsockopt(s.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.pid <= 0) {
+    a.kind = Answer::Foreign;  // not in our pid namespace
+    return a;
+  }
+  UniqueFd pin(getsockopt(s.get(), SOL_SOCKET, SO_PEERPIDFD, &pidfd, &pidfd_len) == 0 ? pidfd : -1);
+  // Its pid namespace is ours: NSpid lists one pid (its /proc/PID/ns links
+  // are closed to us: the holder is not dumpable).
+  const std::string proc = "/proc/" + std::to_string(cred.pid);
+  std::string status = read_or_empty(proc + "/status");
+  size_t nspid = status.find("\nNSpid:");
+  size_t eol = nspid == std::string::npos ? nspid : status.find('\n', nspid + 1);
+  std::string pids = nspid == std::string::npos ? "" : normalized(status.substr(nspid + 7, eol - nspid - 7));
+  if (pids.empty() || pids.find(' ') != std::string::npos) {
+    a.why = "the process serving it is in another pid namespace (a sandbox's?)";
+    return a;
+  }
+  // Its maps are read here; that the namespace it sent is its own is
+  // checked once joined (become_root_of).
+  Identity want = store_maps(ids);
+  std::string uid_map = normalized(read_or_empty(proc + "/uid_map"));
+  std::string gid_map = normalized(read_or_empty(proc + "/gid_map"));
+  // Still the process the pid named when its files were read.
+  if (pin && syscall(SYS_pidfd_send_signal, pin.get(), 0, nullptr, 0) != 0) {
+    a.why = "the process serving it is gone";
+    return a;
+  }
+  if (uid_map != format_map(want.uid_map) || gid_map != format_map(want.gid_map)) {
+    a.why = "its namespace maps uids " + uid_map + " and gids " + gid_map + ", not " + format_map(want.uid_map) +
+            " and " + format_map(want.gid_map) + " (did /etc/subuid or /etc/subgid change?)";
+    return a;
+  }
+  a.kind = Answer::Ok;
+  a.ns = std::move(ns);
+  return a;
+}
+
+// Are processes other than this one in the user namespace `ns`? (A warm
+// pool, a long run: the holder stays while they live, so that later
+// commands join the namespace they are in.)
+bool others_inside(const struct stat& ns) {
+  DIR* d = opendir("/proc");
+  if (!d) return false;
+  bool found = false;
+  const pid_t self = getpid();
+  char link[300];
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] < '1' || e->d_name[0] > '9' || std::atoi(e->d_name) == self) continue;
+    std::snprintf(link, sizeof link, "/proc/%s/ns/user", e->d_name);
+    struct stat st{};
+    if (stat(link, &st) == 0 && same_file(st, ns)) {
+      found = true;
+      break;
+    }
+  }
+  closedir(d);
+  return found;
 }
 
 // The holder, in its own session, with no fd but `listener` and `dir`.
 // Answers each connection with an fd of its namespace; leaves after
-// `idle` seconds without one, unless an asker holds the lock.
-[[noreturn]] void serve(int listener, int dir, ino_t socket_ino, int idle) {
+// `idle` seconds without one, unless an asker holds the lock or a process
+// still runs in the namespace.
+[[noreturn]] void serve(int listener, int dir, const struct stat& socket_st, int idle) {
   int ns = open("/proc/self/ns/user", O_RDONLY | O_CLOEXEC);
-  if (ns < 0) _exit(1);
+  struct stat ns_st{};
+  if (ns < 0 || fstat(ns, &ns_st) != 0) _exit(1);
   for (;;) {
     pollfd p{listener, POLLIN, 0};
     int r = poll(&p, 1, idle * 1000);
     if (r < 0 && errno == EINTR) continue;
     if (r == 0) {
+      if (others_inside(ns_st)) continue;
       int lock = openat(dir, kLock, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
       if (lock >= 0 && flock(lock, LOCK_EX | LOCK_NB) != 0) {
         close(lock);
         continue;  // being asked right now
       }
       struct stat st{};
-      if (fstatat(dir, kSocket, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_ino == socket_ino) unlinkat(dir, kSocket, 0);
+      if (fstatat(dir, kSocket, &st, AT_SYMLINK_NOFOLLOW) == 0 && same_file(st, socket_st)) unlinkat(dir, kSocket, 0);
       _exit(0);
     }
     int c = accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
-    if (c < 0) continue;
+    if (c < 0) {
+      poll(nullptr, 0, 100);  // out of fds, say: no busy loop
+      continue;
+    }
     char byte = 'n';
     iovec iov{&byte, 1};
     alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
@@ -187,17 +295,13 @@ std::optional<UniqueFd> ask_holder(int dir) {
   }
 }
 
-// Makes a holder (the lock is held exclusively): binds the socket, starts
-// the holder twice forked (not our child: it outlives us), has its maps
-// written. Throws Error; on any failure no holder stays.
+// Makes a holder (the lock is held exclusively): the holder, twice forked
+// (not our child: it outlives us), unshares, has its maps written by the
+// helpers we run, then binds and listens on the socket itself (so that a
+// client's SO_PEERCRED names it). Throws Error; on any failure no holder
+// stays and the socket is gone.
 void make_holder(int dir, const SubIds& ids, int idle) {
-  UniqueFd listener(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!listener) throw_errno("socket (the image store's user namespace holder)");
   if (unlinkat(dir, kSocket, 0) != 0 && errno != ENOENT) throw_errno(std::string("remove a stale ") + kSocket);
-  sockaddr_un a = address(dir);
-  if (bind(listener.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) throw_errno(std::string("bind ") + kSocket);
-  struct stat st{};
-  if (fstatat(dir, kSocket, &st, AT_SYMLINK_NOFOLLOW) != 0) throw_errno(std::string("stat ") + kSocket);
   struct Unbind {
     int dir;
     bool armed = true;
@@ -205,7 +309,9 @@ void make_holder(int dir, const SubIds& ids, int idle) {
       if (armed) unlinkat(dir, kSocket, 0);
     }
   } unbind{dir};
-  if (listen(listener.get(), 64) != 0) throw_errno(std::string("listen ") + kSocket);
+  // Where the holder goes in a delegated cgroup v2 tree: out of the
+  // caller's group, which a command may need to have to itself.
+  const cgroups::Layout layout = cgroups::detect();
   int up[2], down[2];
   if (pipe2(up, O_CLOEXEC) != 0) throw_errno("pipe");
   UniqueFd up_r(up[0]), up_w(up[1]);
@@ -219,14 +325,34 @@ void make_holder(int dir, const SubIds& ids, int idle) {
     setsid();
     pid_t h = fork();
     if (h != 0) _exit(h < 0 ? 1 : 0);
+    setsid();  // a session of its own, its id its pid
     prctl(PR_SET_NAME, kName, 0, 0, 0);
+    auto report = [&](int32_t v) { return write(up_w.get(), &v, sizeof v) == sizeof v; };
     int32_t self = unshare(CLONE_NEWUSER) == 0 ? static_cast<int32_t>(getpid()) : -errno;
-    if (write(up_w.get(), &self, sizeof self) != sizeof self || self < 0) _exit(1);
+    if (!report(self) || self < 0) _exit(1);
     char go = 0;
     if (read(down_r.get(), &go, 1) != 1 || go != 'm') _exit(1);  // the maps were not written
     // Not dumpable (its /proc files become root's) only now: newuidmap
     // checks that the target is the caller's.
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    // Default dispositions (an ignored SIGTERM, say, would survive from the
+    // caller) and no signal blocked.
+    struct sigaction dfl{};
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; ++sig)
+      if (sig != SIGKILL && sig != SIGSTOP) sigaction(sig, &dfl, nullptr);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    cgroups::leave_for_own_leaf(layout);
+    int listener = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un a = address(dir);
+    struct stat socket_st{};
+    if (listener < 0 || bind(listener, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+        fstatat(dir, kSocket, &socket_st, AT_SYMLINK_NOFOLLOW) != 0 || listen(listener, 64) != 0) {
+      report(-errno);
+      _exit(1);
+    }
     if (chdir("/") != 0) _exit(1);
     // It lives on: neither the caller's command line (host paths) nor its
     // environment (credentials, perhaps) stays with it.
@@ -235,47 +361,64 @@ void make_holder(int dir, const SubIds& ids, int idle) {
       std::memcpy(area, kName, sizeof kName);
     }
     for (char** e = environ; e && *e; ++e) std::memset(*e, 0, std::strlen(*e));
+    if (!report(0)) _exit(1);
     int null = open("/dev/null", O_RDWR | O_CLOEXEC);
     for (int fd = 0; fd < 3; ++fd)  // no terminal, no caller's pipes kept open
       if (null < 0 || dup2(null, fd) < 0) close(fd);
-    // Everything else of ours goes (other fds, a caller's pipes): only the
-    // listener and the directory stay.
-    int l = fcntl(listener.get(), F_DUPFD_CLOEXEC, 3), d = fcntl(dir, F_DUPFD_CLOEXEC, 3);
+    // Everything else of ours goes (other fds, a caller's pipes, the lock
+    // we hold): only the listener and the directory stay.
+    int l = fcntl(listener, F_DUPFD_CLOEXEC, 3), d = fcntl(dir, F_DUPFD_CLOEXEC, 3);
+    if (l < 0 || d < 0) _exit(1);
     int lo = l < d ? l : d, hi = l < d ? d : l;
     syscall(SYS_close_range, 3U, static_cast<unsigned>(lo - 1), 0U);
     syscall(SYS_close_range, static_cast<unsigned>(lo + 1), static_cast<unsigned>(hi - 1), 0U);
     syscall(SYS_close_range, static_cast<unsigned>(hi + 1), ~0U, 0U);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    serve(l, d, st.st_ino, idle);
+    serve(l, d, socket_st, idle);
   }
   up_w.reset();
   down_r.reset();
-  int mstatus = 0;
-  while (waitpid(middle, &mstatus, 0) < 0 && errno == EINTR) {
+  while (waitpid(middle, nullptr, 0) < 0 && errno == EINTR) {
   }
+  auto receive = [&](int32_t& v) {
+    ssize_t n;
+    do n = read(up_r.get(), &v, sizeof v);
+    while (n < 0 && errno == EINTR);
+    return n == sizeof v;
+  };
   int32_t holder = 0;
-  ssize_t n;
-  do n = read(up_r.get(), &holder, sizeof holder);
-  while (n < 0 && errno == EINTR);
-  if (n != sizeof holder) throw Error("the image store's user namespace holder died before it started");
+  if (!receive(holder)) throw Error("the image store's user namespace holder died before it started");
   if (holder < 0) throw_errno("unshare(CLONE_NEWUSER) for the image store's owners", -holder);
   // Its namespace gets the caller's ids; on failure the closed pipe ends it.
   write_maps(holder, store_maps(ids));
   if (write(down_w.get(), "m", 1) != 1) throw_errno("start the image store's user namespace holder");
+  int32_t ready = 1;
+  if (!receive(ready)) throw Error("the image store's user namespace holder died before it listened");
+  if (ready < 0) throw_errno(std::string("the image store's user namespace holder: bind ") + kSocket, -ready);
   unbind.armed = false;
 }
 
+// Joins `ns` (checked by ask_holder). A namespace that turns out other
+// than checked leaves this process in it: nothing more may run.
 void become_root_of(int ns, const SubIds& ids) {
   if (setns(ns, CLONE_NEWUSER) != 0) throw_errno("setns into the image store's user namespace");
   Identity want = store_maps(ids);
-  std::string uid_map = normalized(read_or_empty("/proc/self/uid_map"));
-  std::string gid_map = normalized(read_or_empty("/proc/self/gid_map"));
-  if (uid_map != format_map(want.uid_map) || gid_map != format_map(want.gid_map))
-    throw Error("the image store's user namespace maps uids " + uid_map + " and gids " + gid_map + ", not " +
-                format_map(want.uid_map) + " and " + format_map(want.gid_map) +
-                " (did /etc/subuid change? end the ultari-userns process)");
+  if (normalized(read_or_empty("/proc/self/uid_map")) != format_map(want.uid_map) ||
+      normalized(read_or_empty("/proc/self/gid_map")) != format_map(want.gid_map)) {
+    static const char msg[] = "ultari: error: the image store's user namespace changed while it was joined\n";
+    (void)!write(2, msg, sizeof msg - 1);
+    _exit(125);
+  }
+}
+
+// flock with a bound on the wait (a stopped holder may hold it): false
+// when it was not had within about three seconds.
+bool lock_within(int fd, int op) {
+  for (int i = 0; i < 300; ++i) {
+    if (flock(fd, op | LOCK_NB) == 0) return true;
+    if (errno != EWOULDBLOCK && errno != EINTR) return false;
+    poll(nullptr, 0, 10);
+  }
+  return false;
 }
 
 // The old way, each time: unshare, and the helpers map us from a child
@@ -337,37 +480,47 @@ void unshare_and_map(const SubIds& ids) {
 void enter_store_namespace(const SubIds& ids, const std::string& store_dir) {
   if (in_store_namespace()) return;
   // The holder's socket is trusted only in a directory of ours that no
-  // one else may write to; otherwise (or before the store exists) the
-  // namespace is made for this process alone.
+  // one else may enter; otherwise (or before the store exists, or when
+  // the holder's namespace is not for us) the namespace is this
+  // process's own.
   const int idle = idle_seconds();
   UniqueFd dir(open(store_dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW));
   struct stat st{};
-  if (idle > 0 && dir && fstat(dir.get(), &st) == 0 && st.st_uid == geteuid() && !(st.st_mode & 022)) {
+  bool joined = false;
+  if (idle > 0 && dir && fstat(dir.get(), &st) == 0 && st.st_uid == geteuid() && !(st.st_mode & 077)) {
     UniqueFd lock(openat(dir.get(), kLock, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
     if (!lock) throw_errno("open " + store_dir + "/" + kLock);
-    while (flock(lock.get(), LOCK_SH) != 0)
-      if (errno != EINTR) throw_errno("lock " + store_dir + "/" + kLock);
-    std::optional<UniqueFd> ns = ask_holder(dir.get());
-    if (!ns) {
-      // Converted to exclusive (not atomically: ask again under it).
-      while (flock(lock.get(), LOCK_EX) != 0)
-        if (errno != EINTR) throw_errno("lock " + store_dir + "/" + kLock);
-      ns = ask_holder(dir.get());
-      if (!ns) {
-        make_holder(dir.get(), ids, idle);
-        ns = ask_holder(dir.get());
-        if (!ns) throw Error("the image store's user namespace holder does not answer on " + store_dir + "/" + kSocket);
+    Answer a;
+    if (lock_within(lock.get(), LOCK_SH)) {
+      a = ask_holder(dir.get(), ids);
+      // None or unusable: converted to exclusive (not atomically: ask
+      // again under it), then a holder is made, in place of an unusable one.
+      if ((a.kind == Answer::None || a.kind == Answer::Unusable) && lock_within(lock.get(), LOCK_EX)) {
+        a = ask_holder(dir.get(), ids);
+        if (a.kind == Answer::None || a.kind == Answer::Unusable) {
+          if (a.kind == Answer::Unusable)
+            std::fprintf(stderr, "ultari: warning: replacing the holder of the image store's user namespace on %s/%s: %s\n",
+                         store_dir.c_str(), kSocket, a.why.c_str());
+          make_holder(dir.get(), ids, idle);
+          a = ask_holder(dir.get(), ids);
+          if (a.kind != Answer::Ok)
+            throw Error("the image store's user namespace holder does not answer on " + store_dir + "/" + kSocket +
+                        (a.why.empty() ? "" : ": " + a.why));
+        }
       }
     }
     lock.reset();
-    become_root_of(ns->get(), ids);
-  } else {
-    unshare_and_map(ids);
+    if (a.kind == Answer::Ok) {
+      become_root_of(a.ns.get(), ids);
+      joined = true;
+    }
   }
-  // Root there (the caller's own uid maps to 0); none of the caller's
-  // supplementary groups (they are not mapped: they would show as nogroup).
+  if (!joined) unshare_and_map(ids);
+  // Root there (the caller's own uid maps to 0). The caller's supplementary
+  // groups stay: unmapped there (they show as nogroup), they still grant
+  // what they grant on the host (a --net-policy or --report path, a bind
+  // source); each sandbox's init drops them.
   if (setresgid(0, 0, 0) != 0 || setresuid(0, 0, 0) != 0) throw_errno("become root of the image store's namespace");
-  if (setgroups(0, nullptr) != 0) throw_errno("setgroups in the image store's namespace");
   note_store_namespace(ids.uid, ids.gid);
 }
 

@@ -698,7 +698,10 @@ TEST_F(Images, ARootlessStoresNamespaceIsHeldOnceAndCheckedWhenJoined) {
   // 0-2, its socket, the store's directory, its namespace.
   EXPECT_EQ(host("stat -c %u " + proc + "/fd").out, "0\n");  // not dumpable: its /proc files are root's
   EXPECT_EQ(host("awk '/^Uid:/{print $2}' " + proc + "/status").out, std::to_string(pw->pw_uid) + "\n");
-  EXPECT_EQ(read_file(proc + "/cmdline").substr(0, 14), std::string("ultari-userns\0", 14));
+  std::string cmdline = read_file(proc + "/cmdline");
+  EXPECT_EQ(cmdline.substr(0, 14), std::string("ultari-userns\0", 14));
+  EXPECT_EQ(cmdline.find_first_not_of('\0', 13), std::string::npos) << cmdline;  // the rest wiped
+  EXPECT_EQ(host("ps -o sid= -p " + std::to_string(first[0]) + " | tr -d ' '").out, std::to_string(first[0]) + "\n");
   EXPECT_FALSE(has(read_file(proc + "/environ"), "ULTARI_DATA_DIR"));
   std::string fds = host("for f in " + proc + "/fd/*; do readlink $f; done | sed 's/:\\[.*//' | sort | uniq -c | "
                          "awk '{print $1, $2}'").out;
@@ -742,58 +745,134 @@ TEST_F(Images, ARootlessStoresNamespaceIsHeldOnceAndCheckedWhenJoined) {
   EXPECT_TRUE(holders().empty());
   EXPECT_FALSE(exists(store + "/userns.sock"));
 
-  // Impostors on the socket, each sending a namespace of its own. The
-  // client's checks are what refuse them: the control (a real holder)
-  // passes the same client.
+  // First commands at once: one holder for all.
+  {
+    std::vector<std::thread> runs;
+    std::vector<int> statuses(4, -1);
+    for (int i = 0; i < 4; ++i)
+      runs.emplace_back([&, i] { statuses[i] = as_user({"run", "--image", "mine", "--", "/bin/echo"}, "30").status; });
+    for (auto& t : runs) t.join();
+    EXPECT_EQ(statuses, std::vector<int>(4, 0));
+    EXPECT_EQ(holders().size(), 1u);
+  }
+
+  // A stopped holder stops nobody: after 2 s without an answer it is
+  // replaced.
+  {
+    std::vector<pid_t> stopped = holders();
+    ASSERT_EQ(stopped.size(), 1u);
+    kill(stopped[0], SIGSTOP);
+    Outcome r = as_user({"run", "--image", "mine", "--", "/bin/sh", "-c", "cat /etc/greeting"}, "30");
+    EXPECT_EQ(r.status, 0) << r.err;  // a hang would be the harness's timeout
+    EXPECT_EQ(r.out, "hello\n") << r.err;
+    std::vector<pid_t> now = holders();
+    EXPECT_EQ(now.size(), 2u);  // the stopped one (still holding the old socket's fd) and the new one
+    kill(stopped[0], SIGKILL);
+    for (pid_t h : holders()) kill(h, SIGKILL);
+  }
+
+  // A warm pool (a process in the namespace) keeps the holder: later runs
+  // join the namespace the pool is in, and so take its sandboxes. Once the
+  // pool is gone, the holder leaves when idle.
+  {
+    const std::string pool_sock = data + "/pool.sock", report = data + "/pool-run.json";
+    pid_t pool = fork();
+    if (pool == 0) {
+      int null = open("/dev/null", O_RDWR);
+      dup2(null, 0);
+      dup2(null, 1);
+      dup2(null, 2);
+      execl("/usr/bin/setpriv", "setpriv", ("--reuid=" + std::to_string(pw->pw_uid)).c_str(),
+            ("--regid=" + std::to_string(pw->pw_gid)).c_str(), "--init-groups", "--reset-env", "--", "/usr/bin/env",
+            ("ULTARI_DATA_DIR=" + data).c_str(), "ULTARI_USERNS_IDLE_SECONDS=1", bin.c_str(), "pool", "--socket",
+            pool_sock.c_str(), "--size", "1", "--image", "mine", nullptr);
+      _exit(127);
+    }
+    for (int i = 0; i < 100 && !exists(pool_sock); ++i) usleep(50000);
+    ASSERT_TRUE(exists(pool_sock));
+    sleep(3);  // three idle periods
+    std::vector<pid_t> kept = holders();
+    EXPECT_EQ(kept.size(), 1u);
+    Outcome r = as_user({"run", "--pool", pool_sock, "--report", report, "--image", "mine", "--", "/bin/sh", "-c",
+                         "cat /etc/greeting"}, "1");
+    EXPECT_EQ(r.out, "hello\n") << r.err;
+    EXPECT_EQ(json::parse(read_file(report)).value("warm", false), true) << read_file(report) << r.err;
+    kill(pool, SIGTERM);
+    waitpid(pool, nullptr, 0);
+    for (int i = 0; i < 60 && !holders().empty(); ++i) usleep(100000);
+    EXPECT_TRUE(holders().empty());
+  }
+
+  // Impostors on the socket, each sending a namespace of its own. None is
+  // joined: a namespace not made from the caller's (host root's, a nested
+  // one) leaves the command to a namespace of its own, with no word (a
+  // container sharing $HOME has its own holder); one of the caller's that
+  // is not the store's, or served from another pid namespace (as from a
+  // sandbox), is replaced by a real holder, with a warning. Joining would
+  // fail the run: the sandbox's maps need the store's ids. Control: an
+  // impostor with exactly the store's maps, in the caller's own pid
+  // namespace, passes (it is the caller's own process, as a holder is).
   const std::string fake = dir_ / "fake.py";
   write_file(fake,
              "import os, socket, sys\n"
-             "os.umask(0)\n"
+             "os.umask(0o077)\n"
              "s = socket.socket(socket.AF_UNIX)\n"
              "p = sys.argv[1]\n"
              "os.path.exists(p) and os.unlink(p)\n"
-             "s.bind(p); s.listen(8); print('up', flush=True)\n"
+             "s.bind(p); os.chmod(p, 0o777); s.listen(8); print('up', flush=True)\n"
              "ns = os.open('/proc/self/ns/user', os.O_RDONLY)\n"
              "while True:\n"
-             "    c, _ = s.accept(); socket.send_fds(c, [b'n'], [ns]); c.close()\n");
+             "    c, _ = s.accept(); socket.send_fds(c, [b'n'], [ns]); c.close(); print('served', flush=True)\n");
   ASSERT_EQ(sh("chmod 644 " + fake), 0);
+  std::string sub_gid = host("sed -n 's/^" + std::string(kRootlessUser) + ":\\([0-9]*\\):.*/\\1/p' /etc/subgid | head -1").out;
+  ASSERT_FALSE(sub_gid.empty());
+  sub_gid.pop_back();
   struct Impostor {
-    std::string how, refused;
+    std::string what, how, warning;  // warning: "" when left alone
+    bool holder_after;               // a real holder made in its place
   };
-  const std::string user = kRootlessUser;
+  const std::string as = "setpriv --reuid " + std::string(kRootlessUser) + " --regid " + std::to_string(pw->pw_gid) +
+                         " --clear-groups ";
+  const std::string exact = "unshare --map-users=" + sub_uid + ",1,65535 --map-groups=" + sub_gid +
+                            ",1,65535 --map-root-user ";
   const std::string py = "python3 " + fake + " " + store + "/userns.sock";
   std::vector<Impostor> impostors = {
-      {py, "namespace of uid 0, not yours"},  // host root's (the initial namespace)
-      {"setpriv --reuid " + user + " --regid " + std::to_string(pw->pw_gid) + " --clear-groups unshare -U -r unshare -U -r " + py,
-       "not a child of this one"},  // the user's, but nested (as one made inside a sandbox)
-      {"setpriv --reuid " + user + " --regid " + std::to_string(pw->pw_gid) + " --clear-groups unshare -U -r " + py,
-       "maps uids"},  // the user's child, but not its subordinate ids
+      {"host root's namespace", py, "", false},
+      {"a nested namespace of the user's", as + "unshare -U -r unshare -U -r " + py, "", false},
+      {"the user's, other maps", as + "unshare -U -r " + py, "maps uids", true},
+      {"the store's maps, another pid namespace", as + exact + "--pid --fork " + py, "another pid namespace", true},
+      {"control: the store's maps, the caller's pid namespace", as + exact + py, "", false},
   };
-  for (const auto& imp_case : impostors) {
-    SCOPED_TRACE(imp_case.how);
-    const std::string out = dir_ / ("fake.out" + std::to_string(&imp_case - impostors.data()));
+  for (const auto& imp : impostors) {
+    SCOPED_TRACE(imp.what);
+    ASSERT_EQ(host("rm -f " + store + "/userns.sock").status, 0);
+    for (pid_t h : holders()) kill(h, SIGKILL);
+    const std::string out = dir_ / ("fake.out" + std::to_string(&imp - impostors.data()));
     pid_t pid = fork();
     if (pid == 0) {
       setsid();
       int o = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
       dup2(o, 1);
       dup2(o, 2);
-      execl("/bin/sh", "sh", "-c", ("exec " + imp_case.how).c_str(), nullptr);
+      execl("/bin/sh", "sh", "-c", ("exec " + imp.how).c_str(), nullptr);
       _exit(127);
     }
     for (int i = 0; i < 100 && !has(read_file(out), "up"); ++i) usleep(50000);
     ASSERT_TRUE(has(read_file(out), "up")) << read_file(out);
-    Outcome r = as_user({"run", "--image", "mine", "--", "/bin/sh", "-c", "echo ran"});
+    Outcome r = as_user({"run", "--image", "mine", "--", "/bin/sh", "-c", "cat /etc/greeting"}, "30");
+    std::string served = read_file(out);
+    std::vector<pid_t> after = holders();
     kill(-pid, SIGKILL);
     waitpid(pid, nullptr, 0);
-    EXPECT_EQ(r.status, 125) << r.err;
-    EXPECT_TRUE(has(r.err, imp_case.refused)) << r.err;
-    EXPECT_EQ(r.out, "");
+    EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(r.out, "hello\n") << r.err;
+    EXPECT_TRUE(has(served, "served")) << served;  // it was asked
+    if (imp.warning.empty()) EXPECT_FALSE(has(r.err, "replacing")) << r.err;
+    else EXPECT_TRUE(has(r.err, "warning: replacing the holder") && has(r.err, imp.warning)) << r.err;
+    EXPECT_EQ(after.size(), imp.holder_after ? 1u : 0u);
   }
+  for (pid_t h : holders()) kill(h, SIGKILL);
   host("rm -f " + store + "/userns.sock");
-  Outcome real = as_user({"run", "--image", "mine", "--", "/bin/sh", "-c", "echo ran"}, "1");
-  EXPECT_EQ(real.status, 0) << real.err;
-  EXPECT_EQ(real.out, "ran\n");
 }
 
 TEST_F(Images, RootlessImportsAndRunsFromItsOwnStore) {
