@@ -140,8 +140,13 @@ Answer ask_holder(int dir, const SubIds& ids) {
   UniqueFd s(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!s) throw_errno("socket (asking for the image store's user namespace)");
   sockaddr_un addr = address(dir);
-  // Non-blocking: a full backlog (a stopped holder) is EAGAIN, not a wait.
-  if (connect(s.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return a;
+  // Non-blocking: a full backlog (a stopped holder, or many askers at
+  // once) is EAGAIN, not an endless wait; tried again for up to 2 s.
+  for (int i = 0;; ++i) {
+    if (connect(s.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) break;
+    if ((errno != EAGAIN && errno != EINTR) || i == 200) return a;
+    poll(nullptr, 0, 10);
+  }
   pollfd p{s.get(), POLLIN, 0};
   int r;
   do r = poll(&p, 1, 2000);  // a holder that hangs is no holder
@@ -195,15 +200,23 @@ Answer ask_holder(int dir, const SubIds& ids) {
     a.kind = Answer::Foreign;  // not in our pid namespace
     return a;
   }
-  UniqueFd pin(getsockopt(s.get(), SOL_SOCKET, SO_PEERPIDFD, &pidfd, &pidfd_len) == 0 ? pidfd : -1);
-  // Its pid namespace is ours: NSpid lists one pid (its /proc/PID/ns links
-  // are closed to us: the holder is not dumpable).
+  UniqueFd pin;
+  if (getsockopt(s.get(), SOL_SOCKET, SO_PEERPIDFD, &pidfd, &pidfd_len) == 0) {
+    pin.reset(pidfd);
+  } else if (errno == ESRCH) {
+    a.kind = Answer::None;  // the listener is gone (its pid may be another's now)
+    return a;
+  }  // ENOPROTOOPT, EINVAL: a kernel before 6.5, no pin
+  // Its pid namespace is ours: NSpid lists one pid. Read from the pidfd's
+  // fdinfo where there is one (our own fd: a hidepid /proc cannot hide
+  // it), else from /proc/PID/status (its /proc/PID/ns links are closed to
+  // us either way: the holder is not dumpable).
   const std::string proc = "/proc/" + std::to_string(cred.pid);
-  std::string status = read_or_empty(proc + "/status");
+  std::string status = read_or_empty(pin ? "/proc/self/fdinfo/" + std::to_string(pin.get()) : proc + "/status");
   size_t nspid = status.find("\nNSpid:");
   size_t eol = nspid == std::string::npos ? nspid : status.find('\n', nspid + 1);
   std::string pids = nspid == std::string::npos ? "" : normalized(status.substr(nspid + 7, eol - nspid - 7));
-  if (pids.empty() || pids.find(' ') != std::string::npos) {
+  if (pids.find(' ') != std::string::npos) {
     a.why = "the process serving it is in another pid namespace (a sandbox's?)";
     return a;
   }
@@ -212,6 +225,12 @@ Answer ask_holder(int dir, const SubIds& ids) {
   Identity want = store_maps(ids);
   std::string uid_map = normalized(read_or_empty(proc + "/uid_map"));
   std::string gid_map = normalized(read_or_empty(proc + "/gid_map"));
+  if (pids.empty() || uid_map.empty() || gid_map.empty()) {
+    // /proc will not tell (hidepid=, ProtectProc=): nothing can be checked,
+    // so nothing is joined nor replaced.
+    a.kind = Answer::Foreign;
+    return a;
+  }
   // Still the process the pid named when its files were read.
   if (pin && syscall(SYS_pidfd_send_signal, pin.get(), 0, nullptr, 0) != 0) {
     a.why = "the process serving it is gone";
@@ -298,9 +317,9 @@ bool others_inside(const struct stat& ns) {
 // Makes a holder (the lock is held exclusively): the holder, twice forked
 // (not our child: it outlives us), unshares, has its maps written by the
 // helpers we run, then binds and listens on the socket itself (so that a
-// client's SO_PEERCRED names it). Throws Error; on any failure no holder
-// stays and the socket is gone.
-void make_holder(int dir, const SubIds& ids, int idle) {
+// client's SO_PEERCRED names it). Returns its pid. Throws Error; on any
+// failure no holder stays and the socket is gone.
+pid_t make_holder(int dir, const SubIds& ids, int idle) {
   if (unlinkat(dir, kSocket, 0) != 0 && errno != ENOENT) throw_errno(std::string("remove a stale ") + kSocket);
   struct Unbind {
     int dir;
@@ -395,6 +414,7 @@ void make_holder(int dir, const SubIds& ids, int idle) {
   if (!receive(ready)) throw Error("the image store's user namespace holder died before it listened");
   if (ready < 0) throw_errno(std::string("the image store's user namespace holder: bind ") + kSocket, -ready);
   unbind.armed = false;
+  return holder;
 }
 
 // Joins `ns` (checked by ask_holder). A namespace that turns out other
@@ -501,11 +521,17 @@ void enter_store_namespace(const SubIds& ids, const std::string& store_dir) {
           if (a.kind == Answer::Unusable)
             std::fprintf(stderr, "ultari: warning: replacing the holder of the image store's user namespace on %s/%s: %s\n",
                          store_dir.c_str(), kSocket, a.why.c_str());
-          make_holder(dir.get(), ids, idle);
+          pid_t made = make_holder(dir.get(), ids, idle);
           a = ask_holder(dir.get(), ids);
-          if (a.kind != Answer::Ok)
-            throw Error("the image store's user namespace holder does not answer on " + store_dir + "/" + kSocket +
-                        (a.why.empty() ? "" : ": " + a.why));
+          if (a.kind != Answer::Ok) {
+            // Our own holder fails our checks (a /proc that hides it, say):
+            // it goes, and this command makes a namespace of its own.
+            kill(made, SIGKILL);
+            unlinkat(dir.get(), kSocket, 0);
+            std::fprintf(stderr, "ultari: warning: the image store's user namespace holder cannot be checked (%s); "
+                         "this command maps a namespace of its own\n", a.why.empty() ? "/proc hides it" : a.why.c_str());
+            a.kind = Answer::None;
+          }
         }
       }
     }
@@ -519,7 +545,8 @@ void enter_store_namespace(const SubIds& ids, const std::string& store_dir) {
   // Root there (the caller's own uid maps to 0). The caller's supplementary
   // groups stay: unmapped there (they show as nogroup), they still grant
   // what they grant on the host (a --net-policy or --report path, a bind
-  // source); each sandbox's init drops them.
+  // source), to this process and to the programs it runs outside a
+  // sandbox (debootstrap); each sandbox's init drops them.
   if (setresgid(0, 0, 0) != 0 || setresuid(0, 0, 0) != 0) throw_errno("become root of the image store's namespace");
   note_store_namespace(ids.uid, ids.gid);
 }

@@ -263,13 +263,17 @@ void ensure_module(const RunningKernel& kernel, const std::set<std::string>& bui
 
 namespace {
 
+enum class Placed { Link, Copy, Skipped };
+
 // `to` as a hard link of `from` (no copy, no space: the store and the host's
-// tree on one filesystem, a caller allowed to link the file), else a copy.
-// Returns whether it is a link.
-bool link_or_copy(const fs::path& from, const fs::path& to) {
-  if (link(from.c_str(), to.c_str()) == 0) return true;
-  fs::copy_file(from, to);
-  return false;
+// tree on one filesystem, a caller allowed to link the file), else a copy;
+// a file that cannot be read is left out.
+Placed link_or_copy(const fs::path& from, const fs::path& to) {
+  if (link(from.c_str(), to.c_str()) == 0) return Placed::Link;
+  std::error_code ec;
+  if (fs::copy_file(from, to, ec)) return Placed::Copy;
+  fs::remove(to, ec);
+  return Placed::Skipped;
 }
 
 }  // namespace
@@ -298,8 +302,9 @@ std::string kernel_layer(const std::string& cache_dir, uid_t uid, gid_t gid, con
   } cleanup{tmp};
   std::string modules = tmp + "/lib/modules/" + kernel.release;
   fs::create_directories(modules);
-  // Files that are the host's own (hard links): never chowned.
-  std::set<std::string> hosts;
+  // Files that are the host's own (hard links, by device and inode): never
+  // chowned.
+  std::set<std::pair<dev_t, ino_t>> hosts;
   if (!kernel.host_tree.empty()) {
     // The whole tree, modules included: `depmod -a` inside rebuilds the
     // indexes from the modules it finds, so with the indexes alone it
@@ -316,8 +321,10 @@ std::string kernel_layer(const std::string& cache_dir, uid_t uid, gid_t gid, con
       }
       if (it->is_directory()) {
         fs::create_directory(to);
-      } else if (it->is_regular_file() && link_or_copy(it->path(), to)) {
-        hosts.insert(to.string());
+      } else if (it->is_regular_file() && link_or_copy(it->path(), to) == Placed::Link) {
+        struct stat st{};
+        if (lstat(to.c_str(), &st) != 0) throw_errno("stat " + to.string());
+        hosts.insert({st.st_dev, st.st_ino});
       }
     }
   } else {
@@ -336,9 +343,12 @@ std::string kernel_layer(const std::string& cache_dir, uid_t uid, gid_t gid, con
     ProgramResult r = run_program({depmod, "-b", tmp, kernel.release}, kToolEnv);
     if (r.status != 0) throw Error("depmod for the synthesized modules tree failed: " + r.tail_text());
   }
-  for (const auto& e : fs::recursive_directory_iterator(tmp))
-    if (!hosts.count(e.path().string()) && lchown(e.path().c_str(), uid, gid) != 0)
+  for (const auto& e : fs::recursive_directory_iterator(tmp)) {
+    struct stat st{};
+    if (lstat(e.path().c_str(), &st) != 0) throw_errno("stat " + e.path().string());
+    if (!hosts.count({st.st_dev, st.st_ino}) && lchown(e.path().c_str(), uid, gid) != 0)
       throw_errno("chown " + e.path().string());
+  }
   // The same files under usr/lib/modules (links within the layer): an
   // image whose /lib is a symlink to usr/lib hides this layer's lib/.
   const fs::path usr = fs::path(tmp) / "usr/lib/modules" / kernel.release;
@@ -346,7 +356,8 @@ std::string kernel_layer(const std::string& cache_dir, uid_t uid, gid_t gid, con
   for (auto it = fs::recursive_directory_iterator(modules); it != fs::recursive_directory_iterator(); ++it) {
     fs::path to = usr / fs::relative(it->path(), modules);
     if (it->is_directory()) fs::create_directory(to);
-    else if (!link_or_copy(it->path(), to) && lchown(to.c_str(), uid, gid) != 0) throw_errno("chown " + to.string());
+    else if (link_or_copy(it->path(), to) == Placed::Copy && lchown(to.c_str(), uid, gid) != 0)
+      throw_errno("chown " + to.string());
   }
   for (const fs::path& d : {fs::path(tmp) / "usr", fs::path(tmp) / "usr/lib"})
     if (lchown(d.c_str(), uid, gid) != 0) throw_errno("chown " + d.string());
