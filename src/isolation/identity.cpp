@@ -121,14 +121,14 @@ void write_file(const std::string& path, const std::string& text) {
   if (n != static_cast<ssize_t>(text.size())) throw_errno("write " + path + " (\"" + text + "\")", err);
 }
 
-std::string format(const std::vector<IdRange>& map) {
+}  // namespace
+
+std::string format_map(const std::vector<IdRange>& map) {
   std::string out;
   for (const auto& r : map)
     out += std::to_string(r.inside) + " " + std::to_string(r.outside) + " " + std::to_string(r.count) + "\n";
   return out;
 }
-
-}  // namespace
 
 namespace {
 
@@ -484,10 +484,10 @@ void write_maps(pid_t pid, const Identity& id) {
   // newgidmap leaves setgroups allowed: it maps subordinate gids.
   if (id.helper_maps) return run_id_helpers(pid, id);
   std::string base = "/proc/" + std::to_string(pid) + "/";
-  write_file(base + "uid_map", format(id.uid_map));
+  write_file(base + "uid_map", format_map(id.uid_map));
   // Unprivileged callers must give up setgroups() before mapping gids.
   if (!id.setgroups) write_file(base + "setgroups", "deny");
-  write_file(base + "gid_map", format(id.gid_map));
+  write_file(base + "gid_map", format_map(id.gid_map));
 }
 
 namespace {

@@ -167,6 +167,8 @@ class CreatorScope {
 
 // Writes /proc/<pid>/{uid_map,setgroups,gid_map}.
 void write_maps(pid_t pid, const Identity& id);
+// A map as /proc/PID/uid_map takes it: "inside outside count" lines.
+std::string format_map(const std::vector<IdRange>& map);
 
 // A user namespace with the given maps (inside = ids on disk, outside =
 // host ids they appear as), kept alive by the returned fd. Used to build

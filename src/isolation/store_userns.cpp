@@ -66,14 +66,8 @@ Identity store_maps(const SubIds& ids) {
   return map;
 }
 
-// "inside outside count" lines, as /proc/PID/uid_map shows them.
-std::string format_map(const std::vector<IdRange>& map) {
-  std::string out;
-  for (const auto& r : map)
-    out += std::to_string(r.inside) + " " + std::to_string(r.outside) + " " + std::to_string(r.count) + "\n";
-  return out;
-}
-
+// /proc's text (a map, a status line) with its blanks made single spaces:
+// comparable with format_map.
 std::string normalized(const std::string& proc_map) {
   std::string out;
   size_t pos = 0;
@@ -122,7 +116,8 @@ struct Answer {
   enum Kind {
     None,      // no holder answers (no socket, a dead or stuck one)
     Foreign,   // a namespace not made from ours (the holder of a caller in
-               // another user or pid namespace: a container sharing $HOME)
+               // another user or pid namespace: a container sharing $HOME),
+               // or one /proc will not let us check (hidepid=)
     Unusable,  // a holder answered with a namespace that is not the store's
     Ok,
   } kind = None;
@@ -133,8 +128,9 @@ struct Answer {
 // Asks the holder on the store's socket for its namespace, and checks it
 // before anything joins it: made by our uid, a child of our namespace,
 // served by a process of our pid namespace (a sandbox's processes are in
-// namespaces of their own) that is in that very namespace, whose maps are
-// exactly the caller and its subordinate ids.
+// namespaces of their own) whose maps are exactly the caller and its
+// subordinate ids (that the namespace sent is that process's own is seen
+// once joined: become_root_of).
 Answer ask_holder(int dir, const SubIds& ids) {
   Answer a;
   UniqueFd s(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
