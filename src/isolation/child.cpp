@@ -31,6 +31,7 @@
 #include <cstring>
 
 #include "isolation/channel.h"
+#include "util/fd.h"
 
 #ifndef SECBIT_NOROOT
 #define SECBIT_NOROOT (1 << 0)
@@ -82,20 +83,7 @@ void send_msg(int sock, const Msg& m) {
 void send_fd(int sock, MsgType type, int fd) {
   Msg m{};
   m.type = type;
-  iovec iov{&m, sizeof m};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
-  cmsghdr* c = CMSG_FIRSTHDR(&msg);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int));
-  std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
-  while (sendmsg(sock, &msg, MSG_NOSIGNAL) < 0 && errno == EINTR) {
-  }
+  ultari::send_fd(sock, &m, sizeof m, fd);
 }
 
 int loopback_up() {

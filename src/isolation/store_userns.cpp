@@ -292,20 +292,8 @@ bool others_inside(const struct stat& ns) {
       poll(nullptr, 0, 100);  // out of fds, say: no busy loop
       continue;
     }
-    char byte = 'n';
-    iovec iov{&byte, 1};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof control;
-    cmsghdr* cm = CMSG_FIRSTHDR(&msg);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(cm), &ns, sizeof ns);
-    sendmsg(c, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    const char byte = 'n';
+    send_fd(c, &byte, 1, ns, MSG_DONTWAIT);
     close(c);
   }
 }

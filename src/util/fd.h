@@ -1,7 +1,10 @@
-// RAII owner of a file descriptor.
+// RAII owner of a file descriptor; passing one over a unix socket.
 #pragma once
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <utility>
 
 namespace ultari {
@@ -30,5 +33,27 @@ class UniqueFd {
  private:
   int fd_ = -1;
 };
+
+// Sends `len` bytes of `data` with `fd` attached (SCM_RIGHTS), retrying on
+// EINTR; MSG_NOSIGNAL plus `flags`. Returns what sendmsg returned. No
+// allocation: callable between clone and exec.
+inline ssize_t send_fd(int sock, const void* data, size_t len, int fd, int flags = 0) {
+  iovec iov{const_cast<void*>(data), len};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  ssize_t n;
+  do n = sendmsg(sock, &msg, MSG_NOSIGNAL | flags);
+  while (n < 0 && errno == EINTR);
+  return n;
+}
 
 }  // namespace ultari
