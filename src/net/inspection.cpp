@@ -21,6 +21,7 @@
 #include "util/random.h"
 #include "util/fd.h"
 #include "util/openat2.h"
+#include "util/paths.h"
 
 namespace ultari::net {
 namespace {
@@ -62,19 +63,6 @@ bool write_all(int fd, const std::string& s) {
   return true;
 }
 
-std::string read_all(int fd) {
-  std::string out;
-  char buf[4096];
-  for (;;) {
-    ssize_t n = read(fd, buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    out.append(buf, static_cast<size_t>(n));
-  }
-  explicit_bzero(buf, sizeof buf);
-  return out;
-}
-
 // The CA made in a child process: its certificate comes back now, its key
 // sealed in a pipe.
 void make_ca_apart(tls::Engine& engine, const std::string& label, Inspection& in) {
@@ -94,7 +82,7 @@ void make_ca_apart(tls::Engine& engine, const std::string& label, Inspection& in
   }
   cert_w.reset();
   key_w.reset();
-  std::string got = read_all(cert_r.get());
+  std::string got = read_fd(cert_r.get());
   int status = 0;
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
@@ -158,7 +146,7 @@ Sealed::Sealed(UniqueFd& read_end) : r_(std::move(read_end)) {}
 
 std::string Sealed::open() {
   if (!r_) return {};
-  std::string out = read_all(r_.get());
+  std::string out = read_fd(r_.get());
   r_.reset();
   return out;
 }

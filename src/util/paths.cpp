@@ -45,12 +45,8 @@ void make_dirs(const std::string& dir, unsigned mode) {
   }
 }
 
-std::string read_or_empty(const std::string& path) {
-  // read(2) into the string: an ifstream opens without O_CLOEXEC and costs
-  // a stream buffer and a locale on every start's config reads.
+std::string read_fd(int fd) {
   std::string out;
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
-  if (fd < 0) return out;
   char buf[4096];
   for (;;) {
     ssize_t n = read(fd, buf, sizeof buf);
@@ -58,6 +54,16 @@ std::string read_or_empty(const std::string& path) {
     if (n <= 0) break;
     out.append(buf, static_cast<size_t>(n));
   }
+  explicit_bzero(buf, sizeof buf);
+  return out;
+}
+
+std::string read_or_empty(const std::string& path) {
+  // read(2) into the string: an ifstream opens without O_CLOEXEC and costs
+  // a stream buffer and a locale on every start's config reads.
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) return {};
+  std::string out = read_fd(fd);
   close(fd);
   return out;
 }

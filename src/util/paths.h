@@ -16,6 +16,9 @@ void make_dirs(const std::string& dir, unsigned mode = 0700);
 // The whole file's bytes; "" when it cannot be read (a missing index file,
 // an image without os-release).
 std::string read_or_empty(const std::string& path);
+// Everything `fd` gives until EOF or an error (EINTR retried); the stack
+// buffer is wiped after (what came may be a key).
+std::string read_fd(int fd);
 
 // A regular file of the tree at `root` as a process chrooted there would
 // read it: symlinks and ".." resolve inside `root` (openat2 RESOLVE_IN_ROOT,
