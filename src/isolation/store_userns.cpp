@@ -161,13 +161,7 @@ Answer ask_holder(int dir, const SubIds& ids) {
   while (n < 0 && errno == EINTR);
   // Every fd that came is ours to close; exactly one is wanted.
   std::vector<UniqueFd> fds;
-  for (cmsghdr* c = n >= 0 ? CMSG_FIRSTHDR(&msg) : nullptr; c; c = CMSG_NXTHDR(&msg, c))
-    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
-      for (size_t i = 0; CMSG_LEN((i + 1) * sizeof(int)) <= c->cmsg_len; ++i) {
-        int fd;
-        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-        fds.emplace_back(fd);
-      }
+  if (n >= 0) take_fds(msg, fds);
   if (n != 1 || fds.size() != 1 || (msg.msg_flags & MSG_CTRUNC)) {
     a.kind = Answer::Unusable;
     a.why = "it sent no namespace";

@@ -101,15 +101,7 @@ int recv_record(int sock, std::string& data, std::vector<UniqueFd>& fds, int fla
   do n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | flags);
   while (n < 0 && errno == EINTR);
   fds.clear();
-  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (size_t i = 0; i < k; ++i) {
-      int fd;
-      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-      fds.emplace_back(fd);
-    }
-  }
+  take_fds(msg, fds);
   if (n < 0) return -1;
   if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
     errno = EMSGSIZE;

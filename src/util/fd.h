@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 #include <utility>
+#include <vector>
 
 namespace ultari {
 
@@ -54,6 +55,20 @@ inline ssize_t send_fd(int sock, const void* data, size_t len, int fd, int flags
   do n = sendmsg(sock, &msg, MSG_NOSIGNAL | flags);
   while (n < 0 && errno == EINTR);
   return n;
+}
+
+// Takes every fd a received message carries (SCM_RIGHTS) into `out`, so
+// none is left open unseen. Call after recvmsg with MSG_CMSG_CLOEXEC.
+inline void take_fds(msghdr& msg, std::vector<UniqueFd>& out) {
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < k; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+      out.emplace_back(fd);
+    }
+  }
 }
 
 }  // namespace ultari
