@@ -80,7 +80,7 @@ struct SandboxFlags {
   std::vector<std::string> binds, ro_binds, tmpfs, envs;
   std::vector<std::string> nets, secrets, caps;
   std::string image;
-  std::vector<ultari::UniqueFd> holds;  // the image's layers, held while the sandbox runs
+  std::vector<ultari::UniqueFd> holds;  // the image's layers (and kernel layer), held while the sandbox runs
   std::vector<std::string> image_command;  // an imported image's Entrypoint + Cmd
   std::vector<std::string> image_warnings;  // what the image's defaults relax
   std::string net_policy, net_upstream, net_upstream_auth, net_ca;
@@ -202,7 +202,7 @@ struct SandboxFlags {
       if (cmd_ && cmd_->count("--cwd")) given.push_back("cwd");
       if (cmd_ && cmd_->count("--user")) given.push_back("user");
       if (no_boot) given.push_back("boot");
-      ultari::provision::apply_image_config(*img, store->dir() + "/kernel", spec, given, image_warnings);
+      ultari::provision::apply_image_config(*img, store->dir() + "/kernel", spec, given, image_warnings, holds);
       ultari::net::validate(spec.network);
       image_command.clear();
       for (const char* key : {"entrypoint", "cmd"})
@@ -492,8 +492,12 @@ struct ImageCommands {
         store.remove(name);
       } else if (prune->parsed()) {
         auto r = store.prune();
+        auto k = ultari::provision::prune_kernel_cache(store.dir() + "/kernel");
         std::printf("removed %zu layers, %s\n", r.removed.size(), human_size(r.bytes).c_str());
-        if (!r.in_use.empty()) std::printf("kept %zu unused layers a running sandbox still holds\n", r.in_use.size());
+        if (k.removed) std::printf("removed %zu kernel layers of old kernels or module trees, %s\n", k.removed,
+                                   human_size(k.bytes).c_str());
+        if (!r.in_use.empty() || k.in_use)
+          std::printf("kept %zu unused layers a running sandbox still holds\n", r.in_use.size() + k.in_use);
       }
       std::fflush(stdout);
       return 0;

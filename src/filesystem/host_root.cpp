@@ -183,18 +183,7 @@ void remove_tree(const std::string& path) {
 
 }  // namespace
 
-void sweep_dead_builds(const std::string& cache) {
-  std::unique_ptr<DIR, int (*)(DIR*)> dir(opendir(cache.c_str()), closedir);
-  if (!dir) return;
-  while (dirent* e = readdir(dir.get())) {
-    std::string name = e->d_name;
-    auto tmp = name.find(".tmp-");
-    if (name.rfind("hostroot-", 0) != 0 || tmp == std::string::npos) continue;
-    pid_t pid = std::atoi(name.c_str() + tmp + 5);
-    if (pid > 0 && (kill(pid, 0) == 0 || errno == EPERM)) continue;  // still building
-    remove_tree(cache + "/" + name);
-  }
-}
+void sweep_dead_builds(const std::string& cache) { remove_dead_temps(cache, "hostroot-"); }
 
 HostRoot prepare_host_root(const std::string& cache, uid_t uid, gid_t gid) {
   HostRoot root;

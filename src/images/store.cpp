@@ -122,8 +122,6 @@ std::string image_id(Unpacker& u, const std::vector<std::string>& layers) {
   return u.sha256(text);
 }
 
-bool pid_alive(pid_t pid) { return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM); }
-
 }  // namespace
 
 namespace {

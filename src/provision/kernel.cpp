@@ -3,6 +3,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -278,19 +279,92 @@ Placed link_or_copy(const fs::path& from, const fs::path& to) {
 
 }  // namespace
 
-std::string kernel_layer(const std::string& cache_dir, uid_t uid, gid_t gid) {
-  return kernel_layer(cache_dir, uid, gid, running_kernel());
-}
-
-std::string kernel_layer(const std::string& cache_dir, uid_t uid, gid_t gid, const RunningKernel& kernel) {
+std::string kernel_layer_path(const std::string& cache_dir, uid_t uid, gid_t gid, const RunningKernel& kernel) {
   // "tree": the layer holds the host tree's modules, not only its indexes.
   std::string key = kernel.identity + " tree";
   struct stat st{};
   if (!kernel.host_tree.empty() && stat((kernel.host_tree + "/modules.dep").c_str(), &st) == 0)
     key += " " + std::to_string(st.st_mtim.tv_sec) + " " + std::to_string(st.st_size);
-  std::string path = cache_dir + "/kernel-" + short_hash(key + " " + std::to_string(uid) + ":" + std::to_string(gid));
-  if (exists(path)) return path;
+  return cache_dir + "/kernel-" + short_hash(key + " " + std::to_string(uid) + ":" + std::to_string(gid));
+}
 
+namespace {
+
+UniqueFd open_layer_lock(const std::string& path) {
+  UniqueFd fd(open((path + ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+  if (!fd) throw_errno("kernel layer lock " + path + ".lock");
+  return fd;
+}
+
+void make_kernel_layer(const std::string& path, const std::string& cache_dir, uid_t uid, gid_t gid,
+                       const RunningKernel& kernel);
+
+}  // namespace
+
+KernelLayer kernel_layer(const std::string& cache_dir, uid_t uid, gid_t gid) {
+  return kernel_layer(cache_dir, uid, gid, running_kernel());
+}
+
+KernelLayer kernel_layer(const std::string& cache_dir, uid_t uid, gid_t gid, const RunningKernel& kernel) {
+  std::string path = kernel_layer_path(cache_dir, uid, gid, kernel);
+  // A prune takes the lock exclusively, then moves the layer away before it
+  // lets go: a layer still there once held stays until the hold ends.
+  for (int tries = 0; tries < 4; ++tries) {
+    if (!exists(path)) make_kernel_layer(path, cache_dir, uid, gid, kernel);
+    UniqueFd hold = open_layer_lock(path);
+    while (flock(hold.get(), LOCK_SH) != 0)
+      if (errno != EINTR) throw_errno("flock " + path + ".lock");
+    if (exists(path)) return {path, std::move(hold)};
+  }
+  throw Error("the kernel layer " + path + " was removed each time it was made (a prune running in a loop?)");
+}
+
+KernelPrune prune_kernel_layers(const std::string& cache_dir, const std::string& keep) {
+  KernelPrune result;
+  remove_dead_temps(cache_dir, "kernel-");  // half-made or half-removed
+  std::unique_ptr<DIR, int (*)(DIR*)> d(opendir(cache_dir.c_str()), closedir);
+  if (!d) {
+    if (errno == ENOENT) return result;
+    throw_errno("list " + cache_dir);
+  }
+  std::vector<std::string> layers;
+  while (dirent* e = readdir(d.get())) {
+    std::string name = e->d_name;
+    if (name.rfind("kernel-", 0) == 0 && name.find('.') == std::string::npos) layers.push_back(name);
+  }
+  for (const auto& name : layers) {
+    std::string path = cache_dir + "/" + name;
+    if (path == keep) continue;
+    UniqueFd lock = open_layer_lock(path);
+    if (flock(lock.get(), LOCK_EX | LOCK_NB) != 0) {
+      ++result.in_use;
+      continue;
+    }
+    // Out of the way first (a name a later prune removes if this one dies
+    // half-way), then the lock: a sandbox that waited for it finds no layer
+    // and makes one.
+    std::string doomed = path + ".tmp-" + std::to_string(getpid()) + "-" + random_hex(4);
+    if (rename(path.c_str(), doomed.c_str()) != 0) throw_errno("rename " + path);
+    unlink((path + ".lock").c_str());
+    // What removing it frees: files whose every link is in the layer.
+    std::map<std::pair<dev_t, ino_t>, std::pair<nlink_t, uint64_t>> seen;
+    for (auto it = fs::recursive_directory_iterator(doomed); it != fs::recursive_directory_iterator(); ++it) {
+      struct stat st{};
+      if (lstat(it->path().c_str(), &st) != 0 || S_ISDIR(st.st_mode)) continue;
+      auto& [links, bytes] = seen[{st.st_dev, st.st_ino}];
+      if (links++ == 0) bytes = static_cast<uint64_t>(st.st_blocks) * 512;
+      if (links == st.st_nlink) result.bytes += bytes;
+    }
+    remove_tree(doomed);
+    ++result.removed;
+  }
+  return result;
+}
+
+namespace {
+
+void make_kernel_layer(const std::string& path, const std::string& cache_dir, uid_t uid, gid_t gid,
+                       const RunningKernel& kernel) {
   fs::create_directories(cache_dir);
   std::string tmp = path + ".tmp-" + std::to_string(getpid()) + "-" + random_hex(4);
   struct Cleanup {
@@ -366,8 +440,9 @@ std::string kernel_layer(const std::string& cache_dir, uid_t uid, gid_t gid, con
   if (lchown((fs::path(tmp) / "usr/lib/modules").c_str(), uid, gid) != 0) throw_errno("chown usr/lib/modules");
   if (lchown(tmp.c_str(), uid, gid) != 0 || chmod(tmp.c_str(), 0755) != 0) throw_errno("chown " + tmp);
   if (rename(tmp.c_str(), path.c_str()) != 0 && !exists(path)) throw_errno("rename " + tmp);
-  return path;
 }
+
+}  // namespace
 
 std::vector<std::string> modprobe_names(const std::string& command) {
   std::vector<std::string> names;

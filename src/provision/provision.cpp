@@ -1143,7 +1143,9 @@ Outcome provision(images::Store& store, const Request& req) {
       RunningKernel kernel = running_kernel();
       release = kernel.release;
       isolation::Identity id = isolation::plan_identity(0, 0);
-      std::string layer = kernel_layer(store.dir() + "/kernel", id.host_root_uid, id.host_root_gid);
+      KernelLayer kl = kernel_layer(store.dir() + "/kernel", id.host_root_uid, id.host_root_gid);
+      std::string layer = kl.path;
+      holds.push_back(std::move(kl.hold));
       std::set<std::string> builtin = layer_builtin(layer, release);
       for (const auto& m : wanted) ensure_module(kernel, builtin, host, m);
       present = wanted;
@@ -1564,7 +1566,8 @@ void image_user(const std::string& user, Spec& spec) {
 namespace {
 
 void apply_config(const images::Image& image, const std::string& cache_dir, Spec& spec,
-                  const std::vector<std::string>& explicit_fields, std::vector<std::string>& warnings) {
+                  const std::vector<std::string>& explicit_fields, std::vector<std::string>& warnings,
+                  std::vector<UniqueFd>& holds) {
   const json& c = image.config;
   auto given = [&](const std::string& f) {
     return std::find(explicit_fields.begin(), explicit_fields.end(), f) != explicit_fields.end();
@@ -1644,8 +1647,10 @@ void apply_config(const images::Image& image, const std::string& cache_dir, Spec
   if (c.contains("kernel_modules")) {
     // The kernel layer belongs to the sandboxes' root: the store's ids.
     isolation::Identity id = isolation::plan_identity(0, 0);
-    std::string layer = kernel_layer(cache_dir, id.host_root_uid, id.host_root_gid);
     RunningKernel kernel = running_kernel();
+    KernelLayer kl = kernel_layer(cache_dir, id.host_root_uid, id.host_root_gid, kernel);
+    std::string layer = kl.path;
+    holds.push_back(std::move(kl.hold));
     std::set<std::string> builtin = layer_builtin(layer, kernel.release);
     HostConfig host;
     bool have_host = false;
@@ -1662,15 +1667,22 @@ void apply_config(const images::Image& image, const std::string& cache_dir, Spec
 }  // namespace
 
 void apply_image_config(const images::Image& image, const std::string& cache_dir, Spec& spec,
-                        const std::vector<std::string>& explicit_fields, std::vector<std::string>& warnings) {
+                        const std::vector<std::string>& explicit_fields, std::vector<std::string>& warnings,
+                        std::vector<UniqueFd>& holds) {
   if (!image.config.is_object() || image.config.empty()) return;
   try {
-    apply_config(image, cache_dir, spec, explicit_fields, warnings);
+    apply_config(image, cache_dir, spec, explicit_fields, warnings, holds);
   } catch (const json::exception& e) {
     throw Error("image " + image.name + ": damaged run defaults (" + e.what() + ")");
   } catch (const Error& e) {
     throw Error("image " + image.name + ": " + e.what());
   }
+}
+
+KernelPrune prune_kernel_cache(const std::string& cache_dir) {
+  // The current layer: the one apply_image_config() would take now.
+  isolation::Identity id = isolation::plan_identity(0, 0);
+  return prune_kernel_layers(cache_dir, kernel_layer_path(cache_dir, id.host_root_uid, id.host_root_gid, running_kernel()));
 }
 
 }  // namespace ultari::provision

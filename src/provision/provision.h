@@ -20,6 +20,7 @@
 
 #include "images/store.h"
 #include "provision/cloud_config.h"
+#include "provision/kernel.h"
 #include "spec/spec.h"
 
 namespace ultari::provision {
@@ -61,10 +62,17 @@ Outcome provision(images::Store& store, const Request& request);
 // `explicit_fields` does not name them ("hostname", "memory", "pids",
 // "cpus", "timeout", "cpu_time", "output_limit", "tmp_size", "nofile",
 // "net", "env:LANG"); its kernel modules are made sure of on the host
-// (allowlist) and the kernel layer is added under its layers. Defaults that
-// give a run more than Ultari's own (network, higher limits) add a warning
-// naming them. Throws Error naming the image (damaged or refused values).
+// (allowlist) and the kernel layer is added under its layers, held (in
+// `holds`) while the sandbox runs. Defaults that give a run more than
+// Ultari's own (network, higher limits) add a warning naming them. Throws
+// Error naming the image (damaged or refused values).
 void apply_image_config(const images::Image& image, const std::string& cache_dir, Spec& spec,
-                        const std::vector<std::string>& explicit_fields, std::vector<std::string>& warnings);
+                        const std::vector<std::string>& explicit_fields, std::vector<std::string>& warnings,
+                        std::vector<UniqueFd>& holds);
+
+// `ultari image prune`'s part for the kernel layers under `cache_dir` (the
+// store's "kernel" directory): those of kernels or module trees no longer
+// current, unless a sandbox holds them (kernel.h, prune_kernel_layers).
+KernelPrune prune_kernel_cache(const std::string& cache_dir);
 
 }  // namespace ultari::provision

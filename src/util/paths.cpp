@@ -11,6 +11,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <vector>
 #include <fstream>
 #include <sstream>
@@ -18,6 +19,7 @@
 #include "util/caller.h"
 #include "util/error.h"
 #include "util/openat2.h"
+#include "util/process.h"
 
 namespace ultari {
 
@@ -198,6 +200,20 @@ void remove_tree(const std::string& path) {
   }
   opened_unreadable = nullptr;
   nftw(path.c_str(), remove_one, 16, FTW_PHYS | FTW_MOUNT | FTW_DEPTH);
+}
+
+size_t remove_dead_temps(const std::string& dir, const std::string& prefix) {
+  std::unique_ptr<DIR, int (*)(DIR*)> d(opendir(dir.c_str()), closedir);
+  if (!d) return 0;
+  std::vector<std::string> dead;
+  while (dirent* e = readdir(d.get())) {
+    std::string name = e->d_name;
+    auto tmp = name.find(".tmp-");
+    if (name.rfind(prefix, 0) != 0 || tmp == std::string::npos) continue;
+    if (!pid_alive(static_cast<pid_t>(std::atol(name.c_str() + tmp + 5)))) dead.push_back(name);
+  }
+  for (const auto& name : dead) remove_tree(dir + "/" + name);
+  return dead.size();
 }
 
 }  // namespace ultari

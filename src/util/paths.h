@@ -45,4 +45,10 @@ void write_beneath(const std::string& root, const std::string& rel, const std::s
 // directories: overlayfs leaves its work/work at mode 0). Best effort.
 void remove_tree(const std::string& path);
 
+// The half-made entries of processes that are gone: in `dir`, entries named
+// "<prefix>...tmp-<pid>..." (a "<final name>.tmp-<pid>-<random>" made then
+// renamed into place) whose process no longer exists, removed with
+// remove_tree(). Returns how many.
+size_t remove_dead_temps(const std::string& dir, const std::string& prefix);
+
 }  // namespace ultari

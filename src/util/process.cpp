@@ -166,4 +166,6 @@ std::pair<char*, size_t> argv_area() {
   return area;
 }
 
+bool pid_alive(pid_t pid) { return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM); }
+
 }  // namespace ultari

@@ -2,6 +2,7 @@
 // environment, stdin from /dev/null, stdout and stderr together.
 #pragma once
 #include <linux/filter.h>
+#include <sys/types.h>
 
 #include <functional>
 #include <string>
@@ -41,5 +42,9 @@ ProgramResult run_program(const std::vector<std::string>& argv, const std::vecto
 // /proc/self/stat, read once): a copy of the process that must not show
 // the command line (paths of the host) overwrites it.
 std::pair<char*, size_t> argv_area();
+
+// Whether process `pid` (> 0) of this pid namespace exists (a zombie too;
+// one of another user: EPERM).
+bool pid_alive(pid_t pid);
 
 }  // namespace ultari

@@ -114,7 +114,8 @@ class AttackProvision : public ::testing::Test {
   std::string kernel_layer() const {
     std::error_code ec;
     for (const auto& e : fs::directory_iterator(data() + "/images/kernel", ec))
-      if (e.path().filename().string().rfind("kernel-", 0) == 0 && !has(e.path().filename().string(), ".tmp"))
+      if (e.path().filename().string().rfind("kernel-", 0) == 0 && !has(e.path().filename().string(), ".tmp") &&
+          e.is_directory())
         return e.path().string();
     return "";
   }
@@ -371,6 +372,61 @@ runcmd:
   Outcome v = in("kw", "true");
   EXPECT_EQ(v.status, 125);
   EXPECT_TRUE(has(v.err, "'vfat' is not on the allowlist")) << v.err;
+}
+
+// A run from an image with kernel modules holds its kernel layer; `image
+// prune` removes the layers of other kernels (and of a module tree since
+// changed) and half-made ones of dead processes, never the current layer
+// nor one a sandbox holds (the unit test ProvisionKernel.PruneRemoves...
+// holds one of another kernel).
+TEST_F(AttackProvision, PruneRemovesOldKernelLayersButNotTheCurrentOneNorAHeldOne) {
+  ASSERT_TRUE(import_busybox());
+  Outcome p = provision("kp", "bb", "#cloud-config\nultari:\n  kernel_modules: [nf_conntrack]\n");
+  ASSERT_EQ(p.status, 0) << p.err;
+  const std::string current = kernel_layer();
+  ASSERT_FALSE(current.empty());
+  const std::string cache = data() + "/images/kernel";
+  // An old kernel's layer (a copy of this one under another name), and a
+  // layer a process that is gone was making.
+  pid_t dead = fork();
+  if (dead == 0) _exit(0);
+  waitpid(dead, nullptr, 0);
+  const std::string old = cache + "/kernel-00000000deadbeef";
+  const std::string half = cache + "/kernel-00000000cafef00d.tmp-" + std::to_string(dead) + "-abcd";
+  const std::string alive = cache + "/kernel-00000000feedf00d.tmp-" + std::to_string(getpid()) + "-abcd";
+  ASSERT_EQ(host("cp -a " + current + " " + old + " && cp -a " + current + " " + half + " && mkdir " + alive +
+                 " && echo ok").out, "ok\n");
+
+  // A running sandbox of the image holds the current layer (shared lock).
+  auto free_to_take = [&] { return host("flock -n -x " + current + ".lock true").status == 0; };
+  setenv("ULTARI_DATA_DIR", data().c_str(), 1);
+  int out[2];
+  ASSERT_EQ(pipe(out), 0);
+  pid_t run = spawn_ultari({"run", "--image", "kp", "--", "/bin/sh", "-c", "echo up; exec sleep 60"}, out[1]);
+  unsetenv("ULTARI_DATA_DIR");
+  close(out[1]);
+  char buf[8] = {};
+  EXPECT_EQ(read(out[0], buf, 3), 3);
+  close(out[0]);
+  EXPECT_FALSE(free_to_take()) << "a running sandbox does not hold its kernel layer";
+  kill(run, SIGTERM);
+  waitpid(run, nullptr, 0);
+  EXPECT_TRUE(free_to_take());  // control: the lock is free once it ends
+
+  Outcome r = ultari({"image", "prune"}, opts());
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(has(r.out, "removed 1 kernel layers")) << r.out;
+  EXPECT_FALSE(exists(old));
+  EXPECT_FALSE(exists(half));
+  EXPECT_TRUE(exists(alive));  // its process (this one) may still be making it
+  EXPECT_TRUE(exists(current + "/usr/lib/modules/" + release() + "/modules.builtin"));
+  rmdir(alive.c_str());
+  // The image still runs, on the kept layer.
+  Outcome s = in("kp", "ls /lib/modules/$(uname -r)/modules.builtin");
+  EXPECT_EQ(s.status, 0) << s.err;
+  // Negative control: a second prune has nothing of the kernel's left.
+  Outcome again = ultari({"image", "prune"}, opts());
+  EXPECT_FALSE(has(again.out, "kernel layers")) << again.out;
 }
 
 // --- 5. An image's run defaults ------------------------------------------------

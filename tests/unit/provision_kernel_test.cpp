@@ -2,6 +2,7 @@
 // the administrator's allowlist file.
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <sys/stat.h>
@@ -95,8 +96,8 @@ TEST(ProvisionKernel, AHostTreesLayerKeepsItsModulesThroughDepmod) {
   unit::TempDir cache("kernel", 0755);
   RunningKernel k{release, "test " + release, tree, true};
   const uid_t uid = 2000000000, gid = 2000000000;
-  std::string layer = kernel_layer(cache.path, uid, gid, k);
-  EXPECT_EQ(kernel_layer(cache.path, uid, gid, k), layer);  // made once
+  std::string layer = kernel_layer(cache.path, uid, gid, k).path;
+  EXPECT_EQ(kernel_layer(cache.path, uid, gid, k).path, layer);  // made once
   const std::string mod = "/kernel/net/netfilter/nf_conntrack_netlink.ko";
   struct stat host{}, in_lib{}, in_usr{}, dir{};
   ASSERT_EQ(stat((tree + mod).c_str(), &host), 0);
@@ -130,6 +131,60 @@ TEST(ProvisionKernel, AHostTreesLayerKeepsItsModulesThroughDepmod) {
   auto [control_status, control_out] = depmod_lists_it(false);
   EXPECT_NE(control_status, 0) << control_out;
   EXPECT_EQ(control_out, "0\n");
+}
+
+// Prune: the layers of other kernels go, with what they alone hold counted
+// (not the host's files they link); the current layer and one a sandbox
+// holds stay; a half-made layer goes once its process is gone. A layer
+// pruned is made again by the next caller.
+TEST(ProvisionKernel, PruneKeepsTheCurrentAndHeldLayersAndCountsWhatItFrees) {
+  namespace fs = std::filesystem;
+  if (geteuid() != 0) GTEST_SKIP() << "needs root (the layer is chowned)";
+  unit::TempDir tree("kernel-tree", 0755), cache("kernel", 0755);
+  fs::create_directories(tree.path + "/kernel/net");
+  std::ofstream(tree.path + "/modules.dep") << "kernel/net/big.ko:\n";
+  std::ofstream(tree.path + "/kernel/net/big.ko") << std::string(1 << 20, 'x');  // linked, not the layer's own
+  auto kernel = [&](const std::string& id) { return RunningKernel{"9.9.9-test", id, tree.path, false}; };
+  const uid_t uid = 2000000000, gid = 2000000000;
+  std::string old_a = kernel_layer(cache.path, uid, gid, kernel("old a")).path;
+  KernelLayer held = kernel_layer(cache.path, uid, gid, kernel("old b"));
+  std::string current = kernel_layer(cache.path, uid, gid, kernel("now")).path;
+  ASSERT_TRUE(old_a != held.path && old_a != current && held.path != current);
+  EXPECT_EQ(kernel_layer_path(cache.path, uid, gid, kernel("now")), current);
+  // A file that is old_a's own (a copy, as rootless layers hold): counted.
+  std::ofstream(old_a + "/own") << std::string(64 << 10, 'y');
+  pid_t dead = fork();
+  if (dead == 0) _exit(0);
+  waitpid(dead, nullptr, 0);
+  const std::string half = cache.path + "/kernel-00000000cafef00d.tmp-" + std::to_string(dead) + "-abcd";
+  const std::string making = cache.path + "/kernel-00000000feedf00d.tmp-" + std::to_string(getpid()) + "-abcd";
+  fs::create_directories(half + "/lib");
+  fs::create_directories(making);
+
+  KernelPrune r = prune_kernel_layers(cache.path, current);
+  EXPECT_EQ(r.removed, 1u);
+  EXPECT_EQ(r.in_use, 1u);
+  EXPECT_GE(r.bytes, 64u << 10);
+  EXPECT_LT(r.bytes, 1u << 20) << "the host's linked module was counted as freed";
+  EXPECT_FALSE(fs::exists(old_a));
+  EXPECT_FALSE(fs::exists(old_a + ".lock"));
+  EXPECT_TRUE(fs::exists(held.path + "/lib/modules/9.9.9-test/kernel/net/big.ko"));
+  EXPECT_TRUE(fs::exists(current));
+  EXPECT_FALSE(fs::exists(half));
+  EXPECT_TRUE(fs::exists(making));
+  EXPECT_TRUE(fs::exists(tree.path + "/kernel/net/big.ko"));  // the host's file stays
+
+  // Control: once the hold ends, that layer goes too; the next caller of
+  // it has it made again.
+  held.hold.reset();
+  KernelPrune second = prune_kernel_layers(cache.path, current);
+  EXPECT_EQ(second.removed, 1u);
+  EXPECT_EQ(second.in_use, 0u);
+  EXPECT_FALSE(fs::exists(held.path));
+  KernelLayer again = kernel_layer(cache.path, uid, gid, kernel("old b"));
+  EXPECT_EQ(again.path, held.path);
+  EXPECT_TRUE(fs::exists(again.path + "/usr/lib/modules/9.9.9-test/kernel/net/big.ko"));
+  EXPECT_EQ(prune_kernel_layers(cache.path + "/missing", "").removed, 0u);  // no cache yet: nothing to do
 }
 
 }  // namespace
