@@ -9,9 +9,10 @@ BUILD=(build-essential cmake pkg-config git python3 libseccomp-dev nlohmann-json
 # Run-time tools the tests and benchmarks use: ip/netns, the rootless test user
 # and its subordinate ids (newuidmap: rootless image stores keep owners),
 # strace (a test counts the helper programs a command execs), peers for bench/ (bubblewrap, crun), hyperfine, python3 for the bench
-# driver, and qemu + a Debian kernel + busybox for the cgroup v2 VM test.
+# driver, and qemu + a Debian kernel + busybox for the cgroup v2 VM test;
+# gnupg (gpg, gpg-agent): the apt key tests dearmour keys and sign a PPA's Release.
 TEST=(iproute2 passwd uidmap strace python3 curl openssl libbenchmark-dev bubblewrap crun hyperfine busybox-static cpio qemu-system-x86 linux-image-cloud-amd64
-      python3-yaml python3-jsonschema)
+      python3-yaml python3-jsonschema gnupg)
 
 want=("${BUILD[@]}")
 [ "${1:-}" = "--test" ] && want+=("${TEST[@]}")

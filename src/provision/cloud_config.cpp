@@ -22,6 +22,31 @@
 #include "util/url.h"
 
 namespace ultari::provision {
+
+void set_keyserver(const std::string& value, AptSource& src) {
+  std::string v = value, scheme = "hkp";
+  if (size_t colon = v.find("://"); colon != std::string::npos) {
+    scheme = v.substr(0, colon);
+    v = v.substr(colon + 3);
+  }
+  while (!v.empty() && v.back() == '/') v.pop_back();
+  uint16_t port = scheme == "hkp" ? 11371 : scheme == "http" ? 80 : 443;
+  if (scheme != "hkp" && scheme != "hkps" && scheme != "http" && scheme != "https")
+    throw Error("a key server is hkp://, hkps://, http:// or https://, not '" + scheme + "://'");
+  if (size_t colon = v.rfind(':'); colon != std::string::npos) {
+    port = port_number(std::string_view(v).substr(colon + 1));
+    if (port == 0) throw Error("'" + value + "' has no valid port");
+    v = v.substr(0, colon);
+  }
+  bool ok = !v.empty() && v.size() <= 253 && v.find("..") == std::string::npos && v[0] != '.' && v[0] != '-';
+  for (char c : v)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-')) ok = false;
+  if (!ok) throw Error("'" + value + "' is not a key server's host name");
+  src.keyserver_host = v;
+  src.keyserver_port = port;
+  src.keyserver_url = std::string(scheme == "hkps" || scheme == "https" ? "https" : "http") + "://" + v + ":" +
+                      std::to_string(port);
+}
 namespace {
 
 using YAML::Node;
@@ -221,28 +246,30 @@ class Reader {
   // cloud-init hands `keyserver` to gpg: hkp:// (port 11371), hkps://,
   // http://, https://, or a bare host (hkp). Default: keyserver.ubuntu.com.
   static void keyserver(const Node& n, const std::string& path, const std::string& value, AptSource& src) {
-    std::string v = value, scheme = "hkp";
-    if (size_t colon = v.find("://"); colon != std::string::npos) {
-      scheme = v.substr(0, colon);
-      v = v.substr(colon + 3);
+    try {
+      set_keyserver(value, src);
+    } catch (const Error& e) {
+      fail_at(n, "'" + path + "': " + e.what());
     }
-    while (!v.empty() && v.back() == '/') v.pop_back();
-    uint16_t port = scheme == "hkp" ? 11371 : scheme == "http" ? 80 : 443;
-    if (scheme != "hkp" && scheme != "hkps" && scheme != "http" && scheme != "https")
-      fail_at(n, "'" + path + "': a key server is hkp://, hkps://, http:// or https://, not '" + scheme + "://'");
-    if (size_t colon = v.rfind(':'); colon != std::string::npos) {
-      port = port_number(std::string_view(v).substr(colon + 1));
-      if (port == 0) fail_at(n, "'" + path + "': '" + value + "' has no valid port");
-      v = v.substr(0, colon);
+  }
+
+  // ppa:OWNER[/NAME]: Launchpad's names (lower-case letters, digits, '+',
+  // '-', '.'; a letter or digit first).
+  static void ppa(const Node& n, const std::string& path, AptSource& src) {
+    std::string spec = src.source.substr(4);
+    size_t slash = spec.find('/');
+    src.ppa_owner = spec.substr(0, slash);
+    src.ppa_name = slash == std::string::npos ? "ppa" : spec.substr(slash + 1);
+    for (const std::string* part : {&src.ppa_owner, &src.ppa_name}) {
+      bool ok = !part->empty() && part->size() <= 64 && std::isalnum(static_cast<unsigned char>((*part)[0]));
+      for (char c : *part)
+        if (!(std::islower(static_cast<unsigned char>(c)) || std::isdigit(static_cast<unsigned char>(c)) || c == '+' ||
+              c == '-' || c == '.'))
+          ok = false;
+      if (!ok)
+        fail_at(n, "'" + path + "': '" + src.source + "' is not ppa:OWNER/NAME (Launchpad names: a-z, 0-9, '+', '-', '.')");
     }
-    bool ok = !v.empty() && v.size() <= 253 && v.find("..") == std::string::npos && v[0] != '.' && v[0] != '-';
-    for (char c : v)
-      if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-')) ok = false;
-    if (!ok) fail_at(n, "'" + path + "': '" + value + "' is not a key server's host name");
-    src.keyserver_host = v;
-    src.keyserver_port = port;
-    src.keyserver_url = std::string(scheme == "hkps" || scheme == "https" ? "https" : "http") + "://" + v + ":" +
-                        std::to_string(port);
+    src.source.clear();
   }
 
   static std::string base64_decode(const Node& n, const std::string& path, const std::string& in) {
@@ -624,15 +651,18 @@ class Reader {
           if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.')) ok = false;
         if (!ok || name[0] == '.') fail_at(it->first, "'" + path + "': a source's name is letters, digits, '.', '_', '-'");
         if (it->second["source"]) src.source = str(it->second["source"], path + ".source");
-        if (src.source.rfind("ppa:", 0) == 0) fail_at(it->second["source"], "'" + path + ".source': PPAs are not supported");
+        if (src.source.rfind("ppa:", 0) == 0) ppa(it->second["source"], path + ".source", src);
         if (src.source.find('\n') != std::string::npos)
           fail_at(it->second["source"], "'" + path + ".source' is one line");
         if (it->second["key"]) {
           src.key = str(it->second["key"], path + ".key");
           src.keyring = dearmor(it->second["key"], path + ".key", src.key);
         }
-        if (it->second["keyserver"] && !it->second["keyid"])
+        bool is_ppa = !src.ppa_owner.empty();
+        if (it->second["keyserver"] && !it->second["keyid"] && !is_ppa)
           fail_at(it->second["keyserver"], "'" + path + ".keyserver' is given, but no 'keyid' to fetch from it");
+        if (it->second["keyserver"] && !it->second["key"] && is_ppa)  // a PPA's key: its fingerprint from Launchpad
+          keyserver(it->second["keyserver"], path + ".keyserver", str(it->second["keyserver"], path + ".keyserver"), src);
         if (it->second["keyid"] && !it->second["key"]) {  // with `key` too, cloud-init takes the key
           try {
             src.keyid = pgp::normalize_key_id(str(it->second["keyid"], path + ".keyid"));

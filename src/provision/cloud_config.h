@@ -89,7 +89,16 @@ struct AptSource {
   uint16_t keyserver_port = 0;
   std::string filename;  // default: <name>.list
   bool append = true;
+  // `source: ppa:OWNER/NAME` (NAME "ppa" when not given): `source` stays
+  // empty here; provisioning makes it (the base's Ubuntu release, the
+  // [ppa] archive of /etc/ultari/config.toml) and, with no key nor keyid,
+  // takes the keyid from Launchpad.
+  std::string ppa_owner, ppa_name;
 };
+
+// `value` (a key server: [hkp|hkps|http|https://]HOST[:PORT]) into
+// src.keyserver_url/_host/_port. Throws Error naming what is wrong.
+void set_keyserver(const std::string& value, AptSource& src);
 
 struct Apt {
   bool present = false;  // the user-data has an `apt:` key (otherwise the sources are left alone)

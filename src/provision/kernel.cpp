@@ -19,6 +19,7 @@
 
 #include "provision/cloud_config.h"
 #include "util/caller.h"
+#include "util/url.h"
 #include "util/error.h"
 #include "util/paths.h"
 #include "util/process.h"
@@ -69,7 +70,7 @@ HostConfig load_host_config() {
   // others (a root wrapper keeping a user's environment could point here).
   struct stat st{};
   if (host_root() && (stat(path.c_str(), &st) != 0 || st.st_uid != 0 || (st.st_mode & 022)))
-    throw Error(path + ": the kernel module allowlist must belong to root and be writable by root only");
+    throw Error(path + ": Ultari's host configuration (its kernel module allowlist) must belong to root and be writable by root only");
   toml::table t;
   try {
     t = toml::parse_file(path);
@@ -77,8 +78,34 @@ HostConfig load_host_config() {
     throw Error(path + " line " + std::to_string(e.source().begin.line) + ": " + std::string(e.description()));
   }
   for (auto&& [key, value] : t)
-    if (key.str() != "kernel_modules")
-      throw Error(path + ": unknown key '" + std::string(key.str()) + "' (known: kernel_modules)");
+    if (key.str() != "kernel_modules" && key.str() != "ppa")
+      throw Error(path + ": unknown key '" + std::string(key.str()) + "' (known: kernel_modules, ppa)");
+  if (t.contains("ppa") && !t["ppa"].as_table()) throw Error(path + ": ppa is a table ([ppa])");
+  if (auto* ppa = t["ppa"].as_table()) {
+    for (auto&& [key, value] : *ppa) {
+      std::string k(key.str());
+      auto s = value.value<std::string>();
+      std::string* into = k == "archive" ? &c.ppa_archive : k == "api" ? &c.ppa_api : k == "keyserver" ? &c.ppa_keyserver : nullptr;
+      if (!into) throw Error(path + ": unknown key 'ppa." + k + "' (known: archive, api, keyserver)");
+      if (!s) throw Error(path + ": ppa." + k + " is a URL (a string)");
+      std::string v = *s;
+      while (!v.empty() && v.back() == '/') v.pop_back();
+      if (k == "keyserver") {
+        try {
+          AptSource probe;
+          set_keyserver(v, probe);
+        } catch (const Error& e) {
+          throw Error(path + ": ppa.keyserver: " + e.what());
+        }
+      } else {
+        std::string host = host_of(v);
+        if ((v.rfind("http://", 0) != 0 && v.rfind("https://", 0) != 0) || host.empty() ||
+            v.find_first_of(" \t\n\"'") != std::string::npos)
+          throw Error(path + ": ppa." + k + " must be an http:// or https:// URL with a host, not '" + v + "'");
+      }
+      *into = v;
+    }
+  }
   if (auto* km = t["kernel_modules"].as_table()) {
     for (auto&& [key, value] : *km)
       if (key.str() != "allow")

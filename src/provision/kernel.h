@@ -18,10 +18,17 @@ namespace ultari::provision {
 // /etc/ultari/config.toml (the path in $ULTARI_CONFIG instead, when set):
 //   [kernel_modules]
 //   allow = ["nf_conntrack", "nf_conntrack_*", ...]   # names, or prefixes ending in '*'
-// Missing file or key: kDefaultModuleAllow. Throws Error naming a bad file.
+//   [ppa]                                             # where apt's ppa:OWNER/NAME sources come from
+//   archive   = "https://ppa.launchpadcontent.net"    # http(s) URLs; a Launchpad mirror, say
+//   api       = "https://api.launchpad.net/1.0"       # asked for a PPA's signing key fingerprint
+//   keyserver = "hkp://keyserver.ubuntu.com"          # the key is fetched from here
+// Missing file or key: the defaults. Throws Error naming a bad file.
 struct HostConfig {
   std::string path;  // the file read ("" when there was none)
   std::vector<std::string> module_allow;
+  std::string ppa_archive = "https://ppa.launchpadcontent.net";
+  std::string ppa_api = "https://api.launchpad.net/1.0";
+  std::string ppa_keyserver = "hkp://keyserver.ubuntu.com";
 };
 HostConfig load_host_config();
 inline constexpr const char* kDefaultModuleAllow[] = {

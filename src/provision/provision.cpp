@@ -54,25 +54,43 @@ using Clock = std::chrono::steady_clock;
 
 // A file of an image as the sandbox would see it, read on the host: the
 // first layer (top first) that has it, each layer searched as its own root
-// (symlinks and ".." stay inside it: read_in_root), a whiteout or anything
-// but a regular file ends the search. The layers are untrusted.
-std::optional<std::string> image_file(const std::vector<std::string>& layers, const std::string& path) {
+// (".." stays inside it); a whiteout or anything but a regular file or a
+// symlink ends the search. A symlink found there is followed through the
+// whole stack again (/etc/os-release -> ../usr/lib/os-release in a base
+// layer, the file itself changed in a layer above), up to 8 of them, ".."
+// never above the root. The layers are untrusted.
+std::optional<std::string> image_file(const std::vector<std::string>& layers, const std::string& path, int hops = 0) {
   for (const auto& layer : layers) {
-    if (std::optional<std::string> data = read_in_root(layer, path)) return data;
-    // Something else there (a whiteout, a directory, a symlink to
-    // nothing) hides the layers below.
-    struct stat st{};
-    int dir = open(layer.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
-    if (dir < 0) continue;
+    UniqueFd dir(open(layer.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (!dir) continue;
     open_how how{};
     how.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC;
     how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV;
-    int fd = openat2_retrying(dir, path.c_str(), how);
-    close(dir);
-    if (fd < 0) continue;
-    bool there = fstat(fd, &st) == 0;
-    close(fd);
-    if (there) return std::nullopt;  // present in this layer but not a readable file
+    UniqueFd fd(openat2_retrying(dir.get(), path.c_str(), how));
+    if (!fd) continue;
+    struct stat st{};
+    if (fstat(fd.get(), &st) != 0) return std::nullopt;
+    if (S_ISREG(st.st_mode)) return read_in_root(layer, path);
+    if (!S_ISLNK(st.st_mode) || hops >= 8) return std::nullopt;  // hides the layers below
+    char target[4096];
+    ssize_t n = readlinkat(fd.get(), "", target, sizeof target);
+    if (n <= 0 || n == static_cast<ssize_t>(sizeof target)) return std::nullopt;
+    std::string link(target, static_cast<size_t>(n));
+    std::string joined = link[0] == '/' ? link : path.substr(0, path.rfind('/') + 1) + link;
+    std::vector<std::string> parts;
+    std::istringstream words(joined);
+    for (std::string part; std::getline(words, part, '/');) {
+      if (part.empty() || part == ".") continue;
+      if (part == "..") {
+        if (!parts.empty()) parts.pop_back();
+      } else {
+        parts.push_back(part);
+      }
+    }
+    std::string resolved;
+    for (const auto& part : parts) resolved += (resolved.empty() ? "" : "/") + part;
+    if (resolved.empty()) return std::nullopt;
+    return image_file(layers, resolved, hops + 1);
   }
   return std::nullopt;
 }
@@ -996,15 +1014,52 @@ std::string fetch_alone(Build& b, const NetworkSpec& request, const std::string&
   return fetch_url(b, url, what, headers, max);
 }
 
+// `ppa:OWNER/NAME` sources as add-apt-repository writes them: the PPA's
+// archive for the base's Ubuntu release, signed by the PPA's key alone
+// (its file, $KEY_FILE; fetch_keys() gets it). A PPA is built for
+// Ubuntu's releases: a base that names none (UBUNTU_CODENAME, or ID=ubuntu
+// with VERSION_CODENAME) is refused, where add-apt-repository would write
+// a source for a release the PPA does not have.
+void resolve_ppas(Apt& apt, const HostConfig& host, std::map<std::string, std::string>& os) {
+  for (auto& s : apt.sources) {
+    if (s.ppa_owner.empty()) continue;
+    std::string ppa = "ppa:" + s.ppa_owner + "/" + s.ppa_name;
+    std::string series = os.count("UBUNTU_CODENAME") ? os["UBUNTU_CODENAME"]
+                         : os["ID"] == "ubuntu"      ? os["VERSION_CODENAME"]
+                                                     : "";
+    if (series.empty() || !std::all_of(series.begin(), series.end(), [](char c) { return c >= 'a' && c <= 'z'; }))
+      throw Error("apt.sources." + s.name + ": " + ppa + " is built for Ubuntu's releases, and the base (" +
+                  (os["ID"].empty() ? std::string("no ID") : os["ID"]) + " " + os["VERSION_CODENAME"] +
+                  ") names none (UBUNTU_CODENAME in its os-release); give a deb line for the archive instead");
+    s.source = "deb [signed-by=$KEY_FILE] " + host.ppa_archive + "/" + s.ppa_owner + "/" + s.ppa_name + "/ubuntu " +
+               series + " main";
+    if (s.key.empty() && s.keyid.empty() && s.keyserver_url.empty()) set_keyserver(host.ppa_keyserver, s);
+  }
+}
+
 // apt keys given by `keyid`: fetched in a build sandbox whose egress
 // policy allows the key server alone (the modules do not get it), then
 // checked here: the one key
 // whose fingerprint is the ID is kept (what `gpg --recv-keys` keeps),
 // whatever else the server sent.
+//
+// A PPA with neither key nor keyid: its key's fingerprint first, from
+// Launchpad's API (what add-apt-repository asks), fetched the same way.
 void fetch_keys(Build& b, const NetworkSpec& network, images::Unpacker& hashes, std::vector<AptSource>& sources,
-                json& entry) {
+                const HostConfig& host, json& entry) {
   json fetched = json::array();
   for (auto& s : sources) {
+    if (!s.ppa_owner.empty() && s.key.empty() && s.keyid.empty()) {
+      const std::string what = "apt.sources." + s.name + " (ppa:" + s.ppa_owner + "/" + s.ppa_name + ")";
+      std::string url = host.ppa_api + "/~" + s.ppa_owner + "/+archive/ubuntu/" + s.ppa_name;
+      std::string answer = fetch_alone(b, network, url, what);
+      try {
+        s.keyid = pgp::normalize_key_id(json::parse(answer).at("signing_key_fingerprint").get<std::string>());
+      } catch (const std::exception& e) {
+        throw Error(what + ": Launchpad's answer (" + url + ") names no signing key fingerprint: " + e.what());
+      }
+      fetched.push_back({{"source", s.name}, {"ppa", s.ppa_owner + "/" + s.ppa_name}, {"fingerprint_from", url}});
+    }
     if (s.keyid.empty() || !s.keyring.empty()) continue;
     std::string url = s.keyserver_url + "/pks/lookup?op=get&options=mr&search=0x" + s.keyid;
     const std::string what = "apt.sources." + s.name + ".keyid " + s.keyid;
@@ -1170,6 +1225,7 @@ Outcome provision(images::Store& store, const Request& req) {
   }
 
   Probe probe_result = probe(b);
+  if (cfg.apt.present && probe_result.manager == "apt") resolve_ppas(cfg.apt, host, os);
   b.network = req.network;
   if (b.network.mode == NetworkSpec::Mode::None) b.network.mode = NetworkSpec::Mode::Allow;
   std::vector<std::string> mirrors = probe_result.mirror_hosts;
@@ -1332,7 +1388,7 @@ Outcome provision(images::Store& store, const Request& req) {
       out.warnings.push_back("apt: the base image has no apt-get: the apt key is ignored");
     } else {
       b.module("apt", "sources and configuration", [&](json& entry) {
-        fetch_keys(b, req.network, *unpacker, cfg.apt.sources, entry);
+        fetch_keys(b, req.network, *unpacker, cfg.apt.sources, host, entry);
         std::vector<EnvFile> files;
         std::string release = os.count("VERSION_CODENAME") ? os["VERSION_CODENAME"] : "";
         std::string mirror = cfg.apt.primary_uri.empty() ? std::string() : cfg.apt.primary_uri;

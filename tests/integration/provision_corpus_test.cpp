@@ -188,9 +188,8 @@ struct Expected {
 const std::map<std::string, Expected> kExpectedDifferences = {
     // apt.sources entries name their keys by short key IDs (F430BBA5),
     // which anyone can give a key of theirs: Ultari fetches keys by
-    // fingerprint or long ID only (and `ppa:` sources, which need
-    // add-apt-repository and Launchpad, are refused).
-    {"cloud-config-apt.txt", {"is a short key ID", "short key IDs (and ppa:) are refused"}},
+    // fingerprint or long ID only.
+    {"cloud-config-apt.txt", {"is a short key ID", "short key IDs are refused"}},
     // users[5] is `snapuser: joe@joeuser.io`: `snap create-user` asks the
     // Ubuntu SSO for the account at boot; Ultari creates users it is given
     // a name for.

@@ -680,11 +680,15 @@ TEST_F(Provision, KernelModulesComeFromTheAdministratorsAllowlist) {
   Outcome ok = provision(name("k"), ud);
   ASSERT_EQ(ok.status, 0) << ok.err;
   EXPECT_EQ(ok.report["config"]["kernel_modules"], json::array({"nf_conntrack"})) << ok.out;
+  // (the first run of an image with modules may make the kernel layer)
+  ASSERT_EQ(in(name("k"), "true").status, 0);
+  const std::string before_run = dir_ / "before-run";
+  write_file(before_run, "");
   Outcome s = in(name("k"), "modprobe nf_conntrack && echo ok; depmod -a && echo depmod-ok; "
                             "modprobe no_such_module_here 2>&1 | grep -c 'not found'");
   EXPECT_EQ(s.out, "ok\ndepmod-ok\n1\n") << s.err;
   // depmod inside wrote to the sandbox's overlay, not the kernel layer.
-  Outcome layer = host("find " + test_image_store() + "/images/kernel -newer " + dir_ / (name("k") + ".yaml") +
+  Outcome layer = host("find " + test_image_store() + "/images/kernel -newer " + before_run +
                           " -name modules.dep | wc -l");
   EXPECT_EQ(layer.out, "0\n");
   // A bad configuration file is an error naming it.
@@ -1010,6 +1014,112 @@ void make_lab_repo(const NetLab& lab) {
   write_file(dists + "Release", "Suite: bookworm\nCodename: bookworm\nArchitectures: amd64\nComponents: main contrib\n"
                                 "Date: Thu, 03 Dec 2026 00:00:00 UTC\nSHA256:\n " + sum1 + " " + size1 + " " + file1 +
                                     "\n " + sum2 + " " + size2 + " " + file2 + "\n");
+}
+
+// `ppa:OWNER/NAME`, as add-apt-repository makes it: the PPA's archive for
+// the base's Ubuntu release, signed-by its own key, whose fingerprint
+// Launchpad's API gives and which the key server must hold under it. Here
+// Launchpad, the archive and the key server are the lab's (the [ppa]
+// settings of the host configuration point there), the base is the test
+// image saying it is Ubuntu noble, and the archive's InRelease is signed
+// by a key made for the test: apt checks it.
+TEST_F(Provision, APpaSourceIsTheArchiveOfTheBasesUbuntuReleaseSignedByTheKeyLaunchpadNames) {
+  NetLab lab;
+  TempDir gnupg;
+  const std::string gpg = "GNUPGHOME=" + gnupg.path() + " gpg --batch --quiet ";
+  struct Agent {  // gpg starts an agent for the secret key: ended with the test
+    std::string home;
+    ~Agent() { host("GNUPGHOME=" + home + " gpgconf --kill all"); }
+  } agent{gnupg.path()};
+  ASSERT_EQ(host("chmod 700 " + gnupg.path() + " && " + gpg +
+                 "--passphrase '' --quick-gen-key 'Ultari PPA test <ppa@lab.test>' ed25519 sign never 2>&1")
+                .status,
+            0);
+  std::string fpr = host(gpg + "--with-colons --list-keys | awk -F: '/^fpr/ {print $10; exit}'").out;
+  ASSERT_EQ(fpr.size(), 41u) << fpr;
+  fpr.pop_back();
+  std::string lower = host("printf %s " + fpr + " | tr A-F a-f").out;
+  const std::string dists = lab.dir() + "/repo/ppa/lab-owner/tools/ubuntu/dists/noble/";
+  ASSERT_EQ(host("mkdir -p " + dists + "main/binary-amd64 " + lab.dir() + "/keys " + lab.dir() + "/lp").status, 0);
+  write_file(dists + "main/binary-amd64/Packages",
+             "Package: ppa-tool\nVersion: 3.0\nArchitecture: all\nFilename: pool/ppa-tool_3.0_all.deb\nSize: 1\n"
+             "Description: a package of the lab's PPA\n");
+  Outcome sums = host("cd " + dists + " && printf ' %s %s main/binary-amd64/Packages\\n' "
+                      "$(sha256sum < main/binary-amd64/Packages | cut -d' ' -f1) $(stat -c %s main/binary-amd64/Packages)");
+  write_file(dists + "Release", "Suite: noble\nCodename: noble\nArchitectures: amd64\nComponents: main\n"
+                                "Date: Thu, 03 Dec 2026 00:00:00 UTC\nSHA256:\n" + sums.out);
+  ASSERT_EQ(host(gpg + "--clearsign -o " + dists + "InRelease " + dists + "Release && " + gpg + "--armor --export " +
+                 fpr + " > " + lab.dir() + "/keys/" + lower + ".asc")
+                .status,
+            0);
+  auto launchpad_names = [&](const std::string& f) {
+    write_file(lab.dir() + "/lp/lab-owner_tools.json", "{\"signing_key_fingerprint\": \"" + f + "\"}");
+  };
+  launchpad_names(fpr);
+  std::string conf = dir_ / "config.toml";
+  write_file(conf, "[ppa]\narchive = \"http://allowed.test/repo/ppa\"\napi = \"http://allowed.test/lp/1.0/\"\n"
+                   "keyserver = \"http://allowed.test\"\n");
+  Options o = test_image_options(600);
+  o.env.push_back("ULTARI_CONFIG=" + conf);
+  auto provision_in_lab = [&](const std::string& image, const std::string& base, const std::string& user_data) {
+    std::string file = dir_ / (image + ".yaml");
+    write_file(file, user_data);
+    return lab.ultari({"image", "provision", image, "--from", base, "--user-data", file, "--net-resolver",
+                       NetLab::kDnsAddr, "--no-cache", "-q"},
+                      o);
+  };
+  // The base: the test image with an Ubuntu os-release.
+  std::string base = name("noble");
+  Outcome b = provision_in_lab(base, "minbase-kmod",
+                               "#cloud-config\nruncmd:\n  - printf 'ID=ubuntu\\nVERSION_CODENAME=noble\\n"
+                               "UBUNTU_CODENAME=noble\\n' > /usr/lib/os-release\n");
+  ASSERT_EQ(b.status, 0) << b.err;
+  const std::string ppa = "#cloud-config\napt:\n  sources_list: '# the PPA only'\n  sources:\n    tools:\n"
+                          "      source: ppa:lab-owner/tools\npackage_update: true\n";
+  std::string img = name("ppa");
+  Outcome r = provision_in_lab(img, base, ppa);
+  std::string asked;
+  for (const auto& q : lab.requests()) asked += q["path"].get<std::string>() + "\n";
+  ASSERT_EQ(r.status, 0) << r.err << asked;
+  Outcome s = in(img, "cat /etc/apt/sources.list.d/tools.list; apt-cache show ppa-tool | grep ^Version");
+  EXPECT_EQ(s.out, "deb [signed-by=/etc/apt/cloud-init.gpg.d/tools.gpg] http://allowed.test/repo/ppa/lab-owner/tools/"
+                   "ubuntu noble main\nVersion: 3.0\n")
+      << s.err;
+  EXPECT_TRUE(has(asked, "/lp/1.0/%7elab-owner/%2barchive/ubuntu/tools\n") ||  // apt-helper's quoting
+              has(asked, "/lp/1.0/~lab-owner/+archive/ubuntu/tools\n"))
+      << asked;
+  EXPECT_TRUE(has(asked, "/pks/lookup?op=get&options=mr&search=0x" + fpr + "\n")) << asked;
+  EXPECT_TRUE(has(asked, "/repo/ppa/lab-owner/tools/ubuntu/dists/noble/InRelease\n")) << asked;
+  json log = inspect(img), fetched = json::array();
+  for (const auto& m : log["provision_log"])
+    if (m["module"] == "apt") fetched = m.value("keys_fetched", json::array());
+  EXPECT_EQ(fetched.dump(), json::array({{{"source", "tools"}, {"ppa", "lab-owner/tools"},
+                                          {"fingerprint_from", "http://allowed.test/lp/1.0/~lab-owner/+archive/ubuntu/tools"}},
+                                         {{"source", "tools"}, {"keyid", fpr}, {"from", "http://allowed.test:80"}}})
+                                .dump())
+      << log.dump();
+
+  // Negative control: Launchpad names another key (the key server has it):
+  // that key is fetched, and apt refuses the archive signed by the PPA's.
+  const std::string other_fpr = "44BA1FB14E04D7E89D9C155FDE0CC9B25BF5F9E4";
+  ASSERT_EQ(host("cp " + std::string(ULTARI_TEST_DATA) + "/provision/keys/other.asc " + lab.dir() +
+                 "/keys/44ba1fb14e04d7e89d9c155fde0cc9b25bf5f9e4.asc").status,
+            0);
+  launchpad_names(other_fpr);
+  Outcome wrong = provision_in_lab(name("ppa-wrong"), base, ppa);
+  EXPECT_EQ(wrong.status, 125);
+  EXPECT_TRUE(has(wrong.err, "NO_PUBKEY") || has(wrong.err, "not signed")) << wrong.err;
+  // Launchpad's answer without a fingerprint: refused, naming it.
+  write_file(lab.dir() + "/lp/lab-owner_tools.json", "{\"name\": \"tools\"}");
+  Outcome none = provision_in_lab(name("ppa-none"), base, ppa);
+  EXPECT_EQ(none.status, 125);
+  EXPECT_TRUE(has(none.err, "apt.sources.tools (ppa:lab-owner/tools): Launchpad's answer")) << none.err;
+  // A base that is not Ubuntu: refused before anything is fetched.
+  Outcome debian = provision_in_lab(name("ppa-debian"), "minbase-kmod", ppa);
+  EXPECT_EQ(debian.status, 125);
+  EXPECT_TRUE(has(debian.err, "ppa:lab-owner/tools is built for Ubuntu's releases, and the base (debian bookworm)"))
+      << debian.err;
+  EXPECT_EQ(scratch_dirs(), 0);
 }
 
 TEST_F(Provision, AptSourcesWithAUserAndPasswordAuthenticate) {

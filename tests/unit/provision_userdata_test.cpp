@@ -602,6 +602,33 @@ TEST(ProvisionUserData, AptKeysAreDearmouredAndNamedAsCloudInitNamesThem) {
   EXPECT_TRUE(has(err(keyid(fpr, "a b")), "is not a key server's host name")) << err(keyid(fpr, "a b"));
 }
 
+// ppa:OWNER[/NAME]: the names kept for provisioning (which makes the deb
+// line), Launchpad's name rules enforced; a key server may be given without
+// a keyid (the fingerprint comes from Launchpad).
+TEST(ProvisionUserData, PpaSourcesAreLaunchpadNames) {
+  auto ppa = [](const std::string& source, const std::string& more = "") {
+    return "#cloud-config\napt:\n  sources:\n    tools:\n      source: '" + source + "'\n" + more;
+  };
+  auto err = [](const std::string& text) { return error_of([&] { parse_user_data(text); }); };
+  AptSource s = parse_user_data(ppa("ppa:lab-owner/tools+x.1")).apt.sources[0];
+  EXPECT_EQ(s.ppa_owner, "lab-owner");
+  EXPECT_EQ(s.ppa_name, "tools+x.1");
+  EXPECT_EQ(s.source, "");  // made at provisioning, from the base's release
+  EXPECT_EQ(s.keyid, "");
+  EXPECT_EQ(s.keyserver_url, "");
+  EXPECT_EQ(parse_user_data(ppa("ppa:deadsnakes")).apt.sources[0].ppa_name, "ppa");
+  for (const char* bad : {"ppa:", "ppa:/x", "ppa:Owner/x", "ppa:o/x y", "ppa:o/../x", "ppa:o/-x", "ppa:o/x/y"})
+    EXPECT_TRUE(has(err(ppa(bad)), "is not ppa:OWNER/NAME")) << bad << ": " << err(ppa(bad));
+  EXPECT_EQ(err(ppa("ppa:o/x")), "");  // control
+  AptSource k = parse_user_data(ppa("ppa:o/x", "      keyserver: 'hkps://keys.example.org'\n")).apt.sources[0];
+  EXPECT_EQ(k.keyserver_url, "https://keys.example.org:443");
+  EXPECT_EQ(k.keyid, "");
+  // Not a PPA: a key server still needs a keyid.
+  EXPECT_TRUE(has(err("#cloud-config\napt:\n  sources:\n    r:\n      source: 'deb http://m/ x main'\n"
+                      "      keyserver: 'keys.example.org'\n"),
+                  "is given, but no 'keyid'"));
+}
+
 const std::string kOtherKey = unit::test_key("other.asc");
 
 // What a key server answers is cut to the one key the ID names, checked

@@ -96,6 +96,20 @@ def make_handler(directory, name, addr, port, scheme):
                     return self.not_found()
                 out = open(full, "rb").read()
                 ctype = "application/octet-stream"
+            # Launchpad's API for a PPA: GET /lp/1.0/~OWNER/+archive/ubuntu/NAME
+            # answers <lab dir>/lp/OWNER_NAME.json, as a test put it there.
+            # (percent-decoded, as servers do: apt-helper sends %7e for '~')
+            lp = urllib.parse.unquote(path)
+            if lp.startswith("/lp/1.0/~"):
+                parts = lp[len("/lp/1.0/~"):].split("/")
+                if len(parts) != 4 or parts[1:3] != ["+archive", "ubuntu"]:
+                    return self.not_found()
+                fname = parts[0] + "_" + parts[3] + ".json"
+                full = os.path.join(directory, "lp", fname)
+                if not fname.replace(".", "").replace("-", "").replace("_", "").isalnum() or not os.path.exists(full):
+                    return self.not_found()
+                out = open(full, "rb").read()
+                ctype = "application/json"
             # A key server (HKP): GET /pks/lookup?op=get&search=0xID answers
             # <lab dir>/keys/<ID>.asc, as a test put it there.
             if path.startswith("/pks/lookup?"):
