@@ -492,10 +492,12 @@ struct ImageCommands {
         store.remove(name);
       } else if (prune->parsed()) {
         auto r = store.prune();
-        auto k = ultari::provision::prune_kernel_cache(store.dir() + "/kernel");
         std::printf("removed %zu layers, %s\n", r.removed.size(), human_size(r.bytes).c_str());
+        std::fflush(stdout);  // (said before the kernel layers' part, which may fail)
+        auto k = ultari::provision::prune_kernel_cache(store.dir() + "/kernel");
         if (k.removed) std::printf("removed %zu kernel layers of old kernels or module trees, %s\n", k.removed,
                                    human_size(k.bytes).c_str());
+        if (k.left) std::printf("could not remove %zu old kernel layers wholly (a later prune tries again)\n", k.left);
         if (!r.in_use.empty() || k.in_use)
           std::printf("kept %zu unused layers a running sandbox still holds\n", r.in_use.size() + k.in_use);
       }

@@ -661,7 +661,10 @@ class Reader {
         bool is_ppa = !src.ppa_owner.empty();
         if (it->second["keyserver"] && !it->second["keyid"] && !is_ppa)
           fail_at(it->second["keyserver"], "'" + path + ".keyserver' is given, but no 'keyid' to fetch from it");
-        if (it->second["keyserver"] && !it->second["key"] && is_ppa)  // a PPA's key: its fingerprint from Launchpad
+        // A PPA's key server: the one given, else [ppa] keyserver of the host
+        // configuration (provisioning sets it), for a keyid or for the
+        // fingerprint Launchpad names.
+        if (it->second["keyserver"] && !it->second["key"] && is_ppa)
           keyserver(it->second["keyserver"], path + ".keyserver", str(it->second["keyserver"], path + ".keyserver"), src);
         if (it->second["keyid"] && !it->second["key"]) {  // with `key` too, cloud-init takes the key
           try {
@@ -669,10 +672,11 @@ class Reader {
           } catch (const Error& e) {
             fail_at(it->second["keyid"], "'" + path + ".keyid': " + e.what());
           }
-          keyserver(it->second["keyserver"] ? it->second["keyserver"] : it->second["keyid"], path + ".keyserver",
-                    it->second["keyserver"] ? str(it->second["keyserver"], path + ".keyserver")
-                                            : std::string("keyserver.ubuntu.com"),
-                    src);
+          if (!is_ppa)
+            keyserver(it->second["keyserver"] ? it->second["keyserver"] : it->second["keyid"], path + ".keyserver",
+                      it->second["keyserver"] ? str(it->second["keyserver"], path + ".keyserver")
+                                              : std::string("keyserver.ubuntu.com"),
+                      src);
         }
         if (src.source.find("$KEY_FILE") != std::string::npos && src.key.empty() && src.keyid.empty())
           fail_at(it->second["source"], "'" + path + ".source' uses $KEY_FILE, but the source has no 'key' nor 'keyid'");
@@ -1870,16 +1874,18 @@ std::string refusal(const std::string& type) {
       type == "text/x-shellscript-per-boot" || type == "text/x-shellscript-per-instance" ||
       type == "text/x-shellscript-per-once")
     return "";
-  if (type == "text/part-handler")
-    return "a part handler is Python code cloud-init would load to handle other parts; Ultari runs no part handlers";
-  if (type == "text/upstart-job") return "upstart jobs are not supported (there is no upstart in a sandbox)";
+  if (type == "text/part-handler") return "a part handler";  // (taken: see parse_user_data)
+  if (type == "text/upstart-job")
+    return "upstart jobs are not supported (there is no upstart in a sandbox), unless a part handler before it takes "
+           "text/upstart-job";
   if (type == "text/cloud-config-archive")
     return "a cloud-config archive made by a template is not supported: give the archive itself";
   if (type == "text/plain" || type == "text/x-not-multipart")
     return "it starts with none of '#cloud-config', '#!', '#cloud-boothook', '## template: jinja' "
            "(cloud-init would ignore it): give it one of those or remove it";
   return "'" + type + "' is not a type Ultari runs (text/cloud-config, text/x-shellscript, text/cloud-boothook, "
-                      "text/x-shellscript-per-boot, -per-instance, -per-once, text/jinja2)";
+                      "text/x-shellscript-per-boot, -per-instance, -per-once, text/jinja2), and no part handler "
+                      "(text/part-handler) comes before it";
 }
 
 }  // namespace
@@ -1999,6 +2005,23 @@ CloudConfig parse_user_data(const std::string& user_data, const nlohmann::json& 
       continue;
     }
     std::string why = refusal(p.type);
+    // Part handlers, and the parts of other types after one: its to take
+    // (a handler registers its types where it stands, as cloud-init's
+    // walker does). Which types it takes is known once it runs.
+    bool handler = p.type == "text/part-handler";
+    if (!why.empty() && (handler || (!out.handler_parts.empty() && p.type != "text/cloud-config-archive"))) {
+      if (handler && plain)
+        fail("a part handler alone has no parts to handle: give it in a MIME multi-part user-data with them");
+      HandlerPart h;
+      h.handler = handler;
+      h.type = p.type;
+      h.filename = p.filename;
+      h.content = handler ? dos2unix(p.content) : p.content;  // a payload is passed as it is
+      h.part = "user-data " + p.label() + ", " + p.type;
+      out.handler_parts.push_back(std::move(h));
+      p.note += std::string(p.note.empty() ? "" : ", ") + (handler ? "run at provisioning" : "for a part handler");
+      continue;
+    }
     if (!why.empty()) {
       if (plain && (p.type == "text/plain" || p.type == "text/x-not-multipart"))
         throw Error("user-data must start with '#cloud-config', '#!', '#cloud-boothook' or '## template: jinja', or "

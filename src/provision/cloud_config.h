@@ -134,6 +134,19 @@ struct Script {
   std::string part;     // "part 2 (setup.sh, text/x-shellscript)", for messages
 };
 
+// A part handler (text/part-handler: Python that cloud-init imports, whose
+// list_types() names the content types its handle_part() takes), or a
+// part of a type Ultari does not run itself that comes after one: in
+// document order, for provisioning's part_handlers step, which runs them
+// with the image's python3 as cloud-init's walker does.
+struct HandlerPart {
+  bool handler = false;  // a text/part-handler part; else a part for one
+  std::string type;      // the part's content type
+  std::string filename;  // as cloud-init passes it: given, or part-NNN
+  std::string content;
+  std::string part;      // "part 3 (h.py, text/part-handler)", for messages
+};
+
 // What the user-data held, one entry a part (a plain user-data is one).
 struct PartInfo {
   size_t index = 0;     // 1-based, in document order
@@ -154,6 +167,7 @@ struct CloudConfig {
   Apt apt;
   CaCerts ca_certs;
   UltariKey ultari;
+  std::vector<HandlerPart> handler_parts;  // run first of all (part_handlers)
   std::vector<Script> boothooks;  // run first, before bootcmd
   std::vector<Script> scripts;    // user scripts: after runcmd (cloud-init's scripts_user), in file name order
   // text/x-shellscript-per-once, -per-boot, -per-instance parts: cloud-init
@@ -186,8 +200,8 @@ inline constexpr int kMaxMimeDepth = 8;
 // key or Merge-Type header (cloud-init's default for parts:
 // dict(replace)+list()+str()); scripts and boot hooks collected. Throws
 // Error naming the part (index, file name, type) and, inside a
-// cloud-config, the line and column: malformed YAML, wrong types,
-// #include, part handlers and other types Ultari does not run, bad MIME.
+// cloud-config, the line and column: malformed YAML, wrong types, types
+// Ultari does not run with no part handler before them, bad MIME.
 // Fetches an #include URL (http:// or https://): its content, or throws
 // Error naming the URL and the problem.
 using Fetcher = std::function<std::string(const std::string& url)>;

@@ -102,7 +102,18 @@ HostConfig load_host_config() {
         if ((v.rfind("http://", 0) != 0 && v.rfind("https://", 0) != 0) || host.empty() ||
             v.find_first_of(" \t\n\"'") != std::string::npos)
           throw Error(path + ": ppa." + k + " must be an http:// or https:// URL with a host, not '" + v + "'");
+        std::string authority = v.substr(v.find("://") + 3);
+        authority = authority.substr(0, authority.find('/'));
+        if (authority.find('@') != std::string::npos)
+          throw Error(path + ": ppa." + k + " holds a user or password: an apt source in the image would show it");
       }
+      // The build's egress policy allows names: a host name with a dot, not
+      // an address nor localhost.
+      std::string host = k == "keyserver" ? [&] { AptSource a; set_keyserver(v, a); return a.keyserver_host; }()
+                                          : host_of(v);
+      bool address = std::all_of(host.begin(), host.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)) || c == '.' || c == ':' || c == '[' || c == ']'; });
+      if (address || host.find('.') == std::string::npos || host == "localhost" || host.ends_with(".localhost"))
+        throw Error(path + ": ppa." + k + ": '" + host + "' is not a host name a build's egress policy can allow (a name with a dot, not an address)");
       *into = v;
     }
   }
@@ -323,6 +334,14 @@ UniqueFd open_layer_lock(const std::string& path) {
   return fd;
 }
 
+// Whether the lock `fd` (locked now) is still the file at <path>.lock: a
+// prune that let go of it has unlinked it, and a new one may be there.
+bool still_the_lock(int fd, const std::string& path) {
+  struct stat held{}, named{};
+  return fstat(fd, &held) == 0 && held.st_nlink > 0 && lstat((path + ".lock").c_str(), &named) == 0 &&
+         held.st_dev == named.st_dev && held.st_ino == named.st_ino;
+}
+
 void make_kernel_layer(const std::string& path, const std::string& cache_dir, uid_t uid, gid_t gid,
                        const RunningKernel& kernel);
 
@@ -334,14 +353,15 @@ KernelLayer kernel_layer(const std::string& cache_dir, uid_t uid, gid_t gid) {
 
 KernelLayer kernel_layer(const std::string& cache_dir, uid_t uid, gid_t gid, const RunningKernel& kernel) {
   std::string path = kernel_layer_path(cache_dir, uid, gid, kernel);
-  // A prune takes the lock exclusively, then moves the layer away before it
-  // lets go: a layer still there once held stays until the hold ends.
+  // A prune takes the lock exclusively, moves the layer away and unlinks
+  // the lock before it lets go: a layer still there, held by the lock
+  // still at its name, stays until the hold ends.
   for (int tries = 0; tries < 4; ++tries) {
     if (!exists(path)) make_kernel_layer(path, cache_dir, uid, gid, kernel);
     UniqueFd hold = open_layer_lock(path);
     while (flock(hold.get(), LOCK_SH) != 0)
       if (errno != EINTR) throw_errno("flock " + path + ".lock");
-    if (exists(path)) return {path, std::move(hold)};
+    if (still_the_lock(hold.get(), path) && exists(path)) return {path, std::move(hold)};
   }
   throw Error("the kernel layer " + path + " was removed each time it was made (a prune running in a loop?)");
 }
@@ -367,23 +387,36 @@ KernelPrune prune_kernel_layers(const std::string& cache_dir, const std::string&
       ++result.in_use;
       continue;
     }
+    if (!still_the_lock(lock.get(), path)) continue;  // another prune had it
     // Out of the way first (a name a later prune removes if this one dies
-    // half-way), then the lock: a sandbox that waited for it finds no layer
-    // and makes one.
+    // half-way), then the lock: a sandbox that waited for it finds it
+    // unlinked, and the layer gone, and makes one.
     std::string doomed = path + ".tmp-" + std::to_string(getpid()) + "-" + random_hex(4);
-    if (rename(path.c_str(), doomed.c_str()) != 0) throw_errno("rename " + path);
+    if (rename(path.c_str(), doomed.c_str()) != 0) {
+      if (errno != ENOENT) throw_errno("prune: moving " + path + " away");
+      unlink((path + ".lock").c_str());  // another prune moved it: the lock this one made
+      continue;
+    }
     unlink((path + ".lock").c_str());
     // What removing it frees: files whose every link is in the layer.
+    uint64_t freed = 0;
     std::map<std::pair<dev_t, ino_t>, std::pair<nlink_t, uint64_t>> seen;
-    for (auto it = fs::recursive_directory_iterator(doomed); it != fs::recursive_directory_iterator(); ++it) {
+    std::error_code ec;
+    for (auto it = fs::recursive_directory_iterator(doomed, ec); !ec && it != fs::recursive_directory_iterator();
+         it.increment(ec)) {
       struct stat st{};
       if (lstat(it->path().c_str(), &st) != 0 || S_ISDIR(st.st_mode)) continue;
       auto& [links, bytes] = seen[{st.st_dev, st.st_ino}];
       if (links++ == 0) bytes = static_cast<uint64_t>(st.st_blocks) * 512;
-      if (links == st.st_nlink) result.bytes += bytes;
+      if (links == st.st_nlink) freed += bytes;
     }
     remove_tree(doomed);
-    ++result.removed;
+    if (!exists(doomed)) {
+      ++result.removed;
+      result.bytes += freed;
+    } else {
+      ++result.left;  // (remove_tree is best effort; a later prune tries again: the name is a dead process's)
+    }
   }
   return result;
 }

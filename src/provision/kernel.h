@@ -95,6 +95,7 @@ struct KernelPrune {
   size_t removed = 0;
   uint64_t bytes = 0;
   size_t in_use = 0;
+  size_t left = 0;  // moved away but not wholly removed (a later prune goes on)
 };
 KernelPrune prune_kernel_layers(const std::string& cache_dir, const std::string& keep);
 

@@ -704,6 +704,115 @@ json run_scripts(Build& b, const std::string& module, const std::vector<Script>&
   return done;
 }
 
+// Part handlers, as cloud-init's walker runs them while it reads the
+// user-data: each text/part-handler part is written to
+// /var/lib/cloud/instance/handlers/part-handler-NNN.py (and stays there, as
+// cloud-init leaves it), imported, its list_types() registered (a later
+// handler of a type replaces an earlier one) and handle_part(data,
+// "__begin__", ...) called; each later part of a registered type goes to
+// its handle_part (version 2: with the frequency); at the end, "__end__".
+// `data` is None (cloud-init passes its Cloud object). The frequency is
+// once-per-instance: a handler whose own frequency is neither that nor
+// "always" is skipped, as cloud-init skips it. A handler that lists a type
+// Ultari runs itself fails the build. A handler that fails to load or
+// raises, and a part no handler takes, fail the build (cloud-init logs and
+// goes on; so does Ultari with ultari: {runcmd_strict: false}).
+constexpr const char* kPartHandlers = R"PY(
+import importlib.util, json, os, sys, traceback
+req = json.load(sys.stdin)
+own, strict = set(req["own"]), req["strict"]
+FREQ = "once-per-instance"
+hdir = "/var/lib/cloud/instance/handlers"
+os.makedirs(hdir, mode=0o700, exist_ok=True)
+sys.path.insert(0, hdir)
+registered, begun = {}, []
+
+def fail(msg):
+    print("ultari: " + msg)
+    if strict:
+        sys.exit(1)
+
+def call(mod, ctype, filename, payload, part):
+    freq = getattr(mod, "frequency", FREQ)
+    if freq not in ("always", FREQ):
+        print("skipped %s for %s: its frequency is %r" % (mod.__name__, ctype, freq))
+        return
+    try:
+        version = int(getattr(mod, "handler_version", 1))
+    except Exception:
+        version = 1
+    try:
+        if version >= 2:
+            mod.handle_part(None, ctype, filename, payload, FREQ)
+        else:
+            mod.handle_part(None, ctype, filename, payload)
+    except Exception:
+        traceback.print_exc(file=sys.stdout)
+        fail("%s (%s) raised in handle_part for %s" % (mod.__name__, part, ctype))
+
+count = 0
+for p in req["parts"]:
+    if p["handler"]:
+        name = "part-handler-%03d" % count
+        count += 1
+        path = os.path.join(hdir, name + ".py")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(p["content"])
+        try:
+            spec = importlib.util.spec_from_file_location(name, path)
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            types = [str(t) for t in mod.list_types()] if hasattr(mod, "list_types") else []
+        except Exception:
+            traceback.print_exc(file=sys.stdout)
+            fail("%s (%s) failed to load" % (name, p["part"]))
+            continue
+        if not hasattr(mod, "handle_part"):
+            mod.handle_part = lambda *args: None
+        claimed = sorted(t for t in types if t in own)
+        if claimed:
+            print("ultari: %s (%s) lists %s, which Ultari runs itself" % (name, p["part"], ", ".join(claimed)))
+            sys.exit(1)
+        for t in types:
+            registered[t] = (mod, name)
+        print("%s (%s) takes: %s" % (name, p["part"], ", ".join(types) or "nothing"))
+        call(mod, "__begin__", None, None, p["part"])
+        begun.append(mod)
+    else:
+        if p["type"] not in registered:
+            fail("no part handler before %s takes %s" % (p["part"], p["type"]))
+            continue
+        mod, name = registered[p["type"]]
+        call(mod, p["type"], p["filename"], p["content"], p["part"])
+        print("%s: handled by %s" % (p["part"], name))
+for mod in begun:
+    call(mod, "__end__", None, None, "the end")
+)PY";
+
+// Runs the part handlers (kPartHandlers) in one sandbox with the image's
+// python3; throws with its output when one fails.
+std::string run_part_handlers(Build& b, const std::vector<HandlerPart>& parts, bool strict) {
+  json req = {{"strict", strict}, {"parts", json::array()},
+              {"own", {"text/cloud-config", "text/cloud-config-jsonp", "text/x-shellscript", "text/cloud-boothook",
+                       "text/x-shellscript-per-boot", "text/x-shellscript-per-instance", "text/x-shellscript-per-once",
+                       "text/jinja2", "text/x-include-url", "text/x-include-once-url", "text/cloud-config-archive",
+                       "text/part-handler"}}};
+  for (const auto& p : parts)
+    req["parts"].push_back(
+        {{"handler", p.handler}, {"type", p.type}, {"filename", p.filename}, {"content", p.content}, {"part", p.part}});
+  Build::StepResult r = b.run({"/bin/sh", "-c",
+                               "command -v python3 >/dev/null 2>&1 || { echo 'part handlers are Python: the image has "
+                               "no python3 (give a base that has it)'; exit 127; }\n"
+                               "exec python3 -I -B -u -c \"$PH_DRIVER\" 2>&1",
+                               "ultari-part-handlers"},
+                              {std::string("PH_DRIVER=") + kPartHandlers},
+                              req.dump(-1, ' ', false, json::error_handler_t::replace));
+  if (r.exit_code != 0)
+    throw Error("part_handlers failed (exit status " + std::to_string(r.exit_code) + "): " + tail(r.output, 20));
+  return r.output;
+}
+
 // cloud-init's scripts_per_once, _per_boot and _per_instance: the parts of
 // that frequency are put in /var/lib/cloud/scripts/per-FREQ/ (mode 0700),
 // then every executable file there (the image's, write_files' too) runs in
@@ -845,7 +954,7 @@ std::set<std::string> layer_builtin(const std::string& layer, const std::string&
 }
 
 std::string cache_key(images::Unpacker& u, const images::Image& base, const std::string& rendered,
-                      const Request& req) {
+                      const Request& req, const std::string& host_inputs) {
   // The version names what a build makes of the same inputs: it changes
   // when that does (2: /tmp and the engine's mount points left out; 3: the
   // per-boot steps kept for every start).
@@ -855,6 +964,7 @@ std::string cache_key(images::Unpacker& u, const images::Image& base, const std:
   std::sort(vars.begin(), vars.end());
   for (const auto& [k, v] : vars) text += "var " + std::to_string(k.size()) + ":" + k + "=" + std::to_string(v.size()) + ":" + v + "\n";
   text += "user-data " + std::to_string(rendered.size()) + "\n" + rendered;
+  if (!host_inputs.empty()) text += "\nhost " + host_inputs;
   return u.sha256(text);
 }
 
@@ -1020,20 +1130,34 @@ std::string fetch_alone(Build& b, const NetworkSpec& request, const std::string&
 // Ubuntu's releases: a base that names none (UBUNTU_CODENAME, or ID=ubuntu
 // with VERSION_CODENAME) is refused, where add-apt-repository would write
 // a source for a release the PPA does not have.
-void resolve_ppas(Apt& apt, const HostConfig& host, std::map<std::string, std::string>& os) {
+void resolve_ppas(Apt& apt, const HostConfig& host, const std::map<std::string, std::string>& os) {
+  auto field = [&](const char* key) {
+    auto it = os.find(key);
+    return it == os.end() ? std::string() : it->second;
+  };
+  // (the base's words in a message: printable characters only)
+  auto shown = [](std::string v) {
+    for (char& c : v)
+      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' && c != '_') c = '?';
+    return v.substr(0, 64);
+  };
   for (auto& s : apt.sources) {
     if (s.ppa_owner.empty()) continue;
     std::string ppa = "ppa:" + s.ppa_owner + "/" + s.ppa_name;
-    std::string series = os.count("UBUNTU_CODENAME") ? os["UBUNTU_CODENAME"]
-                         : os["ID"] == "ubuntu"      ? os["VERSION_CODENAME"]
-                                                     : "";
-    if (series.empty() || !std::all_of(series.begin(), series.end(), [](char c) { return c >= 'a' && c <= 'z'; }))
+    std::string series = !field("UBUNTU_CODENAME").empty() ? field("UBUNTU_CODENAME")
+                         : field("ID") == "ubuntu"          ? field("VERSION_CODENAME")
+                                                            : "";
+    if (series.empty())
       throw Error("apt.sources." + s.name + ": " + ppa + " is built for Ubuntu's releases, and the base (" +
-                  (os["ID"].empty() ? std::string("no ID") : os["ID"]) + " " + os["VERSION_CODENAME"] +
+                  (field("ID").empty() ? std::string("no ID") : shown(field("ID"))) + " " +
+                  shown(field("VERSION_CODENAME")) +
                   ") names none (UBUNTU_CODENAME in its os-release); give a deb line for the archive instead");
+    if (series.size() > 32 || !std::all_of(series.begin(), series.end(), [](char c) { return c >= 'a' && c <= 'z'; }))
+      throw Error("apt.sources." + s.name + ": " + ppa + ": the base's Ubuntu release '" + shown(series) +
+                  "' is not a release name (a-z)");
     s.source = "deb [signed-by=$KEY_FILE] " + host.ppa_archive + "/" + s.ppa_owner + "/" + s.ppa_name + "/ubuntu " +
                series + " main";
-    if (s.key.empty() && s.keyid.empty() && s.keyserver_url.empty()) set_keyserver(host.ppa_keyserver, s);
+    if (s.key.empty() && s.keyserver_url.empty()) set_keyserver(host.ppa_keyserver, s);
   }
 }
 
@@ -1052,13 +1176,16 @@ void fetch_keys(Build& b, const NetworkSpec& network, images::Unpacker& hashes, 
     if (!s.ppa_owner.empty() && s.key.empty() && s.keyid.empty()) {
       const std::string what = "apt.sources." + s.name + " (ppa:" + s.ppa_owner + "/" + s.ppa_name + ")";
       std::string url = host.ppa_api + "/~" + s.ppa_owner + "/+archive/ubuntu/" + s.ppa_name;
-      std::string answer = fetch_alone(b, network, url, what);
+      std::string answer = fetch_alone(b, network, url, what, {}, 1 << 20);
       try {
         s.keyid = pgp::normalize_key_id(json::parse(answer).at("signing_key_fingerprint").get<std::string>());
       } catch (const std::exception& e) {
-        throw Error(what + ": Launchpad's answer (" + url + ") names no signing key fingerprint: " + e.what());
+        throw Error(what + ": Launchpad's answer (" + redacted(url) + ") names no signing key fingerprint: " +
+                    e.what());
       }
-      fetched.push_back({{"source", s.name}, {"ppa", s.ppa_owner + "/" + s.ppa_name}, {"fingerprint_from", url}});
+      if (s.keyid.size() < 40)  // Launchpad names the whole fingerprint; a long ID alone is refused
+        throw Error(what + ": Launchpad's answer (" + redacted(url) + ") names a key ID, not a fingerprint");
+      fetched.push_back({{"source", s.name}, {"ppa", s.ppa_owner + "/" + s.ppa_name}, {"fingerprint_from", redacted(url)}});
     }
     if (s.keyid.empty() || !s.keyring.empty()) continue;
     std::string url = s.keyserver_url + "/pks/lookup?op=get&options=mr&search=0x" + s.keyid;
@@ -1114,7 +1241,11 @@ Outcome provision(images::Store& store, const Request& req) {
   }
 
   std::unique_ptr<images::Unpacker> unpacker = images::load_unpacker();
-  std::string key = cache_key(*unpacker, base, text, req);
+  // The host configuration's part in what is built: where PPAs come from.
+  std::string host_inputs;
+  if (std::any_of(cfg.apt.sources.begin(), cfg.apt.sources.end(), [](const AptSource& s) { return !s.ppa_owner.empty(); }))
+    host_inputs = "ppa " + host.ppa_archive + " " + host.ppa_api + " " + host.ppa_keyserver;
+  std::string key = cache_key(*unpacker, base, text, req, host_inputs);
   if (!req.no_cache && !req.refresh) {
     std::optional<images::Image> hit = store.find(req.name);
     if (!hit || hit->cache_key != key) hit = store.find_by_cache_key(key);
@@ -1299,8 +1430,15 @@ Outcome provision(images::Store& store, const Request& req) {
     });
   };
 
-  // Boot hooks (cloud-init runs them as it reads the user-data), then
-  // bootcmd: once, first.
+  // Part handlers and boot hooks (cloud-init runs them as it reads the
+  // user-data), then bootcmd: once, first.
+  if (!cfg.handler_parts.empty()) {
+    size_t handlers = std::count_if(cfg.handler_parts.begin(), cfg.handler_parts.end(),
+                                    [](const HandlerPart& p) { return p.handler; });
+    b.module("part_handlers",
+             std::to_string(handlers) + " handlers, " + std::to_string(cfg.handler_parts.size() - handlers) + " parts",
+             [&](json& entry) { entry["output"] = tail(run_part_handlers(b, cfg.handler_parts, cfg.ultari.runcmd_strict), 20); });
+  }
   if (!cfg.boothooks.empty())
     b.module("boothooks", std::to_string(cfg.boothooks.size()) + " scripts",
              [&](json& entry) { entry["items"] = run_scripts(b, "boothooks", cfg.boothooks); });
@@ -1736,6 +1874,7 @@ void apply_image_config(const images::Image& image, const std::string& cache_dir
 }
 
 KernelPrune prune_kernel_cache(const std::string& cache_dir) {
+  if (access(cache_dir.c_str(), F_OK) != 0) return {};  // no image had kernel modules
   // The current layer: the one apply_image_config() would take now.
   isolation::Identity id = isolation::plan_identity(0, 0);
   return prune_kernel_layers(cache_dir, kernel_layer_path(cache_dir, id.host_root_uid, id.host_root_gid, running_kernel()));

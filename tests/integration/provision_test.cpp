@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -592,6 +593,98 @@ std::string mime_user_data(const std::string& script_name, const std::string& sc
          "--===============0123456789==--\n";
 }
 
+// A MIME user-data of parts (type, file name, content), boundary "PH".
+std::string mime_parts(const std::vector<std::array<std::string, 3>>& parts) {
+  std::string m = "Content-Type: multipart/mixed; boundary=\"PH\"\nMIME-Version: 1.0\n\n";
+  for (const auto& [type, filename, content] : parts)
+    m += "--PH\nContent-Type: " + type + "\nContent-Disposition: attachment; filename=\"" + filename + "\"\n\n" +
+         content + "\n";
+  return m + "--PH--\n";
+}
+
+// Part handlers, as cloud-init's walker runs them: imported with the
+// image's python3 before any module, __begin__, each later part of a type
+// they list, __end__; the modules (runcmd) see what they did. A handler that
+// raises, one that claims a type Ultari runs, a part no handler takes and a
+// base without python3 fail the build, naming it, and nothing is committed.
+TEST_F(Provision, PartHandlersTakeThePartsOfTheirTypesBeforeTheModulesRun) {
+  // A base with python3 (cached in the test store after the first run).
+  Outcome py = provision("t-python3", "#cloud-config\npackages: [python3-minimal]\n");
+  ASSERT_EQ(py.status, 0) << py.err;
+  auto provision_on = [&](const std::string& image, const std::string& base, const std::string& user_data) {
+    std::string file = dir_ / (image + ".yaml");
+    write_file(file, user_data);
+    return ultari({"image", "provision", image, "--from", base, "--user-data", file, "--no-cache", "-q"},
+                  test_image_options(600));
+  };
+  const std::string handler =
+      "#part-handler\nhandler_version = 2\n"
+      "def list_types():\n    return ['text/x-lab-notes']\n"
+      "def handle_part(data, ctype, filename, payload, frequency):\n"
+      "    with open('/var/log/lab-handler.log', 'a') as log:\n"
+      "        log.write('%s %s %s %s\\n' % (ctype, filename, frequency, data))\n"
+      "    if payload is not None:\n"
+      "        with open('/etc/lab-' + filename, 'w') as f:\n"
+      "            f.write(payload)\n";
+  const std::string config = "#cloud-config\nruncmd:\n  - cp /etc/lab-notes.txt /ran-after\n";
+  std::string img = name("ph");
+  Outcome r = provision_on(img, "t-python3",
+                           mime_parts({{"text/part-handler", "lab_handler.py", handler},
+                                       {"text/cloud-config", "c.yaml", config},
+                                       {"text/x-lab-notes", "notes.txt", "hello from a part"}}));
+  ASSERT_EQ(r.status, 0) << r.err;
+  Outcome s = in(img, "cat /var/log/lab-handler.log; cat /ran-after; echo; "
+                      "ls /var/lib/cloud/instance/handlers");
+  EXPECT_EQ(s.out, "__begin__ None once-per-instance None\n"
+                   "text/x-lab-notes notes.txt once-per-instance None\n"
+                   "__end__ None once-per-instance None\n"
+                   "hello from a part\n"
+                   "part-handler-000.py\n")
+      << s.err;
+  json log = inspect(img);
+  ASSERT_FALSE(log["provision_log"].empty());
+  EXPECT_EQ(log["provision_log"][0]["module"], "part_handlers") << log.dump();
+  EXPECT_TRUE(has(log["provision_log"][0].value("output", ""), "handled by part-handler-000")) << log.dump();
+
+  // Hostile and broken ones: each fails the build, naming what failed.
+  struct Case {
+    std::string base, user_data, message;
+  };
+  const std::string raising = "#part-handler\ndef list_types():\n    return ['text/x-lab-notes']\n"
+                              "def handle_part(data, ctype, filename, payload):\n"
+                              "    if payload is not None:\n        raise ValueError('lab says no')\n";
+  std::vector<Case> cases = {
+      {"t-python3",
+       mime_parts({{"text/part-handler", "raising.py", raising}, {"text/x-lab-notes", "n", "x"}}),
+       "ValueError: lab says no"},
+      {"t-python3",
+       mime_parts({{"text/part-handler", "greedy.py",
+                    "#part-handler\ndef list_types():\n    return ['text/cloud-config', 'text/x-lab-notes']\n"},
+                   {"text/x-lab-notes", "n", "x"}}),
+       "lists text/cloud-config, which Ultari runs itself"},
+      {"t-python3", mime_parts({{"text/part-handler", "h.py", handler}, {"text/x-other", "o", "x"}}),
+       "no part handler before user-data part 2 (o), text/x-other takes text/x-other"},
+      {"minbase-kmod", mime_parts({{"text/part-handler", "h.py", handler}, {"text/x-lab-notes", "n", "x"}}),
+       "the image has no python3"},
+  };
+  for (const auto& c : cases) {
+    std::string bad = name("ph-bad");
+    Outcome b = provision_on(bad, c.base, c.user_data);
+    EXPECT_EQ(b.status, 125) << c.message;
+    EXPECT_TRUE(has(b.err, "part_handlers failed")) << b.err;
+    EXPECT_TRUE(has(b.err, c.message)) << b.err;
+    EXPECT_NE(ultari({"image", "inspect", bad}, test_image_options()).status, 0);
+  }
+  // cloud-init's leniency on request: the raising handler logged, the
+  // build goes on.
+  Outcome lenient = provision_on(name("ph-lenient"), "t-python3",
+                                 mime_parts({{"text/part-handler", "raising.py", raising},
+                                             {"text/cloud-config", "c.yaml", "#cloud-config\nultari:\n  runcmd_strict: false\n"},
+                                             {"text/x-lab-notes", "n", "x"}}));
+  EXPECT_EQ(lenient.status, 0) << lenient.err;
+  EXPECT_EQ(scratch_dirs(), 0);
+}
+
 TEST_F(Provision, MimeUserDataRunsItsCloudConfigPartsAndItsScripts) {
   std::string img = name("mime");
   const std::string script = "#!/bin/sh\nset -e\ncp /etc/mime/config /etc/mime/seen-by-script\n"
@@ -1115,10 +1208,23 @@ TEST_F(Provision, APpaSourceIsTheArchiveOfTheBasesUbuntuReleaseSignedByTheKeyLau
   EXPECT_EQ(none.status, 125);
   EXPECT_TRUE(has(none.err, "apt.sources.tools (ppa:lab-owner/tools): Launchpad's answer")) << none.err;
   // A base that is not Ubuntu: refused before anything is fetched.
+  launchpad_names(fpr);
+  size_t asked_before = lab.requests().size();
   Outcome debian = provision_in_lab(name("ppa-debian"), "minbase-kmod", ppa);
   EXPECT_EQ(debian.status, 125);
   EXPECT_TRUE(has(debian.err, "ppa:lab-owner/tools is built for Ubuntu's releases, and the base (debian bookworm)"))
       << debian.err;
+  EXPECT_EQ(lab.requests().size(), asked_before);
+  // A base whose release is no release name (words for apt's options): refused.
+  std::string odd = name("odd");
+  ASSERT_EQ(provision_in_lab(odd, "minbase-kmod",
+                             "#cloud-config\nruncmd:\n  - printf 'ID=ubuntu\\nUBUNTU_CODENAME=\"noble [trusted=yes]\"\\n' "
+                             "> /usr/lib/os-release\n")
+                .status,
+            0);
+  Outcome injected = provision_in_lab(name("ppa-odd"), odd, ppa);
+  EXPECT_EQ(injected.status, 125);
+  EXPECT_TRUE(has(injected.err, "the base's Ubuntu release 'noble??trusted?yes?' is not a release name")) << injected.err;
   EXPECT_EQ(scratch_dirs(), 0);
 }
 

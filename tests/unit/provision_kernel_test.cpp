@@ -1,7 +1,9 @@
 // Kernel-module helpers of provisioning: names from configs and commands,
 // the administrator's allowlist file.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <sys/file.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -9,6 +11,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "provision/cloud_config.h"
 #include "provision/kernel.h"
@@ -50,9 +53,21 @@ TEST(ProvisionKernel, TheAllowlistComesFromTheConfigFile) {
   EXPECT_TRUE(module_allowed(c, "nf_nat"));
   EXPECT_TRUE(module_allowed(c, "xt_conntrack"));
   EXPECT_FALSE(module_allowed(c, "nf_conntrack"));
+  // [ppa]: where PPAs come from; trailing slashes dropped.
+  std::ofstream(path) << "[ppa]\narchive = \"https://ppa.mirror.example/\"\napi = \"http://lp.mirror.example/1.0\"\n"
+                         "keyserver = \"hkps://keys.mirror.example\"\n";
+  HostConfig p = load_host_config();
+  EXPECT_EQ(p.ppa_archive, "https://ppa.mirror.example");
+  EXPECT_EQ(p.ppa_api, "http://lp.mirror.example/1.0");
+  EXPECT_EQ(p.ppa_keyserver, "hkps://keys.mirror.example");
+  EXPECT_EQ(HostConfig{}.ppa_api, "https://api.launchpad.net/1.0");  // the default
   for (const char* bad : {"[kernel_modules]\nallow = [\"*\"]\n", "[kernel_modules]\nallow = \"nf_nat\"\n",
                           "[kernel_modules]\nallowed = []\n", "[modules]\n", "[kernel_modules]\nallow = [\"a b\"]\n",
-                          "[kernel_modules\n"}) {
+                          "[kernel_modules\n", "ppa = 1\n", "[ppa]\nmirror = \"https://x.example\"\n",
+                          "[ppa]\narchive = \"ftp://x.example\"\n", "[ppa]\narchive = 7\n",
+                          "[ppa]\narchive = \"https://user:pw@x.example\"\n", "[ppa]\napi = \"http://10.0.0.5/1.0\"\n",
+                          "[ppa]\narchive = \"http://ppamirror/ppa\"\n", "[ppa]\nkeyserver = \"ldap://k.example\"\n",
+                          "[ppa]\nkeyserver = \"localhost\"\n"}) {
     std::ofstream(path) << bad;
     try {
       load_host_config();
@@ -185,6 +200,52 @@ TEST(ProvisionKernel, PruneKeepsTheCurrentAndHeldLayersAndCountsWhatItFrees) {
   EXPECT_EQ(again.path, held.path);
   EXPECT_TRUE(fs::exists(again.path + "/usr/lib/modules/9.9.9-test/kernel/net/big.ko"));
   EXPECT_EQ(prune_kernel_layers(cache.path + "/missing", "").removed, 0u);  // no cache yet: nothing to do
+}
+
+// A run that waited for a lock a prune held must not come away holding the
+// lock file the prune unlinked (while another run has made the layer
+// again under a new lock): its hold would be one no later prune sees.
+TEST(ProvisionKernel, ARunThatWaitedForAPruneHoldsTheLockAtTheLayersName) {
+  namespace fs = std::filesystem;
+  if (geteuid() != 0) GTEST_SKIP() << "needs root (the layer is chowned)";
+  unit::TempDir tree("kernel-tree", 0755), cache("kernel", 0755);
+  std::ofstream(tree.path + "/modules.dep") << "";
+  RunningKernel k{"9.9.9-test", "old c", tree.path, false};
+  const uid_t uid = 2000000000, gid = 2000000000;
+  std::string path = kernel_layer(cache.path, uid, gid, k).path;
+  // The prune's part, by hand: the lock taken exclusively...
+  UniqueFd pruner(open((path + ".lock").c_str(), O_RDWR | O_CLOEXEC));
+  ASSERT_TRUE(pruner);
+  ASSERT_EQ(flock(pruner.get(), LOCK_EX), 0);
+  KernelLayer waited;
+  std::thread run([&] { waited = kernel_layer(cache.path, uid, gid, k); });
+  // ...until the run waits for it (/proc/locks lists a blocked request)...
+  bool blocked = false;
+  for (int i = 0; i < 1000 && !blocked; ++i) {
+    std::ifstream locks("/proc/locks");
+    for (std::string line; std::getline(locks, line);)
+      if (line.find("->") != std::string::npos && line.find("FLOCK") != std::string::npos) blocked = true;
+    if (!blocked) usleep(10000);
+  }
+  EXPECT_TRUE(blocked) << "the run never waited for the lock";
+  // ...the layer moved away and the lock unlinked; another run makes the
+  // layer again, under a new lock; then the prune lets go.
+  ASSERT_EQ(rename(path.c_str(), (path + ".gone").c_str()), 0);
+  ASSERT_EQ(unlink((path + ".lock").c_str()), 0);
+  KernelLayer other = kernel_layer(cache.path, uid, gid, k);
+  pruner.reset();
+  run.join();
+  ASSERT_EQ(waited.path, path);
+  struct stat held{}, named{};
+  ASSERT_EQ(fstat(waited.hold.get(), &held), 0);
+  ASSERT_EQ(stat((path + ".lock").c_str(), &named), 0);
+  EXPECT_EQ(held.st_ino, named.st_ino) << "the run holds the unlinked lock";
+  EXPECT_GT(held.st_nlink, 0u);
+  // So a prune sees the layer held, after the other run is gone too.
+  other.hold.reset();
+  EXPECT_EQ(prune_kernel_layers(cache.path, "").in_use, 1u);
+  EXPECT_TRUE(fs::exists(path));
+  remove_tree(path + ".gone");
 }
 
 }  // namespace

@@ -184,13 +184,14 @@ TEST(ProvisionUserData, TypesUltariDoesNotRunAreRefusedNamingThePart) {
     std::string message;
   };
   std::vector<Case> cases = {
-      {part("text/part-handler", "h.py", "#part-handler\ndef list_types(): return []\n"),
-       "part 2 (h.py), text/part-handler: a part handler is Python code"},
       {part("text/upstart-job", "", "#upstart-job\nstart on x\n"), "part 2 (part-002), text/upstart-job: upstart"},
       {part("text/cloud-config-archive", "", "#cloud-config-archive\n- type: foo/bar\n  content: x\n"),
        "'foo/bar' is not a type Ultari runs"},
       {part("text/x-shellscript-per-boot", "b.sh", "echo no shebang\n"), "a user script must start with '#!'"},
-      {part("application/octet-stream", "blob", "xyz"), "'application/octet-stream' is not a type Ultari runs"},
+      {part("application/octet-stream", "blob", "xyz"),
+       "'application/octet-stream' is not a type Ultari runs (text/cloud-config, text/x-shellscript, text/cloud-boothook, "
+       "text/x-shellscript-per-boot, -per-instance, -per-once, text/jinja2), and no part handler (text/part-handler) "
+       "comes before it"},
       {part("text/plain", "notes.txt", "just notes\n"), "part 2 (notes.txt), text/plain: it starts with none of"},
       {part("text/x-shellscript", "s.sh", "echo no shebang\n"),
        "part 2 (s.sh), text/x-shellscript: a user script must start with '#!'"},
@@ -210,6 +211,37 @@ TEST(ProvisionUserData, TypesUltariDoesNotRunAreRefusedNamingThePart) {
   ASSERT_EQ(c.warnings.size(), 1u);
   EXPECT_EQ(c.warnings[0], "user-data part 2 (e.sh): empty: ignored");
   EXPECT_TRUE(c.scripts.empty());
+}
+
+// Part handlers (text/part-handler) and the parts of other types after
+// one go, in document order, to provisioning's part_handlers step (which
+// knows what a handler takes only when it runs it); a part of such a type
+// before any handler is refused, and so is a handler with nothing around it.
+TEST(ProvisionUserData, PartHandlersAndThePartsAfterThemAreKeptInOrder) {
+  const std::string handler = "#part-handler\r\ndef list_types():\r\n    return ['text/x-lab']\r\n";
+  std::string early = error_of([&] {
+    parse_user_data(multipart({part("text/x-lab", "early", "x"), part("text/part-handler", "h.py", handler)}));
+  });
+  EXPECT_TRUE(has(early, "part 1 (early), text/x-lab: 'text/x-lab' is not a type Ultari runs")) << early;
+  EXPECT_TRUE(has(early, "no part handler (text/part-handler) comes before it")) << early;
+
+  CloudConfig k = parse_user_data(multipart({part("text/part-handler", "h.py", handler),
+                                             part("text/cloud-config", "", "#cloud-config\nhostname: a\n"),
+                                             part("text/x-lab", "", "payload\r\n"), part("text/upstart-job", "u", "#upstart-job\n")}));
+  ASSERT_EQ(k.handler_parts.size(), 3u);
+  EXPECT_TRUE(k.handler_parts[0].handler);
+  EXPECT_EQ(k.handler_parts[0].filename, "h.py");
+  EXPECT_EQ(k.handler_parts[0].content, "#part-handler\ndef list_types():\n    return ['text/x-lab']\n");  // \r\n undone
+  EXPECT_EQ(k.handler_parts[0].part, "user-data part 1 (h.py), text/part-handler");
+  EXPECT_FALSE(k.handler_parts[1].handler);
+  EXPECT_EQ(k.handler_parts[1].type, "text/x-lab");
+  EXPECT_EQ(k.handler_parts[1].filename, "part-003");
+  EXPECT_EQ(k.handler_parts[1].content, "payload\r\n");  // a payload as it is
+  EXPECT_EQ(k.handler_parts[2].type, "text/upstart-job");  // a handler may take it
+  EXPECT_EQ(k.hostname, "a");                               // the cloud-config still Ultari's
+  // A plain user-data that is a part handler: nothing for it to handle.
+  EXPECT_TRUE(has(error_of([&] { parse_user_data("#part-handler\ndef list_types(): return []\n"); }),
+                  "a part handler alone has no parts to handle"));
 }
 
 TEST(ProvisionUserData, ErrorsAndWarningsInAPartNameThePartAndTheLine) {
