@@ -1700,7 +1700,10 @@ std::vector<Piece> explode_archives(std::vector<Piece> in, bool plain, bool& exp
             throw Error(at + ": '" + key + "' must be a string");
           std::string value = it->second.IsNull() ? "" : it->second.Scalar();
           if (lower == "content") q.content = value;
-          else if (lower == "type") q.declared = value;
+          else if (lower == "type") {  // (a MIME type, as cloud-init's email module reads it: lower case)
+            q.declared = value;
+            for (auto& c : q.declared) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+          }
           else if (lower == "filename") q.filename = value;
           else if (lower == "merge-type" || lower == "x-merge-type") q.merge_type = value;
         }
@@ -1956,6 +1959,7 @@ CloudConfig parse_user_data(const std::string& user_data, const nlohmann::json& 
     };
     p.type = p.declared;
     bool declared_gzip = gzip_type(p.declared);
+    std::string as_given = p.content;  // a handler's part gets it so (but unpacked when declared gzip)
     if (declared_gzip || is_gzip(p.content)) {
       if (declared_gzip) p.type = "";  // unknown until it is unpacked
       try {
@@ -1964,6 +1968,7 @@ CloudConfig parse_user_data(const std::string& user_data, const nlohmann::json& 
         fail(e.what());
       }
       p.note = "gzip";
+      if (declared_gzip) as_given = p.content;
     }
     static const std::set<std::string> kByStart = {"", "text/plain", "text/x-not-multipart", "text/x-shellscript"};
     bool by_start = kByStart.count(p.type) > 0;
@@ -2009,14 +2014,17 @@ CloudConfig parse_user_data(const std::string& user_data, const nlohmann::json& 
     // (a handler registers its types where it stands, as cloud-init's
     // walker does). Which types it takes is known once it runs.
     bool handler = p.type == "text/part-handler";
-    if (!why.empty() && (handler || (!out.handler_parts.empty() && p.type != "text/cloud-config-archive"))) {
-      if (handler && plain)
-        fail("a part handler alone has no parts to handle: give it in a MIME multi-part user-data with them");
+    // (parsed without fetching, a handler may yet come from an #include
+    // list before the part: the parse with the fetcher decides)
+    bool may_have_handler = !out.handler_parts.empty() || (!fetch && !out.includes.empty());
+    if (!why.empty() && (handler || (may_have_handler && p.type != "text/cloud-config-archive"))) {
       HandlerPart h;
       h.handler = handler;
       h.type = p.type;
       h.filename = p.filename;
-      h.content = handler ? dos2unix(p.content) : p.content;  // a payload is passed as it is
+      // A payload as it was given (cloud-init unpacks declared gzip types
+      // alone, and renders templates of text/jinja2 parts alone).
+      h.content = handler ? dos2unix(p.content) : as_given;
       h.part = "user-data " + p.label() + ", " + p.type;
       out.handler_parts.push_back(std::move(h));
       p.note += std::string(p.note.empty() ? "" : ", ") + (handler ? "run at provisioning" : "for a part handler");

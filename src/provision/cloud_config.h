@@ -147,6 +147,13 @@ struct HandlerPart {
   std::string part;      // "part 3 (h.py, text/part-handler)", for messages
 };
 
+// The types Ultari runs or reads itself: a part handler may not take one.
+inline constexpr const char* kOwnTypes[] = {
+    "text/cloud-config",           "text/cloud-config-jsonp",        "text/x-shellscript",
+    "text/cloud-boothook",         "text/x-shellscript-per-boot",    "text/x-shellscript-per-instance",
+    "text/x-shellscript-per-once", "text/jinja2",                    "text/x-include-url",
+    "text/x-include-once-url",     "text/cloud-config-archive",      "text/part-handler"};
+
 // What the user-data held, one entry a part (a plain user-data is one).
 struct PartInfo {
   size_t index = 0;     // 1-based, in document order

@@ -124,9 +124,14 @@ std::string dearmor(const std::string& text) {
   return packets;
 }
 
-std::string normalize_key_id(const std::string& id) {
+std::string normalize_key_id(const std::string& given) {
+  // (quoted in errors: printable, short; it may come from a server)
+  std::string id = given.substr(0, 64);
+  for (char& c : id)
+    if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f) c = '?';
+  if (given.size() > 64) id += "...";
   std::string hex;
-  std::string s = id;
+  std::string s = given;
   if (s.size() > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) s = s.substr(2);
   for (char c : s) {
     if (c == ' ' || c == '\t') continue;

@@ -718,8 +718,8 @@ json run_scripts(Build& b, const std::string& module, const std::vector<Script>&
 // raises, and a part no handler takes, fail the build (cloud-init logs and
 // goes on; so does Ultari with ultari: {runcmd_strict: false}).
 constexpr const char* kPartHandlers = R"PY(
-import importlib.util, json, os, sys, traceback
-req = json.load(sys.stdin)
+import base64, importlib.util, json, os, sys, traceback
+req = json.loads(sys.stdin.buffer.read())
 own, strict = set(req["own"]), req["strict"]
 FREQ = "once-per-instance"
 hdir = "/var/lib/cloud/instance/handlers"
@@ -757,8 +757,8 @@ for p in req["parts"]:
         count += 1
         path = os.path.join(hdir, name + ".py")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(p["content"])
+        with os.fdopen(fd, "wb") as f:
+            f.write(base64.b64decode(p["content"]))
         try:
             spec = importlib.util.spec_from_file_location(name, path)
             mod = importlib.util.module_from_spec(spec)
@@ -784,7 +784,14 @@ for p in req["parts"]:
             fail("no part handler before %s takes %s" % (p["part"], p["type"]))
             continue
         mod, name = registered[p["type"]]
-        call(mod, p["type"], p["filename"], p["content"], p["part"])
+        payload = base64.b64decode(p["content"])
+        if p["type"].startswith("text/"):  # text as str (cloud-init decodes text parts), the rest as bytes
+            try:
+                payload = payload.decode("utf-8")
+            except UnicodeDecodeError:
+                fail("%s is not UTF-8 text" % p["part"])
+                continue
+        call(mod, p["type"], p["filename"], payload, p["part"])
         print("%s: handled by %s" % (p["part"], name))
 for mod in begun:
     call(mod, "__end__", None, None, "the end")
@@ -793,21 +800,18 @@ for mod in begun:
 // Runs the part handlers (kPartHandlers) in one sandbox with the image's
 // python3; throws with its output when one fails.
 std::string run_part_handlers(Build& b, const std::vector<HandlerPart>& parts, bool strict) {
-  json req = {{"strict", strict}, {"parts", json::array()},
-              {"own", {"text/cloud-config", "text/cloud-config-jsonp", "text/x-shellscript", "text/cloud-boothook",
-                       "text/x-shellscript-per-boot", "text/x-shellscript-per-instance", "text/x-shellscript-per-once",
-                       "text/jinja2", "text/x-include-url", "text/x-include-once-url", "text/cloud-config-archive",
-                       "text/part-handler"}}};
+  json req = {{"strict", strict}, {"parts", json::array()}, {"own", json::array()}};
+  for (const char* t : kOwnTypes) req["own"].push_back(t);
   for (const auto& p : parts)
-    req["parts"].push_back(
-        {{"handler", p.handler}, {"type", p.type}, {"filename", p.filename}, {"content", p.content}, {"part", p.part}});
+    req["parts"].push_back({{"handler", p.handler}, {"type", p.type}, {"filename", p.filename},
+                            {"content", base64_encode(p.content)}, {"part", p.part}});
   Build::StepResult r = b.run({"/bin/sh", "-c",
                                "command -v python3 >/dev/null 2>&1 || { echo 'part handlers are Python: the image has "
                                "no python3 (give a base that has it)'; exit 127; }\n"
                                "exec python3 -I -B -u -c \"$PH_DRIVER\" 2>&1",
                                "ultari-part-handlers"},
                               {std::string("PH_DRIVER=") + kPartHandlers},
-                              req.dump(-1, ' ', false, json::error_handler_t::replace));
+                              req.dump(-1, ' ', true, json::error_handler_t::replace));
   if (r.exit_code != 0)
     throw Error("part_handlers failed (exit status " + std::to_string(r.exit_code) + "): " + tail(r.output, 20));
   return r.output;
@@ -989,6 +993,8 @@ std::vector<std::string> plan_of(const CloudConfig& c) {
   auto deferred = [&](bool d) {
     return std::any_of(c.write_files.begin(), c.write_files.end(), [&](const WriteFile& f) { return f.defer == d; });
   };
+  if (std::any_of(c.handler_parts.begin(), c.handler_parts.end(), [](const HandlerPart& h) { return h.handler; }))
+    p.push_back("part_handlers");
   if (!c.boothooks.empty()) p.push_back("boothooks");
   if (!c.bootcmd.empty()) p.push_back("bootcmd");
   if (deferred(false)) p.push_back("write_files");
@@ -1088,8 +1094,13 @@ std::string fetch_url(Build& b, const std::string& url, const std::string& what,
   if (begin == std::string::npos || end == std::string::npos || end < begin)
     throw Error(what + ": fetching " + shown + " printed nothing: " + tail(r.output, 5));
   begin += std::strlen("ultari-fetch-begin\n");
+  // (the fetcher is the image's: its own size check is not this one's)
+  if (end - begin > (max / 3 + 1) * 4 + (max / 57 + 2))
+    throw Error(what + ": " + shown + " is larger than " + std::to_string(max) + " bytes");
   try {
-    return base64_decode(std::string_view(r.output).substr(begin, end - begin));
+    std::string data = base64_decode(std::string_view(r.output).substr(begin, end - begin));
+    if (data.size() > max) throw Error("it is larger than " + std::to_string(max) + " bytes");
+    return data;
   } catch (const Error& e) {
     throw Error(what + ": fetching " + shown + ": " + e.what());
   }

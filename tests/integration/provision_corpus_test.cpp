@@ -409,7 +409,8 @@ TEST_F(ProvisionCorpus, OtherExamplesAreRunOrRefusedWithTheirReason) {
   // Scripts, #include, part handlers, cloud-config-archive, the seed's
   // meta-data: not #cloud-config, refused by cloud-init's schema check. A
   // user script is user-data Ultari runs (scripts_user), an #include list
-  // names URLs it fetches at provisioning; the others are refused, the
+  // names URLs it fetches at provisioning, a part handler alone runs its
+  // __begin__ and __end__ (part_handlers); the others are refused, the
   // message saying why.
   const Corpus& c = corpus();
   std::vector<std::string> files;
@@ -433,6 +434,13 @@ TEST_F(ProvisionCorpus, OtherExamplesAreRunOrRefusedWithTheirReason) {
       EXPECT_EQ(out["parts"][0]["type"], "text/x-shellscript") << r.out;
       continue;
     }
+    if (first.rfind("#part-handler", 0) == 0) {
+      ASSERT_EQ(r.status, 0) << r.out << r.err;
+      json out = json::parse(r.out);
+      EXPECT_EQ(out["plan"], json({"part_handlers"})) << r.out;
+      EXPECT_EQ(out["parts"][0]["type"], "text/part-handler") << r.out;
+      continue;
+    }
     if (first.rfind("#include", 0) == 0) {  // its URLs, fetched at provisioning (not by --check)
       ASSERT_EQ(r.status, 0) << r.out << r.err;
       json out = json::parse(r.out);
@@ -441,10 +449,9 @@ TEST_F(ProvisionCorpus, OtherExamplesAreRunOrRefusedWithTheirReason) {
       continue;
     }
     EXPECT_EQ(r.status, 125) << r.out << r.err;
-    const char* reason = first.rfind("#part-handler", 0) == 0  ? "Ultari runs no part handlers"
-                         // an archive's entries are parts: both examples hold one of the made-up type foo/wark
-                         : first.rfind("#cloud-config-archive", 0) == 0 ? "'foo/wark' is not a type Ultari runs"
-                                                                         : "'#cloud-config'";
+    // an archive's entries are parts: both examples hold one of the made-up type foo/wark
+    const char* reason = first.rfind("#cloud-config-archive", 0) == 0 ? "'foo/wark' is not a type Ultari runs"
+                                                                       : "'#cloud-config'";
     EXPECT_TRUE(has(r.err, reason)) << r.err;
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
   }

@@ -88,7 +88,8 @@ class Provision : public ::testing::Test {
   void expect_lab_packages(const std::string& image) {
     EXPECT_EQ(in(image, "apt-cache show lab-tool lab-extra | grep ^Version").out, "Version: 1.0\nVersion: 2.0\n");
     std::string apt_output;
-    for (const auto& m : inspect(image)["provision_log"])
+    json log = inspect(image);  // (named: a range over a temporary's member would dangle)
+    for (const auto& m : log["provision_log"])
       if (m["module"] == "packages") apt_output = m["output"].get<std::string>();
     EXPECT_FALSE(has(apt_output, "W:") || has(apt_output, "Err:") || has(apt_output, "Failed")) << apt_output;
   }
@@ -622,24 +623,42 @@ TEST_F(Provision, PartHandlersTakeThePartsOfTheirTypesBeforeTheModulesRun) {
       "def list_types():\n    return ['text/x-lab-notes']\n"
       "def handle_part(data, ctype, filename, payload, frequency):\n"
       "    with open('/var/log/lab-handler.log', 'a') as log:\n"
-      "        log.write('%s %s %s %s\\n' % (ctype, filename, frequency, data))\n"
+      "        log.write('A %s %s %s %s\\n' % (ctype, filename, frequency, data))\n"
       "    if payload is not None:\n"
       "        with open('/etc/lab-' + filename, 'w') as f:\n"
       "            f.write(payload)\n";
+  // A version-1 handler (no frequency argument) that takes the type over
+  // for the parts after it, and one whose frequency cloud-init skips.
+  const std::string later = "#part-handler\n"
+                            "def list_types():\n    return ['text/x-lab-notes']\n"
+                            "def handle_part(data, ctype, filename, payload):\n"
+                            "    with open('/var/log/lab-handler.log', 'a') as log:\n"
+                            "        log.write('B %s %s %r\\n' % (ctype, filename, payload))\n";
+  const std::string once = "#part-handler\nfrequency = 'once'\n"
+                           "def list_types():\n    return ['text/x-lab-once']\n"
+                           "def handle_part(data, ctype, filename, payload, frequency):\n"
+                           "    open('/var/log/lab-handler.log', 'a').write('C called\\n')\n";
   const std::string config = "#cloud-config\nruncmd:\n  - cp /etc/lab-notes.txt /ran-after\n";
   std::string img = name("ph");
   Outcome r = provision_on(img, "t-python3",
                            mime_parts({{"text/part-handler", "lab_handler.py", handler},
                                        {"text/cloud-config", "c.yaml", config},
-                                       {"text/x-lab-notes", "notes.txt", "hello from a part"}}));
+                                       {"text/x-lab-notes", "notes.txt", "hello from a part"},
+                                       {"text/part-handler", "later.py", later},
+                                       {"text/part-handler", "once.py", once},
+                                       {"text/x-lab-notes", "second.txt", "to B"},
+                                       {"text/x-lab-once", "o.txt", "skipped"}}));
   ASSERT_EQ(r.status, 0) << r.err;
   Outcome s = in(img, "cat /var/log/lab-handler.log; cat /ran-after; echo; "
                       "ls /var/lib/cloud/instance/handlers");
-  EXPECT_EQ(s.out, "__begin__ None once-per-instance None\n"
-                   "text/x-lab-notes notes.txt once-per-instance None\n"
-                   "__end__ None once-per-instance None\n"
+  EXPECT_EQ(s.out, "A __begin__ None once-per-instance None\n"
+                   "A text/x-lab-notes notes.txt once-per-instance None\n"
+                   "B __begin__ None None\n"
+                   "B text/x-lab-notes second.txt 'to B'\n"
+                   "A __end__ None once-per-instance None\n"
+                   "B __end__ None None\n"
                    "hello from a part\n"
-                   "part-handler-000.py\n")
+                   "part-handler-000.py\npart-handler-001.py\npart-handler-002.py\n")
       << s.err;
   json log = inspect(img);
   ASSERT_FALSE(log["provision_log"].empty());
@@ -682,6 +701,12 @@ TEST_F(Provision, PartHandlersTakeThePartsOfTheirTypesBeforeTheModulesRun) {
                                              {"text/cloud-config", "c.yaml", "#cloud-config\nultari:\n  runcmd_strict: false\n"},
                                              {"text/x-lab-notes", "n", "x"}}));
   EXPECT_EQ(lenient.status, 0) << lenient.err;
+  std::string lenient_log;
+  json lenient_image = inspect(name("ph-lenient"));
+  for (const auto& m : lenient_image["provision_log"])
+    if (m["module"] == "part_handlers") lenient_log = m.value("output", "");
+  EXPECT_TRUE(has(lenient_log, "ValueError: lab says no")) << lenient_log;
+  EXPECT_TRUE(has(lenient_log, "raised in handle_part for text/x-lab-notes")) << lenient_log;
   EXPECT_EQ(scratch_dirs(), 0);
 }
 

@@ -219,12 +219,16 @@ TEST(ProvisionKernel, ARunThatWaitedForAPruneHoldsTheLockAtTheLayersName) {
   ASSERT_EQ(flock(pruner.get(), LOCK_EX), 0);
   KernelLayer waited;
   std::thread run([&] { waited = kernel_layer(cache.path, uid, gid, k); });
-  // ...until the run waits for it (/proc/locks lists a blocked request)...
+  // ...until the run waits for it (/proc/locks lists a blocked request on
+  // this file: "-> FLOCK ... MAJ:MIN:INODE ...")...
+  struct stat lock_file{};
+  ASSERT_EQ(fstat(pruner.get(), &lock_file), 0);
+  const std::string inode = ":" + std::to_string(lock_file.st_ino) + " ";
   bool blocked = false;
   for (int i = 0; i < 1000 && !blocked; ++i) {
     std::ifstream locks("/proc/locks");
     for (std::string line; std::getline(locks, line);)
-      if (line.find("->") != std::string::npos && line.find("FLOCK") != std::string::npos) blocked = true;
+      if (line.find("-> FLOCK") != std::string::npos && line.find(inode) != std::string::npos) blocked = true;
     if (!blocked) usleep(10000);
   }
   EXPECT_TRUE(blocked) << "the run never waited for the lock";
