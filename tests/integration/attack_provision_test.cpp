@@ -614,6 +614,35 @@ TEST_F(AttackProvision, ATimedOutStepFailsPromptlyNamesRuncmdAndLeavesNothing) {
   EXPECT_EQ(ok.status, 0) << ok.err;
 }
 
+// A base's own shell runs the fetch: it may print anything between the
+// markers, whatever size check the fetch script makes. The host refuses an
+// #include answer over the user-data limit before it decodes it. Control:
+// a small answer through the same shell is taken.
+TEST_F(AttackProvision, AFetchersAnswerIsBoundedOnTheHostWhateverTheBaseSays) {
+  std::string root = busybox_root("root-liar");
+  write_file(root + "/liar-sh",
+             "#!/bin/busybox sh\n"
+             "case \"$2\" in *ultari-fetch-begin*)\n"
+             "  echo ultari-fetch-begin\n"
+             "  case \"$F_URL\" in\n"
+             "    *big*) head -c 20971520 /dev/zero | base64 -w0 ;;\n"
+             "    *) printf '#cloud-config\\nwrite_files:\\n  - path: /small\\n    content: ok\\n' | base64 -w0 ;;\n"
+             "  esac\n"
+             "  echo; echo ultari-fetch-end; exit 0 ;;\n"
+             "esac\n"
+             "exec /bin/busybox sh \"$@\"\n",
+             0755);
+  ASSERT_EQ(host("R=" + root + "; rm $R/bin/sh && mv $R/liar-sh $R/bin/sh && echo ok").out, "ok\n");
+  ASSERT_TRUE(import("liar", root));
+  Outcome big = provision("liar-big", "liar", "#include\nhttp://example.com/big.yaml\n");
+  EXPECT_EQ(big.status, 125);
+  EXPECT_TRUE(has(big.err, "#include: http://example.com/big.yaml is larger than 16777216 bytes")) << big.err;
+  EXPECT_EQ(scratch_dirs(), 0);
+  Outcome small = provision("liar-small", "liar", "#include\nhttp://example.com/small.yaml\n");
+  ASSERT_EQ(small.status, 0) << small.err;
+  EXPECT_EQ(in("liar-small", "cat /small").out, "ok");
+}
+
 // --- 9. Output ---------------------------------------------------------------
 
 // Invalid UTF-8 and control characters in what is logged: the image's entry,

@@ -554,10 +554,19 @@ void rootless_store_round(const TempDir& dir_, const std::string& root_, bool ke
     ASSERT_EQ(foreign.status, 0) << foreign.err;
   }
   json t = json::parse(as_user({"image", "inspect", "top", "--json"}).out);
-  json stack = {{"name", "stack"}, {"id", std::string(64, 'a')}, {"layers", {t["layers"][0], mine["layers"][0]}}};
+  // (with a kernel module: the run makes the store's kernel layer, of
+  // copies, rootless)
+  json stack = {{"name", "stack"}, {"id", std::string(64, 'a')}, {"layers", {t["layers"][0], mine["layers"][0]}},
+                {"config", {{"kernel_modules", {"nf_conntrack"}}}}};
   write_file(data + "/images/images/stack.json", stack.dump());
   Outcome s2 = as_user({"run", "--image", "stack", "--", "/bin/sh", "-c", "cat /etc/greeting; ls /bin/busybox"});
   EXPECT_EQ(s2.out, "from-top\n/bin/busybox\n") << s2.err;
+  std::vector<std::string> kernel_layers;
+  for (const auto& e : entries(data + "/images/kernel"))
+    if (e.rfind("kernel-", 0) == 0 && e.find('.') == std::string::npos) kernel_layers.push_back(e);
+  ASSERT_EQ(kernel_layers.size(), 1u);
+  const std::string current = data + "/images/kernel/" + kernel_layers[0], old = data + "/images/kernel/kernel-00000000deadbeef";
+  ASSERT_EQ(sh("cp -a " + current + " " + old), 0);  // an older kernel's layer, the same owners
   // An image archive, rootless: whiteouts are 0:0 devices made in the
   // store's namespace, or, where the caller cannot make one, empty files
   // marked with xattrs, which kernels from 6.7 read.
@@ -572,6 +581,10 @@ void rootless_store_round(const TempDir& dir_, const std::string& root_, bool ke
   Outcome pr = as_user({"image", "prune"});
   EXPECT_EQ(pr.status, 0) << pr.err;
   EXPECT_EQ(sh("test -z \"$(ls -A " + data + "/images/layers)\""), 0) << host("ls -lA " + data + "/images/layers").out;
+  // ...and the older kernel's layer, not the current one.
+  EXPECT_TRUE(has(pr.out, "removed 1 kernel layers")) << pr.out;
+  EXPECT_FALSE(exists(old));
+  EXPECT_TRUE(exists(current));
 }
 
 // A rootless store that keeps owners unpacks as root of its user namespace
