@@ -49,6 +49,20 @@ bool is_ip_literal(std::string_view name) {
 
 }  // namespace
 
+std::string plain_host_name(std::string_view host) {
+  std::string name;
+  try {
+    name = normalize_name(host, false);
+  } catch (const Error&) {
+    return "";
+  }
+  bool digits = std::all_of(name.begin(), name.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)) || c == '.'; });
+  if (digits || is_ip_literal(name) || name == "localhost" || name.ends_with(".localhost") ||
+      name.find('.') == std::string::npos)
+    return "";
+  return name;
+}
+
 Decision decide(const NetworkSpec& policy, std::string_view raw) {
   std::string name;
   try {

@@ -14,6 +14,11 @@ namespace ultari::net {
 // DNS name (or a "*.suffix" pattern when `pattern`): a bare "*" is refused.
 std::string normalize_name(std::string_view name, bool pattern);
 
+// `host` as a name a policy can allow by itself (normalize_name's form):
+// a DNS name with a dot, not an address (nor all digits and dots) and not
+// localhost; "" for anything else.
+std::string plain_host_name(std::string_view host);
+
 struct Decision {
   bool allow = false;
   std::string reason;  // the rule that decided ("pypi.org", "*.x"), or "no-rule", "open"

@@ -18,12 +18,13 @@
 #include <toml++/toml.h>
 
 #include "provision/cloud_config.h"
+#include "net/policy.h"
 #include "util/caller.h"
-#include "util/url.h"
 #include "util/error.h"
 #include "util/paths.h"
 #include "util/process.h"
 #include "util/random.h"
+#include "util/url.h"
 
 namespace ultari::provision {
 namespace fs = std::filesystem;
@@ -90,15 +91,17 @@ HostConfig load_host_config() {
       if (!s) throw Error(path + ": ppa." + k + " is a URL (a string)");
       std::string v = *s;
       while (!v.empty() && v.back() == '/') v.pop_back();
+      std::string host;
       if (k == "keyserver") {
         try {
           AptSource probe;
           set_keyserver(v, probe);
+          host = probe.keyserver_host;
         } catch (const Error& e) {
           throw Error(path + ": ppa.keyserver: " + e.what());
         }
       } else {
-        std::string host = host_of(v);
+        host = host_of(v);
         if ((v.rfind("http://", 0) != 0 && v.rfind("https://", 0) != 0) || host.empty() ||
             v.find_first_of(" \t\n\"'") != std::string::npos)
           throw Error(path + ": ppa." + k + " must be an http:// or https:// URL with a host, not '" + v + "'");
@@ -109,10 +112,7 @@ HostConfig load_host_config() {
       }
       // The build's egress policy allows names: a host name with a dot, not
       // an address nor localhost.
-      std::string host = k == "keyserver" ? [&] { AptSource a; set_keyserver(v, a); return a.keyserver_host; }()
-                                          : host_of(v);
-      bool address = std::all_of(host.begin(), host.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)) || c == '.' || c == ':' || c == '[' || c == ']'; });
-      if (address || host.find('.') == std::string::npos || host == "localhost" || host.ends_with(".localhost"))
+      if (net::plain_host_name(host).empty())
         throw Error(path + ": ppa." + k + ": '" + host + "' is not a host name a build's egress policy can allow (a name with a dot, not an address)");
       *into = v;
     }

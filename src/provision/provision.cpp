@@ -1381,14 +1381,8 @@ Outcome provision(images::Store& store, const Request& req) {
   // The base is untrusted: only plain names (no pattern, no address, not
   // localhost) become allowed mirrors.
   for (const auto& h : mirrors) {
-    std::string name;
-    try {
-      name = net::normalize_name(h, false);
-    } catch (const Error&) {
-      continue;
-    }
-    bool address = std::all_of(name.begin(), name.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)) || c == '.'; });
-    if (address || name == "localhost" || name.ends_with(".localhost") || name.find('.') == std::string::npos) continue;
+    std::string name = net::plain_host_name(h);
+    if (name.empty()) continue;
     if (std::find(b.network.allow.begin(), b.network.allow.end(), name) == b.network.allow.end())
       b.network.allow.push_back(name);
   }
