@@ -343,7 +343,9 @@ struct ImageCommands {
     inspect->add_flag("--json", json, "As JSON");
     rm = image->add_subcommand("rm", "Remove image NAME (its layers stay until prune)");
     rm->add_option("name", name, "NAME")->required();
+    rm->add_flag("--json", json, "Print what was removed as JSON");
     prune = image->add_subcommand("prune", "Remove layers no image uses (and no sandbox holds)");
+    prune->add_flag("--json", json, "Print what was removed as JSON");
   }
   bool parsed() const { return image->parsed(); }
 
@@ -489,17 +491,37 @@ struct ImageCommands {
           }
         }
       } else if (rm->parsed()) {
+        std::string id = json ? store.get(name).id : "";
         store.remove(name);
+        if (json) std::printf("%s\n", dump({{"name", name}, {"id", id}}).c_str());
       } else if (prune->parsed()) {
         auto r = store.prune();
-        std::printf("removed %zu layers, %s\n", r.removed.size(), human_size(r.bytes).c_str());
-        std::fflush(stdout);  // (said before the kernel layers' part, which may fail)
-        auto k = ultari::provision::prune_kernel_cache(store.dir() + "/kernel");
-        if (k.removed) std::printf("removed %zu kernel layers of old kernels or module trees, %s\n", k.removed,
-                                   human_size(k.bytes).c_str());
-        if (k.left) std::printf("could not remove %zu old kernel layers wholly (a later prune tries again)\n", k.left);
-        if (!r.in_use.empty() || k.in_use)
-          std::printf("kept %zu unused layers a running sandbox still holds\n", r.in_use.size() + k.in_use);
+        nlohmann::json out = {{"removed", r.removed}, {"bytes", r.bytes}, {"in_use", r.in_use}};
+        if (!json) {
+          std::printf("removed %zu layers, %s\n", r.removed.size(), human_size(r.bytes).c_str());
+          std::fflush(stdout);  // (said before the kernel layers' part, which may fail)
+        }
+        ultari::provision::KernelPrune k;
+        try {
+          k = ultari::provision::prune_kernel_cache(store.dir() + "/kernel");
+        } catch (const std::exception& e) {
+          if (json) {
+            out["kernel_layers"] = {{"error", e.what()}};
+            std::printf("%s\n", dump(out).c_str());
+          }
+          throw;
+        }
+        out["kernel_layers"] = {{"removed", k.removed}, {"bytes", k.bytes}, {"in_use", k.in_use}, {"left", k.left}};
+        if (json) {
+          std::printf("%s\n", dump(out).c_str());
+        } else {
+          if (k.removed)
+            std::printf("removed %zu kernel layers of old kernels or module trees, %s\n", k.removed,
+                        human_size(k.bytes).c_str());
+          if (k.left) std::printf("could not remove %zu old kernel layers wholly (a later prune tries again)\n", k.left);
+          if (!r.in_use.empty() || k.in_use)
+            std::printf("kept %zu unused layers a running sandbox still holds\n", r.in_use.size() + k.in_use);
+        }
       }
       std::fflush(stdout);
       return 0;

@@ -356,7 +356,10 @@ TEST_F(Images, ListInspectRemoveAndPrune) {
     _exit(127);
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(800));
-  ASSERT_EQ(image({"rm", "b"}).status, 0);
+  std::string b_id = json::parse(image({"inspect", "--json", "b"}).out)["id"];
+  Outcome rm = image({"rm", "--json", "b"});
+  ASSERT_EQ(rm.status, 0) << rm.err;
+  EXPECT_EQ(json::parse(rm.out), json({{"name", "b"}, {"id", b_id}})) << rm.out;
   Outcome p1 = image({"prune"});
   EXPECT_EQ(p1.status, 0) << p1.err;
   EXPECT_TRUE(has(p1.out, "removed 0 layers")) << p1.out;
@@ -364,9 +367,17 @@ TEST_F(Images, ListInspectRemoveAndPrune) {
   int status = 0;
   waitpid(pid, &status, 0);
   EXPECT_EQ(WEXITSTATUS(status), 0);
-  Outcome p2 = image({"prune"});
-  EXPECT_TRUE(has(p2.out, "removed 1 layers")) << p2.out;
-  EXPECT_EQ(layers().size(), 1u);
+  Outcome p2 = image({"prune", "--json"});
+  ASSERT_EQ(p2.status, 0) << p2.err;
+  json pruned = json::parse(p2.out);
+  ASSERT_EQ(pruned["removed"].size(), 1u) << p2.out;
+  EXPECT_GT(pruned["bytes"].get<uint64_t>(), 0u) << p2.out;
+  EXPECT_EQ(pruned["in_use"], json::array()) << p2.out;
+  EXPECT_EQ(pruned["kernel_layers"]["removed"], 0) << p2.out;
+  std::vector<std::string> left = layers();
+  EXPECT_EQ(left.size(), 1u);
+  EXPECT_EQ(std::find(left.begin(), left.end(), pruned["removed"][0].get<std::string>()), left.end())
+      << "the removed layer is still there";
   // a is untouched and still runs.
   EXPECT_EQ(run("a", "cat /etc/greeting").out, "hello\n");
   // Unknown names: a clear error, exit 125.
