@@ -377,7 +377,8 @@ runcmd:
 // A run from an image with kernel modules holds its kernel layer; `image
 // prune` removes the layers of other kernels (and of a module tree since
 // changed) and half-made ones of dead processes, never the current layer
-// nor one a sandbox holds (the unit test ProvisionKernel.PruneRemoves...
+// nor one a sandbox holds (the unit test
+// ProvisionKernel.PruneKeepsTheCurrentAndHeldLayersAndCountsWhatItFrees
 // holds one of another kernel).
 TEST_F(AttackProvision, PruneRemovesOldKernelLayersButNotTheCurrentOneNorAHeldOne) {
   ASSERT_TRUE(import_busybox());
