@@ -174,15 +174,19 @@ struct OverLimits : Error {
 };
 
 // What a directory tree takes on its disk: bytes (allocated blocks, each
-// inode once) and entries. Best effort: an entry that vanishes or cannot
-// be read is passed over (a build changes its layer while this walks it).
+// inode once) and entries. An entry that vanishes while this walks is
+// passed over (a build changes its layer meanwhile); a directory it cannot
+// read, or a walk cut short (paths too long for nftw: a hostile build can
+// make them), leaves it incomplete: then the caller cannot trust it.
 struct TreeUsage {
   uint64_t bytes = 0, entries = 0;
+  bool complete = true;
   std::set<std::pair<dev_t, ino_t>> linked;  // inodes with more than one name, counted once
 };
 thread_local TreeUsage* walking = nullptr;
 int count_entry(const char*, const struct stat* st, int type, FTW*) {
   if (type == FTW_NS) return 0;
+  if (type == FTW_DNR) walking->complete = false;
   ++walking->entries;
   if (st->st_nlink > 1 && type != FTW_D && type != FTW_DP && !walking->linked.insert({st->st_dev, st->st_ino}).second)
     return 0;
@@ -192,7 +196,7 @@ int count_entry(const char*, const struct stat* st, int type, FTW*) {
 TreeUsage tree_usage(const std::string& dir) {
   TreeUsage u;
   walking = &u;
-  nftw(dir.c_str(), count_entry, 32, FTW_PHYS | FTW_MOUNT);
+  if (nftw(dir.c_str(), count_entry, 32, FTW_PHYS | FTW_MOUNT) != 0) u.complete = false;
   walking = nullptr;
   return u;
 }
@@ -336,6 +340,10 @@ class Build {
     bool inodes_past = baseline_inodes && inodes < baseline_inodes && baseline_inodes - inodes > budget_inodes;
     if (!bytes_past && !inodes_past) return "";
     TreeUsage own = tree_usage(scratch);
+    if (!own.complete) {  // the disk's word, then
+      own.bytes = bytes_past ? UINT64_MAX : 0;
+      own.entries = inodes_past ? UINT64_MAX : 0;
+    }
     if (own.bytes > max_bytes)
       return "wrote more than " + std::to_string(max_bytes >> 20) + " MiB to the image store's disk (--max-size, " +
              "default: its free space less a margin)";

@@ -2,7 +2,6 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <linux/openat2.h>
 #include <pwd.h>
 #include <sys/syscall.h>
@@ -95,28 +94,93 @@ std::optional<std::string> read_in_root(const std::string& root, const std::stri
 
 namespace {
 
-// Removes `name` in directory `dir`; a directory's entries first, each
-// reached through an fd of its parent (O_NOFOLLOW): no path is looked up.
-void remove_at(int dir, const char* name, int depth) {
+// A directory `name` in `parent` opened for reading, never through a
+// symlink; one without read or search permission for its owner (a
+// rootless caller's own: overlayfs leaves work/work at mode 0) is opened
+// up first, through an O_PATH fd of it (no path looked up again). -1 when
+// it cannot be.
+int open_dir_opened_up(int parent, const char* name) {
+  int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd >= 0 || errno != EACCES) return fd;
+  int path = openat(parent, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (path < 0) return -1;
+  struct stat st{};
+  if (fstat(path, &st) == 0)
+    (void)chmod(("/proc/self/fd/" + std::to_string(path)).c_str(), (st.st_mode & 07777) | 0700);
+  fd = openat(path, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  close(path);
+  return fd;
+}
+
+// Directories deeper than this below the one being emptied are moved up
+// into it and emptied from there: fds stay bounded, and no path is ever
+// longer than a name (a tree deeper than PATH_MAX goes too).
+constexpr int kFlatDepth = 64;
+
+// Removes what directory `fd` holds (not itself), on filesystem `dev`
+// only (a mount point is left alone), depth first through fds. Returns how
+// many directories it moved up into `top`.
+unsigned empty_dir(int fd, int top, dev_t dev, int depth) {
+  struct stat self{};
+  if (fstat(fd, &self) == 0 && (self.st_mode & 0700) != 0700) (void)fchmod(fd, (self.st_mode & 07777) | 0700);
+  std::vector<std::string> names;
+  // (a new open file: a dup would share the offset a last pass left at the end)
+  if (int again = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC); again >= 0) {
+    if (DIR* d = fdopendir(again)) {
+      while (dirent* e = readdir(d))
+        if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) names.emplace_back(e->d_name);
+      closedir(d);
+    } else {
+      close(again);
+    }
+  }
+  unsigned moved = 0;
+  for (const auto& n : names) {
+    struct stat st{};
+    if (fstatat(fd, n.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+    if (!S_ISDIR(st.st_mode)) {
+      unlinkat(fd, n.c_str(), 0);
+      continue;
+    }
+    if (st.st_dev != dev) continue;
+    if (depth >= kFlatDepth) {
+      for (unsigned i = 0; i < 1000000; ++i) {
+        std::string to = ".ultari-deep-" + std::to_string(i);
+        if (renameat2(fd, n.c_str(), top, to.c_str(), RENAME_NOREPLACE) == 0) {
+          ++moved;
+          break;
+        }
+        if (errno != EEXIST) break;
+      }
+      continue;
+    }
+    int sub = open_dir_opened_up(fd, n.c_str());
+    if (sub >= 0) {
+      moved += empty_dir(sub, top, dev, depth + 1);
+      close(sub);
+    }
+    unlinkat(fd, n.c_str(), AT_REMOVEDIR);
+  }
+  return moved;
+}
+
+// Removes `name` in directory `dir`: a directory's entries first (each
+// reached through an fd of its parent, O_NOFOLLOW: no path is looked up),
+// however deep. Best effort.
+void remove_at(int dir, const char* name) {
   struct stat st{};
   if (fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) != 0) return;
-  if (S_ISDIR(st.st_mode) && depth < 256) {
-    int sub = openat(dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (sub >= 0) {
-      if (DIR* d = fdopendir(sub)) {
-        std::vector<std::string> names;
-        while (dirent* e = readdir(d))
-          if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) names.emplace_back(e->d_name);
-        for (const auto& n : names) remove_at(dirfd(d), n.c_str(), depth + 1);
-        closedir(d);
-      } else {
-        close(sub);
-      }
-    }
-    unlinkat(dir, name, AT_REMOVEDIR);
-  } else {
+  if (!S_ISDIR(st.st_mode)) {
     unlinkat(dir, name, 0);
+    return;
   }
+  if (int top = open_dir_opened_up(dir, name); top >= 0) {
+    // Each pass empties 64 levels; what lies deeper was moved up for the next.
+    for (int pass = 0; pass < 1000000 && empty_dir(top, top, st.st_dev, 0) > 0; ++pass) {
+    }
+    close(top);
+  }
+  unlinkat(dir, name, AT_REMOVEDIR);
 }
 
 }  // namespace
@@ -139,7 +203,7 @@ void remove_beneath(const std::string& root, const std::string& rel) {
   if (leaf.empty() || leaf == "." || leaf == "..") return;
   int dir = open_dir_beneath(root, parent);
   if (dir < 0) return;  // missing, or a symlink on the way: leave it
-  remove_at(dir, leaf.c_str(), 0);
+  remove_at(dir, leaf.c_str());
   close(dir);
 }
 
@@ -150,7 +214,7 @@ void write_beneath(const std::string& root, const std::string& rel, const std::s
   if (leaf.empty() || leaf == "." || leaf == "..") throw Error("write_beneath: '" + rel + "' names no file");
   int dir = open_dir_beneath(root, parent);
   if (dir < 0) throw_errno("open " + root + "/" + parent + " (a symlink or missing)");
-  remove_at(dir, leaf.c_str(), 0);
+  remove_at(dir, leaf.c_str());
   int fd = openat(dir, leaf.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
   close(dir);
   if (fd < 0) throw_errno("create " + root + "/" + rel);
@@ -159,47 +223,15 @@ void write_beneath(const std::string& root, const std::string& rel, const std::s
   if (!ok) throw_errno("write " + root + "/" + rel);
 }
 
-namespace {
-
-// Removes a tree without following links or leaving the filesystem, with
-// a bounded number of fds (nftw): first opening up directories without
-// read, write or search permission (a rootless caller's own layer), then
-// removing bottom up. nftw reports a directory it cannot read as FTW_DNR
-// and does not enter it: once opened up, it is walked again (a worklist,
-// each subtree once).
-thread_local std::vector<std::string>* opened_unreadable = nullptr;
-int open_up(const char* path, const struct stat* st, int type, FTW*) {
-  if ((type == FTW_D || type == FTW_DNR) && (st->st_mode & 0700) != 0700 &&
-      chmod(path, (st->st_mode & 07777) | 0700) == 0 && type == FTW_DNR && opened_unreadable)
-    opened_unreadable->emplace_back(path);
-  return 0;
-}
-int remove_one(const char* path, const struct stat*, int type, FTW*) {
-  if (type == FTW_DP || type == FTW_D || type == FTW_DNR) rmdir(path);
-  else unlink(path);
-  return 0;
-}
-
-}  // namespace
-
-void remove_tree(const std::string& path) {
-  struct stat st{};
-  if (lstat(path.c_str(), &st) != 0) return;
-  if (!S_ISDIR(st.st_mode)) {
-    unlink(path.c_str());
-    return;
-  }
-  std::vector<std::string> pending = {path}, found;
-  opened_unreadable = &found;
-  while (!pending.empty()) {
-    std::string next = std::move(pending.back());
-    pending.pop_back();
-    nftw(next.c_str(), open_up, 16, FTW_PHYS | FTW_MOUNT);
-    pending.insert(pending.end(), found.begin(), found.end());
-    found.clear();
-  }
-  opened_unreadable = nullptr;
-  nftw(path.c_str(), remove_one, 16, FTW_PHYS | FTW_MOUNT | FTW_DEPTH);
+void remove_tree(const std::string& given) {
+  std::string path = given;
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  std::string parent = path.substr(0, path.rfind('/') + 1), leaf = path.substr(path.rfind('/') + 1);
+  if (leaf.empty() || leaf == "." || leaf == "..") return;
+  int dir = open(parent.empty() ? "." : parent.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (dir < 0) return;
+  remove_at(dir, leaf.c_str());
+  close(dir);
 }
 
 size_t remove_dead_temps(const std::string& dir, const std::string& prefix) {

@@ -42,7 +42,9 @@ void write_beneath(const std::string& root, const std::string& rel, const std::s
 // Removes the tree at `path` (a file: unlinks it) without following links or
 // leaving its filesystem, opening up directories without write or search
 // permission on the way (a rootless caller's own layers and build
-// directories: overlayfs leaves its work/work at mode 0). Best effort.
+// directories: overlayfs leaves its work/work at mode 0), however deep (a
+// build's tree deeper than PATH_MAX too: through fds, directories below 64
+// levels moved up first). Best effort.
 void remove_tree(const std::string& path);
 
 // The half-made entries of processes that are gone: in `dir`, entries named

@@ -605,6 +605,15 @@ TEST_F(AttackProvision, TheBuildsDiskWritesStopAtMaxSize) {
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
   EXPECT_EQ(in("idle", "cat /done").out, "done\n");
   EXPECT_EQ(scratch_dirs(), 0);
+  // A build that writes beneath a path too long to name (mkdir and cd, a
+  // level at a time) is measured all the same, and stopped.
+  Outcome hidden = provision("hidden", "bb",
+                             "#cloud-config\nruncmd:\n  - p=; for i in $(seq 150); do p=${p}aaaaaaaaaaaaaaaaaaaa/; done; "
+                             "mkdir -p $p && cd $p && mkdir -p $p && dd if=/dev/zero of=${p}big bs=1M count=200 2>/dev/null\n",
+                             {"--max-size", "50M"});
+  EXPECT_EQ(hidden.status, 125) << hidden.err;
+  EXPECT_TRUE(has(hidden.err, "--max-size")) << hidden.err;
+  EXPECT_EQ(scratch_dirs(), 0);
 }
 
 // --- 8. Timeouts -------------------------------------------------------------

@@ -587,6 +587,20 @@ void rootless_store_round(const TempDir& dir_, const std::string& root_, bool ke
   Outcome s3 = as_user({"run", "--image", "oci", "--", "/bin/sh", "-c", "ls /etc /opt/data; cat /etc/greeting 2>&1"});
   EXPECT_EQ(s3.out, "/etc:\nadded\npasswd\n\n/opt/data:\nc\ncat: can't open '/etc/greeting': No such file or directory\n")
       << s3.err;
+  // A build that hides what it writes from the caller's walk of its layer
+  // (a directory its owner cannot read; the caller has no privilege over
+  // it in a one-owner store) is judged by the disk alone, and stopped at
+  // --max-size. Control: the same without the hiding is stopped too, by
+  // the walk (and the hiding is what the caller cannot read).
+  if (!keeps_owners) {
+    write_file(dir_ / "hide.yaml", "#cloud-config\nruncmd:\n  - mkdir /hide && chmod 0 /hide && "
+                                   "dd if=/dev/zero of=/hide/big bs=1M count=200 2>/dev/null\n", 0644);
+    Outcome hidden = as_user({"image", "provision", "hidden", "--from", "mine", "--user-data", dir_ / "hide.yaml",
+                              "--max-size", "50M", "-q"});
+    EXPECT_EQ(hidden.status, 125) << hidden.err;
+    EXPECT_TRUE(has(hidden.err, "--max-size")) << hidden.err;
+    EXPECT_TRUE(entries(data + "/images/tmp").empty());
+  }
   // rm and prune remove every layer, the subordinate ids' files too.
   for (const char* n : {"mine", "top", "stack", "oci"}) EXPECT_EQ(as_user({"image", "rm", n}).status, 0) << n;
   Outcome pr = as_user({"image", "prune"});

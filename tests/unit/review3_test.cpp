@@ -406,6 +406,53 @@ TEST(Review3RemoveTree, PlantedLinksAndMountsAreNeverFollowed) {
   EXPECT_NE(access((victim + "/keep").c_str(), F_OK), 0);
 }
 
+// A build can make a tree deeper than a path can name (mkdir and cd, one
+// level at a time): remove_tree, which a failed build's scratch goes
+// through, removes it whole, as the caller and as its owner without
+// privilege. (It was nftw, which stops at PATH_MAX: the scratch stayed.)
+// Control: the deepest directory cannot be named by its path.
+TEST(Review3RemoveTree, ATreeDeeperThanAPathIsRemoved) {
+  Tmp dir;
+  ASSERT_EQ(chown(dir.path.c_str(), 65534, 65534), 0);
+  auto make = [](const std::string& tree, int levels) {
+    if (mkdir(tree.c_str(), 0755) != 0) return std::string();
+    int fd = open(tree.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    std::string path = tree;
+    for (int i = 0; i < levels && fd >= 0; ++i) {
+      const char* name = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";  // 49
+      mkdirat(fd, name, 0755);
+      int sub = openat(fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+      if (i % 5 == 0) {
+        int f = openat(fd, "file", O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+        if (f >= 0) close(f);
+      }
+      if (i % 7 == 0) fchmod(fd, 0500);  // some levels without write permission
+      close(fd);
+      fd = sub;
+      path += std::string("/") + name;
+    }
+    if (fd >= 0) close(fd);
+    return path;
+  };
+  const std::string tree = dir / "deep";
+  std::string deepest = make(tree, 200);  // about 10000 characters
+  ASSERT_GT(deepest.size(), 4096u);
+  struct stat st{};
+  EXPECT_NE(lstat(deepest.c_str(), &st), 0);  // control: beyond a path
+  EXPECT_EQ(errno, ENAMETOOLONG);
+  remove_tree(tree);
+  EXPECT_NE(lstat(tree.c_str(), &st), 0) << sh_out("ls -la " + tree);
+  // The same as the tree's owner, without privilege.
+  const std::string mine = dir / "mine";
+  int rc = as_nobody([&] {
+    if (make(mine, 200).size() <= 4096) return 10;
+    remove_tree(mine);
+    struct stat st{};
+    return lstat(mine.c_str(), &st) == 0 ? 20 : 0;
+  });
+  EXPECT_EQ(rc, 0) << sh_out("ls -la " + mine);
+}
+
 // WEAKNESS (fixed): rootless (no CAP_DAC_OVERRIDE), remove_tree left a
 // directory its owner cannot read and everything in it: nftw reports it as
 // FTW_DNR without entering it, and only FTW_D directories were opened up.
