@@ -660,14 +660,12 @@ Store::Space Store::space() const {
   Space sp;
   sp.available = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
   uint64_t margin = std::max<uint64_t>(1ull << 30, static_cast<uint64_t>(fs.f_blocks) * fs.f_frsize / 20);
-  sp.margin = margin;
   sp.usable = sp.available > margin ? sp.available - margin : 0;
   // Filesystems with inodes made on demand (btrfs) report none: the fixed
   // cap alone holds there.
   uint64_t inodes = fs.f_files == 0 ? 0 : static_cast<uint64_t>(fs.f_favail);
   sp.inodes = inodes;
   uint64_t inode_margin = std::max<uint64_t>(100000, static_cast<uint64_t>(fs.f_files) / 20);
-  sp.inode_margin = fs.f_files == 0 ? 0 : inode_margin;
   sp.entries = fs.f_files == 0 ? kMaxEntries
                                : std::min<uint64_t>(kMaxEntries, inodes > inode_margin ? inodes - inode_margin : 0);
   return sp;

@@ -119,11 +119,9 @@ class Store {
   // disk is full. Throws Error.
   struct Space {
     uint64_t available = 0;
-    uint64_t usable = 0;        // available less `margin`
-    uint64_t margin = 0;        // bytes that stay free for the host
-    uint64_t inodes = 0;        // free inodes (0: the filesystem reports none)
-    uint64_t entries = 0;       // free inodes less `inode_margin`, at most kMaxEntries
-    uint64_t inode_margin = 0;  // inodes that stay free for the host
+    uint64_t usable = 0;
+    uint64_t inodes = 0;   // free inodes (0: the filesystem reports none)
+    uint64_t entries = 0;  // free inodes less a margin, at most kMaxEntries
   };
   Space space() const;
 

@@ -6,7 +6,6 @@
 #include "provision/provision.h"
 
 #include <fcntl.h>
-#include <ftw.h>
 #include <linux/openat2.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -173,34 +172,6 @@ struct OverLimits : Error {
   using Error::Error;
 };
 
-// What a directory tree takes on its disk: bytes (allocated blocks, each
-// inode once) and entries. An entry that vanishes while this walks is
-// passed over (a build changes its layer meanwhile); a directory it cannot
-// read, or a walk cut short (paths too long for nftw: a hostile build can
-// make them), leaves it incomplete: then the caller cannot trust it.
-struct TreeUsage {
-  uint64_t bytes = 0, entries = 0;
-  bool complete = true;
-  std::set<std::pair<dev_t, ino_t>> linked;  // inodes with more than one name, counted once
-};
-thread_local TreeUsage* walking = nullptr;
-int count_entry(const char*, const struct stat* st, int type, FTW*) {
-  if (type == FTW_NS) return 0;
-  if (type == FTW_DNR) walking->complete = false;
-  ++walking->entries;
-  if (st->st_nlink > 1 && type != FTW_D && type != FTW_DP && !walking->linked.insert({st->st_dev, st->st_ino}).second)
-    return 0;
-  walking->bytes += static_cast<uint64_t>(st->st_blocks) * 512;
-  return 0;
-}
-TreeUsage tree_usage(const std::string& dir) {
-  TreeUsage u;
-  walking = &u;
-  if (nftw(dir.c_str(), count_entry, 32, FTW_PHYS | FTW_MOUNT) != 0) u.complete = false;
-  walking = nullptr;
-  return u;
-}
-
 // The build: one writable layer, the sandboxes that run over it, the log.
 class Build {
  public:
@@ -212,10 +183,6 @@ class Build {
   uint64_t max_bytes = 0;           // the most the build may take of it
   uint64_t inodes_at_start = 0;     // free inodes there (0: the filesystem reports none)
   uint64_t max_entries = 0;         // the most of them the build may take
-  uint64_t disk_margin = 0, inode_margin = 0;  // what stays free on that disk whoever else writes
-  // The watcher's reference: the disk's free bytes and inodes when it last
-  // measured the build's layer, and what the build may take from there.
-  uint64_t baseline_bytes = 0, budget_bytes = 0, baseline_inodes = 0, budget_inodes = 0;
   std::string instance_id;          // from the cache key
   NetworkSpec network;
   // Rootless with a store that keeps no owners: the build sandboxes have
@@ -326,40 +293,18 @@ class Build {
 
   // What the build took of the store's disk so far, past its limits: ""
   // when within them. Bytes, and inodes (a build of millions of empty files
-  // takes no bytes to speak of). The disk's free space (statvfs, cheap) is
-  // looked at first; it counts every writer on the disk, so when it says
-  // the build may be past a limit, the build's own layer is measured. If
-  // others wrote, the watch goes on from there with what the build has
-  // left, never into the disk's margin.
-  std::string over_limits() {
+  // takes no bytes to speak of).
+  std::string over_limits() const {
     struct statvfs fs{};
     if (statvfs(scratch.c_str(), &fs) != 0) return "";
     uint64_t avail = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
-    uint64_t inodes = fs.f_files == 0 ? 0 : static_cast<uint64_t>(fs.f_favail);
-    bool bytes_past = avail < baseline_bytes && baseline_bytes - avail > budget_bytes;
-    bool inodes_past = baseline_inodes && inodes < baseline_inodes && baseline_inodes - inodes > budget_inodes;
-    if (!bytes_past && !inodes_past) return "";
-    TreeUsage own = tree_usage(scratch);
-    if (!own.complete) {  // the disk's word, then
-      own.bytes = bytes_past ? UINT64_MAX : 0;
-      own.entries = inodes_past ? UINT64_MAX : 0;
-    }
-    if (own.bytes > max_bytes)
+    if (avail < free_at_start && free_at_start - avail > max_bytes)
       return "wrote more than " + std::to_string(max_bytes >> 20) + " MiB to the image store's disk (--max-size, " +
              "default: its free space less a margin)";
-    if (inodes_at_start && own.entries > max_entries)
+    uint64_t inodes = static_cast<uint64_t>(fs.f_favail);
+    if (inodes_at_start && inodes < inodes_at_start && inodes_at_start - inodes > max_entries)
       return "made more than " + std::to_string(max_entries) + " files on the image store's disk (its free inodes " +
              "less a margin)";
-    baseline_bytes = avail;
-    budget_bytes = std::min(max_bytes - own.bytes, avail > disk_margin ? avail - disk_margin : 0);
-    baseline_inodes = inodes;
-    budget_inodes = std::min(max_entries - own.entries, inodes > inode_margin ? inodes - inode_margin : 0);
-    if (budget_bytes == 0)
-      return "found the image store's disk full: others wrote to it, and less than its margin (" +
-             std::to_string(disk_margin >> 20) + " MiB) is free";
-    if (inodes_at_start && budget_inodes == 0)
-      return "found the image store's disk out of inodes: others made files there, and less than its margin (" +
-             std::to_string(inode_margin) + ") is free";
     return "";
   }
 
@@ -1347,12 +1292,6 @@ Outcome provision(images::Store& store, const Request& req) {
     b.max_bytes = req.max_bytes ? std::min(req.max_bytes, sp.usable) : sp.usable;
     b.inodes_at_start = sp.inodes;
     b.max_entries = sp.entries;
-    b.disk_margin = sp.margin;
-    b.inode_margin = sp.inode_margin;
-    b.baseline_bytes = b.free_at_start;
-    b.budget_bytes = b.max_bytes;
-    b.baseline_inodes = b.inodes_at_start;
-    b.budget_inodes = b.max_entries;
     if (b.max_bytes == 0)
       throw Error("the image store " + store.dir() + " has too little free space to provision (" +
                   std::to_string(b.free_at_start >> 20) + " MiB free)");

@@ -99,17 +99,22 @@ namespace {
 // rootless caller's own: overlayfs leaves work/work at mode 0) is opened
 // up first, through an O_PATH fd of it (no path looked up again). -1 when
 // it cannot be.
+// Gives directory `name` in `parent` owner rwx when it lacks it, through
+// an O_PATH fd of it (never a symlink; no path looked up again).
+void open_up(int parent, const char* name) {
+  int path = openat(parent, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (path < 0) return;
+  struct stat st{};
+  if (fstat(path, &st) == 0 && (st.st_mode & 0700) != 0700)
+    (void)chmod(("/proc/self/fd/" + std::to_string(path)).c_str(), (st.st_mode & 07777) | 0700);
+  close(path);
+}
+
 int open_dir_opened_up(int parent, const char* name) {
   int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
   if (fd >= 0 || errno != EACCES) return fd;
-  int path = openat(parent, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-  if (path < 0) return -1;
-  struct stat st{};
-  if (fstat(path, &st) == 0)
-    (void)chmod(("/proc/self/fd/" + std::to_string(path)).c_str(), (st.st_mode & 07777) | 0700);
-  fd = openat(path, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  close(path);
-  return fd;
+  open_up(parent, name);
+  return openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 }
 
 // Directories deeper than this below the one being emptied are moved up
@@ -119,8 +124,10 @@ constexpr int kFlatDepth = 64;
 
 // Removes what directory `fd` holds (not itself), on filesystem `dev`
 // only (a mount point is left alone), depth first through fds. Returns how
-// many directories it moved up into `top`.
-unsigned empty_dir(int fd, int top, dev_t dev, int depth) {
+// many directories it moved up into `top`, named .ultari-deep-N from
+// `next_name` on (one counter for the whole removal: no name is tried
+// twice).
+unsigned empty_dir(int fd, int top, dev_t dev, int depth, uint64_t& next_name) {
   struct stat self{};
   if (fstat(fd, &self) == 0 && (self.st_mode & 0700) != 0700) (void)fchmod(fd, (self.st_mode & 07777) | 0700);
   std::vector<std::string> names;
@@ -144,8 +151,9 @@ unsigned empty_dir(int fd, int top, dev_t dev, int depth) {
     }
     if (st.st_dev != dev) continue;
     if (depth >= kFlatDepth) {
-      for (unsigned i = 0; i < 1000000; ++i) {
-        std::string to = ".ultari-deep-" + std::to_string(i);
+      open_up(fd, n.c_str());  // (moving a directory changes its "..": it needs write permission)
+      for (;;) {
+        std::string to = ".ultari-deep-" + std::to_string(next_name++);
         if (renameat2(fd, n.c_str(), top, to.c_str(), RENAME_NOREPLACE) == 0) {
           ++moved;
           break;
@@ -156,7 +164,10 @@ unsigned empty_dir(int fd, int top, dev_t dev, int depth) {
     }
     int sub = open_dir_opened_up(fd, n.c_str());
     if (sub >= 0) {
-      moved += empty_dir(sub, top, dev, depth + 1);
+      struct stat opened{};
+      // (the directory looked at, not one swapped in since)
+      if (fstat(sub, &opened) == 0 && opened.st_dev == st.st_dev && opened.st_ino == st.st_ino)
+        moved += empty_dir(sub, top, dev, depth + 1, next_name);
       close(sub);
     }
     unlinkat(fd, n.c_str(), AT_REMOVEDIR);
@@ -175,8 +186,11 @@ void remove_at(int dir, const char* name) {
     return;
   }
   if (int top = open_dir_opened_up(dir, name); top >= 0) {
-    // Each pass empties 64 levels; what lies deeper was moved up for the next.
-    for (int pass = 0; pass < 1000000 && empty_dir(top, top, st.st_dev, 0) > 0; ++pass) {
+    // Each pass empties 64 levels; what lies deeper was moved up for the
+    // next. A directory is moved at most once a pass, and only down the
+    // tree's depth: the passes end.
+    uint64_t next_name = 0;
+    while (empty_dir(top, top, st.st_dev, 0, next_name) > 0) {
     }
     close(top);
   }

@@ -587,11 +587,9 @@ void rootless_store_round(const TempDir& dir_, const std::string& root_, bool ke
   Outcome s3 = as_user({"run", "--image", "oci", "--", "/bin/sh", "-c", "ls /etc /opt/data; cat /etc/greeting 2>&1"});
   EXPECT_EQ(s3.out, "/etc:\nadded\npasswd\n\n/opt/data:\nc\ncat: can't open '/etc/greeting': No such file or directory\n")
       << s3.err;
-  // A build that hides what it writes from the caller's walk of its layer
-  // (a directory its owner cannot read; the caller has no privilege over
-  // it in a one-owner store) is judged by the disk alone, and stopped at
-  // --max-size. Control: the same without the hiding is stopped too, by
-  // the walk (and the hiding is what the caller cannot read).
+  // A build that writes into a directory its owner cannot read (the caller
+  // has no privilege over it in a one-owner store) is stopped at
+  // --max-size, and its scratch removed all the same.
   if (!keeps_owners) {
     write_file(dir_ / "hide.yaml", "#cloud-config\nruncmd:\n  - mkdir /hide && chmod 0 /hide && "
                                    "dd if=/dev/zero of=/hide/big bs=1M count=200 2>/dev/null\n", 0644);
