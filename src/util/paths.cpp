@@ -94,11 +94,6 @@ std::optional<std::string> read_in_root(const std::string& root, const std::stri
 
 namespace {
 
-// A directory `name` in `parent` opened for reading, never through a
-// symlink; one without read or search permission for its owner (a
-// rootless caller's own: overlayfs leaves work/work at mode 0) is opened
-// up first, through an O_PATH fd of it (no path looked up again). -1 when
-// it cannot be.
 // Gives directory `name` in `parent` owner rwx when it lacks it, through
 // an O_PATH fd of it (never a symlink; no path looked up again).
 void open_up(int parent, const char* name) {
@@ -110,6 +105,10 @@ void open_up(int parent, const char* name) {
   close(path);
 }
 
+// A directory `name` in `parent` opened for reading, never through a
+// symlink; one without read or search permission for its owner (a
+// rootless caller's own: overlayfs leaves work/work at mode 0) is opened
+// up first. -1 when it cannot be.
 int open_dir_opened_up(int parent, const char* name) {
   int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
   if (fd >= 0 || errno != EACCES) return fd;
@@ -186,9 +185,9 @@ void remove_at(int dir, const char* name) {
     return;
   }
   if (int top = open_dir_opened_up(dir, name); top >= 0) {
-    // Each pass empties 64 levels; what lies deeper was moved up for the
-    // next. A directory is moved at most once a pass, and only down the
-    // tree's depth: the passes end.
+    // Each pass empties 64 levels; what lies deeper was moved up into the
+    // top for the next, so each pass leaves the tree shallower: the passes
+    // end (nothing runs in a tree being removed to make it deeper).
     uint64_t next_name = 0;
     while (empty_dir(top, top, st.st_dev, 0, next_name) > 0) {
     }
