@@ -491,9 +491,8 @@ struct ImageCommands {
           }
         }
       } else if (rm->parsed()) {
-        std::string id = json ? store.get(name).id : "";
-        store.remove(name);
-        if (json) std::printf("%s\n", dump({{"name", name}, {"id", id}}).c_str());
+        std::string id = store.remove(name);
+        if (json) std::printf("%s\n", dump({{"name", name}, {"id", id.empty() ? nlohmann::json() : nlohmann::json(id)}}).c_str());
       } else if (prune->parsed()) {
         auto r = store.prune();
         nlohmann::json out = {{"removed", r.removed}, {"bytes", r.bytes}, {"in_use", r.in_use}};

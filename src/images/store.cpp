@@ -739,14 +739,20 @@ std::optional<Image> Store::find_by_cache_key(const std::string& key) const {
   return newest;
 }
 
-void Store::remove(const std::string& name) {
+std::string Store::remove(const std::string& name) {
   check_name(name);
   UniqueFd l = lock(true);
   std::string path = dir_ + "/images/" + name + ".json";
+  std::string id;
+  try {
+    id = json::parse(read_text(path)).value("id", "");
+  } catch (const std::exception&) {  // missing (said below) or damaged (removed all the same)
+  }
   if (unlink(path.c_str()) != 0) {
     if (errno == ENOENT) throw Error("no image named '" + name + "'");
     throw_errno("remove " + path);
   }
+  return id;
 }
 
 std::vector<UniqueFd> Store::hold(const Image& image) const {

@@ -142,7 +142,9 @@ class Store {
   std::optional<Image> find_by_cache_key(const std::string& key) const;
 
   // Removes the name (its layers stay until prune). Throws if unknown.
-  void remove(const std::string& name);
+  // Returns the image's id as its entry said ("" for a damaged entry, which
+  // is removed all the same).
+  std::string remove(const std::string& name);
   PruneResult prune();
 
   // Holds the layers of `image` for a sandbox's life (prune skips them).

@@ -97,6 +97,13 @@ namespace {
 // Gives directory `name` in `parent` owner rwx when it lacks it, through
 // an O_PATH fd of it (never a symlink; no path looked up again).
 void open_up(int parent, const char* name) {
+  if (int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC); fd >= 0) {
+    struct stat st{};
+    if (fstat(fd, &st) == 0 && (st.st_mode & 0700) != 0700) (void)fchmod(fd, (st.st_mode & 07777) | 0700);
+    close(fd);
+    return;
+  }
+  // (not readable: through /proc's view of an O_PATH fd)
   int path = openat(parent, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
   if (path < 0) return;
   struct stat st{};
@@ -118,8 +125,10 @@ int open_dir_opened_up(int parent, const char* name) {
 
 // Directories deeper than this below the one being emptied are moved up
 // into it and emptied from there: fds stay bounded, and no path is ever
-// longer than a name (a tree deeper than PATH_MAX goes too).
+// longer than a name (a tree deeper than PATH_MAX goes too). One that
+// cannot be moved is entered where it is, down to kMaxDepth.
 constexpr int kFlatDepth = 64;
+constexpr int kMaxDepth = 256;
 
 // Removes what directory `fd` holds (not itself), on filesystem `dev`
 // only (a mount point is left alone), depth first through fds. Returns how
@@ -151,15 +160,17 @@ unsigned empty_dir(int fd, int top, dev_t dev, int depth, uint64_t& next_name) {
     if (st.st_dev != dev) continue;
     if (depth >= kFlatDepth) {
       open_up(fd, n.c_str());  // (moving a directory changes its "..": it needs write permission)
+      bool gone = false;
       for (;;) {
         std::string to = ".ultari-deep-" + std::to_string(next_name++);
         if (renameat2(fd, n.c_str(), top, to.c_str(), RENAME_NOREPLACE) == 0) {
+          gone = true;
           ++moved;
           break;
         }
         if (errno != EEXIST) break;
       }
-      continue;
+      if (gone || depth >= kMaxDepth) continue;
     }
     int sub = open_dir_opened_up(fd, n.c_str());
     if (sub >= 0) {
@@ -184,13 +195,15 @@ void remove_at(int dir, const char* name) {
     unlinkat(dir, name, 0);
     return;
   }
-  if (int top = open_dir_opened_up(dir, name); top >= 0) {
+  if (int top = open_dir_opened_up(dir, name); top >= 0 && fstat(top, &st) == 0) {
     // Each pass empties 64 levels; what lies deeper was moved up into the
     // top for the next, so each pass leaves the tree shallower: the passes
     // end (nothing runs in a tree being removed to make it deeper).
     uint64_t next_name = 0;
-    while (empty_dir(top, top, st.st_dev, 0, next_name) > 0) {
+    for (int pass = 0; pass < 1000000 && empty_dir(top, top, st.st_dev, 0, next_name) > 0; ++pass) {
     }
+    close(top);
+  } else if (top >= 0) {
     close(top);
   }
   unlinkat(dir, name, AT_REMOVEDIR);

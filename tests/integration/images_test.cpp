@@ -380,6 +380,12 @@ TEST_F(Images, ListInspectRemoveAndPrune) {
       << "the removed layer is still there";
   // a is untouched and still runs.
   EXPECT_EQ(run("a", "cat /etc/greeting").out, "hello\n");
+  // A damaged entry is removed all the same (--json: its id null).
+  write_file(store() + "/images/broken.json", "{not json");
+  Outcome broken = image({"rm", "--json", "broken"});
+  EXPECT_EQ(broken.status, 0) << broken.err;
+  EXPECT_EQ(broken.out, "{\n  \"id\": null,\n  \"name\": \"broken\"\n}\n") << broken.out;
+  EXPECT_FALSE(exists(store() + "/images/broken.json"));
   // Unknown names: a clear error, exit 125.
   for (const auto& args : std::vector<std::vector<std::string>>{{"rm", "b"}, {"inspect", "b"}}) {
     Outcome r = image(args);

@@ -457,6 +457,34 @@ TEST(Review3RemoveTree, ATreeDeeperThanAPathIsRemoved) {
   EXPECT_EQ(rc, 0) << sh_out("ls -la " + mine);
 }
 
+// A deep tree with a mount inside (below the depth where directories are
+// moved up): the removal ends, the mount and what it holds stay, the rest
+// goes; once unmounted, all goes. (helper-37: does the loop end?)
+TEST(Review3RemoveTree, ADeepTreeHoldingAMountEndsAndKeepsTheMount) {
+  Tmp dir;
+  const std::string tree = dir / "deep";
+  std::string path = tree;
+  for (int i = 0; i < 150; ++i) path += "/d";
+  ASSERT_EQ(sh_out("mkdir -p " + path + " && echo ok"), "ok\n");
+  std::string at = tree;
+  for (int i = 0; i < 100; ++i) at += "/d";
+  ASSERT_EQ(mount("ultari-review3", at.c_str(), "tmpfs", 0, "mode=0755"), 0);
+  std::ofstream(at + "/keep") << "keep\n";
+  struct Unmount {
+    std::string at;
+    ~Unmount() { umount2(at.c_str(), MNT_DETACH); }
+  } unmount{at};
+  remove_tree(tree);  // (returns: the test would hang otherwise)
+  std::string found = sh_out("find " + tree + " -name keep -exec cat {} \\;");
+  EXPECT_EQ(found, "keep\n");  // the mount's content, wherever its ancestors were moved
+  EXPECT_EQ(sh_out("grep -c ultari-review3 /proc/self/mountinfo"), "1\n");
+  // Control: the mounted directory's ancestors are what stays.
+  ASSERT_EQ(umount2(sh_out("find " + tree + " -name keep -printf %h").c_str(), MNT_DETACH), 0);
+  remove_tree(tree);
+  struct stat st{};
+  EXPECT_NE(lstat(tree.c_str(), &st), 0);
+}
+
 // WEAKNESS (fixed): rootless (no CAP_DAC_OVERRIDE), remove_tree left a
 // directory its owner cannot read and everything in it: nftw reports it as
 // FTW_DNR without entering it, and only FTW_D directories were opened up.
