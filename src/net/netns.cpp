@@ -18,6 +18,7 @@
 #include <cstring>
 #include <string>
 
+#include "util/fd.h"
 #include "util/error.h"
 
 namespace ultari::net {
@@ -225,19 +226,7 @@ int nflog_socket() {
     _exit(1);
   }
   char ok = 0;
-  iovec iov{&ok, 1};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof fds)] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
-  cmsghdr* c = CMSG_FIRSTHDR(&msg);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof fds);
-  std::memcpy(CMSG_DATA(c), fds, sizeof fds);
-  _exit(sendmsg(sock, &msg, MSG_NOSIGNAL) == 1 ? 0 : 1);
+  _exit(send_fds(sock, &ok, 1, fds, std::size(fds)) == 1 ? 0 : 1);
 }
 
 }  // namespace

@@ -333,14 +333,11 @@ int recv_msg(int fd, Msg& m, UniqueFd& passed) {
   msg.msg_control = control;
   msg.msg_controllen = sizeof control;
   ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+  std::vector<UniqueFd> got;  // (every fd taken: more than one would be closed, not left open)
+  take_fds(msg, got);
   if (n == 0) return 0;
   if (n != sizeof m) return -1;
-  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
-    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-      int got;
-      std::memcpy(&got, CMSG_DATA(c), sizeof got);
-      passed.reset(got);
-    }
+  if (!got.empty()) passed = std::move(got.back());
   return 1;
 }
 

@@ -35,26 +35,35 @@ class UniqueFd {
   int fd_ = -1;
 };
 
-// Sends `len` bytes of `data` with `fd` attached (SCM_RIGHTS), retrying on
-// EINTR; MSG_NOSIGNAL plus `flags`. Returns what sendmsg returned. No
-// allocation: callable between clone and exec.
-inline ssize_t send_fd(int sock, const void* data, size_t len, int fd, int flags = 0) {
+// Sends `len` bytes of `data` with `count` fds attached (SCM_RIGHTS, at
+// most kMaxSentFds), retrying on EINTR; MSG_NOSIGNAL plus `flags`. Returns
+// what sendmsg returned (-1 with EINVAL for too many fds). No allocation:
+// callable between clone and exec.
+inline constexpr size_t kMaxSentFds = 8;
+inline ssize_t send_fds(int sock, const void* data, size_t len, const int* fds, size_t count, int flags = 0) {
+  if (count == 0 || count > kMaxSentFds) {
+    errno = EINVAL;
+    return -1;
+  }
   iovec iov{const_cast<void*>(data), len};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  alignas(cmsghdr) char control[CMSG_SPACE(kMaxSentFds * sizeof(int))] = {};
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
   msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
+  msg.msg_controllen = CMSG_SPACE(count * sizeof(int));
   cmsghdr* c = CMSG_FIRSTHDR(&msg);
   c->cmsg_level = SOL_SOCKET;
   c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int));
-  std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  c->cmsg_len = CMSG_LEN(count * sizeof(int));
+  std::memcpy(CMSG_DATA(c), fds, count * sizeof(int));
   ssize_t n;
   do n = sendmsg(sock, &msg, MSG_NOSIGNAL | flags);
   while (n < 0 && errno == EINTR);
   return n;
+}
+inline ssize_t send_fd(int sock, const void* data, size_t len, int fd, int flags = 0) {
+  return send_fds(sock, data, len, &fd, 1, flags);
 }
 
 // Takes every fd a received message carries (SCM_RIGHTS) into `out`, so
