@@ -8,6 +8,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <sys/sysmacros.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -130,12 +132,38 @@ int open_dir_opened_up(int parent, const char* name) {
 constexpr int kFlatDepth = 64;
 constexpr int kMaxDepth = 256;
 
-// Removes what directory `fd` holds (not itself), on filesystem `dev`
-// only (a mount point is left alone), depth first through fds. Returns how
+// Where a file is: its filesystem, inode and mount. A bind mount of a
+// directory of the same filesystem has the same st_dev; only the mount id
+// tells it apart.
+struct Place {
+  bool ok = false, dir = false;
+  dev_t dev = 0;
+  ino_t ino = 0;
+  uint64_t mnt = 0;  // 0: the kernel did not say
+  bool same_mount(const Place& o) const { return dev == o.dev && (mnt == 0 || o.mnt == 0 || mnt == o.mnt); }
+};
+
+// `name` in `dir` (never followed), or `dir` itself when `name` is "".
+Place place_of(int dir, const char* name) {
+  struct statx sx{};
+  Place p;
+  int flags = AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT | (*name ? 0 : AT_EMPTY_PATH);
+  if (statx(dir, name, flags, STATX_TYPE | STATX_INO | STATX_MNT_ID, &sx) != 0) return p;
+  p.ok = true;
+  p.dir = S_ISDIR(sx.stx_mode);
+  p.dev = makedev(sx.stx_dev_major, sx.stx_dev_minor);
+  p.ino = sx.stx_ino;
+  if (sx.stx_mask & STATX_MNT_ID) p.mnt = sx.stx_mnt_id;
+  return p;
+}
+
+// Removes what directory `fd` holds (not itself), on mount `where` only
+// (a mount point, a bind mount of the same filesystem too, is left alone),
+// depth first through fds. Returns how
 // many directories it moved up into `top`, named .ultari-deep-N from
 // `next_name` on (one counter for the whole removal: no name is tried
 // twice).
-unsigned empty_dir(int fd, int top, dev_t dev, int depth, uint64_t& next_name) {
+unsigned empty_dir(int fd, int top, const Place& where, int depth, uint64_t& next_name) {
   struct stat self{};
   if (fstat(fd, &self) == 0 && (self.st_mode & 0700) != 0700) (void)fchmod(fd, (self.st_mode & 07777) | 0700);
   std::vector<std::string> names;
@@ -151,13 +179,13 @@ unsigned empty_dir(int fd, int top, dev_t dev, int depth, uint64_t& next_name) {
   }
   unsigned moved = 0;
   for (const auto& n : names) {
-    struct stat st{};
-    if (fstatat(fd, n.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
-    if (!S_ISDIR(st.st_mode)) {
+    Place at = place_of(fd, n.c_str());
+    if (!at.ok) continue;
+    if (!at.dir) {
       unlinkat(fd, n.c_str(), 0);
       continue;
     }
-    if (st.st_dev != dev) continue;
+    if (!at.same_mount(where)) continue;
     if (depth >= kFlatDepth) {
       open_up(fd, n.c_str());  // (moving a directory changes its "..": it needs write permission)
       bool gone = false;
@@ -174,10 +202,10 @@ unsigned empty_dir(int fd, int top, dev_t dev, int depth, uint64_t& next_name) {
     }
     int sub = open_dir_opened_up(fd, n.c_str());
     if (sub >= 0) {
-      struct stat opened{};
       // (the directory looked at, not one swapped in since)
-      if (fstat(sub, &opened) == 0 && opened.st_dev == st.st_dev && opened.st_ino == st.st_ino)
-        moved += empty_dir(sub, top, dev, depth + 1, next_name);
+      Place opened = place_of(sub, "");
+      if (opened.ok && opened.same_mount(at) && opened.ino == at.ino)
+        moved += empty_dir(sub, top, where, depth + 1, next_name);
       close(sub);
     }
     unlinkat(fd, n.c_str(), AT_REMOVEDIR);
@@ -196,11 +224,13 @@ void remove_at(int dir, const char* name) {
     return;
   }
   if (int top = open_dir_opened_up(dir, name); top >= 0 && fstat(top, &st) == 0) {
+    Place where = place_of(top, "");
+    if (!where.ok) where.dev = st.st_dev;
     // Each pass empties 64 levels; what lies deeper was moved up into the
     // top for the next, so each pass leaves the tree shallower: the passes
     // end (nothing runs in a tree being removed to make it deeper).
     uint64_t next_name = 0;
-    for (int pass = 0; pass < 1000000 && empty_dir(top, top, st.st_dev, 0, next_name) > 0; ++pass) {
+    for (int pass = 0; pass < 1000000 && empty_dir(top, top, where, 0, next_name) > 0; ++pass) {
     }
     close(top);
   } else if (top >= 0) {

@@ -485,6 +485,39 @@ TEST(Review3RemoveTree, ADeepTreeHoldingAMountEndsAndKeepsTheMount) {
   EXPECT_NE(lstat(tree.c_str(), &st), 0);
 }
 
+// WEAKNESS (fixed): remove_tree told mounts apart by st_dev alone, so a
+// bind mount of a directory of the same filesystem inside the tree was
+// entered and emptied: the files of the mount's source went with the tree.
+// The mount id (statx) tells them apart. Control: once unmounted, the same
+// directory goes with the tree.
+TEST(Review3RemoveTree, ABindMountOfTheSameFilesystemIsLeftWithItsFiles) {
+  Tmp dir;
+  const std::string tree = dir / "tree", source = dir / "source";
+  ASSERT_EQ(sh_out("mkdir -p " + tree + "/a/b/m " + source + "/inner && echo keep > " + source +
+                   "/inner/keep && echo gone > " + tree + "/a/file && echo ok"),
+            "ok\n");
+  const std::string at = tree + "/a/b/m";
+  ASSERT_EQ(mount(source.c_str(), at.c_str(), nullptr, MS_BIND, nullptr), 0);
+  struct Unmount {
+    std::string at;
+    ~Unmount() { umount2(at.c_str(), MNT_DETACH); }
+  } unmount{at};
+  struct stat a{}, b{};
+  ASSERT_EQ(stat(at.c_str(), &a), 0);
+  ASSERT_EQ(stat(tree.c_str(), &b), 0);
+  ASSERT_EQ(a.st_dev, b.st_dev);  // (the case st_dev cannot see)
+  remove_tree(tree);
+  EXPECT_EQ(sh_out("cat " + source + "/inner/keep"), "keep\n");
+  EXPECT_EQ(sh_out("cat " + at + "/inner/keep"), "keep\n");  // still mounted, where it was
+  struct stat st{};
+  EXPECT_NE(lstat((tree + "/a/file").c_str(), &st), 0);  // the rest of the tree went
+  // Control: unmounted, the directory is part of the tree and goes with it.
+  ASSERT_EQ(umount2(at.c_str(), MNT_DETACH), 0);
+  remove_tree(tree);
+  EXPECT_NE(lstat(tree.c_str(), &st), 0);
+  EXPECT_EQ(sh_out("cat " + source + "/inner/keep"), "keep\n");
+}
+
 // WEAKNESS (fixed): rootless (no CAP_DAC_OVERRIDE), remove_tree left a
 // directory its owner cannot read and everything in it: nftw reports it as
 // FTW_DNR without entering it, and only FTW_D directories were opened up.
