@@ -56,9 +56,15 @@ std::string plain_host_name(std::string_view host) {
   } catch (const Error&) {
     return "";
   }
-  bool digits = std::all_of(name.begin(), name.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)) || c == '.'; });
-  if (digits || is_ip_literal(name) || name == "localhost" || name.ends_with(".localhost") ||
-      name.find('.') == std::string::npos)
+  // (inet_aton, which getaddrinfo follows, also reads 0x7f.1, 0177.0.0.1
+  // and 2130706433 as addresses; no top-level domain is all digits or
+  // begins with "0x")
+  in_addr a4;
+  std::string_view last = std::string_view(name).substr(name.rfind('.') + 1);
+  bool numeric_tld = last.starts_with("0x") ||
+                     std::all_of(last.begin(), last.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); });
+  if (numeric_tld || inet_aton(name.c_str(), &a4) != 0 || is_ip_literal(name) || name == "localhost" ||
+      name.ends_with(".localhost") || name.find('.') == std::string::npos)
     return "";
   return name;
 }

@@ -67,7 +67,11 @@ TEST(ProvisionKernel, TheAllowlistComesFromTheConfigFile) {
                           "[ppa]\narchive = \"ftp://x.example\"\n", "[ppa]\narchive = 7\n",
                           "[ppa]\narchive = \"https://user:pw@x.example\"\n", "[ppa]\napi = \"http://10.0.0.5/1.0\"\n",
                           "[ppa]\narchive = \"http://ppamirror/ppa\"\n", "[ppa]\nkeyserver = \"ldap://k.example\"\n",
-                          "[ppa]\nkeyserver = \"localhost\"\n"}) {
+                          "[ppa]\nkeyserver = \"localhost\"\n",
+                          // (addresses in forms getaddrinfo reads: hex, octal, short, IPv4-mapped)
+                          "[ppa]\narchive = \"http://0x7f.1/ppa\"\n", "[ppa]\narchive = \"http://0177.0.0.1/ppa\"\n",
+                          "[ppa]\napi = \"http://127.1/1.0\"\n", "[ppa]\napi = \"http://10.0x10/1.0\"\n",
+                          "[ppa]\napi = \"http://[::ffff:127.0.0.1]/1.0\"\n"}) {
     std::ofstream(path) << bad;
     try {
       load_host_config();
