@@ -157,26 +157,49 @@ Place place_of(int dir, const char* name) {
   return p;
 }
 
+unsigned empty_names(int fd, int top, const Place& where, int depth, uint64_t& next_name,
+                     const std::vector<std::string>& names);
+
 // Removes what directory `fd` holds (not itself), on mount `where` only
 // (a mount point, a bind mount of the same filesystem too, is left alone),
-// depth first through fds. Returns how
-// many directories it moved up into `top`, named .ultari-deep-N from
-// `next_name` on (one counter for the whole removal: no name is tried
-// twice).
+// depth first through fds. Returns how many directories it moved up into
+// `top`, named .ultari-deep-N from `next_name` on (one counter for the
+// whole removal: no name is tried twice).
+
 unsigned empty_dir(int fd, int top, const Place& where, int depth, uint64_t& next_name) {
   struct stat self{};
   if (fstat(fd, &self) == 0 && (self.st_mode & 0700) != 0700) (void)fchmod(fd, (self.st_mode & 07777) | 0700);
-  std::vector<std::string> names;
   // (a new open file: a dup would share the offset a last pass left at the end)
-  if (int again = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC); again >= 0) {
-    if (DIR* d = fdopendir(again)) {
-      while (dirent* e = readdir(d))
-        if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) names.emplace_back(e->d_name);
-      closedir(d);
-    } else {
-      close(again);
-    }
+  int again = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (again < 0) return 0;
+  DIR* d = fdopendir(again);
+  if (!d) {
+    close(again);
+    return 0;
   }
+  std::unique_ptr<DIR, int (*)(DIR*)> listing(d, closedir);
+  unsigned moved = 0;
+  // Names are read kBatch at a time and removed before the next are read
+  // (the stream goes on past what was removed): a directory of millions of
+  // entries costs no more memory than one of kBatch. The stream is closed
+  // before the last batch, so only a large directory holds a second fd.
+  constexpr size_t kBatch = 4096;
+  std::vector<std::string> names;
+  while (listing) {
+    names.clear();
+    while (dirent* e = readdir(listing.get())) {
+      if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) names.emplace_back(e->d_name);
+      if (names.size() == kBatch) break;
+    }
+    if (names.size() < kBatch) listing.reset();
+    moved += empty_names(fd, top, where, depth, next_name, names);
+  }
+  return moved;
+}
+
+// empty_dir's work on one batch of the names in `fd`.
+unsigned empty_names(int fd, int top, const Place& where, int depth, uint64_t& next_name,
+                     const std::vector<std::string>& names) {
   unsigned moved = 0;
   for (const auto& n : names) {
     Place at = place_of(fd, n.c_str());

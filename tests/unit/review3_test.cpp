@@ -518,6 +518,28 @@ TEST(Review3RemoveTree, ABindMountOfTheSameFilesystemIsLeftWithItsFiles) {
   EXPECT_EQ(sh_out("cat " + source + "/inner/keep"), "keep\n");
 }
 
+// A directory of more entries than remove_tree reads at a time (4096),
+// some of them directories with their own entries and one a mount point
+// that stays: every other entry goes, in the batches after the mount point
+// too. Control: the count of entries made, before the removal.
+TEST(Review3RemoveTree, ADirectoryOfManyBatchesIsEmptiedAroundAMountPoint) {
+  Tmp dir;
+  const std::string tree = dir / "wide";
+  ASSERT_EQ(sh_out("mkdir -p " + tree + " && cd " + tree + " && seq 1 10000 | xargs touch && "
+                   "for i in $(seq 1 50); do mkdir d$i && touch d$i/a d$i/b; done && mkdir m && "
+                   "ls -f | wc -l"),
+            "10053\n");  // (with . and ..)
+  ASSERT_EQ(mount("ultari-review3-wide", (tree + "/m").c_str(), "tmpfs", 0, "mode=0755"), 0);
+  struct Unmount {
+    std::string at;
+    ~Unmount() { umount2(at.c_str(), MNT_DETACH); }
+  } unmount{tree + "/m"};
+  std::ofstream(tree + "/m/keep") << "keep\n";
+  remove_tree(tree);
+  EXPECT_EQ(sh_out("ls -A " + tree), "m\n");  // only the mount point is left
+  EXPECT_EQ(sh_out("cat " + tree + "/m/keep"), "keep\n");
+}
+
 // WEAKNESS (fixed): rootless (no CAP_DAC_OVERRIDE), remove_tree left a
 // directory its owner cannot read and everything in it: nftw reports it as
 // FTW_DNR without entering it, and only FTW_D directories were opened up.
