@@ -270,12 +270,13 @@ int open_or_create(const Ctx& c, const char* path, bool is_dir, unsigned mode) {
 }
 
 // Mounts the detached tree `tree` onto `target_fd` with the given attributes.
+// The tree is made private (whatever it was cloned from, nothing mounted
+// beneath it later reaches another namespace).
 int attach(int tree, int target_fd, uint64_t attrs) {
-  if (attrs) {
-    mount_attr attr{};
-    attr.attr_set = attrs;
-    if (sys_mount_setattr(tree, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr) != 0) return -errno;
-  }
+  mount_attr attr{};
+  attr.attr_set = attrs;
+  attr.propagation = MS_PRIVATE;
+  if (sys_mount_setattr(tree, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr) != 0) return -errno;
   if (sys_move_mount(tree, "", target_fd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) != 0) return -errno;
   return 0;
 }

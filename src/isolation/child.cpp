@@ -241,6 +241,7 @@ bool receive_command(const ChildPlan& p, Command& out) {
   }
   for (uint32_t i = 0; i < h.nlimits && i < 16; ++i) {
     auto res = static_cast<__rlimit_resource>(h.limits[i].resource);
+    if (res == RLIMIT_CORE) continue;  // init's, fixed before its filter
     rlimit cur{};
     if (getrlimit(res, &cur) != 0) fail(p, "setrlimit", "", errno);
     rlimit want{h.limits[i].soft, h.limits[i].hard};
@@ -422,6 +423,16 @@ int run_boot_step(const ChildPlan& p, const Payload& payload, char* stack_top) {
   reset_dispositions();
   if (int rc = drop_bounding_and_ambient(p.cap_last, p.keep_caps); rc != 0)
     fail(p, "drop capabilities", "bounding set", -rc);
+
+  // No core dump, whatever the command asks: a core_pattern that pipes to
+  // a helper (systemd-coredump, apport) would run it as host root for a
+  // crash inside, outside every limit of the sandbox. The kernel ignores
+  // RLIMIT_CORE for a pipe except for exactly 1, its own guard, and 1 byte
+  // is too small for a core file. Set before the filter: the default policy
+  // lets no call set RLIMIT_CORE again (0 would bring the helper back). A
+  // host hard limit of 0 cannot be raised here and stays.
+  rlimit one_byte{1, 1};
+  (void)setrlimit(RLIMIT_CORE, &one_byte);
 
   // 5. From here on the seccomp policy applies to init and everything it
   // starts. The listener goes to the supervisor, which answers denials.

@@ -573,6 +573,16 @@ UniqueFd clone_tree(const std::string& path, bool recursive, mount_attr attr, co
   unsigned flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH | (recursive ? AT_RECURSIVE : 0);
   UniqueFd tree(static_cast<int>(syscall(SYS_open_tree, at.get(), "", flags)));
   if (!tree) throw_errno("open_tree " + path);
+  // A clone of a shared mount (systemd makes / rshared) is a peer of it:
+  // every mount the sandbox's setup makes beneath it (a --tmpfs or a bind
+  // inside the workspace) would be copied to the host, outlive the sandbox,
+  // and show in other sandboxes over the same host tree. Private, the whole
+  // tree (a call of its own: the attributes below, an idmap among them,
+  // apply to the top mount only).
+  mount_attr priv{};
+  priv.propagation = MS_PRIVATE;
+  if (syscall(SYS_mount_setattr, tree.get(), "", AT_EMPTY_PATH | AT_RECURSIVE, &priv, sizeof priv) != 0)
+    throw_errno("make the mount tree of " + path + " private");
   if (syscall(SYS_mount_setattr, tree.get(), "", AT_EMPTY_PATH, &attr, sizeof attr) != 0) {
     int err = errno;
     if ((attr.attr_set & MOUNT_ATTR_IDMAP) && (err == EINVAL || err == EOPNOTSUPP))

@@ -224,7 +224,7 @@ std::string build_command(const Spec& spec) {
         head.limits[i].hard = hard;
       }
   };
-  limit(RLIMIT_CORE, 0, 0);  // a core dump could run the host's core_pattern helper
+  // (RLIMIT_CORE is init's: see child.cpp, step 5)
   rlim_t nofile = spec.limits.nofile.value_or(kDefaultNofile);
   limit(RLIMIT_NOFILE, nofile, nofile);
   if (spec.limits.cpu_time) {

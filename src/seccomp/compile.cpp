@@ -82,6 +82,8 @@ std::vector<sock_filter> export_bpf(void* ctx, const PolicySpec& spec) {
 // The LowWordDenial checks, in front of libseccomp's program:
 //     ld arch; jne native -> lib; ld nr
 //     per entry: jne nr -> next entry; ld low word of arg; jeq v -> deny ...; ja lib
+//       (with unless_zero, jeq v -> match; match: ld low word of that arg;
+//        jne 0 -> deny; ld its high word; jeq 0 -> lib, else deny)
 //     ja lib; deny: ret <deny>; lib: ...
 // Anything not denied here falls through to libseccomp's program, which
 // decides as if the prefix were not there.
@@ -93,20 +95,33 @@ std::vector<sock_filter> low_word_prefix(const PolicySpec& spec, uint32_t deny) 
   size_t arch_jump = p.size();
   p.push_back(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, 0));  // jf patched
   p.push_back(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)));
-  std::vector<size_t> to_deny, to_lib;
+  std::vector<size_t> to_deny, to_lib, false_to_deny, true_to_lib;
   for (const LowWordDenial& d : spec.low_word_denials) {
     int nr = seccomp_syscall_resolve_name(d.name.c_str());
     if (nr < 0) throw Error(spec.source + ": unknown syscall " + d.name);
-    size_t size = d.values.size() + 3;  // jeq nr, ld arg, jeq values..., ja lib
+    bool unless = d.unless_zero >= 0;
+    // jeq nr, ld arg, jeq values..., ja lib (, the match block)
+    size_t size = d.values.size() + 3 + (unless ? 4 : 0);
     if (size > 255) throw Error(spec.source + ": too many values for " + d.name);
     p.push_back(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, static_cast<uint32_t>(nr), 0, static_cast<uint8_t>(size - 1)));
     p.push_back(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, kArgs + 8 * d.arg));
-    for (uint32_t v : d.values) {
-      to_deny.push_back(p.size());
-      p.push_back(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, v, 0, 0));  // jt patched
+    for (size_t i = 0; i < d.values.size(); ++i) {
+      if (!unless) to_deny.push_back(p.size());
+      // (with unless_zero: to the match block, past the values left and the ja)
+      uint8_t jt = unless ? static_cast<uint8_t>(d.values.size() - i) : 0;
+      p.push_back(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, d.values[i], jt, 0));  // jt patched when 0
     }
     to_lib.push_back(p.size());
     p.push_back(BPF_STMT(BPF_JMP | BPF_JA, 0));  // k patched
+    if (unless) {
+      p.push_back(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, kArgs + 8 * static_cast<unsigned>(d.unless_zero)));
+      false_to_deny.push_back(p.size());
+      p.push_back(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 0));  // jf patched
+      p.push_back(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, kArgs + 8 * static_cast<unsigned>(d.unless_zero) + 4));
+      false_to_deny.push_back(p.size());
+      true_to_lib.push_back(p.size());
+      p.push_back(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 0));  // jt, jf patched
+    }
   }
   to_lib.push_back(p.size());
   p.push_back(BPF_STMT(BPF_JMP | BPF_JA, 0));
@@ -117,6 +132,14 @@ std::vector<sock_filter> low_word_prefix(const PolicySpec& spec, uint32_t deny) 
   for (size_t i : to_deny) {
     if (deny_at - i - 1 > 255) throw Error(spec.source + ": low-word prefix too long");
     p[i].jt = static_cast<uint8_t>(deny_at - i - 1);
+  }
+  for (size_t i : false_to_deny) {
+    if (deny_at - i - 1 > 255) throw Error(spec.source + ": low-word prefix too long");
+    p[i].jf = static_cast<uint8_t>(deny_at - i - 1);
+  }
+  for (size_t i : true_to_lib) {
+    if (lib_at - i - 1 > 255) throw Error(spec.source + ": low-word prefix too long");
+    p[i].jt = static_cast<uint8_t>(lib_at - i - 1);
   }
   for (size_t i : to_lib) p[i].k = static_cast<uint32_t>(lib_at - i - 1);
   return p;

@@ -109,6 +109,7 @@ constexpr uint32_t kTIOCSTI = 0x5412;
 constexpr uint32_t kTIOCLINUX = 0x541C;
 constexpr uint32_t kAF_ALG = 38;
 constexpr uint32_t kAF_VSOCK = 40;
+constexpr uint32_t kRLIMIT_CORE = 4;
 
 Rule allow(std::string name, std::vector<ArgCmp> args = {}) {
   Rule r;
@@ -169,6 +170,14 @@ PolicySpec default_spec(Variant variant) {
   spec.rules.push_back(allow("ioctl"));
   spec.low_word_denials.push_back({"socket", 0, {kAF_ALG, kAF_VSOCK}});
   spec.low_word_denials.push_back({"ioctl", 1, {kTIOCSTI, kTIOCLINUX}});
+
+  // RLIMIT_CORE stays as the engine set it (soft = hard = 1): a pipe
+  // core_pattern helper (systemd-coredump, apport) ignores the limit,
+  // except for 1, and would run as host root, outside the sandbox's limits,
+  // for every crash. Lowering it to 0 would bring the helper back, so no
+  // call may set it; reading it (prlimit64 with no new limit) still works.
+  spec.low_word_denials.push_back({"setrlimit", 0, {kRLIMIT_CORE}});
+  spec.low_word_denials.push_back({"prlimit64", 1, {kRLIMIT_CORE}, 2});
 
   // No setuid or setgid bit may be set on any file. The sandbox's root
   // writes to an idmapped workspace as the directory's owner on the host; a

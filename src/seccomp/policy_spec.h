@@ -36,6 +36,9 @@ struct LowWordDenial {
   std::string name;
   unsigned arg = 0;
   std::vector<uint32_t> values;
+  // >= 0: denied only when this (64-bit) argument is not zero as well
+  // (prlimit64 with a new limit, not a read).
+  int unless_zero = -1;
 };
 
 struct PolicySpec {
@@ -51,7 +54,7 @@ struct PolicySpec {
 
 // Bumped whenever the default list or the compiler changes, so cached
 // programs are recompiled.
-inline constexpr const char* kPolicyVersion = "ultari-seccomp-6";
+inline constexpr const char* kPolicyVersion = "ultari-seccomp-7";
 
 // variant.setid_files: setuid/setgid mode bits may be set;
 // variant.chown_noop: chown calls answer 0 and change nothing.

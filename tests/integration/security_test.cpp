@@ -3,6 +3,7 @@
 // (an allow-all seccomp profile, or the host itself) to show the probe can
 // tell the difference.
 #include <fcntl.h>
+#include <sys/mount.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -77,6 +78,47 @@ TEST(Seccomp, DeniedFamiliesFailWithEpermAndAreReported) {
   EXPECT_NE(eo["keyctl"], EPERM);
   EXPECT_NE(eo["clone3"], ENOSYS);
   EXPECT_NE(eo["socket_vsock"], EPERM);
+}
+
+// A core_pattern that pipes to a helper (systemd-coredump, apport) ignores
+// RLIMIT_CORE 0 and runs the helper as host root for a crash inside: the
+// engine sets soft = hard = 1 (the one value the kernel honours for a pipe)
+// and no call may set RLIMIT_CORE again (a payload lowering it to 0 would
+// bring the helper back), whichever way it spells the resource. Reading it
+// and setting other limits still work. Control: without the filter the
+// same calls succeed, the high-word spelling too.
+const std::string kCoreLimitProbe = std::string(kPySyscall) + R"PY(
+lim = (ctypes.c_ulong * 2)(0, 1)
+nof = (ctypes.c_ulong * 2)(100, 100)
+cur = (ctypes.c_ulong * 2)()
+sc("prlimit_core_get", 302, 0, 4, 0, ctypes.addressof(cur))
+print("core_soft", cur[0])
+print("core_hard", cur[1])
+sc("setrlimit_core", 160, 4, ctypes.addressof(lim))
+sc("prlimit_core_set", 302, 0, 4, ctypes.addressof(lim), 0)
+sc("prlimit_core_set_high", 302, 0, 0x100000004, ctypes.addressof(lim), 0)
+sc("prlimit_nofile_set", 302, 0, 7, ctypes.addressof(nof), 0)
+)PY";
+
+TEST(Seccomp, TheCoreLimitStaysAtOne) {
+  Outcome r = ultari({"run", "--", "python3", "-c", kCoreLimitProbe});
+  auto e = parse_pairs(r.out);
+  EXPECT_EQ(e["core_soft"], 1) << r.out << r.err;
+  EXPECT_EQ(e["core_hard"], 1) << r.out;
+  EXPECT_EQ(e["prlimit_core_get"], 0) << r.out;
+  EXPECT_EQ(e["setrlimit_core"], EPERM) << r.out;
+  EXPECT_EQ(e["prlimit_core_set"], EPERM) << r.out;
+  EXPECT_EQ(e["prlimit_core_set_high"], EPERM) << r.out;
+  EXPECT_EQ(e["prlimit_nofile_set"], 0) << r.out;
+  auto d = denied(r.report);
+  EXPECT_EQ(d["setrlimit"], 1) << r.report["denied_syscalls"].dump();
+  EXPECT_EQ(d["prlimit64"], 2) << r.report["denied_syscalls"].dump();
+  TempDir dir;
+  Outcome open = ultari({"run", "--seccomp-profile", allow_all_profile(dir), "--", "python3", "-c", kCoreLimitProbe});
+  auto eo = parse_pairs(open.out);
+  EXPECT_EQ(eo["setrlimit_core"], 0) << open.out << open.err;
+  EXPECT_EQ(eo["prlimit_core_set"], 0) << open.out;
+  EXPECT_EQ(eo["prlimit_core_set_high"], 0) << open.out;
 }
 
 TEST(Seccomp, ForeignAbisAreKilled) {
@@ -213,6 +255,51 @@ TEST(Cve, SymlinkedMountTargetIsNotFollowed) {
   EXPECT_EQ(r.status, 125) << r.err;
   EXPECT_NE(r.err.find("/mnt/x"), std::string::npos) << r.err;
   EXPECT_FALSE(exists(host / "x"));
+}
+
+// A clone of a shared host mount is a peer of it: mounts the setup made
+// beneath the workspace (a --tmpfs, a bind) were copied onto the host, where
+// they outlived the sandbox, and into every other sandbox over the same
+// tree. systemd makes / rshared; this VM's / is private, so the test makes
+// its own shared mount. Control: the host mount is shared, and a bind made
+// beneath it on the host does reach its peer.
+TEST(Cve, MountsBeneathASharedWorkspaceStayInTheSandbox) {
+  if (geteuid() != 0) GTEST_SKIP() << "rootful: a rootless sandbox's clones are slaves already";
+  TempDir dir;
+  const std::string shared = dir / "shared", ws = shared + "/ws", peer = dir / "peer";
+  ASSERT_EQ(mkdir(shared.c_str(), 0755), 0);
+  ASSERT_EQ(mount("ultari-prop", shared.c_str(), "tmpfs", 0, "mode=0755"), 0) << shared;
+  struct Unmount {
+    std::vector<std::string> at;
+    ~Unmount() {
+      for (const auto& a : at) umount2(a.c_str(), MNT_DETACH);
+    }
+  } unmount{{shared}};
+  ASSERT_EQ(mount(nullptr, shared.c_str(), nullptr, MS_SHARED, nullptr), 0);
+  ASSERT_EQ(mkdir(ws.c_str(), 0755), 0);
+  ASSERT_EQ(chown(ws.c_str(), 1000, 1000), 0);  // (a user's workspace: mapped to the sandbox's root)
+  ASSERT_EQ(mkdir(peer.c_str(), 0755), 0);
+  auto under = [&](const std::string& top) {
+    int n = 0;
+    std::istringstream info(read_file("/proc/self/mountinfo"));
+    for (std::string line; std::getline(info, line);) {
+      std::istringstream f(line);
+      std::string id, parent, devno, root, point;
+      f >> id >> parent >> devno >> root >> point;
+      if (point.rfind(top + "/", 0) == 0) ++n;
+    }
+    return n;
+  };
+  Outcome r = ultari({"run", "--workspace", ws, "--tmpfs", "/workspace/t", "--ro-bind", "/etc/ssl:/workspace/ssl", "--",
+                      "/bin/sh", "-c", "test -d /workspace/ssl/certs && grep -c ' /workspace/t ' /proc/self/mountinfo"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, "1\n") << r.err;
+  EXPECT_EQ(under(ws), 0) << read_file("/proc/self/mountinfo");
+  // Control: the host mount is shared, so a peer sees a bind beneath it.
+  ASSERT_EQ(mount(shared.c_str(), peer.c_str(), nullptr, MS_BIND, nullptr), 0);
+  unmount.at.push_back(peer);
+  ASSERT_EQ(mount("/etc/ssl", (shared + "/ws").c_str(), nullptr, MS_BIND, nullptr), 0);
+  EXPECT_EQ(under(peer), 1) << read_file("/proc/self/mountinfo");
 }
 
 TEST(Cve, SymlinkedProcInRootfsIsRefused) {
