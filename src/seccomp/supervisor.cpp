@@ -58,9 +58,14 @@ bool dodges_sigsys(pid_t tid) {
   if (n <= 0) return false;
   buf[n] = '\0';
   const uint64_t bit = uint64_t{1} << (SIGSYS - 1);
-  for (const char* key : {"SigBlk:", "SigIgn:", "SigCgt:"})
-    if (const char* line = std::strstr(buf, key))
-      if (std::strtoull(line + std::strlen(key), nullptr, 16) & bit) return true;
+  // Keys at the start of a line only: the first line holds the thread's
+  // name, which it chooses (PR_SET_NAME "SigBlk:0"); the kernel escapes a
+  // newline in it.
+  for (const char* key : {"\nSigBlk:", "\nSigIgn:", "\nSigCgt:"}) {
+    const char* line = std::strstr(buf, key);
+    if (!line) return true;  // (unreadable: taken as dodging, so SIGKILL)
+    if (std::strtoull(line + std::strlen(key), nullptr, 16) & bit) return true;
+  }
   return false;
 }
 
