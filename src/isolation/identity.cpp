@@ -562,16 +562,11 @@ UniqueFd mapping_userns(const std::vector<IdRange>& uid_map, const std::vector<I
 
 namespace {
 
-// A detached copy of the mount tree at `path` (canonical: a symlink in it
-// now was swapped in and is refused), with `attr` applied.
-UniqueFd clone_tree(const std::string& path, bool recursive, mount_attr attr, const std::string& what) {
-  open_how how{};
-  how.flags = O_PATH | O_CLOEXEC;
-  how.resolve = RESOLVE_NO_SYMLINKS;
-  UniqueFd at(static_cast<int>(syscall(SYS_openat2, AT_FDCWD, path.c_str(), &how, sizeof how)));
-  if (!at) throw_errno("open " + path);
+// A detached copy of the mount tree at `at` (an O_PATH fd of `path`), with
+// `attr` applied.
+UniqueFd clone_tree_at(int at, const std::string& path, bool recursive, mount_attr attr, const std::string& what) {
   unsigned flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH | (recursive ? AT_RECURSIVE : 0);
-  UniqueFd tree(static_cast<int>(syscall(SYS_open_tree, at.get(), "", flags)));
+  UniqueFd tree(static_cast<int>(syscall(SYS_open_tree, at, "", flags)));
   if (!tree) throw_errno("open_tree " + path);
   // A clone of a shared mount (systemd makes / rshared) is a peer of it:
   // every mount the sandbox's setup makes beneath it (a --tmpfs or a bind
@@ -592,7 +587,34 @@ UniqueFd clone_tree(const std::string& path, bool recursive, mount_attr attr, co
   return tree;
 }
 
+// The same of `path` (canonical: a symlink in it now was swapped in and is
+// refused).
+UniqueFd clone_tree(const std::string& path, bool recursive, mount_attr attr, const std::string& what) {
+  UniqueFd at = open_host_path(path);
+  return clone_tree_at(at.get(), path, recursive, attr, what);
+}
+
+mount_attr idmap_attr(int userns) {
+  mount_attr attr{};
+  attr.attr_set = MOUNT_ATTR_IDMAP;
+  attr.userns_fd = static_cast<uint64_t>(userns);
+  return attr;
+}
+
+std::string idmap_what(const std::string& path) {
+  return "idmapped mount of " + path + " (does its filesystem support idmapped mounts?)";
+}
+
 }  // namespace
+
+UniqueFd open_host_path(const std::string& path) {
+  open_how how{};
+  how.flags = O_PATH | O_CLOEXEC;
+  how.resolve = RESOLVE_NO_SYMLINKS;
+  UniqueFd at(static_cast<int>(syscall(SYS_openat2, AT_FDCWD, path.c_str(), &how, sizeof how)));
+  if (!at) throw_errno("open " + path);
+  return at;
+}
 
 UniqueFd detached_tree(const std::string& path, bool read_only, int userns) {
   mount_attr attr{};
@@ -607,10 +629,11 @@ UniqueFd detached_tree(const std::string& path, bool read_only, int userns) {
 }
 
 UniqueFd idmapped_tree(const std::string& path, int userns) {
-  mount_attr attr{};
-  attr.attr_set = MOUNT_ATTR_IDMAP;
-  attr.userns_fd = static_cast<uint64_t>(userns);
-  return clone_tree(path, true, attr, "idmapped mount of " + path + " (does its filesystem support idmapped mounts?)");
+  return clone_tree(path, true, idmap_attr(userns), idmap_what(path));
+}
+
+UniqueFd idmapped_tree(int at, const std::string& path, int userns) {
+  return clone_tree_at(at, path, true, idmap_attr(userns), idmap_what(path));
 }
 
 }  // namespace ultari::isolation

@@ -188,5 +188,12 @@ UniqueFd detached_tree(const std::string& path, bool read_only, int userns = -1)
 // `userns`: files owned by the mapped owner appear owned by the target ids
 // and files written through it are stored as that owner. Rootful only.
 UniqueFd idmapped_tree(const std::string& path, int userns);
+// The same of `at`, an fd of `path` from open_host_path (the tree whose
+// owner was read, not whatever the path names by now).
+UniqueFd idmapped_tree(int at, const std::string& path, int userns);
+
+// An O_PATH fd of the host path, never through a symlink (a canonical path
+// holds none: one there now was swapped in).
+UniqueFd open_host_path(const std::string& path);
 
 }  // namespace ultari::isolation

@@ -265,9 +265,9 @@ std::string build_command(const Spec& spec) {
 // filesystem cannot be idmapped (tmpfs before Linux 6.3, some network
 // filesystems): the path is then mounted as it is and its files keep their
 // host owners, which the sandbox sees as nobody.
-UniqueFd idmapped_or_warn(Sandbox::State& s, const char* path, int userns) {
+UniqueFd idmapped_or_warn(Sandbox::State& s, const char* path, int userns, int at = -1) {
   try {
-    return isolation::idmapped_tree(path, userns);
+    return at >= 0 ? isolation::idmapped_tree(at, path, userns) : isolation::idmapped_tree(path, userns);
   } catch (const Error& e) {
     s.warnings.push_back(std::string(path) + " is mounted without id mapping (" + e.what() +
                          "): its files keep their host owners, which the sandbox sees as nobody");
@@ -283,8 +283,12 @@ void idmap_user_paths(Sandbox::State& s) {
   std::map<std::pair<uid_t, gid_t>, UniqueFd> userns_by_owner;
   for (auto& step : s.root.steps) {
     if (step.op != filesystem::Step::BindInRoot || !step.user_path) continue;
+    // The owner is read from the tree that is then mounted (one open): a
+    // path swapped between a stat and the mount would pick whose ids are
+    // mapped onto the sandbox's user.
+    UniqueFd at = isolation::open_host_path(step.source);
     struct stat st{};
-    if (stat(step.source, &st) != 0) throw_errno(std::string("bind source '") + step.source + "'");
+    if (fstat(at.get(), &st) != 0) throw_errno(std::string("bind source '") + step.source + "'");
     if (st.st_uid == 0 || st.st_gid == 0) {
       // Host root is never mapped in. Writable, a root-owned tree would let
       // the sandbox act as host root there (a setuid file opened up by an
@@ -301,7 +305,7 @@ void idmap_user_paths(Sandbox::State& s) {
     if (!userns)
       userns = isolation::mapping_userns({{st.st_uid, id.host_root_uid + id.uid, 1}},
                                          {{st.st_gid, id.host_root_gid + id.gid, 1}});
-    UniqueFd tree = idmapped_or_warn(s, step.source, userns.get());
+    UniqueFd tree = idmapped_or_warn(s, step.source, userns.get(), at.get());
     if (!tree) continue;
     s.trees.push_back(std::move(tree));
     step.op = filesystem::Step::AttachInRoot;
