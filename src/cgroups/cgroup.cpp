@@ -214,6 +214,12 @@ Cgroup Cgroup::create(const Layout& layout, const std::string& name, const Limit
             std::string v = io::u64_str(*limits.memory_bytes);
             write_or_throw(p + "/memory.limit_in_bytes", v);
             write_optional(p + "/memory.memsw.limit_in_bytes", v);
+            // v1 charges TCP socket buffers to a group only once this
+            // limit is set (apart from memory.limit_in_bytes): without it a
+            // sandbox could queue buffers on loopback connections bounded
+            // by the host's tcp_mem alone. (Unix socket buffers are charged
+            // nowhere, as on v2.)
+            write_optional(p + "/memory.kmem.tcp.limit_in_bytes", v);
           }
         } else {
           if (limits.memory_bytes) {

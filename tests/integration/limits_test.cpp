@@ -85,6 +85,36 @@ TEST(Limits, MemoryBombIsOomKilled) {
   EXPECT_GT(ok.report["peak_memory_bytes"].get<uint64_t>(), 48ull << 20);
 }
 
+// TCP socket buffers are kernel memory the v1 memory controller charges
+// only once memory.kmem.tcp.limit_in_bytes is set: a sandbox limited to
+// 64 MiB queued 2.2 GiB of the host's memory in loopback connections nobody
+// reads (fifth core review). Control: with a larger limit the same probe
+// queues more than the small one allows, so the limit is what stops it.
+const char* const kTcpFill = R"PY(
+import socket
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1000)
+port = srv.getsockname()[1]
+total = 0; keep = []
+for i in range(300):
+    c = socket.socket(); c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+    c.connect(("127.0.0.1", port)); a, _ = srv.accept()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    c.setblocking(False); keep += [c, a]
+    while True:
+        try: total += c.send(b"x" * 65536)
+        except OSError: break
+print(total >> 20)
+)PY";
+
+TEST(Limits, TcpBuffersCountAgainstTheMemoryLimit) {
+  Outcome small = ultari({"run", "--memory", "64M", "--timeout", "60s", "--", "python3", "-c", kTcpFill});
+  ASSERT_EQ(small.status, 0) << small.err;
+  EXPECT_LE(std::stol(small.out), 64) << "MiB queued in TCP buffers under --memory 64M";
+  Outcome large = ultari({"run", "--memory", "256M", "--timeout", "60s", "--", "python3", "-c", kTcpFill});
+  ASSERT_EQ(large.status, 0) << large.err;
+  EXPECT_GT(std::stol(large.out), 64) << "MiB queued under --memory 256M";
+}
+
 TEST(Limits, ForkBombIsContained) {
   // The classic bomb, bounded by the pids limit and a timeout.
   Outcome r = sh("bomb() { bomb | bomb & }; bomb; sleep 2; exit 0", {"--pids", "64", "--timeout", "5s"});

@@ -324,6 +324,9 @@ TEST_F(CgroupTest, AttachPlacesChildAndWritesLimits) {
     if (exists(md + "/memory.memsw.limit_in_bytes")) {
       EXPECT_EQ(first_line(md + "/memory.memsw.limit_in_bytes"), std::to_string(64 * kMiB));
     }
+    if (exists(md + "/memory.kmem.tcp.limit_in_bytes")) {  // TCP buffers are charged too
+      EXPECT_EQ(first_line(md + "/memory.kmem.tcp.limit_in_bytes"), std::to_string(64 * kMiB));
+    }
   } else {
     EXPECT_EQ(first_line(md + "/memory.max"), std::to_string(64 * kMiB));
     if (exists(md + "/memory.swap.max")) {
