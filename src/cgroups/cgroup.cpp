@@ -217,8 +217,9 @@ Cgroup Cgroup::create(const Layout& layout, const std::string& name, const Limit
             // v1 charges TCP socket buffers to a group only once this
             // limit is set (apart from memory.limit_in_bytes): without it a
             // sandbox could queue buffers on loopback connections bounded
-            // by the host's tcp_mem alone. (Unix socket buffers are charged
-            // nowhere, as on v2.)
+            // by the host's tcp_mem alone. (Unix socket buffers are
+            // charged to the group: a --memory 64M sandbox filling
+            // socketpairs is OOM-killed at 64 MiB.)
             write_optional(p + "/memory.kmem.tcp.limit_in_bytes", v);
           }
         } else {
