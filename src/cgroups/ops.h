@@ -20,6 +20,8 @@ inline constexpr uint64_t kWaitNs = 1000000000ull;  // bound of every wait below
 
 // Sends SIGKILL to every process in the given cgroup.procs files until none
 // is listed any more (killed processes stay listed until they have exited).
+// Each is pinned by a pidfd and checked to be in the group before the
+// signal: without a freezer, a listed pid may be reused by then.
 void kill_until_empty(const std::vector<std::string>& procs_files);
 // Freezes the v1 freezer group, SIGKILLs what the procs files list, thaws.
 void freeze_and_kill(const std::string& freezer_dir,

@@ -2,6 +2,7 @@
 // supervisor that died without cleaning up.
 #include <dirent.h>
 #include <signal.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -29,15 +30,50 @@ int write_file_errno(const std::string& path, const char* value) {
   return io::write_file(path, value);
 }
 
+namespace {
+
+// Whether /proc/PID/cgroup puts the process in `group_dir` (a directory of
+// a mounted hierarchy: it ends with the path a line names).
+bool in_group(pid_t pid, const std::string& group_dir) {
+  std::string lines;
+  if (!io::read_file("/proc/" + std::to_string(pid) + "/cgroup", lines)) return false;
+  size_t at = 0;
+  while (at < lines.size()) {
+    size_t end = lines.find('\n', at);
+    if (end == std::string::npos) end = lines.size();
+    std::string_view line(lines.data() + at, end - at);
+    at = end + 1;
+    size_t second = line.find(':', line.find(':') + 1);
+    if (second == std::string_view::npos) continue;
+    std::string_view path = line.substr(second + 1);
+    if (path.size() > 1 && std::string_view(group_dir).ends_with(path)) return true;
+  }
+  return false;
+}
+
+// SIGKILL to `pid` if it is (still) in `group_dir`: pinned by a pidfd
+// first, so a pid that was freed after the listing and taken by another
+// process of the host is left alone.
+void kill_member(pid_t pid, const std::string& group_dir) {
+  int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  if (fd < 0) return;
+  if (in_group(pid, group_dir)) ::syscall(SYS_pidfd_send_signal, fd, SIGKILL, nullptr, 0);
+  ::close(fd);
+}
+
+}  // namespace
+
 void kill_until_empty(const std::vector<std::string>& procs_files) {
   uint64_t deadline = 0;
   for (long pause_us = 50;; pause_us = std::min(pause_us * 2, 2000L)) {
     bool any = false;
-    for (const auto& f : procs_files)
+    for (const auto& f : procs_files) {
+      std::string dir = f.substr(0, f.rfind('/'));
       for (pid_t pid : io::read_pids(f)) {
         any = true;
-        ::kill(pid, SIGKILL);
+        kill_member(pid, dir);
       }
+    }
     if (!any) return;
     if (deadline == 0) deadline = now_ns() + kWaitNs;
     if (now_ns() > deadline) return;

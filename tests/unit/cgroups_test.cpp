@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "cgroups/cgroups.h"
+#include "cgroups/ops.h"
 #include "util/error.h"
 
 namespace ultari::cgroups {
@@ -488,6 +489,40 @@ TEST_F(CgroupTest, KillStopsSleepingChild) {
   EXPECT_TRUE(killed_by_sigkill(inside.wait()));
   // Negative control: a process outside the group is untouched.
   EXPECT_TRUE(outside.alive_after_ms(20));
+}
+
+// Without a freezer (v2 before cgroup.kill, v1 without one) the kill goes
+// by the pids a procs file lists, and a pid may have been freed and taken
+// by another process of the host by the time the signal is sent. Each is
+// checked to be in the group (through a pidfd) first: a listing that names
+// a process outside the group (a stale pid, here a file that says so) kills
+// nothing. Control: the group's own procs file kills its member. (Fifth
+// core review, L5.)
+TEST_F(CgroupTest, KillByPidsSparesAProcessOutsideTheGroup) {
+  std::string name = make_group_name();
+  Cgroup cg = Cgroup::create(layout_, name, {.pids = 16});
+  Child inside([](int) {
+    for (;;) ::pause();
+    return 0;
+  });
+  Child outside([](int) {
+    for (;;) ::pause();
+    return 0;
+  });
+  cg.attach(inside.pid(), false);
+  inside.release();
+  outside.release();
+  char dir[] = "/tmp/ultari-stale-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir), nullptr);
+  std::string stale = std::string(dir) + "/cgroup.procs";
+  std::ofstream(stale) << outside.pid() << "\n";
+  kill_until_empty({stale});  // (returns after its bound: the file keeps listing it)
+  EXPECT_TRUE(outside.alive_after_ms(20));
+  ::unlink(stale.c_str());
+  ::rmdir(dir);
+  std::string procs = dir_of(layout_, Controller::Pids, name) + "/cgroup.procs";
+  kill_until_empty({procs});
+  EXPECT_TRUE(killed_by_sigkill(inside.wait()));
 }
 
 TEST_F(CgroupTest, KillStopsForkingChild) {
